@@ -1,0 +1,469 @@
+//! `config.json` and `scripts.json`: loading, defaults and validation.
+//!
+//! The files are upstream's (the Node.js script-runner) key for key, so an existing deployment
+//! keeps its configuration. Everything is validated at load time: an unknown key, a duplicate
+//! script id, a script that does not exist or is not executable, an invalid regex or a bad number
+//! fails with a [`ConfigError`] naming the file, the key and the script id. Nothing here panics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use regex::Regex;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Whether `POST /run` answers when the job ends (`sync`) or at once with a job id (`async`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer with the finished job.
+    Sync,
+    /// Answer `202` with the job id as soon as the job is queued.
+    Async,
+}
+
+impl Mode {
+    /// The wire spelling, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+
+    /// Parses the wire spelling; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "sync" => Some(Mode::Sync),
+            "async" => Some(Mode::Async),
+            _ => None,
+        }
+    }
+}
+
+/// A configuration problem, with enough context to fix it without reading code.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}{message}", script.as_ref().map(|s| format!("script \"{s}\": ")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// The script id, when the problem is inside one script entry.
+    pub script: Option<String>,
+    /// What is wrong, starting with the key path.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError { file: file.to_path_buf(), script: None, message: message.into() }
+    }
+
+    fn in_script(file: &Path, script: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            script: Some(script.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole validated configuration, shared read-only by every layer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the `config.json` this was loaded from.
+    pub config_file: PathBuf,
+    /// Where the scripts came from (`scripts.json`, or `config.json` for an inline array).
+    pub scripts_file: PathBuf,
+    /// HTTP listener settings.
+    pub server: ServerConfig,
+    /// Job execution settings.
+    pub runner: RunnerConfig,
+    /// Database settings.
+    pub database: DatabaseConfig,
+    /// The whitelist, in file order.
+    pub scripts: Vec<Arc<Script>>,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Bind address; `127.0.0.1` unless configured (upstream binds every interface).
+    pub host: String,
+    /// Port; `0` picks a free one (the chosen address is printed at start).
+    pub port: u16,
+    /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+}
+
+/// Job execution settings (upstream's `runner` block plus ours).
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Jobs running at once; the rest wait in a FIFO queue.
+    pub max_concurrent: usize,
+    /// Jobs allowed to wait behind the running ones before `429 QUEUE_FULL`.
+    pub max_queued: usize,
+    /// Mode for requests and scripts that name none.
+    pub default_mode: Mode,
+    /// Bytes stored per stream; output past it is drained and dropped.
+    pub max_log_bytes_per_stream: u64,
+    /// Tail of each stream kept on the job record.
+    pub preview_max_bytes: usize,
+    /// Upstream's job history file, imported once if it exists.
+    pub job_store_file: PathBuf,
+    /// Folder for `<jobId>.stdout.log` / `.stderr.log`.
+    pub logs_dir: PathBuf,
+    /// Seconds between SIGTERM and SIGKILL when a job is canceled or times out.
+    pub kill_grace_sec: u64,
+    /// Seconds a shutdown waits for running jobs before canceling them.
+    pub shutdown_grace_sec: u64,
+}
+
+/// Database settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The database URL as configured (or the default beside `config.json`).
+    pub url: String,
+    /// The SQLite file the URL names.
+    pub sqlite_path: PathBuf,
+}
+
+/// One whitelisted script.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// The id clients name in `POST /run`.
+    pub id: String,
+    /// Absolute path of the executable; it is executed directly, never through a shell.
+    pub path: PathBuf,
+    /// Mode when the request names none; `None` falls back to `runner.defaultMode`.
+    pub mode: Option<Mode>,
+    /// Seconds before the job is stopped as `timed_out`; `0` means no limit.
+    pub timeout_sec: u64,
+    /// Argument rules.
+    pub args: ArgRules,
+    /// Variables added to the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the script's folder unless configured.
+    pub cwd: PathBuf,
+    /// Free text shown by `GET /scripts`.
+    pub description: Option<String>,
+}
+
+/// Rules every argument of a run request must satisfy.
+#[derive(Debug, Clone)]
+pub struct ArgRules {
+    /// Most arguments accepted.
+    pub max_items: usize,
+    /// Each argument must match this (unanchored, like JavaScript's `RegExp.test`).
+    pub item_pattern: Regex,
+    /// Longest argument, in characters.
+    pub item_max_length: usize,
+}
+
+impl Config {
+    /// The script with this id, if whitelisted.
+    pub fn script(&self, id: &str) -> Option<&Arc<Script>> {
+        self.scripts.iter().find(|s| s.id == id)
+    }
+}
+
+impl Script {
+    /// The mode a run of this script uses when the request names none.
+    pub fn effective_mode(&self, default: Mode) -> Mode {
+        self.mode.unwrap_or(default)
+    }
+}
+
+impl fmt::Display for Script {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.id, self.path.display())
+    }
+}
+
+// ---- raw file shapes (exactly upstream's keys plus ours; anything else is an error) ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    runner: RawRunner,
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(rename = "scriptsFile")]
+    scripts_file: Option<String>,
+    scripts: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawServer {
+    host: Option<String>,
+    port: Option<u16>,
+    auth_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRunner {
+    max_concurrent: Option<usize>,
+    max_queued: Option<usize>,
+    default_mode: Option<Mode>,
+    max_log_bytes_per_stream: Option<u64>,
+    preview_max_bytes: Option<usize>,
+    job_store_file: Option<String>,
+    logs_dir: Option<String>,
+    kill_grace_sec: Option<u64>,
+    shutdown_grace_sec: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScriptsFile {
+    scripts: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawScript {
+    id: String,
+    path: String,
+    mode: Option<Mode>,
+    timeout_sec: Option<u64>,
+    #[serde(default)]
+    args: RawArgs,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawArgs {
+    max_items: Option<usize>,
+    item_pattern: Option<String>,
+    item_max_length: Option<usize>,
+}
+
+/// Upper bound on `maxConcurrent`: each running job holds a supervisor thread.
+const MAX_CONCURRENT_LIMIT: usize = 1024;
+
+/// Loads and validates `config.json` and the scripts it names.
+///
+/// Relative paths in `config.json` resolve against its folder, script paths against the
+/// scripts file's folder, as upstream does.
+pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
+    let config_file = absolute(config_file);
+    let raw: RawConfig = parse_file(&config_file)?;
+    let base = parent_dir(&config_file);
+
+    let server = ServerConfig {
+        host: raw.server.host.unwrap_or_else(|| "127.0.0.1".to_string()),
+        port: raw.server.port.unwrap_or(8080),
+        auth_token: raw.server.auth_token.filter(|t| !t.is_empty()),
+    };
+
+    let r = raw.runner;
+    let max_concurrent = r.max_concurrent.unwrap_or(4);
+    if max_concurrent == 0 || max_concurrent > MAX_CONCURRENT_LIMIT {
+        return Err(ConfigError::new(
+            &config_file,
+            format!("runner.maxConcurrent: must be between 1 and {MAX_CONCURRENT_LIMIT}, got {max_concurrent}"),
+        ));
+    }
+    let job_store_file = base.join(r.job_store_file.as_deref().unwrap_or("./jobs.json"));
+    let logs_dir = match r.logs_dir {
+        Some(dir) => base.join(dir),
+        None => parent_dir(&job_store_file).join("logs"),
+    };
+    let runner = RunnerConfig {
+        max_concurrent,
+        max_queued: r.max_queued.unwrap_or(1000),
+        default_mode: r.default_mode.unwrap_or(Mode::Sync),
+        max_log_bytes_per_stream: r.max_log_bytes_per_stream.unwrap_or(1024 * 1024),
+        preview_max_bytes: r.preview_max_bytes.unwrap_or(4096),
+        job_store_file: normalize(&job_store_file),
+        logs_dir: normalize(&logs_dir),
+        kill_grace_sec: r.kill_grace_sec.unwrap_or(5),
+        shutdown_grace_sec: r.shutdown_grace_sec.unwrap_or(10),
+    };
+
+    let database = database_config(&config_file, &base, raw.database.url)?;
+
+    let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
+        (Some(file), _) => {
+            let path = normalize(&base.join(file));
+            let parsed: RawScriptsFile = parse_file(&path)?;
+            (path, parsed.scripts)
+        }
+        (None, Some(inline)) => (config_file.clone(), inline),
+        (None, None) => {
+            let path = base.join("scripts.json");
+            if !path.exists() {
+                return Err(ConfigError::new(
+                    &config_file,
+                    "no scripts: set \"scriptsFile\" or a \"scripts\" array",
+                ));
+            }
+            let parsed: RawScriptsFile = parse_file(&path)?;
+            (path, parsed.scripts)
+        }
+    };
+    let scripts = validate_scripts(&scripts_file, raw_scripts)?;
+
+    Ok(Config { config_file, scripts_file, server, runner, database, scripts })
+}
+
+fn database_config(
+    config_file: &Path,
+    base: &Path,
+    url: Option<String>,
+) -> Result<DatabaseConfig, ConfigError> {
+    let url = url.unwrap_or_else(|| format!("sqlite://{}", base.join("script-runner.db").display()));
+    let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(ConfigError::new(
+            config_file,
+            "database.url: PostgreSQL is not supported by this build yet; use a sqlite:// URL",
+        ));
+    } else {
+        return Err(ConfigError::new(
+            config_file,
+            format!("database.url: unsupported URL {url:?}; expected sqlite://<path>"),
+        ));
+    };
+    if path.is_empty() {
+        return Err(ConfigError::new(config_file, "database.url: the sqlite:// URL names no file"));
+    }
+    Ok(DatabaseConfig { sqlite_path: normalize(&base.join(path)), url })
+}
+
+fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, ConfigError> {
+    let base = parent_dir(file);
+    let mut seen = HashSet::new();
+    let mut scripts = Vec::with_capacity(raw.len());
+    for (index, value) in raw.into_iter().enumerate() {
+        // Name the script by id when it has one, by position otherwise.
+        let label = value
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("#{index}"));
+        let rs: RawScript = serde_path_to_error::deserialize(value)
+            .map_err(|e| ConfigError::in_script(file, &label, describe_serde(&e)))?;
+        if rs.id.is_empty() {
+            return Err(ConfigError::in_script(file, &label, "id: must not be empty"));
+        }
+        if !seen.insert(rs.id.clone()) {
+            return Err(ConfigError::in_script(file, &rs.id, "id: duplicate id"));
+        }
+        let path = normalize(&base.join(&rs.path));
+        check_executable(&path).map_err(|m| ConfigError::in_script(file, &rs.id, format!("path: {m}")))?;
+        let pattern = rs.args.item_pattern.as_deref().unwrap_or(r"^[\s\S]*$");
+        let item_pattern = Regex::new(pattern).map_err(|e| {
+            ConfigError::in_script(file, &rs.id, format!("args.itemPattern: invalid regex: {e}"))
+        })?;
+        let cwd = match &rs.cwd {
+            Some(dir) => {
+                let dir = normalize(&base.join(dir));
+                if !dir.is_dir() {
+                    return Err(ConfigError::in_script(
+                        file,
+                        &rs.id,
+                        format!("cwd: {} is not a directory", dir.display()),
+                    ));
+                }
+                dir
+            }
+            None => parent_dir(&path),
+        };
+        if let Some(key) = rs.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(ConfigError::in_script(file, &rs.id, format!("env: invalid variable name {key:?}")));
+        }
+        scripts.push(Arc::new(Script {
+            id: rs.id,
+            path,
+            mode: rs.mode,
+            timeout_sec: rs.timeout_sec.unwrap_or(0),
+            args: ArgRules {
+                max_items: rs.args.max_items.unwrap_or(10),
+                item_pattern,
+                item_max_length: rs.args.item_max_length.unwrap_or(1024),
+            },
+            env: rs.env,
+            cwd,
+            description: rs.description,
+        }));
+    }
+    Ok(scripts)
+}
+
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable (chmod +x it)", path.display()));
+    }
+    Ok(())
+}
+
+fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::new(path, describe_serde(&e)))
+}
+
+fn describe_serde(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    if path == "." || path.is_empty() {
+        inner
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Removes `.` components and resolves `..` lexically, so paths read well in messages.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in absolute(path).components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Where the config file is when none is named: `CONFIG_FILE`, then `./config.json`.
+pub fn default_config_path() -> PathBuf {
+    std::env::var_os("CONFIG_FILE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("config.json"))
+}

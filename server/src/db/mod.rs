@@ -1,0 +1,177 @@
+//! Storage: the SQLite database behind diesel, knowing nothing of HTTP or processes.
+//!
+//! Reads go through an r2d2 pool. Every write goes through one [`Writer`] thread that commits
+//! whatever has queued up in a single transaction (group commit): SQLite has one writer at a
+//! time, and one thread batching writes is much faster than many threads contending for the
+//! lock with busy-waits.
+
+pub mod models;
+pub mod schema;
+mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use models::JobRow;
+use schema::{imports, jobs};
+pub use writer::{WriteOp, Writer};
+
+/// Migrations compiled into the binary and applied at startup.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+
+/// A storage failure. None of these is the client's fault: the HTTP layer answers 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// A query failed.
+    #[error("database query: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Opening the database or applying migrations failed.
+    #[error("database setup: {0}")]
+    Setup(String),
+    /// The writer thread has stopped (only during shutdown).
+    #[error("database writer has stopped")]
+    WriterGone,
+}
+
+type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+
+/// Read access (a pool) and write access (the group-commit writer) to the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    writer: Writer,
+}
+
+/// Filters for [`Store::list_jobs`].
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    /// Only jobs in this status.
+    pub status: Option<String>,
+    /// Only jobs of this script.
+    pub script_id: Option<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Rows to skip.
+    pub offset: i64,
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        apply_pragmas(conn).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// WAL lets readers run beside the writer; `synchronous = NORMAL` in WAL mode survives a crash
+/// of this process (or kill -9) without losing a commit, and only fsyncs at checkpoints: a power
+/// cut may lose the last commits but never corrupts the file.
+fn apply_pragmas(conn: &mut SqliteConnection) -> QueryResult<()> {
+    conn.batch_execute(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+         PRAGMA foreign_keys = ON;",
+    )
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file, applies pending migrations and starts the
+    /// writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let url = path.to_string_lossy().to_string();
+        let mut conn = SqliteConnection::establish(&url)
+            .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
+        apply_pragmas(&mut conn)?;
+        conn.run_pending_migrations(MIGRATIONS)
+            .map_err(|e| StoreError::Setup(format!("migrations on {}: {e}", path.display())))?;
+        let pool = Pool::builder()
+            .max_size(8)
+            .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(Pragmas))
+            .build(ConnectionManager::<SqliteConnection>::new(url))
+            .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
+        let writer = Writer::start(conn);
+        Ok(Store { pool, writer })
+    }
+
+    /// The single writer; every insert and update goes through it.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// One job by id.
+    pub fn get_job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(jobs::table
+            .filter(jobs::id.eq(id))
+            .select(JobRow::as_select())
+            .first(&mut conn)
+            .optional()?)
+    }
+
+    /// A page of jobs, newest first, and how many match in all.
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, i64), StoreError> {
+        let mut conn = self.pool.get()?;
+        let mut query = jobs::table.into_boxed();
+        let mut count = jobs::table.into_boxed();
+        if let Some(status) = &filter.status {
+            query = query.filter(jobs::status.eq(status.clone()));
+            count = count.filter(jobs::status.eq(status.clone()));
+        }
+        if let Some(script_id) = &filter.script_id {
+            query = query.filter(jobs::script_id.eq(script_id.clone()));
+            count = count.filter(jobs::script_id.eq(script_id.clone()));
+        }
+        let rows = query
+            .order(jobs::seq.desc())
+            .limit(filter.limit)
+            .offset(filter.offset)
+            .select(JobRow::as_select())
+            .load(&mut conn)?;
+        let total = count.count().get_result(&mut conn)?;
+        Ok((rows, total))
+    }
+
+    /// Jobs not in a terminal status, oldest first: what recovery looks at after a restart.
+    pub fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(jobs::table
+            .filter(jobs::status.eq_any(["queued", "running"]))
+            .order(jobs::seq.asc())
+            .select(JobRow::as_select())
+            .load(&mut conn)?)
+    }
+
+    /// The highest row sequence number, so job ids keep increasing across restarts.
+    pub fn max_seq(&self) -> Result<i64, StoreError> {
+        let mut conn = self.pool.get()?;
+        let max: Option<i64> = jobs::table.select(diesel::dsl::max(jobs::seq)).first(&mut conn)?;
+        Ok(max.unwrap_or(0))
+    }
+
+    /// Whether an upstream job store at this path was already imported.
+    pub fn is_imported(&self, source: &str) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get()?;
+        let n: i64 = imports::table.filter(imports::source.eq(source)).count().get_result(&mut conn)?;
+        Ok(n > 0)
+    }
+
+    /// Whether a job with this id exists.
+    pub fn job_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get()?;
+        let n: i64 = jobs::table.filter(jobs::id.eq(id)).count().get_result(&mut conn)?;
+        Ok(n > 0)
+    }
+}

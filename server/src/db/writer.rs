@@ -1,0 +1,175 @@
+//! The single database writer: a thread that commits queued writes in groups.
+//!
+//! Callers either wait for their write to be committed ([`Writer::write`]) or only order it
+//! ([`Writer::submit`]); writes are applied in the order they were sent, so waiting for a later
+//! write also means every earlier one is committed.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use diesel::prelude::*;
+use log::error;
+use tokio::sync::oneshot;
+
+use super::models::{JobRow, NewImport};
+use super::schema::{imports, jobs};
+use super::StoreError;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Writes that may wait for the writer before senders block (backpressure, bounded memory).
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert a new job.
+    InsertJob(Box<JobRow>),
+    /// Rewrite the job row with the same id.
+    UpdateJob(Box<JobRow>),
+    /// Insert imported jobs (existing ids are skipped) and record the import.
+    Import {
+        /// The jobs read from the upstream store.
+        rows: Vec<JobRow>,
+        /// The import record.
+        record: NewImport,
+    },
+    /// Nothing: waiting for it waits for every earlier write.
+    Flush,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+struct Request {
+    op: WriteOp,
+    ack: Option<Ack>,
+}
+
+/// Handle to the writer thread; cheap to clone. The thread stops when every handle is dropped.
+#[derive(Clone)]
+pub struct Writer {
+    tx: SyncSender<Request>,
+}
+
+impl Writer {
+    /// Starts the writer thread on its own connection.
+    pub fn start(conn: SqliteConnection) -> Writer {
+        let (tx, rx) = sync_channel(QUEUE_DEPTH);
+        let _thread: JoinHandle<()> = std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || run(conn, rx))
+            .unwrap_or_else(|e| panic!("cannot start the database writer thread: {e}"));
+        Writer { tx }
+    }
+
+    /// Writes and waits until the write is committed.
+    pub async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Request { op, ack: Some(ack) })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Setup(message)),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Like [`Writer::write`], for code that is not async (startup, supervisor threads).
+    pub fn write_blocking(&self, op: WriteOp) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Request { op, ack: Some(ack) })?;
+        match rx.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Setup(message)),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Queues a write without waiting for its commit; a failure is logged.
+    pub fn submit(&self, op: WriteOp) {
+        if self.send(Request { op, ack: None }).is_err() {
+            error!("database writer has stopped; a write was dropped");
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        match self.tx.try_send(request) {
+            Ok(()) => Ok(()),
+            // Full: block this thread until the writer catches up (bounded queue).
+            Err(TrySendError::Full(request)) => self.tx.send(request).map_err(|_| StoreError::WriterGone),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        }
+    }
+}
+
+fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let grouped = conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op)));
+        match grouped {
+            Ok(()) => {
+                for request in batch {
+                    acknowledge(request, Ok(()));
+                }
+            }
+            // One bad write must not fail its neighbours: retry each on its own.
+            Err(_) => {
+                for request in batch {
+                    let result = conn
+                        .immediate_transaction(|c| apply(c, &request.op))
+                        .map_err(|e| format!("{e}"));
+                    acknowledge(request, result);
+                }
+            }
+        }
+    }
+}
+
+fn acknowledge(request: Request, result: Result<(), String>) {
+    match request.ack {
+        Some(ack) => {
+            let _ = ack.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                error!("database write failed ({}): {e}", describe(&request.op));
+            }
+        }
+    }
+}
+
+fn describe(op: &WriteOp) -> String {
+    match op {
+        WriteOp::InsertJob(row) => format!("insert job {}", row.id),
+        WriteOp::UpdateJob(row) => format!("update job {}", row.id),
+        WriteOp::Import { record, .. } => format!("import {}", record.source),
+        WriteOp::Flush => "flush".to_string(),
+    }
+}
+
+fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> QueryResult<()> {
+    match op {
+        WriteOp::InsertJob(row) => {
+            diesel::insert_into(jobs::table).values(row.as_ref()).execute(conn)?;
+        }
+        WriteOp::UpdateJob(row) => {
+            let n = diesel::update(jobs::table.filter(jobs::id.eq(&row.id))).set(row.as_ref()).execute(conn)?;
+            if n == 0 {
+                return Err(diesel::result::Error::NotFound);
+            }
+        }
+        WriteOp::Import { rows, record } => {
+            for row in rows {
+                diesel::insert_or_ignore_into(jobs::table).values(row).execute(conn)?;
+            }
+            diesel::insert_or_ignore_into(imports::table).values(record).execute(conn)?;
+        }
+        WriteOp::Flush => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The one place where errors become HTTP statuses and the upstream error envelope
+//! `{"ok": false, "error": {"code", "message"}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::jobs::JobError;
+
+/// Every error an endpoint can answer. Client mistakes are 4xx with a code the client can act
+/// on; anything else is a logged 500 `INTERNAL_ERROR`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON, or not a JSON object.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// The body is over the limit.
+    #[error("request body over {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Unknown script id.
+    #[error("{0}")]
+    ScriptNotFound(String),
+    /// A request field breaks the rules.
+    #[error("{0}")]
+    InvalidArgs(String),
+    /// Unknown job id.
+    #[error("{0}")]
+    JobNotFound(String),
+    /// No such route.
+    #[error("route not found: {method} {path}")]
+    NotFound {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// Known route, other method.
+    #[error("method {method} not allowed on {path}")]
+    MethodNotAllowed {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Queue full.
+    #[error("{0}")]
+    QueueFull(String),
+    /// Shutting down.
+    #[error("{0}")]
+    ShuttingDown(String),
+    /// Anything else (logged).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "INVALID_JSON",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::ScriptNotFound(_) => "SCRIPT_NOT_FOUND",
+            ApiError::InvalidArgs(_) => "INVALID_ARGS",
+            ApiError::JobNotFound(_) => "JOB_NOT_FOUND",
+            ApiError::NotFound { .. } => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::Unauthorized => "UNAUTHORIZED",
+            ApiError::QueueFull(_) => "QUEUE_FULL",
+            ApiError::ShuttingDown(_) => "SHUTTING_DOWN",
+            ApiError::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            JobError::ScriptNotFound(_) => ApiError::ScriptNotFound(message),
+            JobError::InvalidArgs(_) => ApiError::InvalidArgs(message),
+            JobError::JobNotFound(_) => ApiError::JobNotFound(message),
+            JobError::QueueFull { .. } => ApiError::QueueFull(message),
+            JobError::ShuttingDown => ApiError::ShuttingDown(message),
+            JobError::Store(_) | JobError::Log { .. } | JobError::System(_) => ApiError::Internal(message),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_) | ApiError::ScriptNotFound(_) | ApiError::InvalidArgs(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(message) = self {
+            log::error!("internal error: {message}");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized = self {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(json!({ "ok": false, "error": { "code": self.code(), "message": self.to_string() } }))
+    }
+}

@@ -1,0 +1,156 @@
+//! Handlers of the job API: `POST /run`, `GET /jobs`, `GET /jobs/:id`, `GET /jobs/:id/logs`,
+//! `POST /jobs/:id/cancel`, `GET /scripts`.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::wire::{Accepted, BytesPage, JobList, JobView, LinesPage, ScriptView};
+use super::{json_object, ApiError, AppState};
+use crate::config::Mode;
+use crate::db::JobFilter;
+use crate::jobs::logs::Stream;
+use crate::jobs::model::JobStatus;
+
+type Query = web::Query<HashMap<String, String>>;
+
+/// Default and largest page of `GET /jobs`.
+const LIST_DEFAULT: u64 = 50;
+const LIST_MAX: u64 = 500;
+/// Default page sizes of the logs, in bytes (upstream's) and lines (the proxy block's).
+const BYTES_DEFAULT: u64 = 65536;
+const LINES_DEFAULT: u64 = 100;
+
+/// `POST /run`: validates, records and queues a job; answers at once (async) or at its end (sync).
+pub async fn run(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let body = json_object(payload, &req).await?;
+    let script_id = match body.get("scriptId") {
+        Some(Value::String(s)) => s.as_str(),
+        None | Some(Value::Null) => return Err(ApiError::ScriptNotFound("script not found: scriptId is required".into())),
+        Some(_) => return Err(ApiError::ScriptNotFound("script not found: scriptId must be a string".into())),
+    };
+    let mode = match body.get("mode") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m.as_str()),
+        Some(_) => return Err(ApiError::InvalidArgs("mode must be sync or async".into())),
+    };
+    let submission = state.jobs.submit(script_id, body.get("args"), mode).await?;
+    if submission.job.mode == Mode::Async {
+        let job = &submission.job;
+        return Ok(HttpResponse::Accepted().json(Accepted { ok: true, job_id: job.id.clone(), status: job.status.as_str() }));
+    }
+    let job = submission
+        .finished()
+        .await
+        .ok_or_else(|| ApiError::Internal("the job ended without a final state".into()))?;
+    let stdout = state.jobs.stream_text(&job, Stream::Stdout).await?;
+    let stderr = state.jobs.stream_text(&job, Stream::Stderr).await?;
+    let mut view = JobView::new(job);
+    view.stdout = Some(stdout);
+    view.stderr = Some(stderr);
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `GET /jobs/:id`.
+pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = state.jobs.get(&id).await?;
+    Ok(HttpResponse::Ok().json(JobView::new(job)))
+}
+
+/// `POST /jobs/:id/cancel`.
+pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = state.jobs.cancel(&id).await?;
+    Ok(HttpResponse::Ok().json(JobView::new(job)))
+}
+
+/// `GET /jobs?status=&scriptId=&limit=&offset=`: newest first.
+pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            JobStatus::parse(s)
+                .ok_or_else(|| {
+                    let all: Vec<_> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::InvalidArgs(format!("status must be one of {}", all.join(", ")))
+                })?
+                .as_str()
+                .to_string(),
+        ),
+    };
+    let filter = JobFilter {
+        status,
+        script_id: query.get("scriptId").filter(|s| !s.is_empty()).cloned(),
+        limit: number(&query, "limit", LIST_DEFAULT)?.clamp(1, LIST_MAX) as i64,
+        offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
+    };
+    let (jobs, total) = state.jobs.list(filter).await?;
+    Ok(HttpResponse::Ok().json(JobList { ok: true, jobs: jobs.into_iter().map(JobView::item).collect(), total }))
+}
+
+/// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
+pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
+    let stream = match query.get("stream").map(String::as_str) {
+        None | Some("") => Stream::Stdout,
+        Some(s) => Stream::parse(s).ok_or_else(|| ApiError::InvalidArgs("stream must be stdout or stderr".into()))?,
+    };
+    let lines = match query.get("unit").map(String::as_str) {
+        None | Some("") | Some("bytes") => false,
+        Some("lines") => true,
+        Some(_) => return Err(ApiError::InvalidArgs("unit must be bytes or lines".into())),
+    };
+    let offset = number(&query, "offset", 0)?;
+    if lines {
+        let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
+        let view = state.jobs.read_lines(&id, stream, offset, limit).await?;
+        let page = view.page;
+        return Ok(HttpResponse::Ok().json(LinesPage {
+            ok: true,
+            job_id: id.into_inner(),
+            stream: stream.as_str(),
+            offset: page.offset,
+            next_offset: page.next_offset,
+            total_lines: page.total_lines,
+            truncated: view.truncated,
+            lines: page.lines,
+        }));
+    }
+    let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
+    let view = state.jobs.read_bytes(&id, stream, offset, limit).await?;
+    let page = view.page;
+    Ok(HttpResponse::Ok().json(BytesPage {
+        ok: true,
+        job_id: id.into_inner(),
+        stream: stream.as_str(),
+        offset: page.offset,
+        next_offset: page.next_offset,
+        total_size: page.total_size,
+        truncated: view.truncated,
+        data: String::from_utf8_lossy(&page.data).into_owned(),
+    }))
+}
+
+/// `GET /scripts`: the whitelist with each script's rules.
+pub async fn scripts(state: web::Data<AppState>) -> HttpResponse {
+    let config = state.jobs.config();
+    let scripts: Vec<_> = config.scripts.iter().map(|s| ScriptView::new(s, config.runner.default_mode)).collect();
+    HttpResponse::Ok().json(serde_json::json!({ "ok": true, "scripts": scripts }))
+}
+
+/// A non-negative integer query parameter; huge values saturate (callers clamp them).
+fn number(query: &Query, key: &str, default: u64) -> Result<u64, ApiError> {
+    match query.get(key).map(|s| s.trim()) {
+        None | Some("") => Ok(default),
+        Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Ok(s.parse::<u64>().unwrap_or(u64::MAX)),
+        Some(_) => Err(ApiError::InvalidArgs(format!("{key} must be a non-negative integer"))),
+    }
+}
+
+/// Upstream treats a zero limit as "the default".
+fn nonzero(value: u64, default: u64) -> u64 {
+    if value == 0 {
+        default
+    } else {
+        value
+    }
+}

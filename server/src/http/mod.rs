@@ -1,0 +1,112 @@
+//! HTTP: routes, authentication and request parsing. Handlers are thin: they parse, call the
+//! job service, and shape the answer; the rules live in `crate::jobs`.
+
+mod error;
+mod jobs;
+pub mod wire;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+pub use error::ApiError;
+
+use crate::jobs::JobManager;
+
+/// Largest request body accepted (upstream's limit).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The job service.
+    pub jobs: JobManager,
+    /// Bearer token required on every route but `/healthz`, if configured.
+    pub auth_token: Option<String>,
+}
+
+/// Registers every route on an actix `App`.
+pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        let query = web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::InvalidArgs(format!("invalid query string: {e}")).into());
+        cfg.app_data(web::Data::new(state))
+            .app_data(query)
+            .service(resource("/healthz").route(web::get().to(health)))
+            .service(resource("/run").route(web::post().to(jobs::run)))
+            .service(resource("/scripts").route(web::get().to(jobs::scripts)))
+            .service(resource("/jobs").route(web::get().to(jobs::list)))
+            .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
+            .service(resource("/jobs/{id}/logs").route(web::get().to(jobs::logs)))
+            .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+            .default_service(web::to(not_found));
+    }
+}
+
+/// A route whose other methods answer 405 with the error envelope.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "ok": true }))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound { method: req.method().to_string(), path: req.path().to_string() })
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
+}
+
+/// Middleware: when a token is configured, every route but `/healthz` needs it as a bearer
+/// token (compared in constant time).
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let expected = req.app_data::<web::Data<AppState>>().and_then(|s| s.auth_token.clone());
+    if let Some(expected) = expected {
+        if req.path() != "/healthz" {
+            let given = req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                return Err(ApiError::Unauthorized.into());
+            }
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Reads a JSON object body of at most [`MAX_BODY_BYTES`], whatever its content type.
+pub async fn json_object(mut payload: web::Payload, req: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::InvalidJson(format!("cannot read body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::InvalidJson("body must be a JSON object".into())),
+        Err(e) => Err(ApiError::InvalidJson(format!("invalid json body: {e}"))),
+    }
+}

@@ -1,0 +1,588 @@
+//! Jobs: admission, the FIFO queue, dispatch to supervisors, cancel, reads and shutdown.
+//!
+//! The database is the record of every job. Jobs still in flight (queued or running) are also
+//! held in memory, where their state is current (the "running" write is ordered but not waited
+//! for); they leave memory only once their final state is committed, so a read never sees an
+//! older state than one it saw before.
+
+pub mod import;
+pub mod logs;
+pub mod model;
+pub mod recovery;
+pub mod supervisor;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{error, info, warn};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{ArgRules, Config, Mode, Script};
+use crate::db::{JobFilter, Store, StoreError, WriteOp};
+use crate::time::now_ms;
+use logs::{BytePage, LinePage, LineQuery, Stream};
+use model::{Job, JobStatus};
+use supervisor::{Control, Launch, LiveStreams};
+
+/// Largest line page, in lines.
+pub const MAX_LINE_LIMIT: u64 = 10_000;
+/// Largest byte page, in bytes (upstream's limit).
+pub const MAX_BYTE_LIMIT: u64 = 1024 * 1024;
+/// Most line text in one line page.
+pub const MAX_LINE_PAGE_BYTES: usize = 1024 * 1024;
+
+/// What can go wrong with a job request. The HTTP layer maps each to a status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// No whitelisted script has this id.
+    #[error("script not found: {0}")]
+    ScriptNotFound(String),
+    /// The arguments (or another request field) break the rules.
+    #[error("{0}")]
+    InvalidArgs(String),
+    /// No job has this id.
+    #[error("job not found: {0}")]
+    JobNotFound(String),
+    /// Running slots and queue are full.
+    #[error("queue full: {running} running and {queued} queued (runner.maxQueued is {max_queued})")]
+    QueueFull {
+        /// Jobs running.
+        running: usize,
+        /// Jobs waiting.
+        queued: usize,
+        /// The configured bound.
+        max_queued: usize,
+    },
+    /// The server is stopping and takes no new runs.
+    #[error("the server is shutting down and accepts no new runs")]
+    ShuttingDown,
+    /// Storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Reading a log failed.
+    #[error("reading log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The system refused a resource (file descriptors).
+    #[error("system resource: {0}")]
+    System(String),
+}
+
+/// A job in flight.
+struct Active {
+    job: Mutex<Job>,
+    script: Arc<Script>,
+    control: Arc<Control>,
+    live: Mutex<Option<LiveStreams>>,
+    /// Holds the final job once it is committed.
+    done: watch::Sender<Option<Job>>,
+}
+
+impl Active {
+    fn new(job: Job, script: Arc<Script>) -> Result<Arc<Active>, JobError> {
+        let control = Control::new().map_err(|e| JobError::System(format!("eventfd: {e}")))?;
+        Ok(Arc::new(Active {
+            job: Mutex::new(job),
+            script,
+            control,
+            live: Mutex::new(None),
+            done: watch::channel(None).0,
+        }))
+    }
+
+    /// The job as it is now, with the live log counters of a running job.
+    fn snapshot(&self) -> Job {
+        let mut job = lock(&self.job).clone();
+        if let Some([out, err]) = lock(&self.live).as_ref() {
+            for (info, live) in [(&mut job.stdout, out), (&mut job.stderr, err)] {
+                info.size = live.size.load(Ordering::Acquire);
+                info.lines = Some(live.lines.load(Ordering::Acquire));
+                info.truncated = live.truncated.load(Ordering::Relaxed);
+            }
+        }
+        job
+    }
+
+    fn id(&self) -> String {
+        lock(&self.job).id.clone()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Arc<Active>>,
+    active: HashMap<String, Arc<Active>>,
+    running: usize,
+    /// Admitted requests whose insert is not yet committed.
+    reserved: usize,
+    stopping: bool,
+}
+
+struct Shared {
+    config: Arc<Config>,
+    store: Store,
+    state: Mutex<State>,
+    next_seq: AtomicU64,
+    /// Rung whenever a job ends (shutdown waits on it).
+    ended: Notify,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The job service. Cheap to clone.
+#[derive(Clone)]
+pub struct JobManager {
+    shared: Arc<Shared>,
+}
+
+/// A job accepted by [`JobManager::submit`].
+pub struct Submission {
+    /// The job as admitted.
+    pub job: Job,
+    /// Resolves with the final job.
+    done: watch::Receiver<Option<Job>>,
+}
+
+impl Submission {
+    /// Waits until the job has ended and its final state is committed.
+    pub async fn finished(mut self) -> Option<Job> {
+        wait_done(&mut self.done).await
+    }
+}
+
+async fn wait_done(rx: &mut watch::Receiver<Option<Job>>) -> Option<Job> {
+    rx.wait_for(Option::is_some).await.ok().and_then(|j| j.clone())
+}
+
+/// A byte page with the job's stream state.
+pub struct BytesView {
+    /// The page.
+    pub page: BytePage,
+    /// Whether the stream was truncated at the cap.
+    pub truncated: bool,
+}
+
+/// A line page with the job's stream state.
+pub struct LinesView {
+    /// The page.
+    pub page: LinePage,
+    /// Whether the stream was truncated at the cap.
+    pub truncated: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update; the data is still the
+    // best we have, and refusing every later request would be worse.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl JobManager {
+    /// Creates the service. Call [`JobManager::recover`] before serving.
+    pub fn new(config: Arc<Config>, store: Store, runtime: tokio::runtime::Handle) -> Result<JobManager, JobError> {
+        let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
+        std::fs::create_dir_all(&config.runner.logs_dir).map_err(|e| JobError::Log {
+            path: config.runner.logs_dir.clone(),
+            source: e,
+        })?;
+        Ok(JobManager {
+            shared: Arc::new(Shared {
+                config,
+                store,
+                state: Mutex::new(State::default()),
+                next_seq: AtomicU64::new(next_seq),
+                ended: Notify::new(),
+                runtime,
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.shared.config
+    }
+
+    /// Validates a run request, records the job and queues it.
+    pub async fn submit(&self, script_id: &str, args: Option<&Value>, mode: Option<&str>) -> Result<Submission, JobError> {
+        let shared = &self.shared;
+        let script = shared
+            .config
+            .script(script_id)
+            .cloned()
+            .ok_or_else(|| JobError::ScriptNotFound(script_id.to_string()))?;
+        let args = validate_args(&script.args, args)?;
+        let mode = match mode {
+            None => script.effective_mode(shared.config.runner.default_mode),
+            Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into()))?,
+        };
+        shared.reserve()?;
+        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let job = Job::new(format!("job_{now}_{seq}"), &script.id, mode, args, now);
+        let admitted = match Active::new(job.clone(), script) {
+            Ok(active) => shared.store.writer().write(WriteOp::InsertJob(Box::new(job.to_row()))).await.map(|()| active),
+            Err(e) => {
+                lock(&shared.state).reserved -= 1;
+                return Err(e);
+            }
+        };
+        let active = {
+            let mut st = lock(&shared.state);
+            st.reserved -= 1;
+            let active = admitted?;
+            st.active.insert(job.id.clone(), Arc::clone(&active));
+            st.queue.push_back(Arc::clone(&active));
+            active
+        };
+        let done = active.done.subscribe();
+        Shared::dispatch(shared);
+        let job = active.snapshot();
+        Ok(Submission { job, done })
+    }
+
+    /// The job with this id.
+    pub async fn get(&self, id: &str) -> Result<Job, JobError> {
+        if let Some(active) = self.shared.active(id) {
+            return Ok(active.snapshot());
+        }
+        let store = self.shared.store.clone();
+        let key = id.to_string();
+        let row = blocking(move || store.get_job(&key)).await??;
+        row.map(Job::from_row).ok_or_else(|| JobError::JobNotFound(id.to_string()))
+    }
+
+    /// A page of jobs, newest first, and how many match.
+    pub async fn list(&self, filter: JobFilter) -> Result<(Vec<Job>, i64), JobError> {
+        let store = self.shared.store.clone();
+        let (rows, total) = blocking(move || store.list_jobs(&filter)).await??;
+        let jobs = rows
+            .into_iter()
+            .map(|row| match self.shared.active(&row.id) {
+                Some(active) => active.snapshot(),
+                None => Job::from_row(row),
+            })
+            .collect();
+        Ok((jobs, total))
+    }
+
+    /// Cancels a job: a queued one ends at once and never starts; a running one gets SIGTERM
+    /// to its group, SIGKILL after the grace, and the call waits (bounded) for it to end. A
+    /// finished job is returned unchanged.
+    pub async fn cancel(&self, id: &str) -> Result<Job, JobError> {
+        let shared = &self.shared;
+        let Some(active) = shared.active(id) else { return self.get(id).await };
+        let dequeued = {
+            let mut st = lock(&shared.state);
+            let before = st.queue.len();
+            st.queue.retain(|a| !Arc::ptr_eq(a, &active));
+            st.queue.len() < before
+        };
+        if dequeued {
+            let job = {
+                let mut job = lock(&active.job);
+                job.end(JobStatus::Canceled, None, now_ms());
+                job.clone()
+            };
+            shared.settle(&active, job.clone()).await;
+            return Ok(job);
+        }
+        active.control.cancel();
+        let mut done = active.done.subscribe();
+        let bound = Duration::from_secs(shared.config.runner.kill_grace_sec) + supervisor::DRAIN_AFTER_EXIT + Duration::from_secs(3);
+        match tokio::time::timeout(bound, wait_done(&mut done)).await {
+            Ok(Some(job)) => Ok(job),
+            _ => Ok(active.snapshot()),
+        }
+    }
+
+    /// A byte page of a job's log.
+    pub async fn read_bytes(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
+        let job = self.get(id).await?;
+        let info = job.stream(stream).clone();
+        let path = self.log_path(&info.log_ref);
+        let limit = limit.min(MAX_BYTE_LIMIT);
+        let page = match path {
+            None => BytePage { offset, next_offset: offset, total_size: 0, data: Vec::new() },
+            Some(path) => blocking(move || logs::read_bytes(&path, offset, limit).map_err(|e| (path, e)))
+                .await?
+                .map_err(|(path, source)| JobError::Log { path, source })?,
+        };
+        Ok(BytesView { page, truncated: info.truncated })
+    }
+
+    /// A line page of a job's log. While the job runs only complete lines are served.
+    pub async fn read_lines(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
+        let job = self.get(id).await?;
+        let info = job.stream(stream).clone();
+        let complete_only = !job.status.is_terminal();
+        let query = LineQuery {
+            offset,
+            limit: limit.min(MAX_LINE_LIMIT),
+            max_bytes: MAX_LINE_PAGE_BYTES,
+            complete_only,
+            known_total: info.lines,
+        };
+        let page = match self.log_path(&info.log_ref) {
+            None => LinePage { offset, next_offset: offset, total_lines: 0, lines: Vec::new() },
+            Some(path) => blocking(move || logs::read_lines(&path, query).map_err(|e| (path, e)))
+                .await?
+                .map_err(|(path, source)| JobError::Log { path, source })?,
+        };
+        Ok(LinesView { page, truncated: info.truncated })
+    }
+
+    /// The whole stored stream as text, for the sync response; the preview when it holds all.
+    pub async fn stream_text(&self, job: &Job, stream: Stream) -> Result<String, JobError> {
+        let info = job.stream(stream);
+        if info.size as usize <= info.preview.len() && !info.truncated {
+            return Ok(info.preview.clone());
+        }
+        let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };
+        let cap = self.shared.config.runner.max_log_bytes_per_stream;
+        let page = blocking(move || logs::read_bytes(&path, 0, cap).map_err(|e| (path, e)))
+            .await?
+            .map_err(|(path, source)| JobError::Log { path, source })?;
+        Ok(String::from_utf8_lossy(&page.data).into_owned())
+    }
+
+    /// The log file for a stored reference, or `None` if the reference is not a plain file
+    /// name (an imported record could hold anything; it never reaches the filesystem).
+    fn log_path(&self, log_ref: &str) -> Option<PathBuf> {
+        let plain = !log_ref.is_empty()
+            && log_ref != "."
+            && log_ref != ".."
+            && !log_ref.contains('/')
+            && !log_ref.contains('\0');
+        plain.then(|| self.shared.config.runner.logs_dir.join(log_ref))
+    }
+
+    /// How many jobs are running and queued now.
+    pub fn load(&self) -> (usize, usize) {
+        let st = lock(&self.shared.state);
+        (st.running, st.queue.len())
+    }
+
+    /// Stops taking runs, lets running jobs finish for up to `grace`, then cancels them.
+    /// Queued async jobs stay queued in the database and run after the next start; queued
+    /// sync jobs (whose callers are about to be disconnected) end `failed`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let shared = &self.shared;
+        lock(&shared.state).stopping = true;
+        if !shared.wait_idle(grace).await {
+            let running: Vec<_> = {
+                let st = lock(&shared.state);
+                st.active.values().filter(|a| !st.queue.iter().any(|q| Arc::ptr_eq(q, a))).cloned().collect()
+            };
+            warn!("shutdown: canceling {} running job(s) after {grace:?}", running.len());
+            for active in &running {
+                active.control.cancel();
+            }
+            let bound = Duration::from_secs(shared.config.runner.kill_grace_sec) + supervisor::DRAIN_AFTER_EXIT + Duration::from_secs(3);
+            shared.wait_idle(bound).await;
+        }
+        let queued: Vec<_> = lock(&shared.state).queue.drain(..).collect();
+        for active in queued {
+            let job = {
+                let mut job = lock(&active.job);
+                if job.mode != Mode::Sync {
+                    continue;
+                }
+                job.end(JobStatus::Failed, Some("the server shut down before the job started".into()), now_ms());
+                job.clone()
+            };
+            shared.settle(&active, job).await;
+        }
+        if let Err(e) = shared.store.writer().write(WriteOp::Flush).await {
+            error!("shutdown: final database flush failed: {e}");
+        }
+    }
+
+    /// Puts an already recorded queued job back in the queue (recovery after a restart).
+    fn requeue(&self, job: Job, script: Arc<Script>) -> Result<(), JobError> {
+        let active = Active::new(job, script)?;
+        let mut st = lock(&self.shared.state);
+        st.active.insert(active.id(), Arc::clone(&active));
+        st.queue.push_back(active);
+        Ok(())
+    }
+
+    /// Starts queued jobs while slots are free.
+    pub fn dispatch(&self) {
+        Shared::dispatch(&self.shared);
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    fn logs_dir(&self) -> &Path {
+        &self.shared.config.runner.logs_dir
+    }
+}
+
+impl Shared {
+    fn active(&self, id: &str) -> Option<Arc<Active>> {
+        lock(&self.state).active.get(id).cloned()
+    }
+
+    /// Admits one more job into running + queued, or refuses.
+    fn reserve(&self) -> Result<(), JobError> {
+        let runner = &self.config.runner;
+        let mut st = lock(&self.state);
+        if st.stopping {
+            return Err(JobError::ShuttingDown);
+        }
+        let in_flight = st.running + st.queue.len() + st.reserved;
+        if in_flight >= runner.max_concurrent + runner.max_queued {
+            return Err(JobError::QueueFull { running: st.running, queued: st.queue.len(), max_queued: runner.max_queued });
+        }
+        st.reserved += 1;
+        Ok(())
+    }
+
+    fn dispatch(shared: &Arc<Shared>) {
+        loop {
+            let next = {
+                let mut st = lock(&shared.state);
+                if st.stopping || st.running >= shared.config.runner.max_concurrent {
+                    return;
+                }
+                let Some(next) = st.queue.pop_front() else { return };
+                st.running += 1;
+                next
+            };
+            let worker = Arc::clone(shared);
+            shared.runtime.spawn_blocking(move || worker.run(next));
+        }
+    }
+
+    /// Runs one job on a blocking thread, from spawn to its committed final state.
+    fn run(self: Arc<Shared>, active: Arc<Active>) {
+        let launch = self.launch(&active);
+        let outcome = supervisor::supervise(&launch, &active.control, |spawned, live| {
+            let row = {
+                let mut job = lock(&active.job);
+                job.mark_running(&spawned);
+                job.to_row()
+            };
+            *lock(&active.live) = Some(live);
+            // Ordered before the final write; not waited for (the job is in memory meanwhile).
+            self.store.writer().submit(WriteOp::UpdateJob(Box::new(row)));
+        });
+        // Free the slot before persisting, so the next job starts while this one is written.
+        lock(&self.state).running -= 1;
+        Shared::dispatch(&self);
+        let job = {
+            let mut job = lock(&active.job);
+            job.finish(outcome);
+            job.clone()
+        };
+        *lock(&active.live) = None;
+        if let Err(e) = self.store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row()))) {
+            error!("job {}: final state not saved: {e}", job.id);
+        }
+        self.forget(&active, job);
+    }
+
+    /// Commits a job's final state (decided outside a supervisor) and releases it.
+    async fn settle(&self, active: &Arc<Active>, job: Job) {
+        if let Err(e) = self.store.writer().write(WriteOp::UpdateJob(Box::new(job.to_row()))).await {
+            error!("job {}: final state not saved: {e}", job.id);
+        }
+        self.forget(active, job);
+    }
+
+    fn forget(&self, active: &Arc<Active>, job: Job) {
+        lock(&self.state).active.remove(&job.id);
+        active.done.send_replace(Some(job));
+        self.ended.notify_waiters();
+    }
+
+    fn launch(&self, active: &Active) -> Launch {
+        let runner = &self.config.runner;
+        let job = lock(&active.job);
+        let script = &active.script;
+        Launch {
+            job_id: job.id.clone(),
+            program: script.path.clone(),
+            args: job.args.clone(),
+            cwd: script.cwd.clone(),
+            env: script.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            timeout: (script.timeout_sec > 0).then(|| Duration::from_secs(script.timeout_sec)),
+            kill_grace: Duration::from_secs(runner.kill_grace_sec),
+            stdout_log: runner.logs_dir.join(&job.stdout.log_ref),
+            stderr_log: runner.logs_dir.join(&job.stderr.log_ref),
+            log_cap: runner.max_log_bytes_per_stream,
+            preview_max: runner.preview_max_bytes,
+        }
+    }
+
+    /// Waits until no job runs, at most `bound`; true if none runs.
+    async fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let notified = self.ended.notified();
+            if lock(&self.state).running == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return lock(&self.state).running == 0;
+            }
+        }
+    }
+}
+
+/// Checks a request's `args` against the script's rules, with upstream's messages.
+pub fn validate_args(rules: &ArgRules, args: Option<&Value>) -> Result<Vec<String>, JobError> {
+    let invalid = |m: String| JobError::InvalidArgs(m);
+    let items = match args {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(invalid("args must be an array of strings".into())),
+    };
+    if items.len() > rules.max_items {
+        return Err(invalid(format!("too many args: max {}", rules.max_items)));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Value::String(s) = item else { return Err(invalid(format!("arg[{i}] must be string"))) };
+        if s.chars().count() > rules.item_max_length {
+            return Err(invalid(format!("arg[{i}] too long: max {}", rules.item_max_length)));
+        }
+        if s.contains('\0') {
+            return Err(invalid(format!("arg[{i}] must not contain a NUL character")));
+        }
+        if !rules.item_pattern.is_match(s) {
+            return Err(invalid(format!("arg[{i}] does not match pattern")));
+        }
+        out.push(s.clone());
+    }
+    Ok(out)
+}
+
+/// Runs blocking storage or file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JobError::System(format!("blocking task failed: {e}")))
+}
+
+impl JobManager {
+    /// Logs a one-line summary of the service at start.
+    pub fn log_start(&self) {
+        let runner = &self.shared.config.runner;
+        info!(
+            "jobs: {} scripts, maxConcurrent {}, maxQueued {}, logs in {}",
+            self.shared.config.scripts.len(),
+            runner.max_concurrent,
+            runner.max_queued,
+            self.logs_dir().display()
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The job as the domain sees it, and its conversion to and from a database row.
+
+use serde::Serialize;
+
+use crate::config::Mode;
+use crate::db::models::JobRow;
+
+use super::logs::{Stream, StreamSummary};
+use super::supervisor::{Ending, Outcome, Spawned};
+
+/// Upstream's six statuses (note `canceled` with one l).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a free slot.
+    Queued,
+    /// Its process is running.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed by a signal, could not start, or was interrupted by a restart.
+    Failed,
+    /// Stopped after its script's `timeoutSec`.
+    TimedOut,
+    /// Stopped on request.
+    Canceled,
+}
+
+impl JobStatus {
+    /// Every status, for validating filters.
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::TimedOut,
+        JobStatus::Canceled,
+    ];
+
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::TimedOut => "timed_out",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the job can no longer change.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+/// One output stream of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Log file name inside `logsDir` (never a path: it is checked before use).
+    pub log_ref: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// Whether output past the cap was dropped.
+    pub truncated: bool,
+    /// Tail of the output as text.
+    pub preview: String,
+    /// Lines stored; `None` when unknown (imported, or interrupted by a crash).
+    pub lines: Option<u64>,
+}
+
+impl StreamInfo {
+    fn empty(log_ref: String) -> StreamInfo {
+        StreamInfo { log_ref, size: 0, truncated: false, preview: String::new(), lines: None }
+    }
+
+    fn finish(&mut self, summary: StreamSummary) {
+        self.size = summary.size;
+        self.truncated = summary.truncated;
+        self.preview = summary.preview;
+        self.lines = Some(summary.lines);
+    }
+}
+
+/// A job: one run of one whitelisted script.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// `job_<unix ms>_<sequence>`, as upstream.
+    pub id: String,
+    /// The script run.
+    pub script_id: String,
+    /// How the client asked to be answered.
+    pub mode: Mode,
+    /// Where it is in its life.
+    pub status: JobStatus,
+    /// The arguments, passed verbatim as argv.
+    pub args: Vec<String>,
+    /// Exit code; -1 for timeout, cancel, signal or spawn failure; `None` before the end.
+    pub code: Option<i32>,
+    /// Why it failed without an exit code of its own.
+    pub error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub ended_at: Option<i64>,
+    /// Milliseconds from start to end.
+    pub duration_ms: Option<i64>,
+    /// Standard output.
+    pub stdout: StreamInfo,
+    /// Standard error.
+    pub stderr: StreamInfo,
+    /// Process group leader while running.
+    pub pid: Option<i32>,
+    /// Leader start time (clock ticks since boot).
+    pub proc_start_ticks: Option<u64>,
+}
+
+impl Job {
+    /// A new queued job.
+    pub fn new(id: String, script_id: &str, mode: Mode, args: Vec<String>, now: i64) -> Job {
+        Job {
+            stdout: StreamInfo::empty(format!("{id}.stdout.log")),
+            stderr: StreamInfo::empty(format!("{id}.stderr.log")),
+            id,
+            script_id: script_id.to_string(),
+            mode,
+            status: JobStatus::Queued,
+            args,
+            code: None,
+            error: None,
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            duration_ms: None,
+            pid: None,
+            proc_start_ticks: None,
+        }
+    }
+
+    /// One stream.
+    pub fn stream(&self, stream: Stream) -> &StreamInfo {
+        match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        }
+    }
+
+    /// Records that the process started.
+    pub fn mark_running(&mut self, spawned: &Spawned) {
+        self.status = JobStatus::Running;
+        self.started_at = Some(spawned.started_at);
+        self.pid = Some(spawned.pid);
+        self.proc_start_ticks = spawned.start_ticks;
+    }
+
+    /// Ends the job without it having run to its end (cancel while queued, restart, shutdown).
+    pub fn end(&mut self, status: JobStatus, error: Option<String>, now: i64) {
+        self.status = status;
+        self.code = Some(-1);
+        self.error = error;
+        self.ended_at = Some(now);
+        self.duration_ms = Some(self.started_at.map_or(0, |s| (now - s).max(0)));
+        self.pid = None;
+        self.proc_start_ticks = None;
+    }
+
+    /// Applies what the supervisor reported.
+    pub fn finish(&mut self, outcome: Outcome) {
+        if let Some(spawned) = &outcome.spawned {
+            self.started_at.get_or_insert(spawned.started_at);
+        }
+        let (status, code, error) = match outcome.ending {
+            Ending::Exited(0) => (JobStatus::Succeeded, 0, None),
+            Ending::Exited(code) => (JobStatus::Failed, code, None),
+            Ending::Signaled(sig) => (JobStatus::Failed, -1, Some(format!("killed by signal {sig}"))),
+            Ending::TimedOut => (JobStatus::TimedOut, -1, None),
+            Ending::Canceled => (JobStatus::Canceled, -1, None),
+            Ending::SpawnFailed(message) => (JobStatus::Failed, -1, Some(message)),
+        };
+        self.status = status;
+        self.code = Some(code);
+        self.error = error;
+        self.ended_at = Some(outcome.ended_at);
+        self.duration_ms = Some(outcome.duration_ms);
+        self.stdout.finish(outcome.stdout);
+        self.stderr.finish(outcome.stderr);
+        self.pid = None;
+        self.proc_start_ticks = None;
+    }
+
+    /// The database row.
+    pub fn to_row(&self) -> JobRow {
+        JobRow {
+            id: self.id.clone(),
+            script_id: self.script_id.clone(),
+            mode: self.mode.as_str().to_string(),
+            status: self.status.as_str().to_string(),
+            args: serde_json::to_string(&self.args).unwrap_or_else(|_| "[]".to_string()),
+            code: self.code,
+            error: self.error.clone(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            duration_ms: self.duration_ms,
+            stdout_ref: self.stdout.log_ref.clone(),
+            stderr_ref: self.stderr.log_ref.clone(),
+            stdout_size: to_i64(self.stdout.size),
+            stderr_size: to_i64(self.stderr.size),
+            stdout_truncated: self.stdout.truncated,
+            stderr_truncated: self.stderr.truncated,
+            stdout_preview: self.stdout.preview.clone(),
+            stderr_preview: self.stderr.preview.clone(),
+            stdout_lines: self.stdout.lines.map(to_i64),
+            stderr_lines: self.stderr.lines.map(to_i64),
+            pid: self.pid,
+            proc_start_ticks: self.proc_start_ticks.map(to_i64),
+        }
+    }
+
+    /// From a database row; a value the row cannot hold sensibly is read leniently (an unknown
+    /// status as `failed`), so one odd row never makes a listing fail.
+    pub fn from_row(row: JobRow) -> Job {
+        Job {
+            mode: Mode::parse(&row.mode).unwrap_or(Mode::Async),
+            status: JobStatus::parse(&row.status).unwrap_or(JobStatus::Failed),
+            args: serde_json::from_str(&row.args).unwrap_or_default(),
+            stdout: StreamInfo {
+                log_ref: row.stdout_ref,
+                size: to_u64(row.stdout_size),
+                truncated: row.stdout_truncated,
+                preview: row.stdout_preview,
+                lines: row.stdout_lines.map(to_u64),
+            },
+            stderr: StreamInfo {
+                log_ref: row.stderr_ref,
+                size: to_u64(row.stderr_size),
+                truncated: row.stderr_truncated,
+                preview: row.stderr_preview,
+                lines: row.stderr_lines.map(to_u64),
+            },
+            id: row.id,
+            script_id: row.script_id,
+            code: row.code,
+            error: row.error,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            ended_at: row.ended_at,
+            duration_ms: row.duration_ms,
+            pid: row.pid,
+            proc_start_ticks: row.proc_start_ticks.map(to_u64),
+        }
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,151 @@
+//! Recovery after a crash: jobs the database still shows in flight are settled before serving.
+//!
+//! - `running` jobs: their processes are found and killed, and the job ends `failed` with a
+//!   message saying the server restarted. A process is killed only if it is provably the job's:
+//!   the recorded leader (same pid *and* same start time, so a reused pid is never signalled;
+//!   its whole group is killed) or any process whose environment carries the job's id in
+//!   `SCRIPT_RUNNER_JOB_ID` (this also finds processes that left the group).
+//! - `queued` async jobs run again, in their original order; if a process of one is found it
+//!   had in fact started (its "running" write was lost in the crash), so it is treated as
+//!   running above and never started a second time.
+//! - `queued` sync jobs end `failed`: the caller that waited for them is gone.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use super::model::{Job, JobStatus};
+use super::supervisor::{start_ticks, JOB_ID_ENV};
+use super::{JobError, JobManager};
+use crate::config::Mode;
+use crate::db::WriteOp;
+use crate::time::now_ms;
+
+/// What recovery did, for the start-up log and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Jobs ended `failed` because they were running when the server stopped.
+    pub interrupted: usize,
+    /// Processes killed.
+    pub killed: usize,
+    /// Queued async jobs put back in the queue.
+    pub requeued: usize,
+    /// Queued sync jobs (or jobs of scripts no longer configured) ended `failed`.
+    pub abandoned: usize,
+}
+
+/// Settles every job left in flight. Must run before the server accepts requests, outside the
+/// async runtime (it blocks on database commits).
+pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
+    let store = manager.store();
+    let jobs: Vec<Job> = store.unfinished_jobs()?.into_iter().map(Job::from_row).collect();
+    let mut report = Recovery::default();
+    if jobs.is_empty() {
+        return Ok(report);
+    }
+    let (found, killed) = kill_processes(&jobs);
+    report.killed = killed;
+    for mut job in jobs {
+        let now = now_ms();
+        let started = job.status == JobStatus::Running || found.contains(&job.id);
+        let script = manager.config().script(&job.script_id).cloned();
+        if started {
+            job.end(
+                JobStatus::Failed,
+                Some("the server restarted while the job was running; its processes were stopped".into()),
+                now,
+            );
+            refresh_sizes(manager, &mut job);
+            report.interrupted += 1;
+        } else if job.mode == Mode::Sync {
+            job.end(
+                JobStatus::Failed,
+                Some("the server restarted before this sync job started; its caller is gone".into()),
+                now,
+            );
+            report.abandoned += 1;
+        } else if let Some(script) = script {
+            manager.requeue(job, script)?;
+            report.requeued += 1;
+            continue;
+        } else {
+            job.end(
+                JobStatus::Failed,
+                Some(format!("script {} is no longer configured", job.script_id)),
+                now,
+            );
+            report.abandoned += 1;
+        }
+        store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row())))?;
+    }
+    info!(
+        "recovery: {} interrupted job(s) failed, {} process(es) killed, {} queued job(s) requeued, {} abandoned",
+        report.interrupted, report.killed, report.requeued, report.abandoned
+    );
+    Ok(report)
+}
+
+/// The stored log sizes of an interrupted job (its counters died with the server).
+fn refresh_sizes(manager: &JobManager, job: &mut Job) {
+    for info in [&mut job.stdout, &mut job.stderr] {
+        if let Some(path) = manager.log_path(&info.log_ref) {
+            info.size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        }
+        info.lines = None;
+        info.truncated = info.truncated || manager.config().runner.max_log_bytes_per_stream <= info.size;
+    }
+}
+
+/// Kills the processes of these jobs; returns the ids of jobs that had any, and how many
+/// processes were signalled.
+fn kill_processes(jobs: &[Job]) -> (HashSet<String>, usize) {
+    let mut found = HashSet::new();
+    let mut victims = Vec::new();
+    for job in jobs {
+        if let (Some(pid), Some(ticks)) = (job.pid, job.proc_start_ticks) {
+            if pid > 0 && start_ticks(pid) == Some(ticks) && killpg(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                found.insert(job.id.clone());
+                victims.push(pid);
+            }
+        }
+    }
+    let ids: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let me = std::process::id() as i32;
+    if let Ok(all) = procfs::process::all_processes() {
+        for process in all.flatten() {
+            if process.pid == me {
+                continue;
+            }
+            let Ok(env) = process.environ() else { continue };
+            let Some(id) = env.get(OsStr::new(JOB_ID_ENV)).and_then(|v| v.to_str()) else { continue };
+            if ids.contains(id) && kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
+                found.insert(id.to_string());
+                victims.push(process.pid);
+            }
+        }
+    }
+    wait_gone(&victims, Duration::from_secs(3));
+    (found, victims.len())
+}
+
+/// Waits until these processes are gone (or zombies waiting for init), at most `bound`.
+fn wait_gone(pids: &[i32], bound: Duration) {
+    let deadline = Instant::now() + bound;
+    let alive = |pid: i32| {
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .map(|s| s.state != 'Z')
+            .unwrap_or(false)
+    };
+    while pids.iter().any(|&p| alive(p)) {
+        if Instant::now() >= deadline {
+            warn!("recovery: some killed processes are still present after {bound:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

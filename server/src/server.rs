@@ -1,0 +1,86 @@
+//! Starting and stopping the service: open storage, import, recover, bind, serve, drain.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{middleware, App, HttpServer};
+use anyhow::Context;
+use log::info;
+
+use crate::config::Config;
+use crate::db::Store;
+use crate::http::{self, AppState};
+use crate::jobs::{import, recovery, JobManager};
+
+/// Runs the service until SIGTERM or SIGINT, then drains and returns.
+///
+/// Start-up order matters: migrations, the upstream import and crash recovery all finish
+/// before the port is bound, so no request sees a half-recovered state. The bound address is
+/// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.database.sqlite_path)
+        .with_context(|| format!("database {}", config.database.url))?;
+    import::import_job_store(&config.runner.job_store_file, &store)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(config.runner.max_concurrent + 64)
+        .thread_name("jobs")
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let jobs = JobManager::new(Arc::clone(&config), store, runtime.handle().clone())?;
+    recovery::recover(&jobs)?;
+    jobs.log_start();
+
+    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
+    let address = listener.local_addr()?;
+    println!("script-runner listening on http://{address}");
+    std::io::stdout().flush()?;
+    info!("listening on http://{address} with {} script(s)", config.scripts.len());
+
+    jobs.dispatch();
+    let state = AppState { jobs: jobs.clone(), auth_token: config.server.auth_token.clone() };
+    let system = actix_web::rt::System::new();
+    system.block_on(async move {
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(middleware::from_fn(http::authenticate))
+                .configure(http::routes(state.clone()))
+        })
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
+            let drained = jobs.clone();
+            // The drain runs on the job runtime; this one keeps serving reads meanwhile.
+            let _ = runtime.spawn(async move { drained.shutdown(grace).await }).await;
+            handle.stop(true).await;
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        });
+        server.await
+    })?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        log::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
