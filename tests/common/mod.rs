@@ -1,0 +1,396 @@
+//! Shared harness for the integration tests: starts the real `script-runner` binary on
+//! `127.0.0.1:0` with its own temporary folder (config.json, scripts.json, scripts, database,
+//! logs), and talks to it over HTTP like any client.
+#![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test binary uses a part of it")]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+/// The server binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_script-runner");
+
+/// Builds a temporary deployment: config, scripts, and the scripts' files.
+pub struct Builder {
+    dir: tempfile::TempDir,
+    server: Map<String, Value>,
+    runner: Map<String, Value>,
+    top: Map<String, Value>,
+    scripts: Vec<Value>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// A deployment with test-friendly defaults: port 0, `killGraceSec` 1, `shutdownGraceSec` 2,
+    /// logs in `<dir>/logs`, database `<dir>/db.sqlite`.
+    pub fn new() -> Builder {
+        let dir = tempfile::Builder::new().prefix("sr-test-").tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+        let mut server = Map::new();
+        server.insert("host".into(), json!("127.0.0.1"));
+        server.insert("port".into(), json!(0));
+        let mut runner = Map::new();
+        runner.insert("maxConcurrent".into(), json!(4));
+        runner.insert("killGraceSec".into(), json!(1));
+        runner.insert("shutdownGraceSec".into(), json!(2));
+        runner.insert("logsDir".into(), json!("./logs"));
+        runner.insert("jobStoreFile".into(), json!("./jobs.json"));
+        let mut top = Map::new();
+        top.insert("database".into(), json!({ "url": "sqlite://db.sqlite" }));
+        Builder { dir, server, runner, top, scripts: Vec::new() }
+    }
+
+    /// The deployment folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a `/bin/sh` script `scripts/<id>.sh` with this body, and its scripts.json entry
+    /// (`mode` sync, no timeout, permissive args). Use `script_entry` for other settings.
+    pub fn script(self, id: &str, body: &str) -> Builder {
+        self.script_entry(id, body, json!({}))
+    }
+
+    /// Like [`Builder::script`], with extra scripts.json keys merged into the entry
+    /// (e.g. `{"mode": "async", "timeoutSec": 1, "args": {"maxItems": 2}}`).
+    pub fn script_entry(mut self, id: &str, body: &str, extra: Value) -> Builder {
+        let path = self.write_executable(&format!("scripts/{id}.sh"), &format!("#!/bin/sh\n{body}\n"));
+        let mut entry = json!({ "id": id, "path": path.to_str().unwrap(), "mode": "sync" });
+        if let (Some(e), Value::Object(x)) = (entry.as_object_mut(), extra) {
+            e.extend(x);
+        }
+        self.scripts.push(entry);
+        self
+    }
+
+    /// Adds a raw scripts.json entry as is.
+    pub fn raw_script(mut self, entry: Value) -> Builder {
+        self.scripts.push(entry);
+        self
+    }
+
+    /// Writes an executable file relative to the deployment folder; returns its path.
+    pub fn write_executable(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Sets `server.<key>`.
+    pub fn server(mut self, key: &str, value: Value) -> Builder {
+        self.server.insert(key.into(), value);
+        self
+    }
+
+    /// Sets `runner.<key>`.
+    pub fn runner(mut self, key: &str, value: Value) -> Builder {
+        self.runner.insert(key.into(), value);
+        self
+    }
+
+    /// Sets a top-level config.json key (e.g. `database`).
+    pub fn top(mut self, key: &str, value: Value) -> Builder {
+        self.top.insert(key.into(), value);
+        self
+    }
+
+    /// Writes config.json and scripts.json; returns the config path and keeps the folder.
+    pub fn write(self) -> Deployment {
+        let mut config = self.top.clone();
+        config.insert("server".into(), Value::Object(self.server.clone()));
+        config.insert("runner".into(), Value::Object(self.runner.clone()));
+        config.insert("scriptsFile".into(), json!("./scripts.json"));
+        let config_path = self.dir.path().join("config.json");
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&Value::Object(config)).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.path().join("scripts.json"),
+            serde_json::to_vec_pretty(&json!({ "scripts": self.scripts })).unwrap(),
+        )
+        .unwrap();
+        Deployment { dir: self.dir, config: config_path }
+    }
+
+    /// Writes the files and starts the server.
+    pub fn start(self) -> TestServer {
+        self.write().start()
+    }
+}
+
+/// A written deployment folder (kept until dropped).
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Deployment {
+    /// Starts a server on this deployment.
+    pub fn start(self) -> TestServer {
+        let mut server = TestServer { deployment: self, child: None, base: String::new() };
+        server.launch();
+        server
+    }
+
+    /// Runs `script-runner check-config --config <config.json>`.
+    pub fn check_config(&self) -> std::process::Output {
+        Command::new(BIN).args(["check-config", "--config"]).arg(&self.config).output().unwrap()
+    }
+}
+
+/// A response: status, parsed JSON body (Null when not JSON) and raw text.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+/// The running server.
+pub struct TestServer {
+    pub deployment: Deployment,
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl TestServer {
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.deployment.dir.path().join("server.log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.deployment.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(addr) = line.strip_prefix("script-runner listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => self.base = base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; its log:\n{}", self.server_log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The deployment folder.
+    pub fn dir(&self) -> &Path {
+        self.deployment.dir.path()
+    }
+
+    /// What the server wrote to stderr (its log) so far, across restarts.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("server.log")).unwrap_or_default()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Any request. `headers` are `(name, value)` pairs.
+    pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
+        let mut req = agent.request(method, &format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_bytes(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp { status, body, text }
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, None, &[])
+    }
+
+    /// POST a JSON value.
+    pub fn post(&self, path: &str, body: Value) -> Resp {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        self.request("POST", path, Some(&bytes), &[("Content-Type", "application/json")])
+    }
+
+    /// `POST /run` with `{scriptId, args, mode}` (mode omitted when None).
+    pub fn run(&self, script_id: &str, args: &[&str], mode: Option<&str>) -> Resp {
+        let mut body = json!({ "scriptId": script_id, "args": args });
+        if let Some(m) = mode {
+            body["mode"] = json!(m);
+        }
+        self.post("/run", body)
+    }
+
+    /// Starts an async job and returns its id.
+    pub fn run_async(&self, script_id: &str, args: &[&str]) -> String {
+        let r = self.run(script_id, args, Some("async"));
+        assert_eq!(r.status, 202, "{}", r.text);
+        r.body["jobId"].as_str().unwrap().to_string()
+    }
+
+    /// `GET /jobs/:id` body.
+    pub fn job(&self, id: &str) -> Value {
+        let r = self.get(&format!("/jobs/{id}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
+    /// Polls until the job's status satisfies `pred`, at most `timeout`; returns the job.
+    pub fn wait_job(&self, id: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.job(id);
+            if pred(job["status"].as_str().unwrap_or("")) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {} after {timeout:?}: {job}", job["status"]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until the job is terminal.
+    pub fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_job(id, timeout, |s| !matches!(s, "queued" | "running"))
+    }
+
+    /// Kills the server with SIGKILL (its jobs' process groups survive it) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the server to exit, at most `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("server not running");
+        signal(child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("server did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same folder (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.launch();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a pid.
+pub fn signal(pid: i32, sig: i32) {
+    #[allow(unsafe_code, reason = "plain kill(2) for tests")]
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses, which may itself hold spaces.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            state != Some('Z')
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until every pid is gone, at most `timeout`; returns the ones still alive.
+pub fn wait_gone(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until a file exists and holds a non-empty trimmed text; returns it.
+pub fn wait_file(path: &Path, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.trim().is_empty() {
+                return text.trim().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "{} not written within {timeout:?}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads the pids a script wrote, one per line, to a file.
+pub fn read_pids(path: &Path, count: usize, timeout: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.len() >= count {
+            return pids;
+        }
+        assert!(Instant::now() < deadline, "{} did not list {count} pids within {timeout:?}", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

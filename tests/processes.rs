@@ -1,0 +1,3 @@
+//! Integration tests (being written).
+
+mod common;
