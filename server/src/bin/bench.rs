@@ -1,1 +1,397 @@
-fn main() {}
+//! `bench`: measures the job runner end to end and prints the figures.
+//!
+//! It starts the `script-runner` binary built beside it on `127.0.0.1:0` in a temporary folder
+//! and measures, in one run:
+//! 1. the physical limit: the same trivial script spawned directly (fork/exec + wait in a loop,
+//!    one spawning thread per core, no HTTP, no database);
+//! 2. sync-run throughput and p50/p99 latency at concurrency 1, 4 and 16;
+//! 3. the same at concurrency 4 after at least 10,000 jobs are in the history;
+//! 4. a 200 MB stdout job: wall time and the server's peak RSS while it runs;
+//! 5. the latency of a 64 KiB page at the end of that log, by bytes and by lines;
+//! 6. cancel-to-terminal latency of a running job.
+//!
+//! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N]`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+struct Options {
+    seconds: f64,
+    big_mb: u64,
+}
+
+fn options() -> Result<Options> {
+    let mut opts = Options { seconds: 5.0, big_mb: 200 };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().context("missing value");
+        match arg.as_str() {
+            "--seconds" => opts.seconds = value()?.parse()?,
+            "--big-mb" => opts.big_mb = value()?.parse()?,
+            "-h" | "--help" => {
+                println!("bench [--seconds N (per phase, default 5)] [--big-mb N (default 200)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() -> Result<()> {
+    let opts = options()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let dir = tempfile::Builder::new().prefix("sr-bench-").tempdir()?;
+    let trivial = write_script(dir.path(), "trivial.sh", "#!/bin/sh\necho ok\n")?;
+    let big_bytes = opts.big_mb * 1_000_000;
+    write_script(
+        dir.path(),
+        "big.sh",
+        &format!("#!/bin/sh\nyes 'the quick brown fox jumps over the lazy dog 0123456789 abcdefghij' | head -c {big_bytes}\n"),
+    )?;
+    write_script(dir.path(), "sleeper.sh", "#!/bin/sh\nexec sleep 300\n")?;
+    let server = Server::start(dir.path(), big_bytes)?;
+    println!("script-runner bench: {cores} core(s), {:.0} s per phase, server pid {}", opts.seconds, server.pid());
+    println!();
+
+    let direct = direct_spawn(&trivial, cores, opts.seconds);
+    println!("{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)", "direct spawn (physical limit)", direct);
+
+    let mut at4 = 0.0;
+    for conc in [1, 4, 16] {
+        let r = load(&server.base, "trivial", conc, opts.seconds)?;
+        report(&format!("sync /run, concurrency {conc}"), &r, Some(direct));
+        if conc == 4 {
+            at4 = r.throughput;
+        }
+    }
+
+    let total = fill_history(&server.base, 10_000)?;
+    let r = load(&server.base, "trivial", 4, opts.seconds)?;
+    report(&format!("sync /run, concurrency 4, {total} jobs in history"), &r, Some(direct));
+    println!("{:<44} {:>9.1}% of the rate before", "  history effect", 100.0 * r.throughput / at4.max(1e-9));
+
+    let big = big_job(&server, big_bytes)?;
+    println!(
+        "{:<44} {:>10.2} s wall, {:.0} MB/s; server peak RSS {:.1} MB during the job (before: {:.1} MB)",
+        format!("{} MB stdout job (sync)", opts.big_mb),
+        big.wall.as_secs_f64(),
+        big_bytes as f64 / 1e6 / big.wall.as_secs_f64(),
+        big.peak_rss_kb as f64 / 1024.0,
+        big.rss_before_kb as f64 / 1024.0
+    );
+    let (bytes_p50, bytes_p99) = page_latency(&server.base, &big.job_id, false)?;
+    let (lines_p50, lines_p99) = page_latency(&server.base, &big.job_id, true)?;
+    println!("{:<44} p50 {:>7.2} ms  p99 {:>7.2} ms", "64 KiB page at the end, by bytes", bytes_p50, bytes_p99);
+    println!("{:<44} p50 {:>7.2} ms  p99 {:>7.2} ms", "64 KiB page at the end, by lines", lines_p50, lines_p99);
+
+    let (c50, c99) = cancel_latency(&server.base, 20)?;
+    println!("{:<44} p50 {:>7.2} ms  p99 {:>7.2} ms", "cancel to terminal (running sleep)", c50, c99);
+    println!();
+    println!("targets: sync c=4 >= 70% of direct spawn; no drop with 10,000 jobs; RSS < 64 MB during the big job; deep page < 5 ms");
+    println!("reference (from the issue): Node script-runner ~95 runs/s; a Go webhook server without storage ~75% of the limit");
+    Ok(())
+}
+
+fn write_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, body)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(dir: &Path, big_bytes: u64) -> Result<Server> {
+        let scripts = json!({ "scripts": [
+            { "id": "trivial", "path": "./trivial.sh", "mode": "sync" },
+            { "id": "big", "path": "./big.sh", "mode": "sync" },
+            { "id": "sleeper", "path": "./sleeper.sh", "mode": "async" }
+        ]});
+        let config = json!({
+            "server": { "host": "127.0.0.1", "port": 0 },
+            "runner": {
+                "maxConcurrent": 16,
+                "maxQueued": 10000,
+                "maxLogBytesPerStream": big_bytes + 1_000_000,
+                "logsDir": "./logs",
+                "killGraceSec": 5
+            },
+            "scriptsFile": "./scripts.json"
+        });
+        std::fs::write(dir.join("scripts.json"), serde_json::to_vec(&scripts)?)?;
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)?;
+        let exe = std::env::current_exe()?.with_file_name("script-runner");
+        let mut child = Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(dir.join("config.json"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {} (build it with --release first)", exe.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let base = line.trim().strip_prefix("script-runner listening on ").context("no address line")?.to_string();
+        Ok(Server { child, base })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (count, stop, script) = (Arc::clone(&count), Arc::clone(&stop), script.to_path_buf());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = Command::new(&script)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if ok {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+struct LoadResult {
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).max_idle_connections_per_host(64).build()
+}
+
+fn load(base: &str, script: &str, concurrency: usize, seconds: f64) -> Result<LoadResult> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (stop, url) = (Arc::clone(&stop), format!("{base}/run"));
+            let body = json!({ "scriptId": script }).to_string();
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let ok = agent
+                        .post(&url)
+                        .set("Content-Type", "application/json")
+                        .send_string(&body)
+                        .ok()
+                        .and_then(|r| r.into_json::<Value>().ok())
+                        .is_some_and(|v| v["status"] == "succeeded");
+                    if ok {
+                        latencies.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (l, e) = h.join().map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok(LoadResult { throughput: all.len() as f64 / elapsed, p50_ms: pct(&all, 0.50), p99_ms: pct(&all, 0.99), errors })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, r: &LoadResult, limit: Option<f64>) {
+    let share = limit.map(|l| format!("  {:>5.1}% of direct", 100.0 * r.throughput / l)).unwrap_or_default();
+    let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
+    println!("{name:<44} {:>10.0} runs/s  p50 {:>6.2} ms  p99 {:>6.2} ms{share}{errors}", r.throughput, r.p50_ms, r.p99_ms);
+}
+
+fn total_jobs(base: &str) -> Result<u64> {
+    let v: Value = agent().get(&format!("{base}/jobs?limit=1")).call()?.into_json()?;
+    v["total"].as_u64().context("no total")
+}
+
+/// Runs trivial jobs at concurrency 16 until the history holds at least `target` jobs.
+fn fill_history(base: &str, target: u64) -> Result<u64> {
+    loop {
+        let total = total_jobs(base)?;
+        if total >= target {
+            return Ok(total);
+        }
+        let missing = target - total;
+        let per_thread = missing.div_ceil(16);
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let url = format!("{base}/run");
+                std::thread::spawn(move || {
+                    let agent = agent();
+                    for _ in 0..per_thread {
+                        let _ = agent.post(&url).send_json(json!({ "scriptId": "trivial" }));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+struct BigJob {
+    job_id: String,
+    wall: Duration,
+    peak_rss_kb: u64,
+    rss_before_kb: u64,
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn big_job(server: &Server, big_bytes: u64) -> Result<BigJob> {
+    let pid = server.pid();
+    let rss_before_kb = rss_kb(pid);
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let t = Instant::now();
+    let v: Value = agent().post(&format!("{}/run", server.base)).send_json(json!({ "scriptId": "big", "mode": "async" }))?.into_json()?;
+    let job_id = v["jobId"].as_str().context("no jobId")?.to_string();
+    loop {
+        let j: Value = agent().get(&format!("{}/jobs/{job_id}", server.base)).call()?.into_json()?;
+        match j["status"].as_str() {
+            Some("succeeded") => {
+                if j["stdoutSize"].as_u64() != Some(big_bytes) {
+                    bail!("big job stored {} bytes, expected {big_bytes}", j["stdoutSize"]);
+                }
+                break;
+            }
+            Some("queued" | "running") => std::thread::sleep(Duration::from_millis(2)),
+            other => bail!("big job ended {other:?}: {j}"),
+        }
+    }
+    let wall = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    Ok(BigJob { job_id, wall, peak_rss_kb: peak.load(Ordering::Relaxed), rss_before_kb })
+}
+
+/// p50/p99 of 100 requests for the last 64 KiB of the big log (bytes), or its last ~64 KiB
+/// worth of lines (the lines are 70 bytes: 936 lines).
+fn page_latency(base: &str, job_id: &str, lines: bool) -> Result<(f64, f64)> {
+    let agent = agent();
+    let url = if lines {
+        let probe: Value =
+            agent.get(&format!("{base}/jobs/{job_id}/logs?unit=lines&offset=0&limit=1")).call()?.into_json()?;
+        let total = probe["totalLines"].as_u64().context("no totalLines")?;
+        format!("{base}/jobs/{job_id}/logs?unit=lines&offset={}&limit=936", total.saturating_sub(936))
+    } else {
+        let probe: Value = agent.get(&format!("{base}/jobs/{job_id}/logs?offset=0&limit=1")).call()?.into_json()?;
+        let total = probe["totalSize"].as_u64().context("no totalSize")?;
+        format!("{base}/jobs/{job_id}/logs?offset={}&limit=65536", total.saturating_sub(65536))
+    };
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let v: Value = agent.get(&url).call()?.into_json()?;
+        samples.push(t.elapsed());
+        let n = if lines { v["lines"].as_array().map_or(0, Vec::len) } else { v["data"].as_str().map_or(0, str::len) };
+        if n == 0 {
+            bail!("empty page at {url}");
+        }
+    }
+    samples.sort();
+    Ok((pct(&samples, 0.5), pct(&samples, 0.99)))
+}
+
+fn cancel_latency(base: &str, rounds: usize) -> Result<(f64, f64)> {
+    let agent = agent();
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let v: Value = agent.post(&format!("{base}/run")).send_json(json!({ "scriptId": "sleeper" }))?.into_json()?;
+        let id = v["jobId"].as_str().context("no jobId")?.to_string();
+        loop {
+            let j: Value = agent.get(&format!("{base}/jobs/{id}")).call()?.into_json()?;
+            if j["status"] == "running" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t = Instant::now();
+        let j: Value = agent.post(&format!("{base}/jobs/{id}/cancel")).call()?.into_json()?;
+        samples.push(t.elapsed());
+        if j["status"] != "canceled" {
+            bail!("cancel answered {j}");
+        }
+    }
+    samples.sort();
+    Ok((pct(&samples, 0.5), pct(&samples, 0.99)))
+}

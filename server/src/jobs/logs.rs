@@ -82,9 +82,14 @@ pub fn index_path(log: &Path) -> PathBuf {
 }
 
 /// Writes one stream to its log file, enforcing the cap and maintaining preview and index.
+///
+/// Files are created on first use: a stream that writes nothing has no log file (it reads as
+/// empty), and only a log long enough to need an index entry gets an index file. Most jobs
+/// are short, and creating files is a large share of what a short job costs.
 pub struct LogSink {
-    file: File,
-    index: File,
+    path: PathBuf,
+    file: Option<File>,
+    index: Option<File>,
     cap: u64,
     stored: u64,
     truncated: bool,
@@ -98,12 +103,12 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// Creates (truncating) the log file and its index.
-    pub fn create(path: &Path, cap: u64, preview_max: usize) -> io::Result<LogSink> {
-        let open = |p: &Path| OpenOptions::new().write(true).create(true).truncate(true).open(p);
-        Ok(LogSink {
-            file: open(path)?,
-            index: open(&index_path(path))?,
+    /// A sink for this log file; nothing is created until there is something to store.
+    pub fn new(path: &Path, cap: u64, preview_max: usize) -> LogSink {
+        LogSink {
+            path: path.to_path_buf(),
+            file: None,
+            index: None,
             cap,
             stored: 0,
             truncated: false,
@@ -114,7 +119,7 @@ impl LogSink {
             tail: Tail::new(preview_max),
             live: Arc::new(LiveStream::default()),
             write_failed: false,
-        })
+        }
     }
 
     /// Counters other threads read while the job runs.
@@ -135,8 +140,12 @@ impl LogSink {
         if keep.is_empty() || self.write_failed {
             return;
         }
-        if let Err(e) = self.file.write_all(keep) {
-            log::warn!("log write failed, dropping the rest of this stream: {e}");
+        let written = match self.file.as_mut() {
+            Some(file) => file.write_all(keep),
+            None => create(&self.path).and_then(|file| self.file.insert(file).write_all(keep)),
+        };
+        if let Err(e) = written {
+            log::warn!("log {} failed, dropping the rest of this stream: {e}", self.path.display());
             self.write_failed = true;
             self.truncated = true;
             self.live.truncated.store(true, Ordering::Relaxed);
@@ -163,8 +172,12 @@ impl LogSink {
         if !self.entries.is_empty() {
             // Whole entries in one write, so a concurrent reader never sees half of one
             // (it reads only complete 16-byte entries).
-            if let Err(e) = self.index.write_all(&self.entries) {
-                log::warn!("log index write failed: {e}");
+            let written = match self.index.as_mut() {
+                Some(index) => index.write_all(&self.entries),
+                None => create(&index_path(&self.path)).and_then(|f| self.index.insert(f).write_all(&self.entries)),
+            };
+            if let Err(e) = written {
+                log::warn!("log index {} failed: {e}", self.path.display());
             }
             self.entries.clear();
         }
@@ -182,18 +195,24 @@ impl LogSink {
     }
 }
 
+fn create(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).create(true).truncate(true).open(path)
+}
+
 /// The last `max` bytes seen.
 struct Tail {
     max: usize,
     buf: VecDeque<u8>,
+    seen: u64,
 }
 
 impl Tail {
     fn new(max: usize) -> Tail {
-        Tail { max, buf: VecDeque::with_capacity(max.min(64 * 1024)) }
+        Tail { max, buf: VecDeque::with_capacity(max.min(64 * 1024)), seen: 0 }
     }
 
     fn push(&mut self, chunk: &[u8]) {
+        self.seen += chunk.len() as u64;
         if self.max == 0 {
             return;
         }
@@ -212,7 +231,7 @@ impl Tail {
         let mut bytes = Vec::with_capacity(a.len() + b.len());
         bytes.extend_from_slice(a);
         bytes.extend_from_slice(b);
-        preview_text(&bytes, self.buf.len() == self.max)
+        preview_text(&bytes, self.seen > bytes.len() as u64)
     }
 }
 
@@ -318,11 +337,10 @@ pub fn read_lines(path: &Path, q: LineQuery) -> io::Result<LinePage> {
     let mut budget = q.max_bytes;
     let wanted = q.limit.min(total_lines - q.offset);
     while (page.lines.len() as u64) < wanted {
-        if budget == 0 && !page.lines.is_empty() {
-            break;
-        }
-        let Some((mut bytes, terminated)) = read_line_capped(&mut reader, budget.max(1))? else { break };
-        if !terminated && q.complete_only {
+        // Only a page's first line may be cut (when it alone is over the limit); a later line
+        // that does not fit ends the page and starts the next one whole.
+        let Some((mut bytes, terminated)) = read_line_capped(&mut reader, q.max_bytes.max(1))? else { break };
+        if (!terminated && q.complete_only) || (!page.lines.is_empty() && bytes.len() > budget) {
             break;
         }
         if bytes.last() == Some(&b'\r') {

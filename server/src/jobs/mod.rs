@@ -340,7 +340,10 @@ impl JobManager {
     /// The whole stored stream as text, for the sync response; the preview when it holds all.
     pub async fn stream_text(&self, job: &Job, stream: Stream) -> Result<String, JobError> {
         let info = job.stream(stream);
-        if info.size as usize <= info.preview.len() && !info.truncated {
+        // The preview is the tail of all output: it is the whole stream when nothing was
+        // dropped at the cap and the output fits in it (compared in bytes, before decoding).
+        let preview_max = self.shared.config.runner.preview_max_bytes as u64;
+        if !info.truncated && info.size <= preview_max {
             return Ok(info.preview.clone());
         }
         let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };

@@ -151,13 +151,8 @@ pub fn supervise(launch: &Launch, control: &Control, on_spawn: impl FnOnce(Spawn
         outcome.ending = Ending::Canceled;
         return outcome;
     }
-    let sinks = LogSink::create(&launch.stdout_log, launch.log_cap, launch.preview_max).and_then(|out| {
-        Ok((out, LogSink::create(&launch.stderr_log, launch.log_cap, launch.preview_max)?))
-    });
-    let (out_sink, err_sink) = match sinks {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot create log files in {}: {e}", parent(&launch.stdout_log))),
-    };
+    let out_sink = LogSink::new(&launch.stdout_log, launch.log_cap, launch.preview_max);
+    let err_sink = LogSink::new(&launch.stderr_log, launch.log_cap, launch.preview_max);
     let mut child = match command(launch).spawn() {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {}: {e}", launch.program.display())),
@@ -390,6 +385,3 @@ fn elapsed_ms(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
-fn parent(path: &std::path::Path) -> String {
-    path.parent().map(|p| p.display().to_string()).unwrap_or_default()
-}
