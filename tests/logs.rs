@@ -24,20 +24,13 @@ fn page_error(server: &TestServer, id: &str, query: &str, status: u16, code: &st
     let r = server.get(&format!("/jobs/{id}/logs?{query}"));
     assert_eq!(r.status, status, "GET logs?{query}: {}", r.text);
     assert_eq!(r.body["ok"], json!(false), "{}", r.text);
-    assert_eq!(
-        r.body["error"]["code"],
-        json!(code),
-        "GET logs?{query}: {}",
-        r.text
-    );
+    assert_eq!(r.body["error"]["code"], json!(code), "GET logs?{query}: {}", r.text);
     r.body["error"]["message"].as_str().unwrap().to_string()
 }
 
 /// The `data` of a byte page.
 fn data(body: &Value) -> &str {
-    body["data"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no data in {body}"))
+    body["data"].as_str().unwrap_or_else(|| panic!("no data in {body}"))
 }
 
 /// The `lines` of a line page.
@@ -51,9 +44,7 @@ fn lines(body: &Value) -> Vec<String> {
 }
 
 fn num(body: &Value, key: &str) -> u64 {
-    body[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {body}"))
+    body[key].as_u64().unwrap_or_else(|| panic!("{key} is not a number in {body}"))
 }
 
 /// Runs a sync job, asserting it succeeded; returns the response body (job + stdout/stderr).
@@ -80,10 +71,7 @@ fn wait_page(server: &TestServer, id: &str, query: &str, pred: impl Fn(&Value) -
         if pred(&body) {
             return body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "logs?{query} never matched; last page: {body}"
-        );
+        assert!(Instant::now() < deadline, "logs?{query} never matched; last page: {body}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -112,16 +100,8 @@ fn byte_pages_reassemble_exactly_the_stored_stdout() {
         assert_eq!(body["stream"], json!("stdout"));
         assert_eq!(body["truncated"], json!(false));
         let chunk = data(&body);
-        assert!(
-            chunk.len() <= 1000,
-            "page longer than its limit: {}",
-            chunk.len()
-        );
-        assert_eq!(
-            num(&body, "nextOffset"),
-            offset + chunk.len() as u64,
-            "{body}"
-        );
+        assert!(chunk.len() <= 1000, "page longer than its limit: {}", chunk.len());
+        assert_eq!(num(&body, "nextOffset"), offset + chunk.len() as u64, "{body}");
         if chunk.is_empty() {
             break;
         }
@@ -139,10 +119,7 @@ fn byte_pages_reassemble_exactly_the_stored_stdout() {
 #[test]
 fn byte_page_at_or_past_the_end_is_empty_and_keeps_the_offset() {
     let server = Builder::new().script("hello", "echo hello world").start();
-    let id = run_sync(&server, "hello")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "hello")["jobId"].as_str().unwrap().to_string();
     for offset in [12u64, 13, 1000, 99_999_999_999] {
         let body = page(&server, &id, &format!("offset={offset}"));
         assert_eq!(data(&body), "", "offset {offset}: {body}");
@@ -158,10 +135,8 @@ fn byte_page_at_or_past_the_end_is_empty_and_keeps_the_offset() {
 #[test]
 fn byte_limit_above_the_maximum_is_clamped_to_one_mebibyte() {
     // About 2 MB stored (cap raised so the log itself is not what limits the page).
-    let server = Builder::new()
-        .runner("maxLogBytesPerStream", json!(8 * 1024 * 1024))
-        .script("big", "seq 1 300000")
-        .start();
+    let server =
+        Builder::new().runner("maxLogBytesPerStream", json!(8 * 1024 * 1024)).script("big", "seq 1 300000").start();
     let id = run_to_end(&server, "big");
     let expected = seq_text(300_000);
     assert!(expected.len() > 1_048_576 + 5);
@@ -191,13 +166,8 @@ fn byte_limit_zero_or_missing_means_the_default_of_65536() {
 
 #[test]
 fn byte_paging_reads_stderr_when_asked() {
-    let server = Builder::new()
-        .script("both", "echo out; echo err1 >&2; echo err2 >&2")
-        .start();
-    let id = run_sync(&server, "both")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("both", "echo out; echo err1 >&2; echo err2 >&2").start();
+    let id = run_sync(&server, "both")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "stream=stderr");
     assert_eq!(body["stream"], json!("stderr"));
     assert_eq!(data(&body), "err1\nerr2\n");
@@ -212,10 +182,7 @@ fn byte_paging_reads_stderr_when_asked() {
 #[test]
 fn unknown_stream_is_rejected_with_invalid_args() {
     let server = Builder::new().script("hello", "echo hi").start();
-    let id = run_sync(&server, "hello")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "hello")["jobId"].as_str().unwrap().to_string();
     for query in ["stream=both", "stream=STDOUT", "stream=stdin&unit=lines"] {
         let message = page_error(&server, &id, query, 400, "INVALID_ARGS");
         assert_eq!(message, "stream must be stdout or stderr", "{query}");
@@ -225,10 +192,7 @@ fn unknown_stream_is_rejected_with_invalid_args() {
 #[test]
 fn negative_or_non_integer_offset_and_limit_are_rejected() {
     let server = Builder::new().script("hello", "echo hi").start();
-    let id = run_sync(&server, "hello")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "hello")["jobId"].as_str().unwrap().to_string();
     for query in [
         "offset=-1",
         "offset=abc",
@@ -257,10 +221,7 @@ fn logs_of_an_unknown_job_are_not_found() {
 #[test]
 fn line_pages_serve_lines_without_newlines_and_count_them() {
     let server = Builder::new().script("count", "seq 1 250").start();
-    let id = run_sync(&server, "count")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "count")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines&offset=0&limit=3");
     assert_eq!(lines(&body), ["1", "2", "3"]);
     assert_eq!(num(&body, "offset"), 0);
@@ -269,10 +230,7 @@ fn line_pages_serve_lines_without_newlines_and_count_them() {
     assert_eq!(body["jobId"], json!(id));
     assert_eq!(body["stream"], json!("stdout"));
     assert_eq!(body["truncated"], json!(false));
-    assert!(
-        body.get("data").is_none(),
-        "a line page has no data: {body}"
-    );
+    assert!(body.get("data").is_none(), "a line page has no data: {body}");
     // Following nextOffset with the default limit (100) walks every line once.
     let mut offset = 0;
     let mut all = Vec::new();
@@ -294,10 +252,7 @@ fn line_pages_serve_lines_without_newlines_and_count_them() {
 #[test]
 fn line_page_past_the_end_is_empty_and_keeps_the_offset() {
     let server = Builder::new().script("count", "seq 1 5").start();
-    let id = run_sync(&server, "count")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "count")["jobId"].as_str().unwrap().to_string();
     for offset in [5u64, 6, 1000, 99_999_999_999] {
         let body = page(&server, &id, &format!("unit=lines&offset={offset}"));
         assert!(lines(&body).is_empty(), "offset {offset}: {body}");
@@ -326,15 +281,8 @@ fn line_limit_above_the_maximum_is_clamped_to_10000() {
 #[test]
 fn line_limit_zero_or_missing_means_the_default_of_100() {
     let server = Builder::new().script("count", "seq 1 500").start();
-    let id = run_sync(&server, "count")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for query in [
-        "unit=lines&limit=0",
-        "unit=lines",
-        "unit=lines&offset=10&limit=0",
-    ] {
+    let id = run_sync(&server, "count")["jobId"].as_str().unwrap().to_string();
+    for query in ["unit=lines&limit=0", "unit=lines", "unit=lines&offset=10&limit=0"] {
         let body = page(&server, &id, query);
         let got = lines(&body);
         assert_eq!(got.len(), 100, "{query}");
@@ -346,32 +294,19 @@ fn line_limit_zero_or_missing_means_the_default_of_100() {
 
 #[test]
 fn crlf_line_endings_are_stripped_in_line_mode() {
-    let server = Builder::new()
-        .script("crlf", r"printf 'one\r\ntwo\r\nthree\n\r\nlast\r\n'")
-        .start();
-    let id = run_sync(&server, "crlf")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("crlf", r"printf 'one\r\ntwo\r\nthree\n\r\nlast\r\n'").start();
+    let id = run_sync(&server, "crlf")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines");
     assert_eq!(lines(&body), ["one", "two", "three", "", "last"]);
     assert_eq!(num(&body, "totalLines"), 5);
     // Byte mode gives the bytes as stored.
-    assert_eq!(
-        data(&page(&server, &id, "")),
-        "one\r\ntwo\r\nthree\n\r\nlast\r\n"
-    );
+    assert_eq!(data(&page(&server, &id, "")), "one\r\ntwo\r\nthree\n\r\nlast\r\n");
 }
 
 #[test]
 fn final_line_without_newline_counts_once_the_job_has_ended() {
-    let server = Builder::new()
-        .script("tail", r"printf 'a\nb\nno newline'")
-        .start();
-    let id = run_sync(&server, "tail")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("tail", r"printf 'a\nb\nno newline'").start();
+    let id = run_sync(&server, "tail")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines");
     assert_eq!(lines(&body), ["a", "b", "no newline"]);
     assert_eq!(num(&body, "totalLines"), 3);
@@ -383,13 +318,8 @@ fn final_line_without_newline_counts_once_the_job_has_ended() {
 
 #[test]
 fn empty_lines_are_preserved_in_line_mode() {
-    let server = Builder::new()
-        .script("gaps", r"printf 'a\n\n\nb\n\n'")
-        .start();
-    let id = run_sync(&server, "gaps")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("gaps", r"printf 'a\n\n\nb\n\n'").start();
+    let id = run_sync(&server, "gaps")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines");
     assert_eq!(lines(&body), ["a", "", "", "b", ""]);
     assert_eq!(num(&body, "totalLines"), 5);
@@ -401,10 +331,7 @@ fn empty_lines_are_preserved_in_line_mode() {
 #[test]
 fn unknown_unit_is_rejected_with_invalid_args() {
     let server = Builder::new().script("hello", "echo hi").start();
-    let id = run_sync(&server, "hello")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "hello")["jobId"].as_str().unwrap().to_string();
     for query in ["unit=bogus", "unit=LINES", "unit=line"] {
         page_error(&server, &id, query, 400, "INVALID_ARGS");
     }
@@ -420,10 +347,7 @@ const BIG_LINES: u32 = 300_000;
 fn numbered_lines_server() -> (TestServer, String) {
     let server = Builder::new()
         .runner("maxLogBytesPerStream", json!(8 * 1024 * 1024))
-        .script(
-            "numbered",
-            &format!(r#"awk 'BEGIN {{ for (i = 1; i <= {BIG_LINES}; i++) print "line " i }}'"#),
-        )
+        .script("numbered", &format!(r#"awk 'BEGIN {{ for (i = 1; i <= {BIG_LINES}; i++) print "line " i }}'"#))
         .start();
     let id = run_to_end(&server, "numbered");
     (server, id)
@@ -432,32 +356,15 @@ fn numbered_lines_server() -> (TestServer, String) {
 #[test]
 fn line_pages_deep_in_a_large_log_return_the_right_lines() {
     let (server, id) = numbered_lines_server();
-    for offset in [
-        0u64, 1, 1023, 1024, 1025, 2047, 2048, 65535, 65536, 150_000, 299_990,
-    ] {
-        let body = page(
-            &server,
-            &id,
-            &format!("unit=lines&offset={offset}&limit=10"),
-        );
-        let expected: Vec<String> = (offset + 1..=offset + 10)
-            .map(|n| format!("line {n}"))
-            .collect();
+    for offset in [0u64, 1, 1023, 1024, 1025, 2047, 2048, 65535, 65536, 150_000, 299_990] {
+        let body = page(&server, &id, &format!("unit=lines&offset={offset}&limit=10"));
+        let expected: Vec<String> = (offset + 1..=offset + 10).map(|n| format!("line {n}")).collect();
         assert_eq!(lines(&body), expected, "offset {offset}");
         assert_eq!(num(&body, "totalLines"), u64::from(BIG_LINES));
         assert_eq!(num(&body, "nextOffset"), offset + 10);
     }
     let body = page(&server, &id, "unit=lines&offset=299995&limit=100");
-    assert_eq!(
-        lines(&body),
-        [
-            "line 299996",
-            "line 299997",
-            "line 299998",
-            "line 299999",
-            "line 300000"
-        ]
-    );
+    assert_eq!(lines(&body), ["line 299996", "line 299997", "line 299998", "line 299999", "line 300000"]);
     assert_eq!(num(&body, "nextOffset"), 300_000);
     let body = page(&server, &id, "unit=lines&offset=300000");
     assert!(lines(&body).is_empty());
@@ -469,16 +376,7 @@ fn byte_pages_deep_in_a_large_log_return_the_right_bytes() {
     let (server, id) = numbered_lines_server();
     let expected: String = (1..=BIG_LINES).map(|i| format!("line {i}\n")).collect();
     let total = expected.len();
-    for offset in [
-        0usize,
-        1023,
-        1024,
-        65535,
-        65536,
-        1_000_000,
-        2_000_000,
-        total - 10,
-    ] {
+    for offset in [0usize, 1023, 1024, 65535, 65536, 1_000_000, 2_000_000, total - 10] {
         let body = page(&server, &id, &format!("offset={offset}&limit=4096"));
         let end = (offset + 4096).min(total);
         assert_eq!(data(&body), &expected[offset..end], "offset {offset}");
@@ -504,10 +402,7 @@ fn long_lines_server() -> (TestServer, String) {
   for (i = 1; i <= 30; i++) printf "%05d:%s:%05d\n", i, f, i
   for (i = 1; i <= 3000; i++) print "t" i
 }'"#;
-    let server = Builder::new()
-        .runner("maxLogBytesPerStream", json!(8 * 1024 * 1024))
-        .script("long", script)
-        .start();
+    let server = Builder::new().runner("maxLogBytesPerStream", json!(8 * 1024 * 1024)).script("long", script).start();
     let id = run_to_end(&server, "long");
     (server, id)
 }
@@ -516,20 +411,13 @@ fn long_lines_server() -> (TestServer, String) {
 fn line_pages_of_a_log_with_very_long_lines_return_the_right_lines() {
     let (server, id) = long_lines_server();
     let expected = long_lines_expected();
-    for offset in [
-        0usize, 2998, 2999, 3000, 3001, 3013, 3027, 3029, 3030, 4000, 6025,
-    ] {
+    for offset in [0usize, 2998, 2999, 3000, 3001, 3013, 3027, 3029, 3030, 4000, 6025] {
         let body = page(&server, &id, &format!("unit=lines&offset={offset}&limit=5"));
         let end = (offset + 5).min(expected.len());
         let got = lines(&body);
         assert_eq!(got.len(), end - offset, "offset {offset}");
         for (k, line) in got.iter().enumerate() {
-            assert!(
-                *line == expected[offset + k],
-                "offset {offset}: line {} differs (len {})",
-                offset + k,
-                line.len()
-            );
+            assert!(*line == expected[offset + k], "offset {offset}: line {} differs (len {})", offset + k, line.len());
         }
         assert_eq!(num(&body, "nextOffset"), end as u64);
         assert_eq!(num(&body, "totalLines"), expected.len() as u64);
@@ -544,11 +432,7 @@ fn a_line_page_of_long_lines_never_serves_a_cut_line() {
     let expected = long_lines_expected();
     let mut offset = 3000usize;
     while offset < 3030 {
-        let body = page(
-            &server,
-            &id,
-            &format!("unit=lines&offset={offset}&limit=20"),
-        );
+        let body = page(&server, &id, &format!("unit=lines&offset={offset}&limit=20"));
         let got = lines(&body);
         assert!(!got.is_empty(), "offset {offset}: empty page");
         let text: usize = got.iter().map(String::len).sum();
@@ -579,9 +463,7 @@ printf 'ial\nb1\nb2\n'"#;
 
 #[test]
 fn byte_paging_of_a_running_job_serves_everything_written_so_far() {
-    let server = Builder::new()
-        .script_entry("slow", RUNNING_SCRIPT, json!({ "mode": "async" }))
-        .start();
+    let server = Builder::new().script_entry("slow", RUNNING_SCRIPT, json!({ "mode": "async" })).start();
     let id = server.run_async("slow", &[]);
     let body = wait_page(&server, &id, "", |b| b["data"] == json!("a1\na2\na3\npart"));
     assert_eq!(server.job(&id)["status"], json!("running"));
@@ -602,28 +484,17 @@ fn byte_paging_of_a_running_job_serves_everything_written_so_far() {
 
 #[test]
 fn line_paging_of_a_running_job_serves_only_complete_lines() {
-    let server = Builder::new()
-        .script_entry("slow", RUNNING_SCRIPT, json!({ "mode": "async" }))
-        .start();
+    let server = Builder::new().script_entry("slow", RUNNING_SCRIPT, json!({ "mode": "async" })).start();
     let id = server.run_async("slow", &[]);
     // Wait until the partial line is stored, then page by lines.
     wait_page(&server, &id, "", |b| b["data"] == json!("a1\na2\na3\npart"));
-    let body = wait_page(&server, &id, "unit=lines", |b| {
-        b["totalLines"].as_u64().unwrap_or(0) >= 3
-    });
+    let body = wait_page(&server, &id, "unit=lines", |b| b["totalLines"].as_u64().unwrap_or(0) >= 3);
     assert_eq!(server.job(&id)["status"], json!("running"));
-    assert_eq!(
-        lines(&body),
-        ["a1", "a2", "a3"],
-        "the unfinished line was served: {body}"
-    );
+    assert_eq!(lines(&body), ["a1", "a2", "a3"], "the unfinished line was served: {body}");
     assert_eq!(num(&body, "totalLines"), 3);
     assert_eq!(num(&body, "nextOffset"), 3);
     let past = page(&server, &id, "unit=lines&offset=3");
-    assert!(
-        lines(&past).is_empty(),
-        "the unfinished line was served: {past}"
-    );
+    assert!(lines(&past).is_empty(), "the unfinished line was served: {past}");
     assert_eq!(num(&past, "nextOffset"), 3);
 
     std::fs::write(server.dir().join("release"), "go").unwrap();
@@ -667,13 +538,7 @@ fn log_cap_keeps_the_first_bytes_and_marks_the_stream_truncated() {
     assert_eq!(num(&body, "totalSize"), 1000);
     assert_eq!(body["truncated"], json!(true));
     assert_eq!(data(&body), &expected[..1000]);
-    let stored = std::fs::read(
-        server
-            .dir()
-            .join("logs")
-            .join(job["stdoutRef"].as_str().unwrap()),
-    )
-    .unwrap();
+    let stored = std::fs::read(server.dir().join("logs").join(job["stdoutRef"].as_str().unwrap())).unwrap();
     assert_eq!(stored, expected.as_bytes()[..1000]);
     let body = page(&server, id, "offset=1000");
     assert_eq!(data(&body), "");
@@ -686,10 +551,7 @@ fn log_cap_lets_the_script_run_to_its_end() {
     let job = run_sync(&server, "capped");
     assert_eq!(job["status"], json!("succeeded"), "{job}");
     assert_eq!(job["code"], json!(0));
-    assert_eq!(
-        std::fs::read_to_string(server.dir().join("marker")).unwrap(),
-        "done\n"
-    );
+    assert_eq!(std::fs::read_to_string(server.dir().join("marker")).unwrap(), "done\n");
 }
 
 #[test]
@@ -697,14 +559,8 @@ fn preview_is_the_tail_of_everything_written_even_past_the_cap() {
     let server = capped_server();
     let job = run_sync(&server, "capped");
     let expected = capped_expected();
-    assert_eq!(
-        job["stdoutPreview"],
-        json!(&expected[expected.len() - 64..])
-    );
-    assert!(job["stdoutPreview"]
-        .as_str()
-        .unwrap()
-        .ends_with("row 20000\n"));
+    assert_eq!(job["stdoutPreview"], json!(&expected[expected.len() - 64..]));
+    assert!(job["stdoutPreview"].as_str().unwrap().ends_with("row 20000\n"));
     let id = job["jobId"].as_str().unwrap();
     assert_eq!(server.job(id)["stdoutPreview"], job["stdoutPreview"]);
 }
@@ -719,10 +575,7 @@ fn sync_response_stdout_is_the_stored_text_of_a_capped_log() {
 #[test]
 fn line_paging_of_a_capped_log_serves_the_stored_lines() {
     let server = capped_server();
-    let id = run_sync(&server, "capped")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = run_sync(&server, "capped")["jobId"].as_str().unwrap().to_string();
     // 1000 bytes = 100 whole lines of 10 bytes.
     let body = page(&server, &id, "unit=lines&limit=1000");
     let expected: Vec<String> = (1..=100).map(|i| format!("row {i:05}")).collect();
@@ -736,10 +589,7 @@ fn preview_smaller_than_the_output_is_its_last_bytes() {
     // 100 bytes: ten lines of "line-N...\n" with 10 bytes each.
     let server = Builder::new()
         .runner("previewMaxBytes", json!(16))
-        .script(
-            "hundred",
-            r#"for i in 0 1 2 3 4 5 6 7 8 9; do echo "line-$i..."; done"#,
-        )
+        .script("hundred", r#"for i in 0 1 2 3 4 5 6 7 8 9; do echo "line-$i..."; done"#)
         .start();
     let job = run_sync(&server, "hundred");
     let expected: String = (0..10).map(|i| format!("line-{i}...\n")).collect();
@@ -748,23 +598,15 @@ fn preview_smaller_than_the_output_is_its_last_bytes() {
     assert_eq!(job["stdoutTruncated"], json!(false));
     assert_eq!(job["stdoutPreview"], json!(&expected[84..]));
     assert_eq!(job["stdout"], json!(expected));
-    assert_eq!(
-        data(&page(&server, job["jobId"].as_str().unwrap(), "")),
-        expected
-    );
+    assert_eq!(data(&page(&server, job["jobId"].as_str().unwrap(), "")), expected);
 }
 
 // ---------------------------------------------------------------- non-UTF-8 and empty logs
 
 #[test]
 fn invalid_utf8_comes_back_as_replacement_characters_in_byte_pages() {
-    let server = Builder::new()
-        .script("bin", r"printf 'ok \377\376 caf\303\251\nnext\n'")
-        .start();
-    let id = run_sync(&server, "bin")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("bin", r"printf 'ok \377\376 caf\303\251\nnext\n'").start();
+    let id = run_sync(&server, "bin")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "");
     assert_eq!(data(&body), "ok \u{FFFD}\u{FFFD} café\nnext\n");
     // totalSize counts the stored bytes, not the characters.
@@ -774,18 +616,10 @@ fn invalid_utf8_comes_back_as_replacement_characters_in_byte_pages() {
 
 #[test]
 fn invalid_utf8_comes_back_as_replacement_characters_in_line_pages() {
-    let server = Builder::new()
-        .script("bin", r"printf 'ok \377\376 caf\303\251\n\200\nnext\n'")
-        .start();
-    let id = run_sync(&server, "bin")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().script("bin", r"printf 'ok \377\376 caf\303\251\n\200\nnext\n'").start();
+    let id = run_sync(&server, "bin")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines");
-    assert_eq!(
-        lines(&body),
-        ["ok \u{FFFD}\u{FFFD} café", "\u{FFFD}", "next"]
-    );
+    assert_eq!(lines(&body), ["ok \u{FFFD}\u{FFFD} café", "\u{FFFD}", "next"]);
     assert_eq!(num(&body, "totalLines"), 3);
 }
 
@@ -795,24 +629,14 @@ fn sync_stdout_holds_every_stored_byte_when_invalid_utf8_widens_the_preview() {
     // response must still carry the whole stored stream, not the preview.
     let server = Builder::new()
         .runner("previewMaxBytes", json!(16))
-        .script(
-            "bin",
-            r"printf 'abcd\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377'",
-        )
+        .script("bin", r"printf 'abcd\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377\377'")
         .start();
     let job = run_sync(&server, "bin");
     assert_eq!(job["stdoutSize"], json!(20));
     assert_eq!(job["stdoutPreview"], json!("\u{FFFD}".repeat(16)));
     let expected = format!("abcd{}", "\u{FFFD}".repeat(16));
-    assert_eq!(
-        data(&page(&server, job["jobId"].as_str().unwrap(), "")),
-        expected
-    );
-    assert_eq!(
-        job["stdout"],
-        json!(expected),
-        "sync stdout lost stored bytes"
-    );
+    assert_eq!(data(&page(&server, job["jobId"].as_str().unwrap(), "")), expected);
+    assert_eq!(job["stdout"], json!(expected), "sync stdout lost stored bytes");
 }
 
 #[test]
@@ -847,19 +671,11 @@ while [ ! -e "$release" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#
         .script_entry("numbered", &script, json!({ "mode": "async" }))
         .start();
     let id = server.run_async("numbered", &[]);
-    wait_page(&server, &id, "unit=lines", |b| {
-        b["totalLines"] == json!(BIG_LINES)
-    });
+    wait_page(&server, &id, "unit=lines", |b| b["totalLines"] == json!(BIG_LINES));
     assert_eq!(server.job(&id)["status"], json!("running"));
     for offset in [1023u64, 1024, 65535, 150_000, 299_990] {
-        let body = page(
-            &server,
-            &id,
-            &format!("unit=lines&offset={offset}&limit=10"),
-        );
-        let expected: Vec<String> = (offset + 1..=offset + 10)
-            .map(|n| format!("line {n}"))
-            .collect();
+        let body = page(&server, &id, &format!("unit=lines&offset={offset}&limit=10"));
+        let expected: Vec<String> = (offset + 1..=offset + 10).map(|n| format!("line {n}")).collect();
         assert_eq!(lines(&body), expected, "offset {offset}");
         assert_eq!(num(&body, "nextOffset"), offset + 10);
     }
@@ -870,14 +686,8 @@ while [ ! -e "$release" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done"#
 
 #[test]
 fn a_log_capped_mid_line_serves_the_cut_last_line_once_ended() {
-    let server = Builder::new()
-        .runner("maxLogBytesPerStream", json!(1005))
-        .script("capped", CAPPED_SCRIPT)
-        .start();
-    let id = run_sync(&server, "capped")["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let server = Builder::new().runner("maxLogBytesPerStream", json!(1005)).script("capped", CAPPED_SCRIPT).start();
+    let id = run_sync(&server, "capped")["jobId"].as_str().unwrap().to_string();
     let body = page(&server, &id, "unit=lines&offset=98");
     assert_eq!(lines(&body), ["row 00099", "row 00100", "row 0"]);
     assert_eq!(num(&body, "totalLines"), 101);

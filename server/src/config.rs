@@ -62,11 +62,7 @@ impl ConfigError {
     }
 
     fn in_script(file: &Path, script: &str, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_path_buf(),
-            script: Some(script.to_string()),
-            message: message.into(),
-        }
+        ConfigError { file: file.to_path_buf(), script: Some(script.to_string()), message: message.into() }
     }
 }
 
@@ -310,10 +306,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
         (None, None) => {
             let path = base.join("scripts.json");
             if !path.exists() {
-                return Err(ConfigError::new(
-                    &config_file,
-                    "no scripts: set \"scriptsFile\" or a \"scripts\" array",
-                ));
+                return Err(ConfigError::new(&config_file, "no scripts: set \"scriptsFile\" or a \"scripts\" array"));
             }
             let parsed: RawScriptsFile = parse_file(&path)?;
             (path, parsed.scripts)
@@ -324,11 +317,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     Ok(Config { config_file, scripts_file, server, runner, database, scripts })
 }
 
-fn database_config(
-    config_file: &Path,
-    base: &Path,
-    url: Option<String>,
-) -> Result<DatabaseConfig, ConfigError> {
+fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Result<DatabaseConfig, ConfigError> {
     let url = url.unwrap_or_else(|| format!("sqlite://{}", base.join("script-runner.db").display()));
     let path = if let Some(rest) = url.strip_prefix("sqlite://") {
         rest
@@ -357,11 +346,7 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, Co
     let mut scripts = Vec::with_capacity(raw.len());
     for (index, value) in raw.into_iter().enumerate() {
         // Name the script by id when it has one, by position otherwise.
-        let label = value
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("#{index}"));
+        let label = value.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("#{index}"));
         let rs: RawScript = serde_path_to_error::deserialize(value)
             .map_err(|e| ConfigError::in_script(file, &label, describe_serde(&e)))?;
         if rs.id.is_empty() {
@@ -373,9 +358,8 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, Co
         let path = normalize(&base.join(&rs.path));
         check_executable(&path).map_err(|m| ConfigError::in_script(file, &rs.id, format!("path: {m}")))?;
         let pattern = rs.args.item_pattern.as_deref().unwrap_or(r"^[\s\S]*$");
-        let item_pattern = Regex::new(pattern).map_err(|e| {
-            ConfigError::in_script(file, &rs.id, format!("args.itemPattern: invalid regex: {e}"))
-        })?;
+        let item_pattern = Regex::new(pattern)
+            .map_err(|e| ConfigError::in_script(file, &rs.id, format!("args.itemPattern: invalid regex: {e}")))?;
         let cwd = match &rs.cwd {
             Some(dir) => {
                 let dir = normalize(&base.join(dir));

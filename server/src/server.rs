@@ -21,8 +21,8 @@ use crate::jobs::{import, recovery, JobManager};
 /// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let store = Store::open(&config.database.sqlite_path)
-        .with_context(|| format!("database {}", config.database.url))?;
+    let store =
+        Store::open(&config.database.sqlite_path).with_context(|| format!("database {}", config.database.url))?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,9 +48,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let server = HttpServer::new(move || {
-            App::new()
-                .wrap(middleware::from_fn(http::authenticate))
-                .configure(http::routes(state.clone()))
+            App::new().wrap(middleware::from_fn(http::authenticate)).configure(http::routes(state.clone()))
         })
         .disable_signals()
         .shutdown_timeout(5)

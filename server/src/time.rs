@@ -9,9 +9,7 @@ pub fn now_ms() -> i64 {
 
 /// Unix milliseconds as `2026-11-21T12:00:00.000Z`, the format upstream's clients parse.
 pub fn iso(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Parses an ISO 8601 / RFC 3339 timestamp into Unix milliseconds.

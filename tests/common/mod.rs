@@ -382,11 +382,8 @@ pub fn wait_file(path: &Path, timeout: Duration) -> String {
 pub fn read_pids(path: &Path, count: usize, timeout: Duration) -> Vec<i32> {
     let deadline = Instant::now() + timeout;
     loop {
-        let pids: Vec<i32> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
+        let pids: Vec<i32> =
+            std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
         if pids.len() >= count {
             return pids;
         }

@@ -62,7 +62,10 @@ fn main() -> Result<()> {
     println!();
 
     let direct = direct_spawn(&trivial, cores, opts.seconds);
-    println!("{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)", "direct spawn (physical limit)", direct);
+    println!(
+        "{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)",
+        "direct spawn (physical limit)", direct
+    );
 
     let mut at4 = 0.0;
     for conc in [1, 4, 16] {
@@ -256,7 +259,10 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 fn report(name: &str, r: &LoadResult, limit: Option<f64>) {
     let share = limit.map(|l| format!("  {:>5.1}% of direct", 100.0 * r.throughput / l)).unwrap_or_default();
     let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
-    println!("{name:<44} {:>10.0} runs/s  p50 {:>6.2} ms  p99 {:>6.2} ms{share}{errors}", r.throughput, r.p50_ms, r.p99_ms);
+    println!(
+        "{name:<44} {:>10.0} runs/s  p50 {:>6.2} ms  p99 {:>6.2} ms{share}{errors}",
+        r.throughput, r.p50_ms, r.p99_ms
+    );
 }
 
 fn total_jobs(base: &str) -> Result<u64> {
@@ -323,7 +329,10 @@ fn big_job(server: &Server, big_bytes: u64) -> Result<BigJob> {
         })
     };
     let t = Instant::now();
-    let v: Value = agent().post(&format!("{}/run", server.base)).send_json(json!({ "scriptId": "big", "mode": "async" }))?.into_json()?;
+    let v: Value = agent()
+        .post(&format!("{}/run", server.base))
+        .send_json(json!({ "scriptId": "big", "mode": "async" }))?
+        .into_json()?;
     let job_id = v["jobId"].as_str().context("no jobId")?.to_string();
     loop {
         let j: Value = agent().get(&format!("{}/jobs/{job_id}", server.base)).call()?.into_json()?;

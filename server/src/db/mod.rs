@@ -114,11 +114,7 @@ impl Store {
     /// One job by id.
     pub fn get_job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(jobs::table
-            .filter(jobs::id.eq(id))
-            .select(JobRow::as_select())
-            .first(&mut conn)
-            .optional()?)
+        Ok(jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(&mut conn).optional()?)
     }
 
     /// A page of jobs, newest first, and how many match in all.

@@ -110,7 +110,12 @@ fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        let grouped = conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op)));
+        // A lone single-statement write commits on its own (SQLite's implicit transaction),
+        // sparing the parse and execution of BEGIN and COMMIT.
+        let grouped = match batch.as_slice() {
+            [one] if !matches!(one.op, WriteOp::Import { .. }) => apply(&mut conn, &one.op),
+            _ => conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op))),
+        };
         match grouped {
             Ok(()) => {
                 for request in batch {
@@ -120,9 +125,7 @@ fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
             // One bad write must not fail its neighbours: retry each on its own.
             Err(_) => {
                 for request in batch {
-                    let result = conn
-                        .immediate_transaction(|c| apply(c, &request.op))
-                        .map_err(|e| format!("{e}"));
+                    let result = conn.immediate_transaction(|c| apply(c, &request.op)).map_err(|e| format!("{e}"));
                     acknowledge(request, result);
                 }
             }

@@ -92,7 +92,9 @@ impl From<JobError> for ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::ScriptNotFound(_) | ApiError::InvalidArgs(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson(_) | ApiError::ScriptNotFound(_) | ApiError::InvalidArgs(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -23,11 +23,17 @@ const BYTES_DEFAULT: u64 = 65536;
 const LINES_DEFAULT: u64 = 100;
 
 /// `POST /run`: validates, records and queues a job; answers at once (async) or at its end (sync).
-pub async fn run(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn run(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload, &req).await?;
     let script_id = match body.get("scriptId") {
         Some(Value::String(s)) => s.as_str(),
-        None | Some(Value::Null) => return Err(ApiError::ScriptNotFound("script not found: scriptId is required".into())),
+        None | Some(Value::Null) => {
+            return Err(ApiError::ScriptNotFound("script not found: scriptId is required".into()))
+        }
         Some(_) => return Err(ApiError::ScriptNotFound("script not found: scriptId must be a string".into())),
     };
     let mode = match body.get("mode") {
@@ -38,12 +44,14 @@ pub async fn run(state: web::Data<AppState>, req: HttpRequest, payload: web::Pay
     let submission = state.jobs.submit(script_id, body.get("args"), mode).await?;
     if submission.job.mode == Mode::Async {
         let job = &submission.job;
-        return Ok(HttpResponse::Accepted().json(Accepted { ok: true, job_id: job.id.clone(), status: job.status.as_str() }));
+        return Ok(HttpResponse::Accepted().json(Accepted {
+            ok: true,
+            job_id: job.id.clone(),
+            status: job.status.as_str(),
+        }));
     }
-    let job = submission
-        .finished()
-        .await
-        .ok_or_else(|| ApiError::Internal("the job ended without a final state".into()))?;
+    let job =
+        submission.finished().await.ok_or_else(|| ApiError::Internal("the job ended without a final state".into()))?;
     let stdout = state.jobs.stream_text(&job, Stream::Stdout).await?;
     let stderr = state.jobs.stream_text(&job, Stream::Stderr).await?;
     let mut view = JobView::new(job);

@@ -76,8 +76,10 @@ pub async fn authenticate(
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+                .and_then(|v| v.split_once(' '))
+                // The scheme name is case-insensitive (RFC 7235).
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map_or("", |(_, token)| token.trim());
             if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                 return Err(ApiError::Unauthorized.into());
             }

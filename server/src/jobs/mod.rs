@@ -187,10 +187,8 @@ impl JobManager {
     /// Creates the service. Call [`JobManager::recover`] before serving.
     pub fn new(config: Arc<Config>, store: Store, runtime: tokio::runtime::Handle) -> Result<JobManager, JobError> {
         let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
-        std::fs::create_dir_all(&config.runner.logs_dir).map_err(|e| JobError::Log {
-            path: config.runner.logs_dir.clone(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&config.runner.logs_dir)
+            .map_err(|e| JobError::Log { path: config.runner.logs_dir.clone(), source: e })?;
         Ok(JobManager {
             shared: Arc::new(Shared {
                 config,
@@ -209,13 +207,15 @@ impl JobManager {
     }
 
     /// Validates a run request, records the job and queues it.
-    pub async fn submit(&self, script_id: &str, args: Option<&Value>, mode: Option<&str>) -> Result<Submission, JobError> {
+    pub async fn submit(
+        &self,
+        script_id: &str,
+        args: Option<&Value>,
+        mode: Option<&str>,
+    ) -> Result<Submission, JobError> {
         let shared = &self.shared;
-        let script = shared
-            .config
-            .script(script_id)
-            .cloned()
-            .ok_or_else(|| JobError::ScriptNotFound(script_id.to_string()))?;
+        let script =
+            shared.config.script(script_id).cloned().ok_or_else(|| JobError::ScriptNotFound(script_id.to_string()))?;
         let args = validate_args(&script.args, args)?;
         let mode = match mode {
             None => script.effective_mode(shared.config.runner.default_mode),
@@ -226,7 +226,9 @@ impl JobManager {
         let now = now_ms();
         let job = Job::new(format!("job_{now}_{seq}"), &script.id, mode, args, now);
         let admitted = match Active::new(job.clone(), script) {
-            Ok(active) => shared.store.writer().write(WriteOp::InsertJob(Box::new(job.to_row()))).await.map(|()| active),
+            Ok(active) => {
+                shared.store.writer().write(WriteOp::InsertJob(Box::new(job.to_row()))).await.map(|()| active)
+            }
             Err(e) => {
                 lock(&shared.state).reserved -= 1;
                 return Err(e);
@@ -294,7 +296,9 @@ impl JobManager {
         }
         active.control.cancel();
         let mut done = active.done.subscribe();
-        let bound = Duration::from_secs(shared.config.runner.kill_grace_sec) + supervisor::DRAIN_AFTER_EXIT + Duration::from_secs(3);
+        let bound = Duration::from_secs(shared.config.runner.kill_grace_sec)
+            + supervisor::DRAIN_AFTER_EXIT
+            + Duration::from_secs(3);
         match tokio::time::timeout(bound, wait_done(&mut done)).await {
             Ok(Some(job)) => Ok(job),
             _ => Ok(active.snapshot()),
@@ -386,7 +390,9 @@ impl JobManager {
             for active in &running {
                 active.control.cancel();
             }
-            let bound = Duration::from_secs(shared.config.runner.kill_grace_sec) + supervisor::DRAIN_AFTER_EXIT + Duration::from_secs(3);
+            let bound = Duration::from_secs(shared.config.runner.kill_grace_sec)
+                + supervisor::DRAIN_AFTER_EXIT
+                + Duration::from_secs(3);
             shared.wait_idle(bound).await;
         }
         let queued: Vec<_> = lock(&shared.state).queue.drain(..).collect();
@@ -443,7 +449,11 @@ impl Shared {
         }
         let in_flight = st.running + st.queue.len() + st.reserved;
         if in_flight >= runner.max_concurrent + runner.max_queued {
-            return Err(JobError::QueueFull { running: st.running, queued: st.queue.len(), max_queued: runner.max_queued });
+            return Err(JobError::QueueFull {
+                running: st.running,
+                queued: st.queue.len(),
+                max_queued: runner.max_queued,
+            });
         }
         st.reserved += 1;
         Ok(())
@@ -468,16 +478,8 @@ impl Shared {
     /// Runs one job on a blocking thread, from spawn to its committed final state.
     fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
-        let outcome = supervisor::supervise(&launch, &active.control, |spawned, live| {
-            let row = {
-                let mut job = lock(&active.job);
-                job.mark_running(&spawned);
-                job.to_row()
-            };
-            *lock(&active.live) = Some(live);
-            // Ordered before the final write; not waited for (the job is in memory meanwhile).
-            self.store.writer().submit(WriteOp::UpdateJob(Box::new(row)));
-        });
+        let outcome =
+            supervisor::supervise(&launch, &active.control, &mut RunEvents { shared: &self, active: &active });
         // Free the slot before persisting, so the next job starts while this one is written.
         lock(&self.state).running -= 1;
         Shared::dispatch(&self);
@@ -513,6 +515,7 @@ impl Shared {
         let script = &active.script;
         Launch {
             job_id: job.id.clone(),
+            deployment: self.config.database.sqlite_path.display().to_string(),
             program: script.path.clone(),
             args: job.args.clone(),
             cwd: script.cwd.clone(),
@@ -538,6 +541,25 @@ impl Shared {
                 return lock(&self.state).running == 0;
             }
         }
+    }
+}
+
+/// Keeps the in-flight job current while its supervisor runs it.
+struct RunEvents<'a> {
+    shared: &'a Shared,
+    active: &'a Active,
+}
+
+impl supervisor::Events for RunEvents<'_> {
+    fn spawned(&mut self, spawned: supervisor::Spawned, live: LiveStreams) {
+        lock(&self.active.job).mark_running(&spawned);
+        *lock(&self.active.live) = Some(live);
+    }
+
+    fn still_running(&mut self) {
+        let row = lock(&self.active.job).to_row();
+        // Ordered before the final write; not waited for (the job is in memory meanwhile).
+        self.shared.store.writer().submit(WriteOp::UpdateJob(Box::new(row)));
     }
 }
 
@@ -571,9 +593,7 @@ pub fn validate_args(rules: &ArgRules, args: Option<&Value>) -> Result<Vec<Strin
 
 /// Runs blocking storage or file work off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| JobError::System(format!("blocking task failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| JobError::System(format!("blocking task failed: {e}")))
 }
 
 impl JobManager {

@@ -4,7 +4,8 @@
 //!   message saying the server restarted. A process is killed only if it is provably the job's:
 //!   the recorded leader (same pid *and* same start time, so a reused pid is never signalled;
 //!   its whole group is killed) or any process whose environment carries the job's id in
-//!   `SCRIPT_RUNNER_JOB_ID` (this also finds processes that left the group).
+//!   `SCRIPT_RUNNER_JOB_ID` and this deployment's database in `SCRIPT_RUNNER_DB` (this also
+//!   finds processes that left the group, and never those of another deployment).
 //! - `queued` async jobs run again, in their original order; if a process of one is found it
 //!   had in fact started (its "running" write was lost in the crash), so it is treated as
 //!   running above and never started a second time.
@@ -18,8 +19,9 @@ use log::{info, warn};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use super::logs::{self, preview_text};
 use super::model::{Job, JobStatus};
-use super::supervisor::{start_ticks, JOB_ID_ENV};
+use super::supervisor::{start_ticks, DEPLOYMENT_ENV, JOB_ID_ENV};
 use super::{JobError, JobManager};
 use crate::config::Mode;
 use crate::db::WriteOp;
@@ -47,7 +49,8 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     if jobs.is_empty() {
         return Ok(report);
     }
-    let (found, killed) = kill_processes(&jobs);
+    let deployment = manager.config().database.sqlite_path.display().to_string();
+    let (found, killed) = kill_processes(&jobs, &deployment);
     report.killed = killed;
     for mut job in jobs {
         let now = now_ms();
@@ -59,7 +62,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
                 Some("the server restarted while the job was running; its processes were stopped".into()),
                 now,
             );
-            refresh_sizes(manager, &mut job);
+            refresh_streams(manager, &mut job);
             report.interrupted += 1;
         } else if job.mode == Mode::Sync {
             job.end(
@@ -73,11 +76,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
             report.requeued += 1;
             continue;
         } else {
-            job.end(
-                JobStatus::Failed,
-                Some(format!("script {} is no longer configured", job.script_id)),
-                now,
-            );
+            job.end(JobStatus::Failed, Some(format!("script {} is no longer configured", job.script_id)), now);
             report.abandoned += 1;
         }
         store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row())))?;
@@ -89,20 +88,26 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     Ok(report)
 }
 
-/// The stored log sizes of an interrupted job (its counters died with the server).
-fn refresh_sizes(manager: &JobManager, job: &mut Job) {
+/// Size and preview of an interrupted job's logs, read back from the files (its in-memory
+/// counters and preview died with the server).
+fn refresh_streams(manager: &JobManager, job: &mut Job) {
+    let runner = &manager.config().runner;
     for info in [&mut job.stdout, &mut job.stderr] {
-        if let Some(path) = manager.log_path(&info.log_ref) {
-            info.size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        }
         info.lines = None;
-        info.truncated = info.truncated || manager.config().runner.max_log_bytes_per_stream <= info.size;
+        let Some(path) = manager.log_path(&info.log_ref) else { continue };
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let tail = runner.preview_max_bytes as u64;
+        if let Ok(page) = logs::read_bytes(&path, size.saturating_sub(tail), tail) {
+            info.preview = preview_text(&page.data, size > page.data.len() as u64);
+        }
+        info.size = size;
+        info.truncated = info.truncated || size >= runner.max_log_bytes_per_stream;
     }
 }
 
 /// Kills the processes of these jobs; returns the ids of jobs that had any, and how many
 /// processes were signalled.
-fn kill_processes(jobs: &[Job]) -> (HashSet<String>, usize) {
+fn kill_processes(jobs: &[Job], deployment: &str) -> (HashSet<String>, usize) {
     let mut found = HashSet::new();
     let mut victims = Vec::new();
     for job in jobs {
@@ -121,6 +126,9 @@ fn kill_processes(jobs: &[Job]) -> (HashSet<String>, usize) {
                 continue;
             }
             let Ok(env) = process.environ() else { continue };
+            if env.get(OsStr::new(DEPLOYMENT_ENV)).and_then(|v| v.to_str()) != Some(deployment) {
+                continue;
+            }
             let Some(id) = env.get(OsStr::new(JOB_ID_ENV)).and_then(|v| v.to_str()) else { continue };
             if ids.contains(id) && kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
                 found.insert(id.to_string());
@@ -135,12 +143,8 @@ fn kill_processes(jobs: &[Job]) -> (HashSet<String>, usize) {
 /// Waits until these processes are gone (or zombies waiting for init), at most `bound`.
 fn wait_gone(pids: &[i32], bound: Duration) {
     let deadline = Instant::now() + bound;
-    let alive = |pid: i32| {
-        procfs::process::Process::new(pid)
-            .and_then(|p| p.stat())
-            .map(|s| s.state != 'Z')
-            .unwrap_or(false)
-    };
+    let alive =
+        |pid: i32| procfs::process::Process::new(pid).and_then(|p| p.stat()).map(|s| s.state != 'Z').unwrap_or(false);
     while pids.iter().any(|&p| alive(p)) {
         if Instant::now() >= deadline {
             warn!("recovery: some killed processes are still present after {bound:?}");

@@ -34,6 +34,10 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// The environment variable every job process gets, holding its job id. Recovery after a crash
 /// finds a job's processes by it (also those that left the process group).
 pub const JOB_ID_ENV: &str = "SCRIPT_RUNNER_JOB_ID";
+/// The environment variable holding the deployment's database path. Recovery only touches
+/// processes that carry this deployment's value, so two deployments on one machine (whose job
+/// ids may coincide) never stop each other's jobs.
+pub const DEPLOYMENT_ENV: &str = "SCRIPT_RUNNER_DB";
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What to run.
@@ -41,6 +45,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct Launch {
     /// Job id, exported as [`JOB_ID_ENV`].
     pub job_id: String,
+    /// Deployment marker, exported as [`DEPLOYMENT_ENV`].
+    pub deployment: String,
     /// The executable.
     pub program: PathBuf,
     /// argv[1..], passed verbatim.
@@ -134,9 +140,22 @@ pub struct Outcome {
 /// Live counters of both streams, available once the process started.
 pub type LiveStreams = [Arc<LiveStream>; 2];
 
-/// Runs the job to its end on the calling thread. `on_spawn` is called once the process exists,
-/// before any output is read, so the caller can record it durably.
-pub fn supervise(launch: &Launch, control: &Control, on_spawn: impl FnOnce(Spawned, LiveStreams)) -> Outcome {
+/// How long a process runs before [`Events::still_running`] asks the caller to record it.
+///
+/// Most jobs are over sooner: they are then recorded once, finished, instead of twice. A crash
+/// inside this window is still recovered: recovery finds the processes by [`JOB_ID_ENV`].
+pub const RECORD_RUNNING_AFTER: Duration = Duration::from_millis(20);
+
+/// What the supervisor tells its caller while the job runs.
+pub trait Events {
+    /// The process exists; called before any output is read.
+    fn spawned(&mut self, spawned: Spawned, live: LiveStreams);
+    /// The process has been running for [`RECORD_RUNNING_AFTER`]; called at most once.
+    fn still_running(&mut self);
+}
+
+/// Runs the job to its end on the calling thread, reporting through `events`.
+pub fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -> Outcome {
     let attempt = Instant::now();
     let fail = |message: String| Outcome {
         ending: Ending::SpawnFailed(message),
@@ -160,10 +179,10 @@ pub fn supervise(launch: &Launch, control: &Control, on_spawn: impl FnOnce(Spawn
     let started = Instant::now();
     let pid = child.id() as i32;
     let spawned = Spawned { pid, start_ticks: start_ticks(pid), started_at: crate::time::now_ms() };
-    on_spawn(spawned, [out_sink.live(), err_sink.live()]);
+    events.spawned(spawned, [out_sink.live(), err_sink.live()]);
 
     let mut run = Running::new(launch, &mut child, out_sink, err_sink);
-    let ending = run.event_loop(control);
+    let ending = run.event_loop(control, events);
     let (stdout, stderr) = (run.out.sink.finish(), run.err.sink.finish());
     Outcome {
         ending,
@@ -181,6 +200,7 @@ fn command(launch: &Launch) -> Command {
         .current_dir(&launch.cwd)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .env(JOB_ID_ENV, &launch.job_id)
+        .env(DEPLOYMENT_ENV, &launch.deployment)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -242,8 +262,9 @@ impl<'a> Running<'a> {
         }
     }
 
-    fn event_loop(&mut self, control: &Control) -> Ending {
+    fn event_loop(&mut self, control: &Control, events: &mut impl Events) -> Ending {
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut record_at = Some(Instant::now() + RECORD_RUNNING_AFTER);
         let mut stopping: Option<Stopping> = None;
         let mut exit: Option<WaitStatus> = None;
         let mut drain_until: Option<Instant> = None;
@@ -256,6 +277,7 @@ impl<'a> Running<'a> {
                 stopping.as_ref().map_or(self.timeout_at, |_| None),
                 stopping.as_ref().and_then(|s| s.kill_at),
                 drain_until,
+                record_at,
             ]
             .into_iter()
             .flatten()
@@ -273,6 +295,12 @@ impl<'a> Running<'a> {
                 self.err.pump(&mut buf);
             }
             let now = Instant::now();
+            if record_at.is_some_and(|r| now >= r) {
+                record_at = None;
+                if exit.is_none() {
+                    events.still_running();
+                }
+            }
             if exit.is_none() && stopping.is_none() {
                 let reason = if control.is_canceled() {
                     Some(Ending::Canceled)
@@ -299,6 +327,7 @@ impl<'a> Running<'a> {
                     self.signal_group(Signal::SIGKILL);
                     let _ = self.child.wait();
                     exit = Some(status);
+                    record_at = None;
                     drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
                 }
             }
@@ -384,4 +413,3 @@ pub fn start_ticks(pid: i32) -> Option<u64> {
 fn elapsed_ms(since: Instant) -> i64 {
     i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
-
