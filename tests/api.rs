@@ -15,30 +15,6 @@ use serde_json::{json, Value};
 /// Upper bound for any job in this file to reach a final state.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Every field of upstream's job object, plus our `args` and `error`.
-const JOB_FIELDS: [&str; 20] = [
-    "ok",
-    "jobId",
-    "scriptId",
-    "status",
-    "code",
-    "startedAt",
-    "endedAt",
-    "durationMs",
-    "createdAt",
-    "mode",
-    "stdoutRef",
-    "stderrRef",
-    "stdoutSize",
-    "stderrSize",
-    "stdoutTruncated",
-    "stderrTruncated",
-    "stdoutPreview",
-    "stderrPreview",
-    "args",
-    "error",
-];
-
 /// Asserts the error envelope `{"ok": false, "error": {"code", "message"}}`.
 fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.text);
@@ -958,13 +934,21 @@ fn configured_cwd_removed_after_startup_fails_the_job_with_code_minus_one() {
 // The job object
 // ---------------------------------------------------------------------------------------------
 
+/// Every field of the job object: `ok`, upstream's fields, and our `args` and `error`.
+fn job_fields() -> Vec<&'static str> {
+    let mut fields = vec!["ok"];
+    fields.extend(common::UPSTREAM_JOB_FIELDS);
+    fields.extend(["args", "error"]);
+    fields
+}
+
 #[test]
 fn job_object_has_every_upstream_field_with_the_right_types() {
     let server = Builder::new().script("shape", "sleep 0.2; echo out; echo err >&2").start();
     let id = server.run_async("shape", &["one", "two"]);
     let job = server.wait_terminal(&id, WAIT);
     let obj = job.as_object().unwrap();
-    for field in JOB_FIELDS {
+    for field in job_fields() {
         assert!(obj.contains_key(field), "missing {field}: {job}");
     }
     assert_eq!(job["ok"], json!(true));
@@ -1006,7 +990,7 @@ fn sync_result_and_get_job_agree() {
     assert_eq!(r.status, 200, "{}", r.text);
     let mut sync = r.body.clone();
     let obj = sync.as_object_mut().unwrap();
-    for field in JOB_FIELDS {
+    for field in job_fields() {
         assert!(obj.contains_key(field), "missing {field}: {}", r.text);
     }
     obj.remove("stdout");
@@ -1022,7 +1006,7 @@ fn listed_jobs_carry_the_job_fields() {
     let (server, ids) = three_jobs();
     let r = server.get("/jobs?limit=1");
     let item = &r.body["jobs"][0];
-    for field in JOB_FIELDS.iter().filter(|f| **f != "ok") {
+    for field in job_fields().into_iter().filter(|f| *f != "ok") {
         assert!(item.get(field).is_some(), "missing {field}: {item}");
     }
     assert_eq!(item["jobId"], json!(ids[2]));

@@ -752,25 +752,7 @@ fn upstream_jobs_json_is_imported_with_its_fields() {
     for (i, id) in [UP_OK, UP_FAILED].into_iter().enumerate() {
         let job = server.job(id);
         let want = &upstream[i];
-        for key in [
-            "jobId",
-            "scriptId",
-            "status",
-            "code",
-            "startedAt",
-            "endedAt",
-            "durationMs",
-            "createdAt",
-            "mode",
-            "stdoutRef",
-            "stderrRef",
-            "stdoutSize",
-            "stderrSize",
-            "stdoutTruncated",
-            "stderrTruncated",
-            "stdoutPreview",
-            "stderrPreview",
-        ] {
+        for key in common::UPSTREAM_JOB_FIELDS {
             assert_eq!(job[key], want[key], "imported {id}: field {key} differs: {job}");
         }
     }

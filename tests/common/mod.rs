@@ -11,6 +11,27 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+/// The fields of upstream's job object, in its order (ours adds `args` and `error`).
+pub const UPSTREAM_JOB_FIELDS: [&str; 17] = [
+    "jobId",
+    "scriptId",
+    "status",
+    "code",
+    "startedAt",
+    "endedAt",
+    "durationMs",
+    "createdAt",
+    "mode",
+    "stdoutRef",
+    "stderrRef",
+    "stdoutSize",
+    "stderrSize",
+    "stdoutTruncated",
+    "stderrTruncated",
+    "stdoutPreview",
+    "stderrPreview",
+];
+
 /// The server binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_script-runner");
 
