@@ -263,13 +263,27 @@ impl JobManager {
     pub async fn list(&self, filter: JobFilter) -> Result<(Vec<Job>, i64), JobError> {
         let store = self.shared.store.clone();
         let (rows, total) = blocking(move || store.list_jobs(&filter)).await??;
-        let jobs = rows
-            .into_iter()
-            .map(|row| match self.shared.active(&row.id) {
-                Some(active) => active.snapshot(),
-                None => Job::from_row(row),
-            })
-            .collect();
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut stale = Vec::new();
+        for row in rows {
+            match self.shared.active(&row.id) {
+                Some(active) => jobs.push(active.snapshot()),
+                None => {
+                    // Unfinished in the rows but no longer in flight: it ended after the rows
+                    // were read, and its final state was committed before it left memory.
+                    if JobStatus::parse(&row.status).is_some_and(|s| !s.is_terminal()) {
+                        stale.push(jobs.len());
+                    }
+                    jobs.push(Job::from_row(row));
+                }
+            }
+        }
+        for index in stale {
+            let (store, id) = (self.shared.store.clone(), jobs[index].id.clone());
+            if let Some(row) = blocking(move || store.get_job(&id)).await?? {
+                jobs[index] = Job::from_row(row);
+            }
+        }
         Ok((jobs, total))
     }
 
@@ -480,15 +494,16 @@ impl Shared {
         let launch = self.launch(&active);
         let outcome =
             supervisor::supervise(&launch, &active.control, &mut RunEvents { shared: &self, active: &active });
-        // Free the slot before persisting, so the next job starts while this one is written.
-        lock(&self.state).running -= 1;
-        Shared::dispatch(&self);
+        // Final in memory first, so no reader sees it running beside the job that takes its
+        // slot; then free the slot before persisting, so the next job starts during the write.
         let job = {
             let mut job = lock(&active.job);
             job.finish(outcome);
             job.clone()
         };
         *lock(&active.live) = None;
+        lock(&self.state).running -= 1;
+        Shared::dispatch(&self);
         if let Err(e) = self.store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row()))) {
             error!("job {}: final state not saved: {e}", job.id);
         }
