@@ -858,3 +858,85 @@ fn upstream_jobs_json_that_is_not_json_fails_startup_naming_the_key() {
     assert!(stderr.contains("jobs.json"), "{stderr}");
     assert!(!stderr.contains("panicked at"), "{stderr}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// One server per database; recovery by deployment marker
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_second_server_on_the_same_database_refuses_to_start() {
+    let server = Builder::new().script("noop", "true").start();
+    let (code, stderr) = serve_directly(&server.deployment.config);
+    assert_ne!(code, Some(0), "a second server started on the same database: {stderr}");
+    assert!(stderr.contains("locked") && stderr.contains("db.sqlite.lock"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(server.get("/healthz").status, 200, "the first server must be unaffected");
+}
+
+/// Starts `sleep 300` in its own group with this `SCRIPT_RUNNER_DB`, as a job of that
+/// deployment's previous run would be.
+fn orphan_of(deployment_db: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("sleep")
+        .arg("300")
+        .env("SCRIPT_RUNNER_DB", deployment_db)
+        .env("SCRIPT_RUNNER_JOB_ID", "job_0_0")
+        .process_group(0)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn recovery_kills_this_deployments_orphans_even_without_a_job_row_and_spares_others() {
+    let deployment = Builder::new().script("noop", "true").write();
+    let db = path_str(&deployment.dir.path().join("db.sqlite"));
+    let mut ours = orphan_of(&db);
+    let mut theirs = orphan_of("/somewhere/else/db.sqlite");
+    let (ours_pid, theirs_pid) = (ours.id() as i32, theirs.id() as i32);
+
+    let server = deployment.start();
+    let left = common::wait_gone(&[ours_pid], Duration::from_secs(5));
+    let _ = ours.wait();
+    let theirs_alive = common::alive(theirs_pid);
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+    assert!(left.is_empty(), "an orphan of this deployment survived the start");
+    assert!(theirs_alive, "a process of another deployment was killed");
+    assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
+    let mut server = Builder::new().script("hold", "echo $$ > \"$1\"\nsleep 300").start();
+    let pid_file = server.dir().join("hold.pid");
+    let url = format!("{}/run", server.base);
+    let body = json!({ "scriptId": "hold", "args": [path_str(&pid_file)], "mode": "sync" }).to_string();
+    let caller = std::thread::spawn(move || {
+        let _ = ureq::post(&url).set("Content-Type", "application/json").send_string(&body);
+    });
+    let pid = common::read_pids(&pid_file, 1, WAIT)[0];
+    let mut reaper = Reaper::new();
+    reaper.add(&[pid]);
+    // A running sync job is written once it has run briefly: it shows up in listings.
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let running = server.get("/jobs?status=running").body;
+        if let Some(job) = running["jobs"].as_array().and_then(|jobs| jobs.first()) {
+            break job["jobId"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the running sync job never showed up in /jobs: {running}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    server.kill9();
+    let _ = caller.join();
+    assert!(common::alive(pid), "the job's process should outlive the server");
+    server.restart();
+
+    assert!(common::wait_gone(&[pid], Duration::from_secs(5)).is_empty(), "the sync job's process survived");
+    let job = server.job(&id);
+    assert_eq!(job["status"], json!("failed"), "{job}");
+    assert_eq!(job["code"], json!(-1), "{job}");
+    assert!(job["error"].as_str().unwrap_or("").contains("restarted"), "{job}");
+}

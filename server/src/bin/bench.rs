@@ -12,6 +12,8 @@
 //!
 //! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N]`.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -204,26 +206,68 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).max_idle_connections_per_host(64).build()
 }
 
+/// A minimal keep-alive HTTP/1.1 client for the load phases: the load generator shares the
+/// machine's cores with the server, so it should spend as little CPU as it can (no JSON
+/// parsing; success is the `"status":"succeeded"` field in a 200 answer).
+struct RawClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    request: Vec<u8>,
+}
+
+impl RawClient {
+    fn connect(base: &str, path: &str, body: &str) -> Result<RawClient> {
+        let host = base.trim_start_matches("http://");
+        let writer = TcpStream::connect(host)?;
+        writer.set_nodelay(true)?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+        Ok(RawClient { reader: BufReader::new(writer.try_clone()?), writer, request })
+    }
+
+    /// Sends the request; true for a 200 whose body says the job succeeded.
+    fn send(&mut self) -> Result<bool> {
+        self.writer.write_all(&self.request)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let ok_status = line.split(' ').nth(1) == Some("200");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body)?;
+        Ok(ok_status && memchr::memmem::find(&body, b"\"status\":\"succeeded\"").is_some())
+    }
+}
+
 fn load(base: &str, script: &str, concurrency: usize, seconds: f64) -> Result<LoadResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let handles: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (stop, url) = (Arc::clone(&stop), format!("{base}/run"));
-            let body = json!({ "scriptId": script }).to_string();
+            let stop = Arc::clone(&stop);
+            let client = RawClient::connect(base, "/run", &json!({ "scriptId": script }).to_string());
             std::thread::spawn(move || {
-                let agent = agent();
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let Ok(mut client) = client else { return (latencies, 1) };
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = agent
-                        .post(&url)
-                        .set("Content-Type", "application/json")
-                        .send_string(&body)
-                        .ok()
-                        .and_then(|r| r.into_json::<Value>().ok())
-                        .is_some_and(|v| v["status"] == "succeeded");
+                    let ok = client.send().unwrap_or(false);
                     if ok {
                         latencies.push(t.elapsed());
                     } else {

@@ -19,7 +19,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use models::JobRow;
 use schema::{imports, jobs};
-pub use writer::{WriteOp, Writer};
+pub use writer::{Pending, WriteOp, Writer};
 
 /// Migrations compiled into the binary and applied at startup.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Opening the database or applying migrations failed.
     #[error("database setup: {0}")]
     Setup(String),
+    /// A write failed in the writer thread.
+    #[error("database write: {0}")]
+    Write(String),
     /// The writer thread has stopped (only during shutdown).
     #[error("database writer has stopped")]
     WriterGone,

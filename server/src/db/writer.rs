@@ -64,24 +64,20 @@ impl Writer {
 
     /// Writes and waits until the write is committed.
     pub async fn write(&self, op: WriteOp) -> Result<(), StoreError> {
-        let (ack, rx) = oneshot::channel();
-        self.send(Request { op, ack: Some(ack) })?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Setup(message)),
-            Err(_) => Err(StoreError::WriterGone),
-        }
+        self.enqueue(op)?.wait().await
     }
 
     /// Like [`Writer::write`], for code that is not async (startup, supervisor threads).
     pub fn write_blocking(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.enqueue(op)?.wait_blocking()
+    }
+
+    /// Orders a write now and lets the caller wait for its commit later (for example after
+    /// releasing a lock under which the order of writes was decided).
+    pub fn enqueue(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let (ack, rx) = oneshot::channel();
         self.send(Request { op, ack: Some(ack) })?;
-        match rx.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Setup(message)),
-            Err(_) => Err(StoreError::WriterGone),
-        }
+        Ok(Pending(rx))
     }
 
     /// Queues a write without waiting for its commit; a failure is logged.
@@ -97,6 +93,29 @@ impl Writer {
             // Full: block this thread until the writer catches up (bounded queue).
             Err(TrySendError::Full(request)) => self.tx.send(request).map_err(|_| StoreError::WriterGone),
             Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        }
+    }
+}
+
+/// A write that was ordered; its commit can be awaited.
+pub struct Pending(oneshot::Receiver<Result<(), String>>);
+
+impl Pending {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        Self::result(self.0.await)
+    }
+
+    /// Waits for the commit, blocking the thread (never call it on an async worker).
+    pub fn wait_blocking(self) -> Result<(), StoreError> {
+        Self::result(self.0.blocking_recv())
+    }
+
+    fn result(received: Result<Result<(), String>, oneshot::error::RecvError>) -> Result<(), StoreError> {
+        match received {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Write(message)),
+            Err(_) => Err(StoreError::WriterGone),
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod supervisor;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{ArgRules, Config, Mode, Script};
-use crate::db::{JobFilter, Store, StoreError, WriteOp};
+use crate::db::{JobFilter, Pending, Store, StoreError, WriteOp, Writer};
 use crate::time::now_ms;
 use logs::{BytePage, LinePage, LineQuery, Stream};
 use model::{Job, JobStatus};
@@ -82,6 +82,8 @@ struct Active {
     script: Arc<Script>,
     control: Arc<Control>,
     live: Mutex<Option<LiveStreams>>,
+    /// Whether the job's row has been ordered written (then later writes are updates).
+    recorded: AtomicBool,
     /// Holds the final job once it is committed.
     done: watch::Sender<Option<Job>>,
 }
@@ -94,8 +96,26 @@ impl Active {
             script,
             control,
             live: Mutex::new(None),
+            recorded: AtomicBool::new(false),
             done: watch::channel(None).0,
         }))
+    }
+
+    /// Orders the write of `job`, which is this job locked by the caller: an insert the first
+    /// time, updates after. Deciding and ordering under the job's lock means one job's writes
+    /// reach the writer in the order they were decided, whichever threads decide them.
+    fn record(&self, job: &Job, writer: &Writer) -> Result<Pending, StoreError> {
+        let row = Box::new(job.to_row());
+        let op = if self.recorded.swap(true, Ordering::AcqRel) { WriteOp::UpdateJob(row) } else { WriteOp::InsertJob(row) };
+        writer.enqueue(op)
+    }
+
+    /// Changes the job and orders the write of its new state.
+    fn update(&self, writer: &Writer, change: impl FnOnce(&mut Job)) -> (Job, Result<Pending, StoreError>) {
+        let mut job = lock(&self.job);
+        change(&mut job);
+        let pending = self.record(&job, writer);
+        (job.clone(), pending)
     }
 
     /// The job as it is now, with the live log counters of a running job.
@@ -225,23 +245,35 @@ impl JobManager {
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
         let job = Job::new(format!("job_{now}_{seq}"), &script.id, mode, args, now);
-        let admitted = match Active::new(job.clone(), script) {
-            Ok(active) => {
-                shared.store.writer().write(WriteOp::InsertJob(Box::new(job.to_row()))).await.map(|()| active)
+        let id = job.id.clone();
+        let admitted = match Active::new(job, script) {
+            // The 202 hands the id out: an async job is on disk before that. A sync caller is
+            // told nothing until the end, so its job is first written when it ends, has run
+            // for a while, or has to wait in the queue (see below), whichever comes first.
+            Ok(active) if mode == Mode::Async => {
+                let pending = active.record(&lock(&active.job), shared.store.writer());
+                match pending {
+                    Ok(pending) => pending.wait().await.map(|()| active).map_err(JobError::from),
+                    Err(e) => Err(e.into()),
+                }
             }
-            Err(e) => {
-                lock(&shared.state).reserved -= 1;
-                return Err(e);
-            }
+            other => other,
         };
-        let active = {
+        let (active, waits) = {
             let mut st = lock(&shared.state);
             st.reserved -= 1;
             let active = admitted?;
-            st.active.insert(job.id.clone(), Arc::clone(&active));
+            let waits = st.stopping || !st.queue.is_empty() || st.running >= shared.config.runner.max_concurrent;
+            st.active.insert(id, Arc::clone(&active));
             st.queue.push_back(Arc::clone(&active));
-            active
+            (active, waits)
         };
+        if waits {
+            let job = lock(&active.job);
+            if !active.recorded.load(Ordering::Acquire) {
+                shared.order(&active, &job);
+            }
+        }
         let done = active.done.subscribe();
         Shared::dispatch(shared);
         let job = active.snapshot();
@@ -300,13 +332,7 @@ impl JobManager {
             st.queue.len() < before
         };
         if dequeued {
-            let job = {
-                let mut job = lock(&active.job);
-                job.end(JobStatus::Canceled, None, now_ms());
-                job.clone()
-            };
-            shared.settle(&active, job.clone()).await;
-            return Ok(job);
+            return Ok(shared.settle(&active, |job| job.end(JobStatus::Canceled, None, now_ms())).await);
         }
         active.control.cancel();
         let mut done = active.done.subscribe();
@@ -410,16 +436,9 @@ impl JobManager {
             shared.wait_idle(bound).await;
         }
         let queued: Vec<_> = lock(&shared.state).queue.drain(..).collect();
-        for active in queued {
-            let job = {
-                let mut job = lock(&active.job);
-                if job.mode != Mode::Sync {
-                    continue;
-                }
-                job.end(JobStatus::Failed, Some("the server shut down before the job started".into()), now_ms());
-                job.clone()
-            };
-            shared.settle(&active, job).await;
+        for active in queued.into_iter().filter(|a| lock(&a.job).mode == Mode::Sync) {
+            let reason = "the server shut down before the job started";
+            shared.settle(&active, |job| job.end(JobStatus::Failed, Some(reason.into()), now_ms())).await;
         }
         if let Err(e) = shared.store.writer().write(WriteOp::Flush).await {
             error!("shutdown: final database flush failed: {e}");
@@ -429,6 +448,7 @@ impl JobManager {
     /// Puts an already recorded queued job back in the queue (recovery after a restart).
     fn requeue(&self, job: Job, script: Arc<Script>) -> Result<(), JobError> {
         let active = Active::new(job, script)?;
+        active.recorded.store(true, Ordering::Release);
         let mut st = lock(&self.shared.state);
         st.active.insert(active.id(), Arc::clone(&active));
         st.queue.push_back(active);
@@ -495,27 +515,36 @@ impl Shared {
         let outcome =
             supervisor::supervise(&launch, &active.control, &mut RunEvents { shared: &self, active: &active });
         // Final in memory first, so no reader sees it running beside the job that takes its
-        // slot; then free the slot before persisting, so the next job starts during the write.
-        let job = {
-            let mut job = lock(&active.job);
-            job.finish(outcome);
-            job.clone()
-        };
+        // slot; then free the slot before the commit, so the next job starts during the write.
+        let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
         lock(&self.state).running -= 1;
         Shared::dispatch(&self);
-        if let Err(e) = self.store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row()))) {
+        if let Err(e) = pending.and_then(Pending::wait_blocking) {
             error!("job {}: final state not saved: {e}", job.id);
         }
-        self.forget(&active, job);
+        self.forget(&active, job.clone());
     }
 
-    /// Commits a job's final state (decided outside a supervisor) and releases it.
-    async fn settle(&self, active: &Arc<Active>, job: Job) {
-        if let Err(e) = self.store.writer().write(WriteOp::UpdateJob(Box::new(job.to_row()))).await {
+    /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.
+    async fn settle(&self, active: &Arc<Active>, end: impl FnOnce(&mut Job)) -> Job {
+        let (job, pending) = active.update(self.store.writer(), end);
+        let committed = match pending {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
             error!("job {}: final state not saved: {e}", job.id);
         }
-        self.forget(active, job);
+        self.forget(active, job.clone());
+        job
+    }
+
+    /// Orders the write of a job's current state without waiting for it; a failure is logged.
+    fn order(&self, active: &Active, job: &Job) {
+        if let Err(e) = active.record(job, self.store.writer()) {
+            error!("job {}: state not saved: {e}", job.id);
+        }
     }
 
     fn forget(&self, active: &Arc<Active>, job: Job) {
@@ -571,10 +600,11 @@ impl supervisor::Events for RunEvents<'_> {
         *lock(&self.active.live) = Some(live);
     }
 
-    fn still_running(&mut self) {
-        let row = lock(&self.active.job).to_row();
+    fn still_running(&mut self, start_ticks: Option<u64>) {
         // Ordered before the final write; not waited for (the job is in memory meanwhile).
-        self.shared.store.writer().submit(WriteOp::UpdateJob(Box::new(row)));
+        let mut job = lock(&self.active.job);
+        job.proc_start_ticks = start_ticks;
+        self.shared.order(self.active, &job);
     }
 }
 

@@ -158,7 +158,6 @@ impl Job {
         self.status = JobStatus::Running;
         self.started_at = Some(spawned.started_at);
         self.pid = Some(spawned.pid);
-        self.proc_start_ticks = spawned.start_ticks;
     }
 
     /// Ends the job without it having run to its end (cancel while queued, restart, shutdown).

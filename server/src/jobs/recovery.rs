@@ -1,14 +1,15 @@
 //! Recovery after a crash: jobs the database still shows in flight are settled before serving.
 //!
-//! - `running` jobs: their processes are found and killed, and the job ends `failed` with a
-//!   message saying the server restarted. A process is killed only if it is provably the job's:
-//!   the recorded leader (same pid *and* same start time, so a reused pid is never signalled;
-//!   its whole group is killed) or any process whose environment carries the job's id in
-//!   `SCRIPT_RUNNER_JOB_ID` and this deployment's database in `SCRIPT_RUNNER_DB` (this also
-//!   finds processes that left the group, and never those of another deployment).
-//! - `queued` async jobs run again, in their original order; if a process of one is found it
-//!   had in fact started (its "running" write was lost in the crash), so it is treated as
-//!   running above and never started a second time.
+//! - Every process that carries this deployment's database path in `SCRIPT_RUNNER_DB` is killed:
+//!   recovery runs before this server starts any job, so such a process can only be left from
+//!   the previous run (a lock file keeps two servers off one database). This also finds sync
+//!   jobs that had not been written yet, and processes that left their group. Recorded leaders
+//!   are killed with their whole group, but only if they are the same process (same pid *and*
+//!   same start time, so a reused pid is never signalled).
+//! - `running` jobs end `failed` with a message saying the server restarted.
+//! - `queued` async jobs run again, in their original order; if a process of one was found it
+//!   had in fact started (its "running" write was lost in the crash), so it ends `failed` as
+//!   above and never starts a second time.
 //! - `queued` sync jobs end `failed`: the caller that waited for them is gone.
 
 use std::collections::HashSet;
@@ -46,12 +47,10 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     let store = manager.store();
     let jobs: Vec<Job> = store.unfinished_jobs()?.into_iter().map(Job::from_row).collect();
     let mut report = Recovery::default();
-    if jobs.is_empty() {
-        return Ok(report);
-    }
     let deployment = manager.config().database.sqlite_path.display().to_string();
     let (found, killed) = kill_processes(&jobs, &deployment);
     report.killed = killed;
+    let jobs_seen = jobs.len();
     for mut job in jobs {
         let now = now_ms();
         let started = job.status == JobStatus::Running || found.contains(&job.id);
@@ -81,6 +80,9 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
         }
         store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row())))?;
     }
+    if jobs_seen == 0 && report.killed == 0 {
+        return Ok(report);
+    }
     info!(
         "recovery: {} interrupted job(s) failed, {} process(es) killed, {} queued job(s) requeued, {} abandoned",
         report.interrupted, report.killed, report.requeued, report.abandoned
@@ -105,8 +107,9 @@ fn refresh_streams(manager: &JobManager, job: &mut Job) {
     }
 }
 
-/// Kills the processes of these jobs; returns the ids of jobs that had any, and how many
-/// processes were signalled.
+/// Kills what the previous run of this deployment left: the recorded groups of these jobs and
+/// every process carrying the deployment's marker. Returns the ids of the jobs those processes
+/// belonged to, and how many processes were signalled.
 fn kill_processes(jobs: &[Job], deployment: &str) -> (HashSet<String>, usize) {
     let mut found = HashSet::new();
     let mut victims = Vec::new();
@@ -118,7 +121,6 @@ fn kill_processes(jobs: &[Job], deployment: &str) -> (HashSet<String>, usize) {
             }
         }
     }
-    let ids: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     let me = std::process::id() as i32;
     if let Ok(all) = procfs::process::all_processes() {
         for process in all.flatten() {
@@ -129,10 +131,11 @@ fn kill_processes(jobs: &[Job], deployment: &str) -> (HashSet<String>, usize) {
             if env.get(OsStr::new(DEPLOYMENT_ENV)).and_then(|v| v.to_str()) != Some(deployment) {
                 continue;
             }
-            let Some(id) = env.get(OsStr::new(JOB_ID_ENV)).and_then(|v| v.to_str()) else { continue };
-            if ids.contains(id) && kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
-                found.insert(id.to_string());
+            if kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
                 victims.push(process.pid);
+                if let Some(id) = env.get(OsStr::new(JOB_ID_ENV)).and_then(|v| v.to_str()) {
+                    found.insert(id.to_string());
+                }
             }
         }
     }

@@ -40,6 +40,12 @@ pub const JOB_ID_ENV: &str = "SCRIPT_RUNNER_JOB_ID";
 pub const DEPLOYMENT_ENV: &str = "SCRIPT_RUNNER_DB";
 const READ_CHUNK: usize = 64 * 1024;
 
+thread_local! {
+    /// One read buffer per supervisor thread, reused by every job the thread runs (a fresh
+    /// 64 KiB allocation per job costs mmap/munmap and TLB shootdowns on the other cores).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -99,8 +105,6 @@ impl Control {
 pub struct Spawned {
     /// Leader pid, which is also the process group id.
     pub pid: i32,
-    /// Leader start time in clock ticks since boot, to tell it from a process that reused the pid.
-    pub start_ticks: Option<u64>,
     /// Wall-clock start, Unix ms.
     pub started_at: i64,
 }
@@ -150,8 +154,9 @@ pub const RECORD_RUNNING_AFTER: Duration = Duration::from_millis(20);
 pub trait Events {
     /// The process exists; called before any output is read.
     fn spawned(&mut self, spawned: Spawned, live: LiveStreams);
-    /// The process has been running for [`RECORD_RUNNING_AFTER`]; called at most once.
-    fn still_running(&mut self);
+    /// The process has been running for [`RECORD_RUNNING_AFTER`]; called at most once, with
+    /// the leader's start time (read only now: most jobs never need it).
+    fn still_running(&mut self, start_ticks: Option<u64>);
 }
 
 /// Runs the job to its end on the calling thread, reporting through `events`.
@@ -178,7 +183,7 @@ pub fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -
     };
     let started = Instant::now();
     let pid = child.id() as i32;
-    let spawned = Spawned { pid, start_ticks: start_ticks(pid), started_at: crate::time::now_ms() };
+    let spawned = Spawned { pid, started_at: crate::time::now_ms() };
     events.spawned(spawned, [out_sink.live(), err_sink.live()]);
 
     let mut run = Running::new(launch, &mut child, out_sink, err_sink);
@@ -263,7 +268,10 @@ impl<'a> Running<'a> {
     }
 
     fn event_loop(&mut self, control: &Control, events: &mut impl Events) -> Ending {
-        let mut buf = vec![0u8; READ_CHUNK];
+        READ_BUFFER.with_borrow_mut(|buf| self.run_loop(control, events, buf))
+    }
+
+    fn run_loop(&mut self, control: &Control, events: &mut impl Events, buf: &mut [u8]) -> Ending {
         let mut record_at = Some(Instant::now() + RECORD_RUNNING_AFTER);
         let mut stopping: Option<Stopping> = None;
         let mut exit: Option<WaitStatus> = None;
@@ -289,16 +297,17 @@ impl<'a> Running<'a> {
             }
             let ready = self.wait_ready(timeout, exit.is_none(), control);
             if ready.out {
-                self.out.pump(&mut buf);
+                self.out.pump(buf);
             }
             if ready.err {
-                self.err.pump(&mut buf);
+                self.err.pump(buf);
             }
             let now = Instant::now();
             if record_at.is_some_and(|r| now >= r) {
                 record_at = None;
                 if exit.is_none() {
-                    events.still_running();
+                    // The leader is not reaped yet, so this pid is still the job's.
+                    events.still_running(start_ticks(self.pgid.as_raw()));
                 }
             }
             if exit.is_none() && stopping.is_none() {
