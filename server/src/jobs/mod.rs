@@ -106,7 +106,8 @@ impl Active {
     /// reach the writer in the order they were decided, whichever threads decide them.
     fn record(&self, job: &Job, writer: &Writer) -> Result<Pending, StoreError> {
         let row = Box::new(job.to_row());
-        let op = if self.recorded.swap(true, Ordering::AcqRel) { WriteOp::UpdateJob(row) } else { WriteOp::InsertJob(row) };
+        let op =
+            if self.recorded.swap(true, Ordering::AcqRel) { WriteOp::UpdateJob(row) } else { WriteOp::InsertJob(row) };
         writer.enqueue(op)
     }
 
