@@ -1,9 +1,20 @@
 //! Jobs: admission, the FIFO queue, dispatch to supervisors, cancel, reads and shutdown.
 //!
-//! The database is the record of every job. Jobs still in flight (queued or running) are also
-//! held in memory, where their state is current (the "running" write is ordered but not waited
-//! for); they leave memory only once their final state is committed, so a read never sees an
-//! older state than one it saw before.
+//! The database is the record of every job; jobs in flight (queued or running) are also held in
+//! memory, where their state is current, and leave memory only once their final state is
+//! committed, so a read never sees an older state than one it saw before.
+//!
+//! When a job is written is a trade between durability and cost (a short job is dominated by
+//! what it costs to record it):
+//! - an async job is committed before the `202` hands out its id;
+//! - a sync job is first written when it has to wait in the queue, when it has run for
+//!   [`supervisor::RECORD_RUNNING_AFTER`], or when it ends, whichever comes first: nothing has
+//!   been acknowledged to its caller before its answer, which waits for that commit;
+//! - a running job's pid and start time are written once it has run that long, so most jobs
+//!   are written once or twice, never three times.
+//!
+//! A crash in between loses nothing acknowledged, and leaves no process behind: recovery kills
+//! every process that carries the deployment's marker (see [`recovery`]).
 
 pub mod import;
 pub mod logs;
@@ -205,7 +216,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl JobManager {
-    /// Creates the service. Call [`JobManager::recover`] before serving.
+    /// Creates the service. Run [`recovery::recover`] on it before serving.
     pub fn new(config: Arc<Config>, store: Store, runtime: tokio::runtime::Handle) -> Result<JobManager, JobError> {
         let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
         std::fs::create_dir_all(&config.runner.logs_dir)
@@ -408,12 +419,6 @@ impl JobManager {
             && !log_ref.contains('/')
             && !log_ref.contains('\0');
         plain.then(|| self.shared.config.runner.logs_dir.join(log_ref))
-    }
-
-    /// How many jobs are running and queued now.
-    pub fn load(&self) -> (usize, usize) {
-        let st = lock(&self.shared.state);
-        (st.running, st.queue.len())
     }
 
     /// Stops taking runs, lets running jobs finish for up to `grace`, then cancels them.
