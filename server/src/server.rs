@@ -29,14 +29,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Store::open(&config.database.sqlite_path).with_context(|| format!("database {}", config.database.url))?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(config.runner.max_concurrent + 64)
-        .thread_name("jobs")
-        .enable_all()
-        .build()
-        .context("tokio runtime")?;
-    let jobs = JobManager::new(Arc::clone(&config), store, runtime.handle().clone())?;
+    let jobs = JobManager::new(Arc::clone(&config), store)?;
     recovery::recover(&jobs)?;
     jobs.log_start();
 
@@ -47,7 +40,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
-    jobs.dispatch();
     let state = AppState { jobs: jobs.clone(), auth_token: config.server.auth_token.clone() };
     let system = actix_web::rt::System::new();
     system.block_on(async move {
@@ -59,15 +51,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .listen(listener)?
         .run();
         let handle = server.handle();
+        // Jobs requeued by recovery start now, supervised on this (the main) runtime.
+        jobs.dispatch();
         let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
-            let drained = jobs.clone();
-            // The drain runs on the job runtime; this one keeps serving reads meanwhile.
-            let _ = runtime.spawn(async move { drained.shutdown(grace).await }).await;
+            // The HTTP workers keep serving reads (and supervising their jobs) meanwhile.
+            jobs.shutdown(grace).await;
             handle.stop(true).await;
-            runtime.shutdown_timeout(Duration::from_secs(1));
         });
         server.await
     })?;

@@ -101,11 +101,10 @@ struct Active {
 
 impl Active {
     fn new(job: Job, script: Arc<Script>) -> Result<Arc<Active>, JobError> {
-        let control = Control::new().map_err(|e| JobError::System(format!("eventfd: {e}")))?;
         Ok(Arc::new(Active {
             job: Mutex::new(job),
             script,
-            control,
+            control: Control::new(),
             live: Mutex::new(None),
             recorded: AtomicBool::new(false),
             done: watch::channel(None).0,
@@ -165,7 +164,6 @@ struct Shared {
     next_seq: AtomicU64,
     /// Rung whenever a job ends (shutdown waits on it).
     ended: Notify,
-    runtime: tokio::runtime::Handle,
 }
 
 /// The job service. Cheap to clone.
@@ -217,7 +215,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl JobManager {
     /// Creates the service. Run [`recovery::recover`] on it before serving.
-    pub fn new(config: Arc<Config>, store: Store, runtime: tokio::runtime::Handle) -> Result<JobManager, JobError> {
+    pub fn new(config: Arc<Config>, store: Store) -> Result<JobManager, JobError> {
         let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
         std::fs::create_dir_all(&config.runner.logs_dir)
             .map_err(|e| JobError::Log { path: config.runner.logs_dir.clone(), source: e })?;
@@ -228,7 +226,6 @@ impl JobManager {
                 state: Mutex::new(State::default()),
                 next_seq: AtomicU64::new(next_seq),
                 ended: Notify::new(),
-                runtime,
             }),
         })
     }
@@ -461,7 +458,8 @@ impl JobManager {
         Ok(())
     }
 
-    /// Starts queued jobs while slots are free.
+    /// Starts queued jobs while slots are free (call it on a runtime with a `LocalSet`, such
+    /// as actix's; jobs requeued by recovery wait for this call).
     pub fn dispatch(&self) {
         Shared::dispatch(&self.shared);
     }
@@ -499,6 +497,9 @@ impl Shared {
         Ok(())
     }
 
+    /// Starts queued jobs while slots are free, each as a task on the calling thread's
+    /// runtime (an HTTP worker, or the main runtime at start): the job is supervised where its
+    /// request was handled, without handing it to another thread.
     fn dispatch(shared: &Arc<Shared>) {
         loop {
             let next = {
@@ -510,26 +511,29 @@ impl Shared {
                 st.running += 1;
                 next
             };
-            let worker = Arc::clone(shared);
-            shared.runtime.spawn_blocking(move || worker.run(next));
+            tokio::task::spawn_local(Arc::clone(shared).run(next));
         }
     }
 
-    /// Runs one job on a blocking thread, from spawn to its committed final state.
-    fn run(self: Arc<Shared>, active: Arc<Active>) {
+    /// Runs one job from spawn to its committed final state.
+    async fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
-        let outcome =
-            supervisor::supervise(&launch, &active.control, &mut RunEvents { shared: &self, active: &active });
+        let mut events = RunEvents { shared: &self, active: &active };
+        let outcome = supervisor::supervise(&launch, &active.control, &mut events).await;
         // Final in memory first, so no reader sees it running beside the job that takes its
         // slot; then free the slot before the commit, so the next job starts during the write.
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
         lock(&self.state).running -= 1;
         Shared::dispatch(&self);
-        if let Err(e) = pending.and_then(Pending::wait_blocking) {
+        let committed = match pending {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
             error!("job {}: final state not saved: {e}", job.id);
         }
-        self.forget(&active, job.clone());
+        self.forget(&active, job);
     }
 
     /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.

@@ -1,8 +1,9 @@
 //! Running one job's process: spawn, stream its output to the logs, stop it, reap it.
 //!
 //! The script is executed directly (argv, never a shell) as the leader of a new process group,
-//! with stdin from `/dev/null`. One thread supervises it with `poll(2)` over both output pipes,
-//! a pidfd (readable when the leader exits) and an eventfd (rung on cancel):
+//! with stdin from `/dev/null`. Its supervision is an async task on the runtime that started
+//! it (no thread per job): it waits on both output pipes and a pidfd (readable when the leader
+//! exits) through tokio's reactor, on a `Notify` for cancel, and on timers:
 //!
 //! - cancel or timeout: SIGTERM to the whole group, then SIGKILL to the group after the grace;
 //! - when the leader exits, its exit status is read without reaping it (`WNOWAIT`), the group
@@ -11,21 +12,25 @@
 //!   a signal to the group can never reach an unrelated process that reused the number;
 //! - output is drained until both pipes close, or [`DRAIN_AFTER_EXIT`] after the leader's exit
 //!   when a process that left the group still holds a pipe open.
+//!
+//! Spawning (`posix_spawn`) and log writes (to the page cache) are short blocking calls made on
+//! the task's thread, as `tokio::process` also does for spawning.
 
-use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+use tokio::sync::Notify;
 
 use super::logs::{LiveStream, LogSink, StreamSummary};
 
@@ -41,8 +46,8 @@ pub const DEPLOYMENT_ENV: &str = "SCRIPT_RUNNER_DB";
 const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
-    /// One read buffer per supervisor thread, reused by every job the thread runs (a fresh
-    /// 64 KiB allocation per job costs mmap/munmap and TLB shootdowns on the other cores).
+    /// One read buffer per thread, shared by the jobs it supervises (it is only borrowed
+    /// between awaits): no allocation per job.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK]);
 }
 
@@ -75,23 +80,24 @@ pub struct Launch {
     pub preview_max: usize,
 }
 
-/// The handle another thread uses to cancel a supervised job.
+/// The handle other tasks use to cancel a supervised job.
+#[derive(Default)]
 pub struct Control {
-    wake: EventFd,
+    wake: Notify,
     cancel: AtomicBool,
 }
 
 impl Control {
-    /// A fresh control; fails only if the system is out of file descriptors.
-    pub fn new() -> io::Result<Arc<Control>> {
-        let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
-        Ok(Arc::new(Control { wake, cancel: AtomicBool::new(false) }))
+    /// A fresh control.
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control::default())
     }
 
     /// Asks the supervisor to stop the job (idempotent). A job not yet spawned never starts.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
-        let _ = self.wake.write(1);
+        // Stores a permit if the supervisor is not waiting right now: the wake is not lost.
+        self.wake.notify_one();
     }
 
     /// Whether cancel was asked.
@@ -159,8 +165,9 @@ pub trait Events {
     fn still_running(&mut self, start_ticks: Option<u64>);
 }
 
-/// Runs the job to its end on the calling thread, reporting through `events`.
-pub fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -> Outcome {
+/// Runs the job to its end, reporting through `events`. Must run inside a tokio runtime with
+/// I/O and time enabled.
+pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -> Outcome {
     let attempt = Instant::now();
     let fail = |message: String| Outcome {
         ending: Ending::SpawnFailed(message),
@@ -187,7 +194,7 @@ pub fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -
     events.spawned(spawned, [out_sink.live(), err_sink.live()]);
 
     let mut run = Running::new(launch, &mut child, out_sink, err_sink);
-    let ending = run.event_loop(control, events);
+    let ending = run.event_loop(control, events).await;
     let (stdout, stderr) = (run.out.sink.finish(), run.err.sink.finish());
     Outcome {
         ending,
@@ -215,20 +222,36 @@ fn command(launch: &Launch) -> Command {
 }
 
 /// One output pipe and where it goes.
-struct Pipe<R> {
-    reader: Option<R>,
+struct Pipe {
+    reader: Option<pipe::Receiver>,
     sink: LogSink,
 }
 
-impl<R: Read> Pipe<R> {
+impl Pipe {
+    fn new(fd: Option<OwnedFd>, sink: LogSink) -> Pipe {
+        // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
+        let reader = fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+        Pipe { reader, sink }
+    }
+
     /// Reads what is available; closes the pipe at end of file or on error.
     fn pump(&mut self, buf: &mut [u8]) {
-        let Some(reader) = self.reader.as_mut() else { return };
-        match reader.read(buf) {
+        let Some(reader) = self.reader.as_ref() else { return };
+        match reader.try_read(buf) {
             Ok(0) => self.reader = None,
             Ok(n) => self.sink.write(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => self.reader = None,
+        }
+    }
+
+    /// Resolves when the pipe has data or is closed; never if it is already gone.
+    async fn readable(&self) {
+        match &self.reader {
+            Some(reader) => {
+                let _ = reader.readable().await;
+            }
+            None => std::future::pending().await,
         }
     }
 }
@@ -236,9 +259,9 @@ impl<R: Read> Pipe<R> {
 struct Running<'a> {
     child: &'a mut Child,
     pgid: Pid,
-    pidfd: Option<OwnedFd>,
-    out: Pipe<ChildStdout>,
-    err: Pipe<ChildStderr>,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    out: Pipe,
+    err: Pipe,
     timeout_at: Option<Instant>,
     kill_grace: Duration,
 }
@@ -249,13 +272,22 @@ struct Stopping {
     kill_at: Option<Instant>,
 }
 
+/// What woke the supervisor.
+#[derive(Default)]
+struct Ready {
+    out: bool,
+    err: bool,
+    exit: Option<WaitStatus>,
+}
+
 impl<'a> Running<'a> {
     fn new(launch: &Launch, child: &'a mut Child, out_sink: LogSink, err_sink: LogSink) -> Running<'a> {
         let pid = child.id() as i32;
         let pidfd = rustix::process::Pid::from_raw(pid)
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
-        let out = Pipe { reader: child.stdout.take(), sink: out_sink };
-        let err = Pipe { reader: child.stderr.take(), sink: err_sink };
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
+            .and_then(register_pidfd);
+        let out = Pipe::new(child.stdout.take().map(OwnedFd::from), out_sink);
+        let err = Pipe::new(child.stderr.take().map(OwnedFd::from), err_sink);
         Running {
             child,
             pgid: Pid::from_raw(pid),
@@ -267,11 +299,7 @@ impl<'a> Running<'a> {
         }
     }
 
-    fn event_loop(&mut self, control: &Control, events: &mut impl Events) -> Ending {
-        READ_BUFFER.with_borrow_mut(|buf| self.run_loop(control, events, buf))
-    }
-
-    fn run_loop(&mut self, control: &Control, events: &mut impl Events, buf: &mut [u8]) -> Ending {
+    async fn event_loop(&mut self, control: &Control, events: &mut impl Events) -> Ending {
         let mut record_at = Some(Instant::now() + RECORD_RUNNING_AFTER);
         let mut stopping: Option<Stopping> = None;
         let mut exit: Option<WaitStatus> = None;
@@ -281,7 +309,7 @@ impl<'a> Running<'a> {
             if exit.is_some() && (!pipes_open || drain_until.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
-            let deadline = [
+            let mut deadline = [
                 stopping.as_ref().map_or(self.timeout_at, |_| None),
                 stopping.as_ref().and_then(|s| s.kill_at),
                 drain_until,
@@ -290,18 +318,20 @@ impl<'a> Running<'a> {
             .into_iter()
             .flatten()
             .min();
-            let mut timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if self.pidfd.is_none() && exit.is_none() {
                 // No pidfd (very old kernel): look for the exit every 20 ms.
-                timeout = Some(timeout.map_or(Duration::from_millis(20), |t| t.min(Duration::from_millis(20))));
+                let poll_at = Instant::now() + Duration::from_millis(20);
+                deadline = Some(deadline.map_or(poll_at, |d| d.min(poll_at)));
             }
-            let ready = self.wait_ready(timeout, exit.is_none(), control);
-            if ready.out {
-                self.out.pump(buf);
-            }
-            if ready.err {
-                self.err.pump(buf);
-            }
+            let ready = self.wait(deadline, exit.is_none(), control).await;
+            READ_BUFFER.with_borrow_mut(|buf| {
+                if ready.out {
+                    self.out.pump(buf);
+                }
+                if ready.err {
+                    self.err.pump(buf);
+                }
+            });
             let now = Instant::now();
             if record_at.is_some_and(|r| now >= r) {
                 record_at = None;
@@ -329,16 +359,19 @@ impl<'a> Running<'a> {
                     s.kill_at = None;
                 }
             }
-            if exit.is_none() && (ready.exited || self.pidfd.is_none()) {
-                if let Some(status) = self.peek_exit() {
-                    // Leader is a zombie: its group id cannot be reused yet, so this reaches
-                    // exactly the processes it left behind.
-                    self.signal_group(Signal::SIGKILL);
-                    let _ = self.child.wait();
-                    exit = Some(status);
-                    record_at = None;
-                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
-                }
+            let exited = match ready.exit {
+                Some(status) => Some(status),
+                None if exit.is_none() && self.pidfd.is_none() => self.peek_exit(),
+                None => None,
+            };
+            if let (Some(status), None) = (exited, exit) {
+                // Leader is a zombie: its group id cannot be reused yet, so this reaches
+                // exactly the processes it left behind.
+                self.signal_group(Signal::SIGKILL);
+                let _ = self.child.wait();
+                exit = Some(status);
+                record_at = None;
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
         }
         match (stopping, exit) {
@@ -349,45 +382,33 @@ impl<'a> Running<'a> {
         }
     }
 
-    fn wait_ready(&self, timeout: Option<Duration>, want_exit: bool, control: &Control) -> Ready {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
-        let mut slots = [usize::MAX; 4];
-        let input = PollFlags::POLLIN;
-        if let Some(r) = &self.out.reader {
-            slots[0] = fds.len();
-            fds.push(PollFd::new(r.as_fd(), input));
-        }
-        if let Some(r) = &self.err.reader {
-            slots[1] = fds.len();
-            fds.push(PollFd::new(r.as_fd(), input));
-        }
-        if let (Some(p), true) = (&self.pidfd, want_exit) {
-            slots[2] = fds.len();
-            fds.push(PollFd::new(p.as_fd(), input));
-        }
-        slots[3] = fds.len();
-        fds.push(PollFd::new(control.wake.as_fd(), input));
-        let timeout = match timeout {
-            None => PollTimeout::NONE,
-            // Round up so a deadline is never polled for 0 ms repeatedly before it is reached.
-            Some(t) => PollTimeout::try_from(t.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX),
-        };
+    /// Waits until a pipe is readable, the leader exits, cancel is asked or `deadline` passes.
+    async fn wait(&self, deadline: Option<Instant>, want_exit: bool, control: &Control) -> Ready {
         let mut ready = Ready::default();
-        match poll(&mut fds, timeout) {
-            Ok(n) if n > 0 => {}
-            _ => return ready,
-        }
-        let hit = |slot: usize| {
-            fds.get(slot)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
         };
-        ready.out = hit(slots[0]);
-        ready.err = hit(slots[1]);
-        ready.exited = hit(slots[2]);
-        if hit(slots[3]) {
-            let _ = control.wake.read();
+        let leader_exit = async {
+            match (&self.pidfd, want_exit) {
+                (Some(pidfd), true) => loop {
+                    let Ok(mut guard) = pidfd.readable().await else { return std::future::pending().await };
+                    match self.peek_exit() {
+                        Some(status) => return status,
+                        None => guard.clear_ready(),
+                    }
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.out.readable() => ready.out = true,
+            () = self.err.readable() => ready.err = true,
+            status = leader_exit => ready.exit = Some(status),
+            () = control.wake.notified() => {}
+            () = timer => {}
         }
         ready
     }
@@ -407,11 +428,12 @@ impl<'a> Running<'a> {
     }
 }
 
-#[derive(Default)]
-struct Ready {
-    out: bool,
-    err: bool,
-    exited: bool,
+/// Registers a pidfd with the reactor (readable once the process has exited).
+#[allow(unsafe_code, reason = "tokio's registration is unsafe for arbitrary AsRawFd types")]
+fn register_pidfd(fd: OwnedFd) -> Option<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd takes ownership of the OwnedFd, which keeps the descriptor open and
+    // returns the same raw fd from as_raw_fd until it is dropped together with the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()
 }
 
 /// The start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
