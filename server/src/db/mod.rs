@@ -99,8 +99,12 @@ impl Store {
         apply_pragmas(&mut conn)?;
         conn.run_pending_migrations(MIGRATIONS)
             .map_err(|e| StoreError::Setup(format!("migrations on {}: {e}", path.display())))?;
+        // Few idle connections: every child process inherits (and closes at exec) the
+        // server's descriptors, three per SQLite connection.
         let pool = Pool::builder()
             .max_size(8)
+            .min_idle(Some(1))
+            .idle_timeout(Some(Duration::from_secs(60)))
             .connection_timeout(Duration::from_secs(10))
             .connection_customizer(Box::new(Pragmas))
             .build(ConnectionManager::<SqliteConnection>::new(url))
