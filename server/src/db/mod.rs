@@ -109,7 +109,8 @@ impl Store {
             .connection_customizer(Box::new(Pragmas))
             .build(ConnectionManager::<SqliteConnection>::new(url))
             .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
-        let writer = Writer::start(conn);
+        let writer =
+            Writer::start(conn).map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
         Ok(Store { pool, writer })
     }
 

@@ -1,11 +1,11 @@
 //! The single database writer: a thread that commits queued writes in groups.
 //!
-//! Callers either wait for their write to be committed ([`Writer::write`]) or only order it
-//! ([`Writer::submit`]); writes are applied in the order they were sent, so waiting for a later
-//! write also means every earlier one is committed.
+//! Callers order a write ([`Writer::enqueue`]) and wait for its commit when they need it
+//! ([`Pending`]); writes are applied in the order they were sent, so a later write's commit
+//! also means every earlier one is committed. A write nobody waits for still reports a
+//! failure: its error is logged.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::thread::JoinHandle;
 
 use diesel::prelude::*;
 use log::error;
@@ -42,7 +42,7 @@ type Ack = oneshot::Sender<Result<(), String>>;
 
 struct Request {
     op: WriteOp,
-    ack: Option<Ack>,
+    ack: Ack,
 }
 
 /// Handle to the writer thread; cheap to clone. The thread stops when every handle is dropped.
@@ -53,13 +53,10 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer thread on its own connection.
-    pub fn start(conn: SqliteConnection) -> Writer {
+    pub fn start(conn: SqliteConnection) -> std::io::Result<Writer> {
         let (tx, rx) = sync_channel(QUEUE_DEPTH);
-        let _thread: JoinHandle<()> = std::thread::Builder::new()
-            .name("db-writer".into())
-            .spawn(move || run(conn, rx))
-            .unwrap_or_else(|e| panic!("cannot start the database writer thread: {e}"));
-        Writer { tx }
+        std::thread::Builder::new().name("db-writer".into()).spawn(move || run(conn, rx))?;
+        Ok(Writer { tx })
     }
 
     /// Writes and waits until the write is committed.
@@ -76,15 +73,8 @@ impl Writer {
     /// releasing a lock under which the order of writes was decided).
     pub fn enqueue(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let (ack, rx) = oneshot::channel();
-        self.send(Request { op, ack: Some(ack) })?;
+        self.send(Request { op, ack })?;
         Ok(Pending(rx))
-    }
-
-    /// Queues a write without waiting for its commit; a failure is logged.
-    pub fn submit(&self, op: WriteOp) {
-        if self.send(Request { op, ack: None }).is_err() {
-            error!("database writer has stopped; a write was dropped");
-        }
     }
 
     fn send(&self, request: Request) -> Result<(), StoreError> {
@@ -153,16 +143,11 @@ fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
 }
 
 fn acknowledge(request: Request, result: Result<(), String>) {
-    match request.ack {
-        Some(ack) => {
-            let _ = ack.send(result);
-        }
-        None => {
-            if let Err(e) = result {
-                error!("database write failed ({}): {e}", describe(&request.op));
-            }
-        }
+    if let Err(e) = &result {
+        error!("database write failed ({}): {e}", describe(&request.op));
     }
+    // The waiter may be gone (a write ordered and not awaited); the error is logged above.
+    let _ = request.ack.send(result);
 }
 
 fn describe(op: &WriteOp) -> String {
