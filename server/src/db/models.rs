@@ -8,7 +8,12 @@ use super::schema::{imports, jobs};
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
 /// (every update rewrites the row, `None` meaning NULL).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = jobs, check_for_backend(diesel::sqlite::Sqlite), treat_none_as_null = true)]
+#[diesel(
+    table_name = jobs,
+    check_for_backend(diesel::sqlite::Sqlite),
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
 pub struct JobRow {
     /// Job id, e.g. `job_1732190000000_1`.
     pub id: String,
