@@ -46,6 +46,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let server = HttpServer::new(move || {
             App::new().wrap(middleware::from_fn(http::authenticate)).configure(http::routes(state.clone()))
         })
+        // Spawning blocks a worker until the child has exec'd (vfork), so two workers per
+        // core keep requests and other jobs moving meanwhile (measured best on 2 cores).
+        .workers(2 * std::thread::available_parallelism().map_or(1, |n| n.get()))
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?

@@ -75,6 +75,7 @@ fn main() -> Result<()> {
         "{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)",
         "direct spawn (physical limit)", direct
     );
+    paired(&server.base, &trivial, cores, opts.seconds)?;
 
     let mut at4 = 0.0;
     for conc in [1, 4, 16] {
@@ -113,6 +114,32 @@ fn main() -> Result<()> {
     if opts.keep {
         println!("kept {}", dir.keep().display());
     }
+    Ok(())
+}
+
+/// Sync runs at concurrency 4 against direct spawn, in alternating 1-second windows, so that
+/// drift in the machine's speed (a VM's neighbours) weighs on both sides of each ratio.
+fn paired(base: &str, script: &Path, cores: usize, seconds: f64) -> Result<()> {
+    let rounds = (seconds.round() as usize).max(3);
+    let mut ratios = Vec::with_capacity(rounds);
+    let (mut direct_sum, mut sync_sum) = (0.0, 0.0);
+    for _ in 0..rounds {
+        let direct = direct_spawn(script, cores, 1.0);
+        let sync = load(base, "trivial", 4, 1.0)?.throughput;
+        direct_sum += direct;
+        sync_sum += sync;
+        ratios.push(sync / direct);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{:<44} {:>10.0} runs/s  vs {:.0} direct: median {:.1}% of direct over {rounds} alternating 1 s rounds (min {:.1}%, max {:.1}%)",
+        "sync c=4 paired with direct spawn",
+        sync_sum / rounds as f64,
+        direct_sum / rounds as f64,
+        100.0 * ratios[rounds / 2],
+        100.0 * ratios[0],
+        100.0 * ratios[rounds - 1]
+    );
     Ok(())
 }
 
