@@ -432,7 +432,9 @@ fn read_line_capped<R: BufRead>(reader: &mut R, max: usize) -> io::Result<Option
 
 /// Counts lines by reading the whole file: only for logs without a known count (imported jobs,
 /// jobs interrupted by a crash), whose size is bounded by the log cap.
-pub fn count_lines(file: &File, complete_only: bool) -> io::Result<u64> {
+pub fn count_lines(mut file: &File, complete_only: bool) -> io::Result<u64> {
+    // From the start, wherever the file's cursor was left.
+    file.seek(SeekFrom::Start(0))?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut lines = 0u64;
     let mut last = b'\n';
@@ -447,4 +449,121 @@ pub fn count_lines(file: &File, complete_only: bool) -> io::Result<u64> {
         reader.consume(n);
     }
     Ok(lines + u64::from(last != b'\n' && !complete_only))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    /// Lines of every shape the index must handle: empty, short, and longer than the 64 KiB
+    /// entry spacing, in a pseudo-random order.
+    fn sample_lines() -> Vec<Vec<u8>> {
+        let mut state = 7u64;
+        (0..6000)
+            .map(|i| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let len = match state >> 60 {
+                    0 => 0,
+                    1 => 70_000 + (state % 50_000) as usize,
+                    _ => (state % 200) as usize,
+                };
+                let mut line = format!("{i}:").into_bytes();
+                line.resize(line.len() + len, b'a' + (i % 26) as u8);
+                line
+            })
+            .collect()
+    }
+
+    fn write_log(dir: &Path, lines: &[Vec<u8>], trailing_newline: bool) -> PathBuf {
+        let path = dir.join("job.stdout.log");
+        let mut sink = LogSink::new(&path, u64::MAX, 64);
+        let mut all = Vec::new();
+        for line in lines {
+            all.extend_from_slice(line);
+            all.push(b'\n');
+        }
+        if !trailing_newline {
+            all.pop();
+        }
+        // Odd chunk sizes, so lines and index entries straddle writes.
+        for chunk in all.chunks(4093) {
+            sink.write(chunk);
+        }
+        let summary = sink.finish();
+        assert_eq!(summary.lines, lines.len() as u64);
+        path
+    }
+
+    #[test]
+    fn line_pages_match_a_naive_split_at_every_kind_of_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = sample_lines();
+        let path = write_log(dir.path(), &lines, false);
+        assert!(index_path(&path).exists(), "a log this size must have an index");
+        let total = lines.len() as u64;
+        let offsets = [0, 1, 1023, 1024, 1025, 2047, 2048, 3000, 4095, 5998, 5999, 6000, 7000];
+        for offset in offsets {
+            for limit in [1, 3, 100, 10_000] {
+                let q = LineQuery { offset, limit, max_bytes: 1 << 30, complete_only: false, known_total: Some(total) };
+                let page = read_lines(&path, q).unwrap();
+                let want: Vec<String> = lines
+                    .iter()
+                    .skip(offset as usize)
+                    .take(limit as usize)
+                    .map(|l| String::from_utf8_lossy(l).into_owned())
+                    .collect();
+                assert_eq!(page.lines.len(), want.len(), "offset {offset} limit {limit}");
+                assert!(page.lines == want, "offset {offset} limit {limit}: wrong lines");
+                assert_eq!(page.next_offset, offset + want.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_page_budget_cuts_only_the_first_line_and_otherwise_ends_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = sample_lines();
+        let path = write_log(dir.path(), &lines, true);
+        let long = lines.iter().position(|l| l.len() > 70_000).unwrap() as u64;
+        let q = |offset, max_bytes| LineQuery {
+            offset,
+            limit: 50,
+            max_bytes,
+            complete_only: false,
+            known_total: Some(lines.len() as u64),
+        };
+        // Starting on the long line with a small budget: that one line, cut to the budget.
+        let page = read_lines(&path, q(long, 1000)).unwrap();
+        assert_eq!(page.lines.len(), 1);
+        assert_eq!(page.lines[0].len(), 1000);
+        // Starting before it: the page stops before the line that does not fit.
+        let page = read_lines(&path, q(long - 1, 1000)).unwrap();
+        assert_eq!(page.next_offset, long, "the long line must start the next page");
+    }
+
+    #[test]
+    fn counting_without_an_index_agrees_with_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = sample_lines();
+        let path = write_log(dir.path(), &lines, false);
+        let file = File::open(&path).unwrap();
+        assert_eq!(count_lines(&file, false).unwrap(), lines.len() as u64);
+        assert_eq!(count_lines(&file, true).unwrap(), lines.len() as u64 - 1);
+    }
+
+    #[test]
+    fn preview_is_the_tail_and_drops_a_cut_character() {
+        let mut tail = Tail::new(4);
+        tail.push("ab".as_bytes());
+        tail.push("cdé".as_bytes()); // é is two bytes: the last 4 bytes are "cdé"
+        assert_eq!(tail.to_text(), "cdé");
+        let mut cut = Tail::new(2);
+        cut.push("aéb".as_bytes()); // the last 2 bytes are é's second byte and "b"
+        assert_eq!(cut.to_text(), "b", "half a character is dropped, not shown as U+FFFD");
+        let mut whole = Tail::new(16);
+        whole.push(b"abc");
+        assert_eq!(whole.to_text(), "abc");
+    }
 }
