@@ -1012,3 +1012,11 @@ fn listed_jobs_carry_the_job_fields() {
     assert_eq!(item["jobId"], json!(ids[2]));
     assert_eq!(item["stdoutRef"], json!(format!("{}.stdout.log", ids[2])));
 }
+
+#[test]
+fn error_envelope_puts_ok_first_as_upstream_does() {
+    let server = Builder::new().script("noop", "true").start();
+    let r = server.get("/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.text.starts_with(r#"{"ok":false,"error":{"code":"NOT_FOUND","message":"#), "{}", r.text);
+}
