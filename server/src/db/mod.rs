@@ -171,11 +171,4 @@ impl Store {
         let n: i64 = imports::table.filter(imports::source.eq(source)).count().get_result(&mut conn)?;
         Ok(n > 0)
     }
-
-    /// Whether a job with this id exists.
-    pub fn job_exists(&self, id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.pool.get()?;
-        let n: i64 = jobs::table.filter(jobs::id.eq(id)).count().get_result(&mut conn)?;
-        Ok(n > 0)
-    }
 }
