@@ -100,15 +100,16 @@ struct Active {
 }
 
 impl Active {
-    fn new(job: Job, script: Arc<Script>) -> Result<Arc<Active>, JobError> {
-        Ok(Arc::new(Active {
+    /// A job in flight; `recorded` says whether its row already exists.
+    fn new(job: Job, script: Arc<Script>, recorded: bool) -> Arc<Active> {
+        Arc::new(Active {
             job: Mutex::new(job),
             script,
             control: Control::new(),
             live: Mutex::new(None),
-            recorded: AtomicBool::new(false),
+            recorded: AtomicBool::new(recorded),
             done: watch::channel(None).0,
-        }))
+        })
     }
 
     /// Orders the write of `job`, which is this job locked by the caller: an insert the first
@@ -141,10 +142,6 @@ impl Active {
         }
         job
     }
-
-    fn id(&self) -> String {
-        lock(&self.job).id.clone()
-    }
 }
 
 #[derive(Default)]
@@ -164,6 +161,8 @@ struct Shared {
     next_seq: AtomicU64,
     /// Rung whenever a job ends (shutdown waits on it).
     ended: Notify,
+    /// This deployment's marker, exported to every job (see [`supervisor::DEPLOYMENT_ENV`]).
+    deployment: Arc<str>,
 }
 
 /// The job service. Cheap to clone.
@@ -219,6 +218,7 @@ impl JobManager {
         let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
         std::fs::create_dir_all(&config.runner.logs_dir)
             .map_err(|e| JobError::Log { path: config.runner.logs_dir.clone(), source: e })?;
+        let deployment = config.database.sqlite_path.display().to_string().into();
         Ok(JobManager {
             shared: Arc::new(Shared {
                 config,
@@ -226,6 +226,7 @@ impl JobManager {
                 state: Mutex::new(State::default()),
                 next_seq: AtomicU64::new(next_seq),
                 ended: Notify::new(),
+                deployment,
             }),
         })
     }
@@ -255,27 +256,29 @@ impl JobManager {
         let now = now_ms();
         let job = Job::new(format!("job_{now}_{seq}"), &script.id, mode, args, now);
         let id = job.id.clone();
-        let admitted = match Active::new(job, script) {
-            // The 202 hands the id out: an async job is on disk before that. A sync caller is
-            // told nothing until the end, so its job is first written when it ends, has run
-            // for a while, or has to wait in the queue (see below), whichever comes first.
-            Ok(active) if mode == Mode::Async => {
-                let pending = active.record(&lock(&active.job), shared.store.writer());
-                match pending {
-                    Ok(pending) => pending.wait().await.map(|()| active).map_err(JobError::from),
-                    Err(e) => Err(e.into()),
+        let active = Active::new(job, script, false);
+        // The 202 hands the id out: an async job is on disk before that. A sync caller is told
+        // nothing until the end, so its job is first written when it ends, has run for a
+        // while, or has to wait in the queue (see below), whichever comes first.
+        let admitted = match mode {
+            Mode::Async => {
+                // Ordered under the job's lock, awaited after releasing it.
+                let ordered = active.record(&lock(&active.job), shared.store.writer());
+                match ordered {
+                    Ok(pending) => pending.wait().await,
+                    Err(e) => Err(e),
                 }
             }
-            other => other,
+            Mode::Sync => Ok(()),
         };
-        let (active, waits) = {
+        let waits = {
             let mut st = lock(&shared.state);
             st.reserved -= 1;
-            let active = admitted?;
+            admitted?;
             let waits = st.stopping || !st.queue.is_empty() || st.running >= shared.config.runner.max_concurrent;
             st.active.insert(id, Arc::clone(&active));
             st.queue.push_back(Arc::clone(&active));
-            (active, waits)
+            waits
         };
         if waits {
             let job = lock(&active.job);
@@ -362,9 +365,7 @@ impl JobManager {
         let limit = limit.min(MAX_BYTE_LIMIT);
         let page = match path {
             None => BytePage { offset, next_offset: offset, total_size: 0, data: Vec::new() },
-            Some(path) => blocking(move || logs::read_bytes(&path, offset, limit).map_err(|e| (path, e)))
-                .await?
-                .map_err(|(path, source)| JobError::Log { path, source })?,
+            Some(path) => read_log(path, move |p| logs::read_bytes(p, offset, limit)).await?,
         };
         Ok(BytesView { page, truncated: info.truncated })
     }
@@ -383,9 +384,7 @@ impl JobManager {
         };
         let page = match self.log_path(&info.log_ref) {
             None => LinePage { offset, next_offset: offset, total_lines: 0, lines: Vec::new() },
-            Some(path) => blocking(move || logs::read_lines(&path, query).map_err(|e| (path, e)))
-                .await?
-                .map_err(|(path, source)| JobError::Log { path, source })?,
+            Some(path) => read_log(path, move |p| logs::read_lines(p, query)).await?,
         };
         Ok(LinesView { page, truncated: info.truncated })
     }
@@ -401,9 +400,7 @@ impl JobManager {
         }
         let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };
         let cap = self.shared.config.runner.max_log_bytes_per_stream;
-        let page = blocking(move || logs::read_bytes(&path, 0, cap).map_err(|e| (path, e)))
-            .await?
-            .map_err(|(path, source)| JobError::Log { path, source })?;
+        let page = read_log(path, move |p| logs::read_bytes(p, 0, cap)).await?;
         Ok(String::from_utf8_lossy(&page.data).into_owned())
     }
 
@@ -449,19 +446,23 @@ impl JobManager {
     }
 
     /// Puts an already recorded queued job back in the queue (recovery after a restart).
-    fn requeue(&self, job: Job, script: Arc<Script>) -> Result<(), JobError> {
-        let active = Active::new(job, script)?;
-        active.recorded.store(true, Ordering::Release);
+    fn requeue(&self, job: Job, script: Arc<Script>) {
+        let id = job.id.clone();
+        let active = Active::new(job, script, true);
         let mut st = lock(&self.shared.state);
-        st.active.insert(active.id(), Arc::clone(&active));
+        st.active.insert(id, Arc::clone(&active));
         st.queue.push_back(active);
-        Ok(())
     }
 
     /// Starts queued jobs while slots are free (call it on a runtime with a `LocalSet`, such
     /// as actix's; jobs requeued by recovery wait for this call).
     pub fn dispatch(&self) {
         Shared::dispatch(&self.shared);
+    }
+
+    /// This deployment's marker value.
+    fn deployment(&self) -> &str {
+        &self.shared.deployment
     }
 
     fn store(&self) -> &Store {
@@ -569,7 +570,7 @@ impl Shared {
         let script = &active.script;
         Launch {
             job_id: job.id.clone(),
-            deployment: self.config.database.sqlite_path.display().to_string(),
+            deployment: Arc::clone(&self.deployment),
             program: script.path.clone(),
             args: job.args.clone(),
             cwd: script.cwd.clone(),
@@ -644,6 +645,14 @@ pub fn validate_args(rules: &ArgRules, args: Option<&Value>) -> Result<Vec<Strin
         out.push(s.clone());
     }
     Ok(out)
+}
+
+/// Reads a log file off the async workers; an error names the file.
+async fn read_log<T: Send + 'static>(
+    path: PathBuf,
+    read: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, JobError> {
+    blocking(move || read(&path).map_err(|source| JobError::Log { path, source })).await?
 }
 
 /// Runs blocking storage or file work off the async workers.

@@ -47,8 +47,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     let store = manager.store();
     let jobs: Vec<Job> = store.unfinished_jobs()?.into_iter().map(Job::from_row).collect();
     let mut report = Recovery::default();
-    let deployment = manager.config().database.sqlite_path.display().to_string();
-    let (found, killed) = kill_processes(&jobs, &deployment);
+    let (found, killed) = kill_processes(&jobs, manager.deployment());
     report.killed = killed;
     let jobs_seen = jobs.len();
     for mut job in jobs {
@@ -71,7 +70,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
             );
             report.abandoned += 1;
         } else if let Some(script) = script {
-            manager.requeue(job, script)?;
+            manager.requeue(job, script);
             report.requeued += 1;
             continue;
         } else {

@@ -57,7 +57,7 @@ pub struct Launch {
     /// Job id, exported as [`JOB_ID_ENV`].
     pub job_id: String,
     /// Deployment marker, exported as [`DEPLOYMENT_ENV`].
-    pub deployment: String,
+    pub deployment: Arc<str>,
     /// The executable.
     pub program: PathBuf,
     /// argv[1..], passed verbatim.
@@ -212,7 +212,7 @@ fn command(launch: &Launch) -> Command {
         .current_dir(&launch.cwd)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .env(JOB_ID_ENV, &launch.job_id)
-        .env(DEPLOYMENT_ENV, &launch.deployment)
+        .env(DEPLOYMENT_ENV, &*launch.deployment)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
