@@ -81,6 +81,29 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// The whitelist, in file order.
     pub scripts: Vec<Arc<Script>>,
+    /// Durable workflow runs: the configured workflows, interpreters and guardrails.
+    pub workflows: WorkflowConfig,
+}
+
+/// Settings of durable workflow runs (`config.json` `workflows`, guardrails also from the
+/// environment).
+#[derive(Debug, Clone)]
+pub struct WorkflowConfig {
+    /// Entries of `scripts.json` with `"kind": "workflow"`, in file order.
+    pub catalog: Vec<Arc<Script>>,
+    /// Interpreters inline sources may use: name -> argv prefix (the source file is appended).
+    /// Empty (the default) disables inline sources.
+    pub interpreters: BTreeMap<String, Vec<String>>,
+    /// Seconds a run waiting for an approval keeps its process before it is stopped (parked).
+    pub park_after_sec: u64,
+    /// Most journal entries one run may have (`SCRIPT_RUN_MAX_STEPS`).
+    pub max_steps: u64,
+    /// Most server-side script steps one run may have (`SCRIPT_RUN_MAX_SCRIPT_STEPS`).
+    pub max_script_steps: u64,
+    /// Most wall-clock milliseconds from a run's first start (`SCRIPT_RUN_MAX_WALL_MS`).
+    pub max_wall_ms: u64,
+    /// Largest stored step result, in bytes of JSON (`SCRIPT_RUN_MAX_RESULT_BYTES`).
+    pub max_result_bytes: u64,
 }
 
 /// HTTP listener settings.
@@ -163,6 +186,11 @@ impl Config {
     pub fn script(&self, id: &str) -> Option<&Arc<Script>> {
         self.scripts.iter().find(|s| s.id == id)
     }
+
+    /// The configured workflow with this id.
+    pub fn workflow(&self, id: &str) -> Option<&Arc<Script>> {
+        self.workflows.catalog.iter().find(|s| s.id == id)
+    }
 }
 
 impl Script {
@@ -189,6 +217,8 @@ struct RawConfig {
     runner: RawRunner,
     #[serde(default)]
     database: RawDatabase,
+    #[serde(default)]
+    workflows: RawWorkflows,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
     scripts: Option<Vec<Value>>,
@@ -217,6 +247,26 @@ struct RawRunner {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWorkflows {
+    #[serde(default)]
+    interpreters: BTreeMap<String, Vec<String>>,
+    park_after_sec: Option<u64>,
+    max_steps: Option<u64>,
+    max_script_steps: Option<u64>,
+    max_wall_ms: Option<u64>,
+    max_result_bytes: Option<u64>,
+}
+
+/// What a `scripts.json` entry is.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Script,
+    Workflow,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<String>,
@@ -232,6 +282,7 @@ struct RawScriptsFile {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawScript {
     id: String,
+    kind: Option<Kind>,
     path: String,
     mode: Option<Mode>,
     timeout_sec: Option<u64>,
@@ -312,9 +363,10 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
             (path, parsed.scripts)
         }
     };
-    let scripts = validate_scripts(&scripts_file, raw_scripts)?;
+    let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
+    let workflows = workflow_config(&config_file, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, scripts })
+    Ok(Config { config_file, scripts_file, server, runner, database, scripts, workflows })
 }
 
 fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Result<DatabaseConfig, ConfigError> {
@@ -340,10 +392,57 @@ fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Resu
     Ok(DatabaseConfig { sqlite_path: normalize(&base.join(path)), url })
 }
 
-fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, ConfigError> {
+/// Guardrails come from `config.json`, else from their environment variable, else the default.
+fn workflow_config(file: &Path, raw: RawWorkflows, catalog: Vec<Arc<Script>>) -> Result<WorkflowConfig, ConfigError> {
+    for (name, argv) in &raw.interpreters {
+        let key = format!("workflows.interpreters.{name}");
+        let Some(program) = argv.first() else {
+            return Err(ConfigError::new(file, format!("{key}: must name a program, e.g. [\"/bin/bash\"]")));
+        };
+        if !Path::new(program).is_absolute() {
+            return Err(ConfigError::new(file, format!("{key}: {program} must be an absolute path")));
+        }
+        check_executable(Path::new(program)).map_err(|m| ConfigError::new(file, format!("{key}: {m}")))?;
+    }
+    let limit = |value: Option<u64>, var: &str, key: &str, default: u64| -> Result<u64, ConfigError> {
+        let n = match value {
+            Some(n) => n,
+            None => match std::env::var(var) {
+                Ok(text) => text.trim().parse::<u64>().map_err(|_| {
+                    ConfigError::new(file, format!("{key}: environment variable {var}={text:?} is not a number"))
+                })?,
+                Err(_) => default,
+            },
+        };
+        if n == 0 {
+            return Err(ConfigError::new(file, format!("{key} ({var}): must be at least 1")));
+        }
+        Ok(n)
+    };
+    Ok(WorkflowConfig {
+        catalog,
+        interpreters: raw.interpreters,
+        park_after_sec: raw.park_after_sec.unwrap_or(60),
+        max_steps: limit(raw.max_steps, "SCRIPT_RUN_MAX_STEPS", "workflows.maxSteps", 1000)?,
+        max_script_steps: limit(raw.max_script_steps, "SCRIPT_RUN_MAX_SCRIPT_STEPS", "workflows.maxScriptSteps", 50)?,
+        max_wall_ms: limit(raw.max_wall_ms, "SCRIPT_RUN_MAX_WALL_MS", "workflows.maxWallMs", 86_400_000)?,
+        max_result_bytes: limit(
+            raw.max_result_bytes,
+            "SCRIPT_RUN_MAX_RESULT_BYTES",
+            "workflows.maxResultBytes",
+            1024 * 1024,
+        )?,
+    })
+}
+
+/// Scripts and workflows (`"kind": "workflow"`), each in file order; ids are unique across both.
+type Catalogs = (Vec<Arc<Script>>, Vec<Arc<Script>>);
+
+fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Catalogs, ConfigError> {
     let base = parent_dir(file);
     let mut seen = HashSet::new();
     let mut scripts = Vec::with_capacity(raw.len());
+    let mut workflows = Vec::new();
     for (index, value) in raw.into_iter().enumerate() {
         // Name the script by id when it has one, by position otherwise.
         let label = value.get("id").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("#{index}"));
@@ -377,7 +476,8 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, Co
         if let Some(key) = rs.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return Err(ConfigError::in_script(file, &rs.id, format!("env: invalid variable name {key:?}")));
         }
-        scripts.push(Arc::new(Script {
+        let catalog = if rs.kind == Some(Kind::Workflow) { &mut workflows } else { &mut scripts };
+        catalog.push(Arc::new(Script {
             id: rs.id,
             path,
             mode: rs.mode,
@@ -392,7 +492,7 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Vec<Arc<Script>>, Co
             description: rs.description,
         }));
     }
-    Ok(scripts)
+    Ok((scripts, workflows))
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {

@@ -8,5 +8,6 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod runs;
 pub mod server;
 pub mod time;

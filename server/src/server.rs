@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::db::Store;
 use crate::http::{self, AppState};
 use crate::jobs::{import, recovery, JobManager};
+use crate::runs::RunManager;
 
 /// Runs the service until SIGTERM or SIGINT, then drains and returns.
 ///
@@ -29,18 +30,27 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         Store::open(&config.database.sqlite_path).with_context(|| format!("database {}", config.database.url))?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
-    let jobs = JobManager::new(Arc::clone(&config), store)?;
+    let jobs = JobManager::new(Arc::clone(&config), store.clone())?;
     recovery::recover(&jobs)?;
     jobs.log_start();
+    // After job recovery: it killed the processes of the executions a crash interrupted.
+    let runs = RunManager::new(Arc::clone(&config), store, jobs.clone())?;
 
     let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
         .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
     let address = listener.local_addr()?;
+    // Workflow processes call back on loopback when the server listens on every interface.
+    let callback = if address.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
+    } else {
+        address
+    };
+    runs.set_url(format!("http://{callback}"));
     println!("script-runner listening on http://{address}");
     std::io::stdout().flush()?;
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
-    let state = AppState { jobs: jobs.clone(), auth_token: config.server.auth_token.clone() };
+    let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone() };
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let server = HttpServer::new(move || {
@@ -56,11 +66,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let handle = server.handle();
         // Jobs requeued by recovery start now, supervised on this (the main) runtime.
         jobs.dispatch();
+        runs.resume_all();
         let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
             // The HTTP workers keep serving reads (and supervising their jobs) meanwhile.
+            // Workflow executions stop first (they stay running and resume at the next start);
+            // the jobs their script steps started then drain like any other.
+            runs.shutdown(Duration::from_secs(config.runner.kill_grace_sec) + Duration::from_secs(5)).await;
             jobs.shutdown(grace).await;
             handle.stop(true).await;
         });

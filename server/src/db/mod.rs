@@ -17,8 +17,8 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use models::JobRow;
-use schema::{imports, jobs};
+use models::{JobRow, RunRow, StepRow};
+use schema::{imports, jobs, script_run_journal, script_runs};
 pub use writer::{Pending, WriteOp, Writer};
 
 /// Migrations compiled into the binary and applied at startup.
@@ -60,6 +60,19 @@ pub struct JobFilter {
     pub status: Option<String>,
     /// Only jobs of this script.
     pub script_id: Option<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Rows to skip.
+    pub offset: i64,
+}
+
+/// Filters for [`Store::list_runs`].
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    /// Only runs in this status.
+    pub status: Option<String>,
+    /// Only runs with this script name.
+    pub script_name: Option<String>,
     /// Page size.
     pub limit: i64,
     /// Rows to skip.
@@ -170,5 +183,98 @@ impl Store {
         let mut conn = self.pool.get()?;
         let n: i64 = imports::table.filter(imports::source.eq(source)).count().get_result(&mut conn)?;
         Ok(n > 0)
+    }
+
+    /// One workflow run by id.
+    pub fn get_run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(script_runs::table.filter(script_runs::id.eq(id)).select(RunRow::as_select()).first(&mut conn).optional()?)
+    }
+
+    /// The run launched with this idempotency key, if any.
+    pub fn run_by_idempotency_key(&self, key: &str) -> Result<Option<RunRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(script_runs::table
+            .filter(script_runs::idempotency_key.eq(key))
+            .select(RunRow::as_select())
+            .first(&mut conn)
+            .optional()?)
+    }
+
+    /// A page of runs, newest first, and how many match in all.
+    pub fn list_runs(&self, filter: &RunFilter) -> Result<(Vec<RunRow>, i64), StoreError> {
+        let mut conn = self.pool.get()?;
+        let mut query = script_runs::table.into_boxed();
+        let mut count = script_runs::table.into_boxed();
+        if let Some(status) = &filter.status {
+            query = query.filter(script_runs::status.eq(status.clone()));
+            count = count.filter(script_runs::status.eq(status.clone()));
+        }
+        if let Some(name) = &filter.script_name {
+            query = query.filter(script_runs::script_name.eq(name.clone()));
+            count = count.filter(script_runs::script_name.eq(name.clone()));
+        }
+        let rows = query
+            .order(script_runs::seq.desc())
+            .limit(filter.limit)
+            .offset(filter.offset)
+            .select(RunRow::as_select())
+            .load(&mut conn)?;
+        let total = count.count().get_result(&mut conn)?;
+        Ok((rows, total))
+    }
+
+    /// Runs not in a terminal status, oldest first (what the server resumes at start).
+    pub fn unfinished_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(script_runs::table
+            .filter(script_runs::status.eq_any(["running", "awaiting", "paused"]))
+            .order(script_runs::seq.asc())
+            .select(RunRow::as_select())
+            .load(&mut conn)?)
+    }
+
+    /// The highest run sequence number, so run ids keep increasing across restarts.
+    pub fn max_run_seq(&self) -> Result<i64, StoreError> {
+        let mut conn = self.pool.get()?;
+        let max: Option<i64> = script_runs::table.select(diesel::dsl::max(script_runs::seq)).first(&mut conn)?;
+        Ok(max.unwrap_or(0))
+    }
+
+    /// One journal entry.
+    pub fn get_step(&self, run_id: &str, step_key: &str) -> Result<Option<StepRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(script_run_journal::table
+            .filter(script_run_journal::run_id.eq(run_id))
+            .filter(script_run_journal::step_key.eq(step_key))
+            .select(StepRow::as_select())
+            .first(&mut conn)
+            .optional()?)
+    }
+
+    /// A run's whole journal, in journal order.
+    pub fn journal(&self, run_id: &str) -> Result<Vec<StepRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(script_run_journal::table
+            .filter(script_run_journal::run_id.eq(run_id))
+            .order(script_run_journal::seq.asc())
+            .select(StepRow::as_select())
+            .load(&mut conn)?)
+    }
+
+    /// How many entries a run's journal holds, in all and of one step type, and the highest
+    /// journal sequence number (guardrails and ordering start from these).
+    pub fn journal_counts(&self, run_id: &str, step_type: &str) -> Result<(i64, i64, i64), StoreError> {
+        use script_run_journal::dsl as j;
+        let mut conn = self.pool.get()?;
+        let total: i64 = j::script_run_journal.filter(j::run_id.eq(run_id)).count().get_result(&mut conn)?;
+        let of_type: i64 = j::script_run_journal
+            .filter(j::run_id.eq(run_id))
+            .filter(j::step_type.eq(step_type))
+            .count()
+            .get_result(&mut conn)?;
+        let max: Option<i64> =
+            j::script_run_journal.filter(j::run_id.eq(run_id)).select(diesel::dsl::max(j::seq)).first(&mut conn)?;
+        Ok((total, of_type, max.unwrap_or(0)))
     }
 }

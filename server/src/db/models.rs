@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{imports, jobs};
+use super::schema::{imports, jobs, script_run_journal, script_runs};
 
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
 /// (every update rewrites the row, `None` meaning NULL).
@@ -73,4 +73,93 @@ pub struct NewImport {
     pub imported_at: i64,
     /// How many jobs it held.
     pub jobs: i32,
+}
+
+/// A `script_runs` row without its sequence number; used whole for inserts and updates.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(
+    table_name = script_runs,
+    check_for_backend(diesel::sqlite::Sqlite),
+    treat_none_as_null = true,
+    treat_none_as_default_value = false
+)]
+pub struct RunRow {
+    /// Run id, e.g. `run_1732190000000_1`.
+    pub id: String,
+    /// Display name (the workflow id unless the launch named one).
+    pub script_name: String,
+    /// Configured workflow id; `None` for inline source.
+    pub workflow_id: Option<String>,
+    /// Interpreter name of an inline run.
+    pub interpreter: Option<String>,
+    /// One of the run statuses.
+    pub status: String,
+    /// Launch arguments (JSON).
+    pub args: String,
+    /// The source every execution runs.
+    pub source: String,
+    /// sha256 of `source`, hex.
+    pub source_sha256: String,
+    /// Output (JSON).
+    pub output: Option<String>,
+    /// Why the run failed or was stopped.
+    pub error: Option<String>,
+    /// JSON array of warning strings.
+    pub warnings: String,
+    /// Client-chosen key that makes launches idempotent.
+    pub idempotency_key: Option<String>,
+    /// sha256 of the launch request the key was first used for.
+    pub request_sha256: String,
+    /// sha256 of the current execution's token.
+    pub token_sha256: String,
+    /// The run this one was forked from.
+    pub forked_from: Option<String>,
+    /// Process group leader of the current execution.
+    pub pid: Option<i32>,
+    /// Executions started so far.
+    pub attempt: i32,
+    /// Progress: current step.
+    pub progress_current: Option<i64>,
+    /// Progress: total steps (0 if unknown).
+    pub progress_total: Option<i64>,
+    /// Progress: what is happening.
+    pub progress_message: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// First execution start, Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms, once terminal.
+    pub finished_at: Option<i64>,
+    /// Last sign of life of the execution, Unix ms.
+    pub last_heartbeat_at: Option<i64>,
+}
+
+/// A `script_run_journal` row: one durable step.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = script_run_journal, check_for_backend(diesel::sqlite::Sqlite))]
+pub struct StepRow {
+    /// The run.
+    pub run_id: String,
+    /// The step's label (its durability key).
+    pub step_key: String,
+    /// Journal order within the run.
+    pub seq: i64,
+    /// `command`, `script`, `value`, `sleep`, `approval` or `node`.
+    pub step_type: String,
+    /// What the step was asked to do (JSON).
+    pub config: String,
+    /// `started`, `completed` or `failed`.
+    pub status: String,
+    /// Result (JSON).
+    pub result: Option<String>,
+    /// Error text of a failed step.
+    pub error: Option<String>,
+    /// Job started by a script step.
+    pub job_id: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub completed_at: Option<i64>,
+    /// Milliseconds the step took.
+    pub duration_ms: Option<i64>,
 }

@@ -42,3 +42,54 @@ diesel::table! {
         jobs -> Integer,
     }
 }
+
+diesel::table! {
+    /// One row per durable workflow run.
+    script_runs (seq) {
+        seq -> BigInt,
+        id -> Text,
+        script_name -> Text,
+        workflow_id -> Nullable<Text>,
+        interpreter -> Nullable<Text>,
+        status -> Text,
+        args -> Text,
+        source -> Text,
+        source_sha256 -> Text,
+        output -> Nullable<Text>,
+        error -> Nullable<Text>,
+        warnings -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_sha256 -> Text,
+        token_sha256 -> Text,
+        forked_from -> Nullable<Text>,
+        pid -> Nullable<Integer>,
+        attempt -> Integer,
+        progress_current -> Nullable<BigInt>,
+        progress_total -> Nullable<BigInt>,
+        progress_message -> Nullable<Text>,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        finished_at -> Nullable<BigInt>,
+        last_heartbeat_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// The step journal: one row per (run, label).
+    script_run_journal (run_id, step_key) {
+        run_id -> Text,
+        step_key -> Text,
+        seq -> BigInt,
+        step_type -> Text,
+        config -> Text,
+        status -> Text,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        job_id -> Nullable<Text>,
+        started_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+        duration_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(script_runs, script_run_journal);

@@ -11,8 +11,8 @@ use diesel::prelude::*;
 use log::error;
 use tokio::sync::oneshot;
 
-use super::models::{JobRow, NewImport};
-use super::schema::{imports, jobs};
+use super::models::{JobRow, NewImport, RunRow, StepRow};
+use super::schema::{imports, jobs, script_run_journal, script_runs};
 use super::StoreError;
 
 /// Most writes committed in one transaction.
@@ -34,8 +34,28 @@ pub enum WriteOp {
         /// The import record.
         record: NewImport,
     },
+    /// Insert a new workflow run.
+    InsertRun(Box<RunRow>),
+    /// Rewrite the run row with the same id.
+    UpdateRun(Box<RunRow>),
+    /// Insert journal entries; an entry whose (run, label) exists is left as it is (the
+    /// caller reads the stored one back: the first writer wins).
+    InsertSteps(Vec<StepRow>),
+    /// End a `started` journal entry; an entry already ended is left as it is.
+    FinishStep(Box<StepRow>),
     /// Nothing: waiting for it waits for every earlier write.
     Flush,
+}
+
+impl WriteOp {
+    /// Whether the write is a single statement, which SQLite commits atomically on its own.
+    fn is_one_statement(&self) -> bool {
+        match self {
+            WriteOp::Import { .. } => false,
+            WriteOp::InsertSteps(rows) => rows.len() <= 1,
+            _ => true,
+        }
+    }
 }
 
 type Ack = oneshot::Sender<Result<(), String>>;
@@ -122,7 +142,7 @@ fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
         // A lone single-statement write commits on its own (SQLite's implicit transaction),
         // sparing the parse and execution of BEGIN and COMMIT.
         let grouped = match batch.as_slice() {
-            [one] if !matches!(one.op, WriteOp::Import { .. }) => apply(&mut conn, &one.op),
+            [one] if one.op.is_one_statement() => apply(&mut conn, &one.op),
             _ => conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op))),
         };
         match grouped {
@@ -155,6 +175,10 @@ fn describe(op: &WriteOp) -> String {
         WriteOp::InsertJob(row) => format!("insert job {}", row.id),
         WriteOp::UpdateJob(row) => format!("update job {}", row.id),
         WriteOp::Import { record, .. } => format!("import {}", record.source),
+        WriteOp::InsertRun(row) => format!("insert run {}", row.id),
+        WriteOp::UpdateRun(row) => format!("update run {}", row.id),
+        WriteOp::InsertSteps(rows) => format!("insert {} journal entries", rows.len()),
+        WriteOp::FinishStep(row) => format!("finish step {} of run {}", row.step_key, row.run_id),
         WriteOp::Flush => "flush".to_string(),
     }
 }
@@ -175,6 +199,40 @@ fn apply(conn: &mut SqliteConnection, op: &WriteOp) -> QueryResult<()> {
                 diesel::insert_or_ignore_into(jobs::table).values(row).execute(conn)?;
             }
             diesel::insert_or_ignore_into(imports::table).values(record).execute(conn)?;
+        }
+        WriteOp::InsertRun(row) => {
+            diesel::insert_into(script_runs::table).values(row.as_ref()).execute(conn)?;
+        }
+        WriteOp::UpdateRun(row) => {
+            let n = diesel::update(script_runs::table.filter(script_runs::id.eq(&row.id)))
+                .set(row.as_ref())
+                .execute(conn)?;
+            if n == 0 {
+                return Err(diesel::result::Error::NotFound);
+            }
+        }
+        WriteOp::InsertSteps(rows) => {
+            for row in rows {
+                diesel::insert_or_ignore_into(script_run_journal::table).values(row).execute(conn)?;
+            }
+        }
+        WriteOp::FinishStep(row) => {
+            use script_run_journal::dsl as j;
+            diesel::update(
+                j::script_run_journal
+                    .filter(j::run_id.eq(&row.run_id))
+                    .filter(j::step_key.eq(&row.step_key))
+                    .filter(j::status.eq("started")),
+            )
+            .set((
+                j::status.eq(&row.status),
+                j::result.eq(&row.result),
+                j::error.eq(&row.error),
+                j::job_id.eq(&row.job_id),
+                j::completed_at.eq(row.completed_at),
+                j::duration_ms.eq(row.duration_ms),
+            ))
+            .execute(conn)?;
         }
         WriteOp::Flush => {}
     }

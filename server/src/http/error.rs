@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::jobs::JobError;
+use crate::runs::RunError;
 
 /// Every error an endpoint can answer. Client mistakes are 4xx with a code the client can act
 /// on; anything else is a logged 500 `INTERNAL_ERROR`.
@@ -51,6 +52,19 @@ pub enum ApiError {
     /// Shutting down.
     #[error("{0}")]
     ShuttingDown(String),
+    /// A request field is missing or malformed (the run API's name for it).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// A workflow-run error other than the generic ones above, with its own status and code.
+    #[error("{message}")]
+    Run {
+        /// HTTP status.
+        status: StatusCode,
+        /// Machine-readable code.
+        code: &'static str,
+        /// What happened.
+        message: String,
+    },
     /// Anything else (logged).
     #[error("{0}")]
     Internal(String),
@@ -70,6 +84,8 @@ impl ApiError {
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::QueueFull(_) => "QUEUE_FULL",
             ApiError::ShuttingDown(_) => "SHUTTING_DOWN",
+            ApiError::InvalidRequest(_) => "INVALID_REQUEST",
+            ApiError::Run { code, .. } => code,
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -89,18 +105,47 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> ApiError {
+        let message = e.to_string();
+        let run = |status: StatusCode, code: &'static str| ApiError::Run { status, code, message: message.clone() };
+        match e {
+            RunError::InvalidRequest(_) => ApiError::InvalidRequest(message),
+            RunError::ArgsTooLarge(_) => run(StatusCode::PAYLOAD_TOO_LARGE, "ARGS_TOO_LARGE"),
+            RunError::WorkflowNotFound(_) => run(StatusCode::NOT_FOUND, "WORKFLOW_NOT_FOUND"),
+            RunError::InlineDisabled => run(StatusCode::FORBIDDEN, "INLINE_SOURCE_DISABLED"),
+            RunError::UnknownInterpreter(..) => run(StatusCode::BAD_REQUEST, "UNKNOWN_INTERPRETER"),
+            RunError::LabelLint(_) => run(StatusCode::BAD_REQUEST, "label_lint_violation"),
+            RunError::IdempotencyConflict(..) => run(StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT"),
+            RunError::RunNotFound(_) => run(StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
+            RunError::InvalidState(_) => run(StatusCode::CONFLICT, "INVALID_STATE"),
+            RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, "STEP_NOT_FOUND"),
+            RunError::StepDiverged(_) => run(StatusCode::CONFLICT, "STEP_DIVERGED"),
+            RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, "ALREADY_DECIDED"),
+            RunError::Forbidden(_) => run(StatusCode::FORBIDDEN, "FORBIDDEN"),
+            RunError::RunNotActive(..) => run(StatusCode::CONFLICT, "RUN_NOT_ACTIVE"),
+            RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, "LIMIT_EXCEEDED"),
+            RunError::ShuttingDown => ApiError::ShuttingDown(message),
+            RunError::Job(job) => ApiError::from(job),
+            RunError::Store(_) | RunError::Io(_) => ApiError::Internal(message),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::ScriptNotFound(_) | ApiError::InvalidArgs(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidJson(_)
+            | ApiError::ScriptNotFound(_)
+            | ApiError::InvalidArgs(_)
+            | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Run { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -13,14 +13,14 @@ use crate::db::JobFilter;
 use crate::jobs::logs::Stream;
 use crate::jobs::model::JobStatus;
 
-type Query = web::Query<HashMap<String, String>>;
+pub(super) type Query = web::Query<HashMap<String, String>>;
 
 /// Default and largest page of `GET /jobs`.
-const LIST_DEFAULT: u64 = 50;
-const LIST_MAX: u64 = 500;
+pub(super) const LIST_DEFAULT: u64 = 50;
+pub(super) const LIST_MAX: u64 = 500;
 /// Default page sizes of the logs, in bytes (upstream's) and lines (the proxy block's).
-const BYTES_DEFAULT: u64 = 65536;
-const LINES_DEFAULT: u64 = 100;
+pub(super) const BYTES_DEFAULT: u64 = 65536;
+pub(super) const LINES_DEFAULT: u64 = 100;
 
 /// `POST /run`: validates, records and queues a job; answers at once (async) or at its end (sync).
 pub async fn run(
@@ -146,7 +146,7 @@ pub async fn scripts(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// A non-negative integer query parameter; huge values saturate (callers clamp them).
-fn number(query: &Query, key: &str, default: u64) -> Result<u64, ApiError> {
+pub(super) fn number(query: &Query, key: &str, default: u64) -> Result<u64, ApiError> {
     match query.get(key).map(|s| s.trim()) {
         None | Some("") => Ok(default),
         Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => Ok(s.parse::<u64>().unwrap_or(u64::MAX)),
@@ -155,7 +155,7 @@ fn number(query: &Query, key: &str, default: u64) -> Result<u64, ApiError> {
 }
 
 /// Upstream treats a zero limit as "the default".
-fn nonzero(value: u64, default: u64) -> u64 {
+pub(super) fn nonzero(value: u64, default: u64) -> u64 {
     if value == 0 {
         default
     } else {

@@ -3,6 +3,7 @@
 
 mod error;
 mod jobs;
+mod runs;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -15,6 +16,7 @@ use serde_json::{Map, Value};
 pub use error::ApiError;
 
 use crate::jobs::JobManager;
+use crate::runs::RunManager;
 
 /// Largest request body accepted (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -24,6 +26,8 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub struct AppState {
     /// The job service.
     pub jobs: JobManager,
+    /// The workflow-run service.
+    pub runs: RunManager,
     /// Bearer token required on every route but `/healthz`, if configured.
     pub auth_token: Option<String>,
 }
@@ -42,6 +46,24 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/logs").route(web::get().to(jobs::logs)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+            .service(resource("/api/script-runs").route(web::post().to(runs::launch)).route(web::get().to(runs::list)))
+            .service(
+                resource("/api/script-runs/{id}").route(web::get().to(runs::get)).route(web::delete().to(runs::cancel)),
+            )
+            .service(resource("/api/script-runs/{id}/logs").route(web::get().to(runs::logs)))
+            .service(resource("/api/script-runs/{id}/pause").route(web::post().to(runs::pause)))
+            .service(resource("/api/script-runs/{id}/resume").route(web::post().to(runs::resume)))
+            .service(resource("/api/script-runs/{id}/fork").route(web::post().to(runs::fork)))
+            .service(resource("/api/script-runs/{id}/approvals/{label}").route(web::post().to(runs::approve)))
+            .service(resource("/api/internal/script-runs/{id}/steps").route(web::post().to(runs::record_step)))
+            .service(resource("/api/internal/script-runs/{id}/steps/{label}").route(web::get().to(runs::get_step)))
+            .service(
+                resource("/api/internal/script-runs/{id}/steps/{label}/begin").route(web::post().to(runs::begin_step)),
+            )
+            .service(
+                resource("/api/internal/script-runs/{id}/steps/{label}/wait").route(web::get().to(runs::wait_step)),
+            )
+            .service(resource("/api/internal/script-runs/{id}/progress").route(web::post().to(runs::progress)))
             .default_service(web::to(not_found));
     }
 }
@@ -64,14 +86,15 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
 }
 
 /// Middleware: when a token is configured, every route but `/healthz` needs it as a bearer
-/// token (compared in constant time).
+/// token (compared in constant time). The internal routes of workflow steps are authorised by
+/// their run token instead (a workflow process never holds the server's token).
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let expected = req.app_data::<web::Data<AppState>>().and_then(|s| s.auth_token.clone());
     if let Some(expected) = expected {
-        if req.path() != "/healthz" {
+        if req.path() != "/healthz" && !req.path().starts_with("/api/internal/") {
             let given = req
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION)

@@ -303,6 +303,23 @@ impl JobManager {
         row.map(Job::from_row).ok_or_else(|| JobError::JobNotFound(id.to_string()))
     }
 
+    /// Waits until the job has ended and returns its final state (at once if it has ended).
+    pub async fn wait(&self, id: &str) -> Result<Job, JobError> {
+        if let Some(active) = self.shared.active(id) {
+            let mut done = active.done.subscribe();
+            if let Some(job) = wait_done(&mut done).await {
+                return Ok(job);
+            }
+        }
+        self.get(id).await
+    }
+
+    /// The deployment marker every process of this server carries (see
+    /// [`supervisor::DEPLOYMENT_ENV`]).
+    pub fn deployment_marker(&self) -> Arc<str> {
+        Arc::clone(&self.shared.deployment)
+    }
+
     /// A page of jobs, newest first, and how many match.
     pub async fn list(&self, filter: JobFilter) -> Result<(Vec<Job>, i64), JobError> {
         let store = self.shared.store.clone();
@@ -575,6 +592,7 @@ impl Shared {
             args: job.args.clone(),
             cwd: script.cwd.clone(),
             env: script.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            stdin: None,
             timeout: (script.timeout_sec > 0).then(|| Duration::from_secs(script.timeout_sec)),
             kill_grace: Duration::from_secs(runner.kill_grace_sec),
             stdout_log: runner.logs_dir.join(&job.stdout.log_ref),

@@ -66,6 +66,8 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// Variables added to the inherited environment.
     pub env: Vec<(String, String)>,
+    /// File read as stdin; `/dev/null` when `None`.
+    pub stdin: Option<PathBuf>,
     /// Stop the job as timed out after this long.
     pub timeout: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
@@ -184,7 +186,7 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
     }
     let out_sink = LogSink::new(&launch.stdout_log, launch.log_cap, launch.preview_max);
     let err_sink = LogSink::new(&launch.stderr_log, launch.log_cap, launch.preview_max);
-    let mut child = match command(launch).spawn() {
+    let mut child = match command(launch).and_then(|mut c| c.spawn()) {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {}: {e}", launch.program.display())),
     };
@@ -206,19 +208,23 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
     }
 }
 
-fn command(launch: &Launch) -> Command {
+fn command(launch: &Launch) -> io::Result<Command> {
+    let stdin = match &launch.stdin {
+        Some(path) => Stdio::from(std::fs::File::open(path)?),
+        None => Stdio::null(),
+    };
     let mut cmd = Command::new(&launch.program);
     cmd.args(&launch.args)
         .current_dir(&launch.cwd)
         .envs(launch.env.iter().map(|(k, v)| (k, v)))
         .env(JOB_ID_ENV, &launch.job_id)
         .env(DEPLOYMENT_ENV, &*launch.deployment)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A new group led by the child; std still uses posix_spawn for this (no pre_exec).
         .process_group(0);
-    cmd
+    Ok(cmd)
 }
 
 /// One output pipe and where it goes.

@@ -1,0 +1,2 @@
+DROP TABLE script_run_journal;
+DROP TABLE script_runs;

@@ -1,0 +1,387 @@
+//! Handlers of the workflow-run API (`/api/script-runs...`) and of the internal routes the
+//! step client uses (`/api/internal/script-runs/...`, authorised by the run token).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::jobs::{nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
+use super::{json_object, ApiError, AppState};
+use crate::db::models::{RunRow, StepRow};
+use crate::db::RunFilter;
+use crate::jobs::logs::Stream;
+use crate::runs::model::{RunStatus, StepType};
+use crate::runs::{Begun, Decision, LaunchRequest, StepRecord, StepRequest};
+use crate::time::iso;
+
+/// A run on the wire.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    id: String,
+    script_name: String,
+    workflow_id: Option<String>,
+    interpreter: Option<String>,
+    status: String,
+    args: Value,
+    output: Value,
+    error: Option<String>,
+    warnings: Vec<String>,
+    source_sha256: String,
+    pid: Option<i32>,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    last_heartbeat_at: Option<String>,
+    idempotency_key: Option<String>,
+    attempt: i32,
+    progress: Option<Value>,
+    forked_from: Option<String>,
+}
+
+impl RunView {
+    /// The wire view of a run row.
+    pub fn new(row: RunRow) -> RunView {
+        let progress = row.progress_current.map(|current| {
+            json!({ "current": current, "total": row.progress_total.unwrap_or(0), "message": row.progress_message })
+        });
+        RunView {
+            args: parse(&row.args),
+            output: row.output.as_deref().map_or(Value::Null, parse),
+            warnings: serde_json::from_str(&row.warnings).unwrap_or_default(),
+            created_at: iso(row.created_at),
+            started_at: row.started_at.map(iso),
+            finished_at: row.finished_at.map(iso),
+            last_heartbeat_at: row.last_heartbeat_at.map(iso),
+            progress,
+            id: row.id,
+            script_name: row.script_name,
+            workflow_id: row.workflow_id,
+            interpreter: row.interpreter,
+            status: row.status,
+            error: row.error,
+            source_sha256: row.source_sha256,
+            pid: row.pid,
+            idempotency_key: row.idempotency_key,
+            attempt: row.attempt,
+            forked_from: row.forked_from,
+        }
+    }
+}
+
+/// A journal entry on the wire.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    step_key: String,
+    step_type: String,
+    config: Value,
+    status: String,
+    result: Value,
+    error: Option<String>,
+    job_id: Option<String>,
+    started_at: String,
+    completed_at: Option<String>,
+    duration_ms: Option<i64>,
+}
+
+impl StepView {
+    /// The wire view of a journal row.
+    pub fn new(row: StepRow) -> StepView {
+        StepView {
+            config: parse(&row.config),
+            result: row.result.as_deref().map_or(Value::Null, parse),
+            started_at: iso(row.started_at),
+            completed_at: row.completed_at.map(iso),
+            step_key: row.step_key,
+            step_type: row.step_type,
+            status: row.status,
+            error: row.error,
+            job_id: row.job_id,
+            duration_ms: row.duration_ms,
+        }
+    }
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::InvalidRequest(format!("{key} must be a string"))),
+    }
+}
+
+fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
+    optional_string(body, key)?.ok_or_else(|| ApiError::InvalidRequest(format!("{key} is required")))
+}
+
+/// `POST /api/script-runs`: `201 {ok, run}`; `200 {ok, run, deduplicated: true}` when the
+/// idempotency key matched an earlier launch.
+pub async fn launch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = json_object(payload, &req).await?;
+    const KEYS: [&str; 7] =
+        ["workflowId", "source", "interpreter", "scriptName", "args", "idempotencyKey", "background"];
+    if let Some(key) = body.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(ApiError::InvalidRequest(format!("unknown field {key:?} (accepted: {})", KEYS.join(", "))));
+    }
+    let background = match body.get("background") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::InvalidRequest("background must be a boolean".into())),
+    };
+    let request = LaunchRequest {
+        workflow_id: optional_string(&body, "workflowId")?,
+        source: optional_string(&body, "source")?,
+        interpreter: optional_string(&body, "interpreter")?,
+        script_name: optional_string(&body, "scriptName")?,
+        args: body.get("args").cloned().unwrap_or_else(|| json!({})),
+        idempotency_key: optional_string(&body, "idempotencyKey")?,
+    };
+    let launched = state.runs.launch(request).await?;
+    if launched.deduplicated {
+        return Ok(
+            HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(launched.run), "deduplicated": true }))
+        );
+    }
+    let run = if background { launched.run } else { state.runs.wait_terminal(&launched.run.id).await? };
+    Ok(HttpResponse::Created().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `GET /api/script-runs?status=&scriptName=&limit=&offset=`: newest first.
+pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).map(|s| s.as_str().to_string()).ok_or_else(|| {
+            ApiError::InvalidArgs(
+                "status must be one of running, awaiting, paused, completed, failed, cancelled, aborted_limit".into(),
+            )
+        })?),
+    };
+    let filter = RunFilter {
+        status,
+        script_name: query.get("scriptName").filter(|s| !s.is_empty()).cloned(),
+        limit: number(&query, "limit", LIST_DEFAULT)?.clamp(1, LIST_MAX) as i64,
+        offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
+    };
+    let (runs, total) = state.runs.list(filter).await?;
+    let runs: Vec<_> = runs.into_iter().map(RunView::new).collect();
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "runs": runs, "total": total })))
+}
+
+/// `GET /api/script-runs/{id}`: the run and its journal.
+pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let (run, journal) = state.runs.get_with_journal(&id).await?;
+    let journal: Vec<_> = journal.into_iter().map(StepView::new).collect();
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run), "journal": journal })))
+}
+
+/// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.
+pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let run = state.runs.cancel(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `POST /api/script-runs/{id}/pause`.
+pub async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let run = state.runs.pause(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `POST /api/script-runs/{id}/resume`.
+pub async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let run = state.runs.resume(&id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `POST /api/script-runs/{id}/fork` `{fromStep?, source?}`: `201 {ok, run}`.
+pub async fn fork(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = if req.headers().get(actix_web::http::header::CONTENT_LENGTH).is_some_and(|v| v == "0") {
+        Map::new()
+    } else {
+        json_object(payload, &req).await?
+    };
+    let run = state.runs.fork(&id, optional_string(&body, "fromStep")?, optional_string(&body, "source")?).await?;
+    Ok(HttpResponse::Created().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `POST /api/script-runs/{id}/approvals/{label}` `{approved, by?, comment?}`.
+pub async fn approve(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let body = json_object(payload, &req).await?;
+    let approved = match body.get("approved") {
+        Some(Value::Bool(b)) => *b,
+        _ => return Err(ApiError::InvalidRequest("approved (a boolean) is required".into())),
+    };
+    let decision =
+        Decision { approved, by: optional_string(&body, "by")?, comment: optional_string(&body, "comment")? };
+    let run = state.runs.approve(&id, &label, decision).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
+
+/// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
+/// latest execution's log unless `attempt` names another.
+pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
+    let stream = match query.get("stream").map(String::as_str) {
+        None | Some("") => Stream::Stdout,
+        Some(s) => Stream::parse(s).ok_or_else(|| ApiError::InvalidArgs("stream must be stdout or stderr".into()))?,
+    };
+    let lines = match query.get("unit").map(String::as_str) {
+        None | Some("") | Some("bytes") => false,
+        Some("lines") => true,
+        Some(_) => return Err(ApiError::InvalidArgs("unit must be bytes or lines".into())),
+    };
+    let attempt = match query.get("attempt").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(_) => Some(i32::try_from(number(&query, "attempt", 1)?).unwrap_or(i32::MAX)),
+    };
+    let offset = number(&query, "offset", 0)?;
+    if lines {
+        let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
+        let page = state.runs.read_lines(&id, attempt, stream, offset, limit).await?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
+            "nextOffset": page.next_offset, "totalLines": page.total_lines, "truncated": false, "lines": page.lines,
+        })));
+    }
+    let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
+    let page = state.runs.read_bytes(&id, attempt, stream, offset, limit).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
+        "nextOffset": page.next_offset, "totalSize": page.total_size, "truncated": false,
+        "data": String::from_utf8_lossy(&page.data),
+    })))
+}
+
+// ---- internal routes (the step client) ----
+
+/// The run token from `Authorization: Bearer <token>`.
+fn run_token(req: &HttpRequest) -> Result<String, ApiError> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn step_type(body: &Map<String, Value>) -> Result<StepType, ApiError> {
+    let name = required_string(body, "stepType")?;
+    StepType::parse(&name).ok_or_else(|| {
+        ApiError::InvalidRequest(format!("stepType {name:?} must be command, script, value, sleep, approval or node"))
+    })
+}
+
+/// `GET /api/internal/script-runs/{runId}/steps/{stepKey}`: `200 {ok, step}` or `404`.
+pub async fn get_step(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let token = run_token(&req)?;
+    match state.runs.get_step(&id, &token, &label).await? {
+        Some(step) => Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) }))),
+        None => Err(ApiError::from(crate::runs::RunError::StepNotFound(format!(
+            "run {id} has no journal entry labelled {label:?}"
+        )))),
+    }
+}
+
+/// `POST /api/internal/script-runs/{runId}/steps/{stepKey}/begin` `{stepType, config}`:
+/// `{ok, action: done|execute|resume, step}`.
+pub async fn begin_step(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let token = run_token(&req)?;
+    let body = json_object(payload, &req).await?;
+    let request =
+        StepRequest { label, step_type: step_type(&body)?, config: body.get("config").cloned().unwrap_or(Value::Null) };
+    let (action, step) = match state.runs.begin_step(&id, &token, request).await? {
+        Begun::Done(step) => ("done", Some(StepView::new(step))),
+        Begun::Execute => ("execute", None),
+        Begun::Resume(step) => ("resume", Some(StepView::new(step))),
+    };
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "action": action, "step": step })))
+}
+
+/// `POST /api/internal/script-runs/{runId}/steps` `{stepKey, stepType, config, status,
+/// result?, error?, durationMs?}`: records a step; the stored entry is returned (a second
+/// writer of a label gets the first one's entry back).
+pub async fn record_step(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = run_token(&req)?;
+    let body = json_object(payload, &req).await?;
+    let record = StepRecord {
+        label: required_string(&body, "stepKey")?,
+        step_type: step_type(&body)?,
+        config: body.get("config").cloned().unwrap_or(Value::Null),
+        status: required_string(&body, "status")?,
+        result: body.get("result").cloned().filter(|v| !v.is_null()),
+        error: optional_string(&body, "error")?,
+        duration_ms: body.get("durationMs").and_then(Value::as_i64),
+    };
+    let step = state.runs.record_step(&id, &token, record).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) })))
+}
+
+/// `GET /api/internal/script-runs/{runId}/steps/{stepKey}/wait?timeoutMs=`: long poll until
+/// a started step (an approval, a script's job) has ended.
+pub async fn wait_step(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    query: Query,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let token = run_token(&req)?;
+    let timeout = Duration::from_millis(number(&query, "timeoutMs", 25_000)?);
+    let step = state.runs.wait_step(&id, &token, &label, timeout).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) })))
+}
+
+/// `POST /api/internal/script-runs/{runId}/progress` `{current, total, message?}`.
+pub async fn progress(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = run_token(&req)?;
+    let body = json_object(payload, &req).await?;
+    let int = |key: &str| body.get(key).and_then(Value::as_i64).filter(|n| *n >= 0);
+    let (Some(current), Some(total)) = (int("current"), int("total")) else {
+        return Err(ApiError::InvalidRequest("current and total (non-negative integers) are required".into()));
+    };
+    let run = state.runs.progress(&id, &token, current, total, optional_string(&body, "message")?).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+}
