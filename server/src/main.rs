@@ -1,9 +1,12 @@
-//! The `script-runner` command: `serve` (the default) and `check-config`.
+//! The `script-runner` command: `serve` (the default), `check-config`, and `step` (the step
+//! client a workflow process calls).
+
+mod step;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use script_runner::config;
 
@@ -24,11 +27,53 @@ enum Command {
     Serve,
     /// Validate config.json and its scripts, print the scripts, exit non-zero on error.
     CheckConfig,
+    /// Run one durable step of the workflow run this process belongs to (see `step --help`).
+    Step(StepArgs),
+}
+
+/// `script-runner step <label> ...`: one durable step, journaled by its label.
+///
+/// Kinds: `-- <cmd> [args]` (a local command), `--script <id> [args]` (a configured script as
+/// a server-side job), `--value '<json>'`, `--value-from -- <cmd>`, `--sleep <duration>`,
+/// `--approval "<message>"`. `--progress N/M ["message"]` reports progress (with or without a
+/// step). Exit status: the command's (or job's) exit code; 0 approved / 1 denied; 2 for a usage
+/// error; 3 when the step could not be run (server error, diverged replay, guardrail).
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = false)]
+pub struct StepArgs {
+    /// The step's label: its durability key within the run.
+    label: Option<String>,
+    /// Arguments of a `--script` step.
+    script_args: Vec<String>,
+    /// Run this configured script as a server-side job.
+    #[arg(long, value_name = "SCRIPT_ID")]
+    script: Option<String>,
+    /// Record this JSON value once.
+    #[arg(long, value_name = "JSON")]
+    value: Option<String>,
+    /// Record the output of the command after `--` once (JSON if it parses, else the text).
+    #[arg(long)]
+    value_from: bool,
+    /// Sleep durably (e.g. 500ms, 10s, 5m, 1h; a bare number is seconds).
+    #[arg(long, value_name = "DURATION")]
+    sleep: Option<String>,
+    /// Wait for a human decision with this message.
+    #[arg(long, value_name = "MESSAGE")]
+    approval: Option<String>,
+    /// Report progress: current/total and an optional message.
+    #[arg(long, num_args = 1..=2, value_names = ["N/M", "MESSAGE"])]
+    progress: Option<Vec<String>>,
+    /// The command of a command step (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Some(Command::Step(args)) = cli.command {
+        return step::run(args);
+    }
     let path = cli.config.unwrap_or_else(config::default_config_path);
     let config = match config::load(&path) {
         Ok(c) => c,
@@ -47,6 +92,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Step(_) => ExitCode::SUCCESS,
         Command::Serve => match script_runner::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,0 +1,462 @@
+//! The step client: durable steps for a workflow process, in Rust. The `script-runner step`
+//! command is built on it, so a workflow in any language gets the same semantics.
+//!
+//! A workflow process finds its run in the environment the server gives it
+//! (`SCRIPT_RUNNER_URL`, `SCRIPT_RUN_ID`, `SCRIPT_RUN_TOKEN`, `SCRIPT_RUN_ARGS`). Every step is
+//! keyed by its label: the first execution runs it and journals the result; every later
+//! execution of the run gets the journaled result back without running it again.
+//!
+//! ```no_run
+//! use script_runner::client::Workflow;
+//! # fn main() -> Result<(), script_runner::client::ClientError> {
+//! let wf = Workflow::from_env()?;
+//! let id: String = wf.step("pick-id", || Ok::<_, std::io::Error>(format!("{}", std::process::id())))?;
+//! let built = wf.command("build", &["make", "all"])?;
+//! if built.exit_code != 0 {
+//!     std::process::exit(built.exit_code);
+//! }
+//! println!("{{\"id\": {id:?}}}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Most bytes of a command step's stdout or stderr kept (the rest is read and dropped); the
+/// server's `maxResultBytes` guardrail applies to what is kept.
+pub const MAX_CAPTURE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What can go wrong in a step.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The process is not a workflow run (a variable is missing).
+    #[error("not inside a script-runner workflow run: {0} is not set")]
+    NotInRun(&'static str),
+    /// The server answered with an error.
+    #[error("{code}: {message} (HTTP {status})")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's error code (`STEP_DIVERGED`, `LIMIT_EXCEEDED`, ...).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach script-runner at {url}: {message}")]
+    Unreachable {
+        /// The server address.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The server's answer is not what the protocol says.
+    #[error("unexpected answer from script-runner: {0}")]
+    Protocol(String),
+    /// A value step's closure failed (nothing was journaled).
+    #[error("step {label:?} failed: {message}")]
+    Closure {
+        /// The label.
+        label: String,
+        /// The closure's error.
+        message: String,
+    },
+    /// A journaled step failed (now, or on the execution that journaled it).
+    #[error("step {label:?} failed: {message}")]
+    StepFailed {
+        /// The label.
+        label: String,
+        /// The journaled error.
+        message: String,
+        /// The journaled result (for a command step: exitCode, stdout, stderr).
+        result: Value,
+    },
+}
+
+/// A journal entry as the server returns it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The label.
+    pub step_key: String,
+    /// The step type.
+    pub step_type: String,
+    /// `started`, `completed` or `failed`.
+    pub status: String,
+    /// The result (JSON).
+    pub result: Value,
+    /// The error of a failed step.
+    pub error: Option<String>,
+}
+
+impl Step {
+    fn from_json(value: &Value) -> Result<Step, ClientError> {
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Step {
+            step_key: text("stepKey").ok_or_else(|| ClientError::Protocol("a step without stepKey".into()))?,
+            step_type: text("stepType").unwrap_or_default(),
+            status: text("status").unwrap_or_default(),
+            result: value.get("result").cloned().unwrap_or(Value::Null),
+            error: text("error"),
+        })
+    }
+}
+
+/// What a command step did (now, or when it was journaled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandResult {
+    /// Exit code (128 + signal for a command killed by a signal, 127 if it could not start).
+    pub exit_code: i32,
+    /// Its stdout, as text.
+    pub stdout: String,
+    /// Its stderr, as text.
+    pub stderr: String,
+    /// True when this came from the journal.
+    pub replayed: bool,
+}
+
+/// A script step's job, as journaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptResult {
+    /// The job id (the same on every replay).
+    pub job_id: String,
+    /// The job's final status.
+    pub status: String,
+    /// Its exit code, if it exited.
+    pub exit_code: Option<i64>,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// An approval decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    /// Approved or denied.
+    pub approved: bool,
+    /// Who decided.
+    pub by: Option<String>,
+    /// Their comment.
+    pub comment: Option<String>,
+}
+
+/// A workflow run's step client.
+pub struct Workflow {
+    agent: ureq::Agent,
+    url: String,
+    run_id: String,
+    token: String,
+    args: Value,
+}
+
+enum Action {
+    Done(Step),
+    Execute,
+    Resume(Step),
+}
+
+impl Workflow {
+    /// The client of the run this process belongs to, from the environment.
+    pub fn from_env() -> Result<Workflow, ClientError> {
+        let var = |name: &'static str| std::env::var(name).map_err(|_| ClientError::NotInRun(name));
+        let args = std::env::var("SCRIPT_RUN_ARGS").ok().and_then(|a| serde_json::from_str(&a).ok());
+        Ok(Workflow::new(&var("SCRIPT_RUNNER_URL")?, &var("SCRIPT_RUN_ID")?, &var("SCRIPT_RUN_TOKEN")?, args))
+    }
+
+    /// A client for an explicit run (tests, tools).
+    pub fn new(url: &str, run_id: &str, token: &str, args: Option<Value>) -> Workflow {
+        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
+        Workflow {
+            agent,
+            url: url.trim_end_matches('/').to_string(),
+            run_id: run_id.to_string(),
+            token: token.to_string(),
+            args: args.unwrap_or(Value::Null),
+        }
+    }
+
+    /// The run's launch arguments.
+    pub fn args(&self) -> &Value {
+        &self.args
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Runs `compute` once and journals its value; every replay returns the first value.
+    /// A failing closure journals nothing (the next execution tries again).
+    pub fn step<T, E>(&self, label: &str, compute: impl FnOnce() -> Result<T, E>) -> Result<T, ClientError>
+    where
+        T: Serialize + DeserializeOwned,
+        E: std::fmt::Display,
+    {
+        let value = match self.begin(label, "value", Value::Null)? {
+            Action::Done(step) => step.result,
+            Action::Resume(step) => step.result,
+            Action::Execute => {
+                let started = Instant::now();
+                let value = compute().map_err(|e| ClientError::Closure { label: label.into(), message: e.to_string() })?;
+                let value = serde_json::to_value(value).map_err(|e| ClientError::Closure {
+                    label: label.into(),
+                    message: format!("the value is not JSON: {e}"),
+                })?;
+                self.record(label, "value", Value::Null, "completed", Some(value), None, started)?.result
+            }
+        };
+        serde_json::from_value(value).map_err(|e| ClientError::Protocol(format!("step {label:?}: {e}")))
+    }
+
+    /// Records `value` once; every replay returns the first value recorded.
+    pub fn value(&self, label: &str, value: Value) -> Result<Value, ClientError> {
+        self.step(label, || Ok::<_, std::convert::Infallible>(value))
+    }
+
+    /// Runs a local command once (argv, no shell) and journals `{exitCode, stdout, stderr}`.
+    /// A non-zero exit is journaled as a failed step and replays as the same failure: the
+    /// result is returned either way, so the caller decides what a failure means.
+    pub fn command<S: AsRef<str>>(&self, label: &str, argv: &[S]) -> Result<CommandResult, ClientError> {
+        let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
+        if argv.is_empty() {
+            return Err(ClientError::Protocol("a command step needs a command".into()));
+        }
+        let config = json!({ "command": argv });
+        match self.begin(label, "command", config.clone())? {
+            Action::Done(step) | Action::Resume(step) => Ok(command_result(&step.result, true)),
+            Action::Execute => {
+                let started = Instant::now();
+                let ran = run_captured(&argv);
+                let result = json!({ "exitCode": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr });
+                let (status, error) = if ran.exit_code == 0 {
+                    ("completed", None)
+                } else {
+                    ("failed", Some(format!("exit code {}", ran.exit_code)))
+                };
+                let step = self.record(label, "command", config, status, Some(result), error, started)?;
+                // Another writer may have won the label: its result is the journaled one.
+                Ok(command_result(&step.result, false))
+            }
+        }
+    }
+
+    /// Runs a configured script as a server-side job (same queue, limits and logs as
+    /// `POST /run`). A replay waits for the same job; it never starts a second one.
+    pub fn script<S: AsRef<str>>(&self, label: &str, script_id: &str, args: &[S]) -> Result<ScriptResult, ClientError> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let config = json!({ "scriptId": script_id, "args": args });
+        let step = match self.begin(label, "script", config)? {
+            Action::Done(step) | Action::Resume(step) => step,
+            Action::Execute => return Err(ClientError::Protocol("the server did not run the script step".into())),
+        };
+        let r = &step.result;
+        let text = |key: &str| r.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+        Ok(ScriptResult {
+            job_id: text("jobId"),
+            status: text("status"),
+            exit_code: r.get("exitCode").and_then(Value::as_i64),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+        })
+    }
+
+    /// A durable sleep: the wake-up time is journaled, so a restarted run sleeps only what is
+    /// left of it.
+    pub fn sleep(&self, label: &str, duration: Duration) -> Result<(), ClientError> {
+        let config = json!({ "durationMs": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) });
+        let step = match self.begin(label, "sleep", config.clone())? {
+            Action::Done(_) => return Ok(()),
+            Action::Resume(step) => step,
+            Action::Execute => return Err(ClientError::Protocol("the server did not journal the sleep".into())),
+        };
+        let wake_at = step.result.get("wakeAtMs").and_then(Value::as_i64).unwrap_or(0);
+        let started = Instant::now();
+        let left = wake_at - crate::time::now_ms();
+        if left > 0 {
+            std::thread::sleep(Duration::from_millis(left.unsigned_abs()));
+        }
+        self.record(label, "sleep", config, "completed", Some(step.result), None, started)?;
+        Ok(())
+    }
+
+    /// Waits for a human decision (`POST /api/script-runs/{id}/approvals/{label}`). The run is
+    /// `awaiting` meanwhile; the server may stop this process and restart the run when the
+    /// decision lands, which then replays to here and returns the decision.
+    pub fn approval(&self, label: &str, message: &str) -> Result<Approval, ClientError> {
+        let config = json!({ "message": message });
+        let mut step = match self.begin(label, "approval", config)? {
+            Action::Done(step) | Action::Resume(step) => step,
+            Action::Execute => return Err(ClientError::Protocol("the server did not journal the approval".into())),
+        };
+        while step.status == "started" {
+            step = self.wait(label)?;
+        }
+        let r = &step.result;
+        let text = |key: &str| r.get(key).and_then(Value::as_str).map(str::to_string);
+        Ok(Approval {
+            approved: r.get("approved").and_then(Value::as_bool).unwrap_or(false),
+            by: text("by"),
+            comment: text("comment"),
+        })
+    }
+
+    /// Reports progress (`current` of `total`, 0 when unknown) on the run.
+    pub fn progress(&self, current: u64, total: u64, message: Option<&str>) -> Result<(), ClientError> {
+        let body = json!({ "current": current, "total": total, "message": message });
+        self.call("POST", &format!("progress"), Some(body), Duration::from_secs(60))?;
+        Ok(())
+    }
+
+    fn begin(&self, label: &str, step_type: &str, config: Value) -> Result<Action, ClientError> {
+        let path = format!("steps/{}/begin", encode(label));
+        let body = json!({ "stepType": step_type, "config": config });
+        // A script step answers when its job has ended: no read timeout.
+        let answer = self.call("POST", &path, Some(body), Duration::from_secs(365 * 24 * 3600))?;
+        let step = answer.get("step").filter(|s| !s.is_null()).map(Step::from_json).transpose()?;
+        match (answer.get("action").and_then(Value::as_str), step) {
+            (Some("execute"), _) => Ok(Action::Execute),
+            (Some("done"), Some(step)) => {
+                if step.status == "failed" && step.step_type != "command" {
+                    return Err(ClientError::StepFailed {
+                        label: label.into(),
+                        message: step.error.clone().unwrap_or_default(),
+                        result: step.result,
+                    });
+                }
+                Ok(Action::Done(step))
+            }
+            (Some("resume"), Some(step)) => Ok(Action::Resume(step)),
+            _ => Err(ClientError::Protocol(format!("begin answered {answer}"))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "one call site per step kind, each field named")]
+    fn record(
+        &self,
+        label: &str,
+        step_type: &str,
+        config: Value,
+        status: &str,
+        result: Option<Value>,
+        error: Option<String>,
+        started: Instant,
+    ) -> Result<Step, ClientError> {
+        let body = json!({
+            "stepKey": label,
+            "stepType": step_type,
+            "config": config,
+            "status": status,
+            "result": result,
+            "error": error,
+            "durationMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        let answer = self.call("POST", "steps", Some(body), Duration::from_secs(60))?;
+        Step::from_json(answer.get("step").unwrap_or(&Value::Null))
+    }
+
+    fn wait(&self, label: &str) -> Result<Step, ClientError> {
+        let path = format!("steps/{}/wait?timeoutMs=25000", encode(label));
+        let answer = self.call("GET", &path, None, Duration::from_secs(60))?;
+        Step::from_json(answer.get("step").unwrap_or(&Value::Null))
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, ClientError> {
+        let url = format!("{}/api/internal/script-runs/{}/{path}", self.url, encode(&self.run_id));
+        let request = self
+            .agent
+            .request(method, &url)
+            .timeout(timeout)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let response = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match response {
+            Ok(response) => response.into_json::<Value>().map_err(|e| ClientError::Protocol(format!("{url}: {e}"))),
+            Err(ureq::Error::Status(status, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let error = body.get("error");
+                let text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or("").to_string();
+                Err(ClientError::Server { status, code: text("code"), message: text("message") })
+            }
+            Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable { url: self.url.clone(), message: t.to_string() }),
+        }
+    }
+}
+
+fn command_result(result: &Value, replayed: bool) -> CommandResult {
+    let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+    CommandResult {
+        exit_code: result.get("exitCode").and_then(Value::as_i64).and_then(|c| i32::try_from(c).ok()).unwrap_or(1),
+        stdout: text("stdout"),
+        stderr: text("stderr"),
+        replayed,
+    }
+}
+
+/// Percent-encodes a path segment (labels may hold any printable character).
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a command printed and how it ended.
+struct Captured {
+    exit_code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs argv with stdin from /dev/null, keeping at most [`MAX_CAPTURE_BYTES`] of each stream.
+fn run_captured(argv: &[String]) -> Captured {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = match Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return Captured { exit_code: 127, stdout: String::new(), stderr: format!("cannot start {}: {e}\n", argv[0]) },
+    };
+    let err_pipe = child.stderr.take();
+    let err_reader = std::thread::spawn(move || err_pipe.map(read_capped).unwrap_or_default());
+    let stdout = child.stdout.take().map(read_capped).unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let exit_code = match child.wait() {
+        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+        Err(_) => 1,
+    };
+    Captured { exit_code, stdout, stderr }
+}
+
+fn read_capped(mut pipe: impl Read) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let room = MAX_CAPTURE_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}

@@ -1,0 +1,188 @@
+//! `script-runner step`: the step client as a command, for workflows in any language.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use script_runner::client::{ClientError, Workflow};
+use serde_json::Value;
+
+use crate::StepArgs;
+
+/// Exit status for a usage error.
+const USAGE: u8 = 2;
+/// Exit status when the step could not be run (server error, divergence, guardrail).
+const NOT_RUN: u8 = 3;
+
+enum Kind {
+    Command(Vec<String>),
+    Script(String, Vec<String>),
+    Value(Value),
+    ValueFrom(Vec<String>),
+    Sleep(Duration),
+    Approval(String),
+    ProgressOnly,
+}
+
+/// Runs the step described by the arguments and exits as documented on [`StepArgs`].
+pub fn run(args: StepArgs) -> ExitCode {
+    match execute(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("script-runner step: {e}");
+            ExitCode::from(NOT_RUN)
+        }
+    }
+}
+
+fn usage(message: impl std::fmt::Display) -> Result<ExitCode, ClientError> {
+    eprintln!("script-runner step: {message}");
+    Ok(ExitCode::from(USAGE))
+}
+
+fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
+    let kind = match kind(&args) {
+        Ok(kind) => kind,
+        Err(message) => return usage(message),
+    };
+    let wf = Workflow::from_env()?;
+    if let Some(progress) = &args.progress {
+        let (current, total) = match parse_progress(&progress[0]) {
+            Some(p) => p,
+            None => return usage(format!("--progress {:?}: expected N/M, e.g. 3/10", progress[0])),
+        };
+        wf.progress(current, total, progress.get(1).map(String::as_str))?;
+    }
+    let label = args.label.as_deref().unwrap_or_default();
+    match kind {
+        Kind::ProgressOnly => Ok(ExitCode::SUCCESS),
+        Kind::Command(argv) => {
+            let result = wf.command(label, &argv)?;
+            print!("{}", result.stdout);
+            eprint!("{}", result.stderr);
+            Ok(exit_code(i64::from(result.exit_code)))
+        }
+        Kind::Script(id, script_args) => match wf.script(label, &id, &script_args) {
+            Ok(result) => {
+                print!("{}", result.stdout);
+                eprint!("{}", result.stderr);
+                Ok(exit_code(result.exit_code.unwrap_or(0)))
+            }
+            Err(ClientError::StepFailed { message, result, .. }) => {
+                print!("{}", result.get("stdout").and_then(Value::as_str).unwrap_or_default());
+                eprint!("{}", result.get("stderr").and_then(Value::as_str).unwrap_or_default());
+                eprintln!("script-runner step: {label}: {message}");
+                let code = result.get("exitCode").and_then(Value::as_i64).filter(|c| *c > 0).unwrap_or(1);
+                Ok(exit_code(code))
+            }
+            Err(e) => Err(e),
+        },
+        Kind::Value(value) => {
+            let stored = wf.value(label, value)?;
+            println!("{stored}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Kind::ValueFrom(argv) => {
+            let stored: Value = wf.step(label, || value_from(&argv))?;
+            println!("{}", stored.as_str().map_or_else(|| stored.to_string(), str::to_string));
+            Ok(ExitCode::SUCCESS)
+        }
+        Kind::Sleep(duration) => {
+            wf.sleep(label, duration)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Kind::Approval(message) => {
+            let decision = wf.approval(label, &message)?;
+            let shown = serde_json::json!({
+                "approved": decision.approved, "by": decision.by, "comment": decision.comment,
+            });
+            println!("{shown}");
+            Ok(if decision.approved { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn kind(args: &StepArgs) -> Result<Kind, String> {
+    let mut kinds = Vec::new();
+    if args.script.is_some() {
+        kinds.push("--script");
+    }
+    if args.value.is_some() {
+        kinds.push("--value");
+    }
+    if args.value_from {
+        kinds.push("--value-from");
+    }
+    if args.sleep.is_some() {
+        kinds.push("--sleep");
+    }
+    if args.approval.is_some() {
+        kinds.push("--approval");
+    }
+    if kinds.len() > 1 {
+        return Err(format!("one step kind at a time, got {}", kinds.join(" and ")));
+    }
+    if args.script.is_none() && !args.script_args.is_empty() {
+        return Err(format!("unexpected argument {:?}; put a command after --", args.script_args[0]));
+    }
+    let label = args.label.as_deref().unwrap_or_default();
+    if label.is_empty() {
+        if args.progress.is_some() && kinds.is_empty() && args.command.is_empty() {
+            return Ok(Kind::ProgressOnly);
+        }
+        return Err("a step needs a label: script-runner step <label> -- <cmd> [args]".into());
+    }
+    let kind = match (kinds.first().copied(), args.command.is_empty()) {
+        (Some("--script"), true) => Kind::Script(args.script.clone().unwrap_or_default(), args.script_args.clone()),
+        (Some("--value"), true) => {
+            let text = args.value.as_deref().unwrap_or_default();
+            Kind::Value(serde_json::from_str(text).map_err(|e| format!("--value is not JSON: {e}"))?)
+        }
+        (Some("--value-from"), false) => Kind::ValueFrom(args.command.clone()),
+        (Some("--value-from"), true) => return Err("--value-from needs a command after --".into()),
+        (Some("--sleep"), true) => Kind::Sleep(parse_duration(args.sleep.as_deref().unwrap_or_default())?),
+        (Some("--approval"), true) => Kind::Approval(args.approval.clone().unwrap_or_default()),
+        (Some(other), false) => return Err(format!("{other} takes no command after --")),
+        (None, false) => Kind::Command(args.command.clone()),
+        (None, true) if args.progress.is_some() => Kind::ProgressOnly,
+        (None, true) | (Some(_), true) => {
+            return Err("what should the step do? give -- <cmd>, --script, --value, --sleep or --approval".into())
+        }
+    };
+    Ok(kind)
+}
+
+fn parse_progress(text: &str) -> Option<(u64, u64)> {
+    let (current, total) = text.split_once('/')?;
+    Some((current.trim().parse().ok()?, total.trim().parse().ok()?))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        if seconds.is_finite() && seconds >= 0.0 {
+            return Ok(Duration::from_secs_f64(seconds));
+        }
+    }
+    humantime::parse_duration(text).map_err(|e| format!("--sleep {text:?}: {e} (e.g. 500ms, 10s, 5m, 1h)"))
+}
+
+/// A value from a command's stdout: JSON if the trimmed output parses, else the trimmed text.
+/// A failing command records nothing.
+fn value_from(argv: &[String]) -> Result<Value, String> {
+    let output = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", argv[0]))?;
+    if !output.status.success() {
+        return Err(format!("{} exited with {}", argv[0], output.status));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let trimmed = text.trim();
+    Ok(serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(trimmed.to_string())))
+}
+
+fn exit_code(code: i64) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
