@@ -203,7 +203,8 @@ impl Workflow {
             Action::Resume(step) => step.result,
             Action::Execute => {
                 let started = Instant::now();
-                let value = compute().map_err(|e| ClientError::Closure { label: label.into(), message: e.to_string() })?;
+                let value =
+                    compute().map_err(|e| ClientError::Closure { label: label.into(), message: e.to_string() })?;
                 let value = serde_json::to_value(value).map_err(|e| ClientError::Closure {
                     label: label.into(),
                     message: format!("the value is not JSON: {e}"),
@@ -368,11 +369,8 @@ impl Workflow {
 
     fn call(&self, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, ClientError> {
         let url = format!("{}/api/internal/script-runs/{}/{path}", self.url, encode(&self.run_id));
-        let request = self
-            .agent
-            .request(method, &url)
-            .timeout(timeout)
-            .set("Authorization", &format!("Bearer {}", self.token));
+        let request =
+            self.agent.request(method, &url).timeout(timeout).set("Authorization", &format!("Bearer {}", self.token));
         let response = match body {
             Some(body) => request.send_json(body),
             None => request.call(),
@@ -385,7 +383,9 @@ impl Workflow {
                 let text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or("").to_string();
                 Err(ClientError::Server { status, code: text("code"), message: text("message") })
             }
-            Err(ureq::Error::Transport(t)) => Err(ClientError::Unreachable { url: self.url.clone(), message: t.to_string() }),
+            Err(ureq::Error::Transport(t)) => {
+                Err(ClientError::Unreachable { url: self.url.clone(), message: t.to_string() })
+            }
         }
     }
 }
@@ -431,7 +431,13 @@ fn run_captured(argv: &[String]) -> Captured {
         .spawn()
     {
         Ok(child) => child,
-        Err(e) => return Captured { exit_code: 127, stdout: String::new(), stderr: format!("cannot start {}: {e}\n", argv[0]) },
+        Err(e) => {
+            return Captured {
+                exit_code: 127,
+                stdout: String::new(),
+                stderr: format!("cannot start {}: {e}\n", argv[0]),
+            }
+        }
     };
     let err_pipe = child.stderr.take();
     let err_reader = std::thread::spawn(move || err_pipe.map(read_capped).unwrap_or_default());

@@ -93,6 +93,25 @@ impl Builder {
         self
     }
 
+    /// Adds a configured workflow: `workflows/<id>.sh`, a `#!/bin/bash` script with this body,
+    /// as a scripts.json entry with `"kind": "workflow"`.
+    pub fn workflow(mut self, id: &str, body: &str) -> Builder {
+        let path = self.write_executable(&format!("workflows/{id}.sh"), &format!("#!/bin/bash\n{body}\n"));
+        self.scripts.push(json!({ "id": id, "path": path.to_str().unwrap(), "kind": "workflow" }));
+        self
+    }
+
+    /// Allows inline bash sources (`workflows.interpreters.bash`) and sets other
+    /// `workflows.*` keys from `extra` (e.g. `{"parkAfterSec": 1, "maxSteps": 5}`).
+    pub fn workflows(mut self, extra: Value) -> Builder {
+        let mut section = json!({ "interpreters": { "bash": ["/bin/bash"] } });
+        if let (Some(s), Value::Object(x)) = (section.as_object_mut(), extra) {
+            s.extend(x);
+        }
+        self.top.insert("workflows".into(), section);
+        self
+    }
+
     /// Adds a raw scripts.json entry as is.
     pub fn raw_script(mut self, entry: Value) -> Builder {
         self.scripts.push(entry);
@@ -304,6 +323,43 @@ impl TestServer {
             assert!(Instant::now() < deadline, "job {id} still {} after {timeout:?}: {job}", job["status"]);
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `POST /api/script-runs` with this body.
+    pub fn launch(&self, body: Value) -> Resp {
+        self.post("/api/script-runs", body)
+    }
+
+    /// Launches an inline bash run (needs [`Builder::workflows`]); returns its id.
+    pub fn launch_bash(&self, source: &str, args: Value) -> String {
+        let r = self.launch(json!({ "source": source, "interpreter": "bash", "args": args }));
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.body["run"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// `GET /api/script-runs/{id}` body (`{ok, run, journal}`).
+    pub fn script_run(&self, id: &str) -> Value {
+        let r = self.get(&format!("/api/script-runs/{id}"));
+        assert_eq!(r.status, 200, "{}", r.text);
+        r.body
+    }
+
+    /// Polls until the run's status satisfies `pred`, at most `timeout`; returns `{ok, run, journal}`.
+    pub fn wait_run(&self, id: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self.script_run(id);
+            if pred(body["run"]["status"].as_str().unwrap_or("")) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "run {id} still {} after {timeout:?}: {body}", body["run"]["status"]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until the run is terminal (`completed`, `failed`, `cancelled`, `aborted_limit`).
+    pub fn wait_run_terminal(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_run(id, timeout, |s| matches!(s, "completed" | "failed" | "cancelled" | "aborted_limit"))
     }
 
     /// Polls until the job is terminal.
