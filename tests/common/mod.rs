@@ -326,13 +326,13 @@ impl TestServer {
     }
 
     /// `POST /api/script-runs` with this body.
-    pub fn launch(&self, body: Value) -> Resp {
+    pub fn launch_run(&self, body: Value) -> Resp {
         self.post("/api/script-runs", body)
     }
 
     /// Launches an inline bash run (needs [`Builder::workflows`]); returns its id.
     pub fn launch_bash(&self, source: &str, args: Value) -> String {
-        let r = self.launch(json!({ "source": source, "interpreter": "bash", "args": args }));
+        let r = self.launch_run(json!({ "source": source, "interpreter": "bash", "args": args }));
         assert_eq!(r.status, 201, "{}", r.text);
         r.body["run"]["id"].as_str().unwrap().to_string()
     }
