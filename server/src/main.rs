@@ -90,6 +90,17 @@ fn main() -> ExitCode {
                 let mode = script.effective_mode(config.runner.default_mode).as_str();
                 println!("  {script} ({mode}, timeoutSec {})", script.timeout_sec);
             }
+            if !config.workflows.catalog.is_empty() {
+                println!("workflows:");
+                for workflow in &config.workflows.catalog {
+                    println!("  {workflow}");
+                }
+            }
+            let interpreters: Vec<_> = config.workflows.interpreters.keys().map(String::as_str).collect();
+            match interpreters.is_empty() {
+                true => println!("inline workflow sources: disabled"),
+                false => println!("inline workflow sources: {}", interpreters.join(", ")),
+            }
             ExitCode::SUCCESS
         }
         Command::Step(_) => ExitCode::SUCCESS,
