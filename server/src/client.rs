@@ -310,7 +310,7 @@ impl Workflow {
     /// Reports progress (`current` of `total`, 0 when unknown) on the run.
     pub fn progress(&self, current: u64, total: u64, message: Option<&str>) -> Result<(), ClientError> {
         let body = json!({ "current": current, "total": total, "message": message });
-        self.call("POST", &format!("progress"), Some(body), Duration::from_secs(60))?;
+        self.call("POST", "progress", Some(body), Duration::from_secs(60))?;
         Ok(())
     }
 

@@ -719,7 +719,7 @@ impl RunManager {
         limit: u64,
     ) -> Result<LinePage, RunError> {
         let run = self.get(id).await?;
-        let running = lock(&self.shared.live).contains_key(id) && attempt.is_none_or(|a| a == run.attempt);
+        let running = lock(&self.shared.live).contains_key(id) && attempt.map_or(true, |a| a == run.attempt);
         let path = self.log_path(id, attempt, stream).await?;
         let query = LineQuery {
             offset,
@@ -1285,7 +1285,7 @@ impl Shared {
         let id = lock(&live.row).id.clone();
         let outcome = match self.prepare(&live).await {
             Ok(Some(launch)) => {
-                let control = lock(&live.exec).clone().unwrap_or_else(Control::new);
+                let control = lock(&live.exec).clone().unwrap_or_default();
                 Some(self.supervise(&live, &launch, &control).await)
             }
             Ok(None) => None,
