@@ -1,0 +1,943 @@
+//! Durable workflow runs, replay and exactly-once: real bash workflows on a real server. Every
+//! step's side effect appends a line to a file in the deployment folder, so "exactly once" is
+//! read from the file after crashes, kills, pauses, parks and forks.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{alive, read_pids, signal, wait_file, wait_gone, Builder, Deployment, Resp, TestServer};
+use script_runner::client::{ClientError, Workflow};
+use serde_json::{json, Value};
+
+/// Bound for anything a test waits for.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Kills, when the test ends (also when it fails), every process still carrying this
+/// deployment's marker (`SCRIPT_RUNNER_DB=<dir>/db.sqlite`): workflow processes survive the
+/// harness's SIGKILL of the server. Declare it before the server so it is dropped after it.
+struct Reaper(String);
+
+impl Reaper {
+    fn new(dir: &Path) -> Reaper {
+        Reaper(format!("SCRIPT_RUNNER_DB={}", dir.join("db.sqlite").display()))
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if environ.split(|&b| b == 0).any(|v| v == self.0.as_bytes()) {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A builder, its folder, and a reaper for the processes its server starts.
+fn builder() -> (Builder, PathBuf, Reaper) {
+    let b = Builder::new();
+    let dir = b.dir().to_path_buf();
+    let reaper = Reaper::new(&dir);
+    (b, dir, reaper)
+}
+
+/// A workflow source with `@D` replaced by the deployment folder.
+fn src(dir: &Path, template: &str) -> String {
+    template.replace("@D", dir.to_str().unwrap())
+}
+
+/// The lines of a side-effect file (none when it does not exist).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// The text of a file, trimmed.
+fn text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
+}
+
+/// The journal entry with this label.
+fn entry<'a>(body: &'a Value, label: &str) -> &'a Value {
+    body["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stepKey"] == json!(label))
+        .unwrap_or_else(|| panic!("no journal entry {label:?}: {body}"))
+}
+
+/// The labels of the journal, in order.
+fn labels(body: &Value) -> Vec<String> {
+    body["journal"].as_array().unwrap().iter().map(|e| e["stepKey"].as_str().unwrap().to_string()).collect()
+}
+
+/// Polls the run until `pred` holds on `{ok, run, journal}`; returns it.
+fn wait_body(server: &TestServer, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = server.script_run(id);
+        if pred(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "run {id}: {what} not seen within {WAIT:?}: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the journal has an entry `label` with this status; returns the body.
+fn wait_step(server: &TestServer, id: &str, label: &str, status: &str) -> Value {
+    wait_body(server, id, &format!("step {label} {status}"), |b| {
+        b["journal"].as_array().unwrap().iter().any(|e| e["stepKey"] == json!(label) && e["status"] == json!(status))
+    })
+}
+
+/// Waits until the run has this status and a live pid; returns the pid.
+fn wait_pid(server: &TestServer, id: &str, status: &str) -> i32 {
+    let body = wait_body(server, id, &format!("{status} with a pid"), |b| {
+        b["run"]["status"] == json!(status) && b["run"]["pid"].is_i64()
+    });
+    i32::try_from(body["run"]["pid"].as_i64().unwrap()).unwrap()
+}
+
+fn assert_ok(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.body["ok"], json!(true), "{}", r.text);
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
+/// A run's log page (bytes) of one stream, of an attempt (latest when None).
+fn log(server: &TestServer, id: &str, stream: &str, attempt: Option<i32>) -> String {
+    let attempt = attempt.map(|a| format!("&attempt={a}")).unwrap_or_default();
+    let r = server.get(&format!("/api/script-runs/{id}/logs?stream={stream}{attempt}"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["data"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------- step kinds
+
+#[test]
+fn command_step_prints_stdout_journals_its_result_and_returns_its_exit_code() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+out=$(script-runner step greet -- sh -c 'echo greet >> @D/side; echo hello-from-step')
+echo "captured=$out" > @D/captured
+set +e
+script-runner step boom -- sh -c 'echo boom >> @D/side; echo "it broke" >&2; exit 7' > /dev/null
+rc=$?
+set -e
+echo "{\"rc\":$rc}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"rc": 7}), "{body}");
+    assert_eq!(text(&d.join("captured")), "captured=hello-from-step");
+    assert_eq!(lines(&d.join("side")), ["greet", "boom"]);
+
+    assert_eq!(labels(&body), ["greet", "boom"]);
+    let greet = entry(&body, "greet");
+    assert_eq!(greet["stepType"], json!("command"), "{greet}");
+    assert_eq!(greet["status"], json!("completed"), "{greet}");
+    assert_eq!(
+        greet["config"],
+        json!({"command": ["sh", "-c", src(&d, "echo greet >> @D/side; echo hello-from-step")]}),
+        "{greet}"
+    );
+    assert_eq!(greet["result"], json!({"exitCode": 0, "stdout": "hello-from-step\n", "stderr": ""}), "{greet}");
+    assert!(greet["error"].is_null(), "{greet}");
+    assert!(greet["completedAt"].is_string() && greet["durationMs"].is_i64(), "{greet}");
+
+    let boom = entry(&body, "boom");
+    assert_eq!(boom["status"], json!("failed"), "{boom}");
+    assert_eq!(boom["result"], json!({"exitCode": 7, "stdout": "", "stderr": "it broke\n"}), "{boom}");
+    assert_eq!(boom["error"], json!("exit code 7"), "{boom}");
+    // The CLI printed the step's stderr to the workflow's stderr.
+    assert!(log(&server, &id, "stderr", None).contains("it broke"));
+}
+
+#[test]
+fn failed_command_step_replays_its_failure_on_resume_and_a_fork_reruns_it() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    std::fs::write(d.join("hold"), "").unwrap();
+    let source = src(
+        &d,
+        r#"script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step boom -- sh -c 'echo boom >> @D/side; echo "disk full" >&2; exit 5'
+rc=$?
+echo "$SCRIPT_RUN_ATTEMPT:$rc" >> @D/rcs
+while [ -e @D/hold ]; do sleep 0.05; done
+exit $rc
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    assert_eq!(wait_file(&d.join("rcs"), WAIT), "1:5");
+    let pid = wait_pid(&server, &id, "running");
+    let before = server.script_run(&id);
+    let boom = entry(&before, "boom").clone();
+    assert_eq!(boom["status"], json!("failed"), "{boom}");
+    assert_eq!(boom["result"], json!({"exitCode": 5, "stdout": "", "stderr": "disk full\n"}), "{boom}");
+
+    let paused = server.post(&format!("/api/script-runs/{id}/pause"), json!({}));
+    assert_ok(&paused, 200);
+    assert_eq!(paused.body["run"]["status"], json!("paused"), "{}", paused.text);
+    assert!(wait_gone(&[pid], WAIT).is_empty(), "the paused run's process {pid} still runs");
+
+    std::fs::remove_file(d.join("hold")).unwrap();
+    let resumed = server.post(&format!("/api/script-runs/{id}/resume"), json!({}));
+    assert_ok(&resumed, 200);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("failed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    let error = body["run"]["error"].as_str().unwrap();
+    assert!(error.starts_with("exit code 5") && error.contains("disk full"), "{error}");
+    // Same exit code on replay, the step not re-run, its entry unchanged.
+    assert_eq!(lines(&d.join("rcs")), ["1:5", "2:5"]);
+    assert_eq!(lines(&d.join("side")), ["a", "boom"]);
+    assert_eq!(entry(&body, "boom"), &boom);
+    assert_eq!(entry(&body, "a"), entry(&before, "a"));
+    // The replayed failure printed the same stderr in the second execution.
+    assert!(log(&server, &id, "stderr", Some(2)).contains("disk full"), "{}", log(&server, &id, "stderr", Some(2)));
+
+    // A fork copies only the completed entries: `a` replays, the failed `boom` runs again.
+    let fork = server.post(&format!("/api/script-runs/{id}/fork"), json!({}));
+    assert_ok(&fork, 201);
+    let fork_id = fork.body["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(fork.body["run"]["forkedFrom"], json!(id), "{}", fork.text);
+    let forked = server.wait_run_terminal(&fork_id, WAIT);
+    assert_eq!(forked["run"]["status"], json!("failed"), "{forked}");
+    assert_eq!(lines(&d.join("side")), ["a", "boom", "boom"]);
+    assert_eq!(entry(&forked, "a")["result"], entry(&before, "a")["result"]);
+    assert_eq!(entry(&forked, "boom")["result"], boom["result"]);
+    // The original is untouched.
+    assert_eq!(server.script_run(&id)["journal"], body["journal"]);
+}
+
+#[test]
+fn script_step_runs_a_job_journals_its_id_and_a_failing_job_fails_the_step() {
+    let (b, d, _reaper) = builder();
+    let server = b
+        .workflows(json!({}))
+        .script("greet", &src(&d, r#"echo "job says $1"; echo job >> @D/jobside"#))
+        .script("broken", r#"echo "job broke" >&2; exit 4"#)
+        .start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step s1 --script greet world > @D/s1.out
+script-runner step s2 --script broken
+echo unreachable >> @D/side
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("failed"), "{body}");
+    let error = body["run"]["error"].as_str().unwrap();
+    assert!(error.starts_with("exit code 4"), "the CLI exits with the job's code: {error}");
+    assert!(log(&server, &id, "stderr", None).contains("job broke"));
+    assert_eq!(text(&d.join("s1.out")), "job says world");
+    assert_eq!(lines(&d.join("jobside")), ["job"]);
+    assert!(!d.join("side").exists());
+
+    let s1 = entry(&body, "s1");
+    assert_eq!(s1["stepType"], json!("script"), "{s1}");
+    assert_eq!(s1["status"], json!("completed"), "{s1}");
+    assert_eq!(s1["config"], json!({"scriptId": "greet", "args": ["world"]}), "{s1}");
+    let job1 = s1["jobId"].as_str().unwrap_or_else(|| panic!("no jobId: {s1}"));
+    assert_eq!(s1["result"]["jobId"], json!(job1), "{s1}");
+    assert_eq!(s1["result"]["stdout"], json!("job says world\n"), "{s1}");
+    assert_eq!(s1["result"]["exitCode"], json!(0), "{s1}");
+    let job = server.job(job1);
+    assert_eq!(job["status"], json!("succeeded"), "{job}");
+    assert_eq!(job["scriptId"], json!("greet"), "{job}");
+
+    let s2 = entry(&body, "s2");
+    assert_eq!(s2["status"], json!("failed"), "{s2}");
+    let job2 = s2["jobId"].as_str().unwrap_or_else(|| panic!("no jobId: {s2}"));
+    assert_eq!(s2["result"]["exitCode"], json!(4), "{s2}");
+    assert!(s2["error"].as_str().unwrap().contains(job2), "{s2}");
+    let job = server.job(job2);
+    assert_eq!(job["status"], json!("failed"), "{job}");
+    assert_eq!(job["code"], json!(4), "{job}");
+}
+
+#[test]
+fn value_steps_return_the_first_value_on_resume_and_on_a_fork_with_other_source() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    std::fs::write(d.join("hold"), "").unwrap();
+    std::fs::write(d.join("input"), r#"{"n":1}"#).unwrap();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step v --value "$(cat @D/input)" > @D/v.$SCRIPT_RUN_ATTEMPT
+script-runner step t --value-from -- date +%s%N > @D/t.$SCRIPT_RUN_ATTEMPT
+while [ -e @D/hold ]; do sleep 0.05; done
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let first_t = wait_file(&d.join("t.1"), WAIT);
+    assert_eq!(text(&d.join("v.1")), r#"{"n":1}"#);
+    assert!(first_t.parse::<u64>().is_ok(), "{first_t}");
+
+    let paused = server.post(&format!("/api/script-runs/{id}/pause"), json!({}));
+    assert_ok(&paused, 200);
+    std::fs::write(d.join("input"), r#"{"n":2}"#).unwrap();
+    std::fs::remove_file(d.join("hold")).unwrap();
+    assert_ok(&server.post(&format!("/api/script-runs/{id}/resume"), json!({})), 200);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    assert_eq!(text(&d.join("v.2")), r#"{"n":1}"#, "the replay returns the first value");
+    assert_eq!(text(&d.join("t.2")), first_t, "the replay returns the first value-from");
+    assert_eq!(entry(&body, "v")["result"], json!({"n": 1}));
+    assert_eq!(entry(&body, "v")["stepType"], json!("value"));
+    assert_eq!(entry(&body, "t")["result"].to_string(), first_t);
+
+    let fork_source = src(
+        &d,
+        r#"set -e
+script-runner step v --value '{"n":3}' > @D/fork.v
+script-runner step t --value-from -- echo other > @D/fork.t
+"#,
+    );
+    let fork = server.post(&format!("/api/script-runs/{id}/fork"), json!({"source": fork_source}));
+    assert_ok(&fork, 201);
+    let fork_id = fork.body["run"]["id"].as_str().unwrap();
+    let forked = server.wait_run_terminal(fork_id, WAIT);
+    assert_eq!(forked["run"]["status"], json!("completed"), "{forked}");
+    assert_eq!(text(&d.join("fork.v")), r#"{"n":1}"#);
+    assert_eq!(text(&d.join("fork.t")), first_t);
+}
+
+#[test]
+fn durable_sleep_survives_a_server_kill_and_wakes_when_first_due() {
+    let (b, d, _reaper) = builder();
+    let mut server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step before -- sh -c 'echo before >> @D/side'
+script-runner step nap --sleep 3s
+script-runner step after -- sh -c 'echo after >> @D/side'
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let started = wait_step(&server, &id, "nap", "started");
+    let nap = entry(&started, "nap");
+    assert_eq!(nap["stepType"], json!("sleep"), "{nap}");
+    assert_eq!(nap["config"], json!({"durationMs": 3000}), "{nap}");
+    let wake_ms = nap["result"]["wakeAtMs"].as_i64().unwrap_or_else(|| panic!("no wakeAtMs: {nap}"));
+    let begun_ms = wake_ms - 3000;
+
+    server.kill9();
+    // Down for a while, so that a fresh 3 s sleep after the restart would end clearly late.
+    let up_at = begun_ms + 1500;
+    if now_ms() < up_at {
+        std::thread::sleep(Duration::from_millis(u64::try_from(up_at - now_ms()).unwrap()));
+    }
+    server.restart();
+    let restarted_ms = now_ms();
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    assert_eq!(lines(&d.join("side")), ["before", "after"]);
+    let nap = entry(&body, "nap");
+    assert_eq!(nap["status"], json!("completed"), "{nap}");
+    let duration = nap["durationMs"].as_i64().unwrap();
+    let completed_ms = begun_ms + duration;
+    assert!(duration >= 2900, "woke before it was due: {duration} ms: {nap}");
+    let due = wake_ms.max(restarted_ms);
+    assert!(
+        completed_ms <= due + 1200,
+        "the sleep ended {} ms after it was due (wake {wake_ms}, server back {restarted_ms}): it slept again: {nap}",
+        completed_ms - due
+    );
+}
+
+#[test]
+fn approval_approved_takes_the_exit_0_path_and_denied_the_exit_1_path() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"script-runner step gate --approval "ship it?" > @D/decision.$SCRIPT_RUN_ID
+rc=$?
+if [ $rc = 0 ]; then
+  script-runner step ship -- sh -c 'echo shipped >> @D/side.$SCRIPT_RUN_ID'
+fi
+echo "{\"rc\":$rc}"
+"#,
+    );
+    let yes = server.launch_bash(&source, json!({"n": 1}));
+    let no = server.launch_bash(&source, json!({"n": 2}));
+    for id in [&yes, &no] {
+        let pid = wait_pid(&server, id, "awaiting");
+        assert!(alive(pid));
+        let gate = entry(&server.script_run(id), "gate").clone();
+        assert_eq!(gate["stepType"], json!("approval"), "{gate}");
+        assert_eq!(gate["status"], json!("started"), "{gate}");
+        assert_eq!(gate["config"], json!({"message": "ship it?"}), "{gate}");
+    }
+
+    let r = server.post(
+        &format!("/api/script-runs/{yes}/approvals/gate"),
+        json!({"approved": true, "by": "alice", "comment": "lgtm"}),
+    );
+    assert_ok(&r, 200);
+    let r = server.post(&format!("/api/script-runs/{no}/approvals/gate"), json!({"approved": false, "by": "bob"}));
+    assert_ok(&r, 200);
+
+    let body = server.wait_run_terminal(&yes, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"rc": 0}), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(1), "{body}");
+    let gate = entry(&body, "gate");
+    assert_eq!(gate["status"], json!("completed"), "{gate}");
+    assert_eq!(gate["result"]["approved"], json!(true), "{gate}");
+    assert_eq!(gate["result"]["by"], json!("alice"), "{gate}");
+    assert_eq!(gate["result"]["comment"], json!("lgtm"), "{gate}");
+    let printed: Value = serde_json::from_str(&text(&d.join(format!("decision.{yes}")))).unwrap();
+    assert_eq!(printed["approved"], json!(true));
+    assert_eq!(lines(&d.join(format!("side.{yes}"))), ["shipped"]);
+
+    let body = server.wait_run_terminal(&no, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"rc": 1}), "{body}");
+    let gate = entry(&body, "gate");
+    assert_eq!(gate["result"]["approved"], json!(false), "{gate}");
+    assert_eq!(gate["result"]["by"], json!("bob"), "{gate}");
+    assert!(!d.join(format!("side.{no}")).exists());
+    assert_eq!(labels(&body), ["gate"]);
+}
+
+#[test]
+fn parked_approval_stops_the_process_and_the_decision_restarts_it_with_replay() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({"parkAfterSec": 1})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step gate --approval "go?" > /dev/null
+script-runner step b -- sh -c 'echo b >> @D/side'
+echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let pid = wait_pid(&server, &id, "awaiting");
+    let parked = wait_body(&server, &id, "parked (awaiting, pid null)", |b| {
+        b["run"]["status"] == json!("awaiting") && b["run"]["pid"].is_null()
+    });
+    assert!(wait_gone(&[pid], WAIT).is_empty(), "the parked process {pid} still runs");
+    assert_eq!(parked["run"]["attempt"], json!(1), "{parked}");
+    assert_eq!(entry(&parked, "gate")["status"], json!("started"));
+    // Still parked a moment later: nothing restarts it without a decision.
+    std::thread::sleep(Duration::from_millis(300));
+    let still = server.script_run(&id);
+    assert_eq!(still["run"]["status"], json!("awaiting"), "{still}");
+    assert!(still["run"]["pid"].is_null(), "{still}");
+
+    let r = server.post(&format!("/api/script-runs/{id}/approvals/gate"), json!({"approved": true}));
+    assert_ok(&r, 200);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    assert_eq!(body["run"]["output"], json!({"attempt": 2}), "{body}");
+    assert_eq!(lines(&d.join("side")), ["a", "b"], "a completed step ran again after the park");
+    assert_eq!(entry(&body, "a"), entry(&parked, "a"));
+    assert_eq!(labels(&body), ["a", "gate", "b"]);
+}
+
+#[test]
+fn progress_is_reflected_on_the_run() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step --progress 1/3 "fetching"
+touch @D/p1
+while [ ! -e @D/go ]; do sleep 0.05; done
+script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let initial = server.script_run(&id);
+    assert!(
+        initial["run"]["progress"].is_null() || initial["run"]["progress"]["current"] == json!(1),
+        "{initial}"
+    );
+    wait_file(&d.join("p1"), WAIT);
+    let body = server.script_run(&id);
+    assert_eq!(body["run"]["progress"], json!({"current": 1, "total": 3, "message": "fetching"}), "{body}");
+    std::fs::write(d.join("go"), "").unwrap();
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["progress"], json!({"current": 2, "total": 3, "message": "building"}), "{body}");
+    assert_eq!(lines(&d.join("side")), ["a"]);
+    assert_eq!(labels(&body), ["a"], "a progress report is not a journal entry");
+}
+
+// ---------------------------------------------------------------- crashes
+
+#[test]
+fn workflow_process_killed_mid_run_restarts_with_replay_and_side_effects_once() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step b -- sh -c 'echo b >> @D/side'
+script-runner step nap --sleep 2s
+script-runner step c -- sh -c 'echo c >> @D/side'
+echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    wait_step(&server, &id, "nap", "started");
+    let pid = wait_pid(&server, &id, "running");
+    signal(pid, libc::SIGKILL);
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    assert_eq!(body["run"]["output"], json!({"attempt": 2}), "{body}");
+    assert_eq!(lines(&d.join("side")), ["a", "b", "c"]);
+    let warnings = body["run"]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(warnings[0].as_str().unwrap().contains("signal 9"), "{body}");
+    assert_eq!(labels(&body), ["a", "b", "nap", "c"]);
+    assert!(body["journal"].as_array().unwrap().iter().all(|e| e["status"] == json!("completed")), "{body}");
+}
+
+#[test]
+fn server_killed_mid_run_resumes_it_kills_the_old_processes_and_side_effects_happen_once() {
+    let (b, d, _reaper) = builder();
+    let mut server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+echo $$ >> @D/pids
+script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step b -- sh -c 'echo b >> @D/side'
+if [ "$SCRIPT_RUN_ATTEMPT" = 1 ]; then
+  sleep 60 &
+  echo $! >> @D/pids
+  wait
+fi
+script-runner step c -- sh -c 'echo c >> @D/side'
+echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let old = read_pids(&d.join("pids"), 2, WAIT);
+    assert_eq!(wait_pid(&server, &id, "running"), old[0], "run.pid is the workflow's bash");
+    assert_eq!(lines(&d.join("side")), ["a", "b"]);
+
+    server.kill9();
+    assert!(alive(old[0]) && alive(old[1]), "the workflow outlives a server SIGKILL (precondition)");
+    server.restart();
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    assert_eq!(body["run"]["output"], json!({"attempt": 2}), "{body}");
+    assert_eq!(lines(&d.join("side")), ["a", "b", "c"]);
+    assert_eq!(labels(&body), ["a", "b", "c"]);
+    let left = wait_gone(&old[..2], WAIT);
+    assert!(left.is_empty(), "processes of the old execution still run: {left:?}");
+    assert_eq!(lines(&d.join("pids")).len(), 3, "one new execution");
+}
+
+#[test]
+fn workflow_killed_while_its_script_step_job_runs_replays_onto_the_same_job() {
+    let (b, d, _reaper) = builder();
+    let server = b
+        .workflows(json!({}))
+        .script("slow", &src(&d, "sleep 2; echo ran >> @D/jobside; echo slow-done"))
+        .start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step s --script slow > @D/s.$SCRIPT_RUN_ATTEMPT
+script-runner step b -- sh -c 'echo b >> @D/side'
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let started = wait_step(&server, &id, "s", "started");
+    let job_id = entry(&started, "s")["jobId"].as_str().unwrap().to_string();
+    let pid = wait_pid(&server, &id, "running");
+    assert!(!d.join("jobside").exists(), "the job must still be running when the workflow is killed");
+    signal(pid, libc::SIGKILL);
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+    let s = entry(&body, "s");
+    assert_eq!(s["jobId"], json!(job_id), "{s}");
+    assert_eq!(s["status"], json!("completed"), "{s}");
+    assert_eq!(s["result"]["stdout"], json!("slow-done\n"), "{s}");
+    assert_eq!(text(&d.join("s.2")), "slow-done");
+    assert_eq!(lines(&d.join("jobside")), ["ran"], "the job ran once");
+    assert_eq!(lines(&d.join("side")), ["a", "b"]);
+    let jobs = server.get("/jobs?scriptId=slow");
+    assert_eq!(jobs.status, 200, "{}", jobs.text);
+    assert_eq!(jobs.body["total"], json!(1), "a second job was started: {}", jobs.text);
+    assert_eq!(jobs.body["jobs"][0]["jobId"], json!(job_id), "{}", jobs.text);
+}
+
+// ---------------------------------------------------------------- divergence, repeated labels
+
+#[test]
+fn fork_with_source_requesting_another_command_or_step_type_diverges() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let id = server.launch_bash("script-runner step a -- echo 1\n", json!({}));
+    let original = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(original["run"]["status"], json!("completed"), "{original}");
+    let recorded = entry(&original, "a").clone();
+    assert_eq!(recorded["config"], json!({"command": ["echo", "1"]}), "{recorded}");
+
+    for (name, step) in [("cmd", "script-runner step a -- echo 2"), ("type", "script-runner step a --value 1")] {
+        let source = src(&d, &format!("{step} > @D/{name}.out 2> @D/{name}.err\necho $? > @D/{name}.rc\n"));
+        let fork = server.post(&format!("/api/script-runs/{id}/fork"), json!({"source": source}));
+        assert_ok(&fork, 201);
+        let fork_id = fork.body["run"]["id"].as_str().unwrap();
+        let forked = server.wait_run_terminal(fork_id, WAIT);
+        assert_eq!(forked["run"]["status"], json!("completed"), "{forked}");
+        assert_eq!(text(&d.join(format!("{name}.rc"))), "3", "{name}: the CLI exit code");
+        let err = text(&d.join(format!("{name}.err")));
+        assert!(err.contains("STEP_DIVERGED") && err.contains("\"a\""), "{name}: {err}");
+        assert_eq!(text(&d.join(format!("{name}.out"))), "", "{name}: the diverged step printed a result");
+        assert_eq!(labels(&forked), ["a"], "{forked}");
+        assert_eq!(entry(&forked, "a")["config"], recorded["config"], "{name}: {forked}");
+        assert_eq!(entry(&forked, "a")["result"], recorded["result"], "{name}: {forked}");
+        assert_eq!(entry(&forked, "a")["stepType"], json!("command"), "{name}: {forked}");
+    }
+    assert_eq!(server.script_run(&id)["journal"], original["journal"], "the original journal changed");
+}
+
+#[test]
+fn resume_with_a_changed_command_diverges_and_leaves_the_journal_unchanged() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    std::fs::write(d.join("hold"), "").unwrap();
+    std::fs::write(d.join("input"), "1").unwrap();
+    let source = src(
+        &d,
+        r#"script-runner step a -- echo "$(cat @D/input)" > @D/out.$SCRIPT_RUN_ATTEMPT 2> @D/err.$SCRIPT_RUN_ATTEMPT
+echo $? > @D/rc.$SCRIPT_RUN_ATTEMPT
+while [ -e @D/hold ]; do sleep 0.05; done
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    assert_eq!(wait_file(&d.join("rc.1"), WAIT), "0");
+    assert_eq!(text(&d.join("out.1")), "1");
+    let before = server.script_run(&id);
+    assert_ok(&server.post(&format!("/api/script-runs/{id}/pause"), json!({})), 200);
+    std::fs::write(d.join("input"), "2").unwrap();
+    std::fs::remove_file(d.join("hold")).unwrap();
+    assert_ok(&server.post(&format!("/api/script-runs/{id}/resume"), json!({})), 200);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(text(&d.join("rc.2")), "3");
+    let err = text(&d.join("err.2"));
+    assert!(err.contains("STEP_DIVERGED") && err.contains("\"a\""), "{err}");
+    assert_eq!(text(&d.join("out.2")), "");
+    assert_eq!(body["journal"], before["journal"], "the journal changed");
+}
+
+#[test]
+fn label_requested_twice_in_one_execution_returns_the_first_result_with_a_warning() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+x=$(script-runner step dup -- sh -c 'echo dup >> @D/side; echo first')
+y=$(script-runner step dup -- sh -c 'echo dup >> @D/side; echo first')
+v1=$(script-runner step v --value 1)
+v2=$(script-runner step v --value 2)
+echo "{\"x\":\"$x\",\"y\":\"$y\",\"v1\":$v1,\"v2\":$v2}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"x": "first", "y": "first", "v1": 1, "v2": 1}), "{body}");
+    assert_eq!(lines(&d.join("side")), ["dup"]);
+    assert_eq!(labels(&body), ["dup", "v"]);
+    let warnings: Vec<&str> = body["run"]["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "{body}");
+    assert!(warnings.iter().any(|w| w.contains("\"dup\"")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("\"v\"")), "{warnings:?}");
+}
+
+// ---------------------------------------------------------------- guardrails
+
+#[test]
+fn max_steps_aborts_before_the_step_over_the_limit_runs() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({"maxSteps": 3})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step s1 -- sh -c 'echo s1 >> @D/side'
+script-runner step s2 -- sh -c 'echo s2 >> @D/side'
+script-runner step s3 -- sh -c 'echo s3 >> @D/side'
+script-runner step s4 -- sh -c 'echo s4 >> @D/side'
+script-runner step s5 -- sh -c 'echo s5 >> @D/side'
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
+    assert_eq!(body["run"]["error"], json!("SCRIPT_RUN_MAX_STEPS exceeded (4/3)"), "{body}");
+    assert!(body["run"]["pid"].is_null(), "{body}");
+    assert_eq!(lines(&d.join("side")), ["s1", "s2", "s3"]);
+    assert_eq!(labels(&body), ["s1", "s2", "s3"]);
+}
+
+#[test]
+fn max_script_steps_aborts_before_the_second_job_is_submitted() {
+    let (b, d, _reaper) = builder();
+    let server =
+        b.workflows(json!({"maxScriptSteps": 1})).script("job", &src(&d, "echo job >> @D/jobside")).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step j1 --script job
+script-runner step j2 --script job
+echo after >> @D/side
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
+    assert_eq!(body["run"]["error"], json!("SCRIPT_RUN_MAX_SCRIPT_STEPS exceeded (2/1)"), "{body}");
+    assert_eq!(lines(&d.join("jobside")), ["job"]);
+    assert!(!d.join("side").exists());
+    assert_eq!(labels(&body), ["j1"]);
+    let jobs = server.get("/jobs?scriptId=job");
+    assert_eq!(jobs.body["total"], json!(1), "{}", jobs.text);
+}
+
+#[test]
+fn max_wall_ms_aborts_a_long_run_and_stops_its_processes() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({"maxWallMs": 1500})).start();
+    let source = src(
+        &d,
+        r#"script-runner step a -- sh -c 'echo a >> @D/side'
+echo $$ >> @D/pids
+sleep 10 &
+echo $! >> @D/pids
+wait
+echo never >> @D/side
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let pids = read_pids(&d.join("pids"), 2, WAIT);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
+    let error = body["run"]["error"].as_str().unwrap();
+    assert!(error.starts_with("SCRIPT_RUN_MAX_WALL_MS exceeded ("), "{error}");
+    assert!(wait_gone(&pids, WAIT).is_empty(), "the workflow's processes still run");
+    assert_eq!(lines(&d.join("side")), ["a"]);
+    let started = script_runner::time::parse_iso(body["run"]["startedAt"].as_str().unwrap()).unwrap();
+    let finished = script_runner::time::parse_iso(body["run"]["finishedAt"].as_str().unwrap()).unwrap();
+    assert!(finished - started < 9000, "aborted after {} ms, not at the 1500 ms limit", finished - started);
+}
+
+#[test]
+fn max_result_bytes_aborts_when_a_step_result_is_too_large() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({"maxResultBytes": 100})).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step small -- sh -c 'echo small >> @D/side'
+script-runner step big -- sh -c 'printf "%01000d" 0'
+echo after >> @D/side
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
+    let error = body["run"]["error"].as_str().unwrap();
+    assert!(error.starts_with("SCRIPT_RUN_MAX_RESULT_BYTES exceeded ("), "{error}");
+    assert!(error.ends_with("/100)"), "{error}");
+    assert_eq!(labels(&body), ["small"], "the oversized result was journaled");
+    assert_eq!(lines(&d.join("side")), ["small"]);
+}
+
+/// A server started directly with extra environment variables (the harness cannot).
+struct EnvServer {
+    _deployment: Deployment,
+    child: Child,
+    base: String,
+}
+
+impl EnvServer {
+    fn start(deployment: Deployment, env: &[(&str, &str)]) -> EnvServer {
+        let log = std::fs::File::create(deployment.dir.path().join("server.log")).unwrap();
+        let mut child = Command::new(common::BIN)
+            .args(["serve", "--config"])
+            .arg(&deployment.config)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let base = loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                panic!("server did not start: {}", text(&deployment.dir.path().join("server.log")));
+            }
+            if let Some(addr) = line.trim().strip_prefix("script-runner listening on ") {
+                break addr.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        EnvServer { _deployment: deployment, child, base }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let req = ureq::request(method, &format!("{}{path}", self.base));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => r.into_json().unwrap(),
+            Err(ureq::Error::Status(status, r)) => panic!("{method} {path}: {status} {}", r.into_string().unwrap()),
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    fn run_terminal(&self, id: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body = self.call("GET", &format!("/api/script-runs/{id}"), None);
+            let status = body["run"]["status"].as_str().unwrap().to_string();
+            if matches!(status.as_str(), "completed" | "failed" | "cancelled" | "aborted_limit") {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "run {id} still {status}: {body}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for EnvServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn max_steps_from_the_environment_applies_unless_config_sets_it() {
+    let template = r#"set -e
+script-runner step s1 -- sh -c 'echo s1 >> @D/side'
+script-runner step s2 -- sh -c 'echo s2 >> @D/side'
+script-runner step s3 -- sh -c 'echo s3 >> @D/side'
+script-runner step s4 -- sh -c 'echo s4 >> @D/side'
+script-runner step s5 -- sh -c 'echo s5 >> @D/side'
+"#;
+    for (config, expected, ran) in [
+        (json!({}), "SCRIPT_RUN_MAX_STEPS exceeded (3/2)", vec!["s1", "s2"]),
+        (json!({"maxSteps": 3}), "SCRIPT_RUN_MAX_STEPS exceeded (4/3)", vec!["s1", "s2", "s3"]),
+    ] {
+        let (b, d, _reaper) = builder();
+        let server = EnvServer::start(b.workflows(config.clone()).write(), &[("SCRIPT_RUN_MAX_STEPS", "2")]);
+        let launched = server.call(
+            "POST",
+            "/api/script-runs",
+            Some(json!({"source": src(&d, template), "interpreter": "bash"})),
+        );
+        let id = launched["run"]["id"].as_str().unwrap();
+        let body = server.run_terminal(id);
+        assert_eq!(body["run"]["status"], json!("aborted_limit"), "config {config}: {body}");
+        assert_eq!(body["run"]["error"], json!(expected), "config {config}: {body}");
+        assert_eq!(lines(&d.join("side")), ran, "config {config}");
+    }
+}
+
+// ---------------------------------------------------------------- the Rust client
+
+#[test]
+fn rust_client_drives_steps_of_a_run_with_its_token() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"set -e
+echo "$SCRIPT_RUN_TOKEN" > @D/token.tmp
+mv @D/token.tmp @D/token
+script-runner step gate --approval "wait for the client" > /dev/null
+script-runner step shared -- sh -c 'echo shared >> @D/side; echo from-step' > @D/shared.out
+v=$(script-runner step picked --value '"from-cli"')
+echo "{\"picked\":$v}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({"k": "v"}));
+    let token = wait_file(&d.join("token"), WAIT);
+    wait_pid(&server, &id, "awaiting");
+
+    let wf = Workflow::new(&server.base, &id, &token, None);
+    let shared = ["sh".to_string(), "-c".into(), src(&d, "echo shared >> @D/side; echo from-step")];
+    let ran = wf.command("shared", &shared).unwrap();
+    assert_eq!((ran.exit_code, ran.stdout.as_str(), ran.replayed), (0, "from-step\n", false));
+    assert_eq!(wf.value("picked", json!("from-client")).unwrap(), json!("from-client"));
+    let computed: i64 = wf.step("computed", || Ok::<_, String>(41 + 1)).unwrap();
+    assert_eq!(computed, 42);
+    let again: i64 = wf.step("computed", || Err::<i64, _>("the closure ran again")).unwrap();
+    assert_eq!(again, 42);
+    let failed = wf.command("fails", &["sh", "-c", "echo nope >&2; exit 9"]).unwrap();
+    assert_eq!((failed.exit_code, failed.stderr.as_str()), (9, "nope\n"));
+    wf.progress(1, 2, Some("half")).unwrap();
+    assert_eq!(server.script_run(&id)["run"]["progress"], json!({"current": 1, "total": 2, "message": "half"}));
+
+    match Workflow::new(&server.base, &id, "not-the-token", None).value("x", json!(1)) {
+        Err(ClientError::Server { status, code, .. }) => assert_eq!((status, code.as_str()), (403, "FORBIDDEN")),
+        other => panic!("a wrong token was accepted: {other:?}"),
+    }
+
+    let body = server.script_run(&id);
+    assert_eq!(entry(&body, "fails")["status"], json!("failed"), "{body}");
+    assert_eq!(entry(&body, "computed")["result"], json!(42), "{body}");
+
+    let r = server.post(&format!("/api/script-runs/{id}/approvals/gate"), json!({"approved": true}));
+    assert_ok(&r, 200);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"picked": "from-client"}), "{body}");
+    assert_eq!(text(&d.join("shared.out")), "from-step", "the CLI replayed the client's step");
+    assert_eq!(lines(&d.join("side")), ["shared"], "the step the client ran ran again");
+    assert_eq!(labels(&body), ["gate", "shared", "picked", "computed", "fails"]);
+}
