@@ -361,7 +361,8 @@ fn an_idempotency_key_deduplicates_the_same_launch_and_rejects_a_different_one()
     let server = Builder::new().workflows(json!({})).workflow("wf", "echo configured").start();
     let d = server.dir().display().to_string();
     let dir = server.dir().to_path_buf();
-    let source = format!("echo \"ran $SCRIPT_RUN_ID\" >> {d}/ran\nwhile [ ! -f {d}/go ]; do sleep 0.05; done\necho done");
+    let source =
+        format!("echo \"ran $SCRIPT_RUN_ID\" >> {d}/ran\nwhile [ ! -f {d}/go ]; do sleep 0.05; done\necho done");
     let request = json!({ "source": source, "interpreter": "bash", "args": { "n": 1 }, "idempotencyKey": "k1" });
 
     let first = launched(&server.launch_run(request.clone()));
@@ -410,6 +411,30 @@ fn an_idempotency_key_deduplicates_the_same_launch_and_rejects_a_different_one()
     let list = server.get("/api/script-runs");
     assert_eq!(list.body["total"], json!(2), "{}", list.text);
     assert_eq!(lines(&dir.join("ran")).len(), 2);
+}
+
+#[test]
+fn concurrent_launches_with_one_idempotency_key_make_one_run() {
+    let server = Builder::new().workflows(json!({})).start();
+    let d = server.dir().display().to_string();
+    let request = json!({
+        "source": format!("echo \"ran $SCRIPT_RUN_ID\" >> {d}/ran"), "interpreter": "bash", "idempotencyKey": "race",
+    });
+    let answers: Vec<Resp> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| server.launch_run(request.clone()))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created: Vec<&Resp> = answers.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(created.len(), 1, "{:?}", answers.iter().map(|r| &r.text).collect::<Vec<_>>());
+    let id = id_of(&created[0].body["run"]);
+    for r in answers.iter().filter(|r| r.status != 201) {
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["deduplicated"], json!(true), "{}", r.text);
+        assert_eq!(r.body["run"]["id"], json!(id), "{}", r.text);
+    }
+    server.wait_run_terminal(&id, WAIT);
+    assert_eq!(server.get("/api/script-runs").body["total"], json!(1));
+    assert_eq!(lines(&server.dir().join("ran")), vec![format!("ran {id}")]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,7 +513,8 @@ fn a_literal_step_label_in_a_loop_is_a_400_label_lint_violation_naming_the_line(
     assert!(message(&r).contains("line 3"), "{}", r.text);
     assert!(message(&r).contains("review"), "{}", r.text);
 
-    let r = server.launch_run(json!({ "source": "for i in 1 2; do script-runner step x -- true; done", "interpreter": "bash" }));
+    let r = server
+        .launch_run(json!({ "source": "for i in 1 2; do script-runner step x -- true; done", "interpreter": "bash" }));
     assert_error(&r, 400, "label_lint_violation");
     assert!(message(&r).contains("line 1"), "{}", r.text);
 
@@ -792,7 +818,6 @@ echo '{{"done": true}}'"#
     let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["run"]["status"], json!("paused"), "{}", r.text);
-    assert_eq!(r.body["run"]["pid"], Value::Null, "{}", r.text);
     assert_eq!(wait_gone(&[pid, child], WAIT), Vec::<i32>::new(), "the paused run's processes survived");
     let paused = server.script_run(&id);
     assert_eq!(paused["run"]["status"], json!("paused"));
@@ -829,10 +854,33 @@ echo '{{"done": true}}'"#
 }
 
 #[test]
+fn a_paused_run_shows_no_pid() {
+    let server = Builder::new().workflows(json!({})).start();
+    let dir = server.dir().to_path_buf();
+    let d = dir.display();
+    let source = format!("echo $$ > {d}/pid\nwhile [ ! -f {d}/go ]; do sleep 0.05; done");
+    let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
+    let pid = pid_in(&dir.join("pid"));
+    wait_until("the pid on the run", || server.script_run(&id)["run"]["pid"] == json!(pid));
+    let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["run"]["status"], json!("paused"), "{}", r.text);
+    assert!(wait_gone(&[pid], WAIT).is_empty(), "the paused run's process survived");
+    // The process is gone, so the run must not point at it (its pid may be reused).
+    let body = server.script_run(&id);
+    assert_eq!(body["run"]["status"], json!("paused"), "{body}");
+    assert_eq!(body["run"]["pid"], Value::Null, "GET after pause: {body}");
+    assert_eq!(r.body["run"]["pid"], Value::Null, "pause answer: {}", r.text);
+}
+
+#[test]
 fn resume_of_a_run_that_is_not_paused_is_409_invalid_state() {
     let server = Builder::new().workflows(json!({})).start();
     let d = server.dir().display().to_string();
-    let id = launch(&server, json!({ "source": format!("while [ ! -f {d}/go ]; do sleep 0.05; done"), "interpreter": "bash" }));
+    let id = launch(
+        &server,
+        json!({ "source": format!("while [ ! -f {d}/go ]; do sleep 0.05; done"), "interpreter": "bash" }),
+    );
     assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/resume")), 409, "INVALID_STATE");
     // Cancelled: both are wrong.
     let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
@@ -840,6 +888,29 @@ fn resume_of_a_run_that_is_not_paused_is_409_invalid_state() {
     assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/pause")), 409, "INVALID_STATE");
     assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/resume")), 409, "INVALID_STATE");
     assert_eq!(server.script_run(&id)["run"]["status"], json!("cancelled"));
+}
+
+#[test]
+fn cancel_of_a_paused_run_makes_it_cancelled_for_good() {
+    let server = Builder::new().workflows(json!({})).start();
+    let dir = server.dir().to_path_buf();
+    let d = dir.display();
+    let source = format!("echo $$ >> {d}/pids\nwhile [ ! -f {d}/go ]; do sleep 0.05; done");
+    let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
+    let pid = pid_in(&dir.join("pids"));
+    let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
+    assert_eq!(r.body["run"]["status"], json!("paused"), "{}", r.text);
+    assert!(wait_gone(&[pid], WAIT).is_empty());
+
+    let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["run"]["status"], json!("cancelled"), "{}", r.text);
+    assert!(r.body["run"]["finishedAt"].is_string(), "{}", r.text);
+    assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/resume")), 409, "INVALID_STATE");
+    let body = server.script_run(&id);
+    assert_eq!(body["run"]["status"], json!("cancelled"), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(1), "{body}");
+    assert_eq!(lines(&dir.join("pids")).len(), 1, "a cancelled run was executed again");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -954,6 +1025,40 @@ echo '{{"fixed": true}}'"#
     assert_eq!(entry(&body, "a"), entry(&original, "a"));
     assert_eq!(lines(&side), vec![format!("a {orig}"), format!("b {f}")]);
     assert_eq!(server.script_run(&orig), original, "the original changed");
+}
+
+#[test]
+fn fork_copies_only_completed_entries_so_a_failed_step_runs_again() {
+    let server = Builder::new().workflows(json!({})).start();
+    let dir = server.dir().to_path_buf();
+    let d = dir.display().to_string();
+    let side = dir.join("side");
+    let source = format!(
+        r#"set -e
+script-runner step a -- bash -c 'echo "a $SCRIPT_RUN_ID" >> {d}/side'
+script-runner step b -- bash -c 'echo "b $SCRIPT_RUN_ID" >> {d}/side; test -f {d}/fixed'
+echo '{{"end": true}}'"#
+    );
+    let run = launched(&server.launch_run(json!({ "source": source, "interpreter": "bash", "background": false })));
+    assert_eq!(run["status"], json!("failed"), "{run}");
+    let orig = id_of(&run);
+    let original = server.script_run(&orig);
+    assert_eq!(entry(&original, "b")["status"], json!("failed"), "{original}");
+
+    touch(&dir.join("fixed"));
+    let fork = launched(&server.post(&format!("/api/script-runs/{orig}/fork"), json!({})));
+    let f = id_of(&fork);
+    let body = server.wait_run_terminal(&f, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({ "end": true }), "{body}");
+    assert_eq!(entry(&body, "a"), entry(&original, "a"));
+    assert_eq!(entry(&body, "b")["status"], json!("completed"), "{body}");
+    assert_eq!(
+        lines(&side),
+        vec![format!("a {orig}"), format!("b {orig}"), format!("b {f}")],
+        "the failed step must run again in the fork, the completed one must not"
+    );
+    assert_eq!(server.script_run(&orig), original);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1083,10 +1188,12 @@ echo '{{"ok": true}}'"#
     assert_eq!(journal_keys(&before.body), vec!["one", "two"], "{}", before.text);
     assert_eq!(before.body["run"]["progress"], json!({ "current": 1, "total": 2, "message": "half way" }));
     let run_bearer = format!("Bearer {run_token}");
-    let r = server.request("GET", &format!("/api/internal/script-runs/{id}/steps/two"), None, &[(
-        "Authorization",
-        run_bearer.as_str(),
-    )]);
+    let r = server.request(
+        "GET",
+        &format!("/api/internal/script-runs/{id}/steps/two"),
+        None,
+        &[("Authorization", run_bearer.as_str())],
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["step"]["result"], json!({ "k": "v" }));
     // The server token is not a run token.

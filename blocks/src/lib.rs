@@ -1,5 +1,321 @@
-//! OOMOL blocks over the script-runner HTTP API.
+//! OOMOL blocks over the script-runner HTTP API, and the flow runner that wires them.
 //!
-//! This crate is a placeholder until the blocks issue: it will hold one `ureq` client per
-//! endpoint and the flow engine. It must never depend on the server crate (the server may
-//! depend on it), so that blocks speak to a script-runner only through its public HTTP API.
+//! Every public endpoint of script-runner is a block: its manifest is
+//! `blocks/<name>/block.oo.yaml` (compiled in, so the binary needs no checkout), its
+//! implementation a function here on one shared `ureq` agent. [`run_block`] fills the
+//! manifest's defaults, checks every input against its `json_schema`, calls the block and checks
+//! that every declared output came back. This crate never depends on the server crate: blocks
+//! reach a script-runner only through its HTTP API.
+
+pub mod flow;
+pub mod http;
+pub mod manifest;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+pub use http::BlockError;
+use http::{field, query, segment, Server};
+use manifest::{did_you_mean, Manifest};
+
+/// Every block: name and manifest text.
+pub const BLOCKS: [(&str, &str); 15] = [
+    ("run-script-async", include_str!("../run-script-async/block.oo.yaml")),
+    ("run-script-sync", include_str!("../run-script-sync/block.oo.yaml")),
+    ("get-job-status", include_str!("../get-job-status/block.oo.yaml")),
+    ("get-job-logs", include_str!("../get-job-logs/block.oo.yaml")),
+    ("cancel-job", include_str!("../cancel-job/block.oo.yaml")),
+    ("wait-job", include_str!("../wait-job/block.oo.yaml")),
+    ("list-jobs", include_str!("../list-jobs/block.oo.yaml")),
+    ("list-scripts", include_str!("../list-scripts/block.oo.yaml")),
+    ("launch-script-run", include_str!("../launch-script-run/block.oo.yaml")),
+    ("get-script-run", include_str!("../get-script-run/block.oo.yaml")),
+    ("list-script-runs", include_str!("../list-script-runs/block.oo.yaml")),
+    ("cancel-script-run", include_str!("../cancel-script-run/block.oo.yaml")),
+    ("pause-script-run", include_str!("../pause-script-run/block.oo.yaml")),
+    ("resume-script-run", include_str!("../resume-script-run/block.oo.yaml")),
+    ("approve-step", include_str!("../approve-step/block.oo.yaml")),
+];
+
+/// Requests of every block but the long ones may take this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The compiled-in manifest of a block.
+pub fn manifest(name: &str) -> Result<Manifest, BlockError> {
+    let (_, text) =
+        BLOCKS.iter().find(|(n, _)| *n == name).ok_or_else(|| BlockError::UnknownBlock(name.to_string()))?;
+    Manifest::parse(text).map_err(|e| BlockError::Failed(format!("manifest of {name}: {e}")))
+}
+
+/// Whether a block of this name exists.
+pub fn is_block(name: &str) -> bool {
+    BLOCKS.iter().any(|(n, _)| *n == name)
+}
+
+/// Runs one block: defaults filled and inputs checked from its manifest, outputs checked
+/// against it.
+pub fn run_block(name: &str, given: &Map<String, Value>) -> Result<Map<String, Value>, BlockError> {
+    let manifest = manifest(name)?;
+    let inputs = resolve_inputs(&manifest, given)?;
+    let outputs = call(name, &Inputs(inputs))?;
+    for def in &manifest.outputs {
+        let value = outputs
+            .get(&def.handle)
+            .ok_or_else(|| BlockError::Failed(format!("block {name} produced no {:?} output", def.handle)))?;
+        def.check(value).map_err(|message| BlockError::Failed(format!("output {}: {message}", def.handle)))?;
+    }
+    Ok(outputs)
+}
+
+/// The inputs a block runs with: the given ones, then defaults; unknown, missing and
+/// mistyped inputs are errors naming the handle.
+pub fn resolve_inputs(manifest: &Manifest, given: &Map<String, Value>) -> Result<Map<String, Value>, BlockError> {
+    for key in given.keys() {
+        if manifest.input(key).is_none() {
+            let hint = did_you_mean(key, manifest.inputs.iter().map(|h| h.handle.as_str()))
+                .map(|h| format!(" (did you mean {h:?}?)"))
+                .unwrap_or_default();
+            return Err(BlockError::Input { handle: key.clone(), message: format!("no such input{hint}") });
+        }
+    }
+    let mut inputs = Map::new();
+    for def in &manifest.inputs {
+        let value = match (given.get(&def.handle), &def.value) {
+            (Some(v), _) => v.clone(),
+            (None, Some(default)) => default.clone(),
+            (None, None) if def.nullable => Value::Null,
+            (None, None) => {
+                return Err(BlockError::Input { handle: def.handle.clone(), message: "required, and not given".into() })
+            }
+        };
+        def.check(&value).map_err(|message| BlockError::Input { handle: def.handle.clone(), message })?;
+        inputs.insert(def.handle.clone(), value);
+    }
+    Ok(inputs)
+}
+
+/// Resolved inputs, read by name.
+struct Inputs(Map<String, Value>);
+
+impl Inputs {
+    fn str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(Value::as_str)
+    }
+
+    fn required(&self, key: &str) -> Result<&str, BlockError> {
+        self.str(key).ok_or_else(|| BlockError::Input { handle: key.into(), message: "required".into() })
+    }
+
+    fn u64(&self, key: &str, default: u64) -> u64 {
+        self.0.get(key).and_then(Value::as_u64).unwrap_or(default)
+    }
+
+    fn value(&self, key: &str) -> Value {
+        self.0.get(key).cloned().unwrap_or(Value::Null)
+    }
+
+    fn server(&self, timeout: Duration) -> Server {
+        let url = self.str("script_runner_url").unwrap_or(http::DEFAULT_URL);
+        Server::new(url, self.str("token").map(str::to_string), timeout)
+    }
+}
+
+fn outputs(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
+    let server = inputs.server(REQUEST_TIMEOUT);
+    let url = server.url().to_string();
+    let args = match inputs.value("args") {
+        Value::Null => json!([]),
+        args => args,
+    };
+    let out = match name {
+        "run-script-async" => {
+            let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "async" });
+            let answer = server.post("/run", body)?;
+            json!({ "job_id": field(&answer, "jobId", &url)? })
+        }
+        "run-script-sync" => {
+            let server = inputs.server(Duration::from_secs(inputs.u64("timeout_sec", 300)));
+            let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "sync" });
+            let job = server.post("/run", body)?;
+            // Upstream's sync answer has only the previews; ours adds the whole streams.
+            let text = |whole: &str, preview: &str| job.get(whole).or_else(|| job.get(preview)).cloned();
+            json!({
+                "stdout": text("stdout", "stdoutPreview").unwrap_or_else(|| json!("")),
+                "stderr": text("stderr", "stderrPreview").unwrap_or_else(|| json!("")),
+                "exit_code": job.get("code").cloned().filter(|c| !c.is_null()).unwrap_or(json!(-1)),
+                "status": field(&job, "status", &url)?,
+            })
+        }
+        "get-job-status" => {
+            status_outputs(&server.get(&format!("/jobs/{}", segment(inputs.required("job_id")?)))?, &url)?
+        }
+        "get-job-logs" => {
+            let path = format!(
+                "/jobs/{}/logs?unit=lines&stream={}&offset={}&limit={}",
+                segment(inputs.required("job_id")?),
+                query(inputs.str("stream").unwrap_or("stdout")),
+                inputs.u64("offset", 0),
+                inputs.u64("limit", 100),
+            );
+            let page = server.get(&path)?;
+            json!({ "logs": field(&page, "lines", &url)?, "total_lines": field(&page, "totalLines", &url)? })
+        }
+        "cancel-job" => {
+            let id = inputs.required("job_id")?;
+            let before = server.get(&format!("/jobs/{}", segment(id)))?;
+            let before_status = field(&before, "status", &url)?.as_str().unwrap_or_default().to_string();
+            if !matches!(before_status.as_str(), "queued" | "running") {
+                json!({ "success": false, "message": format!("job {id} has already ended ({before_status})") })
+            } else {
+                let job = server.post(&format!("/jobs/{}/cancel", segment(id)), json!({}))?;
+                let status = field(&job, "status", &url)?.as_str().unwrap_or_default().to_string();
+                let success = status == "canceled";
+                let message = if success {
+                    format!("job {id} canceled (it was {before_status})")
+                } else {
+                    format!("job {id} ended {status} before the cancel took effect")
+                };
+                json!({ "success": success, "message": message })
+            }
+        }
+        "wait-job" => {
+            let id = inputs.required("job_id")?;
+            let timeout = inputs.0.get("timeout_sec").and_then(Value::as_f64).unwrap_or(300.0);
+            let interval = Duration::from_millis(inputs.u64("poll_interval_ms", 500));
+            let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+            loop {
+                let job = server.get(&format!("/jobs/{}", segment(id)))?;
+                let status = field(&job, "status", &url)?.as_str().unwrap_or_default();
+                if !matches!(status, "queued" | "running") {
+                    break status_outputs(&job, &url)?;
+                }
+                if Instant::now() >= deadline {
+                    return Err(BlockError::Failed(format!("job {id} is still {status} after {timeout} s")));
+                }
+                std::thread::sleep(interval.min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+        "list-jobs" => {
+            let mut path = format!("/jobs?limit={}&offset={}", inputs.u64("limit", 50), inputs.u64("offset", 0));
+            for (key, param) in [("status", "status"), ("script_id", "scriptId")] {
+                if let Some(v) = inputs.str(key) {
+                    path.push_str(&format!("&{param}={}", query(v)));
+                }
+            }
+            let page = server.get(&path)?;
+            json!({ "jobs": field(&page, "jobs", &url)?, "total": field(&page, "total", &url)? })
+        }
+        "list-scripts" => json!({ "scripts": field(&server.get("/scripts")?, "scripts", &url)? }),
+        "launch-script-run" => {
+            let wait = inputs.0.get("wait").and_then(Value::as_bool).unwrap_or(false);
+            let server = if wait { inputs.server(Duration::from_secs(7 * 24 * 3600)) } else { server };
+            let mut body = Map::new();
+            for (key, param) in [
+                ("workflow_id", "workflowId"),
+                ("source", "source"),
+                ("interpreter", "interpreter"),
+                ("idempotency_key", "idempotencyKey"),
+            ] {
+                if let Some(v) = inputs.str(key) {
+                    body.insert(param.into(), json!(v));
+                }
+            }
+            body.insert(
+                "args".into(),
+                match inputs.value("args") {
+                    Value::Null => json!({}),
+                    args => args,
+                },
+            );
+            body.insert("background".into(), json!(!wait));
+            let answer = server.post("/api/script-runs", Value::Object(body))?;
+            let run = field(&answer, "run", &url)?;
+            json!({ "run_id": field(run, "id", &url)?, "run": run, "status": field(run, "status", &url)? })
+        }
+        "get-script-run" => {
+            let answer = server.get(&format!("/api/script-runs/{}", segment(inputs.required("run_id")?)))?;
+            let run = field(&answer, "run", &url)?;
+            json!({
+                "run": run,
+                "status": field(run, "status", &url)?,
+                "journal": field(&answer, "journal", &url)?,
+                "output": run.get("output").cloned().unwrap_or(Value::Null),
+            })
+        }
+        "list-script-runs" => {
+            let mut path =
+                format!("/api/script-runs?limit={}&offset={}", inputs.u64("limit", 50), inputs.u64("offset", 0));
+            for (key, param) in [("status", "status"), ("script_name", "scriptName")] {
+                if let Some(v) = inputs.str(key) {
+                    path.push_str(&format!("&{param}={}", query(v)));
+                }
+            }
+            let page = server.get(&path)?;
+            json!({ "runs": field(&page, "runs", &url)?, "total": field(&page, "total", &url)? })
+        }
+        "cancel-script-run" | "pause-script-run" | "resume-script-run" | "approve-step" => {
+            let id = segment(inputs.required("run_id")?);
+            let answer = match name {
+                "cancel-script-run" => server.delete(&format!("/api/script-runs/{id}"))?,
+                "pause-script-run" => server.post(&format!("/api/script-runs/{id}/pause"), json!({}))?,
+                "resume-script-run" => server.post(&format!("/api/script-runs/{id}/resume"), json!({}))?,
+                _ => {
+                    let label = segment(inputs.required("label")?);
+                    let body = json!({
+                        "approved": inputs.value("approved").as_bool().unwrap_or(false),
+                        "by": inputs.value("by"),
+                        "comment": inputs.value("comment"),
+                    });
+                    server.post(&format!("/api/script-runs/{id}/approvals/{label}"), body)?
+                }
+            };
+            let run = field(&answer, "run", &url)?;
+            json!({ "run": run, "status": field(run, "status", &url)? })
+        }
+        other => return Err(BlockError::UnknownBlock(other.to_string())),
+    };
+    Ok(outputs(out))
+}
+
+fn status_outputs(job: &Value, url: &str) -> Result<Value, BlockError> {
+    Ok(json!({
+        "status": field(job, "status", url)?,
+        "exit_code": job.get("code").cloned().unwrap_or(Value::Null),
+        "stdout_preview": job.get("stdoutPreview").cloned().unwrap_or_else(|| json!("")),
+        "stderr_preview": job.get("stderrPreview").cloned().unwrap_or_else(|| json!("")),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_parses_and_declares_the_common_inputs() {
+        for (name, _) in BLOCKS {
+            let m = manifest(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(m.input("script_runner_url").is_some(), "{name}");
+            assert!(m.input("token").is_some_and(|t| t.nullable), "{name}");
+            assert_eq!(m.executor["options"]["args"], json!(["block", name]), "{name}");
+            assert!(!m.outputs.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn inputs_are_checked_before_any_request() {
+        let given = json!({ "script_id": 3 }).as_object().cloned().unwrap_or_default();
+        let e = run_block("run-script-async", &given).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("input script_id"), "{e}");
+        let given = json!({ "jobid": "x" }).as_object().cloned().unwrap_or_default();
+        let e = run_block("get-job-status", &given).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("did you mean \"job_id\""), "{e}");
+    }
+}

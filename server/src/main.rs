@@ -29,6 +29,18 @@ enum Command {
     CheckConfig,
     /// Run one durable step of the workflow run this process belongs to (see `step --help`).
     Step(StepArgs),
+    /// Run one OOMOL block (`blocks/<name>/block.oo.yaml`) and print its outputs as JSON.
+    Block {
+        /// The block's name (e.g. run-script-async); `--list` shows them all.
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// The inputs, a JSON object keyed by input handle.
+        #[arg(long, default_value = "{}")]
+        inputs: String,
+        /// List the blocks.
+        #[arg(long)]
+        list: bool,
+    },
 }
 
 /// `script-runner step <label> ...`: one durable step, journaled by its label.
@@ -71,8 +83,10 @@ pub struct StepArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    if let Some(Command::Step(args)) = cli.command {
-        return step::run(args);
+    match cli.command {
+        Some(Command::Step(args)) => return step::run(args),
+        Some(Command::Block { name, inputs, list }) => return block(name, &inputs, list),
+        _ => {}
     }
     let path = cli.config.unwrap_or_else(config::default_config_path);
     let config = match config::load(&path) {
@@ -103,7 +117,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Step(_) => ExitCode::SUCCESS,
+        Command::Step(_) | Command::Block { .. } => ExitCode::SUCCESS,
         Command::Serve => match script_runner::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -111,5 +125,48 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `script-runner block <name> --inputs '<json>'`: outputs as JSON on stdout; on failure the
+/// error on stderr and exit 1 (2 for unusable inputs).
+fn block(name: Option<String>, inputs: &str, list: bool) -> ExitCode {
+    if list {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for (name, _) in script_runner_blocks::BLOCKS {
+            let title = script_runner_blocks::manifest(name).ok().and_then(|m| m.title).unwrap_or_default();
+            // A closed pipe (`| head`) ends the listing quietly.
+            if writeln!(out, "{name:<20} {title}").is_err() {
+                break;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let name = name.unwrap_or_default();
+    let inputs = match serde_json::from_str::<serde_json::Value>(inputs) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => {
+            eprintln!("script-runner block {name}: --inputs must be a JSON object");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("script-runner block {name}: --inputs is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match script_runner_blocks::run_block(&name, &inputs) {
+        Ok(outputs) => {
+            println!("{}", serde_json::Value::Object(outputs));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("script-runner block {name}: {e}");
+            let usage = matches!(
+                e,
+                script_runner_blocks::BlockError::Input { .. } | script_runner_blocks::BlockError::UnknownBlock(_)
+            );
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
     }
 }

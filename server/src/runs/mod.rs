@@ -1053,6 +1053,9 @@ impl Shared {
             if status.is_terminal() {
                 row.finished_at = Some(now_ms());
                 row.error = error;
+            }
+            // Only a running or awaiting run may have a process (a pause stops it).
+            if status.is_terminal() || status == RunStatus::Paused {
                 row.pid = None;
             }
         })
