@@ -195,7 +195,9 @@ fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
                 let job = server.get(&format!("/jobs/{}", segment(id)))?;
                 let status = field(&job, "status", &url)?.as_str().unwrap_or_default();
                 if !matches!(status, "queued" | "running") {
-                    break status_outputs(&job, &url)?;
+                    let mut out = status_outputs(&job, &url)?;
+                    out["job_id"] = json!(id);
+                    break out;
                 }
                 if Instant::now() >= deadline {
                     return Err(BlockError::Failed(format!("job {id} is still {status} after {timeout} s")));
@@ -223,6 +225,7 @@ fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
                 ("source", "source"),
                 ("interpreter", "interpreter"),
                 ("idempotency_key", "idempotencyKey"),
+                ("script_name", "scriptName"),
             ] {
                 if let Some(v) = inputs.str(key) {
                     body.insert(param.into(), json!(v));

@@ -267,6 +267,28 @@ impl Workflow {
         })
     }
 
+    /// Starts a configured script as a server-side job without waiting for it, once: the job
+    /// id is journaled with the start, so a replay returns the same job id and never starts a
+    /// second job.
+    pub fn script_start<S: AsRef<str>>(&self, label: &str, script_id: &str, args: &[S]) -> Result<String, ClientError> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let config = json!({ "scriptId": script_id, "args": args, "wait": false });
+        let step = match self.begin(label, "script", config)? {
+            Action::Done(step) | Action::Resume(step) => step,
+            Action::Execute => return Err(ClientError::Protocol("the server did not start the script".into())),
+        };
+        step.result
+            .get("jobId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Protocol(format!("step {label:?} has no jobId")))
+    }
+
+    /// The server this client talks to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// A durable sleep: the wake-up time is journaled, so a restarted run sleeps only what is
     /// left of it.
     pub fn sleep(&self, label: &str, duration: Duration) -> Result<(), ClientError> {

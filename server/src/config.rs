@@ -104,6 +104,9 @@ pub struct WorkflowConfig {
     pub max_wall_ms: u64,
     /// Largest stored step result, in bytes of JSON (`SCRIPT_RUN_MAX_RESULT_BYTES`).
     pub max_result_bytes: u64,
+    /// Folder of the flows a run may execute (`<name>/flow.oo.yaml`); `self::` blocks resolve
+    /// against its parent (the package root).
+    pub flows_dir: PathBuf,
 }
 
 /// HTTP listener settings.
@@ -256,6 +259,7 @@ struct RawWorkflows {
     max_script_steps: Option<u64>,
     max_wall_ms: Option<u64>,
     max_result_bytes: Option<u64>,
+    flows_dir: Option<String>,
 }
 
 /// What a `scripts.json` entry is.
@@ -364,7 +368,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
         }
     };
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
-    let workflows = workflow_config(&config_file, raw.workflows, catalog)?;
+    let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
     Ok(Config { config_file, scripts_file, server, runner, database, scripts, workflows })
 }
@@ -393,7 +397,12 @@ fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Resu
 }
 
 /// Guardrails come from `config.json`, else from their environment variable, else the default.
-fn workflow_config(file: &Path, raw: RawWorkflows, catalog: Vec<Arc<Script>>) -> Result<WorkflowConfig, ConfigError> {
+fn workflow_config(
+    file: &Path,
+    base: &Path,
+    raw: RawWorkflows,
+    catalog: Vec<Arc<Script>>,
+) -> Result<WorkflowConfig, ConfigError> {
     for (name, argv) in &raw.interpreters {
         let key = format!("workflows.interpreters.{name}");
         let Some(program) = argv.first() else {
@@ -420,6 +429,7 @@ fn workflow_config(file: &Path, raw: RawWorkflows, catalog: Vec<Arc<Script>>) ->
         Ok(n)
     };
     Ok(WorkflowConfig {
+        flows_dir: normalize(&base.join(raw.flows_dir.as_deref().unwrap_or("./flows"))),
         catalog,
         interpreters: raw.interpreters,
         park_after_sec: raw.park_after_sec.unwrap_or(60),

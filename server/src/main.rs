@@ -1,6 +1,7 @@
 //! The `script-runner` command: `serve` (the default), `check-config`, and `step` (the step
 //! client a workflow process calls).
 
+mod flow_cli;
 mod step;
 
 use std::path::PathBuf;
@@ -29,6 +30,9 @@ enum Command {
     CheckConfig,
     /// Run one durable step of the workflow run this process belongs to (see `step --help`).
     Step(StepArgs),
+    /// Run an OOMOL flow (`flow run <flow.oo.yaml>`).
+    #[command(subcommand)]
+    Flow(FlowCommand),
     /// Run one OOMOL block (`blocks/<name>/block.oo.yaml`) and print its outputs as JSON.
     Block {
         /// The block's name (e.g. run-script-async); `--list` shows them all.
@@ -40,6 +44,34 @@ enum Command {
         /// List the blocks.
         #[arg(long)]
         list: bool,
+    },
+}
+
+/// `script-runner flow ...`.
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Check and run a flow file: one JSON event per line, then the outputs; exit 0 on success.
+    Run {
+        /// The flow file (`flows/<name>/flow.oo.yaml`).
+        file: PathBuf,
+        /// A flow input, `handle=<json>` (repeatable; a value that is not JSON is a string).
+        #[arg(long = "input", value_name = "HANDLE=JSON")]
+        inputs: Vec<String>,
+        /// Run it as a durable workflow run on the server (the flow must be in its flows dir).
+        #[arg(long)]
+        durable: bool,
+        /// Internal: journal each node as a step of the workflow run this process belongs to.
+        #[arg(long, hide = true)]
+        journal: bool,
+        /// The package root `self::` resolves against (default: two folders above the file).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        /// The server for --durable.
+        #[arg(long, env = "SCRIPT_RUNNER_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token for --durable.
+        #[arg(long, env = "SCRIPT_RUNNER_TOKEN")]
+        token: Option<String>,
     },
 }
 
@@ -86,6 +118,9 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Step(args)) => return step::run(args),
         Some(Command::Block { name, inputs, list }) => return block(name, &inputs, list),
+        Some(Command::Flow(FlowCommand::Run { file, inputs, durable, journal, root, url, token })) => {
+            return flow_cli::run(flow_cli::FlowRun { file, inputs, durable, journal, root, url, token })
+        }
         _ => {}
     }
     let path = cli.config.unwrap_or_else(config::default_config_path);
@@ -117,7 +152,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Step(_) | Command::Block { .. } => ExitCode::SUCCESS,
+        Command::Step(_) | Command::Block { .. } | Command::Flow(_) => ExitCode::SUCCESS,
         Command::Serve => match script_runner::server::serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -9,6 +9,8 @@ CREATE TABLE script_runs (
     workflow_id TEXT,
     -- The interpreter name of an inline run (config.json workflows.interpreters).
     interpreter TEXT,
+    -- The flow name of a durable flow run (a folder of workflows.flowsDir).
+    flow TEXT,
     status TEXT NOT NULL,
     -- The launch arguments, any JSON value.
     args TEXT NOT NULL,

@@ -92,6 +92,8 @@ pub struct RunRow {
     pub workflow_id: Option<String>,
     /// Interpreter name of an inline run.
     pub interpreter: Option<String>,
+    /// Flow name of a durable flow run.
+    pub flow: Option<String>,
     /// One of the run statuses.
     pub status: String,
     /// Launch arguments (JSON).

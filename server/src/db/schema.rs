@@ -51,6 +51,7 @@ diesel::table! {
         script_name -> Text,
         workflow_id -> Nullable<Text>,
         interpreter -> Nullable<Text>,
+        flow -> Nullable<Text>,
         status -> Text,
         args -> Text,
         source -> Text,

@@ -113,6 +113,7 @@ impl From<RunError> for ApiError {
             RunError::InvalidRequest(_) => ApiError::InvalidRequest(message),
             RunError::ArgsTooLarge(_) => run(StatusCode::PAYLOAD_TOO_LARGE, "ARGS_TOO_LARGE"),
             RunError::WorkflowNotFound(_) => run(StatusCode::NOT_FOUND, "WORKFLOW_NOT_FOUND"),
+            RunError::FlowNotFound(_) => run(StatusCode::NOT_FOUND, "FLOW_NOT_FOUND"),
             RunError::InlineDisabled => run(StatusCode::FORBIDDEN, "INLINE_SOURCE_DISABLED"),
             RunError::UnknownInterpreter(..) => run(StatusCode::BAD_REQUEST, "UNKNOWN_INTERPRETER"),
             RunError::LabelLint(_) => run(StatusCode::BAD_REQUEST, "label_lint_violation"),

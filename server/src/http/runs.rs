@@ -24,6 +24,7 @@ pub struct RunView {
     script_name: String,
     workflow_id: Option<String>,
     interpreter: Option<String>,
+    flow: Option<String>,
     status: String,
     args: Value,
     output: Value,
@@ -60,6 +61,7 @@ impl RunView {
             script_name: row.script_name,
             workflow_id: row.workflow_id,
             interpreter: row.interpreter,
+            flow: row.flow,
             status: row.status,
             error: row.error,
             source_sha256: row.source_sha256,
@@ -129,8 +131,8 @@ pub async fn launch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload, &req).await?;
-    const KEYS: [&str; 7] =
-        ["workflowId", "source", "interpreter", "scriptName", "args", "idempotencyKey", "background"];
+    const KEYS: [&str; 8] =
+        ["workflowId", "source", "interpreter", "flow", "scriptName", "args", "idempotencyKey", "background"];
     if let Some(key) = body.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(ApiError::InvalidRequest(format!("unknown field {key:?} (accepted: {})", KEYS.join(", "))));
     }
@@ -143,6 +145,7 @@ pub async fn launch(
         workflow_id: optional_string(&body, "workflowId")?,
         source: optional_string(&body, "source")?,
         interpreter: optional_string(&body, "interpreter")?,
+        flow: optional_string(&body, "flow")?,
         script_name: optional_string(&body, "scriptName")?,
         args: body.get("args").cloned().unwrap_or_else(|| json!({})),
         idempotency_key: optional_string(&body, "idempotencyKey")?,

@@ -61,6 +61,9 @@ pub enum RunError {
     /// No configured workflow has this id.
     #[error("workflow not found: {0}")]
     WorkflowNotFound(String),
+    /// No flow of `workflows.flowsDir` has this name.
+    #[error("{0}")]
+    FlowNotFound(String),
     /// Inline sources are off (no interpreter configured).
     #[error("inline sources are disabled: config.json workflows.interpreters lists no interpreter")]
     InlineDisabled,
@@ -120,6 +123,8 @@ pub struct LaunchRequest {
     pub source: Option<String>,
     /// The interpreter for inline source.
     pub interpreter: Option<String>,
+    /// A flow of `workflows.flowsDir`, run durably (each node a journaled step).
+    pub flow: Option<String>,
     /// Display name.
     pub script_name: Option<String>,
     /// Arguments (any JSON).
@@ -369,13 +374,28 @@ impl RunManager {
                 return Err(RunError::InvalidRequest(format!("{name} must be 1 to {MAX_NAME_CHARS} characters")));
             }
         }
+        let given = [request.workflow_id.is_some(), request.source.is_some(), request.flow.is_some()];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(RunError::InvalidRequest("give one of workflowId, source or flow".into()));
+        }
+        let mut flow = None;
         let (workflow_id, interpreter, source, default_name) = match (&request.workflow_id, &request.source) {
-            (Some(_), Some(_)) => {
-                return Err(RunError::InvalidRequest("give either workflowId or source, not both".into()))
-            }
-            (None, None) => {
-                return Err(RunError::InvalidRequest("workflowId (or source with interpreter) is required".into()))
-            }
+            (None, None) => match &request.flow {
+                Some(name) => {
+                    let (name, file) = find_flow(&shared.config.workflows.flows_dir, name).await?;
+                    let source = blocking(move || std::fs::read_to_string(&file))
+                        .await?
+                        .map_err(|e| RunError::Io(format!("cannot read flow {name}: {e}")))?;
+                    flow = Some(name.clone());
+                    (None, None, source, name)
+                }
+                None => {
+                    return Err(RunError::InvalidRequest(
+                        "workflowId (or source with interpreter, or flow) is required".into(),
+                    ))
+                }
+            },
+            (Some(_), Some(_)) => unreachable_pair()?,
             (Some(id), None) => {
                 let script =
                     shared.config.workflow(id).cloned().ok_or_else(|| RunError::WorkflowNotFound(id.clone()))?;
@@ -399,6 +419,7 @@ impl RunManager {
             to_json(&json!({
                 "workflowId": workflow_id,
                 "interpreter": interpreter,
+                "flow": flow,
                 "sourceSha256": source_sha256,
                 "args": request.args,
             }))
@@ -419,6 +440,7 @@ impl RunManager {
             script_name: request.script_name.clone().unwrap_or(default_name),
             workflow_id,
             interpreter,
+            flow,
             status: RunStatus::Running.as_str().to_string(),
             args: args_json,
             source,
@@ -837,6 +859,18 @@ impl RunManager {
                     lock(&live.journal).reserved.remove(&request.label);
                 })?;
                 let job_id = submission.job.id.clone();
+                if request.config.get("wait") == Some(&Value::Bool(false)) {
+                    // Start only: the job id is the result (a durable flow's async run node).
+                    let result = json!({ "jobId": job_id, "status": submission.job.status.as_str() });
+                    let row = StepRow {
+                        status: step_status::COMPLETED.to_string(),
+                        completed_at: Some(now),
+                        duration_ms: Some(0),
+                        ..started(Some(result), Some(job_id))
+                    };
+                    let entry = self.shared.insert_step(&live, row).await?;
+                    return Ok(Begun::Done(entry));
+                }
                 lock(&live.jobs).insert(job_id.clone());
                 let entry = self.shared.insert_step(&live, started(None, Some(job_id))).await?;
                 self.shared.continue_step(&live, entry).await
@@ -965,6 +999,39 @@ impl RunManager {
                 warn!("shutdown: workflow executions still running after {bound:?}");
                 return;
             }
+        }
+    }
+}
+
+fn unreachable_pair() -> Result<(Option<String>, Option<String>, String, String), RunError> {
+    Err(RunError::InvalidRequest("give one of workflowId, source or flow".into()))
+}
+
+/// Finds a flow by name among the folders of `flows_dir` (`<name>/flow.oo.yaml`). The name
+/// from the request is only compared with the folder names listed, never joined to a path.
+async fn find_flow(flows_dir: &std::path::Path, name: &str) -> Result<(String, PathBuf), RunError> {
+    let wanted = name.trim_end_matches("/flow.oo.yaml").trim_end_matches('/').to_string();
+    let dir = flows_dir.to_path_buf();
+    let found = blocking(move || -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let file = e.path().join("flow.oo.yaml");
+                file.is_file().then(|| (e.file_name().to_string_lossy().to_string(), file))
+            })
+            .collect()
+    })
+    .await?;
+    match found.iter().find(|(n, _)| *n == wanted) {
+        Some(hit) => Ok(hit.clone()),
+        None => {
+            let known: Vec<_> = found.iter().map(|(n, _)| n.as_str()).collect();
+            Err(RunError::FlowNotFound(format!(
+                "flow not found: {wanted:?} (flows in {}: {})",
+                flows_dir.display(),
+                known.join(", ")
+            )))
         }
     }
 }
@@ -1373,6 +1440,19 @@ impl Shared {
         .await?;
         let row = live.snapshot();
         let (program, mut program_args, cwd, mut env) = match &row.workflow_id {
+            None if row.flow.is_some() => {
+                let exe = self.exe.clone().ok_or_else(|| RunError::Io("cannot locate script-runner itself".into()))?;
+                let root = self.config.workflows.flows_dir.parent().map_or_else(|| dir.clone(), PathBuf::from);
+                let args = vec![
+                    "flow".to_string(),
+                    "run".to_string(),
+                    source_file.display().to_string(),
+                    "--journal".to_string(),
+                    "--root".to_string(),
+                    root.display().to_string(),
+                ];
+                (exe, args, dir.clone(), Vec::new())
+            }
             Some(workflow_id) => {
                 let script = self.config.workflow(workflow_id).cloned();
                 let cwd = script.as_ref().map_or_else(|| dir.clone(), |s| s.cwd.clone());
@@ -1390,7 +1470,7 @@ impl Shared {
                 (program, argv.collect(), dir.clone(), Vec::new())
             }
         };
-        if row.workflow_id.is_none() {
+        if row.workflow_id.is_none() && row.flow.is_none() {
             program_args.push(source_file.display().to_string());
         }
         env.push(("SCRIPT_RUNNER_URL".into(), self.url.get().cloned().unwrap_or_default()));
