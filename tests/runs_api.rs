@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The fields of a run on the wire.
-const RUN_FIELDS: [&str; 19] = [
+const RUN_FIELDS: [&str; 20] = [
     "id",
     "scriptName",
     "workflowId",
     "interpreter",
+    "flow",
     "status",
     "args",
     "output",
