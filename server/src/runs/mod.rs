@@ -322,7 +322,12 @@ impl RunManager {
         std::fs::create_dir_all(runs_dir(&config))
             .map_err(|e| RunError::Io(format!("cannot create {}: {e}", runs_dir(&config).display())))?;
         let mut live = HashMap::new();
-        for row in store.unfinished_runs()? {
+        for mut row in store.unfinished_runs()? {
+            // Crash recovery (which runs first) killed every process of the previous server:
+            // a pid left on the row names a process that is gone.
+            if row.pid.take().is_some() {
+                store.writer().write_blocking(WriteOp::UpdateRun(Box::new(row.clone())))?;
+            }
             live.insert(row.id.clone(), LiveRun::new(row));
         }
         Ok(RunManager {
