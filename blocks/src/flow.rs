@@ -386,11 +386,13 @@ fn resolve_task(task: &Value, root: &Path, flow_file: &Path) -> Result<Task, Str
     let args = manifest.executor["options"]["args"].as_array().cloned().unwrap_or_default();
     let name = match args.as_slice() {
         [Value::String(cmd), Value::String(name)] if cmd == "block" && crate::is_block(name) => name.clone(),
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "block {reference:?} ({}) has executor {}, which this runner cannot execute (only script-runner blocks)",
             file.display(),
             manifest.executor
-        )),
+        ))
+        }
     };
     Ok(Task::Block { name, manifest })
 }
