@@ -530,21 +530,16 @@ pub fn run(
                         }
                     }
                 }
-                Source::Flow(names) => {
-                    let queue = queues.entry((i, handle.clone())).or_default();
-                    for name in names {
-                        queue.push_back(flow_inputs.get(name).cloned().unwrap_or(Value::Null));
-                    }
-                }
-                Source::Value(_) => {}
+                // Flow inputs are static for the whole flow: every activation reads them.
+                Source::Flow(_) | Source::Value(_) => {}
             }
         }
     }
     let mut running = vec![0usize; flow.nodes.len()];
     let mut activations = vec![0usize; flow.nodes.len()];
     // Nodes without connected inputs run once.
-    let mut source_pending: Vec<bool> =
-        flow.nodes.iter().map(|n| n.inputs.values().all(|s| matches!(s, Source::Value(_)))).collect();
+    let is_static = |s: &Source| matches!(s, Source::Value(_) | Source::Flow(_));
+    let mut source_pending: Vec<bool> = flow.nodes.iter().map(|n| n.inputs.values().all(is_static)).collect();
     let mut last_outputs: HashMap<(String, String), Value> = HashMap::new();
     let (tx, rx) = mpsc::channel::<Done>();
     let mut deadlines: HashMap<String, (usize, Instant)> = HashMap::new();
@@ -558,8 +553,7 @@ pub fn run(
                         let ready = if source_pending[i] {
                             true
                         } else {
-                            let connected: Vec<_> =
-                                node.inputs.iter().filter(|(_, s)| !matches!(s, Source::Value(_))).collect();
+                            let connected: Vec<_> = node.inputs.iter().filter(|(_, s)| !is_static(s)).collect();
                             !connected.is_empty()
                                 && connected
                                     .iter()
@@ -573,6 +567,9 @@ pub fn run(
                         for (handle, source) in &node.inputs {
                             let value = match source {
                                 Source::Value(v) => v.clone(),
+                                Source::Flow(names) => {
+                                    names.iter().rev().find_map(|n| flow_inputs.get(n)).cloned().unwrap_or(Value::Null)
+                                }
                                 _ => queues
                                     .get_mut(&(i, handle.clone()))
                                     .and_then(VecDeque::pop_front)

@@ -1,0 +1,750 @@
+//! Blocks and flows (issue 4): every job block through `script-runner block` against a real
+//! server, the block error kinds, flow validation, and the flow runner's semantics
+//! (parallelism, fail-fast, timeout, fan-in, flow inputs/outputs, durable replay, flow-1).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_file, Builder, Deployment, TestServer, BIN};
+use serde_json::{json, Value};
+
+const BLOCKS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../blocks");
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// The outcome of a CLI call.
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+fn cli(args: &[&str]) -> Out {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `script-runner block <name> --inputs <json>`.
+fn block(name: &str, inputs: Value) -> Out {
+    cli(&["block", name, "--inputs", &inputs.to_string()])
+}
+
+/// Runs a block that must succeed; returns its outputs.
+fn ok_block(name: &str, inputs: Value) -> Value {
+    let out = block(name, inputs.clone());
+    assert_eq!(out.code, 0, "block {name} {inputs}: stdout {} stderr {}", out.stdout, out.stderr);
+    out.json()
+}
+
+/// Copies every block manifest into `<dir>/blocks/<name>/block.oo.yaml`.
+fn copy_blocks(dir: &Path) {
+    for entry in std::fs::read_dir(BLOCKS_DIR).unwrap() {
+        let entry = entry.unwrap();
+        let manifest = entry.path().join("block.oo.yaml");
+        if manifest.is_file() {
+            let target = dir.join("blocks").join(entry.file_name());
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::copy(&manifest, target.join("block.oo.yaml")).unwrap();
+        }
+    }
+}
+
+/// Writes `<dir>/flows/<name>/flow.oo.yaml` (blocks copied beside); returns its path.
+fn write_flow(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    if !dir.join("blocks").exists() {
+        copy_blocks(dir);
+    }
+    let folder = dir.join("flows").join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    let path = folder.join("flow.oo.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A flow run: exit code, events, the outputs (last line), stderr.
+struct FlowOut {
+    code: i32,
+    events: Vec<Value>,
+    outputs: Value,
+    stderr: String,
+    stdout: String,
+}
+
+impl FlowOut {
+    fn index(&self, event: &str, node: &str) -> Vec<usize> {
+        self.events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e["event"] == event && e["node"] == node)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn finished(&self) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "flow_finished")
+            .unwrap_or_else(|| panic!("no flow_finished: {}", self.stdout))
+    }
+}
+
+fn flow_run(path: &Path, inputs: &[String]) -> FlowOut {
+    let mut args = vec!["flow".to_string(), "run".to_string(), path.to_str().unwrap().to_string()];
+    for i in inputs {
+        args.push("--input".into());
+        args.push(i.clone());
+    }
+    let out = Command::new(BIN).args(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
+        .collect();
+    let (events, outputs) = match lines.split_last() {
+        Some((last, rest)) => (rest.to_vec(), last.clone()),
+        None => (Vec::new(), Value::Null),
+    };
+    FlowOut {
+        code: out.status.code().unwrap_or(-1),
+        events,
+        outputs,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout,
+    }
+}
+
+fn url_input(server: &TestServer) -> String {
+    format!("script_runner_url={}", server.base)
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn job_server() -> TestServer {
+    Builder::new()
+        .script("echo", "echo hi $1")
+        .script("lines", "for i in 1 2 3 4 5; do echo line$i; done; echo err-line >&2")
+        .script("slow", "sleep 30")
+        .script("fail", "echo oops >&2; exit 3")
+        .start()
+}
+
+// ---------------------------------------------------------------- (1) job blocks
+
+#[test]
+fn run_script_sync_block_returns_streams_exit_code_and_status() {
+    let server = job_server();
+    let url = &server.base;
+    let out = ok_block("run-script-sync", json!({ "script_id": "echo", "args": ["there"], "script_runner_url": url }));
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "hi there", "{out}");
+    assert_eq!(out["stderr"], "", "{out}");
+    assert_eq!(out["exit_code"], 0, "{out}");
+    assert_eq!(out["status"], "succeeded", "{out}");
+
+    let out = ok_block("run-script-sync", json!({ "script_id": "fail", "script_runner_url": url }));
+    assert_eq!(out["exit_code"], 3, "{out}");
+    assert_eq!(out["status"], "failed", "{out}");
+    assert!(out["stderr"].as_str().unwrap().contains("oops"), "{out}");
+}
+
+#[test]
+fn async_job_blocks_status_wait_logs_and_lists() {
+    let server = job_server();
+    let url = &server.base;
+    let started = ok_block("run-script-async", json!({ "script_id": "lines", "script_runner_url": url }));
+    let job_id = started["job_id"].as_str().unwrap().to_string();
+    assert!(!job_id.is_empty());
+
+    let waited = ok_block(
+        "wait-job",
+        json!({ "job_id": job_id, "timeout_sec": 20, "poll_interval_ms": 50, "script_runner_url": url }),
+    );
+    assert_eq!(waited["status"], "succeeded", "{waited}");
+    assert_eq!(waited["exit_code"], 0, "{waited}");
+    assert_eq!(waited["job_id"], job_id.as_str(), "{waited}");
+    assert!(waited["stdout_preview"].as_str().unwrap().contains("line5"), "{waited}");
+
+    let status = ok_block("get-job-status", json!({ "job_id": job_id, "script_runner_url": url }));
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["exit_code"], 0, "{status}");
+    assert!(status["stdout_preview"].as_str().unwrap().contains("line1"), "{status}");
+    assert!(status["stderr_preview"].as_str().unwrap().contains("err-line"), "{status}");
+
+    let page = ok_block("get-job-logs", json!({ "job_id": job_id, "offset": 1, "limit": 2, "script_runner_url": url }));
+    assert_eq!(page["logs"], json!(["line2", "line3"]), "{page}");
+    assert_eq!(page["total_lines"], 5, "{page}");
+    let all = ok_block("get-job-logs", json!({ "job_id": job_id, "script_runner_url": url }));
+    assert_eq!(all["logs"], json!(["line1", "line2", "line3", "line4", "line5"]), "{all}");
+    let err = ok_block("get-job-logs", json!({ "job_id": job_id, "stream": "stderr", "script_runner_url": url }));
+    assert_eq!(err["logs"], json!(["err-line"]), "{err}");
+    assert_eq!(err["total_lines"], 1, "{err}");
+
+    // Another job of another script, so the filter has something to filter out.
+    ok_block("run-script-sync", json!({ "script_id": "echo", "script_runner_url": url }));
+    let listed = ok_block("list-jobs", json!({ "script_id": "lines", "script_runner_url": url }));
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["jobs"][0]["jobId"], job_id.as_str(), "{listed}");
+    let listed = ok_block("list-jobs", json!({ "script_runner_url": url }));
+    assert_eq!(listed["total"], 2, "{listed}");
+
+    let scripts = ok_block("list-scripts", json!({ "script_runner_url": url }));
+    let ids: Vec<&str> = scripts["scripts"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    for id in ["echo", "lines", "slow", "fail"] {
+        assert!(ids.contains(&id), "{id} not in {scripts}");
+    }
+}
+
+#[test]
+fn cancel_job_block_cancels_a_running_job_and_reports_an_ended_one() {
+    let server = job_server();
+    let url = &server.base;
+    let job_id = ok_block("run-script-async", json!({ "script_id": "slow", "script_runner_url": url }))["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_job(&job_id, Duration::from_secs(20), |s| s == "running");
+    let out = ok_block("cancel-job", json!({ "job_id": job_id, "script_runner_url": url }));
+    assert_eq!(out["success"], true, "{out}");
+    assert!(out["message"].as_str().unwrap().contains(&job_id), "{out}");
+    let job = server.wait_terminal(&job_id, Duration::from_secs(20));
+    assert_eq!(job["status"], "canceled", "{job}");
+
+    let again = ok_block("cancel-job", json!({ "job_id": job_id, "script_runner_url": url }));
+    assert_eq!(again["success"], false, "{again}");
+    assert!(again["message"].as_str().unwrap().contains("already ended"), "{again}");
+
+    let waited = ok_block("wait-job", json!({ "job_id": job_id, "script_runner_url": url }));
+    assert_eq!(waited["status"], "canceled", "{waited}");
+}
+
+// ---------------------------------------------------------------- (2) error kinds
+
+#[test]
+fn block_errors_server_down_http_error_and_bad_input() {
+    let port = free_port();
+    let down = format!("http://127.0.0.1:{port}");
+    let out = block("list-scripts", json!({ "script_runner_url": down }));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("cannot reach script-runner at {down}")), "{}", out.stderr);
+
+    let server = job_server();
+    let out = block("run-script-sync", json!({ "script_id": "no-such-script", "script_runner_url": server.base }));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("400") && out.stderr.contains("SCRIPT_NOT_FOUND"), "{}", out.stderr);
+
+    let out = block("run-script-sync", json!({ "script_id": 3, "script_runner_url": server.base }));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("script_id"), "{}", out.stderr);
+
+    let out = block("get-job-status", json!({ "jobid": "x", "script_runner_url": server.base }));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("jobid") && out.stderr.contains("job_id"), "{}", out.stderr);
+}
+
+#[test]
+fn token_input_is_sent_as_bearer() {
+    let server = Builder::new().server("authToken", json!("s3cret-token")).script("echo", "echo hi $1").start();
+    let out = block("list-scripts", json!({ "script_runner_url": server.base }));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("401") && out.stderr.contains("UNAUTHORIZED"), "{}", out.stderr);
+    let out = ok_block("list-scripts", json!({ "script_runner_url": server.base, "token": "s3cret-token" }));
+    assert_eq!(out["scripts"][0]["id"], "echo", "{out}");
+    let out = ok_block(
+        "run-script-sync",
+        json!({ "script_id": "echo", "args": ["x"], "script_runner_url": server.base, "token": "s3cret-token" }),
+    );
+    assert_eq!(out["stdout"].as_str().unwrap().trim(), "hi x", "{out}");
+}
+
+// ---------------------------------------------------------------- (3) flow validation
+
+#[test]
+fn flow_validation_lists_every_problem_with_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_flow(
+        dir.path(),
+        "bad",
+        r#"
+nodes:
+  - node_id: typo-block
+    task: self::run-script-sinc
+    inputs_from:
+      - handle: script_id
+        value: echo
+  - node_id: typo-input
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: echo
+      - handle: argz
+        value: []
+  - node_id: producer
+    task: self::run-script-async
+    inputs_from:
+      - handle: script_id
+        value: echo
+  - node_id: typo-output
+    task: self::get-job-status
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: producer
+            output_handle: jobid
+  - node_id: no-script
+    task: self::run-script-async
+    inputs_from:
+      - handle: args
+        value: []
+  - node_id: bad-value
+    task: self::get-job-logs
+    inputs_from:
+      - handle: job_id
+        value: j1
+      - handle: limit
+        value: "ten"
+  - node_id: producer
+    task: self::list-scripts
+  - node_id: loop-a
+    task: self::wait-job
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: loop-b
+            output_handle: job_id
+  - node_id: loop-b
+    task: self::wait-job
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: loop-a
+            output_handle: job_id
+"#,
+    );
+    let out = flow_run(&path, &[]);
+    assert_eq!(out.code, 2, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("node_started"), "nothing may run: {}", out.stdout);
+    let err = &out.stderr;
+    let has_line = |parts: &[&str]| err.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(has_line(&["typo-block", "run-script-sinc", "did you mean", "run-script-sync"]), "unknown block:\n{err}");
+    assert!(has_line(&["typo-input", "argz", "did you mean", "args"]), "unknown input:\n{err}");
+    assert!(has_line(&["typo-output", "jobid", "did you mean", "job_id"]), "unknown output:\n{err}");
+    assert!(has_line(&["no-script", "script_id"]), "missing input:\n{err}");
+    assert!(has_line(&["bad-value", "limit"]), "value vs schema:\n{err}");
+    assert!(has_line(&["producer", "duplicate"]), "duplicate id:\n{err}");
+    assert!(has_line(&["cycle", "loop-a", "loop-b"]), "cycle:\n{err}");
+}
+
+#[test]
+fn bare_value_is_null_and_ui_fields_are_ignored() {
+    let server = job_server();
+    let path = write_flow(
+        server.dir(),
+        "ui",
+        r#"
+title: A flow as the OOMOL editor writes it
+description: UI fields everywhere
+icon: ":carbon:play:"
+ui:
+  default_width: 450
+inputs_def:
+  - handle: script_runner_url
+    description: where
+    json_schema:
+      type: string
+      ui:widget: text
+nodes:
+  - node_id: echo#1
+    title: Echo it
+    description: a node with UI fields
+    icon: ":carbon:terminal:"
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: echo
+      - handle: args
+        value:
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+outputs_from:
+  - handle: out
+    from_node:
+      - node_id: echo#1
+        output_handle: stdout
+"#,
+    );
+    let out = flow_run(&path, &[url_input(&server)]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let started = &out.events[out.index("node_started", "echo#1")[0]];
+    assert!(
+        started["inputs"].get("args").is_some_and(Value::is_null),
+        "bare value: must be null, not the default []: {started}"
+    );
+    assert_eq!(out.outputs["out"].as_str().unwrap().trim(), "hi", "{}", out.outputs);
+
+    // A bare value on a required, non-nullable input is an explicit null, which the schema refuses.
+    let path = write_flow(
+        server.dir(),
+        "bare-required",
+        r#"
+nodes:
+  - node_id: n
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value:
+"#,
+    );
+    let out = flow_run(&path, &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l.contains("node n") && l.contains("script_id") && !l.contains("neither a value")),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------- (4)-(8) execution
+
+#[test]
+fn independent_slow_nodes_run_in_parallel() {
+    let server = Builder::new().script("sleep1", "sleep 1; echo slept $1").start();
+    let node = |id: &str| {
+        format!(
+            r#"
+  - node_id: {id}
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: sleep1
+      - handle: args
+        value: ["{id}"]
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+"#
+        )
+    };
+    let yaml = format!(
+        "inputs_def:\n  - handle: script_runner_url\n    json_schema:\n      type: string\nnodes:{}{}",
+        node("left"),
+        node("right")
+    );
+    let path = write_flow(server.dir(), "parallel", &yaml);
+    let out = flow_run(&path, &[url_input(&server)]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let started: Vec<usize> = ["left", "right"].iter().map(|n| out.index("node_started", n)[0]).collect();
+    let finished: Vec<usize> = ["left", "right"].iter().map(|n| out.index("node_finished", n)[0]).collect();
+    assert!(
+        started.iter().max() < finished.iter().min(),
+        "both nodes must start before either finishes: {:#?}",
+        out.events
+    );
+    assert_eq!(out.finished()["status"], "succeeded");
+}
+
+#[test]
+fn first_failure_stops_the_flow_and_downstream_never_starts() {
+    let server = job_server();
+    let path = write_flow(
+        server.dir(),
+        "failfast",
+        r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+nodes:
+  - node_id: broken
+    task: self::run-script-async
+    inputs_from:
+      - handle: script_id
+        value: no-such-script
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: downstream
+    task: self::wait-job
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: broken
+            output_handle: job_id
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+"#,
+    );
+    let out = flow_run(&path, &[url_input(&server)]);
+    assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert!(out.index("node_started", "downstream").is_empty(), "{:#?}", out.events);
+    let failed = &out.events[out.index("node_failed", "broken")[0]];
+    assert!(failed["error"].as_str().unwrap().contains("SCRIPT_NOT_FOUND"), "{failed}");
+    let fin = out.finished();
+    assert_eq!(fin["status"], "failed", "{fin}");
+    assert!(fin["error"].as_str().unwrap().contains("broken"), "{fin}");
+}
+
+#[test]
+fn node_timeout_fails_the_flow() {
+    let server = Builder::new().script("slow", "sleep 20").script("echo", "echo hi $1").start();
+    let path = write_flow(
+        server.dir(),
+        "timeout",
+        r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+nodes:
+  - node_id: sleepy
+    task: self::run-script-sync
+    timeout: 1
+    inputs_from:
+      - handle: script_id
+        value: slow
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: after
+    task: self::get-job-status
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: sleepy
+            output_handle: status
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+"#,
+    );
+    let out = flow_run(&path, &[url_input(&server)]);
+    assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
+    let failed = &out.events[out.index("node_failed", "sleepy")[0]];
+    assert!(failed["error"].as_str().unwrap().contains("timed out"), "{failed}");
+    assert!(out.index("node_finished", "sleepy").is_empty(), "{:#?}", out.events);
+    assert!(out.index("node_started", "after").is_empty(), "{:#?}", out.events);
+    let fin = out.finished();
+    assert_eq!(fin["status"], "failed", "{fin}");
+    assert!(fin["error"].as_str().unwrap().contains("sleepy"), "{fin}");
+}
+
+#[test]
+fn fan_in_runs_once_and_a_node_fed_twice_runs_twice() {
+    let server = job_server();
+    let yaml = FAN_FLOW.replace("TWICE_URL", &format!("value: {}", server.base));
+    fan_in_and_fed_twice(&server, &yaml);
+}
+
+#[test]
+fn node_fed_twice_that_reads_a_flow_input_runs_twice() {
+    let server = job_server();
+    let yaml = FAN_FLOW.replace("TWICE_URL", "from_flow:\n          - input_handle: script_runner_url");
+    fan_in_and_fed_twice(&server, &yaml);
+}
+
+fn fan_in_and_fed_twice(server: &TestServer, yaml: &str) {
+    let path = write_flow(server.dir(), "fan", yaml);
+    let out = flow_run(&path, &[url_input(server)]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+    let fan = out.index("node_started", "fan");
+    assert_eq!(fan.len(), 1, "{:#?}", out.events);
+    assert!(fan[0] > out.index("node_finished", "wait-a")[0], "{:#?}", out.events);
+    assert!(fan[0] > out.index("node_finished", "b")[0], "{:#?}", out.events);
+    assert_eq!(out.outputs["first_lines"], json!(["line1", "line2"]), "{}", out.outputs);
+    assert_eq!(out.index("node_started", "twice").len(), 2, "{:#?}", out.events);
+    assert_eq!(out.index("node_finished", "twice").len(), 2, "{:#?}", out.events);
+    let activations: Vec<&Value> =
+        out.index("node_started", "twice").into_iter().map(|i| &out.events[i]["activation"]).collect();
+    assert_eq!(activations, [&json!(1), &json!(2)], "{:#?}", out.events);
+    assert_eq!(out.index("node_started", "a").len(), 1);
+    // The second activation ran after wait-a: the job had ended by then.
+    assert_eq!(out.outputs["last_status"], "succeeded", "{}", out.outputs);
+}
+
+const FAN_FLOW: &str = r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+nodes:
+  - node_id: a
+    task: self::run-script-async
+    inputs_from:
+      - handle: script_id
+        value: lines
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: b
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: echo
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: wait-a
+    task: self::wait-job
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: a
+            output_handle: job_id
+      - handle: poll_interval_ms
+        value: 50
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: fan
+    task: self::get-job-logs
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: wait-a
+            output_handle: job_id
+      - handle: offset
+        from_node:
+          - node_id: b
+            output_handle: exit_code
+      - handle: limit
+        value: 2
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: twice
+    task: self::get-job-status
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: a
+            output_handle: job_id
+          - node_id: wait-a
+            output_handle: job_id
+      - handle: script_runner_url
+        TWICE_URL
+outputs_from:
+  - handle: first_lines
+    from_node:
+      - node_id: fan
+        output_handle: logs
+  - handle: last_status
+    from_node:
+      - node_id: twice
+        output_handle: status
+"#;
+
+// ---------------------------------------------------------------- (9) durable
+
+#[test]
+fn durable_flow_replays_completed_nodes_after_a_server_crash() {
+    let port = free_port();
+    let builder = Builder::new().server("port", json!(port)).workflows(json!({ "parkAfterSec": 1 }));
+    let dir = builder.dir().to_path_buf();
+    let side = dir.join("side.txt");
+    let sleeping = dir.join("sleeping.txt");
+    let mut server = builder
+        .script("append", &format!("echo once >> {}; printf sleep3", side.display()))
+        .script("sleep3", &format!("echo $$ >> {}; sleep 3; echo slept", sleeping.display()))
+        .start();
+    write_flow(
+        &dir,
+        "durable",
+        r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+nodes:
+  - node_id: first
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: append
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: second
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        from_node:
+          - node_id: first
+            output_handle: stdout
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+outputs_from:
+  - handle: slept
+    from_node:
+      - node_id: second
+        output_handle: stdout
+"#,
+    );
+    let r = server.launch_run(json!({ "flow": "durable", "args": { "script_runner_url": server.base } }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    wait_file(&sleeping, Duration::from_secs(20));
+    server.kill9();
+    server.restart();
+    let body = server.wait_run_terminal(&id, Duration::from_secs(30));
+    assert_eq!(body["run"]["status"], "completed", "{body}\n{}", server.server_log());
+    assert_eq!(std::fs::read_to_string(&side).unwrap(), "once\n", "first node ran again: {body}");
+    let journal = body["journal"].as_array().unwrap();
+    let keys: Vec<&str> = journal.iter().filter_map(|s| s["stepKey"].as_str()).collect();
+    assert!(keys.contains(&"first") && keys.contains(&"second"), "{body}");
+    assert_eq!(keys.iter().filter(|k| **k == "first").count(), 1, "{body}");
+    let first = journal.iter().find(|s| s["stepKey"] == "first").unwrap();
+    assert_eq!(first["status"], "completed", "{body}");
+    assert_eq!(first["result"]["stdout"], "sleep3", "{body}");
+    assert!(body["run"]["attempt"].as_u64().unwrap() >= 2, "the run resumed after the crash: {body}");
+    // The script the second node started is not started again by the replay.
+    let starts = std::fs::read_to_string(&sleeping).unwrap();
+    assert_eq!(starts.lines().count(), 1, "sleep3 started again: {starts}\n{body}");
+}
+
+// ---------------------------------------------------------------- (10) flows/flow-1
+
+#[test]
+fn shipped_flow_1_runs_green_against_the_example_service() {
+    let dir = tempfile::Builder::new().prefix("sr-flow1-").tempdir().unwrap();
+    let repo = Path::new(REPO);
+    let mut config: Value = serde_json::from_slice(&std::fs::read(repo.join("config.json")).unwrap()).unwrap();
+    config["server"]["port"] = json!(0);
+    std::fs::write(dir.path().join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    std::fs::copy(repo.join("scripts.json"), dir.path().join("scripts.json")).unwrap();
+    std::fs::create_dir_all(dir.path().join("examples")).unwrap();
+    for entry in std::fs::read_dir(repo.join("examples")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join("examples").join(entry.file_name())).unwrap();
+    }
+    let config = dir.path().join("config.json");
+    let server = Deployment { dir, config }.start();
+    let out = flow_run(&repo.join("flows/flow-1/flow.oo.yaml"), &[url_input(&server)]);
+    assert_eq!(out.code, 0, "stdout {} stderr {}\n{}", out.stdout, out.stderr, server.server_log());
+    let o = &out.outputs;
+    assert_eq!(o["async_status"], "succeeded", "{o}");
+    assert_eq!(o["stdout_lines"], json!(["step 1/2", "step 2/2"]), "{o}");
+    assert_eq!(o["stderr_lines"], json!(["long-task: counting to 2", "long-task: done"]), "{o}");
+    let sync = o["sync_stdout"].as_str().unwrap();
+    assert!(sync.contains("arg: hello") && sync.contains("arg: world"), "{o}");
+    assert_eq!(o["sync_exit_code"], 0, "{o}");
+    assert_eq!(out.finished()["status"], "succeeded");
+}
