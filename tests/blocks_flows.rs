@@ -748,3 +748,97 @@ fn shipped_flow_1_runs_green_against_the_example_service() {
     assert_eq!(o["sync_exit_code"], 0, "{o}");
     assert_eq!(out.finished()["status"], "succeeded");
 }
+
+/// A server with a workflow that waits for an approval (`gate`) between two steps.
+fn run_server() -> TestServer {
+    Builder::new()
+        .workflows(json!({ "parkAfterSec": 60 }))
+        .workflow(
+            "gated",
+            "script-runner step before -- true >&2\nscript-runner step gate --approval \"go?\" >&2 || exit 4\necho '{\"done\": true}'",
+        )
+        .start()
+}
+
+#[test]
+fn workflow_run_blocks_launch_inspect_list_approve_pause_resume_cancel() {
+    let server = run_server();
+    let url = server.base.clone();
+    let launched =
+        ok_block("launch-script-run", json!({ "workflow_id": "gated", "args": {"k": 1}, "script_runner_url": url }));
+    let run_id = launched["run_id"].as_str().unwrap().to_string();
+    assert_eq!(launched["run"]["id"], json!(run_id));
+    server.wait_run(&run_id, Duration::from_secs(20), |s| s == "awaiting");
+
+    let got = ok_block("get-script-run", json!({ "run_id": run_id, "script_runner_url": url }));
+    assert_eq!(got["status"], "awaiting");
+    let labels: Vec<_> = got["journal"].as_array().unwrap().iter().map(|s| s["stepKey"].clone()).collect();
+    assert_eq!(labels, vec![json!("before"), json!("gate")]);
+    assert_eq!(got["output"], Value::Null);
+
+    let listed = ok_block("list-script-runs", json!({ "status": "awaiting", "script_runner_url": url }));
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["runs"][0]["id"], json!(run_id));
+
+    let paused = ok_block("pause-script-run", json!({ "run_id": run_id, "script_runner_url": url }));
+    assert_eq!(paused["status"], "paused");
+    let resumed = ok_block("resume-script-run", json!({ "run_id": run_id, "script_runner_url": url }));
+    assert_eq!(resumed["status"], "running");
+    server.wait_run(&run_id, Duration::from_secs(20), |s| s == "awaiting");
+
+    let approved = ok_block(
+        "approve-step",
+        json!({ "run_id": run_id, "label": "gate", "approved": true, "by": "ci", "script_runner_url": url }),
+    );
+    assert!(matches!(approved["status"].as_str(), Some("running" | "completed")), "{approved}");
+    let done = server.wait_run_terminal(&run_id, Duration::from_secs(20));
+    assert_eq!(done["run"]["status"], "completed", "{done}");
+    assert_eq!(done["run"]["output"], json!({ "done": true }));
+
+    // A second run, launched and waited for by the block, then cancelled while it awaits.
+    let second = ok_block("launch-script-run", json!({ "workflow_id": "gated", "script_runner_url": url }));
+    let second_id = second["run_id"].as_str().unwrap().to_string();
+    server.wait_run(&second_id, Duration::from_secs(20), |s| s == "awaiting");
+    let cancelled = ok_block("cancel-script-run", json!({ "run_id": second_id, "script_runner_url": url }));
+    assert_eq!(cancelled["status"], "cancelled");
+
+    // Errors of the run blocks carry the server's code.
+    let missing = block("get-script-run", json!({ "run_id": "run_nope", "script_runner_url": url }));
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("404") && missing.stderr.contains("RUN_NOT_FOUND"), "{}", missing.stderr);
+    let twice =
+        block("approve-step", json!({ "run_id": run_id, "label": "gate", "approved": true, "script_runner_url": url }));
+    assert_eq!(twice.code, 1);
+    assert!(twice.stderr.contains("409"), "{}", twice.stderr);
+}
+
+#[test]
+fn a_silent_server_is_a_timeout_and_a_non_json_answer_is_malformed() {
+    use std::io::{Read, Write};
+    // Accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let out = block("run-script-sync", json!({ "script_id": "x", "timeout_sec": 1, "script_runner_url": silent_url }));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("did not answer within 1 s"), "{}", out.stderr);
+
+    // Answers 200 with a body that is not JSON.
+    let liar = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let liar_url = format!("http://{}", liar.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in liar.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot json!");
+        }
+    });
+    let out = block("list-scripts", json!({ "script_runner_url": liar_url }));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("malformed response"), "{}", out.stderr);
+}
