@@ -24,6 +24,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use script_runner_blocks::http::segment as encode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -420,19 +421,6 @@ fn command_result(result: &Value, replayed: bool) -> CommandResult {
         stderr: text("stderr"),
         replayed,
     }
-}
-
-/// Percent-encodes a path segment (labels may hold any printable character).
-fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// What a command printed and how it ended.

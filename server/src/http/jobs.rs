@@ -98,16 +98,7 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
 
 /// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    let stream = match query.get("stream").map(String::as_str) {
-        None | Some("") => Stream::Stdout,
-        Some(s) => Stream::parse(s).ok_or_else(|| ApiError::InvalidArgs("stream must be stdout or stderr".into()))?,
-    };
-    let lines = match query.get("unit").map(String::as_str) {
-        None | Some("") | Some("bytes") => false,
-        Some("lines") => true,
-        Some(_) => return Err(ApiError::InvalidArgs("unit must be bytes or lines".into())),
-    };
-    let offset = number(&query, "offset", 0)?;
+    let (stream, lines, offset) = log_query(&query)?;
     if lines {
         let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
         let view = state.jobs.read_lines(&id, stream, offset, limit).await?;
@@ -143,6 +134,20 @@ pub async fn scripts(state: web::Data<AppState>) -> HttpResponse {
     let config = state.jobs.config();
     let scripts: Vec<_> = config.scripts.iter().map(|s| ScriptView::new(s, config.runner.default_mode)).collect();
     HttpResponse::Ok().json(serde_json::json!({ "ok": true, "scripts": scripts }))
+}
+
+/// The `stream`, `unit` (true for lines) and `offset` of a log page request.
+pub(super) fn log_query(query: &Query) -> Result<(Stream, bool, u64), ApiError> {
+    let stream = match query.get("stream").map(String::as_str) {
+        None | Some("") => Stream::Stdout,
+        Some(s) => Stream::parse(s).ok_or_else(|| ApiError::InvalidArgs("stream must be stdout or stderr".into()))?,
+    };
+    let lines = match query.get("unit").map(String::as_str) {
+        None | Some("") | Some("bytes") => false,
+        Some("lines") => true,
+        Some(_) => return Err(ApiError::InvalidArgs("unit must be bytes or lines".into())),
+    };
+    Ok((stream, lines, number(query, "offset", 0)?))
 }
 
 /// A non-negative integer query parameter; huge values saturate (callers clamp them).

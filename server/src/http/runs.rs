@@ -7,11 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::jobs::{nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
+use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
 use super::{json_object, ApiError, AppState};
 use crate::db::models::{RunRow, StepRow};
 use crate::db::RunFilter;
-use crate::jobs::logs::Stream;
 use crate::runs::model::{RunStatus, StepType};
 use crate::runs::{Begun, Decision, LaunchRequest, StepRecord, StepRequest};
 use crate::time::iso;
@@ -244,20 +243,11 @@ pub async fn approve(
 /// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
 /// latest execution's log unless `attempt` names another.
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    let stream = match query.get("stream").map(String::as_str) {
-        None | Some("") => Stream::Stdout,
-        Some(s) => Stream::parse(s).ok_or_else(|| ApiError::InvalidArgs("stream must be stdout or stderr".into()))?,
-    };
-    let lines = match query.get("unit").map(String::as_str) {
-        None | Some("") | Some("bytes") => false,
-        Some("lines") => true,
-        Some(_) => return Err(ApiError::InvalidArgs("unit must be bytes or lines".into())),
-    };
+    let (stream, lines, offset) = log_query(&query)?;
     let attempt = match query.get("attempt").filter(|s| !s.is_empty()) {
         None => None,
         Some(_) => Some(i32::try_from(number(&query, "attempt", 1)?).unwrap_or(i32::MAX)),
     };
-    let offset = number(&query, "offset", 0)?;
     if lines {
         let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
         let page = state.runs.read_lines(&id, attempt, stream, offset, limit).await?;

@@ -441,31 +441,16 @@ impl RunManager {
         let now = now_ms();
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let row = RunRow {
-            id: format!("run_{now}_{seq}"),
             script_name: request.script_name.clone().unwrap_or(default_name),
             workflow_id,
             interpreter,
             flow,
-            status: RunStatus::Running.as_str().to_string(),
             args: args_json,
             source,
             source_sha256,
-            output: None,
-            error: None,
-            warnings: "[]".to_string(),
             idempotency_key: request.idempotency_key.clone(),
             request_sha256,
-            token_sha256: String::new(),
-            forked_from: None,
-            pid: None,
-            attempt: 0,
-            progress_current: None,
-            progress_total: None,
-            progress_message: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            last_heartbeat_at: None,
+            ..fresh_run(format!("run_{now}_{seq}"), now)
         };
         match shared.store.writer().write(WriteOp::InsertRun(Box::new(row.clone()))).await {
             Ok(()) => {}
@@ -638,27 +623,16 @@ impl RunManager {
         let run_id = format!("run_{now}_{seq}");
         let source_sha256 = sha256_hex(source.as_bytes());
         let row = RunRow {
-            id: run_id.clone(),
-            status: RunStatus::Running.as_str().to_string(),
+            script_name: original.script_name.clone(),
+            workflow_id: original.workflow_id.clone(),
+            interpreter: original.interpreter.clone(),
+            flow: original.flow.clone(),
+            args: original.args.clone(),
             request_sha256: sha256_hex(format!("fork:{run_id}").as_bytes()),
             source,
             source_sha256,
-            output: None,
-            error: None,
-            warnings: "[]".to_string(),
-            idempotency_key: None,
-            token_sha256: String::new(),
             forked_from: Some(original.id.clone()),
-            pid: None,
-            attempt: 0,
-            progress_current: None,
-            progress_total: None,
-            progress_message: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            last_heartbeat_at: None,
-            ..original
+            ..fresh_run(run_id.clone(), now)
         };
         let copied: Vec<StepRow> = journal[..cut]
             .iter()
@@ -1038,6 +1012,37 @@ async fn find_flow(flows_dir: &std::path::Path, name: &str) -> Result<(String, P
                 known.join(", ")
             )))
         }
+    }
+}
+
+/// A run row that has not executed yet; callers fill in what the run is.
+fn fresh_run(id: String, now: i64) -> RunRow {
+    RunRow {
+        id,
+        script_name: String::new(),
+        workflow_id: None,
+        interpreter: None,
+        flow: None,
+        status: RunStatus::Running.as_str().to_string(),
+        args: "{}".to_string(),
+        source: String::new(),
+        source_sha256: String::new(),
+        output: None,
+        error: None,
+        warnings: "[]".to_string(),
+        idempotency_key: None,
+        request_sha256: String::new(),
+        token_sha256: String::new(),
+        forked_from: None,
+        pid: None,
+        attempt: 0,
+        progress_current: None,
+        progress_total: None,
+        progress_message: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        last_heartbeat_at: None,
     }
 }
 
