@@ -12,17 +12,21 @@
 //!
 //! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N]`.
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use shared::Server;
 
 struct Options {
     seconds: f64,
@@ -64,7 +68,7 @@ fn main() -> Result<()> {
         &format!("#!/bin/sh\nyes 'the quick brown fox jumps over the lazy dog 0123456789 abcdefghij' | head -c {big_bytes}\n"),
     )?;
     write_script(dir.path(), "sleeper.sh", "#!/bin/sh\nexec sleep 300\n")?;
-    let server = Server::start(dir.path(), big_bytes)?;
+    let server = start_server(dir.path(), big_bytes)?;
     println!("script-runner bench: {cores} core(s), {:.0} s per phase, server pid {}", opts.seconds, server.pid());
     println!();
 
@@ -150,57 +154,24 @@ fn write_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path, big_bytes: u64) -> Result<Server> {
-        let scripts = json!({ "scripts": [
-            { "id": "trivial", "path": "./trivial.sh", "mode": "sync" },
-            { "id": "big", "path": "./big.sh", "mode": "sync" },
-            { "id": "sleeper", "path": "./sleeper.sh", "mode": "async" }
-        ]});
-        let config = json!({
-            "server": { "host": "127.0.0.1", "port": 0 },
-            "runner": {
-                "maxConcurrent": 16,
-                "maxQueued": 10000,
-                "maxLogBytesPerStream": big_bytes + 1_000_000,
-                "logsDir": "./logs",
-                "killGraceSec": 5
-            },
-            "scriptsFile": "./scripts.json"
-        });
-        std::fs::write(dir.join("scripts.json"), serde_json::to_vec(&scripts)?)?;
-        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)?;
-        let exe = std::env::current_exe()?.with_file_name("script-runner");
-        let mut child = Command::new(&exe)
-            .args(["serve", "--config"])
-            .arg(dir.join("config.json"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {} (build it with --release first)", exe.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        let base = line.trim().strip_prefix("script-runner listening on ").context("no address line")?.to_string();
-        Ok(Server { child, base })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_server(dir: &Path, big_bytes: u64) -> Result<Server> {
+    let scripts = json!({ "scripts": [
+        { "id": "trivial", "path": "./trivial.sh", "mode": "sync" },
+        { "id": "big", "path": "./big.sh", "mode": "sync" },
+        { "id": "sleeper", "path": "./sleeper.sh", "mode": "async" }
+    ]});
+    let config = json!({
+        "server": { "host": "127.0.0.1", "port": 0 },
+        "runner": {
+            "maxConcurrent": 16,
+            "maxQueued": 10000,
+            "maxLogBytesPerStream": big_bytes + 1_000_000,
+            "logsDir": "./logs",
+            "killGraceSec": 5
+        },
+        "scriptsFile": "./scripts.json"
+    });
+    Server::start(dir, &config, &scripts)
 }
 
 fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {

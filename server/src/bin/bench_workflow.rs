@@ -12,14 +12,18 @@
 //!
 //! Usage: `cargo build --release && ./target/release/bench-workflow [--steps N]`.
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use script_runner::client::Workflow;
 use serde_json::{json, Value};
+use shared::Server;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,8 +80,8 @@ fn bench(args: &[String]) -> Result<()> {
         &dir.path().join("client.sh"),
         &format!("#!/bin/bash\nexec '{}' --as-workflow {steps}\n", me.display()),
     )?;
-    let server = Server::start(dir.path(), steps)?;
-    println!("script-runner workflow bench: {steps} steps of `step -- true`, server pid {}", server.child.id());
+    let server = Bench::start(dir.path(), steps)?;
+    println!("script-runner workflow bench: {steps} steps of `step -- true`, server pid {}", server.server.pid());
     println!("{:<28} {:>12} {:>14} {:>12}", "", "total ms", "per step ms", "steps/s");
     for (name, workflow) in [("CLI (script-runner step)", "cli"), ("Rust client", "client")] {
         let first = server.launch(workflow)?;
@@ -111,14 +115,13 @@ fn write_executable(path: &Path, body: &str) -> Result<()> {
     Ok(())
 }
 
-struct Server {
-    child: Child,
-    base: String,
+struct Bench {
+    server: Server,
     agent: ureq::Agent,
 }
 
-impl Server {
-    fn start(dir: &Path, steps: u32) -> Result<Server> {
+impl Bench {
+    fn start(dir: &Path, steps: u32) -> Result<Bench> {
         let scripts = json!({ "scripts": [
             { "id": "cli", "path": "./cli.sh", "kind": "workflow" },
             { "id": "client", "path": "./client.sh", "kind": "workflow" }
@@ -129,51 +132,35 @@ impl Server {
             "workflows": { "maxSteps": steps + 10 },
             "scriptsFile": "./scripts.json"
         });
-        std::fs::write(dir.join("scripts.json"), serde_json::to_vec(&scripts)?)?;
-        std::fs::write(dir.join("config.json"), serde_json::to_vec(&config)?)?;
-        let exe = std::env::current_exe()?.with_file_name("script-runner");
-        let mut child = Command::new(&exe)
-            .args(["serve", "--config"])
-            .arg(dir.join("config.json"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {} (build it with --release first)", exe.display()))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        let base = line.trim().strip_prefix("script-runner listening on ").context("no address line")?.to_string();
+        let server = Server::start(dir, &config, &scripts)?;
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).build();
-        Ok(Server { child, base, agent })
+        Ok(Bench { server, agent })
     }
 
     /// Launches a configured workflow and waits for its end.
     fn launch(&self, workflow: &str) -> Result<Value> {
         let body = json!({ "workflowId": workflow, "background": false });
-        let answer: Value = self.agent.post(&format!("{}/api/script-runs", self.base)).send_json(body)?.into_json()?;
+        let answer: Value =
+            self.agent.post(&format!("{}/api/script-runs", self.server.base)).send_json(body)?.into_json()?;
         Ok(answer["run"].clone())
     }
 
     /// Forks a finished run (its whole journal) and waits for the fork's end.
     fn fork(&self, id: &str) -> Result<Value> {
-        let answer: Value =
-            self.agent.post(&format!("{}/api/script-runs/{id}/fork", self.base)).send_json(json!({}))?.into_json()?;
+        let answer: Value = self
+            .agent
+            .post(&format!("{}/api/script-runs/{id}/fork", self.server.base))
+            .send_json(json!({}))?
+            .into_json()?;
         let fork = answer["run"]["id"].as_str().context("no fork id")?.to_string();
         loop {
-            let run: Value = self.agent.get(&format!("{}/api/script-runs/{fork}", self.base)).call()?.into_json()?;
+            let run: Value =
+                self.agent.get(&format!("{}/api/script-runs/{fork}", self.server.base)).call()?.into_json()?;
             let status = run["run"]["status"].as_str().unwrap_or_default().to_string();
             if !matches!(status.as_str(), "running" | "awaiting" | "paused") {
                 return Ok(run["run"].clone());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

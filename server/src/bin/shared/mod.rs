@@ -1,0 +1,49 @@
+//! What the bench binaries share: a `script-runner` server in a temporary folder.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl Server {
+    /// Writes `config.json` and `scripts.json` into `dir` and starts the `script-runner` binary
+    /// built beside this one on them; returns once it has printed its address.
+    pub fn start(dir: &Path, config: &Value, scripts: &Value) -> Result<Server> {
+        std::fs::write(dir.join("scripts.json"), serde_json::to_vec(scripts)?)?;
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(config)?)?;
+        let exe = std::env::current_exe()?.with_file_name("script-runner");
+        let mut child = Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(dir.join("config.json"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {} (build it with --release first)", exe.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        let base = line.trim().strip_prefix("script-runner listening on ").context("no address line")?.to_string();
+        Ok(Server { child, base })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
