@@ -32,10 +32,11 @@ struct Options {
     seconds: f64,
     big_mb: u64,
     keep: bool,
+    only_sync4: bool,
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { seconds: 5.0, big_mb: 200, keep: false };
+    let mut opts = Options { seconds: 5.0, big_mb: 200, keep: false, only_sync4: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("missing value");
@@ -43,11 +44,13 @@ fn options() -> Result<Options> {
             "--seconds" => opts.seconds = value()?.parse()?,
             "--big-mb" => opts.big_mb = value()?.parse()?,
             "--keep" => opts.keep = true,
+            "--only-sync4" => opts.only_sync4 = true,
             "-h" | "--help" => {
                 println!("bench [--seconds N (per phase, default 5)] [--big-mb N (default 200)] [--keep]");
                 println!("  --keep  leave the temporary folder (and its ~30k log files) in place: deleting");
                 println!("          many files makes ext4 create new ones slowly for minutes after, which");
                 println!("          skews a run that follows soon; delete the folder later");
+                println!("  --only-sync4  only sync c=4 paired with direct spawn (quick A/B comparisons)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -74,12 +77,20 @@ fn main() -> Result<()> {
 
     // Warm up (thread pools, page cache, the database file) so the first phase is not penalised.
     load(&server.base, "trivial", 4, 1.0)?;
+    if opts.only_sync4 {
+        paired(&server, &trivial, cores, opts.seconds)?;
+        drop(server);
+        if opts.keep {
+            println!("kept {}", dir.keep().display());
+        }
+        return Ok(());
+    }
     let direct = direct_spawn(&trivial, cores, opts.seconds);
     println!(
         "{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)",
         "direct spawn (physical limit)", direct
     );
-    paired(&server.base, &trivial, cores, opts.seconds)?;
+    paired(&server, &trivial, cores, opts.seconds)?;
 
     let mut at4 = 0.0;
     for conc in [1, 4, 16] {
@@ -123,16 +134,22 @@ fn main() -> Result<()> {
 
 /// Sync runs at concurrency 4 against direct spawn, in alternating 1-second windows, so that
 /// drift in the machine's speed (a VM's neighbours) weighs on both sides of each ratio.
-fn paired(base: &str, script: &Path, cores: usize, seconds: f64) -> Result<()> {
+fn paired(server: &Server, script: &Path, cores: usize, seconds: f64) -> Result<()> {
     let rounds = (seconds.round() as usize).max(3);
     let mut ratios = Vec::with_capacity(rounds);
     let (mut direct_sum, mut sync_sum) = (0.0, 0.0);
+    let (mut direct_cpu, mut sync_cpu) = (CpuPerRun::default(), CpuPerRun::default());
+    let me = std::process::id();
     for _ in 0..rounds {
-        let direct = direct_spawn(script, cores, 1.0);
-        let sync = load(base, "trivial", 4, 1.0)?.throughput;
+        let before = cpu_ticks(me);
+        let (direct, direct_runs) = direct_spawn_counted(script, cores, 1.0);
+        direct_cpu.add(direct_runs, cpu_ticks(me) - before, Ticks::default());
+        let (server_before, client_before) = (cpu_ticks(server.pid()), cpu_ticks(me));
+        let sync = load(&server.base, "trivial", 4, 1.0)?;
+        sync_cpu.add(sync.runs, cpu_ticks(server.pid()) - server_before, cpu_ticks(me) - client_before);
         direct_sum += direct;
-        sync_sum += sync;
-        ratios.push(sync / direct);
+        sync_sum += sync.throughput;
+        ratios.push(sync.throughput / direct);
     }
     ratios.sort_by(f64::total_cmp);
     println!(
@@ -144,7 +161,77 @@ fn paired(base: &str, script: &Path, cores: usize, seconds: f64) -> Result<()> {
         100.0 * ratios[0],
         100.0 * ratios[rounds - 1]
     );
+    println!(
+        "{:<44} direct: spawner {:.0} us + script {:.0} us; sync: server {:.0} us + script {:.0} us + load client {:.0} us",
+        "  CPU per run (from /proc, 10 ms ticks)",
+        direct_cpu.own_us(),
+        direct_cpu.children_us(),
+        sync_cpu.own_us(),
+        sync_cpu.children_us(),
+        sync_cpu.client_us()
+    );
     Ok(())
+}
+
+/// CPU time of a process, in clock ticks: its own threads, and its waited-for children.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ticks {
+    own: u64,
+    children: u64,
+}
+
+impl std::ops::Sub for Ticks {
+    type Output = Ticks;
+    fn sub(self, rhs: Ticks) -> Ticks {
+        Ticks { own: self.own.saturating_sub(rhs.own), children: self.children.saturating_sub(rhs.children) }
+    }
+}
+
+/// utime+stime and cutime+cstime of a process (fields 14-17 of `/proc/<pid>/stat`).
+fn cpu_ticks(pid: u32) -> Ticks {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    // After the command name: state is field 3, so utime (14) is index 11 here.
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    Ticks { own: at(11) + at(12), children: at(13) + at(14) }
+}
+
+/// CPU per run accumulated over rounds.
+#[derive(Default)]
+struct CpuPerRun {
+    runs: u64,
+    own: u64,
+    children: u64,
+    client: u64,
+}
+
+impl CpuPerRun {
+    fn add(&mut self, runs: u64, ticks: Ticks, client: Ticks) {
+        self.runs += runs;
+        self.own += ticks.own;
+        self.children += ticks.children;
+        self.client += client.own;
+    }
+
+    fn us(&self, ticks: u64) -> f64 {
+        let per_second = procfs::ticks_per_second() as f64;
+        ticks as f64 / per_second * 1e6 / self.runs.max(1) as f64
+    }
+
+    fn own_us(&self) -> f64 {
+        self.us(self.own)
+    }
+
+    fn children_us(&self) -> f64 {
+        self.us(self.children)
+    }
+
+    fn client_us(&self) -> f64 {
+        self.us(self.client)
+    }
 }
 
 fn write_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
@@ -175,6 +262,11 @@ fn start_server(dir: &Path, big_bytes: u64) -> Result<Server> {
 }
 
 fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {
+    direct_spawn_counted(script, threads, seconds).0
+}
+
+/// Runs per second, and runs.
+fn direct_spawn_counted(script: &Path, threads: usize, seconds: f64) -> (f64, u64) {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -201,11 +293,13 @@ fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {
     for h in handles {
         let _ = h.join();
     }
-    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let runs = count.load(Ordering::Relaxed);
+    (runs as f64 / start.elapsed().as_secs_f64(), runs)
 }
 
 struct LoadResult {
     throughput: f64,
+    runs: u64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -298,7 +392,13 @@ fn load(base: &str, script: &str, concurrency: usize, seconds: f64) -> Result<Lo
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    Ok(LoadResult { throughput: all.len() as f64 / elapsed, p50_ms: pct(&all, 0.50), p99_ms: pct(&all, 0.99), errors })
+    Ok(LoadResult {
+        throughput: all.len() as f64 / elapsed,
+        runs: all.len() as u64,
+        p50_ms: pct(&all, 0.50),
+        p99_ms: pct(&all, 0.99),
+        errors,
+    })
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {

@@ -1,14 +1,27 @@
-//! The single database writer: a thread that commits queued writes in groups.
+//! The single database writer: queued writes committed in groups, in the order they were sent.
 //!
 //! Callers order a write ([`Writer::enqueue`]) and wait for its commit when they need it
 //! ([`Pending`]); writes are applied in the order they were sent, so a later write's commit
 //! also means every earlier one is committed. A write nobody waits for still reports a
 //! failure: its error is logged.
+//!
+//! Who commits: the caller that waits. A waiter that finds nobody committing takes every
+//! queued write (its own and those of others), commits them in one transaction on its own
+//! thread and acknowledges them; waiters that find a commit under way wait for its
+//! acknowledgement, and their writes go in the next group. A short job so costs no hand-off
+//! to another thread and back, which on a small machine costs more than the commit itself
+//! (two wake-ups of sleeping threads). A background thread commits what nobody waits for
+//! (a [`Pending`] dropped unawaited), takes over after a waiter has committed
+//! [`MAX_ROUNDS`] groups for others, and runs the WAL checkpoints on its own connection, so
+//! a waiter never pays for a checkpoint's fsyncs.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use log::error;
+use log::{error, warn};
 use tokio::sync::oneshot;
 
 use super::models::{JobRow, NewImport, RunRow, StepRow};
@@ -17,8 +30,15 @@ use super::StoreError;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Writes that may wait for the writer before senders block (backpressure, bounded memory).
+/// Writes that may wait to be committed before senders block (backpressure, bounded memory).
 const QUEUE_DEPTH: usize = 16 * 1024;
+/// Groups a waiter commits in a row before it leaves the rest to the background thread (its
+/// own thread has other work).
+const MAX_ROUNDS: usize = 2;
+/// A checkpoint is run after this many commits...
+const CHECKPOINT_EVERY_COMMITS: u64 = 256;
+/// ... or this long after the first commit since the last checkpoint.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 /// One write.
 #[derive(Debug, Clone)]
@@ -65,18 +85,71 @@ struct Request {
     ack: Ack,
 }
 
-/// Handle to the writer thread; cheap to clone. The thread stops when every handle is dropped.
+/// The queue and who is committing it.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// A thread is committing a group (only one at a time: that keeps the order).
+    committing: bool,
+    /// Commits since the last checkpoint, and when the first of them happened.
+    since_checkpoint: u64,
+    first_since_checkpoint: Option<Instant>,
+    /// The background thread has been asked to commit what is queued.
+    handed_off: bool,
+    /// Every [`Writer`] handle is gone: the background thread drains the queue and stops.
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The writing connection; only the thread that set `committing` uses it.
+    conn: Mutex<SqliteConnection>,
+    /// Wakes the background thread (hand-off, checkpoint due, close).
+    background: Condvar,
+    /// Wakes senders blocked on a full queue.
+    space: Condvar,
+}
+
+/// Handle to the writer; cheap to clone. The background thread stops when every handle is
+/// dropped.
 #[derive(Clone)]
 pub struct Writer {
-    tx: SyncSender<Request>,
+    shared: Arc<Shared>,
+    _open: Arc<OpenToken>,
+}
+
+/// Dropped with the last [`Writer`] handle: closes the queue.
+struct OpenToken(Arc<Shared>);
+
+impl Drop for OpenToken {
+    fn drop(&mut self) {
+        lock(&self.0.queue).closed = true;
+        self.0.background.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the data as consistent as each step left it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Writer {
-    /// Starts the writer thread on its own connection.
-    pub fn start(conn: SqliteConnection) -> std::io::Result<Writer> {
-        let (tx, rx) = sync_channel(QUEUE_DEPTH);
-        std::thread::Builder::new().name("db-writer".into()).spawn(move || run(conn, rx))?;
-        Ok(Writer { tx })
+    /// Starts the writer on its connection; `checkpointer` is a second connection to the same
+    /// database, used by the background thread for WAL checkpoints.
+    pub fn start(mut conn: SqliteConnection, checkpointer: SqliteConnection) -> std::io::Result<Writer> {
+        // Checkpoints are the background thread's (see the module doc).
+        if let Err(e) = conn.batch_execute("PRAGMA wal_autocheckpoint = 0;") {
+            warn!("cannot move WAL checkpoints off the commit path: {e}");
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            conn: Mutex::new(conn),
+            background: Condvar::new(),
+            space: Condvar::new(),
+        });
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new().name("db-writer".into()).spawn(move || background(&thread_shared, checkpointer))?;
+        Ok(Writer { _open: Arc::new(OpenToken(Arc::clone(&shared))), shared })
     }
 
     /// Writes and waits until the write is committed.
@@ -90,35 +163,45 @@ impl Writer {
     }
 
     /// Orders a write now and lets the caller wait for its commit later (for example after
-    /// releasing a lock under which the order of writes was decided).
+    /// releasing a lock under which the order of writes was decided). Blocks while the queue
+    /// is full.
     pub fn enqueue(&self, op: WriteOp) -> Result<Pending, StoreError> {
         let (ack, rx) = oneshot::channel();
-        self.send(Request { op, ack })?;
-        Ok(Pending(rx))
-    }
-
-    fn send(&self, request: Request) -> Result<(), StoreError> {
-        match self.tx.try_send(request) {
-            Ok(()) => Ok(()),
-            // Full: block this thread until the writer catches up (bounded queue).
-            Err(TrySendError::Full(request)) => self.tx.send(request).map_err(|_| StoreError::WriterGone),
-            Err(TrySendError::Disconnected(_)) => Err(StoreError::WriterGone),
+        let mut queue = lock(&self.shared.queue);
+        while queue.requests.len() >= QUEUE_DEPTH && !queue.closed {
+            // Whoever commits frees space; make sure someone does.
+            queue.handed_off = true;
+            self.shared.background.notify_one();
+            queue = self.shared.space.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
+        if queue.closed {
+            return Err(StoreError::WriterGone);
+        }
+        queue.requests.push_back(Request { op, ack });
+        Ok(Pending { rx: Some(rx), shared: Arc::clone(&self.shared) })
     }
 }
 
-/// A write that was ordered; its commit can be awaited.
-pub struct Pending(oneshot::Receiver<Result<(), String>>);
+/// A write that was ordered; its commit can be awaited. Dropping it unawaited is fine: the
+/// background thread commits the write (and logs a failure).
+pub struct Pending {
+    rx: Option<oneshot::Receiver<Result<(), String>>>,
+    shared: Arc<Shared>,
+}
 
 impl Pending {
-    /// Waits for the commit.
-    pub async fn wait(self) -> Result<(), StoreError> {
-        Self::result(self.0.await)
+    /// Waits for the commit, committing the queue on this thread if nobody else is.
+    pub async fn wait(mut self) -> Result<(), StoreError> {
+        let Some(rx) = self.rx.take() else { return Err(StoreError::WriterGone) };
+        commit_queued(&self.shared, MAX_ROUNDS);
+        Self::result(rx.await)
     }
 
     /// Waits for the commit, blocking the thread (never call it on an async worker).
-    pub fn wait_blocking(self) -> Result<(), StoreError> {
-        Self::result(self.0.blocking_recv())
+    pub fn wait_blocking(mut self) -> Result<(), StoreError> {
+        let Some(rx) = self.rx.take() else { return Err(StoreError::WriterGone) };
+        commit_queued(&self.shared, MAX_ROUNDS);
+        Self::result(rx.blocking_recv())
     }
 
     fn result(received: Result<Result<(), String>, oneshot::error::RecvError>) -> Result<(), StoreError> {
@@ -130,33 +213,121 @@ impl Pending {
     }
 }
 
-fn run(mut conn: SqliteConnection, rx: Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            // Nobody will wait for this write: the background thread commits it.
+            lock(&self.shared.queue).handed_off = true;
+            self.shared.background.notify_one();
+        }
+    }
+}
+
+/// Commits queued groups on this thread unless another thread is committing: at most
+/// `rounds` groups, then what is left goes to the background thread.
+fn commit_queued(shared: &Shared, rounds: usize) {
+    let mut batch = {
+        let mut queue = lock(&shared.queue);
+        if queue.committing || queue.requests.is_empty() {
+            return;
+        }
+        queue.committing = true;
+        take_batch(&mut queue)
+    };
+    shared.space.notify_all();
+    let mut round = 1;
+    loop {
+        commit(&mut lock(&shared.conn), batch);
+        let mut queue = lock(&shared.queue);
+        queue.since_checkpoint += 1;
+        let first = *queue.first_since_checkpoint.get_or_insert_with(Instant::now);
+        if queue.since_checkpoint >= CHECKPOINT_EVERY_COMMITS || first.elapsed() >= CHECKPOINT_AFTER {
+            shared.background.notify_one();
+        }
+        if queue.requests.is_empty() {
+            queue.committing = false;
+            return;
+        }
+        if round >= rounds {
+            queue.committing = false;
+            queue.handed_off = true;
+            shared.background.notify_one();
+            return;
+        }
+        round += 1;
+        batch = take_batch(&mut queue);
+        drop(queue);
+        shared.space.notify_all();
+    }
+}
+
+fn take_batch(queue: &mut Queue) -> Vec<Request> {
+    let n = queue.requests.len().min(MAX_BATCH);
+    queue.requests.drain(..n).collect()
+}
+
+/// The background thread: commits what was handed to it, runs checkpoints, and drains the
+/// queue once every handle is gone.
+fn background(shared: &Shared, mut checkpointer: SqliteConnection) {
+    loop {
+        let (work, checkpoint, closed) = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                let work = queue.handed_off || (queue.closed && !queue.requests.is_empty());
+                let due = queue.since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+                    || queue.first_since_checkpoint.is_some_and(|f| f.elapsed() >= CHECKPOINT_AFTER);
+                if work || due || queue.closed {
+                    queue.handed_off = false;
+                    if due {
+                        queue.since_checkpoint = 0;
+                        queue.first_since_checkpoint = None;
+                    }
+                    break (work, due, queue.closed);
+                }
+                // Wake for a due checkpoint even if no commit rings.
+                let timeout = queue.first_since_checkpoint.map_or(CHECKPOINT_AFTER, |f| {
+                    CHECKPOINT_AFTER.saturating_sub(f.elapsed()) + Duration::from_millis(1)
+                });
+                queue = shared.background.wait_timeout(queue, timeout).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        };
+        if work {
+            // If a waiter is committing, it sees what is queued when it is done, and commits
+            // it or hands it back here.
+            commit_queued(shared, usize::MAX);
+        }
+        if checkpoint {
+            // PASSIVE: never blocks the writer or readers; what readers still use is copied
+            // at a later checkpoint.
+            if let Err(e) = checkpointer.batch_execute("PRAGMA wal_checkpoint(PASSIVE);") {
+                warn!("WAL checkpoint failed: {e}");
             }
         }
-        // A lone single-statement write commits on its own (SQLite's implicit transaction),
-        // sparing the parse and execution of BEGIN and COMMIT.
-        let grouped = match batch.as_slice() {
-            [one] if one.op.is_one_statement() => apply(&mut conn, &one.op),
-            _ => conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op))),
-        };
-        match grouped {
-            Ok(()) => {
-                for request in batch {
-                    acknowledge(request, Ok(()));
-                }
+        if closed && lock(&shared.queue).requests.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Commits one group and acknowledges each write.
+fn commit(conn: &mut SqliteConnection, batch: Vec<Request>) {
+    // A lone single-statement write commits on its own (SQLite's implicit transaction),
+    // sparing the parse and execution of BEGIN and COMMIT.
+    let grouped = match batch.as_slice() {
+        [one] if one.op.is_one_statement() => apply(conn, &one.op),
+        _ => conn.immediate_transaction(|c| batch.iter().try_for_each(|r| apply(c, &r.op))),
+    };
+    match grouped {
+        Ok(()) => {
+            for request in batch {
+                acknowledge(request, Ok(()));
             }
-            // One bad write must not fail its neighbours: retry each on its own.
-            Err(_) => {
-                for request in batch {
-                    let result = conn.immediate_transaction(|c| apply(c, &request.op)).map_err(|e| format!("{e}"));
-                    acknowledge(request, result);
-                }
+        }
+        // One bad write must not fail its neighbours: retry each on its own.
+        Err(_) => {
+            for request in batch {
+                let result = conn.immediate_transaction(|c| apply(c, &request.op)).map_err(|e| format!("{e}"));
+                acknowledge(request, result);
             }
         }
     }

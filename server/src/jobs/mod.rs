@@ -20,6 +20,7 @@ pub mod import;
 pub mod logs;
 pub mod model;
 pub mod recovery;
+pub mod spawn;
 pub mod supervisor;
 
 use std::collections::{HashMap, VecDeque};

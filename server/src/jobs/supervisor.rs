@@ -11,16 +11,21 @@
 //!   leader reaped. Because the unreaped leader keeps its pid, and so the group id, allocated,
 //!   a signal to the group can never reach an unrelated process that reused the number;
 //! - output is drained until both pipes close, or [`DRAIN_AFTER_EXIT`] after the leader's exit
-//!   when a process that left the group still holds a pipe open.
+//!   when a process that left the group still holds a pipe open;
+//! - for its first [`RECORD_RUNNING_AFTER`], a job's pipes are not watched: they are read when
+//!   the leader exits, or when that time is up and they start being watched. Most jobs are
+//!   over sooner, and then wake their supervisor once (the exit) instead of once per write
+//!   and once per closed pipe; on a small machine a wake-up of a sleeping thread costs more
+//!   than the reads. A script that fills a pipe (64 KiB) in that time waits for the rest of
+//!   it, once, and a log read in that time shows nothing yet.
 //!
 //! Spawning (`posix_spawn`) and log writes (to the page cache) are short blocking calls made on
 //! the task's thread, as `tokio::process` also does for spawning.
 
-use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +38,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
 use super::logs::{LiveStream, LogSink, StreamSummary};
+use super::spawn;
 
 /// How long output is still drained after the leader exited and its group was killed.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -44,6 +50,8 @@ pub const JOB_ID_ENV: &str = "SCRIPT_RUNNER_JOB_ID";
 /// ids may coincide) never stop each other's jobs.
 pub const DEPLOYMENT_ENV: &str = "SCRIPT_RUNNER_DB";
 const READ_CHUNK: usize = 64 * 1024;
+/// Most chunks read from a quiet pipe at once.
+const QUIET_READS: usize = 16;
 
 thread_local! {
     /// One read buffer per thread, shared by the jobs it supervises (it is only borrowed
@@ -186,16 +194,16 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
     }
     let out_sink = LogSink::new(&launch.stdout_log, launch.log_cap, launch.preview_max);
     let err_sink = LogSink::new(&launch.stderr_log, launch.log_cap, launch.preview_max);
-    let mut child = match command(launch).and_then(|mut c| c.spawn()) {
+    let child = match start(launch) {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {}: {e}", launch.program.display())),
     };
     let started = Instant::now();
-    let pid = child.id() as i32;
+    let pid = child.pid;
     let spawned = Spawned { pid, started_at: crate::time::now_ms() };
     events.spawned(spawned, [out_sink.live(), err_sink.live()]);
 
-    let mut run = Running::new(launch, &mut child, out_sink, err_sink);
+    let mut run = Running::new(launch, child, out_sink, err_sink);
     let ending = run.event_loop(control, events).await;
     let (stdout, stderr) = (run.out.sink.finish(), run.err.sink.finish());
     Outcome {
@@ -208,62 +216,109 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
     }
 }
 
-fn command(launch: &Launch) -> io::Result<Command> {
-    let stdin = match &launch.stdin {
-        Some(path) => Stdio::from(std::fs::File::open(path)?),
-        None => Stdio::null(),
-    };
-    let mut cmd = Command::new(&launch.program);
-    cmd.args(&launch.args)
-        .current_dir(&launch.cwd)
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .env(JOB_ID_ENV, &launch.job_id)
-        .env(DEPLOYMENT_ENV, &*launch.deployment)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // A new group led by the child; std still uses posix_spawn for this (no pre_exec).
-        .process_group(0);
-    Ok(cmd)
+/// Starts the job's process, leading its own process group (see [`spawn`]).
+fn start(launch: &Launch) -> io::Result<spawn::Child> {
+    let stdin = launch.stdin.as_ref().map(File::open).transpose()?;
+    let mut env: Vec<(&str, &str)> = launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push((JOB_ID_ENV, &launch.job_id));
+    env.push((DEPLOYMENT_ENV, &launch.deployment));
+    spawn::spawn(&spawn::Spec {
+        program: &launch.program,
+        args: &launch.args,
+        cwd: &launch.cwd,
+        env: &env,
+        stdin: stdin.as_ref(),
+    })
+}
+
+/// The read end of an output pipe.
+enum Reader {
+    /// Non-blocking and not watched: read when the supervisor decides (see the module doc).
+    Quiet(File),
+    /// Registered with the reactor: read when it has data.
+    Watched(pipe::Receiver),
 }
 
 /// One output pipe and where it goes.
 struct Pipe {
-    reader: Option<pipe::Receiver>,
+    reader: Option<Reader>,
     sink: LogSink,
 }
 
 impl Pipe {
-    fn new(fd: Option<OwnedFd>, sink: LogSink) -> Pipe {
-        // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
-        let reader = fd.and_then(|fd| pipe::Receiver::from_owned_fd(fd).ok());
+    fn new(fd: Option<OwnedFd>, sink: LogSink, quiet: bool) -> Pipe {
+        let reader = fd.and_then(|fd| {
+            if quiet {
+                let flags = nix::fcntl::OFlag::O_NONBLOCK;
+                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+                Some(Reader::Quiet(File::from(fd)))
+            } else {
+                // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
+                pipe::Receiver::from_owned_fd(fd).ok().map(Reader::Watched)
+            }
+        });
         Pipe { reader, sink }
     }
 
-    /// Reads what is available; closes the pipe at end of file or on error.
+    /// Reads what is available: one chunk from a watched pipe; from a quiet one, until it
+    /// would block (at most [`QUIET_READS`] chunks: a writer that never pauses is then
+    /// watched instead). Closes the pipe at end of file or on error.
     fn pump(&mut self, buf: &mut [u8]) {
-        let Some(reader) = self.reader.as_ref() else { return };
-        match reader.try_read(buf) {
-            Ok(0) => self.reader = None,
-            Ok(n) => self.sink.write(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.reader = None,
+        for _ in 0..QUIET_READS {
+            let read = match self.reader.as_mut() {
+                None => return,
+                Some(Reader::Watched(reader)) => reader.try_read(buf),
+                Some(Reader::Quiet(file)) => file.read(buf),
+            };
+            let more = match read {
+                Ok(0) => {
+                    self.reader = None;
+                    false
+                }
+                Ok(n) => {
+                    self.sink.write(&buf[..n]);
+                    true
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => true,
+                    io::ErrorKind::WouldBlock => false,
+                    _ => {
+                        self.reader = None;
+                        false
+                    }
+                },
+            };
+            if !more || !matches!(self.reader, Some(Reader::Quiet(_))) {
+                return;
+            }
         }
     }
 
-    /// Resolves when the pipe has data or is closed; never if it is already gone.
+    /// Reads what a quiet pipe holds, then watches it if it is still open.
+    fn watch(&mut self, buf: &mut [u8]) {
+        if !matches!(self.reader, Some(Reader::Quiet(_))) {
+            return;
+        }
+        self.pump(buf);
+        if let Some(Reader::Quiet(file)) = self.reader.take() {
+            // A pipe that cannot be registered (out of descriptors for epoll) is dropped: the
+            // script then gets EPIPE rather than blocking forever.
+            self.reader = pipe::Receiver::from_file(file).ok().map(Reader::Watched);
+        }
+    }
+
+    /// Resolves when a watched pipe has data or is closed; never for a quiet or closed one.
     async fn readable(&self) {
         match &self.reader {
-            Some(reader) => {
+            Some(Reader::Watched(reader)) => {
                 let _ = reader.readable().await;
             }
-            None => std::future::pending().await,
+            _ => std::future::pending().await,
         }
     }
 }
 
-struct Running<'a> {
-    child: &'a mut Child,
+struct Running {
     pgid: Pid,
     pidfd: Option<AsyncFd<OwnedFd>>,
     out: Pipe,
@@ -286,16 +341,17 @@ struct Ready {
     exit: Option<WaitStatus>,
 }
 
-impl<'a> Running<'a> {
-    fn new(launch: &Launch, child: &'a mut Child, out_sink: LogSink, err_sink: LogSink) -> Running<'a> {
-        let pid = child.id() as i32;
+impl Running {
+    fn new(launch: &Launch, child: spawn::Child, out_sink: LogSink, err_sink: LogSink) -> Running {
+        let pid = child.pid;
         let pidfd = rustix::process::Pid::from_raw(pid)
             .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok())
             .and_then(register_pidfd);
-        let out = Pipe::new(child.stdout.take().map(OwnedFd::from), out_sink);
-        let err = Pipe::new(child.stderr.take().map(OwnedFd::from), err_sink);
+        // Without a pidfd the exit is polled for: watch the pipes from the start.
+        let quiet = pidfd.is_some();
+        let out = Pipe::new(Some(child.stdout), out_sink, quiet);
+        let err = Pipe::new(Some(child.stderr), err_sink, quiet);
         Running {
-            child,
             pgid: Pid::from_raw(pid),
             pidfd,
             out,
@@ -341,6 +397,10 @@ impl<'a> Running<'a> {
             let now = Instant::now();
             if record_at.is_some_and(|r| now >= r) {
                 record_at = None;
+                READ_BUFFER.with_borrow_mut(|buf| {
+                    self.out.watch(buf);
+                    self.err.watch(buf);
+                });
                 if exit.is_none() {
                     // The leader is not reaped yet, so this pid is still the job's.
                     events.still_running(start_ticks(self.pgid.as_raw()));
@@ -374,7 +434,13 @@ impl<'a> Running<'a> {
                 // Leader is a zombie: its group id cannot be reused yet, so this reaches
                 // exactly the processes it left behind.
                 self.signal_group(Signal::SIGKILL);
-                let _ = self.child.wait();
+                let _ = nix::sys::wait::waitpid(self.pgid, None);
+                // Quiet pipes: read what the script wrote; a pipe still held open (by a
+                // process that left the group) is watched and drained like any other.
+                READ_BUFFER.with_borrow_mut(|buf| {
+                    self.out.watch(buf);
+                    self.err.watch(buf);
+                });
                 exit = Some(status);
                 record_at = None;
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
