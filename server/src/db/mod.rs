@@ -281,3 +281,53 @@ impl Store {
         Ok((total, of_type, max.unwrap_or(0)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::sql_types::BigInt;
+
+    #[derive(QueryableByName)]
+    struct Seq {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+    }
+
+    /// A database made before the jobs table lost AUTOINCREMENT keeps its jobs, and new jobs
+    /// continue its numbering.
+    #[test]
+    fn jobs_survive_the_seq_migration_and_numbering_continues() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("old.db");
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        for _ in 0..2 {
+            conn.run_next_migration(MIGRATIONS).expect("older migration");
+        }
+        let insert = |conn: &mut SqliteConnection, id: &str| {
+            diesel::sql_query(format!(
+                "INSERT INTO jobs (id, script_id, mode, status, args, created_at, stdout_ref, stderr_ref) \
+                 VALUES ('{id}', 's', 'sync', 'succeeded', '[]', 1, '{id}.stdout.log', '{id}.stderr.log')"
+            ))
+            .execute(conn)
+            .expect("insert");
+        };
+        for id in ["job_1_1", "job_1_2", "job_1_3"] {
+            insert(&mut conn, id);
+        }
+        drop(conn);
+
+        let store = Store::open(&path).expect("reopen with every migration");
+        assert_eq!(store.max_seq().expect("max seq"), 3);
+        let row = store.get_job("job_1_2").expect("read").expect("kept");
+        assert_eq!(row.stdout_ref, "job_1_2.stdout.log");
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        insert(&mut conn, "job_2_4");
+        let seqs: Vec<Seq> = diesel::sql_query("SELECT seq FROM jobs ORDER BY seq").load(&mut conn).expect("seqs");
+        assert_eq!(seqs.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        let autoincrement: Vec<Seq> =
+            diesel::sql_query("SELECT count(*) AS seq FROM sqlite_master WHERE name = 'jobs' AND sql LIKE '%AUTOINCREMENT%'")
+                .load(&mut conn)
+                .expect("schema");
+        assert_eq!(autoincrement[0].seq, 0);
+    }
+}
