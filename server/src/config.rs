@@ -486,6 +486,13 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Catalogs, ConfigErro
         if let Some(key) = rs.env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return Err(ConfigError::in_script(file, &rs.id, format!("env: invalid variable name {key:?}")));
         }
+        if let Some(key) = rs.env.iter().find_map(|(k, v)| v.contains('\0').then_some(k)) {
+            return Err(ConfigError::in_script(
+                file,
+                &rs.id,
+                format!("env: the value of {key:?} contains a NUL character"),
+            ));
+        }
         let catalog = if rs.kind == Some(Kind::Workflow) { &mut workflows } else { &mut scripts };
         catalog.push(Arc::new(Script {
             id: rs.id,

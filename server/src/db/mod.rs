@@ -324,10 +324,11 @@ mod tests {
         insert(&mut conn, "job_2_4");
         let seqs: Vec<Seq> = diesel::sql_query("SELECT seq FROM jobs ORDER BY seq").load(&mut conn).expect("seqs");
         assert_eq!(seqs.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
-        let autoincrement: Vec<Seq> =
-            diesel::sql_query("SELECT count(*) AS seq FROM sqlite_master WHERE name = 'jobs' AND sql LIKE '%AUTOINCREMENT%'")
-                .load(&mut conn)
-                .expect("schema");
+        let autoincrement: Vec<Seq> = diesel::sql_query(
+            "SELECT count(*) AS seq FROM sqlite_master WHERE name = 'jobs' AND sql LIKE '%AUTOINCREMENT%'",
+        )
+        .load(&mut conn)
+        .expect("schema");
         assert_eq!(autoincrement[0].seq, 0);
     }
 }

@@ -144,8 +144,19 @@ struct ChildArgs {
     cwd: *const c_char,
     /// Descriptors to install as 0, 1 and 2.
     stdio: [RawFd; 3],
-    /// Set by the child when it cannot exec: the errno.
+    /// Set by the child when it cannot exec: the errno, and the step that failed.
     error: c_int,
+    stage: Stage,
+}
+
+/// The child's setup steps, to say which one failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+enum Stage {
+    ProcessGroup,
+    Stdio,
+    WorkingDirectory,
+    Exec,
 }
 
 /// Starts the process described by `spec`.
@@ -192,6 +203,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         cwd: cwd.as_ptr(),
         stdio: [stdin, out_write.as_raw_fd(), err_write.as_raw_fd()],
         error: 0,
+        stage: Stage::ProcessGroup,
     };
     let pid = STACK.with_borrow_mut(|slot| {
         let stack = match slot {
@@ -205,7 +217,14 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
     if child_args.error != 0 {
         // It exited with 127 before exec: reap it.
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        return Err(io::Error::from_raw_os_error(child_args.error));
+        let cause = io::Error::from_raw_os_error(child_args.error);
+        let message = match child_args.stage {
+            Stage::ProcessGroup => format!("new process group: {cause}"),
+            Stage::Stdio => format!("standard streams: {cause}"),
+            Stage::WorkingDirectory => format!("working directory {}: {cause}", spec.cwd.display()),
+            Stage::Exec => return Err(cause),
+        };
+        return Err(io::Error::new(cause.kind(), message));
     }
     Ok(Child { pid, stdout: out_read, stderr: err_read })
 }
@@ -259,6 +278,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::setpgid(0, 0) != 0 {
             fail(args);
         }
+        args.stage = Stage::Stdio;
         for (target, source) in (0..).zip(args.stdio) {
             let ok = if source == target {
                 // Already in place (the server runs with that descriptor closed): keep it
@@ -271,9 +291,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 fail(args);
             }
         }
+        args.stage = Stage::WorkingDirectory;
         if libc::chdir(args.cwd) != 0 {
             fail(args);
         }
+        args.stage = Stage::Exec;
         // Handlers of the server must not run here (the memory is the server's), and an
         // ignored SIGPIPE (Rust's default) would be inherited by the script: both go back to
         // the default. Other ignored signals stay ignored, as with posix_spawn.
@@ -356,7 +378,9 @@ mod tests {
         assert_eq!(spawn(&none).err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
         let bad_cwd =
             Spec { program: Path::new("/bin/true"), args: &[], cwd: Path::new("/nonexistent"), env: &[], stdin: None };
-        assert_eq!(spawn(&bad_cwd).err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        let e = spawn(&bad_cwd).err().expect("bad cwd fails");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("working directory /nonexistent: "), "{e}");
         let not_exec =
             Spec { program: Path::new("/etc/passwd"), args: &[], cwd: Path::new("/"), env: &[], stdin: None };
         assert_eq!(spawn(&not_exec).err().map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
