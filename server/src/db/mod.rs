@@ -120,13 +120,10 @@ impl Store {
             .idle_timeout(Some(Duration::from_secs(60)))
             .connection_timeout(Duration::from_secs(10))
             .connection_customizer(Box::new(Pragmas))
-            .build(ConnectionManager::<SqliteConnection>::new(url.clone()))
+            .build(ConnectionManager::<SqliteConnection>::new(url))
             .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
-        let mut checkpointer = SqliteConnection::establish(&url)
-            .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
-        apply_pragmas(&mut checkpointer)?;
-        let writer = Writer::start(conn, checkpointer)
-            .map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
+        let writer =
+            Writer::start(conn).map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
         Ok(Store { pool, writer })
     }
 
