@@ -90,6 +90,11 @@ fn main() -> Result<()> {
         "{:<44} {:>10.0} runs/s  ({cores} spawning thread(s), fork/exec + wait)",
         "direct spawn (physical limit)", direct
     );
+    let lean = direct_spawn_lean(&trivial, cores, opts.seconds);
+    println!(
+        "{:<44} {:>10.0} runs/s  (the server's own spawn code, pipes read to the end; for reference)",
+        "direct spawn, lean", lean
+    );
     paired(&server, &trivial, cores, opts.seconds)?;
 
     let mut at4 = 0.0;
@@ -265,34 +270,53 @@ fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {
     direct_spawn_counted(script, threads, seconds).0
 }
 
-/// Runs per second, and runs.
+/// Runs per second, and runs, spawning with std (glibc's posix_spawn).
 fn direct_spawn_counted(script: &Path, threads: usize, seconds: f64) -> (f64, u64) {
-    let count = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    spawn_loop(threads, seconds, move || {
+        Command::new(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Runs per second, spawning with the server's own spawn code (stdout and stderr into pipes
+/// read to their end, as the server does), for comparison with [`direct_spawn`].
+fn direct_spawn_lean(script: &Path, threads: usize, seconds: f64) -> f64 {
+    use script_runner::jobs::spawn::{spawn, Spec};
+    let cwd = script.parent().unwrap_or(Path::new("/")).to_path_buf();
+    spawn_loop(threads, seconds, move || {
+        let spec = Spec { program: script, args: &[], cwd: &cwd, env: &[], stdin: None };
+        let Ok(child) = spawn(&spec) else { return false };
+        let mut sink = Vec::new();
+        let read = std::fs::File::from(child.stdout).read_to_end(&mut sink).is_ok()
+            && std::fs::File::from(child.stderr).read_to_end(&mut sink).is_ok();
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
+        read && matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)))
+    })
+    .0
+}
+
+/// Calls `run_once` in a loop on `threads` threads for `seconds`; runs per second, and runs.
+fn spawn_loop(threads: usize, seconds: f64, run_once: impl Fn() -> bool + Sync) -> (f64, u64) {
+    let count = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (count, stop, script) = (Arc::clone(&count), Arc::clone(&stop), script.to_path_buf());
-            std::thread::spawn(move || {
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    let ok = Command::new(&script)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    if ok {
+                    if run_once() {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs_f64(seconds));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
-    }
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
     let runs = count.load(Ordering::Relaxed);
     (runs as f64 / start.elapsed().as_secs_f64(), runs)
 }
