@@ -378,6 +378,10 @@ fn sigterm_lets_a_running_job_finish_within_the_grace() {
 
     let status = server.terminate(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
+    // A clean stop leaves everything in the database file: the WAL is checkpointed and
+    // truncated (or removed), so the next start has nothing to replay.
+    let wal = std::fs::metadata(server.dir().join("db.sqlite-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "WAL left after a clean stop");
 
     server.restart();
     let job = server.job(&id);
