@@ -140,7 +140,8 @@ fn main() -> Result<()> {
 /// Sync runs at concurrency 4 against direct spawn, in alternating 1-second windows, so that
 /// drift in the machine's speed (a VM's neighbours) weighs on both sides of each ratio.
 fn paired(server: &Server, script: &Path, cores: usize, seconds: f64) -> Result<()> {
-    let rounds = (seconds.round() as usize).max(3);
+    // At least 10 rounds: one round can be off by 10% on a shared VM, the median of 10 much less.
+    let rounds = (seconds.round() as usize).max(10);
     let mut ratios = Vec::with_capacity(rounds);
     let (mut direct_sum, mut sync_sum) = (0.0, 0.0);
     let (mut direct_cpu, mut sync_cpu) = (CpuPerRun::default(), CpuPerRun::default());
