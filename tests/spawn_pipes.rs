@@ -310,6 +310,9 @@ fn a_line_written_before_a_sleep_is_readable_within_a_second_while_the_job_runs(
     assert_eq!(job["status"], json!("running"), "seen after {seen:?}: {job}");
     assert_eq!(job["code"], json!(null));
     assert_eq!(job["stdoutSize"], json!(11), "{job}");
+    // The preview is live too (the tail of what the script wrote so far).
+    assert_eq!(job["stdoutPreview"], json!("first line\n"), "{job}");
+    assert_eq!(job["stderrPreview"], json!(""), "{job}");
     // Done: cancel rather than wait for the sleep; the line stays.
     let r = server.post(&format!("/jobs/{id}/cancel"), json!({}));
     assert_eq!(r.body["status"], json!("canceled"), "{}", r.text);

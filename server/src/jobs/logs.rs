@@ -14,7 +14,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// An index entry is written at least this many lines after the previous one.
 pub const INDEX_EVERY_LINES: u64 = 1024;
@@ -50,8 +50,9 @@ impl Stream {
     }
 }
 
-/// Counters of a stream that is still being written, readable from other threads.
-#[derive(Debug, Default)]
+/// Counters and preview of a stream that is still being written, readable from other threads
+/// (a running job shows them).
+#[derive(Debug)]
 pub struct LiveStream {
     /// Bytes stored so far.
     pub size: AtomicU64,
@@ -59,6 +60,24 @@ pub struct LiveStream {
     pub lines: AtomicU64,
     /// Whether output has been dropped at the cap.
     pub truncated: AtomicBool,
+    /// The last `previewMaxBytes` bytes written so far.
+    tail: Mutex<Tail>,
+}
+
+impl LiveStream {
+    fn new(preview_max: usize) -> LiveStream {
+        LiveStream {
+            size: AtomicU64::new(0),
+            lines: AtomicU64::new(0),
+            truncated: AtomicBool::new(false),
+            tail: Mutex::new(Tail::new(preview_max)),
+        }
+    }
+
+    /// The preview so far: the tail of what the script wrote, as text.
+    pub fn preview(&self) -> String {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).to_text()
+    }
 }
 
 /// What is known of a stream once its writer is done.
@@ -97,7 +116,6 @@ pub struct LogSink {
     at_line_start: bool,
     last_entry: (u64, u64),
     entries: Vec<u8>,
-    tail: Tail,
     live: Arc<LiveStream>,
     write_failed: bool,
 }
@@ -116,8 +134,7 @@ impl LogSink {
             at_line_start: true,
             last_entry: (0, 0),
             entries: Vec::new(),
-            tail: Tail::new(preview_max),
-            live: Arc::new(LiveStream::default()),
+            live: Arc::new(LiveStream::new(preview_max)),
             write_failed: false,
         }
     }
@@ -130,7 +147,7 @@ impl LogSink {
     /// Takes one chunk read from the pipe. A failing disk never fails the job: the stream is
     /// marked truncated and the rest is dropped.
     pub fn write(&mut self, chunk: &[u8]) {
-        self.tail.push(chunk);
+        self.live.tail.lock().unwrap_or_else(|e| e.into_inner()).push(chunk);
         let room = self.cap.saturating_sub(self.stored);
         let keep = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         if keep.len() < chunk.len() || self.write_failed {
@@ -189,7 +206,7 @@ impl LogSink {
         StreamSummary {
             size: self.stored,
             truncated: self.truncated,
-            preview: self.tail.to_text(),
+            preview: self.live.preview(),
             lines: self.lines + partial,
         }
     }
@@ -200,6 +217,7 @@ fn create(path: &Path) -> io::Result<File> {
 }
 
 /// The last `max` bytes seen.
+#[derive(Debug)]
 struct Tail {
     max: usize,
     buf: VecDeque<u8>,

@@ -139,6 +139,7 @@ impl Active {
                 info.size = live.size.load(Ordering::Acquire);
                 info.lines = Some(live.lines.load(Ordering::Acquire));
                 info.truncated = live.truncated.load(Ordering::Relaxed);
+                info.preview = live.preview();
             }
         }
         job
