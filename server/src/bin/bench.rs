@@ -145,14 +145,18 @@ fn paired(server: &Server, script: &Path, cores: usize, seconds: f64) -> Result<
     let mut ratios = Vec::with_capacity(rounds);
     let (mut direct_sum, mut sync_sum) = (0.0, 0.0);
     let (mut direct_cpu, mut sync_cpu) = (CpuPerRun::default(), CpuPerRun::default());
+    let mut sync_idle = (0u64, 0u64);
     let me = std::process::id();
     for _ in 0..rounds {
         let before = cpu_ticks(me);
         let (direct, direct_runs) = direct_spawn_counted(script, cores, 1.0);
         direct_cpu.add(direct_runs, cpu_ticks(me) - before, Ticks::default());
-        let (server_before, client_before) = (cpu_ticks(server.pid()), cpu_ticks(me));
+        let (server_before, client_before, idle_before) = (cpu_ticks(server.pid()), cpu_ticks(me), idle_ticks());
         let sync = load(&server.base, "trivial", 4, 1.0)?;
         sync_cpu.add(sync.runs, cpu_ticks(server.pid()) - server_before, cpu_ticks(me) - client_before);
+        let idle = idle_ticks();
+        sync_idle.0 += idle.0.saturating_sub(idle_before.0);
+        sync_idle.1 += idle.1.saturating_sub(idle_before.1);
         direct_sum += direct;
         sync_sum += sync.throughput;
         ratios.push(sync.throughput / direct);
@@ -168,15 +172,29 @@ fn paired(server: &Server, script: &Path, cores: usize, seconds: f64) -> Result<
         100.0 * ratios[rounds - 1]
     );
     println!(
-        "{:<44} direct: spawner {:.0} us + script {:.0} us; sync: server {:.0} us + script {:.0} us + load client {:.0} us",
+        "{:<44} direct: spawner {:.0} us + script {:.0} us; sync: server {:.0} us + script {:.0} us + load client {:.0} us; idle during sync {:.1}%",
         "  CPU per run (from /proc, 10 ms ticks)",
         direct_cpu.own_us(),
         direct_cpu.children_us(),
         sync_cpu.own_us(),
         sync_cpu.children_us(),
-        sync_cpu.client_us()
+        sync_cpu.client_us(),
+        100.0 * sync_idle.0 as f64 / sync_idle.1.max(1) as f64
     );
     Ok(())
+}
+
+/// Idle (idle + iowait) and total clock ticks of all cores so far (`/proc/stat`).
+fn idle_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|rest| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    (at(3) + at(4), fields.iter().sum())
 }
 
 /// CPU time of a process, in clock ticks: its own threads, and its waited-for children.
