@@ -19,8 +19,8 @@
 //!   than the reads. A script that fills a pipe (64 KiB) in that time waits for the rest of
 //!   it, once, and a log read in that time shows nothing yet.
 //!
-//! Spawning (`posix_spawn`) and log writes (to the page cache) are short blocking calls made on
-//! the task's thread, as `tokio::process` also does for spawning.
+//! Spawning (see [`spawn`], like `posix_spawn`) and log writes (to the page cache) are short
+//! blocking calls made on the task's thread, as `tokio::process` also does for spawning.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -248,9 +248,8 @@ struct Pipe {
 impl Pipe {
     fn new(fd: Option<OwnedFd>, sink: LogSink, quiet: bool) -> Pipe {
         let reader = fd.and_then(|fd| {
-            if quiet {
-                let flags = nix::fcntl::OFlag::O_NONBLOCK;
-                nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).ok()?;
+            let flags = nix::fcntl::OFlag::O_NONBLOCK;
+            if quiet && nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).is_ok() {
                 Some(Reader::Quiet(File::from(fd)))
             } else {
                 // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
