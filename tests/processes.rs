@@ -5,43 +5,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pids, wait_gone, Builder, TestServer};
+use common::{alive, read_pids, wait_gone, Builder, Sweep, TestServer};
 use serde_json::{json, Value};
 
 /// How long a script gets to write its pids.
 const PIDS_WAIT: Duration = Duration::from_secs(10);
 /// How long a job gets to end in the tests' polling loops.
 const END_WAIT: Duration = Duration::from_secs(15);
-
-/// When dropped, SIGKILLs every process a job of this deployment may have left behind (its cwd
-/// inside the deployment folder and `SCRIPT_RUNNER_JOB_ID` in its environment). The harness
-/// kills only the server on drop, and job groups survive that: without this, a failing test
-/// would leave its `sleep 300` processes running.
-struct Sweep(PathBuf);
-
-impl Sweep {
-    fn new(server: &TestServer) -> Sweep {
-        Sweep(server.dir().canonicalize().unwrap())
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let in_dir = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0));
-            let is_job = std::fs::read(entry.path().join("environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"SCRIPT_RUNNER_JOB_ID=")));
-            if in_dir && is_job {
-                common::signal(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
 
 /// A script line that records the shell's pid, then its last background child's pid, in `file`.
 fn write_pids(file: &Path) -> String {

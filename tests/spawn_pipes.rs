@@ -9,43 +9,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{Builder, TestServer};
+use common::{Builder, Sweep, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for any job in this file to reach a final state.
 const WAIT: Duration = Duration::from_secs(15);
 /// One mebibyte: the default `maxLogBytesPerStream`, sixteen pipe buffers.
 const MIB: usize = 1024 * 1024;
-
-/// When dropped, SIGKILLs every process a job of this deployment may have left behind (its cwd
-/// inside the deployment folder and `SCRIPT_RUNNER_JOB_ID` in its environment): processes that
-/// left their session survive the server and the harness.
-struct Sweep(PathBuf);
-
-impl Sweep {
-    fn new(server: &TestServer) -> Sweep {
-        Sweep(server.dir().canonicalize().unwrap())
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let in_dir = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0));
-            let is_job = std::fs::read(entry.path().join("environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"SCRIPT_RUNNER_JOB_ID=")));
-            if in_dir && is_job {
-                common::signal(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
 
 /// `GET /jobs/:id/logs?<query>`, asserting 200; returns the body.
 fn page(server: &TestServer, id: &str, query: &str) -> Value {

@@ -468,3 +468,30 @@ pub fn read_pids(path: &Path, count: usize, timeout: Duration) -> Vec<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// When dropped, SIGKILLs every process a job of this deployment may have left behind (its cwd
+/// inside the deployment folder and `SCRIPT_RUNNER_JOB_ID` in its environment). The harness
+/// kills only the server on drop, and job groups (and processes that left their session)
+/// survive that: without this, a failing test would leave its processes running.
+pub struct Sweep(PathBuf);
+
+impl Sweep {
+    pub fn new(server: &TestServer) -> Sweep {
+        Sweep(server.dir().canonicalize().unwrap())
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let in_dir = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0));
+            let is_job = std::fs::read(entry.path().join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"SCRIPT_RUNNER_JOB_ID=")));
+            if in_dir && is_job {
+                signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
