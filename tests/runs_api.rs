@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{alive, wait_file, wait_gone, Builder, Resp, TestServer};
+use common::{alive, entry, wait_file, wait_gone, Builder, Resp, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for anything a test waits for.
@@ -107,16 +107,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 /// The labels of a `{run, journal}` body, in journal order.
 fn journal_keys(body: &Value) -> Vec<String> {
     body["journal"].as_array().unwrap().iter().map(|e| e["stepKey"].as_str().unwrap().to_string()).collect()
-}
-
-/// The journal entry with this label.
-fn entry<'a>(body: &'a Value, label: &str) -> &'a Value {
-    body["journal"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["stepKey"] == json!(label))
-        .unwrap_or_else(|| panic!("no journal entry {label:?} in {body}"))
 }
 
 /// Waits until the run's journal holds a completed entry with this label; returns the body.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pids, signal, wait_file, wait_gone, Builder, Deployment, Resp, TestServer};
+use common::{alive, entry, read_pids, signal, wait_file, wait_gone, Builder, Deployment, Resp, TestServer};
 use script_runner::client::{ClientError, Workflow};
 use serde_json::{json, Value};
 
@@ -62,16 +62,6 @@ fn lines(path: &Path) -> Vec<String> {
 /// The text of a file, trimmed.
 fn text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
-}
-
-/// The journal entry with this label.
-fn entry<'a>(body: &'a Value, label: &str) -> &'a Value {
-    body["journal"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["stepKey"] == json!(label))
-        .unwrap_or_else(|| panic!("no journal entry {label:?}: {body}"))
 }
 
 /// The labels of the journal, in order.

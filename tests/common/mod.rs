@@ -495,3 +495,13 @@ impl Drop for Sweep {
         }
     }
 }
+
+/// The journal entry with this label in a `GET /api/script-runs/:id` body.
+pub fn entry<'a>(body: &'a Value, label: &str) -> &'a Value {
+    body["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stepKey"] == json!(label))
+        .unwrap_or_else(|| panic!("no journal entry {label:?} in {body}"))
+}
