@@ -11,4 +11,5 @@ pub mod http;
 pub mod jobs;
 pub mod runs;
 pub mod server;
+pub mod sync;
 pub mod time;

@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use super::models::{JobRow, NewImport, RunRow, StepRow};
 use super::schema::{imports, jobs, script_run_journal, script_runs};
 use super::StoreError;
+use crate::sync::lock;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -145,11 +146,6 @@ impl Drop for OpenToken {
         lock(&self.0.queue).closed = true;
         self.0.background.notify_all();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves the data as consistent as each step left it.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
+
 /// An index entry is written at least this many lines after the previous one.
 pub const INDEX_EVERY_LINES: u64 = 1024;
 /// An index entry is written at the first line start this many bytes after the previous one.
@@ -76,7 +78,7 @@ impl LiveStream {
 
     /// The preview so far: the tail of what the script wrote, as text.
     pub fn preview(&self) -> String {
-        self.tail.lock().unwrap_or_else(|e| e.into_inner()).to_text()
+        lock(&self.tail).to_text()
     }
 }
 
@@ -147,7 +149,7 @@ impl LogSink {
     /// Takes one chunk read from the pipe. A failing disk never fails the job: the stream is
     /// marked truncated and the rest is dropped.
     pub fn write(&mut self, chunk: &[u8]) {
-        self.live.tail.lock().unwrap_or_else(|e| e.into_inner()).push(chunk);
+        lock(&self.live.tail).push(chunk);
         let room = self.cap.saturating_sub(self.stored);
         let keep = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
         if keep.len() < chunk.len() || self.write_failed {

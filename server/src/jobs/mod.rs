@@ -26,7 +26,7 @@ pub mod supervisor;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use log::{error, info, warn};
@@ -35,6 +35,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{ArgRules, Config, Mode, Script};
 use crate::db::{JobFilter, Pending, Store, StoreError, WriteOp, Writer};
+use crate::sync::lock;
 use crate::time::now_ms;
 use logs::{BytePage, LinePage, LineQuery, Stream};
 use model::{Job, JobStatus};
@@ -206,12 +207,6 @@ pub struct LinesView {
     pub page: LinePage,
     /// Whether the stream was truncated at the cap.
     pub truncated: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means another thread panicked mid-update; the data is still the
-    // best we have, and refusing every later request would be worse.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl JobManager {

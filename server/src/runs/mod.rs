@@ -17,7 +17,7 @@ pub mod model;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use log::{error, info, warn};
@@ -31,6 +31,7 @@ use crate::db::{RunFilter, Store, StoreError, WriteOp};
 use crate::jobs::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::jobs::supervisor::{self, Control, Ending, Launch, LiveStreams, Outcome, Spawned};
 use crate::jobs::{JobError, JobManager};
+use crate::sync::lock;
 use crate::time::now_ms;
 use model::{step_status, RunStatus, StepType};
 
@@ -284,10 +285,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct RunManager {
     shared: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// sha256 as lowercase hex.
