@@ -107,6 +107,8 @@ struct Queue {
     checkpoint_asked: bool,
     /// The background thread has been asked to commit what is queued.
     handed_off: bool,
+    /// Senders blocked on a full queue (only then is there anyone to wake on `space`).
+    senders_blocked: usize,
     /// Every [`Writer`] handle is gone: the background thread drains the queue and stops.
     closed: bool,
 }
@@ -192,7 +194,9 @@ impl Writer {
             // Whoever commits frees space; make sure someone does.
             queue.handed_off = true;
             self.shared.background.notify_one();
+            queue.senders_blocked += 1;
             queue = wait(&self.shared.space, queue);
+            queue.senders_blocked -= 1;
         }
         if queue.closed {
             return Err(StoreError::WriterGone);
@@ -303,9 +307,11 @@ impl<'a> Role<'a> {
                     return true;
                 }
                 let n = queue.requests.len().min(MAX_BATCH);
+                if queue.senders_blocked > 0 {
+                    self.shared.space.notify_all();
+                }
                 queue.requests.drain(..n).collect::<Vec<_>>()
             };
-            self.shared.space.notify_all();
             commit(&mut lock(&self.shared.conn), batch);
             let mut queue = lock(&self.shared.queue);
             queue.since_checkpoint += 1;
