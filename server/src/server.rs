@@ -34,7 +34,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     recovery::recover(&jobs)?;
     jobs.log_start();
     // After job recovery: it killed the processes of the executions a crash interrupted.
-    let runs = RunManager::new(Arc::clone(&config), store, jobs.clone())?;
+    let runs = RunManager::new(Arc::clone(&config), store.clone(), jobs.clone())?;
 
     let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
         .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
@@ -76,6 +76,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // the jobs their script steps started then drain like any other.
             runs.shutdown(Duration::from_secs(config.runner.kill_grace_sec) + Duration::from_secs(5)).await;
             jobs.shutdown(grace).await;
+            // Everything into the database file: the next start has no WAL to replay.
+            store.writer().close();
             handle.stop(true).await;
         });
         server.await

@@ -457,8 +457,6 @@ impl JobManager {
         if let Err(e) = shared.store.writer().write(WriteOp::Flush).await {
             error!("shutdown: final database flush failed: {e}");
         }
-        // Everything into the database file: the next start has no WAL to replay.
-        shared.store.writer().close();
     }
 
     /// Puts an already recorded queued job back in the queue (recovery after a restart).
