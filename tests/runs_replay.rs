@@ -417,6 +417,52 @@ echo "{\"rc\":$rc}"
     assert_eq!(labels(&body), ["gate"]);
 }
 
+/// Regression (CI, stop 7): a decision the step client reads before the approval's own status
+/// commit has returned lets the execution end first; the approval then found no process and
+/// started a second execution, whose step client was refused (exit 3) and overwrote the
+/// output. Decisions are posted the moment each entry exists, for many runs at once, to
+/// make the step client read them before it ever waits.
+#[test]
+fn a_decision_read_at_once_ends_the_run_with_a_single_execution() {
+    const RUNS: usize = 12;
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"script-runner step gate --approval "ship it?" > /dev/null
+echo "{\"rc\":$?}"
+"#,
+    );
+    let ids: Vec<String> = (0..RUNS).map(|n| server.launch_bash(&source, json!({ "n": n }))).collect();
+    std::thread::scope(|scope| {
+        for id in &ids {
+            let server = &server;
+            scope.spawn(move || {
+                let deadline = Instant::now() + WAIT;
+                loop {
+                    let r = server.post(
+                        &format!("/api/script-runs/{id}/approvals/gate"),
+                        json!({"approved": false, "by": "bob"}),
+                    );
+                    if r.status == 200 {
+                        return;
+                    }
+                    assert_eq!(r.status, 404, "{}", r.text);
+                    assert!(Instant::now() < deadline, "run {id}: no approval entry within {WAIT:?}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+    });
+    for id in &ids {
+        let body = server.wait_run_terminal(id, WAIT);
+        assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+        assert_eq!(body["run"]["output"], json!({"rc": 1}), "{body}");
+        assert_eq!(body["run"]["attempt"], json!(1), "a second execution started: {body}\n{}", server.server_log());
+        assert_eq!(body["run"]["warnings"], json!([]), "{body}");
+    }
+}
+
 #[test]
 fn parked_approval_stops_the_process_and_the_decision_restarts_it_with_replay() {
     let (b, d, _reaper) = builder();

@@ -678,12 +678,21 @@ impl RunManager {
             return Err(RunError::AlreadyDecided(label.to_string()));
         }
         if live.status() == RunStatus::Awaiting {
+            // Whether an execution is running is decided together with the status change,
+            // before any await: its step client may read the decision at once and the
+            // execution end (and settle the run) before the commit below returns, so an
+            // execution found missing after the await must not be replaced by a new one.
+            let has_process = {
+                let exec = lock(&live.exec);
+                if exec.is_some() {
+                    // Being parked right now: start again once that execution has ended.
+                    // An execution that reads the decision ends the run and ignores this.
+                    live.restart.store(true, Ordering::SeqCst);
+                }
+                exec.is_some()
+            };
             self.shared.set_status(&live, RunStatus::Running, None).await?;
-            let has_process = lock(&live.exec).is_some();
-            if has_process {
-                // Being parked right now: start again once that execution has ended.
-                live.restart.store(true, Ordering::SeqCst);
-            } else {
+            if !has_process {
                 Shared::start(&self.shared, Arc::clone(&live));
             }
         }
@@ -1343,10 +1352,14 @@ impl Shared {
     }
 
     /// Starts an execution of the run on this thread's runtime (an actix worker, or the main
-    /// runtime at start), unless one is running.
+    /// runtime at start), unless one is running or the run has ended meanwhile (a cancel or
+    /// an execution that finished while the caller awaited its own commit).
     fn start(shared: &Arc<Shared>, live: Arc<LiveRun>) {
         {
             let mut exec = lock(&live.exec);
+            if live.status().is_terminal() {
+                return;
+            }
             if exec.is_some() {
                 live.restart.store(true, Ordering::SeqCst);
                 return;
