@@ -240,6 +240,33 @@ impl JobManager {
         args: Option<&Value>,
         mode: Option<&str>,
     ) -> Result<Submission, JobError> {
+        self.submit_as(None, script_id, args, mode).await
+    }
+
+    /// A new job id, for a caller that must record it before the job exists (a workflow's
+    /// script step journals the id first, so a crash can never leave a job it does not know
+    /// of); pass it to [`JobManager::submit_as`].
+    pub fn new_job_id(&self) -> String {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        format!("job_{}_{seq}", now_ms())
+    }
+
+    /// Checks a run request as [`JobManager::submit`] would, without running anything.
+    pub fn validate(&self, script_id: &str, args: Option<&Value>) -> Result<(), JobError> {
+        let script = self.shared.config.script(script_id).ok_or_else(|| JobError::ScriptNotFound(script_id.into()))?;
+        validate_args(&script.args, args).map(drop)
+    }
+
+    /// [`JobManager::submit`] under an id from [`JobManager::new_job_id`] (a new one when
+    /// `None`). An async job is committed before it can start, so a job with an id that is
+    /// not in the database has never run.
+    pub async fn submit_as(
+        &self,
+        id: Option<String>,
+        script_id: &str,
+        args: Option<&Value>,
+        mode: Option<&str>,
+    ) -> Result<Submission, JobError> {
         let shared = &self.shared;
         let script =
             shared.config.script(script_id).cloned().ok_or_else(|| JobError::ScriptNotFound(script_id.to_string()))?;
@@ -249,9 +276,8 @@ impl JobManager {
             Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into()))?,
         };
         shared.reserve()?;
-        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
-        let job = Job::new(format!("job_{now}_{seq}"), &script.id, mode, args, now);
+        let id = id.unwrap_or_else(|| self.new_job_id());
+        let job = Job::new(id, &script.id, mode, args, now_ms());
         let id = job.id.clone();
         let active = Active::new(job, script, false);
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told

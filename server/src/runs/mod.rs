@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Script};
 use crate::db::models::{RunRow, StepRow};
-use crate::db::{RunFilter, Store, StoreError, WriteOp};
+use crate::db::{Pending, RunFilter, Store, StoreError, WriteOp};
 use crate::jobs::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::jobs::supervisor::{self, Control, Ending, Launch, LiveStreams, Outcome, Spawned};
 use crate::jobs::{JobError, JobManager};
@@ -563,12 +563,18 @@ impl RunManager {
             return Err(RunError::ShuttingDown);
         }
         let live = self.require_live(id, "resumed").await?;
-        match live.status() {
-            RunStatus::Paused => {
-                self.shared.set_status(&live, RunStatus::Running, None).await?;
-                Shared::start(&self.shared, Arc::clone(&live));
+        let resumed = {
+            let mut exec = lock(&live.exec);
+            let pending =
+                self.shared.commit_if(&live, |s| s == RunStatus::Paused, |r| r.status = RunStatus::Running.as_str().into())?;
+            if pending.is_some() {
+                Shared::start_locked(&self.shared, &live, &mut exec);
             }
-            other => return Err(self.state_error(id, other, "resumed")),
+            pending
+        };
+        match resumed {
+            Some(pending) => Shared::committed(&live, pending).await?,
+            None => return Err(self.state_error(id, live.status(), "resumed")),
         }
         self.get(id).await
     }
@@ -677,24 +683,10 @@ impl RunManager {
         if stored.as_ref().is_some_and(|s| s.result.as_deref() != Some(to_json(&result).as_str())) {
             return Err(RunError::AlreadyDecided(label.to_string()));
         }
-        if live.status() == RunStatus::Awaiting {
-            // Whether an execution is running is decided together with the status change,
-            // before any await: its step client may read the decision at once and the
-            // execution end (and settle the run) before the commit below returns, so an
-            // execution found missing after the await must not be replaced by a new one.
-            let has_process = {
-                let exec = lock(&live.exec);
-                if exec.is_some() {
-                    // Being parked right now: start again once that execution has ended.
-                    // An execution that reads the decision ends the run and ignores this.
-                    live.restart.store(true, Ordering::SeqCst);
-                }
-                exec.is_some()
-            };
-            self.shared.set_status(&live, RunStatus::Running, None).await?;
-            if !has_process {
-                Shared::start(&self.shared, Arc::clone(&live));
-            }
+        // The step client may read the decision at once, and its execution end and settle the
+        // run, on another thread: `wake` decides on the run as it is under its locks.
+        if let Some(pending) = self.shared.wake(&live)? {
+            Shared::committed(&live, pending).await?;
         }
         live.bump();
         self.get(id).await
@@ -838,25 +830,13 @@ impl RunManager {
                 self.shared.continue_step(&live, entry).await
             }
             StepType::Script => {
+                // The entry names the job before the job exists, so a crash can never leave a
+                // job the journal does not know of (which a replay would start again).
                 let script_id = request.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
-                let args = request.config.get("args");
-                let submission = self.shared.jobs.submit(script_id, args, Some("async")).await.inspect_err(|_| {
+                self.shared.jobs.validate(script_id, request.config.get("args")).inspect_err(|_| {
                     lock(&live.journal).reserved.remove(&request.label);
                 })?;
-                let job_id = submission.job.id.clone();
-                if request.config.get("wait") == Some(&Value::Bool(false)) {
-                    // Start only: the job id is the result (a durable flow's async run node).
-                    let result = json!({ "jobId": job_id, "status": submission.job.status.as_str() });
-                    let row = StepRow {
-                        status: step_status::COMPLETED.to_string(),
-                        completed_at: Some(now),
-                        duration_ms: Some(0),
-                        ..started(Some(result), Some(job_id))
-                    };
-                    let entry = self.shared.insert_step(&live, row).await?;
-                    return Ok(Begun::Done(entry));
-                }
-                lock(&live.jobs).insert(job_id.clone());
+                let job_id = self.shared.jobs.new_job_id();
                 let entry = self.shared.insert_step(&live, started(None, Some(job_id))).await?;
                 self.shared.continue_step(&live, entry).await
             }
@@ -1130,19 +1110,49 @@ impl Shared {
         Ok(())
     }
 
+    /// Changes the in-memory row if its status passes `when`, deciding and changing under
+    /// the row's lock, and orders the write; `None` (nothing changed) otherwise. Status
+    /// transitions that race with others (a decision, a cancel, an execution's end) use it
+    /// so that none is decided on a status another thread has changed meanwhile.
+    fn commit_if(
+        &self,
+        live: &LiveRun,
+        when: impl FnOnce(RunStatus) -> bool,
+        change: impl FnOnce(&mut RunRow),
+    ) -> Result<Option<Pending>, RunError> {
+        let mut row = lock(&live.row);
+        if !when(RunStatus::parse(&row.status).unwrap_or(RunStatus::Failed)) {
+            return Ok(None);
+        }
+        change(&mut row);
+        Ok(Some(self.store.writer().enqueue(WriteOp::UpdateRun(Box::new(row.clone())))?))
+    }
+
     async fn set_status(&self, live: &LiveRun, status: RunStatus, error: Option<String>) -> Result<(), RunError> {
-        self.commit(live, |row| {
-            row.status = status.as_str().to_string();
-            if status.is_terminal() {
-                row.finished_at = Some(now_ms());
-                row.error = error;
+        self.commit(live, status_change(status, error)).await
+    }
+
+    /// Waits for a write ordered by [`Shared::commit_if`] and tells the waiters.
+    async fn committed(live: &LiveRun, pending: Pending) -> Result<(), RunError> {
+        pending.wait().await?;
+        live.bump();
+        Ok(())
+    }
+
+    /// An `awaiting` run whose approval has been decided goes on: `running`, and a new
+    /// execution unless one is running (one being parked restarts when it has ended). Decided
+    /// under the execution's lock, so an execution cannot end unseen in between.
+    fn wake(self: &Arc<Self>, live: &Arc<LiveRun>) -> Result<Option<Pending>, RunError> {
+        let mut exec = lock(&live.exec);
+        let pending = self.commit_if(live, |s| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
+        if pending.is_some() {
+            if exec.is_some() {
+                live.restart.store(true, Ordering::SeqCst);
+            } else {
+                Shared::start_locked(self, live, &mut exec);
             }
-            // Only a running or awaiting run may have a process (a pause stops it).
-            if status.is_terminal() || status == RunStatus::Paused {
-                row.pid = None;
-            }
-        })
-        .await
+        }
+        Ok(pending)
     }
 
     async fn warn(&self, live: &LiveRun, warning: String) -> Result<(), RunError> {
@@ -1214,21 +1224,70 @@ impl Shared {
 
     /// What a step client gets for an existing entry: ended entries as they are; a started
     /// script step once its job has ended; a started approval puts the run in `awaiting`.
-    async fn continue_step(&self, live: &Arc<LiveRun>, entry: StepRow) -> Result<Begun, RunError> {
+    async fn continue_step(self: &Arc<Self>, live: &Arc<LiveRun>, entry: StepRow) -> Result<Begun, RunError> {
         if entry.status != step_status::STARTED {
             return Ok(Begun::Done(entry));
         }
         match StepType::parse(&entry.step_type) {
-            Some(StepType::Script) => self.finish_script_step(live, entry).await.map(Begun::Done),
+            Some(StepType::Script) => self.continue_script_step(live, entry).await,
             Some(StepType::Approval) => {
-                if live.status() == RunStatus::Running {
-                    self.set_status(live, RunStatus::Awaiting, None).await?;
+                let awaiting = self.commit_if(
+                    live,
+                    |s| s == RunStatus::Running,
+                    |r| r.status = RunStatus::Awaiting.as_str().into(),
+                )?;
+                if let Some(pending) = awaiting {
+                    Shared::committed(live, pending).await?;
                     self.schedule_park(live);
                 }
-                Ok(Begun::Resume(entry))
+                // A decision may have landed since `entry` was read, before the run was
+                // awaiting (the approval then left its status alone): go on with it.
+                let (id, label) = (entry.run_id.clone(), entry.step_key.clone());
+                let now = self.step(&id, &label).await?.unwrap_or(entry);
+                if now.status == step_status::STARTED {
+                    return Ok(Begun::Resume(now));
+                }
+                if let Some(pending) = self.wake(live)? {
+                    Shared::committed(live, pending).await?;
+                }
+                Ok(Begun::Done(now))
             }
             _ => Ok(Begun::Resume(entry)),
         }
+    }
+
+    /// A started script step: submits its job if it does not exist yet (its id was journaled
+    /// first; a job missing from the database has never run, and the id, unique there, lets
+    /// it be submitted once), then either journals the start (`wait: false`) or waits for it.
+    async fn continue_script_step(&self, live: &Arc<LiveRun>, entry: StepRow) -> Result<Begun, RunError> {
+        let Some(job_id) = entry.job_id.clone() else {
+            return Err(RunError::Io(format!("script step {:?} has no job", entry.step_key)));
+        };
+        let config: Value = serde_json::from_str(&entry.config).unwrap_or(Value::Null);
+        let job = match self.jobs.get(&job_id).await {
+            Err(JobError::JobNotFound(_)) => {
+                let script_id = config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
+                self.jobs.submit_as(Some(job_id), script_id, config.get("args"), Some("async")).await?.job
+            }
+            found => found?,
+        };
+        if config.get("wait") != Some(&Value::Bool(false)) {
+            return self.finish_script_step(live, entry).await.map(Begun::Done);
+        }
+        // Start only: the job id is the result (a durable flow's async run node).
+        let now = now_ms();
+        let finished = StepRow {
+            status: step_status::COMPLETED.to_string(),
+            result: Some(to_json(&json!({ "jobId": job.id, "status": job.status.as_str() }))),
+            completed_at: Some(now),
+            duration_ms: Some(now - entry.started_at),
+            ..entry
+        };
+        let (id, label) = (finished.run_id.clone(), finished.step_key.clone());
+        self.store.writer().write(WriteOp::FinishStep(Box::new(finished))).await?;
+        live.bump();
+        let stored = self.step(&id, &label).await?;
+        stored.map(Begun::Done).ok_or_else(|| RunError::Io("the journal entry vanished".into()))
     }
 
     /// Waits for a script step's job (the same job on every replay: never a second one) and
@@ -1303,16 +1362,35 @@ impl Shared {
     /// a run without a process settles at once.
     async fn stop(&self, live: &Arc<LiveRun>, why: Stop) {
         let mut rx = live.changed.subscribe();
-        let control = lock(&live.exec).clone();
-        match control {
-            Some(control) => {
-                {
+        // Decided under the execution's lock: either the running execution is told why it
+        // stops, or the run (with no process, and none starting) changes status here.
+        let decided = {
+            let exec = lock(&live.exec);
+            match exec.clone() {
+                Some(control) => {
                     let mut stop = lock(&live.stop);
                     // A cancel or a limit overrides a pause or a park, never the reverse.
                     if stop.is_none() || matches!(*stop, Some(Stop::Pause | Stop::Park)) {
                         *stop = Some(why);
                     }
+                    Ok(control)
                 }
+                None => {
+                    let outcome = match why {
+                        Stop::Cancel => Some((RunStatus::Cancelled, Some("cancelled".to_string()))),
+                        Stop::Limit(message) => Some((RunStatus::AbortedLimit, Some(message))),
+                        Stop::Pause => Some((RunStatus::Paused, None)),
+                        Stop::Park | Stop::Shutdown => None,
+                    };
+                    Err(outcome.map(|(status, error)| {
+                        let pending = self.commit_if(live, |s| !s.is_terminal(), status_change(status, error));
+                        (status, pending)
+                    }))
+                }
+            }
+        };
+        match decided {
+            Ok(control) => {
                 control.cancel();
                 let bound = Duration::from_secs(self.config.runner.kill_grace_sec)
                     + supervisor::DRAIN_AFTER_EXIT
@@ -1326,20 +1404,18 @@ impl Shared {
                 })
                 .await;
             }
-            None => {
-                let outcome = match why {
-                    Stop::Cancel => Some((RunStatus::Cancelled, Some("cancelled".to_string()))),
-                    Stop::Limit(message) => Some((RunStatus::AbortedLimit, Some(message))),
-                    Stop::Pause => Some((RunStatus::Paused, None)),
-                    Stop::Park | Stop::Shutdown => None,
+            Err(None) | Err(Some((_, Ok(None)))) => {}
+            Err(Some((status, changed))) => {
+                let committed = match changed {
+                    Ok(Some(pending)) => Shared::committed(live, pending).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
                 };
-                if let Some((status, error)) = outcome {
-                    if let Err(e) = self.set_status(live, status, error).await {
-                        error!("run {}: state not saved: {e}", lock(&live.row).id);
-                    }
-                    if status.is_terminal() {
-                        self.forget(live);
-                    }
+                if let Err(e) = committed {
+                    error!("run {}: state not saved: {e}", lock(&live.row).id);
+                }
+                if status.is_terminal() {
+                    self.forget(live);
                 }
             }
         }
@@ -1355,19 +1431,24 @@ impl Shared {
     /// runtime at start), unless one is running or the run has ended meanwhile (a cancel or
     /// an execution that finished while the caller awaited its own commit).
     fn start(shared: &Arc<Shared>, live: Arc<LiveRun>) {
-        {
-            let mut exec = lock(&live.exec);
-            if live.status().is_terminal() {
-                return;
-            }
-            if exec.is_some() {
-                live.restart.store(true, Ordering::SeqCst);
-                return;
-            }
-            *exec = Some(Control::new());
+        let mut exec = lock(&live.exec);
+        Shared::start_locked(shared, &live, &mut exec);
+    }
+
+    /// [`Shared::start`] with the execution's lock held by the caller, who decided on the
+    /// run's status under it. While the server stops, nothing starts: a `running` run
+    /// resumes at the next start.
+    fn start_locked(shared: &Arc<Shared>, live: &Arc<LiveRun>, exec: &mut Option<Arc<Control>>) {
+        if live.status().is_terminal() || shared.stopping.load(Ordering::SeqCst) {
+            return;
         }
+        if exec.is_some() {
+            live.restart.store(true, Ordering::SeqCst);
+            return;
+        }
+        *exec = Some(Control::new());
         shared.executing.fetch_add(1, Ordering::SeqCst);
-        tokio::task::spawn_local(Arc::clone(shared).execute(live));
+        tokio::task::spawn_local(Arc::clone(shared).execute(Arc::clone(live)));
     }
 
     /// One execution, from writing its files to its committed end.
@@ -1393,19 +1474,24 @@ impl Shared {
                 error!("run {id}: final state not saved: {e}");
             }
         }
-        *lock(&live.exec) = None;
-        *lock(&live.stop) = None;
+        // The end and what follows it are decided under the execution's lock, against which
+        // a decision, a resume or a cancel decide whether there is a process.
+        let status = {
+            let mut exec = lock(&live.exec);
+            *exec = None;
+            *lock(&live.stop) = None;
+            let status = live.status();
+            if live.restart.swap(false, Ordering::SeqCst) && status == RunStatus::Running {
+                Shared::start_locked(&self, &live, &mut exec);
+            }
+            status
+        };
         self.executing.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
-        let status = live.status();
         if status.is_terminal() {
             self.forget(&live);
         } else {
             live.bump();
-            let again = live.restart.swap(false, Ordering::SeqCst) && status == RunStatus::Running;
-            if again && !self.stopping.load(Ordering::SeqCst) {
-                Shared::start(&self, live);
-            }
         }
     }
 
@@ -1632,6 +1718,21 @@ impl Shared {
             }
         }
         Value::String(trimmed.to_string())
+    }
+}
+
+/// The change of a row to `status` (with `error` when it is terminal).
+fn status_change(status: RunStatus, error: Option<String>) -> impl FnOnce(&mut RunRow) {
+    move |row| {
+        row.status = status.as_str().to_string();
+        if status.is_terminal() {
+            row.finished_at = Some(now_ms());
+            row.error = error;
+        }
+        // Only a running or awaiting run may have a process (a pause stops it).
+        if status.is_terminal() || status == RunStatus::Paused {
+            row.pid = None;
+        }
     }
 }
 
