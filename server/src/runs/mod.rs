@@ -565,8 +565,11 @@ impl RunManager {
         let live = self.require_live(id, "resumed").await?;
         let resumed = {
             let mut exec = lock(&live.exec);
-            let pending =
-                self.shared.commit_if(&live, |s| s == RunStatus::Paused, |r| r.status = RunStatus::Running.as_str().into())?;
+            let pending = self.shared.commit_if(
+                &live,
+                |s| s == RunStatus::Paused,
+                |r| r.status = RunStatus::Running.as_str().into(),
+            )?;
             if pending.is_some() {
                 Shared::start_locked(&self.shared, &live, &mut exec);
             }
@@ -1144,7 +1147,8 @@ impl Shared {
     /// under the execution's lock, so an execution cannot end unseen in between.
     fn wake(self: &Arc<Self>, live: &Arc<LiveRun>) -> Result<Option<Pending>, RunError> {
         let mut exec = lock(&live.exec);
-        let pending = self.commit_if(live, |s| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
+        let pending =
+            self.commit_if(live, |s| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
         if pending.is_some() {
             if exec.is_some() {
                 live.restart.store(true, Ordering::SeqCst);
