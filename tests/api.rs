@@ -978,7 +978,9 @@ fn job_object_has_every_upstream_field_with_the_right_types() {
     let duration = job["durationMs"].as_i64().unwrap();
     assert!(job["durationMs"].is_u64(), "{job}");
     assert!((150..10_000).contains(&duration), "{job}");
-    assert!((duration - (iso_ms(ended) - iso_ms(started))).abs() <= 100, "{job}");
+    // The same interval, up to the server reading its two clocks a few statements apart (a
+    // loaded machine can stretch that).
+    assert!((duration - (iso_ms(ended) - iso_ms(started))).abs() <= 1000, "{job}");
     assert!(server.dir().join("logs").join(format!("{id}.stdout.log")).is_file());
     assert!(server.dir().join("logs").join(format!("{id}.stderr.log")).is_file());
 }

@@ -131,12 +131,6 @@ fn url_input(server: &TestServer) -> String {
     format!("script_runner_url={}", server.base)
 }
 
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn job_server() -> TestServer {
     Builder::new()
         .script("echo", "echo hi $1")
@@ -238,7 +232,8 @@ fn cancel_job_block_cancels_a_running_job_and_reports_an_ended_one() {
 
 #[test]
 fn block_errors_server_down_http_error_and_bad_input() {
-    let port = free_port();
+    // Nothing listens there, and no other test's server or connection can take it meanwhile.
+    let port = common::unused_port();
     let down = format!("http://127.0.0.1:{port}");
     let out = block("list-scripts", json!({ "script_runner_url": down }));
     assert_eq!(out.code, 1, "{}", out.stderr);
@@ -655,15 +650,17 @@ outputs_from:
 
 #[test]
 fn durable_flow_replays_completed_nodes_after_a_server_crash() {
-    let port = free_port();
-    let builder = Builder::new().server("port", json!(port)).workflows(json!({ "parkAfterSec": 1 }));
+    // A fixed port: the flow's script_runner_url input must still reach the server after its
+    // restart (the harness picks it and retries the start if it was taken meanwhile).
+    let builder = Builder::new().workflows(json!({ "parkAfterSec": 1 }));
     let dir = builder.dir().to_path_buf();
     let side = dir.join("side.txt");
     let sleeping = dir.join("sleeping.txt");
     let mut server = builder
         .script("append", &format!("echo once >> {}; printf sleep3", side.display()))
         .script("sleep3", &format!("echo $$ >> {}; sleep 3; echo slept", sleeping.display()))
-        .start();
+        .write()
+        .start_on_fixed_port();
     write_flow(
         &dir,
         "durable",

@@ -14,35 +14,9 @@ use serde_json::{json, Value};
 
 /// Bound for a job to reach a state the test is waiting for.
 const WAIT: Duration = Duration::from_secs(10);
-/// Bound for a SIGTERM-ed server to exit: shutdownGraceSec 2 + killGraceSec 1 + a few seconds.
+/// Bound for a SIGTERM-ed server to exit: shutdownGraceSec 2 + killGraceSec 1 + a few seconds
+/// (with [`LONG_GRACE`], counted from the end of its last job instead).
 const DRAIN_BOUND: Duration = Duration::from_secs(8);
-
-/// Kills, when the test ends (also on failure), job processes a test left behind, so a failing
-/// test does not leak `sleep 300`s. Only processes that still carry `SCRIPT_RUNNER_JOB_ID` are
-/// signalled, so a reused pid is never hit.
-struct Reaper(Vec<i32>);
-
-impl Reaper {
-    fn new() -> Reaper {
-        Reaper(Vec::new())
-    }
-
-    fn add(&mut self, pids: &[i32]) {
-        self.0.extend_from_slice(pids);
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let is_job = environ.split(|&b| b == 0).any(|v| v.starts_with(b"SCRIPT_RUNNER_JOB_ID="));
-            if common::alive(pid) && is_job {
-                common::signal(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
 
 /// The process group of a pid (field 5 of /proc/<pid>/stat).
 fn pgid_of(pid: i32) -> Option<i32> {
@@ -51,24 +25,20 @@ fn pgid_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Waits until the log page shows this text (complete output printed before a crash).
+/// Waits until the stdout log page shows this text (complete output printed before a crash).
 fn wait_log(server: &TestServer, id: &str, expected: &str) {
+    wait_stream_log(server, id, "stdout", expected);
+}
+
+/// Waits until the log page of `stream` shows this text.
+fn wait_stream_log(server: &TestServer, id: &str, stream: &str, expected: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let page = server.get(&format!("/jobs/{id}/logs?stream=stdout"));
+        let page = server.get(&format!("/jobs/{id}/logs?stream={stream}"));
         if page.status == 200 && page.body["data"] == json!(expected) {
             return;
         }
-        assert!(Instant::now() < deadline, "log of {id} never showed {expected:?}: {}", page.text);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until a pid has exited (or is a zombie), at most `timeout`.
-fn wait_exit(pid: i32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while common::alive(pid) {
-        assert!(Instant::now() < deadline, "server {pid} still running {timeout:?} after the signal");
+        assert!(Instant::now() < deadline, "{stream} log of {id} never showed {expected:?}: {}", page.text);
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -209,11 +179,9 @@ fn kill9_recovery_kills_the_orphaned_job_group_and_fails_the_job() {
             json!({ "mode": "async" }),
         )
         .start();
-    let mut reaper = Reaper::new();
     let pid_file = server.dir().join("orphan.pids");
     let id = server.run_async("orphan", &[&path_str(&pid_file)]);
     let pids = common::read_pids(&pid_file, 2, WAIT);
-    reaper.add(&pids);
     server.wait_job(&id, WAIT, |s| s == "running");
     wait_log(&server, &id, "before the crash\n");
 
@@ -223,7 +191,7 @@ fn kill9_recovery_kills_the_orphaned_job_group_and_fails_the_job() {
     }
 
     server.restart();
-    let left = common::wait_gone(&pids, Duration::from_secs(5));
+    let left = common::wait_gone(&pids, WAIT);
     assert!(left.is_empty(), "processes {left:?} of the interrupted job survived the restart");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
@@ -252,11 +220,12 @@ fn kill9_recovery_keeps_the_partial_output_in_the_job_record() {
             json!({ "mode": "async" }),
         )
         .start();
-    let mut reaper = Reaper::new();
     let pid_file = server.dir().join("partial.pid");
     let id = server.run_async("partial", &[&path_str(&pid_file)]);
-    reaper.add(&common::read_pids(&pid_file, 1, WAIT));
+    common::read_pids(&pid_file, 1, WAIT);
+    // Both streams stored before the crash: what recovery must keep.
     wait_log(&server, &id, "before the crash\n");
+    wait_stream_log(&server, &id, "stderr", "oops\n");
 
     server.kill9();
     server.restart();
@@ -278,12 +247,10 @@ fn kill9_recovery_kills_a_job_process_that_left_the_group() {
             json!({ "mode": "async" }),
         )
         .start();
-    let mut reaper = Reaper::new();
     let pid_file = server.dir().join("job.pid");
     let id = server.run_async("leaver", &[&path_str(&pid_file)]);
     let leader = common::read_pids(&pid_file, 1, WAIT)[0];
     let leaver = common::read_pids(&server.dir().join("job.pid.leaver"), 1, WAIT)[0];
-    reaper.add(&[leader, leaver]);
     server.wait_job(&id, WAIT, |s| s == "running");
     // Wait until the leaver has exec'd sleep in its own session and group.
     let deadline = Instant::now() + WAIT;
@@ -297,7 +264,7 @@ fn kill9_recovery_kills_a_job_process_that_left_the_group() {
     assert!(common::alive(leaver), "the leaver should outlive a kill -9 of the server");
 
     server.restart();
-    let left = common::wait_gone(&[leader, leaver], Duration::from_secs(5));
+    let left = common::wait_gone(&[leader, leaver], WAIT);
     assert!(left.is_empty(), "processes {left:?} of the interrupted job survived the restart");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
@@ -311,12 +278,10 @@ fn kill9_recovery_runs_queued_async_jobs_in_order_and_fails_queued_sync_jobs() {
         .script_entry("long", "echo $$ > \"$1\"\nsleep 300", json!({ "mode": "async" }))
         .script_entry("mark", "echo \"$1\" >> \"$2\"", json!({ "mode": "async" }))
         .start();
-    let mut reaper = Reaper::new();
     let dir = server.dir().to_path_buf();
     let order = dir.join("order.txt");
     let long = server.run_async("long", &[&path_str(&dir.join("long.pid"))]);
     let long_pid = common::read_pids(&dir.join("long.pid"), 1, WAIT)[0];
-    reaper.add(&[long_pid]);
     server.wait_job(&long, WAIT, |s| s == "running");
     let first = server.run_async("mark", &["first", &path_str(&order)]);
     let second = server.run_async("mark", &["second", &path_str(&order)]);
@@ -347,7 +312,7 @@ fn kill9_recovery_runs_queued_async_jobs_in_order_and_fails_queued_sync_jobs() {
     let job = server.job(&long);
     assert_eq!(job["status"], json!("failed"), "{job}");
     assert_eq!(job["code"], json!(-1), "{job}");
-    assert!(common::wait_gone(&[long_pid], Duration::from_secs(5)).is_empty());
+    assert!(common::wait_gone(&[long_pid], WAIT).is_empty());
 
     let a = server.wait_terminal(&first, WAIT);
     let b = server.wait_terminal(&second, WAIT);
@@ -368,15 +333,41 @@ fn kill9_recovery_runs_queued_async_jobs_in_order_and_fails_queued_sync_jobs() {
 // SIGTERM drain
 // ---------------------------------------------------------------------------------------------
 
+/// A shutdown grace far longer than any test waits: a job ends in a drain when the test lets
+/// it (a gate), or is canceled by the test, never by the grace running out on a slow machine.
+const LONG_GRACE: u64 = 30;
+
+/// After a signal to the server: polls with async runs of `probe` (a script that does nothing)
+/// until the server refuses them with 503 SHUTTING_DOWN, i.e. it is draining; returns the
+/// refusal. A probe accepted before that is queued or runs like any other job.
+fn wait_draining(server: &TestServer, probe: &str) -> common::Resp {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = server.run(probe, &[], Some("async"));
+        if r.status != 202 {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "runs still accepted {WAIT:?} after the signal");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sigterm_lets_a_running_job_finish_within_the_grace() {
-    let mut server = Builder::new()
-        .script_entry("short", "echo started\nsleep 1\necho finished", json!({ "mode": "async" }))
-        .start();
+    let b = Builder::new().runner("shutdownGraceSec", json!(LONG_GRACE));
+    let gate = b.dir().join("gate");
+    let body = format!("echo started\n{}\necho finished", common::wait_for_gate(&gate));
+    let mut server =
+        b.script_entry("short", &body, json!({ "mode": "async" })).script_entry("probe", "true", json!({})).start();
     let id = server.run_async("short", &[]);
     server.wait_job(&id, WAIT, |s| s == "running");
 
-    let status = server.terminate(DRAIN_BOUND);
+    // The job is still running (held by its gate) when the drain starts, and ends inside it.
+    server.signal(libc::SIGTERM);
+    assert_eq!(wait_draining(&server, "probe").status, 503);
+    common::open_gate(&gate);
+    // Once its last job has ended, the server exits without waiting out the grace.
+    let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
     // A clean stop leaves everything in the database file: the WAL is checkpointed and
     // truncated (or removed), so the next start has nothing to replay.
@@ -399,11 +390,9 @@ fn sigterm_cancels_a_job_that_outlives_the_grace() {
             json!({ "mode": "async" }),
         )
         .start();
-    let mut reaper = Reaper::new();
     let pid_file = server.dir().join("forever.pids");
     let id = server.run_async("forever", &[&path_str(&pid_file)]);
     let pids = common::read_pids(&pid_file, 2, WAIT);
-    reaper.add(&pids);
     server.wait_job(&id, WAIT, |s| s == "running");
 
     let started = Instant::now();
@@ -411,7 +400,7 @@ fn sigterm_cancels_a_job_that_outlives_the_grace() {
     let took = started.elapsed();
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
     assert!(took >= Duration::from_millis(1500), "server exited after {took:?}, before the 2 s shutdown grace");
-    let left = common::wait_gone(&pids, Duration::from_secs(2));
+    let left = common::wait_gone(&pids, WAIT);
     assert!(left.is_empty(), "processes {left:?} of the canceled job survived the shutdown");
 
     server.restart();
@@ -424,54 +413,53 @@ fn sigterm_cancels_a_job_that_outlives_the_grace() {
 #[test]
 fn draining_server_refuses_runs_with_503_but_still_serves_reads() {
     let mut server = Builder::new()
+        .runner("shutdownGraceSec", json!(LONG_GRACE))
         .script_entry("forever", "echo $$ > \"$1\"\nsleep 300", json!({ "mode": "async" }))
         .script("quick", "echo hi")
         .start();
-    let mut reaper = Reaper::new();
     let pid_file = server.dir().join("forever.pid");
     let id = server.run_async("forever", &[&path_str(&pid_file)]);
-    reaper.add(&common::read_pids(&pid_file, 1, WAIT));
+    common::read_pids(&pid_file, 1, WAIT);
     server.wait_job(&id, WAIT, |s| s == "running");
 
-    let pid = server.pid() as i32;
-    common::signal(pid, libc::SIGTERM);
+    server.signal(libc::SIGTERM);
     // The signal is handled asynchronously: poll until runs are refused.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let refused = loop {
-        let r = server.run("quick", &[], Some("async"));
-        if r.status != 202 {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "runs still accepted 2 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let refused = wait_draining(&server, "quick");
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert_eq!(refused.body["ok"], json!(false), "{}", refused.text);
     assert_eq!(refused.body["error"]["code"], json!("SHUTTING_DOWN"), "{}", refused.text);
     let sync = server.run("quick", &[], Some("sync"));
     assert_eq!(sync.status, 503, "{}", sync.text);
 
+    // Reads are served while the job keeps the drain going (30 s of grace left).
     let job = server.get(&format!("/jobs/{id}"));
     assert_eq!(job.status, 200, "{}", job.text);
     assert_eq!(job.body["status"], json!("running"), "{}", job.text);
     assert_eq!(server.get("/jobs").status, 200);
     assert_eq!(server.get(&format!("/jobs/{id}/logs")).status, 200);
 
-    wait_exit(pid, DRAIN_BOUND);
-    let status: ExitStatus = server.terminate(Duration::from_secs(2));
+    // Ending the last job ends the drain: the server exits long before the grace.
+    let canceled = server.post(&format!("/jobs/{id}/cancel"), json!({}));
+    assert_eq!(canceled.status, 200, "{}", canceled.text);
+    assert_eq!(canceled.body["status"], json!("canceled"), "{}", canceled.text);
+    let status: ExitStatus = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
 }
 
 #[test]
 fn sigint_drains_like_sigterm() {
-    let mut server = Builder::new().script_entry("short", "sleep 1\necho finished", json!({ "mode": "async" })).start();
+    let b = Builder::new().runner("shutdownGraceSec", json!(LONG_GRACE));
+    let gate = b.dir().join("gate");
+    let body = format!("{}\necho finished", common::wait_for_gate(&gate));
+    let mut server =
+        b.script_entry("short", &body, json!({ "mode": "async" })).script_entry("probe", "true", json!({})).start();
     let id = server.run_async("short", &[]);
     server.wait_job(&id, WAIT, |s| s == "running");
 
-    let pid = server.pid() as i32;
-    common::signal(pid, libc::SIGINT);
-    wait_exit(pid, DRAIN_BOUND);
-    let status = server.terminate(Duration::from_secs(2));
+    server.signal(libc::SIGINT);
+    assert_eq!(wait_draining(&server, "probe").status, 503);
+    common::open_gate(&gate);
+    let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGINT");
 
     server.restart();
@@ -482,10 +470,12 @@ fn sigint_drains_like_sigterm() {
 
 #[test]
 fn queued_async_jobs_survive_a_sigterm_shutdown_and_run_after_restart() {
-    let mut server = Builder::new()
-        .runner("maxConcurrent", json!(1))
-        .script_entry("busy", "sleep 1", json!({ "mode": "async" }))
+    let b = Builder::new().runner("maxConcurrent", json!(1)).runner("shutdownGraceSec", json!(LONG_GRACE));
+    let gate = b.dir().join("gate");
+    let mut server = b
+        .script_entry("busy", &common::wait_for_gate(&gate), json!({ "mode": "async" }))
         .script_entry("mark", "echo \"$1\" >> \"$2\"", json!({ "mode": "async" }))
+        .script_entry("probe", "true", json!({}))
         .start();
     let order = server.dir().join("order.txt");
     let busy = server.run_async("busy", &[]);
@@ -493,7 +483,12 @@ fn queued_async_jobs_survive_a_sigterm_shutdown_and_run_after_restart() {
     let first = server.run_async("mark", &["first", &path_str(&order)]);
     let second = server.run_async("mark", &["second", &path_str(&order)]);
 
-    let status = server.terminate(DRAIN_BOUND);
+    // `busy` holds the only slot until the drain has begun, then ends inside it: the slot it
+    // frees must not go to a queued job.
+    server.signal(libc::SIGTERM);
+    assert_eq!(wait_draining(&server, "probe").status, 503);
+    common::open_gate(&gate);
+    let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
     assert!(!order.exists(), "a queued job ran during the shutdown");
 
@@ -900,7 +895,7 @@ fn recovery_kills_this_deployments_orphans_even_without_a_job_row_and_spares_oth
     let (ours_pid, theirs_pid) = (ours.id() as i32, theirs.id() as i32);
 
     let server = deployment.start();
-    let left = common::wait_gone(&[ours_pid], Duration::from_secs(5));
+    let left = common::wait_gone(&[ours_pid], WAIT);
     let _ = ours.wait();
     let theirs_alive = common::alive(theirs_pid);
     let _ = theirs.kill();
@@ -920,8 +915,6 @@ fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
         let _ = ureq::post(&url).set("Content-Type", "application/json").send_string(&body);
     });
     let pid = common::read_pids(&pid_file, 1, WAIT)[0];
-    let mut reaper = Reaper::new();
-    reaper.add(&[pid]);
     // A running sync job is written once it has run briefly: it shows up in listings.
     let deadline = Instant::now() + WAIT;
     let id = loop {
@@ -938,7 +931,7 @@ fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
     assert!(common::alive(pid), "the job's process should outlive the server");
     server.restart();
 
-    assert!(common::wait_gone(&[pid], Duration::from_secs(5)).is_empty(), "the sync job's process survived");
+    assert!(common::wait_gone(&[pid], WAIT).is_empty(), "the sync job's process survived");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
     assert_eq!(job["code"], json!(-1), "{job}");

@@ -3,6 +3,7 @@
 //! logs), and talks to it over HTTP like any client.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test binary uses a part of it")]
 
+use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -178,9 +179,30 @@ pub struct Deployment {
 impl Deployment {
     /// Starts a server on this deployment.
     pub fn start(self) -> TestServer {
-        let mut server = TestServer { deployment: self, child: None, base: String::new() };
+        let mut server = TestServer::new(self);
         server.launch();
         server
+    }
+
+    /// Starts a server on a fixed port (for a test whose server must come back on the same
+    /// address after a restart), picked by [`unused_port`] and written into config.json. The
+    /// port is free when picked but may be taken before the server binds it: a start that
+    /// fails to listen is retried on another port.
+    pub fn start_on_fixed_port(self) -> TestServer {
+        let mut server = TestServer::new(self);
+        for _ in 0..10 {
+            let port = unused_port();
+            let path = &server.deployment.config;
+            let mut config: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            config["server"]["port"] = json!(port);
+            std::fs::write(path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+            match server.try_launch() {
+                Ok(()) => return server,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("server did not start; its log:\n{log}"),
+            }
+        }
+        panic!("server did not start on any of 10 ports; its log:\n{}", server.server_log());
     }
 
     /// Runs `script-runner check-config --config <config.json>`.
@@ -203,10 +225,25 @@ pub struct TestServer {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// One HTTP client (and connection pool) per server start, for every request of the test.
+    agent: ureq::Agent,
 }
 
 impl TestServer {
+    fn new(deployment: Deployment) -> TestServer {
+        TestServer { deployment, child: None, base: String::new(), agent: new_agent() }
+    }
+
     fn launch(&mut self) {
+        if let Err(log) = self.try_launch() {
+            panic!("server did not start; its log:\n{log}");
+        }
+    }
+
+    /// Starts the server; on failure returns what it logged in this attempt.
+    fn try_launch(&mut self) -> Result<(), String> {
+        let log_path = self.deployment.dir.path().join("server.log");
+        let logged_before = std::fs::metadata(&log_path).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -235,10 +272,16 @@ impl TestServer {
             Ok(base) => self.base = base,
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not start; its log:\n{}", self.server_log());
+                let _ = child.wait();
+                let log = std::fs::read(&log_path).unwrap_or_default();
+                let this_attempt = log.get(usize::try_from(logged_before).unwrap_or(0)..).unwrap_or_default();
+                return Err(String::from_utf8_lossy(this_attempt).into_owned());
             }
         }
         self.child = Some(child);
+        // Pooled connections of a previous start lead nowhere.
+        self.agent = new_agent();
+        Ok(())
     }
 
     /// The deployment folder.
@@ -258,8 +301,7 @@ impl TestServer {
 
     /// Any request. `headers` are `(name, value)` pairs.
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
-        let mut req = agent.request(method, &format!("{}{}", self.base, path));
+        let mut req = self.agent.request(method, &format!("{}{}", self.base, path));
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -377,8 +419,20 @@ impl TestServer {
 
     /// Sends SIGTERM and waits for the server to exit, at most `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Sends a signal to the server (e.g. SIGTERM, to look at the drain before
+    /// [`TestServer::wait_exit`]).
+    pub fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("server not running");
+        signal(i32::try_from(child.id()).unwrap(), sig);
+    }
+
+    /// Waits for the server to exit, at most `timeout` (then kills it and panics).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("server not running");
-        signal(child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -386,7 +440,8 @@ impl TestServer {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!("server did not exit within {timeout:?} of SIGTERM");
+                let _ = child.wait();
+                panic!("server did not exit within {timeout:?}; its log:\n{}", self.server_log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -400,12 +455,54 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Kills the server, then every process of its deployment that outlived it (job groups and
+    /// workflow processes survive a SIGKILL of the server): a failing test leaves none behind.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        reap(self.dir());
     }
+}
+
+fn new_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build()
+}
+
+/// A port outside the kernel's ephemeral range (which `bind(0)` and outgoing connections draw
+/// from, so they cannot take it meanwhile) that nothing listens on now.
+pub fn unused_port() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low = range.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32768);
+    // Between 10000 and the ephemeral range (a few thousand ports in any sane setting).
+    let (from, to) = if low > 12000 { (10000, low) } else { (low.saturating_sub(2000).max(1024), low) };
+    for _ in 0..100 {
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = from + u16::try_from(random % u64::from(to - from)).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {from}..{to}");
+}
+
+/// A shell snippet that waits until the file `gate` exists (the test creates it when the
+/// script may go on), polling every 50 ms; after about 60 s without it, the script exits 97.
+/// A gate holds a job in a state for exactly as long as the test needs, however slow the
+/// machine, where a `sleep` would guess.
+pub fn wait_for_gate(gate: &Path) -> String {
+    wait_for_gate_word(&format!("'{}'", gate.display()))
+}
+
+/// [`wait_for_gate`] with the gate's path as a shell word (quoted by the caller), e.g. `"$f.go"`.
+pub fn wait_for_gate_word(gate: &str) -> String {
+    format!("i=0; while [ ! -e {gate} ]; do [ $i -ge 1200 ] && exit 97; sleep 0.05; i=$((i+1)); done")
+}
+
+/// Creates a gate file (see [`wait_for_gate`]).
+pub fn open_gate(gate: &Path) {
+    std::fs::write(gate, "").unwrap();
 }
 
 /// Sends a signal to a pid.
@@ -469,29 +566,18 @@ pub fn read_pids(path: &Path, count: usize, timeout: Duration) -> Vec<i32> {
     }
 }
 
-/// When dropped, SIGKILLs every process a job of this deployment may have left behind (its cwd
-/// inside the deployment folder and `SCRIPT_RUNNER_JOB_ID` in its environment). The harness
-/// kills only the server on drop, and job groups (and processes that left their session)
-/// survive that: without this, a failing test would leave its processes running.
-pub struct Sweep(PathBuf);
-
-impl Sweep {
-    pub fn new(server: &TestServer) -> Sweep {
-        Sweep(server.dir().canonicalize().unwrap())
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir("/proc") else { return };
-        for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let in_dir = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&self.0));
-            let is_job = std::fs::read(entry.path().join("environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v.starts_with(b"SCRIPT_RUNNER_JOB_ID=")));
-            if in_dir && is_job {
-                signal(pid, libc::SIGKILL);
-            }
+/// SIGKILLs every process that carries this deployment's marker, `SCRIPT_RUNNER_DB=<dir>/db.sqlite`
+/// (the server exports it to every job and workflow process, and recovery finds them by it):
+/// processes of other deployments (other tests running meanwhile) are never hit, nor is a pid
+/// reused by an unrelated process.
+pub fn reap(dir: &Path) {
+    let marker = format!("SCRIPT_RUNNER_DB={}", dir.join("db.sqlite").display());
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|&b| b == 0).any(|v| v == marker.as_bytes()) {
+            signal(pid, libc::SIGKILL);
         }
     }
 }

@@ -529,15 +529,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
         let store = Store::open(&path).expect("open");
-        let until = Instant::now() + CHECKPOINT_AFTER * 2 + Duration::from_millis(500);
+        // Writes go on until both the time (two and a half checkpoint periods) and the count
+        // (twice the commits after which a checkpoint is due, counted in writes) are reached,
+        // however slow the machine; the deadline only bounds a writer that makes no progress.
+        let start = Instant::now();
+        let min_time = CHECKPOINT_AFTER * 2 + Duration::from_millis(500);
+        let deadline = start + Duration::from_secs(120);
+        let total = std::sync::atomic::AtomicU64::new(0);
+        let enough = || {
+            start.elapsed() >= min_time
+                && total.load(std::sync::atomic::Ordering::Relaxed) > 2 * CHECKPOINT_EVERY_COMMITS
+        };
         let written: u64 = std::thread::scope(|s| {
             let threads: Vec<_> = (0..3u64)
                 .map(|t| {
                     let writer = store.writer().clone();
+                    let (total, enough) = (&total, &enough);
                     s.spawn(move || {
                         let mut n = 0;
-                        while Instant::now() < until {
+                        while !enough() && Instant::now() < deadline {
                             writer.write_blocking(job(t * 1_000_000 + n)).expect("write");
+                            total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             n += 1;
                         }
                         n
