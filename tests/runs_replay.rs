@@ -417,16 +417,20 @@ echo "{\"rc\":$rc}"
 /// commit has returned lets the execution end first; the approval then found no process and
 /// started a second execution, whose step client was refused (exit 3) and overwrote the
 /// output. Decisions are posted the moment each entry exists, for many runs at once, to
-/// make the step client read them before it ever waits.
+/// make the step client read them before it ever waits. A decision that lands before its run
+/// is `awaiting` must not leave it awaiting: the park (after 1 s) would then stop a process
+/// that goes on after the gate, and nothing would restart it.
 #[test]
 fn a_decision_read_at_once_ends_the_run_with_a_single_execution() {
     const RUNS: usize = 12;
     let (b, d, _reaper) = builder();
-    let server = b.workflows(json!({})).start();
+    let server = b.workflows(json!({"parkAfterSec": 1})).start();
     let source = src(
         &d,
         r#"script-runner step gate --approval "ship it?" > /dev/null
-echo "{\"rc\":$?}"
+rc=$?
+sleep 1.5
+echo "{\"rc\":$rc}"
 "#,
     );
     let ids: Vec<String> = (0..RUNS).map(|n| server.launch_bash(&source, json!({ "n": n }))).collect();
@@ -455,6 +459,7 @@ echo "{\"rc\":$?}"
         assert_eq!(body["run"]["status"], json!("completed"), "{body}");
         assert_eq!(body["run"]["output"], json!({"rc": 1}), "{body}");
         assert_eq!(body["run"]["attempt"], json!(1), "a second execution started: {body}\n{}", server.server_log());
+        assert!(!server.server_log().contains("parking its process"), "{}", server.server_log());
         assert_eq!(body["run"]["warnings"], json!([]), "{body}");
     }
 }
@@ -1110,4 +1115,53 @@ echo "{\"picked\":$v}"
     assert_eq!(text(&d.join("shared.out")), "from-step", "the CLI replayed the client's step");
     assert_eq!(lines(&d.join("side")), ["shared"], "the step the client ran ran again");
     assert_eq!(labels(&body), ["gate", "shared", "picked", "computed", "fails"]);
+}
+
+/// Kill -9 between a script step's journal entry and its job's insert leaves an entry naming
+/// a job that does not exist (the id is journaled first, so never a job the journal does not
+/// know of). The state is made by hand with the server down: the replay submits the job under
+/// the journaled id, once, and the run goes on.
+#[test]
+fn a_journaled_job_id_with_no_job_is_submitted_once_on_replay() {
+    use diesel::{Connection, RunQueryDsl};
+    let (b, d, _reaper) = builder();
+    let mut server = b.workflows(json!({})).script("once", &src(&d, "echo ran >> @D/jobside; echo once-done")).start();
+    let source = src(
+        &d,
+        r#"set -e
+script-runner step s --script once > @D/s.$SCRIPT_RUN_ATTEMPT
+for _ in $(seq 1 600); do [ -f @D/go ] && break; sleep 0.05; done
+[ -f @D/go ]
+echo done
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    wait_step(&server, &id, "s", "completed");
+    server.kill9();
+    let db = d.join("db.sqlite");
+    let mut conn = diesel::SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    let changed = diesel::sql_query(
+        "UPDATE script_run_journal SET status = 'started', result = NULL, completed_at = NULL, \
+         duration_ms = NULL, job_id = 'job_1_424242' WHERE run_id = ? AND step_key = 's'",
+    )
+    .bind::<diesel::sql_types::Text, _>(&id)
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    std::fs::write(d.join("go"), "").unwrap();
+    server.restart();
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}\n{}", server.server_log());
+    let s = entry(&body, "s");
+    assert_eq!(s["status"], json!("completed"), "{s}");
+    assert_eq!(s["jobId"], json!("job_1_424242"), "{s}");
+    assert_eq!(s["result"]["stdout"], json!("once-done\n"), "{s}");
+    assert_eq!(lines(&d.join("jobside")), ["ran", "ran"], "the missing job ran once");
+    let job = server.get("/jobs/job_1_424242");
+    assert_eq!(job.status, 200, "{}", job.text);
+    assert_eq!(job.body["status"], json!("succeeded"), "{}", job.text);
+    let jobs = server.get("/jobs?scriptId=once");
+    assert_eq!(jobs.body["total"], json!(2), "{}", jobs.text);
 }
