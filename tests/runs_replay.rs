@@ -1165,3 +1165,39 @@ echo done
     let jobs = server.get("/jobs?scriptId=once");
     assert_eq!(jobs.body["total"], json!(2), "{}", jobs.text);
 }
+
+/// A script step's job that was queued when the server died runs after the restart; canceling
+/// its run (paused, so no replay has reached the step) cancels that job too.
+#[test]
+fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run() {
+    let (b, d, _reaper) = builder();
+    let hold = common::wait_for_gate(&d.join("hold.go"));
+    let slow = format!("{}; echo ran >> '{}'", common::wait_for_gate(&d.join("slow.go")), d.join("jobside").display());
+    let mut server = b
+        .workflows(json!({}))
+        .runner("maxConcurrent", json!(1))
+        .script_entry("hold", &hold, json!({"mode": "async"}))
+        .script_entry("slow", &slow, json!({"mode": "async"}))
+        .start();
+    let holder = server.run_async("hold", &[]);
+    server.wait_job(&holder, WAIT, |s| s == "running");
+    let id = server.launch_bash("script-runner step s --script slow\n", json!({}));
+    let started = wait_step(&server, &id, "s", "started");
+    let job_id = entry(&started, "s")["jobId"].as_str().unwrap().to_string();
+    server.wait_job(&job_id, WAIT, |s| s == "queued");
+    assert_ok(&server.post(&format!("/api/script-runs/{id}/pause"), json!({})), 200);
+    wait_body(&server, &id, "paused", |b| b["run"]["status"] == json!("paused"));
+
+    server.kill9();
+    server.restart();
+    // The holder was running: it ended with the server; the queued job runs now.
+    server.wait_job(&job_id, WAIT, |s| s == "running");
+    let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let job = server.wait_job(&job_id, WAIT, |s| s != "running");
+    assert_eq!(job["status"], json!("canceled"), "{job}");
+    assert_eq!(server.script_run(&id)["run"]["status"], json!("cancelled"));
+    common::open_gate(&d.join("slow.go"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!d.join("jobside").exists(), "the job went on after its run was cancelled");
+}

@@ -325,7 +325,15 @@ impl RunManager {
             if row.pid.take().is_some() {
                 store.writer().write_blocking(WriteOp::UpdateRun(Box::new(row.clone())))?;
             }
-            live.insert(row.id.clone(), LiveRun::new(row));
+            // Jobs its script steps started and that may still run (queued ones run after
+            // the restart): canceled with the run, even before a replay reaches their steps.
+            let started = store.journal(&row.id)?.into_iter().filter(|e| {
+                e.step_type == StepType::Script.as_str() && e.status == step_status::STARTED && e.job_id.is_some()
+            });
+            let id = row.id.clone();
+            let run = LiveRun::new(row);
+            lock(&run.jobs).extend(started.filter_map(|e| e.job_id));
+            live.insert(id, run);
         }
         Ok(RunManager {
             shared: Arc::new(Shared {
