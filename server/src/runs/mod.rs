@@ -1287,10 +1287,24 @@ impl Shared {
             return self.finish_script_step(live, entry).await.map(Begun::Done);
         }
         // Start only: the job id is the result (a durable flow's async run node).
+        let result = json!({ "jobId": job.id, "status": job.status.as_str() });
+        self.finish_step(live, entry, step_status::COMPLETED, result, None).await.map(Begun::Done)
+    }
+
+    /// Journals the end of a started entry and returns the entry as stored.
+    async fn finish_step(
+        &self,
+        live: &LiveRun,
+        entry: StepRow,
+        status: &str,
+        result: Value,
+        error: Option<String>,
+    ) -> Result<StepRow, RunError> {
         let now = now_ms();
         let finished = StepRow {
-            status: step_status::COMPLETED.to_string(),
-            result: Some(to_json(&json!({ "jobId": job.id, "status": job.status.as_str() }))),
+            status: status.to_string(),
+            result: Some(to_json(&result)),
+            error,
             completed_at: Some(now),
             duration_ms: Some(now - entry.started_at),
             ..entry
@@ -1298,8 +1312,7 @@ impl Shared {
         let (id, label) = (finished.run_id.clone(), finished.step_key.clone());
         self.store.writer().write(WriteOp::FinishStep(Box::new(finished))).await?;
         live.bump();
-        let stored = self.step(&id, &label).await?;
-        stored.map(Begun::Done).ok_or_else(|| RunError::Io("the journal entry vanished".into()))
+        self.step(&id, &label).await?.ok_or_else(|| RunError::Io("the journal entry vanished".into()))
     }
 
     /// Waits for a script step's job (the same job on every replay: never a second one) and
@@ -1321,23 +1334,12 @@ impl Shared {
             "stdout": stdout,
             "stderr": stderr,
         });
-        let now = now_ms();
         let error = (!succeeded).then(|| match job.code {
             Some(code) if code >= 0 => format!("job {} {} with exit code {code}", job.id, job.status.as_str()),
             _ => format!("job {} {}", job.id, job.status.as_str()),
         });
-        let finished = StepRow {
-            status: if succeeded { step_status::COMPLETED } else { step_status::FAILED }.to_string(),
-            result: Some(to_json(&result)),
-            error,
-            completed_at: Some(now),
-            duration_ms: Some(now - entry.started_at),
-            ..entry
-        };
-        let (id, label) = (finished.run_id.clone(), finished.step_key.clone());
-        self.store.writer().write(WriteOp::FinishStep(Box::new(finished))).await?;
-        live.bump();
-        self.step(&id, &label).await?.ok_or_else(|| RunError::Io("the journal entry vanished".into()))
+        let status = if succeeded { step_status::COMPLETED } else { step_status::FAILED };
+        self.finish_step(live, entry, status, result, error).await
     }
 
     /// After `parkAfterSec` of waiting, stops the process of an awaiting run; the decision
