@@ -211,10 +211,25 @@ impl Writer {
         let role = Role::acquire(&self.shared);
         role.commit_all();
         let mut conn = lock(&self.shared.conn);
-        if let Err(e) = conn.batch_execute("PRAGMA wal_checkpoint(TRUNCATE);") {
-            warn!("final WAL checkpoint failed: {e}");
+        match diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)").get_result::<Checkpoint>(&mut *conn) {
+            Ok(Checkpoint { busy: 0, .. }) => {}
+            // Nothing is lost: the next start reads the WAL (and checkpoints it).
+            Ok(c) => warn!("final WAL checkpoint incomplete ({} of {} pages): a reader was still open", c.done, c.log),
+            Err(e) => warn!("final WAL checkpoint failed: {e}"),
         }
     }
+}
+
+/// The answer of `PRAGMA wal_checkpoint`: whether it was blocked, the WAL's pages, and how many
+/// were copied into the database.
+#[derive(QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    log: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer, column_name = checkpointed)]
+    done: i32,
 }
 
 /// A write that was ordered; its commit can be awaited. Dropping it unawaited is fine: the
