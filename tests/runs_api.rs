@@ -171,6 +171,7 @@ echo '{{"done": true}}'"#
     assert_eq!(run["scriptName"], json!("wf"), "{run}");
     assert_eq!(run["interpreter"], Value::Null, "{run}");
     assert_eq!(run["status"], json!("running"), "{run}");
+    assert_eq!(run["attempt"], json!(1), "the answer counts the execution it started: {run}");
     assert_eq!(run["args"], args, "{run}");
     assert_eq!(run["forkedFrom"], Value::Null, "{run}");
     assert_eq!(run["idempotencyKey"], Value::Null, "{run}");

@@ -1461,6 +1461,9 @@ impl Shared {
             return;
         }
         *exec = Some(Control::new());
+        // Counted here, not when the execution has prepared its files, so that the answer
+        // of the request that started it (a launch, a resume, a decision) shows it.
+        lock(&live.row).attempt += 1;
         shared.executing.fetch_add(1, Ordering::SeqCst);
         tokio::task::spawn_local(Arc::clone(shared).execute(Arc::clone(live)));
     }
@@ -1550,7 +1553,6 @@ impl Shared {
         let token = new_token()?;
         let token_sha256 = sha256_hex(token.as_bytes());
         self.commit(live, |r| {
-            r.attempt += 1;
             r.token_sha256 = token_sha256;
             r.started_at.get_or_insert(now);
             r.last_heartbeat_at = Some(now);
