@@ -240,7 +240,14 @@ impl JobManager {
         args: Option<&Value>,
         mode: Option<&str>,
     ) -> Result<Submission, JobError> {
-        self.submit_as(None, script_id, args, mode).await
+        self.submit_as(None, None, script_id, args, mode).await
+    }
+
+    /// A place for one more job in running + queued, or `QUEUE_FULL` / shutting down, for a
+    /// caller that must know before it records anything (a workflow's script step); pass it
+    /// to [`JobManager::submit_as`]. Dropped unused, it frees the place.
+    pub fn admit(&self) -> Result<Admission, JobError> {
+        Shared::reserve(&self.shared)
     }
 
     /// A new job id, for a caller that must record it before the job exists (a workflow's
@@ -258,10 +265,12 @@ impl JobManager {
     }
 
     /// [`JobManager::submit`] under an id from [`JobManager::new_job_id`] (a new one when
-    /// `None`). An async job is committed before it can start, so a job with an id that is
-    /// not in the database has never run.
+    /// `None`), in a place from [`JobManager::admit`] (taken now when `None`). An async job is
+    /// committed before it can start, so a job with an id that is not in the database has
+    /// never run.
     pub async fn submit_as(
         &self,
+        admission: Option<Admission>,
         id: Option<String>,
         script_id: &str,
         args: Option<&Value>,
@@ -275,7 +284,10 @@ impl JobManager {
             None => script.effective_mode(shared.config.runner.default_mode),
             Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into()))?,
         };
-        shared.reserve()?;
+        let admission = match admission {
+            Some(admission) => admission,
+            None => Shared::reserve(shared)?,
+        };
         let id = id.unwrap_or_else(|| self.new_job_id());
         let job = Job::new(id, &script.id, mode, args, now_ms());
         let id = job.id.clone();
@@ -296,7 +308,7 @@ impl JobManager {
         };
         let waits = {
             let mut st = lock(&shared.state);
-            st.reserved -= 1;
+            admission.release(&mut st);
             admitted?;
             let waits = st.stopping || !st.queue.is_empty() || st.running >= shared.config.runner.max_concurrent;
             st.active.insert(id, Arc::clone(&active));
@@ -514,13 +526,37 @@ impl JobManager {
     }
 }
 
+/// A place reserved for one job in running + queued (see [`JobManager::admit`]). It is given
+/// back when the job is queued, or when it is dropped (a refused or abandoned submission,
+/// e.g. a request whose client went away while its job was being recorded).
+pub struct Admission {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Admission {
+    /// Gives the place back, under the state lock the caller holds.
+    fn release(mut self, st: &mut State) {
+        if self.shared.take().is_some() {
+            st.reserved -= 1;
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            lock(&shared.state).reserved -= 1;
+        }
+    }
+}
+
 impl Shared {
     fn active(&self, id: &str) -> Option<Arc<Active>> {
         lock(&self.state).active.get(id).cloned()
     }
 
     /// Admits one more job into running + queued, or refuses.
-    fn reserve(&self) -> Result<(), JobError> {
+    fn reserve(self: &Arc<Self>) -> Result<Admission, JobError> {
         let runner = &self.config.runner;
         let mut st = lock(&self.state);
         if st.stopping {
@@ -535,7 +571,7 @@ impl Shared {
             });
         }
         st.reserved += 1;
-        Ok(())
+        Ok(Admission { shared: Some(Arc::clone(self)) })
     }
 
     /// Starts queued jobs while slots are free, each as a task on the calling thread's

@@ -30,7 +30,7 @@ use crate::db::models::{RunRow, StepRow};
 use crate::db::{Pending, RunFilter, Store, StoreError, WriteOp};
 use crate::jobs::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::jobs::supervisor::{self, Control, Ending, Launch, LiveStreams, Outcome, Spawned};
-use crate::jobs::{JobError, JobManager};
+use crate::jobs::{Admission, JobError, JobManager};
 use crate::sync::lock;
 use crate::time::now_ms;
 use model::{step_status, RunStatus, StepType};
@@ -204,6 +204,45 @@ enum Stop {
     Shutdown,
 }
 
+impl Stop {
+    /// Which reason wins when several arrive while the process stops: a cancel or a limit
+    /// (the first of them) over a pause, a pause over a shutdown, anything over a park.
+    fn rank(&self) -> u8 {
+        match self {
+            Stop::Park => 0,
+            Stop::Shutdown => 1,
+            Stop::Pause => 2,
+            Stop::Cancel | Stop::Limit(_) => 3,
+        }
+    }
+
+    /// The status a run with no process takes for this reason (none for a park or a
+    /// shutdown, which leave it as it is).
+    fn ending(self) -> Option<(RunStatus, Option<String>)> {
+        match self {
+            Stop::Cancel => Some((RunStatus::Cancelled, Some("cancelled".to_string()))),
+            Stop::Limit(message) => Some((RunStatus::AbortedLimit, Some(message))),
+            Stop::Pause => Some((RunStatus::Paused, None)),
+            Stop::Park | Stop::Shutdown => None,
+        }
+    }
+}
+
+impl LiveRun {
+    /// Tells the running execution why it is being stopped, unless a weightier reason is
+    /// already set; returns its control to cancel, or `None` if there is no process (or the
+    /// reason lost). Call it with the execution's lock held (`exec`).
+    fn request_stop(&self, exec: &Option<Arc<Control>>, why: Stop) -> Option<Arc<Control>> {
+        let control = exec.clone()?;
+        let mut stop = lock(&self.stop);
+        if stop.as_ref().is_some_and(|current| current.rank() >= why.rank()) {
+            return None;
+        }
+        *stop = Some(why);
+        Some(control)
+    }
+}
+
 /// Journal bookkeeping of the current execution.
 #[derive(Debug, Default)]
 struct Journal {
@@ -320,20 +359,31 @@ impl RunManager {
             .map_err(|e| RunError::Io(format!("cannot create {}: {e}", runs_dir(&config).display())))?;
         let mut live = HashMap::new();
         for mut row in store.unfinished_runs()? {
+            let journal = store.journal(&row.id)?;
+            let started = |kind: StepType| {
+                journal.iter().filter(move |e| e.step_type == kind.as_str() && e.status == step_status::STARTED)
+            };
             // Crash recovery (which runs first) killed every process of the previous server:
             // a pid left on the row names a process that is gone.
-            if row.pid.take().is_some() {
+            let mut changed = row.pid.take().is_some();
+            // A decision journaled just before the crash, without the status change that
+            // follows it: the run goes on (it is resumed with the running ones).
+            if row.status == RunStatus::Awaiting.as_str() && started(StepType::Approval).next().is_none() {
+                row.status = RunStatus::Running.as_str().to_string();
+                changed = true;
+            }
+            if changed {
                 store.writer().write_blocking(WriteOp::UpdateRun(Box::new(row.clone())))?;
             }
             // Jobs its script steps started and that may still run (queued ones run after
             // the restart): canceled with the run, even before a replay reaches their steps.
-            let started = store.journal(&row.id)?.into_iter().filter(|e| {
-                e.step_type == StepType::Script.as_str() && e.status == step_status::STARTED && e.job_id.is_some()
-            });
-            let id = row.id.clone();
-            let run = LiveRun::new(row);
-            lock(&run.jobs).extend(started.filter_map(|e| e.job_id));
-            live.insert(id, run);
+            // (Not a start-only step's job: that one outlives its run.)
+            let jobs = started(StepType::Script)
+                .filter(|e| parse_json(&e.config).get("wait") != Some(&Value::Bool(false)))
+                .filter_map(|e| e.job_id.clone());
+            let run = LiveRun::new(row.clone());
+            lock(&run.jobs).extend(jobs);
+            live.insert(row.id, run);
         }
         Ok(RunManager {
             shared: Arc::new(Shared {
@@ -844,12 +894,18 @@ impl RunManager {
                 // The entry names the job before the job exists, so a crash can never leave a
                 // job the journal does not know of (which a replay would start again).
                 let script_id = request.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
-                self.shared.jobs.validate(script_id, request.config.get("args")).inspect_err(|_| {
-                    lock(&live.journal).reserved.remove(&request.label);
-                })?;
+                // A bad request or a full queue journals nothing.
+                let admission = self
+                    .shared
+                    .jobs
+                    .validate(script_id, request.config.get("args"))
+                    .and_then(|()| self.shared.jobs.admit())
+                    .inspect_err(|_| {
+                        lock(&live.journal).reserved.remove(&request.label);
+                    })?;
                 let job_id = self.shared.jobs.new_job_id();
                 let entry = self.shared.insert_step(&live, started(None, Some(job_id))).await?;
-                self.shared.continue_step(&live, entry).await
+                self.shared.continue_script_step(&live, entry, Some(admission)).await
             }
         }
     }
@@ -959,9 +1015,8 @@ impl RunManager {
         shared.stopping.store(true, Ordering::SeqCst);
         let live: Vec<_> = lock(&shared.live).values().cloned().collect();
         for run in &live {
-            let control = lock(&run.exec).clone();
+            let control = run.request_stop(&lock(&run.exec), Stop::Shutdown);
             if let Some(control) = control {
-                *lock(&run.stop) = Some(Stop::Shutdown);
                 control.cancel();
             }
         }
@@ -1241,7 +1296,7 @@ impl Shared {
             return Ok(Begun::Done(entry));
         }
         match StepType::parse(&entry.step_type) {
-            Some(StepType::Script) => self.continue_script_step(live, entry).await,
+            Some(StepType::Script) => self.continue_script_step(live, entry, None).await,
             Some(StepType::Approval) => {
                 let awaiting = self.commit_if(
                     live,
@@ -1271,19 +1326,40 @@ impl Shared {
     /// A started script step: submits its job if it does not exist yet (its id was journaled
     /// first; a job missing from the database has never run, and the id, unique there, lets
     /// it be submitted once), then either journals the start (`wait: false`) or waits for it.
-    async fn continue_script_step(&self, live: &Arc<LiveRun>, entry: StepRow) -> Result<Begun, RunError> {
+    async fn continue_script_step(
+        &self,
+        live: &Arc<LiveRun>,
+        entry: StepRow,
+        admission: Option<Admission>,
+    ) -> Result<Begun, RunError> {
         let Some(job_id) = entry.job_id.clone() else {
             return Err(RunError::Io(format!("script step {:?} has no job", entry.step_key)));
         };
         let config: Value = serde_json::from_str(&entry.config).unwrap_or(Value::Null);
+        let waits = config.get("wait") != Some(&Value::Bool(false));
+        if waits {
+            // Known to the run before it exists: a cancel from now on cancels it too.
+            lock(&live.jobs).insert(job_id.clone());
+        }
         let job = match self.jobs.get(&job_id).await {
             Err(JobError::JobNotFound(_)) => {
+                let ended = |live: &LiveRun| live.status().is_terminal().then(|| live.status());
+                if let Some(status) = ended(live) {
+                    return Err(RunError::RunNotActive(entry.run_id, status.as_str().to_string()));
+                }
                 let script_id = config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
-                self.jobs.submit_as(Some(job_id), script_id, config.get("args"), Some("async")).await?.job
+                let args = config.get("args");
+                let job =
+                    self.jobs.submit_as(admission, Some(job_id.clone()), script_id, args, Some("async")).await?.job;
+                if waits && ended(live).is_some() {
+                    // The run ended while its job was being recorded: nobody waits for it.
+                    let _ = self.jobs.cancel(&job_id).await;
+                }
+                job
             }
             found => found?,
         };
-        if config.get("wait") != Some(&Value::Bool(false)) {
+        if waits {
             return self.finish_script_step(live, entry).await.map(Begun::Done);
         }
         // Start only: the job id is the result (a durable flow's async run node).
@@ -1350,13 +1426,19 @@ impl Shared {
         let live = Arc::clone(live);
         tokio::task::spawn_local(async move {
             tokio::time::sleep(after).await;
-            if live.status() != RunStatus::Awaiting || lock(&live.row).attempt != attempt {
-                return;
-            }
-            let control = lock(&live.exec).clone();
+            // Under the execution's lock: still awaiting in the execution that asked, and
+            // nothing else stopping it.
+            let control = {
+                let exec = lock(&live.exec);
+                let same = live.status() == RunStatus::Awaiting && lock(&live.row).attempt == attempt;
+                if same {
+                    live.request_stop(&exec, Stop::Park)
+                } else {
+                    None
+                }
+            };
             if let Some(control) = control {
                 info!("run {}: parking its process while it awaits an approval", lock(&live.row).id);
-                *lock(&live.stop) = Some(Stop::Park);
                 control.cancel();
             }
         });
@@ -1380,32 +1462,21 @@ impl Shared {
         // stops, or the run (with no process, and none starting) changes status here.
         let decided = {
             let exec = lock(&live.exec);
-            match exec.clone() {
-                Some(control) => {
-                    let mut stop = lock(&live.stop);
-                    // A cancel or a limit overrides a pause or a park, never the reverse.
-                    if stop.is_none() || matches!(*stop, Some(Stop::Pause | Stop::Park)) {
-                        *stop = Some(why);
-                    }
-                    Ok(control)
-                }
-                None => {
-                    let outcome = match why {
-                        Stop::Cancel => Some((RunStatus::Cancelled, Some("cancelled".to_string()))),
-                        Stop::Limit(message) => Some((RunStatus::AbortedLimit, Some(message))),
-                        Stop::Pause => Some((RunStatus::Paused, None)),
-                        Stop::Park | Stop::Shutdown => None,
-                    };
-                    Err(outcome.map(|(status, error)| {
-                        let pending = self.commit_if(live, |s| !s.is_terminal(), status_change(status, error));
-                        (status, pending)
-                    }))
-                }
+            if exec.is_some() {
+                // (A weightier reason already set stops it all the same: wait for it.)
+                Ok(live.request_stop(&exec, why))
+            } else {
+                Err(why.ending().map(|(status, error)| {
+                    let pending = self.commit_if(live, |s| !s.is_terminal(), status_change(status, error));
+                    (status, pending)
+                }))
             }
         };
         match decided {
             Ok(control) => {
-                control.cancel();
+                if let Some(control) = control {
+                    control.cancel();
+                }
                 let bound = Duration::from_secs(self.config.runner.kill_grace_sec)
                     + supervisor::DRAIN_AFTER_EXIT
                     + Duration::from_secs(3);
@@ -1461,6 +1532,7 @@ impl Shared {
             return;
         }
         *exec = Some(Control::new());
+        *lock(&live.stop) = None;
         // Counted here, not when the execution has prepared its files, so that the answer
         // of the request that started it (a launch, a resume, a decision) shows it.
         lock(&live.row).attempt += 1;
@@ -1492,17 +1564,37 @@ impl Shared {
             }
         }
         // The end and what follows it are decided under the execution's lock, against which
-        // a decision, a resume or a cancel decide whether there is a process.
-        let status = {
+        // a decision, a resume or a cancel decide whether there is a process. A cancel, a
+        // limit or a pause that came after `settle` had looked applies now (a run ended by one
+        // is never restarted).
+        let (status, late) = {
             let mut exec = lock(&live.exec);
             *exec = None;
-            *lock(&live.stop) = None;
+            let late = lock(&live.stop).take().and_then(Stop::ending).map(|(status, error)| {
+                (status, self.commit_if(&live, |s| !s.is_terminal(), status_change(status, error)))
+            });
             let status = live.status();
             if live.restart.swap(false, Ordering::SeqCst) && status == RunStatus::Running {
                 Shared::start_locked(&self, &live, &mut exec);
             }
-            status
+            (status, late)
         };
+        if let Some((ending, change)) = late {
+            let committed = match change {
+                Ok(Some(pending)) => Shared::committed(&live, pending).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = committed {
+                error!("run {id}: state not saved: {e}");
+            }
+            if ending.is_terminal() {
+                let jobs: Vec<String> = lock(&live.jobs).iter().cloned().collect();
+                for job in jobs {
+                    let _ = self.jobs.cancel(&job).await;
+                }
+            }
+        }
         self.executing.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
         if status.is_terminal() {
