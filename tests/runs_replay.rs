@@ -1201,3 +1201,59 @@ fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run()
     std::thread::sleep(Duration::from_millis(200));
     assert!(!d.join("jobside").exists(), "the job went on after its run was cancelled");
 }
+
+/// A decision journaled just before a server kill, without the status change that follows it,
+/// is made here by hand with the server down: the restarted server takes the run on from the
+/// decision instead of leaving it `awaiting` for good.
+#[test]
+fn a_run_awaiting_a_decision_journaled_before_a_server_kill_goes_on_at_restart() {
+    use diesel::{Connection, RunQueryDsl};
+    let (b, d, _reaper) = builder();
+    let mut server = b.workflows(json!({})).start();
+    let source = src(&d, "script-runner step gate --approval \"ship it?\" > /dev/null\necho \"{\\\"rc\\\":$?}\"\n");
+    let id = server.launch_bash(&source, json!({}));
+    wait_body(&server, &id, "awaiting", |b| b["run"]["status"] == json!("awaiting"));
+    server.kill9();
+    let mut conn = diesel::SqliteConnection::establish(d.join("db.sqlite").to_str().unwrap()).unwrap();
+    let decided = diesel::sql_query(
+        "UPDATE script_run_journal SET status = 'completed', completed_at = started_at, duration_ms = 0, \
+         result = '{\"approved\":true,\"by\":\"alice\",\"comment\":null,\"decidedAt\":\"2026-01-01T00:00:00.000Z\"}' \
+         WHERE run_id = ? AND step_key = 'gate'",
+    )
+    .bind::<diesel::sql_types::Text, _>(&id)
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(decided, 1);
+    drop(conn);
+    server.restart();
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"rc": 0}), "{body}");
+    assert_eq!(body["run"]["attempt"], json!(2), "{body}");
+}
+
+/// A script step refused for a full queue journals nothing: the label stays free (and counts
+/// for no guardrail), and the step client says why.
+#[test]
+fn a_script_step_refused_for_a_full_queue_journals_nothing() {
+    let (b, d, _reaper) = builder();
+    let hold = common::wait_for_gate(&d.join("hold.go"));
+    let server = b
+        .workflows(json!({}))
+        .runner("maxConcurrent", json!(1))
+        .runner("maxQueued", json!(0))
+        .script_entry("hold", &hold, json!({"mode": "async"}))
+        .script("quick", "echo quick")
+        .start();
+    let holder = server.run_async("hold", &[]);
+    server.wait_job(&holder, WAIT, |s| s == "running");
+    let source = src(&d, "script-runner step s --script quick 2> @D/err\necho $? > @D/rc\n");
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(text(&d.join("rc")), "3");
+    assert!(text(&d.join("err")).contains("QUEUE_FULL"), "{}", text(&d.join("err")));
+    assert_eq!(labels(&body), Vec::<String>::new(), "{body}");
+    common::open_gate(&d.join("hold.go"));
+}
