@@ -97,18 +97,22 @@ fn main() -> Result<()> {
     );
     paired(&server, &trivial, cores, opts.seconds)?;
 
+    // Each phase against direct spawn measured just before it (the machine drifts over a run).
+    let direct_before = || direct_spawn(&trivial, cores, (opts.seconds / 2.0).max(2.0));
     let mut at4 = 0.0;
     for conc in [1, 4, 16] {
+        let limit = direct_before();
         let r = load(&server.base, "trivial", conc, opts.seconds)?;
-        report(&format!("sync /run, concurrency {conc}"), &r, Some(direct));
+        report(&format!("sync /run, concurrency {conc}"), &r, Some(limit));
         if conc == 4 {
             at4 = r.throughput;
         }
     }
 
     let total = fill_history(&server.base, 10_000)?;
+    let limit = direct_before();
     let r = load(&server.base, "trivial", 4, opts.seconds)?;
-    report(&format!("sync /run, concurrency 4, {total} jobs in history"), &r, Some(direct));
+    report(&format!("sync /run, concurrency 4, {total} jobs in history"), &r, Some(limit));
     println!("{:<44} {:>9.1}% of the rate before", "  history effect", 100.0 * r.throughput / at4.max(1e-9));
 
     let big = big_job(&server, big_bytes)?;
@@ -453,7 +457,9 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn report(name: &str, r: &LoadResult, limit: Option<f64>) {
-    let share = limit.map(|l| format!("  {:>5.1}% of direct", 100.0 * r.throughput / l)).unwrap_or_default();
+    let share = limit
+        .map(|l| format!("  {:>5.1}% of direct ({l:.0}/s just before)", 100.0 * r.throughput / l))
+        .unwrap_or_default();
     let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
     println!(
         "{name:<44} {:>10.0} runs/s  p50 {:>6.2} ms  p99 {:>6.2} ms{share}{errors}",
