@@ -1257,3 +1257,29 @@ fn a_script_step_refused_for_a_full_queue_journals_nothing() {
     assert_eq!(labels(&body), Vec::<String>::new(), "{body}");
     common::open_gate(&d.join("hold.go"));
 }
+
+/// Two step clients of one execution begin the same script label at once: one job runs, both
+/// get its result (the second with the repeated-label warning), neither gets an error.
+#[test]
+fn the_same_script_label_begun_twice_at_once_runs_one_job() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({})).script("once", &src(&d, "echo ran >> @D/jobside; echo once-done")).start();
+    let source = src(
+        &d,
+        r#"script-runner step s --script once > @D/out.1 2> @D/err.1 &
+script-runner step s --script once > @D/out.2 2> @D/err.2 &
+wait
+"#,
+    );
+    for round in 0..5 {
+        let _ = std::fs::remove_file(d.join("jobside"));
+        let id = server.launch_bash(&source, json!({ "round": round }));
+        let body = server.wait_run_terminal(&id, WAIT);
+        assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+        for n in [1, 2] {
+            assert_eq!(text(&d.join(format!("out.{n}"))), "once-done", "{}", text(&d.join(format!("err.{n}"))));
+        }
+        assert_eq!(lines(&d.join("jobside")), ["ran"], "one job per label: {body}");
+        assert_eq!(entry(&body, "s")["status"], json!("completed"), "{body}");
+    }
+}

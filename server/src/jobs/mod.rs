@@ -41,6 +41,9 @@ use logs::{BytePage, LinePage, LineQuery, Stream};
 use model::{Job, JobStatus};
 use supervisor::{Control, Launch, LiveStreams};
 
+/// How many times (5 ms apart) [`JobManager::wait`] looks again for a job recorded but not
+/// registered yet.
+const WAIT_REGISTERED_TRIES: u32 = 400;
 /// Largest line page, in lines.
 pub const MAX_LINE_LIMIT: u64 = 10_000;
 /// Largest byte page, in bytes (upstream's limit).
@@ -340,11 +343,20 @@ impl JobManager {
 
     /// Waits until the job has ended and returns its final state (at once if it has ended).
     pub async fn wait(&self, id: &str) -> Result<Job, JobError> {
-        if let Some(active) = self.shared.active(id) {
-            let mut done = active.done.subscribe();
-            if let Some(job) = wait_done(&mut done).await {
+        // A job read between its insert's commit and its registration is neither ended nor
+        // active yet: look again shortly (bounded; recovery leaves no other such job).
+        for _ in 0..WAIT_REGISTERED_TRIES {
+            if let Some(active) = self.shared.active(id) {
+                let mut done = active.done.subscribe();
+                if let Some(job) = wait_done(&mut done).await {
+                    return Ok(job);
+                }
+            }
+            let job = self.get(id).await?;
+            if job.status.is_terminal() {
                 return Ok(job);
             }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.get(id).await
     }

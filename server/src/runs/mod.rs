@@ -1350,7 +1350,11 @@ impl Shared {
                 let script_id = config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
                 let args = config.get("args");
                 let job =
-                    self.jobs.submit_as(admission, Some(job_id.clone()), script_id, args, Some("async")).await?.job;
+                    match self.jobs.submit_as(admission, Some(job_id.clone()), script_id, args, Some("async")).await {
+                        Ok(submission) => submission.job,
+                        // Another request for this step submitted it meanwhile (the id is unique).
+                        Err(e) => self.jobs.get(&job_id).await.map_err(|_| e)?,
+                    };
                 if waits && ended(live).is_some() {
                     // The run ended while its job was being recorded: nobody waits for it.
                     let _ = self.jobs.cancel(&job_id).await;
