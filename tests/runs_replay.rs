@@ -916,6 +916,23 @@ echo after >> @D/side
     assert_eq!(jobs.body["total"], json!(1), "{}", jobs.text);
 }
 
+/// Script steps begun at once count against `maxScriptSteps` before any of them is journaled:
+/// of four concurrent ones with a limit of 2, at most 2 jobs are ever submitted.
+#[test]
+fn max_script_steps_counts_concurrent_script_steps() {
+    let (b, d, _reaper) = builder();
+    let server = b.workflows(json!({"maxScriptSteps": 2})).script("job", &src(&d, "echo job >> @D/jobside")).start();
+    let source = "for n in 1 2 3 4; do script-runner step j$n --script job > /dev/null 2>&1 & done\nwait\n";
+    for round in 0..5 {
+        let id = server.launch_bash(source, json!({ "round": round }));
+        let body = server.wait_run_terminal(&id, WAIT);
+        assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
+        assert!(labels(&body).len() <= 2, "{body}");
+    }
+    let jobs = server.get("/jobs?scriptId=job");
+    assert!(jobs.body["total"].as_u64().unwrap() <= 10, "more than 2 jobs per run: {}", jobs.text);
+}
+
 #[test]
 fn max_wall_ms_aborts_a_long_run_and_stops_its_processes() {
     let (b, d, _reaper) = builder();

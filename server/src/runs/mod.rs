@@ -254,8 +254,18 @@ struct Journal {
     next_seq: i64,
     /// New labels begun by this execution and not journaled yet (they count for the limits).
     reserved: HashSet<String>,
+    /// The script steps among `reserved` (they count for `maxScriptSteps`).
+    reserved_scripts: HashSet<String>,
     /// Labels requested by this execution (a second request gets a warning).
     requested: HashSet<String>,
+}
+
+impl Journal {
+    /// Ends a label's reservation (journaled, or refused); whether it had one.
+    fn release(&mut self, label: &str) -> bool {
+        self.reserved_scripts.remove(label);
+        self.reserved.remove(label)
+    }
 }
 
 /// A run that is not terminal.
@@ -901,7 +911,7 @@ impl RunManager {
                     .validate(script_id, request.config.get("args"))
                     .and_then(|()| self.shared.jobs.admit())
                     .inspect_err(|_| {
-                        lock(&live.journal).reserved.remove(&request.label);
+                        lock(&live.journal).release(&request.label);
                     })?;
                 let job_id = self.shared.jobs.new_job_id();
                 let entry = self.shared.insert_step(&live, started(None, Some(job_id))).await?;
@@ -1245,14 +1255,16 @@ impl Shared {
                 let steps = journal.total + journal.reserved.len() as u64 + 1;
                 if steps > limits.max_steps {
                     Some(format!("SCRIPT_RUN_MAX_STEPS exceeded ({steps}/{})", limits.max_steps))
-                } else if request.step_type == StepType::Script && journal.scripts + 1 > limits.max_script_steps {
-                    Some(format!(
-                        "SCRIPT_RUN_MAX_SCRIPT_STEPS exceeded ({}/{})",
-                        journal.scripts + 1,
-                        limits.max_script_steps
-                    ))
+                } else if request.step_type == StepType::Script
+                    && journal.scripts + journal.reserved_scripts.len() as u64 + 1 > limits.max_script_steps
+                {
+                    let scripts = journal.scripts + journal.reserved_scripts.len() as u64 + 1;
+                    Some(format!("SCRIPT_RUN_MAX_SCRIPT_STEPS exceeded ({scripts}/{})", limits.max_script_steps))
                 } else {
                     journal.reserved.insert(request.label.clone());
+                    if request.step_type == StepType::Script {
+                        journal.reserved_scripts.insert(request.label.clone());
+                    }
                     None
                 }
             }
@@ -1278,7 +1290,7 @@ impl Shared {
         self.store.writer().write(WriteOp::InsertSteps(vec![row])).await?;
         {
             let mut journal = lock(&live.journal);
-            if journal.reserved.remove(&label) {
+            if journal.release(&label) {
                 journal.total += 1;
                 if is_script {
                     journal.scripts += 1;
