@@ -635,7 +635,7 @@ impl RunManager {
             let mut exec = lock(&live.exec);
             let pending = self.shared.commit_if(
                 &live,
-                |s| s == RunStatus::Paused,
+                |s, _| s == RunStatus::Paused,
                 |r| r.status = RunStatus::Running.as_str().into(),
             )?;
             if pending.is_some() {
@@ -854,6 +854,7 @@ impl RunManager {
     /// server-side kinds (script, sleep, approval) journals the start.
     pub async fn begin_step(&self, id: &str, token: &str, request: StepRequest) -> Result<Begun, RunError> {
         let live = self.authorize_active(id, token)?;
+        let requester = sha256_hex(token.as_bytes());
         check_label(&request.label)?;
         let entry = self.shared.step(id, &request.label).await?;
         let repeated = !lock(&live.journal).requested.insert(request.label.clone());
@@ -870,7 +871,7 @@ impl RunManager {
                     )
                     .await?;
             }
-            return self.shared.continue_step(&live, entry).await;
+            return self.shared.continue_step(&live, entry, &requester).await;
         }
         self.shared.reserve(&live, &request).await?;
         let now = now_ms();
@@ -894,11 +895,11 @@ impl RunManager {
                 let ms = request.config.get("durationMs").and_then(Value::as_i64).unwrap_or(0).max(0);
                 let row = started(Some(json!({ "wakeAt": crate::time::iso(now + ms), "wakeAtMs": now + ms })), None);
                 let entry = self.shared.insert_step(&live, row).await?;
-                self.shared.continue_step(&live, entry).await
+                self.shared.continue_step(&live, entry, &requester).await
             }
             StepType::Approval => {
                 let entry = self.shared.insert_step(&live, started(None, None)).await?;
-                self.shared.continue_step(&live, entry).await
+                self.shared.continue_step(&live, entry, &requester).await
             }
             StepType::Script => {
                 // The entry names the job before the job exists, so a crash can never leave a
@@ -1193,11 +1194,11 @@ impl Shared {
     fn commit_if(
         &self,
         live: &LiveRun,
-        when: impl FnOnce(RunStatus) -> bool,
+        when: impl FnOnce(RunStatus, &RunRow) -> bool,
         change: impl FnOnce(&mut RunRow),
     ) -> Result<Option<Pending>, RunError> {
         let mut row = lock(&live.row);
-        if !when(RunStatus::parse(&row.status).unwrap_or(RunStatus::Failed)) {
+        if !when(RunStatus::parse(&row.status).unwrap_or(RunStatus::Failed), &row) {
             return Ok(None);
         }
         change(&mut row);
@@ -1221,7 +1222,7 @@ impl Shared {
     fn wake(self: &Arc<Self>, live: &Arc<LiveRun>) -> Result<Option<Pending>, RunError> {
         let mut exec = lock(&live.exec);
         let pending =
-            self.commit_if(live, |s| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
+            self.commit_if(live, |s, _| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
         if pending.is_some() {
             if exec.is_some() {
                 live.restart.store(true, Ordering::SeqCst);
@@ -1303,7 +1304,15 @@ impl Shared {
 
     /// What a step client gets for an existing entry: ended entries as they are; a started
     /// script step once its job has ended; a started approval puts the run in `awaiting`.
-    async fn continue_step(self: &Arc<Self>, live: &Arc<LiveRun>, entry: StepRow) -> Result<Begun, RunError> {
+    ///
+    /// `requester` is the sha256 of the run token of the step client asking: a request of an
+    /// execution that has been replaced meanwhile must not make the new one `awaiting`.
+    async fn continue_step(
+        self: &Arc<Self>,
+        live: &Arc<LiveRun>,
+        entry: StepRow,
+        requester: &str,
+    ) -> Result<Begun, RunError> {
         if entry.status != step_status::STARTED {
             return Ok(Begun::Done(entry));
         }
@@ -1312,7 +1321,7 @@ impl Shared {
             Some(StepType::Approval) => {
                 let awaiting = self.commit_if(
                     live,
-                    |s| s == RunStatus::Running,
+                    |s, row| s == RunStatus::Running && row.token_sha256 == requester,
                     |r| r.status = RunStatus::Awaiting.as_str().into(),
                 )?;
                 if let Some(pending) = awaiting {
@@ -1483,7 +1492,7 @@ impl Shared {
                 Ok(live.request_stop(&exec, why))
             } else {
                 Err(why.ending().map(|(status, error)| {
-                    let pending = self.commit_if(live, |s| !s.is_terminal(), status_change(status, error));
+                    let pending = self.commit_if(live, |s, _| !s.is_terminal(), status_change(status, error));
                     (status, pending)
                 }))
             }
@@ -1587,7 +1596,7 @@ impl Shared {
             let mut exec = lock(&live.exec);
             *exec = None;
             let late = lock(&live.stop).take().and_then(Stop::ending).map(|(status, error)| {
-                (status, self.commit_if(&live, |s| !s.is_terminal(), status_change(status, error)))
+                (status, self.commit_if(&live, |s, _| !s.is_terminal(), status_change(status, error)))
             });
             let status = live.status();
             if live.restart.swap(false, Ordering::SeqCst) && status == RunStatus::Running {
