@@ -75,7 +75,9 @@ pub struct NewImport {
     pub jobs: i32,
 }
 
-/// A `script_runs` row without its sequence number; used whole for inserts and updates.
+/// A `script_runs` row without its sequence number; used whole for inserts. An update writes
+/// only the columns that change after the launch (status, output, pid, progress...): the source
+/// (up to 1 MB) and the arguments are not rewritten on every heartbeat.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(
     table_name = script_runs,
@@ -85,22 +87,30 @@ pub struct NewImport {
 )]
 pub struct RunRow {
     /// Run id, e.g. `run_1732190000000_1`.
+    #[diesel(skip_update)]
     pub id: String,
     /// Display name (the workflow id unless the launch named one).
+    #[diesel(skip_update)]
     pub script_name: String,
     /// Configured workflow id; `None` for inline source.
+    #[diesel(skip_update)]
     pub workflow_id: Option<String>,
     /// Interpreter name of an inline run.
+    #[diesel(skip_update)]
     pub interpreter: Option<String>,
     /// Flow name of a durable flow run.
+    #[diesel(skip_update)]
     pub flow: Option<String>,
     /// One of the run statuses.
     pub status: String,
     /// Launch arguments (JSON).
+    #[diesel(skip_update)]
     pub args: String,
     /// The source every execution runs.
+    #[diesel(skip_update)]
     pub source: String,
     /// sha256 of `source`, hex.
+    #[diesel(skip_update)]
     pub source_sha256: String,
     /// Output (JSON).
     pub output: Option<String>,
@@ -109,12 +119,15 @@ pub struct RunRow {
     /// JSON array of warning strings.
     pub warnings: String,
     /// Client-chosen key that makes launches idempotent.
+    #[diesel(skip_update)]
     pub idempotency_key: Option<String>,
     /// sha256 of the launch request the key was first used for.
+    #[diesel(skip_update)]
     pub request_sha256: String,
     /// sha256 of the current execution's token.
     pub token_sha256: String,
     /// The run this one was forked from.
+    #[diesel(skip_update)]
     pub forked_from: Option<String>,
     /// Process group leader of the current execution.
     pub pid: Option<i32>,
@@ -127,6 +140,7 @@ pub struct RunRow {
     /// Progress: what is happening.
     pub progress_message: Option<String>,
     /// Unix ms.
+    #[diesel(skip_update)]
     pub created_at: i64,
     /// First execution start, Unix ms.
     pub started_at: Option<i64>,
