@@ -263,8 +263,15 @@ impl JobManager {
 
     /// Checks a run request as [`JobManager::submit`] would, without running anything.
     pub fn validate(&self, script_id: &str, args: Option<&Value>) -> Result<(), JobError> {
-        let script = self.shared.config.script(script_id).ok_or_else(|| JobError::ScriptNotFound(script_id.into()))?;
-        validate_args(&script.args, args).map(drop)
+        self.checked(script_id, args).map(drop)
+    }
+
+    /// The script of a run request and its validated argv.
+    fn checked(&self, script_id: &str, args: Option<&Value>) -> Result<(Arc<Script>, Vec<String>), JobError> {
+        let script =
+            self.shared.config.script(script_id).cloned().ok_or_else(|| JobError::ScriptNotFound(script_id.into()))?;
+        let args = validate_args(&script.args, args)?;
+        Ok((script, args))
     }
 
     /// [`JobManager::submit`] under an id from [`JobManager::new_job_id`] (a new one when
@@ -280,9 +287,7 @@ impl JobManager {
         mode: Option<&str>,
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
-        let script =
-            shared.config.script(script_id).cloned().ok_or_else(|| JobError::ScriptNotFound(script_id.to_string()))?;
-        let args = validate_args(&script.args, args)?;
+        let (script, args) = self.checked(script_id, args)?;
         let mode = match mode {
             None => script.effective_mode(shared.config.runner.default_mode),
             Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into()))?,
@@ -522,11 +527,6 @@ impl JobManager {
     /// as actix's; jobs requeued by recovery wait for this call).
     pub fn dispatch(&self) {
         Shared::dispatch(&self.shared);
-    }
-
-    /// This deployment's marker value.
-    fn deployment(&self) -> &str {
-        &self.shared.deployment
     }
 
     fn store(&self) -> &Store {

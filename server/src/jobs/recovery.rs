@@ -47,7 +47,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     let store = manager.store();
     let jobs: Vec<Job> = store.unfinished_jobs()?.into_iter().map(Job::from_row).collect();
     let mut report = Recovery::default();
-    let (found, killed) = kill_processes(&jobs, manager.deployment());
+    let (found, killed) = kill_processes(&jobs, &manager.deployment_marker());
     report.killed = killed;
     let jobs_seen = jobs.len();
     for mut job in jobs {
