@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::manifest::{did_you_mean, HandleDef, Manifest};
-use crate::BlockError;
+use crate::manifest::{did_you_mean, handles, HandleDef, Manifest};
+use crate::BlockResult;
 
 /// Where an input's value comes from.
 #[derive(Debug, Clone)]
@@ -324,8 +324,7 @@ fn hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String
 }
 
 fn parse_flow_inputs(section: Option<&Value>) -> Result<Vec<HandleDef>, String> {
-    let yaml = json!({ "inputs_def": section.cloned().unwrap_or(Value::Null) });
-    Manifest::parse(&yaml.to_string()).map(|m| m.inputs).map_err(|e| format!("inputs_def: {e}"))
+    handles(section, "inputs_def").map_err(|e| format!("inputs_def: {e}"))
 }
 
 fn value_node(values: &Value) -> Map<String, Value> {
@@ -456,30 +455,23 @@ fn find_cycle(nodes: &[Node]) -> Option<Vec<String>> {
 /// Runs a node activation; durable flows journal it (see [`Journal`]).
 pub trait Journal: Send + Sync {
     /// Runs `run` for the activation `key` (the node id, then `id#2`, `id#3` ... for further
-    /// activations) of node `node` with `inputs`, or returns its journaled outputs.
-    fn activation(
-        &self,
-        key: &str,
-        node: &Node,
-        inputs: &Map<String, Value>,
-        run: &dyn Fn() -> Result<Map<String, Value>, BlockError>,
-    ) -> Result<Map<String, Value>, BlockError>;
-}
-
-/// Runs every activation directly.
-pub struct NoJournal;
-
-impl Journal for NoJournal {
+    /// activations) of node `node` with `inputs`, or returns its journaled outputs. By default
+    /// it just runs `run`.
     fn activation(
         &self,
         _key: &str,
         _node: &Node,
         _inputs: &Map<String, Value>,
-        run: &dyn Fn() -> Result<Map<String, Value>, BlockError>,
-    ) -> Result<Map<String, Value>, BlockError> {
+        run: &dyn Fn() -> BlockResult,
+    ) -> BlockResult {
         run()
     }
 }
+
+/// Runs every activation directly.
+pub struct NoJournal;
+
+impl Journal for NoJournal {}
 
 /// How a flow ended.
 #[derive(Debug, Clone)]
@@ -495,7 +487,7 @@ pub struct Finished {
 struct Done {
     node: usize,
     key: String,
-    result: Result<Map<String, Value>, BlockError>,
+    result: BlockResult,
 }
 
 /// Runs a checked flow; `events` gets one JSON object per event (node started, node finished
@@ -515,15 +507,15 @@ pub fn run(
         .iter()
         .map(|d| (d.handle.clone(), given.get(&d.handle).or(d.value.as_ref()).cloned().unwrap_or(Value::Null)))
         .collect();
-    // Queues of connected inputs: (node, handle) -> values.
-    let mut queues: HashMap<(usize, String), VecDeque<Value>> = HashMap::new();
+    // Queues of each node's connected inputs: handle -> values.
+    let mut queues: Vec<HashMap<String, VecDeque<Value>>> = vec![HashMap::new(); flow.nodes.len()];
     // Consumers of each (node, output).
     let mut consumers: HashMap<(usize, String), Vec<(usize, String)>> = HashMap::new();
     for (i, node) in flow.nodes.iter().enumerate() {
         for (handle, source) in &node.inputs {
             match source {
                 Source::Nodes(links) => {
-                    queues.insert((i, handle.clone()), VecDeque::new());
+                    queues[i].insert(handle.clone(), VecDeque::new());
                     for (src, out) in links {
                         if let Some(&s) = index.get(src.as_str()) {
                             consumers.entry((s, out.clone())).or_default().push((i, handle.clone()));
@@ -538,114 +530,81 @@ pub fn run(
     let mut running = vec![0usize; flow.nodes.len()];
     let mut activations = vec![0usize; flow.nodes.len()];
     // Nodes without connected inputs run once.
-    let is_static = |s: &Source| matches!(s, Source::Value(_) | Source::Flow(_));
-    let mut source_pending: Vec<bool> = flow.nodes.iter().map(|n| n.inputs.values().all(is_static)).collect();
+    let mut source_pending: Vec<bool> = queues.iter().map(HashMap::is_empty).collect();
     let mut last_outputs: HashMap<(String, String), Value> = HashMap::new();
     let (tx, rx) = mpsc::channel::<Done>();
     let mut deadlines: HashMap<String, (usize, Instant)> = HashMap::new();
     let mut failure: Option<String> = None;
-    {
-        loop {
-            // Start every activation that can start.
-            if failure.is_none() {
-                for (i, node) in flow.nodes.iter().enumerate() {
-                    while running[i] < node.concurrency {
-                        let ready = if source_pending[i] {
-                            true
-                        } else {
-                            let connected: Vec<_> = node.inputs.iter().filter(|(_, s)| !is_static(s)).collect();
-                            !connected.is_empty()
-                                && connected
-                                    .iter()
-                                    .all(|(h, _)| queues.get(&(i, (*h).clone())).is_some_and(|q| !q.is_empty()))
-                        };
-                        if !ready {
-                            break;
-                        }
-                        source_pending[i] = false;
-                        let mut inputs = Map::new();
-                        for (handle, source) in &node.inputs {
-                            let value = match source {
-                                Source::Value(v) => v.clone(),
-                                Source::Flow(names) => {
-                                    names.iter().rev().find_map(|n| flow_inputs.get(n)).cloned().unwrap_or(Value::Null)
-                                }
-                                _ => queues
-                                    .get_mut(&(i, handle.clone()))
-                                    .and_then(VecDeque::pop_front)
-                                    .unwrap_or(Value::Null),
-                            };
-                            inputs.insert(handle.clone(), value);
-                        }
-                        activations[i] += 1;
-                        running[i] += 1;
-                        let key = if activations[i] == 1 {
-                            node.id.clone()
-                        } else {
-                            format!("{}#{}", node.id, activations[i])
-                        };
-                        let shown = redact(node, &inputs);
-                        events(
-                            json!({ "event": "node_started", "node": node.id, "activation": activations[i], "inputs": shown }),
-                        );
-                        if let Some(t) = node.timeout {
-                            deadlines.insert(key.clone(), (i, Instant::now() + Duration::from_secs_f64(t)));
-                        }
-                        let (tx, node, journal) = (tx.clone(), node.clone(), Arc::clone(&journal));
-                        std::thread::spawn(move || {
-                            let work = || execute(&node, &inputs);
-                            let result = journal.activation(&key, &node, &inputs, &work);
-                            let _ = tx.send(Done { node: i, key, result });
-                        });
+    loop {
+        // Start every activation that can start.
+        if failure.is_none() {
+            for (i, node) in flow.nodes.iter().enumerate() {
+                while running[i] < node.concurrency && (source_pending[i] || all_queued(&queues[i])) {
+                    source_pending[i] = false;
+                    let inputs = take_inputs(node, &mut queues[i], &flow_inputs);
+                    activations[i] += 1;
+                    running[i] += 1;
+                    let key =
+                        if activations[i] == 1 { node.id.clone() } else { format!("{}#{}", node.id, activations[i]) };
+                    let shown = redact(node, &inputs);
+                    events(
+                        json!({ "event": "node_started", "node": node.id, "activation": activations[i], "inputs": shown }),
+                    );
+                    if let Some(t) = node.timeout {
+                        deadlines.insert(key.clone(), (i, Instant::now() + Duration::from_secs_f64(t)));
                     }
+                    let (tx, node, journal) = (tx.clone(), node.clone(), Arc::clone(&journal));
+                    std::thread::spawn(move || {
+                        let work = || execute(&node, &inputs);
+                        let result = journal.activation(&key, &node, &inputs, &work);
+                        let _ = tx.send(Done { node: i, key, result });
+                    });
                 }
             }
-            if running.iter().all(|r| *r == 0) {
+        }
+        if running.iter().all(|r| *r == 0) {
+            break;
+        }
+        let wait = deadlines.values().map(|(_, d)| d.saturating_duration_since(Instant::now())).min();
+        let done = match wait {
+            Some(w) => rx.recv_timeout(w).ok(),
+            None => rx.recv().ok(),
+        };
+        let Some(done) = done else {
+            // A node timed out: the flow fails; its thread is left to end on its own.
+            let now = Instant::now();
+            if let Some((key, (i, _))) = deadlines.iter().find(|(_, (_, d))| *d <= now).map(|(k, v)| (k.clone(), *v)) {
+                deadlines.remove(&key);
+                let node = &flow.nodes[i];
+                let message = format!("node {} timed out after {} s", node.id, node.timeout.unwrap_or(0.0));
+                events(json!({ "event": "node_failed", "node": node.id, "error": message }));
+                failure.get_or_insert(message);
                 break;
             }
-            let wait = deadlines.values().map(|(_, d)| d.saturating_duration_since(Instant::now())).min();
-            let done = match wait {
-                Some(w) => rx.recv_timeout(w).ok(),
-                None => rx.recv().ok(),
-            };
-            let Some(done) = done else {
-                // A node timed out: the flow fails; its thread is left to end on its own.
-                let now = Instant::now();
-                if let Some((key, (i, _))) =
-                    deadlines.iter().find(|(_, (_, d))| *d <= now).map(|(k, v)| (k.clone(), *v))
-                {
-                    deadlines.remove(&key);
-                    let node = &flow.nodes[i];
-                    let message = format!("node {} timed out after {} s", node.id, node.timeout.unwrap_or(0.0));
-                    events(json!({ "event": "node_failed", "node": node.id, "error": message }));
-                    failure.get_or_insert(message);
-                    break;
+            continue;
+        };
+        deadlines.remove(&done.key);
+        running[done.node] -= 1;
+        let node = &flow.nodes[done.node];
+        match done.result {
+            Ok(outputs) => {
+                events(json!({ "event": "node_finished", "node": node.id, "outputs": outputs }));
+                if failure.is_some() {
+                    continue;
                 }
-                continue;
-            };
-            deadlines.remove(&done.key);
-            running[done.node] -= 1;
-            let node = &flow.nodes[done.node];
-            match done.result {
-                Ok(outputs) => {
-                    events(json!({ "event": "node_finished", "node": node.id, "outputs": outputs }));
-                    if failure.is_some() {
-                        continue;
-                    }
-                    for (handle, value) in outputs {
-                        last_outputs.insert((node.id.clone(), handle.clone()), value.clone());
-                        for target in consumers.get(&(done.node, handle)).into_iter().flatten() {
-                            queues.entry(target.clone()).or_default().push_back(value.clone());
-                        }
+                for (handle, value) in outputs {
+                    last_outputs.insert((node.id.clone(), handle.clone()), value.clone());
+                    for (target, input) in consumers.get(&(done.node, handle)).into_iter().flatten() {
+                        queues[*target].entry(input.clone()).or_default().push_back(value.clone());
                     }
                 }
-                Err(e) => {
-                    let message = format!("node {} failed: {e}", node.id);
-                    events(json!({ "event": "node_failed", "node": node.id, "error": e.to_string() }));
-                    failure.get_or_insert(message);
-                    // Stop waiting for siblings: the flow has failed.
-                    break;
-                }
+            }
+            Err(e) => {
+                let message = format!("node {} failed: {e}", node.id);
+                events(json!({ "event": "node_failed", "node": node.id, "error": e.to_string() }));
+                failure.get_or_insert(message);
+                // Stop waiting for siblings: the flow has failed.
+                break;
             }
         }
     }
@@ -667,6 +626,31 @@ pub fn run(
     Finished { ok, outputs, error: failure }
 }
 
+/// Whether a node with connected inputs has a value queued on each (a node without any never
+/// runs again).
+fn all_queued(queues: &HashMap<String, VecDeque<Value>>) -> bool {
+    !queues.is_empty() && queues.values().all(|q| !q.is_empty())
+}
+
+/// The inputs of a node's next activation: static values, flow inputs, and the first value
+/// queued on each connected input.
+fn take_inputs(
+    node: &Node,
+    queues: &mut HashMap<String, VecDeque<Value>>,
+    flow_inputs: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut inputs = Map::new();
+    for (handle, source) in &node.inputs {
+        let value = match source {
+            Source::Value(v) => v.clone(),
+            Source::Flow(names) => names.iter().rev().find_map(|n| flow_inputs.get(n)).cloned().unwrap_or(Value::Null),
+            Source::Nodes(_) => queues.get_mut(handle).and_then(VecDeque::pop_front).unwrap_or(Value::Null),
+        };
+        inputs.insert(handle.clone(), value);
+    }
+    inputs
+}
+
 /// The inputs as events show them: secrets (`contentMediaType: oomol/secret`) masked.
 fn redact(node: &Node, inputs: &Map<String, Value>) -> Map<String, Value> {
     let Task::Block { manifest, .. } = &node.task else { return inputs.clone() };
@@ -682,7 +666,7 @@ fn redact(node: &Node, inputs: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// Runs one activation of a node.
-pub fn execute(node: &Node, inputs: &Map<String, Value>) -> Result<Map<String, Value>, BlockError> {
+pub fn execute(node: &Node, inputs: &Map<String, Value>) -> BlockResult {
     match &node.task {
         Task::Block { name, .. } => crate::run_block(name, inputs),
         Task::Values(values) => Ok(values.clone()),

@@ -11,6 +11,8 @@ pub mod flow;
 pub mod http;
 pub mod manifest;
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -41,11 +43,24 @@ pub const BLOCKS: [(&str, &str); 15] = [
 /// Requests of every block but the long ones may take this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a block run gives: its outputs by handle.
+pub type BlockResult = Result<Map<String, Value>, BlockError>;
+
 /// The compiled-in manifest of a block.
 pub fn manifest(name: &str) -> Result<Manifest, BlockError> {
-    let (_, text) =
-        BLOCKS.iter().find(|(n, _)| *n == name).ok_or_else(|| BlockError::UnknownBlock(name.to_string()))?;
-    Manifest::parse(text).map_err(|e| BlockError::Failed(format!("manifest of {name}: {e}")))
+    builtin(name).cloned()
+}
+
+/// The compiled-in manifest of a block, parsed once per process (a manifest that does not
+/// parse gives its error on every call).
+fn builtin(name: &str) -> Result<&'static Manifest, BlockError> {
+    static MANIFESTS: OnceLock<HashMap<&str, Result<Manifest, String>>> = OnceLock::new();
+    let manifests = MANIFESTS.get_or_init(|| BLOCKS.iter().map(|(n, text)| (*n, Manifest::parse(text))).collect());
+    match manifests.get(name) {
+        None => Err(BlockError::UnknownBlock(name.to_string())),
+        Some(Ok(manifest)) => Ok(manifest),
+        Some(Err(e)) => Err(BlockError::Failed(format!("manifest of {name}: {e}"))),
+    }
 }
 
 /// Whether a block of this name exists.
@@ -55,9 +70,9 @@ pub fn is_block(name: &str) -> bool {
 
 /// Runs one block: defaults filled and inputs checked from its manifest, outputs checked
 /// against it.
-pub fn run_block(name: &str, given: &Map<String, Value>) -> Result<Map<String, Value>, BlockError> {
-    let manifest = manifest(name)?;
-    let inputs = resolve_inputs(&manifest, given)?;
+pub fn run_block(name: &str, given: &Map<String, Value>) -> BlockResult {
+    let manifest = builtin(name)?;
+    let inputs = resolve_inputs(manifest, given)?;
     let outputs = call(name, &Inputs(inputs))?;
     for def in &manifest.outputs {
         let value = outputs
@@ -115,6 +130,25 @@ impl Inputs {
         self.0.get(key).cloned().unwrap_or(Value::Null)
     }
 
+    /// The value, or `default` when it is missing or null.
+    fn value_or(&self, key: &str, default: Value) -> Value {
+        match self.value(key) {
+            Value::Null => default,
+            value => value,
+        }
+    }
+
+    /// `{base}?limit=..&offset=..`, then each filter given (`(input, query parameter)`).
+    fn list_path(&self, base: &str, filters: [(&str, &str); 2]) -> String {
+        let mut path = format!("{base}?limit={}&offset={}", self.u64("limit", 50), self.u64("offset", 0));
+        for (key, param) in filters {
+            if let Some(v) = self.str(key) {
+                path.push_str(&format!("&{param}={}", query(v)));
+            }
+        }
+        path
+    }
+
     fn server(&self, timeout: Duration) -> Server {
         let url = self.str("script_runner_url").unwrap_or(http::DEFAULT_URL);
         Server::new(url, self.str("token").map(str::to_string), timeout)
@@ -128,21 +162,19 @@ fn outputs(value: Value) -> Map<String, Value> {
     }
 }
 
-fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
+fn call(name: &str, inputs: &Inputs) -> BlockResult {
     let server = inputs.server(REQUEST_TIMEOUT);
     let url = server.url().to_string();
-    let args = match inputs.value("args") {
-        Value::Null => json!([]),
-        args => args,
-    };
     let out = match name {
         "run-script-async" => {
+            let args = inputs.value_or("args", json!([]));
             let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "async" });
             let answer = server.post("/run", body)?;
             json!({ "job_id": field(&answer, "jobId", &url)? })
         }
         "run-script-sync" => {
             let server = inputs.server(Duration::from_secs(inputs.u64("timeout_sec", 300)));
+            let args = inputs.value_or("args", json!([]));
             let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "sync" });
             let job = server.post("/run", body)?;
             // Upstream's sync answer has only the previews; ours adds the whole streams.
@@ -206,12 +238,7 @@ fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
             }
         }
         "list-jobs" => {
-            let mut path = format!("/jobs?limit={}&offset={}", inputs.u64("limit", 50), inputs.u64("offset", 0));
-            for (key, param) in [("status", "status"), ("script_id", "scriptId")] {
-                if let Some(v) = inputs.str(key) {
-                    path.push_str(&format!("&{param}={}", query(v)));
-                }
-            }
+            let path = inputs.list_path("/jobs", [("status", "status"), ("script_id", "scriptId")]);
             let page = server.get(&path)?;
             json!({ "jobs": field(&page, "jobs", &url)?, "total": field(&page, "total", &url)? })
         }
@@ -231,13 +258,7 @@ fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
                     body.insert(param.into(), json!(v));
                 }
             }
-            body.insert(
-                "args".into(),
-                match inputs.value("args") {
-                    Value::Null => json!({}),
-                    args => args,
-                },
-            );
+            body.insert("args".into(), inputs.value_or("args", json!({})));
             body.insert("background".into(), json!(!wait));
             let answer = server.post("/api/script-runs", Value::Object(body))?;
             let run = field(&answer, "run", &url)?;
@@ -254,13 +275,7 @@ fn call(name: &str, inputs: &Inputs) -> Result<Map<String, Value>, BlockError> {
             })
         }
         "list-script-runs" => {
-            let mut path =
-                format!("/api/script-runs?limit={}&offset={}", inputs.u64("limit", 50), inputs.u64("offset", 0));
-            for (key, param) in [("status", "status"), ("script_name", "scriptName")] {
-                if let Some(v) = inputs.str(key) {
-                    path.push_str(&format!("&{param}={}", query(v)));
-                }
-            }
+            let path = inputs.list_path("/api/script-runs", [("status", "status"), ("script_name", "scriptName")]);
             let page = server.get(&path)?;
             json!({ "runs": field(&page, "runs", &url)?, "total": field(&page, "total", &url)? })
         }

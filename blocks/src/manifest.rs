@@ -4,6 +4,7 @@
 //! defaults and checks values with it, and the flow runner checks wiring with it.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -20,6 +21,8 @@ pub struct HandleDef {
     pub nullable: bool,
     /// Free text.
     pub description: Option<String>,
+    /// `json_schema` compiled on the first [`HandleDef::check`] (clones share it).
+    validator: OnceLock<Result<Arc<jsonschema::Validator>, String>>,
 }
 
 impl HandleDef {
@@ -33,7 +36,13 @@ impl HandleDef {
         if schema.as_object().is_some_and(Map::is_empty) {
             return Ok(());
         }
-        let validator = jsonschema::validator_for(schema).map_err(|e| format!("invalid json_schema: {e}"))?;
+        let validator = self
+            .validator
+            .get_or_init(|| {
+                jsonschema::validator_for(schema).map(Arc::new).map_err(|e| format!("invalid json_schema: {e}"))
+            })
+            .as_ref()
+            .map_err(String::clone)?;
         let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
         if errors.is_empty() {
             Ok(())
@@ -90,7 +99,8 @@ impl Manifest {
     }
 }
 
-fn handles(section: Option<&Value>, key: &str) -> Result<Vec<HandleDef>, String> {
+/// The handles of an `inputs_def` / `outputs_def` section (`key` names it in errors).
+pub(crate) fn handles(section: Option<&Value>, key: &str) -> Result<Vec<HandleDef>, String> {
     let items = match section {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -111,6 +121,7 @@ fn handles(section: Option<&Value>, key: &str) -> Result<Vec<HandleDef>, String>
             value: def.get("value").cloned(),
             nullable: def.get("nullable").and_then(Value::as_bool).unwrap_or(false),
             description: def.get("description").and_then(Value::as_str).map(str::to_string),
+            validator: OnceLock::new(),
         });
     }
     Ok(out)
