@@ -194,6 +194,9 @@ pub struct Decision {
     pub comment: Option<String>,
 }
 
+/// A status a run with no process takes for a stop reason, and its ordered write.
+type IdleEnd = (RunStatus, Result<Option<Pending>, RunError>);
+
 /// Why an execution is being stopped by the server.
 #[derive(Debug, Clone, PartialEq)]
 enum Stop {
@@ -389,7 +392,7 @@ impl RunManager {
             // the restart): canceled with the run, even before a replay reaches their steps.
             // (Not a start-only step's job: that one outlives its run.)
             let jobs = started(StepType::Script)
-                .filter(|e| parse_json(&e.config).get("wait") != Some(&Value::Bool(false)))
+                .filter(|e| waits_for_job(&parse_json(&e.config)))
                 .filter_map(|e| e.job_id.clone());
             let run = LiveRun::new(row.clone());
             lock(&run.jobs).extend(jobs);
@@ -606,10 +609,7 @@ impl RunManager {
     /// script steps started are canceled. A terminal run is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<RunRow, RunError> {
         let Some(live) = self.shared.live_run(id) else { return self.get(id).await };
-        let jobs: Vec<String> = lock(&live.jobs).iter().cloned().collect();
-        for job in jobs {
-            let _ = self.shared.jobs.cancel(&job).await;
-        }
+        self.shared.cancel_jobs(&live).await;
         self.shared.stop(&live, Stop::Cancel).await;
         self.get(id).await
     }
@@ -631,19 +631,7 @@ impl RunManager {
             return Err(RunError::ShuttingDown);
         }
         let live = self.require_live(id, "resumed").await?;
-        let resumed = {
-            let mut exec = lock(&live.exec);
-            let pending = self.shared.commit_if(
-                &live,
-                |s, _| s == RunStatus::Paused,
-                |r| r.status = RunStatus::Running.as_str().into(),
-            )?;
-            if pending.is_some() {
-                Shared::start_locked(&self.shared, &live, &mut exec);
-            }
-            pending
-        };
-        match resumed {
+        match self.shared.go_on(&live, RunStatus::Paused)? {
             Some(pending) => Shared::committed(&live, pending).await?,
             None => return Err(self.state_error(id, live.status(), "resumed")),
         }
@@ -735,23 +723,16 @@ impl RunManager {
         if entry.status != step_status::STARTED {
             return Err(RunError::AlreadyDecided(label.to_string()));
         }
-        let now = now_ms();
         let result = json!({
             "approved": decision.approved,
             "by": decision.by,
             "comment": decision.comment,
-            "decidedAt": crate::time::iso(now),
+            "decidedAt": crate::time::iso(now_ms()),
         });
-        let finished = StepRow {
-            status: step_status::COMPLETED.to_string(),
-            result: Some(to_json(&result)),
-            completed_at: Some(now),
-            duration_ms: Some(now - entry.started_at),
-            ..entry
-        };
-        self.shared.store.writer().write(WriteOp::FinishStep(Box::new(finished))).await?;
-        let stored = self.shared.step(id, label).await?;
-        if stored.as_ref().is_some_and(|s| s.result.as_deref() != Some(to_json(&result).as_str())) {
+        let decided = to_json(&result);
+        let stored = self.shared.finish_step(&live, entry, step_status::COMPLETED, Some(result), None).await?;
+        // Another decision stored first wins (the journal keeps the first end of an entry).
+        if stored.result.as_deref() != Some(decided.as_str()) {
             return Err(RunError::AlreadyDecided(label.to_string()));
         }
         // The step client may read the decision at once, and its execution end and settle the
@@ -772,7 +753,7 @@ impl RunManager {
         offset: u64,
         limit: u64,
     ) -> Result<BytePage, RunError> {
-        let path = self.log_path(id, attempt, stream).await?;
+        let path = self.log_path(&self.get(id).await?, attempt, stream)?;
         let limit = limit.min(crate::jobs::MAX_BYTE_LIMIT);
         blocking(move || logs::read_bytes(&path, offset, limit))
             .await?
@@ -790,7 +771,7 @@ impl RunManager {
     ) -> Result<LinePage, RunError> {
         let run = self.get(id).await?;
         let running = lock(&self.shared.live).contains_key(id) && attempt.map_or(true, |a| a == run.attempt);
-        let path = self.log_path(id, attempt, stream).await?;
+        let path = self.log_path(&run, attempt, stream)?;
         let query = LineQuery {
             offset,
             limit: limit.min(crate::jobs::MAX_LINE_LIMIT),
@@ -803,11 +784,11 @@ impl RunManager {
             .map_err(|e| RunError::Io(format!("reading run log: {e}")))
     }
 
-    async fn log_path(&self, id: &str, attempt: Option<i32>, stream: Stream) -> Result<PathBuf, RunError> {
-        let run = self.get(id).await?;
+    /// The log of one execution of `run` (the latest unless `attempt` is given).
+    fn log_path(&self, run: &RunRow, attempt: Option<i32>, stream: Stream) -> Result<PathBuf, RunError> {
         let attempt = attempt.unwrap_or(run.attempt).max(1);
         if attempt > run.attempt.max(1) {
-            return Err(RunError::InvalidRequest(format!("run {id} has {} execution(s)", run.attempt)));
+            return Err(RunError::InvalidRequest(format!("run {} has {} execution(s)", run.id, run.attempt)));
         }
         // The run id comes from the database, not from the request, so it is a plain name.
         Ok(run_dir(&self.shared.config, &run.id).join(format!("a{attempt}.{}.log", stream.as_str())))
@@ -936,34 +917,16 @@ impl RunManager {
             self.shared.abort(&live, message.clone()).await;
             return Err(RunError::LimitExceeded(message));
         }
-        let now = now_ms();
-        let row = StepRow {
-            run_id: id.to_string(),
-            step_key: record.label.clone(),
-            seq: 0,
-            step_type: record.step_type.as_str().to_string(),
-            config: to_json(&record.config),
-            status: record.status.clone(),
-            result,
-            error: record.error.clone(),
-            job_id: None,
-            started_at: now - record.duration_ms.unwrap_or(0),
-            completed_at: Some(now),
-            duration_ms: record.duration_ms,
-        };
         match self.shared.step(id, &record.label).await? {
             Some(existing) => {
                 let request =
                     StepRequest { label: record.label.clone(), step_type: record.step_type, config: record.config };
                 check_divergence(&existing, &request)?;
-                if existing.status == step_status::STARTED {
-                    let finished = StepRow {
-                        started_at: existing.started_at,
-                        duration_ms: Some(now - existing.started_at),
-                        ..row
-                    };
-                    self.shared.store.writer().write(WriteOp::FinishStep(Box::new(finished))).await?;
+                if existing.status != step_status::STARTED {
+                    return Ok(existing);
                 }
+                // A started entry (a sleep) that the client has finished.
+                self.shared.finish_step(&live, existing, &record.status, record.result, record.error).await
             }
             None => {
                 self.shared
@@ -972,11 +935,24 @@ impl RunManager {
                         &StepRequest { label: record.label.clone(), step_type: record.step_type, config: Value::Null },
                     )
                     .await?;
-                self.shared.insert_step(&live, row).await?;
+                let now = now_ms();
+                let row = StepRow {
+                    run_id: id.to_string(),
+                    step_key: record.label,
+                    seq: 0,
+                    step_type: record.step_type.as_str().to_string(),
+                    config: to_json(&record.config),
+                    status: record.status,
+                    result,
+                    error: record.error,
+                    job_id: None,
+                    started_at: now - record.duration_ms.unwrap_or(0),
+                    completed_at: Some(now),
+                    duration_ms: record.duration_ms,
+                };
+                self.shared.insert_step(&live, row).await
             }
         }
-        live.bump();
-        self.shared.step(id, &record.label).await?.ok_or_else(|| RunError::Io("the journal entry vanished".into()))
     }
 
     /// Waits (at most `timeout`, capped at [`MAX_WAIT`]) until a started entry has ended,
@@ -1216,19 +1192,20 @@ impl Shared {
         Ok(())
     }
 
-    /// An `awaiting` run whose approval has been decided goes on: `running`, and a new
-    /// execution unless one is running (one being parked restarts when it has ended). Decided
-    /// under the execution's lock, so an execution cannot end unseen in between.
+    /// An `awaiting` run whose approval has been decided goes on (see [`Shared::go_on`]).
     fn wake(self: &Arc<Self>, live: &Arc<LiveRun>) -> Result<Option<Pending>, RunError> {
+        self.go_on(live, RunStatus::Awaiting)
+    }
+
+    /// A run that is `from` (paused, or awaiting a decision that has landed) becomes
+    /// `running`, with a new execution unless one is running (one being parked restarts when
+    /// it has ended). Decided under the execution's lock, so an execution cannot end unseen
+    /// in between; `None` if the run was not `from`.
+    fn go_on(self: &Arc<Self>, live: &Arc<LiveRun>, from: RunStatus) -> Result<Option<Pending>, RunError> {
         let mut exec = lock(&live.exec);
-        let pending =
-            self.commit_if(live, |s, _| s == RunStatus::Awaiting, |r| r.status = RunStatus::Running.as_str().into())?;
+        let pending = self.commit_if(live, |s, _| s == from, |r| r.status = RunStatus::Running.as_str().into())?;
         if pending.is_some() {
-            if exec.is_some() {
-                live.restart.store(true, Ordering::SeqCst);
-            } else {
-                Shared::start_locked(self, live, &mut exec);
-            }
+            Shared::start_locked(self, live, &mut exec);
         }
         Ok(pending)
     }
@@ -1356,8 +1333,8 @@ impl Shared {
         let Some(job_id) = entry.job_id.clone() else {
             return Err(RunError::Io(format!("script step {:?} has no job", entry.step_key)));
         };
-        let config: Value = serde_json::from_str(&entry.config).unwrap_or(Value::Null);
-        let waits = config.get("wait") != Some(&Value::Bool(false));
+        let config = parse_json(&entry.config);
+        let waits = waits_for_job(&config);
         if waits {
             // Known to the run before it exists: a cancel from now on cancels it too.
             lock(&live.jobs).insert(job_id.clone());
@@ -1385,11 +1362,11 @@ impl Shared {
             found => found?,
         };
         if waits {
-            return self.finish_script_step(live, entry).await.map(Begun::Done);
+            return self.finish_script_step(live, entry, job_id).await.map(Begun::Done);
         }
         // Start only: the job id is the result (a durable flow's async run node).
         let result = json!({ "jobId": job.id, "status": job.status.as_str() });
-        self.finish_step(live, entry, step_status::COMPLETED, result, None).await.map(Begun::Done)
+        self.finish_step(live, entry, step_status::COMPLETED, Some(result), None).await.map(Begun::Done)
     }
 
     /// Journals the end of a started entry and returns the entry as stored.
@@ -1398,13 +1375,13 @@ impl Shared {
         live: &LiveRun,
         entry: StepRow,
         status: &str,
-        result: Value,
+        result: Option<Value>,
         error: Option<String>,
     ) -> Result<StepRow, RunError> {
         let now = now_ms();
         let finished = StepRow {
             status: status.to_string(),
-            result: Some(to_json(&result)),
+            result: result.as_ref().map(to_json),
             error,
             completed_at: Some(now),
             duration_ms: Some(now - entry.started_at),
@@ -1418,11 +1395,12 @@ impl Shared {
 
     /// Waits for a script step's job (the same job on every replay: never a second one) and
     /// journals its outcome.
-    async fn finish_script_step(&self, live: &Arc<LiveRun>, entry: StepRow) -> Result<StepRow, RunError> {
-        let Some(job_id) = entry.job_id.clone() else {
-            return Err(RunError::Io(format!("script step {:?} has no job", entry.step_key)));
-        };
-        lock(&live.jobs).insert(job_id.clone());
+    async fn finish_script_step(
+        &self,
+        live: &Arc<LiveRun>,
+        entry: StepRow,
+        job_id: String,
+    ) -> Result<StepRow, RunError> {
         let job = self.jobs.wait(&job_id).await?;
         lock(&live.jobs).remove(&job_id);
         let stdout = self.jobs.stream_text(&job, Stream::Stdout).await?;
@@ -1440,7 +1418,7 @@ impl Shared {
             _ => format!("job {} {}", job.id, job.status.as_str()),
         });
         let status = if succeeded { step_status::COMPLETED } else { step_status::FAILED };
-        self.finish_step(live, entry, status, result, error).await
+        self.finish_step(live, entry, status, Some(result), error).await
     }
 
     /// After `parkAfterSec` of waiting, stops the process of an awaiting run; the decision
@@ -1472,11 +1450,43 @@ impl Shared {
     /// Stops a run for a guardrail: `aborted_limit` with the message.
     async fn abort(&self, live: &Arc<LiveRun>, message: String) {
         warn!("run {}: {message}", lock(&live.row).id);
+        self.cancel_jobs(live).await;
+        self.stop(live, Stop::Limit(message)).await;
+    }
+
+    /// Cancels the jobs the run's script steps started (nobody is left to wait for them).
+    async fn cancel_jobs(&self, live: &LiveRun) {
         let jobs: Vec<String> = lock(&live.jobs).iter().cloned().collect();
         for job in jobs {
             let _ = self.jobs.cancel(&job).await;
         }
-        self.stop(live, Stop::Limit(message)).await;
+    }
+
+    /// Ends a run that has no process for a stop reason that ends it (a cancel, a limit, a
+    /// pause), unless it has ended meanwhile: the change decided by [`Shared::end_idle_now`]
+    /// is committed, and a run it made terminal is forgotten.
+    async fn end_idle(&self, live: &LiveRun, decided: Option<IdleEnd>) {
+        let Some((status, change)) = decided else { return };
+        let committed = match change {
+            Ok(Some(pending)) => Shared::committed(live, pending).await,
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            error!("run {}: state not saved: {e}", lock(&live.row).id);
+        }
+        if status.is_terminal() {
+            self.forget(live);
+        }
+    }
+
+    /// The status change `why` makes to a run with no process, ordered under the execution's
+    /// lock the caller holds; `None` for a reason that leaves the status alone (a park, a
+    /// shutdown).
+    fn end_idle_now(&self, live: &LiveRun, why: Stop) -> Option<IdleEnd> {
+        why.ending().map(|(status, error)| {
+            (status, self.commit_if(live, |s, _| !s.is_terminal(), status_change(status, error)))
+        })
     }
 
     /// Stops the current execution for `why` and waits (bounded) until the run has settled;
@@ -1485,50 +1495,30 @@ impl Shared {
         let mut rx = live.changed.subscribe();
         // Decided under the execution's lock: either the running execution is told why it
         // stops, or the run (with no process, and none starting) changes status here.
-        let decided = {
+        let control = {
             let exec = lock(&live.exec);
-            if exec.is_some() {
-                // (A weightier reason already set stops it all the same: wait for it.)
-                Ok(live.request_stop(&exec, why))
-            } else {
-                Err(why.ending().map(|(status, error)| {
-                    let pending = self.commit_if(live, |s, _| !s.is_terminal(), status_change(status, error));
-                    (status, pending)
-                }))
+            if exec.is_none() {
+                let idle = self.end_idle_now(live, why);
+                drop(exec);
+                return self.end_idle(live, idle).await;
             }
+            // (A weightier reason already set stops it all the same: wait for it.)
+            live.request_stop(&exec, why)
         };
-        match decided {
-            Ok(control) => {
-                if let Some(control) = control {
-                    control.cancel();
-                }
-                let bound = Duration::from_secs(self.config.runner.kill_grace_sec)
-                    + supervisor::DRAIN_AFTER_EXIT
-                    + Duration::from_secs(3);
-                let _ = tokio::time::timeout(bound, async {
-                    while lock(&live.exec).is_some() {
-                        if rx.changed().await.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-            Err(None) | Err(Some((_, Ok(None)))) => {}
-            Err(Some((status, changed))) => {
-                let committed = match changed {
-                    Ok(Some(pending)) => Shared::committed(live, pending).await,
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = committed {
-                    error!("run {}: state not saved: {e}", lock(&live.row).id);
-                }
-                if status.is_terminal() {
-                    self.forget(live);
-                }
-            }
+        if let Some(control) = control {
+            control.cancel();
         }
+        let bound = Duration::from_secs(self.config.runner.kill_grace_sec)
+            + supervisor::DRAIN_AFTER_EXIT
+            + Duration::from_secs(3);
+        let _ = tokio::time::timeout(bound, async {
+            while lock(&live.exec).is_some() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     fn forget(&self, live: &LiveRun) {
@@ -1592,37 +1582,23 @@ impl Shared {
         // a decision, a resume or a cancel decide whether there is a process. A cancel, a
         // limit or a pause that came after `settle` had looked applies now (a run ended by one
         // is never restarted).
-        let (status, late) = {
+        let late = {
             let mut exec = lock(&live.exec);
             *exec = None;
-            let late = lock(&live.stop).take().and_then(Stop::ending).map(|(status, error)| {
-                (status, self.commit_if(&live, |s, _| !s.is_terminal(), status_change(status, error)))
-            });
-            let status = live.status();
-            if live.restart.swap(false, Ordering::SeqCst) && status == RunStatus::Running {
+            let late = lock(&live.stop).take().and_then(|why| self.end_idle_now(&live, why));
+            if live.restart.swap(false, Ordering::SeqCst) && live.status() == RunStatus::Running {
                 Shared::start_locked(&self, &live, &mut exec);
             }
-            (status, late)
+            late
         };
-        if let Some((ending, change)) = late {
-            let committed = match change {
-                Ok(Some(pending)) => Shared::committed(&live, pending).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = committed {
-                error!("run {id}: state not saved: {e}");
-            }
-            if ending.is_terminal() {
-                let jobs: Vec<String> = lock(&live.jobs).iter().cloned().collect();
-                for job in jobs {
-                    let _ = self.jobs.cancel(&job).await;
-                }
-            }
+        let ended = late.as_ref().is_some_and(|(status, _)| status.is_terminal());
+        self.end_idle(&live, late).await;
+        if ended {
+            self.cancel_jobs(&live).await;
         }
         self.executing.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
-        if status.is_terminal() {
+        if live.status().is_terminal() {
             self.forget(&live);
         } else {
             live.bump();
@@ -1771,18 +1747,12 @@ impl Shared {
         let stop = lock(&live.stop).take();
         let row = live.snapshot();
         let stderr_tail = outcome.stderr.preview.trim_end().to_string();
-        let (status, error): (RunStatus, Option<String>) = match (stop, &outcome.ending) {
-            (Some(Stop::Cancel), _) => (RunStatus::Cancelled, Some("cancelled".into())),
-            (Some(Stop::Limit(message)), _) => (RunStatus::AbortedLimit, Some(message)),
-            (Some(Stop::Pause), _) => (RunStatus::Paused, None),
-            (Some(Stop::Park), _) => {
-                // Still awaiting: no process until the decision. If it already landed, the
-                // approval set the run running and asked for a restart.
-                self.commit(live, |r| r.pid = None).await?;
-                return Ok(());
-            }
-            (Some(Stop::Shutdown), _) => {
-                // Stays running in the database: the next server start resumes it.
+        let (status, error): (RunStatus, Option<String>) = match (stop.map(Stop::ending), &outcome.ending) {
+            (Some(Some(ending)), _) => ending,
+            (Some(None), _) => {
+                // A park (still awaiting: no process until the decision; if it already
+                // landed, the approval set the run running and asked for a restart) or a
+                // shutdown (stays running in the database: the next start resumes it).
                 self.commit(live, |r| r.pid = None).await?;
                 return Ok(());
             }
@@ -1792,10 +1762,15 @@ impl Shared {
                 (RunStatus::AbortedLimit, Some(format!("SCRIPT_RUN_MAX_WALL_MS exceeded ({spent}/{max})")))
             }
             (None, Ending::Exited(0)) => {
-                let output = self.output(&row).await;
-                self.commit(live, |r| r.output = Some(to_json(&output))).await?;
+                let output = to_json(&self.output(&row).await);
                 *lock(&live.crashes) = 0;
-                (RunStatus::Completed, None)
+                let complete = status_change(RunStatus::Completed, None);
+                return self
+                    .commit(live, |r| {
+                        r.output = Some(output);
+                        complete(r);
+                    })
+                    .await;
             }
             (None, Ending::Exited(code)) => {
                 let tail = if stderr_tail.is_empty() { String::new() } else { format!(": {stderr_tail}") };
@@ -1826,11 +1801,7 @@ impl Shared {
             (None, Ending::SpawnFailed(message)) => (RunStatus::Failed, Some(message.clone())),
         };
         if status.is_terminal() && status != RunStatus::Completed {
-            // Jobs its script steps left running have nobody left to wait for them.
-            let jobs: Vec<String> = lock(&live.jobs).iter().cloned().collect();
-            for job in jobs {
-                let _ = self.jobs.cancel(&job).await;
-            }
+            self.cancel_jobs(live).await;
         }
         self.set_status(live, status, error).await
     }
@@ -1852,6 +1823,11 @@ impl Shared {
         }
         Value::String(trimmed.to_string())
     }
+}
+
+/// Whether a script step's config waits for its job (all but a start-only `wait: false`).
+fn waits_for_job(config: &Value) -> bool {
+    config.get("wait") != Some(&Value::Bool(false))
 }
 
 /// The change of a row to `status` (with `error` when it is terminal).
