@@ -1495,15 +1495,17 @@ impl Shared {
         let mut rx = live.changed.subscribe();
         // Decided under the execution's lock: either the running execution is told why it
         // stops, or the run (with no process, and none starting) changes status here.
-        let control = {
+        let decided = {
             let exec = lock(&live.exec);
-            if exec.is_none() {
-                let idle = self.end_idle_now(live, why);
-                drop(exec);
-                return self.end_idle(live, idle).await;
+            match *exec {
+                // (A weightier reason already set stops it all the same: wait for it.)
+                Some(_) => Ok(live.request_stop(&exec, why)),
+                None => Err(self.end_idle_now(live, why)),
             }
-            // (A weightier reason already set stops it all the same: wait for it.)
-            live.request_stop(&exec, why)
+        };
+        let control = match decided {
+            Ok(control) => control,
+            Err(idle) => return self.end_idle(live, idle).await,
         };
         if let Some(control) = control {
             control.cancel();
