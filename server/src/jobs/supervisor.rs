@@ -246,16 +246,14 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new(fd: Option<OwnedFd>, sink: LogSink, quiet: bool) -> Pipe {
-        let reader = fd.and_then(|fd| {
-            let flags = nix::fcntl::OFlag::O_NONBLOCK;
-            if quiet && nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).is_ok() {
-                Some(Reader::Quiet(File::from(fd)))
-            } else {
-                // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
-                pipe::Receiver::from_owned_fd(fd).ok().map(Reader::Watched)
-            }
-        });
+    fn new(fd: OwnedFd, sink: LogSink, quiet: bool) -> Pipe {
+        let flags = nix::fcntl::OFlag::O_NONBLOCK;
+        let reader = if quiet && nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).is_ok() {
+            Some(Reader::Quiet(File::from(fd)))
+        } else {
+            // from_owned_fd makes the pipe non-blocking and registers it with the reactor.
+            pipe::Receiver::from_owned_fd(fd).ok().map(Reader::Watched)
+        };
         Pipe { reader, sink }
     }
 
@@ -348,8 +346,8 @@ impl Running {
             .and_then(register_pidfd);
         // Without a pidfd the exit is polled for: watch the pipes from the start.
         let quiet = pidfd.is_some();
-        let out = Pipe::new(Some(child.stdout), out_sink, quiet);
-        let err = Pipe::new(Some(child.stderr), err_sink, quiet);
+        let out = Pipe::new(child.stdout, out_sink, quiet);
+        let err = Pipe::new(child.stderr, err_sink, quiet);
         Running {
             pgid: Pid::from_raw(pid),
             pidfd,
@@ -396,10 +394,7 @@ impl Running {
             let now = Instant::now();
             if record_at.is_some_and(|r| now >= r) {
                 record_at = None;
-                READ_BUFFER.with_borrow_mut(|buf| {
-                    self.out.watch(buf);
-                    self.err.watch(buf);
-                });
+                self.watch_pipes();
                 if exit.is_none() {
                     // The leader is not reaped yet, so this pid is still the job's.
                     events.still_running(start_ticks(self.pgid.as_raw()));
@@ -436,10 +431,7 @@ impl Running {
                 let _ = nix::sys::wait::waitpid(self.pgid, None);
                 // Quiet pipes: read what the script wrote; a pipe still held open (by a
                 // process that left the group) is watched and drained like any other.
-                READ_BUFFER.with_borrow_mut(|buf| {
-                    self.out.watch(buf);
-                    self.err.watch(buf);
-                });
+                self.watch_pipes();
                 exit = Some(status);
                 record_at = None;
                 drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
@@ -451,6 +443,14 @@ impl Running {
             (None, Some(WaitStatus::Signaled(_, sig, _))) => Ending::Signaled(sig as i32),
             (None, _) => Ending::Signaled(0),
         }
+    }
+
+    /// Reads what the quiet pipes hold and watches those still open (see [`Pipe::watch`]).
+    fn watch_pipes(&mut self) {
+        READ_BUFFER.with_borrow_mut(|buf| {
+            self.out.watch(buf);
+            self.err.watch(buf);
+        });
     }
 
     /// Waits until a pipe is readable, the leader exits, cancel is asked or `deadline` passes.
