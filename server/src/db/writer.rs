@@ -21,6 +21,7 @@
 //! the next committer (the writes of the group that panicked report [`StoreError::WriterGone`]).
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -242,26 +243,31 @@ pub struct Pending {
 impl Pending {
     /// Waits for the commit, committing the queue on this thread if nobody else is.
     pub async fn wait(mut self) -> Result<(), StoreError> {
-        let Some(mut rx) = self.rx.take() else { return Err(StoreError::WriterGone) };
-        if let Ok(result) = rx.try_recv() {
-            return Self::result(Ok(result));
+        match self.commit_here() {
+            ControlFlow::Break(result) => result,
+            ControlFlow::Continue(rx) => Self::result(rx.await),
         }
-        if let Some(role) = Role::try_take(&self.shared) {
-            role.commit_rounds(MAX_ROUNDS);
-        }
-        Self::result(rx.await)
     }
 
     /// Waits for the commit, blocking the thread (never call it on an async worker).
     pub fn wait_blocking(mut self) -> Result<(), StoreError> {
-        let Some(mut rx) = self.rx.take() else { return Err(StoreError::WriterGone) };
+        match self.commit_here() {
+            ControlFlow::Break(result) => result,
+            ControlFlow::Continue(rx) => Self::result(rx.blocking_recv()),
+        }
+    }
+
+    /// What both waits do first: the result if it is already known; otherwise commits the
+    /// queue on this thread if nobody else is, and returns the receiver to wait on.
+    fn commit_here(&mut self) -> ControlFlow<Result<(), StoreError>, oneshot::Receiver<Result<(), String>>> {
+        let Some(mut rx) = self.rx.take() else { return ControlFlow::Break(Err(StoreError::WriterGone)) };
         if let Ok(result) = rx.try_recv() {
-            return Self::result(Ok(result));
+            return ControlFlow::Break(Self::result(Ok(result)));
         }
         if let Some(role) = Role::try_take(&self.shared) {
             role.commit_rounds(MAX_ROUNDS);
         }
-        Self::result(rx.blocking_recv())
+        ControlFlow::Continue(rx)
     }
 
     fn result(received: Result<Result<(), String>, oneshot::error::RecvError>) -> Result<(), StoreError> {
@@ -381,9 +387,8 @@ fn background(shared: &Shared) {
         let (due, closed) = {
             let mut queue = lock(&shared.queue);
             loop {
-                let work = queue.handed_off || (queue.closed && !queue.requests.is_empty());
                 let due = queue.checkpoint_due();
-                if work || due || queue.closed {
+                if queue.handed_off || due || queue.closed {
                     queue.handed_off = false;
                     break (due, queue.closed);
                 }
