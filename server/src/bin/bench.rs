@@ -17,8 +17,7 @@ mod shared;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use shared::Server;
+use shared::{agent, write_script, Server};
 
 struct Options {
     seconds: f64,
@@ -190,15 +189,11 @@ fn paired(server: &Server, script: &Path, cores: usize, seconds: f64) -> Result<
 
 /// Idle (idle + iowait) and total clock ticks of all cores so far (`/proc/stat`).
 fn idle_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .map(|rest| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
-        .unwrap_or_default();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    (at(3) + at(4), fields.iter().sum())
+    use procfs::CurrentSI;
+    let Ok(stats) = procfs::KernelStats::current() else { return (0, 0) };
+    let t = stats.total;
+    let optional = [t.iowait, t.irq, t.softirq, t.steal, t.guest, t.guest_nice].map(|f| f.unwrap_or(0));
+    (t.idle + t.iowait.unwrap_or(0), t.user + t.nice + t.system + t.idle + optional.iter().sum::<u64>())
 }
 
 /// CPU time of a process, in clock ticks: its own threads, and its waited-for children.
@@ -217,14 +212,11 @@ impl std::ops::Sub for Ticks {
 
 /// utime+stime and cutime+cstime of a process (fields 14-17 of `/proc/<pid>/stat`).
 fn cpu_ticks(pid: u32) -> Ticks {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
-        .unwrap_or_default();
-    // After the command name: state is field 3, so utime (14) is index 11 here.
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    Ticks { own: at(11) + at(12), children: at(13) + at(14) }
+    let stat = i32::try_from(pid).ok().and_then(|pid| procfs::process::Process::new(pid).and_then(|p| p.stat()).ok());
+    let Some(stat) = stat else { return Ticks::default() };
+    // The children's times are signed in the kernel's format; a negative one counts as 0.
+    let children = [stat.cutime, stat.cstime].map(|t| u64::try_from(t).unwrap_or(0));
+    Ticks { own: stat.utime + stat.stime, children: children[0] + children[1] }
 }
 
 /// CPU per run accumulated over rounds.
@@ -260,13 +252,6 @@ impl CpuPerRun {
     fn client_us(&self) -> f64 {
         self.us(self.client)
     }
-}
-
-fn write_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::write(&path, body)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(path)
 }
 
 fn start_server(dir: &Path, big_bytes: u64) -> Result<Server> {
@@ -350,10 +335,6 @@ struct LoadResult {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
-}
-
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).max_idle_connections_per_host(64).build()
 }
 
 /// A minimal keep-alive HTTP/1.1 client for the load phases: the load generator shares the

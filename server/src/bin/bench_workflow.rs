@@ -15,7 +15,6 @@
 #[path = "shared/mod.rs"]
 mod shared;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use script_runner::client::Workflow;
 use serde_json::{json, Value};
-use shared::Server;
+use shared::{agent, write_script, Server};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,17 +68,15 @@ fn bench(args: &[String]) -> Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("sr-bench-wf-").tempdir()?;
     let me = std::env::current_exe()?;
-    write_executable(
-        &dir.path().join("cli.sh"),
+    write_script(
+        dir.path(),
+        "cli.sh",
         &format!(
             "#!/bin/bash\nset -e\nstart=$(date +%s%N)\nfor i in $(seq 1 {steps}); do\n  script-runner step \"s-$i\" -- true\ndone\n\
              end=$(date +%s%N)\necho \"{{\\\"steps\\\": {steps}, \\\"ms\\\": $(( (end - start) / 1000000 ))}}\"\n"
         ),
     )?;
-    write_executable(
-        &dir.path().join("client.sh"),
-        &format!("#!/bin/bash\nexec '{}' --as-workflow {steps}\n", me.display()),
-    )?;
+    write_script(dir.path(), "client.sh", &format!("#!/bin/bash\nexec '{}' --as-workflow {steps}\n", me.display()))?;
     let server = Bench::start(dir.path(), steps)?;
     println!("script-runner workflow bench: {steps} steps of `step -- true`, server pid {}", server.server.pid());
     println!("{:<28} {:>12} {:>14} {:>12}", "", "total ms", "per step ms", "steps/s");
@@ -109,12 +106,6 @@ fn elapsed_ms(run: &Value) -> Result<f64> {
     run["output"]["ms"].as_f64().with_context(|| format!("no timing in the output: {}", run["output"]))
 }
 
-fn write_executable(path: &Path, body: &str) -> Result<()> {
-    std::fs::write(path, body)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
-}
-
 struct Bench {
     server: Server,
     agent: ureq::Agent,
@@ -133,8 +124,7 @@ impl Bench {
             "scriptsFile": "./scripts.json"
         });
         let server = Server::start(dir, &config, &scripts)?;
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).build();
-        Ok(Bench { server, agent })
+        Ok(Bench { server, agent: agent() })
     }
 
     /// Launches a configured workflow and waits for its end.

@@ -1,7 +1,10 @@
-//! What the bench binaries share: a `script-runner` server in a temporary folder.
+//! What the bench binaries share: a `script-runner` server in a temporary folder, the scripts
+//! it runs, and an HTTP client for it.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -46,4 +49,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes an executable script `name` into `dir`; returns its path.
+pub fn write_script(dir: &Path, name: &str, body: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, body)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// An HTTP client for the server (long timeout: a request may wait for a whole job or run).
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(600)).max_idle_connections_per_host(64).build()
 }
