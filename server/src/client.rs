@@ -136,6 +136,21 @@ pub struct ScriptResult {
     pub stderr: String,
 }
 
+impl ScriptResult {
+    /// Reads a script step's journaled result (`jobId`, `status`, `exitCode`, `stdout`,
+    /// `stderr`); a missing or mistyped field is empty (`None` for the exit code).
+    pub fn from_result(result: &Value) -> ScriptResult {
+        let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+        ScriptResult {
+            job_id: text("jobId"),
+            status: text("status"),
+            exit_code: result.get("exitCode").and_then(Value::as_i64),
+            stdout: text("stdout"),
+            stderr: text("stderr"),
+        }
+    }
+}
+
 /// An approval decision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Approval {
@@ -166,8 +181,15 @@ impl Workflow {
     /// The client of the run this process belongs to, from the environment.
     pub fn from_env() -> Result<Workflow, ClientError> {
         let var = |name: &'static str| std::env::var(name).map_err(|_| ClientError::NotInRun(name));
-        let args = std::env::var("SCRIPT_RUN_ARGS").ok().and_then(|a| serde_json::from_str(&a).ok());
+        let args = Workflow::args_from_env();
         Ok(Workflow::new(&var("SCRIPT_RUNNER_URL")?, &var("SCRIPT_RUN_ID")?, &var("SCRIPT_RUN_TOKEN")?, args))
+    }
+
+    /// The run's launch arguments from the environment (`SCRIPT_RUN_ARGS`); `None` when it is
+    /// not set or not JSON. [`Workflow::from_env`] reads them so; this is for a process that
+    /// needs them without the rest of the client.
+    pub fn args_from_env() -> Option<Value> {
+        std::env::var("SCRIPT_RUN_ARGS").ok().and_then(|a| serde_json::from_str(&a).ok())
     }
 
     /// A client for an explicit run (tests, tools).
@@ -257,15 +279,7 @@ impl Workflow {
             Action::Done(step) | Action::Resume(step) => step,
             Action::Execute => return Err(ClientError::Protocol("the server did not run the script step".into())),
         };
-        let r = &step.result;
-        let text = |key: &str| r.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-        Ok(ScriptResult {
-            job_id: text("jobId"),
-            status: text("status"),
-            exit_code: r.get("exitCode").and_then(Value::as_i64),
-            stdout: text("stdout"),
-            stderr: text("stderr"),
-        })
+        Ok(ScriptResult::from_result(&step.result))
     }
 
     /// Starts a configured script as a server-side job without waiting for it, once: the job

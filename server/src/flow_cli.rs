@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use script_runner::client::Workflow;
+use script_runner::client::{ClientError, ScriptResult, Workflow};
 use script_runner_blocks::flow::{self, Journal, Node, Task};
 use script_runner_blocks::BlockError;
 use serde_json::{json, Map, Value};
@@ -15,29 +15,37 @@ use serde_json::{json, Map, Value};
 /// Exit status when the flow file has problems or the options are wrong.
 const INVALID: u8 = 2;
 
-/// Options of `flow run`.
+/// Options of `flow run` (the doc comments of the fields are its help).
+#[derive(clap::Args)]
 pub struct FlowRun {
-    /// The flow file.
+    /// The flow file (`flows/<name>/flow.oo.yaml`).
     pub file: PathBuf,
-    /// `handle=json` flow inputs.
+    /// A flow input, `handle=<json>` (repeatable; a value that is not JSON is a string).
+    #[arg(long = "input", value_name = "HANDLE=JSON")]
     pub inputs: Vec<String>,
-    /// Run it as a workflow run on the server.
+    /// Run it as a durable workflow run on the server (the flow must be in its flows dir).
+    #[arg(long)]
     pub durable: bool,
-    /// Inside a workflow run: journal each node.
+    /// Internal: journal each node as a step of the workflow run this process belongs to.
+    #[arg(long, hide = true)]
     pub journal: bool,
-    /// The package root `self::` resolves against.
+    /// The package root `self::` resolves against (default: two folders above the file).
+    #[arg(long)]
     pub root: Option<PathBuf>,
-    /// The server for `--durable`.
+    /// The server for --durable.
+    #[arg(long, env = "SCRIPT_RUNNER_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Bearer token for `--durable`.
+    /// Bearer token for --durable.
+    #[arg(long, env = "SCRIPT_RUNNER_TOKEN")]
     pub token: Option<String>,
 }
 
 /// Runs the command.
 pub fn run(opts: FlowRun) -> ExitCode {
     let given = if opts.journal {
-        // Inside a run: the flow inputs are the run's args.
-        match std::env::var("SCRIPT_RUN_ARGS").ok().and_then(|a| serde_json::from_str::<Value>(&a).ok()) {
+        // Inside a run: the flow inputs are the run's args. They are read on their own: the
+        // run's client is built only once the flow has loaded, and not for --durable.
+        match Workflow::args_from_env() {
             Some(Value::Object(map)) => map,
             _ => Map::new(),
         }
@@ -174,15 +182,7 @@ impl Journal for RunJournal {
                 }
                 let result = match self.wf.script(key, script, &args) {
                     Ok(r) => r,
-                    Err(script_runner::client::ClientError::StepFailed { result, .. }) => {
-                        script_runner::client::ScriptResult {
-                            job_id: result["jobId"].as_str().unwrap_or_default().to_string(),
-                            status: result["status"].as_str().unwrap_or_default().to_string(),
-                            exit_code: result["exitCode"].as_i64(),
-                            stdout: result["stdout"].as_str().unwrap_or_default().to_string(),
-                            stderr: result["stderr"].as_str().unwrap_or_default().to_string(),
-                        }
-                    }
+                    Err(ClientError::StepFailed { result, .. }) => ScriptResult::from_result(&result),
                     Err(e) => return Err(failed(e)),
                 };
                 let out = json!({

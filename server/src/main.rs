@@ -51,28 +51,7 @@ enum Command {
 #[derive(Subcommand)]
 enum FlowCommand {
     /// Check and run a flow file: one JSON event per line, then the outputs; exit 0 on success.
-    Run {
-        /// The flow file (`flows/<name>/flow.oo.yaml`).
-        file: PathBuf,
-        /// A flow input, `handle=<json>` (repeatable; a value that is not JSON is a string).
-        #[arg(long = "input", value_name = "HANDLE=JSON")]
-        inputs: Vec<String>,
-        /// Run it as a durable workflow run on the server (the flow must be in its flows dir).
-        #[arg(long)]
-        durable: bool,
-        /// Internal: journal each node as a step of the workflow run this process belongs to.
-        #[arg(long, hide = true)]
-        journal: bool,
-        /// The package root `self::` resolves against (default: two folders above the file).
-        #[arg(long)]
-        root: Option<PathBuf>,
-        /// The server for --durable.
-        #[arg(long, env = "SCRIPT_RUNNER_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// Bearer token for --durable.
-        #[arg(long, env = "SCRIPT_RUNNER_TOKEN")]
-        token: Option<String>,
-    },
+    Run(flow_cli::FlowRun),
 }
 
 /// `script-runner step <label> ...`: one durable step, journaled by its label.
@@ -115,52 +94,59 @@ pub struct StepArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Step(args)) => return step::run(args),
-        Some(Command::Block { name, inputs, list }) => return block(name, &inputs, list),
-        Some(Command::Flow(FlowCommand::Run { file, inputs, durable, journal, root, url, token })) => {
-            return flow_cli::run(flow_cli::FlowRun { file, inputs, durable, journal, root, url, token })
-        }
-        _ => {}
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Step(args) => step::run(args),
+        Command::Block { name, inputs, list } => block(name, &inputs, list),
+        Command::Flow(FlowCommand::Run(opts)) => flow_cli::run(opts),
+        Command::CheckConfig => with_config(cli.config, check_config),
+        Command::Serve => with_config(cli.config, serve),
     }
-    let path = cli.config.unwrap_or_else(config::default_config_path);
-    let config = match config::load(&path) {
-        Ok(c) => c,
+}
+
+/// Loads the configuration (`--config`, else the default path) and runs `command` on it; exit 2
+/// when it is invalid.
+fn with_config(path: Option<PathBuf>, command: impl FnOnce(config::Config) -> ExitCode) -> ExitCode {
+    let path = path.unwrap_or_else(config::default_config_path);
+    match config::load(&path) {
+        Ok(config) => command(config),
         Err(e) => {
             eprintln!("script-runner: invalid configuration: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            println!("{}: ok", config.config_file.display());
-            println!("scripts from {}:", config.scripts_file.display());
-            for script in &config.scripts {
-                let mode = script.effective_mode(config.runner.default_mode).as_str();
-                println!("  {script} ({mode}, timeoutSec {})", script.timeout_sec);
-            }
-            if !config.workflows.catalog.is_empty() {
-                println!("workflows:");
-                for workflow in &config.workflows.catalog {
-                    println!("  {workflow}");
-                }
-            }
-            let interpreters: Vec<_> = config.workflows.interpreters.keys().map(String::as_str).collect();
-            match interpreters.is_empty() {
-                true => println!("inline workflow sources: disabled"),
-                false => println!("inline workflow sources: {}", interpreters.join(", ")),
-            }
-            ExitCode::SUCCESS
-        }
-        Command::Step(_) | Command::Block { .. } | Command::Flow(_) => ExitCode::SUCCESS,
-        Command::Serve => match script_runner::server::serve(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("script-runner: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
     }
+}
+
+/// `script-runner serve`: serves the HTTP API until it is stopped.
+fn serve(config: config::Config) -> ExitCode {
+    match script_runner::server::serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("script-runner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `script-runner check-config`: prints what the configuration holds.
+fn check_config(config: config::Config) -> ExitCode {
+    println!("{}: ok", config.config_file.display());
+    println!("scripts from {}:", config.scripts_file.display());
+    for script in &config.scripts {
+        let mode = script.effective_mode(config.runner.default_mode).as_str();
+        println!("  {script} ({mode}, timeoutSec {})", script.timeout_sec);
+    }
+    if !config.workflows.catalog.is_empty() {
+        println!("workflows:");
+        for workflow in &config.workflows.catalog {
+            println!("  {workflow}");
+        }
+    }
+    let interpreters: Vec<_> = config.workflows.interpreters.keys().map(String::as_str).collect();
+    match interpreters.is_empty() {
+        true => println!("inline workflow sources: disabled"),
+        false => println!("inline workflow sources: {}", interpreters.join(", ")),
+    }
+    ExitCode::SUCCESS
 }
 
 /// `script-runner block <name> --inputs '<json>'`: outputs as JSON on stdout; on failure the

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use script_runner::client::{ClientError, Workflow};
+use script_runner::client::{ClientError, ScriptResult, Workflow};
 use serde_json::Value;
 
 use crate::StepArgs;
@@ -68,11 +68,12 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
                 Ok(exit_code(result.exit_code.unwrap_or(0)))
             }
             Err(ClientError::StepFailed { message, result, .. }) => {
-                print!("{}", result.get("stdout").and_then(Value::as_str).unwrap_or_default());
-                eprint!("{}", result.get("stderr").and_then(Value::as_str).unwrap_or_default());
+                let result = ScriptResult::from_result(&result);
+                print!("{}", result.stdout);
+                eprint!("{}", result.stderr);
                 eprintln!("script-runner step: {label}: {message}");
-                let code = result.get("exitCode").and_then(Value::as_i64).filter(|c| *c > 0).unwrap_or(1);
-                Ok(exit_code(code))
+                // A failed step never exits 0: its job's code if positive, else 1.
+                Ok(exit_code(result.exit_code.filter(|c| *c > 0).unwrap_or(1)))
             }
             Err(e) => Err(e),
         },
