@@ -95,20 +95,24 @@ pub async fn authenticate(
     let expected = req.app_data::<web::Data<AppState>>().and_then(|s| s.auth_token.clone());
     if let Some(expected) = expected {
         if req.path() != "/healthz" && !req.path().starts_with("/api/internal/") {
-            let given = req
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split_once(' '))
-                // The scheme name is case-insensitive (RFC 7235).
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-                .map_or("", |(_, token)| token.trim());
+            let given = bearer(req.headers()).unwrap_or("");
             if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
                 return Err(ApiError::Unauthorized.into());
             }
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// The token of an `Authorization: Bearer <token>` header, trimmed (the scheme name is
+/// case-insensitive, RFC 7235).
+pub(super) fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
 }
 
 /// Reads a JSON object body of at most [`MAX_BODY_BYTES`], whatever its content type.

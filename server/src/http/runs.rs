@@ -12,7 +12,7 @@ use super::{json_object, ApiError, AppState};
 use crate::db::models::{RunRow, StepRow};
 use crate::db::RunFilter;
 use crate::runs::model::{RunStatus, StepType};
-use crate::runs::{Begun, Decision, LaunchRequest, StepRecord, StepRequest};
+use crate::runs::{parse_json, Begun, Decision, LaunchRequest, StepRecord, StepRequest};
 use crate::time::iso;
 
 /// A run on the wire.
@@ -48,8 +48,8 @@ impl RunView {
             json!({ "current": current, "total": row.progress_total.unwrap_or(0), "message": row.progress_message })
         });
         RunView {
-            args: parse(&row.args),
-            output: row.output.as_deref().map_or(Value::Null, parse),
+            args: parse_json(&row.args),
+            output: row.output.as_deref().map_or(Value::Null, parse_json),
             warnings: serde_json::from_str(&row.warnings).unwrap_or_default(),
             created_at: iso(row.created_at),
             started_at: row.started_at.map(iso),
@@ -92,8 +92,8 @@ impl StepView {
     /// The wire view of a journal row.
     pub fn new(row: StepRow) -> StepView {
         StepView {
-            config: parse(&row.config),
-            result: row.result.as_deref().map_or(Value::Null, parse),
+            config: parse_json(&row.config),
+            result: row.result.as_deref().map_or(Value::Null, parse_json),
             started_at: iso(row.started_at),
             completed_at: row.completed_at.map(iso),
             step_key: row.step_key,
@@ -104,10 +104,6 @@ impl StepView {
             duration_ms: row.duration_ms,
         }
     }
-}
-
-fn parse(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
@@ -190,19 +186,19 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<Ht
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.
 pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.cancel(&id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/pause`.
 pub async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.pause(&id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/resume`.
 pub async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.resume(&id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/fork` `{fromStep?, source?}`: `201 {ok, run}`.
@@ -237,7 +233,7 @@ pub async fn approve(
     let decision =
         Decision { approved, by: optional_string(&body, "by")?, comment: optional_string(&body, "comment")? };
     let run = state.runs.approve(&id, &label, decision).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(run_answer(run))
 }
 
 /// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
@@ -267,16 +263,14 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
 
 // ---- internal routes (the step client) ----
 
+/// `200 {ok, run}`.
+fn run_answer(run: RunRow) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) }))
+}
+
 /// The run token from `Authorization: Bearer <token>`.
 fn run_token(req: &HttpRequest) -> Result<String, ApiError> {
-    req.headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized)
+    super::bearer(req.headers()).filter(|t| !t.is_empty()).map(str::to_string).ok_or(ApiError::Unauthorized)
 }
 
 fn step_type(body: &Map<String, Value>) -> Result<StepType, ApiError> {
@@ -376,5 +370,5 @@ pub async fn progress(
         return Err(ApiError::InvalidRequest("current and total (non-negative integers) are required".into()));
     };
     let run = state.runs.progress(&id, &token, current, total, optional_string(&body, "message")?).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(run_answer(run))
 }

@@ -354,7 +354,8 @@ fn to_json(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
-fn parse_json(text: &str) -> Value {
+/// A stored JSON text as a value (`null` if it is not JSON).
+pub(crate) fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
