@@ -9,19 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Builder, Resp, TestServer};
+use common::{assert_error, Builder, Resp, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for any job in this file to reach a final state.
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Asserts the error envelope `{"ok": false, "error": {"code", "message"}}`.
-fn assert_error(r: &Resp, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert_eq!(r.body["ok"], json!(false), "{}", r.text);
-    assert_eq!(r.body["error"]["code"], json!(code), "{}", r.text);
-    assert!(r.body["error"]["message"].is_string(), "{}", r.text);
-}
 
 /// Asserts the error envelope with an exact message.
 fn assert_error_msg(r: &Resp, status: u16, code: &str, message: &str) {

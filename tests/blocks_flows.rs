@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_file, Builder, Deployment, TestServer, BIN};
+use common::{entry, labels, wait_file, Builder, Deployment, TestServer, BIN};
 use serde_json::{json, Value};
 
 const BLOCKS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../blocks");
@@ -101,14 +101,13 @@ impl FlowOut {
     }
 }
 
+/// `script-runner flow run <path> [--input <k=v>]...`.
 fn flow_run(path: &Path, inputs: &[String]) -> FlowOut {
-    let mut args = vec!["flow".to_string(), "run".to_string(), path.to_str().unwrap().to_string()];
+    let mut args = vec!["flow", "run", path.to_str().unwrap()];
     for i in inputs {
-        args.push("--input".into());
-        args.push(i.clone());
+        args.extend(["--input", i.as_str()]);
     }
-    let out = Command::new(BIN).args(&args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Out { code, stdout, stderr } = cli(&args);
     let lines: Vec<Value> = stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -118,17 +117,18 @@ fn flow_run(path: &Path, inputs: &[String]) -> FlowOut {
         Some((last, rest)) => (rest.to_vec(), last.clone()),
         None => (Vec::new(), Value::Null),
     };
-    FlowOut {
-        code: out.status.code().unwrap_or(-1),
-        events,
-        outputs,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        stdout,
-    }
+    FlowOut { code, events, outputs, stderr, stdout }
 }
 
 fn url_input(server: &TestServer) -> String {
     format!("script_runner_url={}", server.base)
+}
+
+/// Writes the flow `name` into the server's folder and runs it with the server's URL as its
+/// `script_runner_url` input.
+fn run_flow_against(server: &TestServer, name: &str, yaml: &str) -> FlowOut {
+    let path = write_flow(server.dir(), name, yaml);
+    flow_run(&path, &[url_input(server)])
 }
 
 fn job_server() -> TestServer {
@@ -349,8 +349,8 @@ nodes:
 #[test]
 fn bare_value_is_null_and_ui_fields_are_ignored() {
     let server = job_server();
-    let path = write_flow(
-        server.dir(),
+    let out = run_flow_against(
+        &server,
         "ui",
         r#"
 title: A flow as the OOMOL editor writes it
@@ -385,7 +385,6 @@ outputs_from:
         output_handle: stdout
 "#,
     );
-    let out = flow_run(&path, &[url_input(&server)]);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
     let started = &out.events[out.index("node_started", "echo#1")[0]];
     assert!(
@@ -442,8 +441,7 @@ fn independent_slow_nodes_run_in_parallel() {
         node("left"),
         node("right")
     );
-    let path = write_flow(server.dir(), "parallel", &yaml);
-    let out = flow_run(&path, &[url_input(&server)]);
+    let out = run_flow_against(&server, "parallel", &yaml);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
     let started: Vec<usize> = ["left", "right"].iter().map(|n| out.index("node_started", n)[0]).collect();
     let finished: Vec<usize> = ["left", "right"].iter().map(|n| out.index("node_finished", n)[0]).collect();
@@ -458,8 +456,8 @@ fn independent_slow_nodes_run_in_parallel() {
 #[test]
 fn first_failure_stops_the_flow_and_downstream_never_starts() {
     let server = job_server();
-    let path = write_flow(
-        server.dir(),
+    let out = run_flow_against(
+        &server,
         "failfast",
         r#"
 inputs_def:
@@ -487,7 +485,6 @@ nodes:
           - input_handle: script_runner_url
 "#,
     );
-    let out = flow_run(&path, &[url_input(&server)]);
     assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
     assert!(out.index("node_started", "downstream").is_empty(), "{:#?}", out.events);
     let failed = &out.events[out.index("node_failed", "broken")[0]];
@@ -500,8 +497,8 @@ nodes:
 #[test]
 fn node_timeout_fails_the_flow() {
     let server = Builder::new().script("slow", "sleep 20").script("echo", "echo hi $1").start();
-    let path = write_flow(
-        server.dir(),
+    let out = run_flow_against(
+        &server,
         "timeout",
         r#"
 inputs_def:
@@ -530,7 +527,6 @@ nodes:
           - input_handle: script_runner_url
 "#,
     );
-    let out = flow_run(&path, &[url_input(&server)]);
     assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
     let failed = &out.events[out.index("node_failed", "sleepy")[0]];
     assert!(failed["error"].as_str().unwrap().contains("timed out"), "{failed}");
@@ -556,8 +552,7 @@ fn node_fed_twice_that_reads_a_flow_input_runs_twice() {
 }
 
 fn fan_in_and_fed_twice(server: &TestServer, yaml: &str) {
-    let path = write_flow(server.dir(), "fan", yaml);
-    let out = flow_run(&path, &[url_input(server)]);
+    let out = run_flow_against(server, "fan", yaml);
     assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
     let fan = out.index("node_started", "fan");
     assert_eq!(fan.len(), 1, "{:#?}", out.events);
@@ -704,11 +699,10 @@ outputs_from:
     let body = server.wait_run_terminal(&id, Duration::from_secs(30));
     assert_eq!(body["run"]["status"], "completed", "{body}\n{}", server.server_log());
     assert_eq!(std::fs::read_to_string(&side).unwrap(), "once\n", "first node ran again: {body}");
-    let journal = body["journal"].as_array().unwrap();
-    let keys: Vec<&str> = journal.iter().filter_map(|s| s["stepKey"].as_str()).collect();
-    assert!(keys.contains(&"first") && keys.contains(&"second"), "{body}");
-    assert_eq!(keys.iter().filter(|k| **k == "first").count(), 1, "{body}");
-    let first = journal.iter().find(|s| s["stepKey"] == "first").unwrap();
+    let keys = labels(&body);
+    assert!(keys.iter().any(|k| k == "first") && keys.iter().any(|k| k == "second"), "{body}");
+    assert_eq!(keys.iter().filter(|k| *k == "first").count(), 1, "{body}");
+    let first = entry(&body, "first");
     assert_eq!(first["status"], "completed", "{body}");
     assert_eq!(first["result"]["stdout"], "sleep3", "{body}");
     assert!(body["run"]["attempt"].as_u64().unwrap() >= 2, "the run resumed after the crash: {body}");
@@ -769,8 +763,7 @@ fn workflow_run_blocks_launch_inspect_list_approve_pause_resume_cancel() {
 
     let got = ok_block("get-script-run", json!({ "run_id": run_id, "script_runner_url": url }));
     assert_eq!(got["status"], "awaiting");
-    let labels: Vec<_> = got["journal"].as_array().unwrap().iter().map(|s| s["stepKey"].clone()).collect();
-    assert_eq!(labels, vec![json!("before"), json!("gate")]);
+    assert_eq!(labels(&got), ["before", "gate"]);
     assert_eq!(got["output"], Value::Null);
 
     let listed = ok_block("list-script-runs", json!({ "status": "awaiting", "script_runner_url": url }));

@@ -6,18 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Builder, TestServer};
+use common::{page, Builder, TestServer};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `GET /jobs/:id/logs?<query>`, asserting 200; returns the body.
-fn page(server: &TestServer, id: &str, query: &str) -> Value {
-    let r = server.get(&format!("/jobs/{id}/logs?{query}"));
-    assert_eq!(r.status, 200, "GET logs?{query}: {}", r.text);
-    assert_eq!(r.body["ok"], json!(true), "{}", r.text);
-    r.body
-}
 
 /// `GET /jobs/:id/logs?<query>`, asserting a 4xx error with this status and code; returns the message.
 fn page_error(server: &TestServer, id: &str, query: &str, status: u16, code: &str) -> String {

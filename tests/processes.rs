@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, open_gate, read_pids, wait_file, wait_for_gate, wait_for_gate_word, wait_gone, Builder, TestServer,
+    alive, open_gate, read_pids, text, wait_file, wait_for_gate, wait_for_gate_word, wait_gone, Builder, TestServer,
 };
 use serde_json::{json, Value};
 
@@ -31,10 +31,6 @@ fn cancel(server: &TestServer, id: &str) -> (common::Resp, Duration) {
     let t = Instant::now();
     let r = server.post(&format!("/jobs/{id}/cancel"), json!({}));
     (r, t.elapsed())
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
 /// Pids that outlived the bound, with their command lines, for assertion messages.

@@ -5,10 +5,14 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{alive, entry, wait_file, wait_gone, Builder, Resp, TestServer};
+use common::{
+    alive, assert_error, entry, labels, lines, open_gate, wait_file, wait_for_gate, wait_gone, wait_until, Builder,
+    Resp, TestServer,
+};
 use serde_json::{json, Value};
 
 /// Upper bound for anything a test waits for.
@@ -45,14 +49,6 @@ const STEP_FIELDS: [&str; 10] =
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Asserts the error envelope `{"ok": false, "error": {"code", "message"}}`.
-fn assert_error(r: &Resp, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert_eq!(r.body["ok"], json!(false), "{}", r.text);
-    assert_eq!(r.body["error"]["code"], json!(code), "{}", r.text);
-    assert!(r.body["error"]["message"].is_string(), "{}", r.text);
-}
 
 fn message(r: &Resp) -> String {
     r.body["error"]["message"].as_str().unwrap_or_default().to_string()
@@ -95,33 +91,9 @@ fn post_raw(server: &TestServer, body: &[u8]) -> Resp {
     server.request("POST", "/api/script-runs", Some(body), &[("Content-Type", "application/json")])
 }
 
-/// Polls `cond` until it holds, at most [`WAIT`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The labels of a `{run, journal}` body, in journal order.
-fn journal_keys(body: &Value) -> Vec<String> {
-    body["journal"].as_array().unwrap().iter().map(|e| e["stepKey"].as_str().unwrap().to_string()).collect()
-}
-
-/// Waits until the run's journal holds a completed entry with this label; returns the body.
-fn wait_step(server: &TestServer, id: &str, label: &str) -> Value {
-    let mut body = Value::Null;
-    wait_until(&format!("step {label:?} of run {id}"), || {
-        body = server.script_run(id);
-        body["journal"].as_array().unwrap().iter().any(|e| e["stepKey"] == json!(label) && e["status"] == "completed")
-    });
-    body
-}
-
-/// The lines of a file (empty when it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+/// Polls until `cond` holds, at most [`WAIT`]; the failure names `what`.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until(|| format!("timed out after {WAIT:?} waiting for {what}"), WAIT, || cond().then_some(()));
 }
 
 /// How many lines of the file equal `line`.
@@ -131,10 +103,6 @@ fn count(path: &Path, line: &str) -> usize {
 
 fn pid_in(path: &Path) -> i32 {
     wait_file(path, WAIT).parse().unwrap()
-}
-
-fn touch(path: &Path) {
-    std::fs::write(path, "go").unwrap();
 }
 
 fn post_empty(server: &TestServer, path: &str) -> Resp {
@@ -189,7 +157,7 @@ echo '{{"done": true}}'"#
     assert_eq!(run["attempt"], json!(1), "{body}");
     assert_eq!(run["pid"], Value::Null, "{body}");
     assert!(run["startedAt"].is_string() && run["finishedAt"].is_string(), "{body}");
-    assert_eq!(journal_keys(&body), vec!["record"], "{body}");
+    assert_eq!(labels(&body), vec!["record"], "{body}");
     for field in STEP_FIELDS {
         assert!(entry(&body, "record").get(field).is_some(), "journal entry lacks {field}: {body}");
     }
@@ -301,11 +269,12 @@ fn a_run_keeps_executing_the_source_stored_at_launch_after_the_file_changes() {
     let b = Builder::new();
     let dir = b.dir().to_path_buf();
     let d = dir.display();
+    let gate = wait_for_gate(&dir.join("go"));
     let v1 = format!(
         r#"echo "v1 attempt $SCRIPT_RUN_ATTEMPT" >> {d}/ran
 script-runner step first -- bash -c 'echo first >> {d}/side'
 echo $$ > {d}/pid
-while [ ! -f {d}/go ]; do sleep 0.05; done
+{gate}
 echo v1-done"#
     );
     let server = b.workflows(json!({})).workflow("wf", &v1).start();
@@ -314,7 +283,7 @@ echo v1-done"#
 
     let id = launch(&server, json!({ "workflowId": "wf" }));
     let pid = pid_in(&dir.join("pid"));
-    wait_step(&server, &id, "first");
+    server.wait_step(&id, "first", "completed");
 
     // Edit the workflow file while the run is running.
     let v2 = format!("#!/bin/bash\necho \"v2 attempt $SCRIPT_RUN_ATTEMPT\" >> {d}/ran\necho v2-done\n");
@@ -328,7 +297,7 @@ echo v1-done"#
     let r = post_empty(&server, &format!("/api/script-runs/{id}/resume"));
     assert_eq!(r.status, 200, "{}", r.text);
     pid_in(&dir.join("pid"));
-    touch(&dir.join("go"));
+    open_gate(&dir.join("go"));
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["output"], json!("v1-done"), "{body}");
@@ -353,8 +322,8 @@ fn an_idempotency_key_deduplicates_the_same_launch_and_rejects_a_different_one()
     let server = Builder::new().workflows(json!({})).workflow("wf", "echo configured").start();
     let d = server.dir().display().to_string();
     let dir = server.dir().to_path_buf();
-    let source =
-        format!("echo \"ran $SCRIPT_RUN_ID\" >> {d}/ran\nwhile [ ! -f {d}/go ]; do sleep 0.05; done\necho done");
+    let gate = wait_for_gate(&dir.join("go"));
+    let source = format!("echo \"ran $SCRIPT_RUN_ID\" >> {d}/ran\n{gate}\necho done");
     let request = json!({ "source": source, "interpreter": "bash", "args": { "n": 1 }, "idempotencyKey": "k1" });
 
     let first = launched(&server.launch_run(request.clone()));
@@ -383,7 +352,7 @@ fn an_idempotency_key_deduplicates_the_same_launch_and_rejects_a_different_one()
     assert_eq!(listed_ids(&list), vec![id.clone()]);
     assert_eq!(list.body["total"], json!(1));
 
-    touch(&dir.join("go"));
+    open_gate(&dir.join("go"));
     server.wait_run_terminal(&id, WAIT);
     // After the end too: the existing run, completed; nothing ran again.
     let again = server.launch_run(request.clone());
@@ -522,7 +491,7 @@ fn a_literal_step_label_in_a_loop_is_a_400_label_lint_violation_naming_the_line(
     let run = launched(&r);
     assert_eq!(run["status"], json!("completed"), "{run}");
     let body = server.script_run(&id_of(&run));
-    assert_eq!(journal_keys(&body), vec!["review-a", "review-b", "review-c"], "{body}");
+    assert_eq!(labels(&body), vec!["review-a", "review-b", "review-c"], "{body}");
 }
 
 #[test]
@@ -550,7 +519,6 @@ fn an_unknown_run_id_is_404_run_not_found_on_every_route() {
 #[test]
 fn the_list_filters_by_status_and_name_pages_and_is_newest_first() {
     let server = Builder::new().workflows(json!({})).start();
-    let d = server.dir().display().to_string();
     let fg = |name: &str, source: &str| {
         let r = server.launch_run(json!({
             "source": source, "interpreter": "bash", "scriptName": name, "background": false,
@@ -562,7 +530,7 @@ fn the_list_filters_by_status_and_name_pages_and_is_newest_first() {
     let r3 = fg("alpha", "echo 3");
     let r4 = launch(
         &server,
-        json!({ "source": format!("while [ ! -f {d}/go ]; do sleep 0.05; done"), "interpreter": "bash", "scriptName": "alpha" }),
+        json!({ "source": wait_for_gate(&server.dir().join("go")), "interpreter": "bash", "scriptName": "alpha" }),
     );
 
     let all = server.get("/api/script-runs");
@@ -601,7 +569,7 @@ fn the_list_filters_by_status_and_name_pages_and_is_newest_first() {
     let r = server.get("/api/script-runs?limit=abc");
     assert_eq!(r.status, 400, "{}", r.text);
 
-    touch(&server.dir().join("go"));
+    open_gate(&server.dir().join("go"));
     server.wait_run_terminal(&r4, WAIT);
     check("status=completed", vec![&r4, &r3, &r1], 3);
 }
@@ -628,7 +596,7 @@ fi
     let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
     let pid = pid_in(&dir.join("pid"));
     // While attempt 1 runs, its log is readable.
-    wait_until("attempt 1's stdout", || {
+    wait_for("attempt 1's stdout", || {
         server.get(&format!("/api/script-runs/{id}/logs?unit=lines")).body["totalLines"] == json!(5)
     });
     let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
@@ -728,7 +696,7 @@ echo not-reached"#
     );
     let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
     let (child, pid) = (pid_in(&dir.join("child")), pid_in(&dir.join("pid")));
-    let running = wait_step(&server, &id, "started");
+    let running = server.wait_step(&id, "started", "completed");
     assert_eq!(running["run"]["status"], json!("running"));
     assert_eq!(running["run"]["pid"], json!(pid), "{running}");
     assert!(alive(child) && alive(pid));
@@ -744,7 +712,7 @@ echo not-reached"#
     assert_eq!(wait_gone(&[pid, child], WAIT), Vec::<i32>::new(), "the workflow's process group survived");
     let body = server.script_run(&id);
     assert_eq!(body["run"], run);
-    assert_eq!(journal_keys(&body), vec!["started"]);
+    assert_eq!(labels(&body), vec!["started"]);
     let out = server.get(&format!("/api/script-runs/{id}/logs"));
     assert!(!out.body["data"].as_str().unwrap().contains("not-reached"), "{}", out.text);
 
@@ -789,6 +757,7 @@ fn pause_stops_the_process_and_resume_replays_completed_steps_exactly_once() {
     let server = Builder::new().workflows(json!({})).start();
     let dir = server.dir().to_path_buf();
     let d = dir.display();
+    let gate = wait_for_gate(&dir.join("go"));
     let source = format!(
         r#"script-runner step one -- bash -c 'echo one >> {d}/side'
 script-runner step two -- bash -c 'echo two >> {d}/side'
@@ -799,13 +768,13 @@ if [ "$SCRIPT_RUN_ATTEMPT" = 1 ]; then
   echo $$ > {d}/pid
   wait
 fi
-while [ ! -f {d}/go ]; do sleep 0.05; done
+{gate}
 script-runner step three -- bash -c 'echo three >> {d}/side'
 echo '{{"done": true}}'"#
     );
     let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
     let (child, pid) = (pid_in(&dir.join("child")), pid_in(&dir.join("pid")));
-    wait_step(&server, &id, "two");
+    server.wait_step(&id, "two", "completed");
 
     let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
     assert_eq!(r.status, 200, "{}", r.text);
@@ -813,7 +782,7 @@ echo '{{"done": true}}'"#
     assert_eq!(wait_gone(&[pid, child], WAIT), Vec::<i32>::new(), "the paused run's processes survived");
     let paused = server.script_run(&id);
     assert_eq!(paused["run"]["status"], json!("paused"));
-    assert_eq!(journal_keys(&paused), vec!["one", "two"]);
+    assert_eq!(labels(&paused), vec!["one", "two"]);
     // Paused, it cannot take steps, and it stays paused.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.script_run(&id)["run"]["status"], json!("paused"));
@@ -821,18 +790,18 @@ echo '{{"done": true}}'"#
     let r = post_empty(&server, &format!("/api/script-runs/{id}/resume"));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["run"]["status"], json!("running"), "{}", r.text);
-    wait_until("attempt 2 to start", || lines(&dir.join("attempts")).len() == 2);
+    wait_for("attempt 2 to start", || lines(&dir.join("attempts")).len() == 2);
     let body = server.script_run(&id);
     assert_eq!(body["run"]["attempt"], json!(2), "{body}");
     // Resume of a running run: wrong state.
     assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/resume")), 409, "INVALID_STATE");
 
-    touch(&dir.join("go"));
+    open_gate(&dir.join("go"));
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["output"], json!({ "done": true }), "{body}");
     assert_eq!(body["run"]["attempt"], json!(2), "{body}");
-    assert_eq!(journal_keys(&body), vec!["one", "two", "three"]);
+    assert_eq!(labels(&body), vec!["one", "two", "three"]);
     assert_eq!(lines(&dir.join("side")), vec!["one", "two", "three"], "each completed step ran exactly once");
     assert_eq!(lines(&dir.join("attempts")), vec!["attempt 1", "attempt 2"]);
     // The journal entries of steps one and two are the ones from attempt 1.
@@ -850,10 +819,11 @@ fn a_paused_run_shows_no_pid() {
     let server = Builder::new().workflows(json!({})).start();
     let dir = server.dir().to_path_buf();
     let d = dir.display();
-    let source = format!("echo $$ > {d}/pid\nwhile [ ! -f {d}/go ]; do sleep 0.05; done");
+    let gate = wait_for_gate(&dir.join("go"));
+    let source = format!("echo $$ > {d}/pid\n{gate}");
     let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
     let pid = pid_in(&dir.join("pid"));
-    wait_until("the pid on the run", || server.script_run(&id)["run"]["pid"] == json!(pid));
+    wait_for("the pid on the run", || server.script_run(&id)["run"]["pid"] == json!(pid));
     let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["run"]["status"], json!("paused"), "{}", r.text);
@@ -868,11 +838,7 @@ fn a_paused_run_shows_no_pid() {
 #[test]
 fn resume_of_a_run_that_is_not_paused_is_409_invalid_state() {
     let server = Builder::new().workflows(json!({})).start();
-    let d = server.dir().display().to_string();
-    let id = launch(
-        &server,
-        json!({ "source": format!("while [ ! -f {d}/go ]; do sleep 0.05; done"), "interpreter": "bash" }),
-    );
+    let id = launch(&server, json!({ "source": wait_for_gate(&server.dir().join("go")), "interpreter": "bash" }));
     assert_error(&post_empty(&server, &format!("/api/script-runs/{id}/resume")), 409, "INVALID_STATE");
     // Cancelled: both are wrong.
     let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
@@ -887,7 +853,8 @@ fn cancel_of_a_paused_run_makes_it_cancelled_for_good() {
     let server = Builder::new().workflows(json!({})).start();
     let dir = server.dir().to_path_buf();
     let d = dir.display();
-    let source = format!("echo $$ >> {d}/pids\nwhile [ ! -f {d}/go ]; do sleep 0.05; done");
+    let gate = wait_for_gate(&dir.join("go"));
+    let source = format!("echo $$ >> {d}/pids\n{gate}");
     let id = launch(&server, json!({ "source": source, "interpreter": "bash" }));
     let pid = pid_in(&dir.join("pids"));
     let r = post_empty(&server, &format!("/api/script-runs/{id}/pause"));
@@ -931,7 +898,7 @@ fn fork_copies_the_journal_and_re_executes_from_the_given_step() {
     assert_eq!(run["status"], json!("completed"), "{run}");
     let orig = id_of(&run);
     let original = server.script_run(&orig);
-    assert_eq!(journal_keys(&original), vec!["a", "b", "c"]);
+    assert_eq!(labels(&original), vec!["a", "b", "c"]);
 
     // Without fromStep: every completed entry is copied; nothing re-executes.
     let r = server.post(&format!("/api/script-runs/{orig}/fork"), json!({}));
@@ -944,7 +911,7 @@ fn fork_copies_the_journal_and_re_executes_from_the_given_step() {
     let body = server.wait_run_terminal(&f1, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["output"], json!({ "finished": true }), "{body}");
-    assert_eq!(journal_keys(&body), vec!["a", "b", "c"]);
+    assert_eq!(labels(&body), vec!["a", "b", "c"]);
     for label in ["a", "b", "c"] {
         assert_eq!(entry(&body, label), entry(&original, label), "entry {label} is not the original's copy");
         assert_eq!(count(&side, &format!("{label} {f1}")), 0, "fork re-executed step {label}");
@@ -958,7 +925,7 @@ fn fork_copies_the_journal_and_re_executes_from_the_given_step() {
     assert_eq!(fork["forkedFrom"], json!(orig), "{fork}");
     let body = server.wait_run_terminal(&f2, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
-    assert_eq!(journal_keys(&body), vec!["a", "b", "c"]);
+    assert_eq!(labels(&body), vec!["a", "b", "c"]);
     assert_eq!(entry(&body, "a"), entry(&original, "a"));
     assert_eq!(count(&side, &format!("a {f2}")), 0, "step a before fromStep was re-executed");
     assert_eq!(count(&side, &format!("b {f2}")), 1, "the fromStep step must be re-executed once");
@@ -1013,7 +980,7 @@ echo '{{"fixed": true}}'"#
     let body = server.wait_run_terminal(&f, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["output"], json!({ "fixed": true }), "{body}");
-    assert_eq!(journal_keys(&body), vec!["a", "b"]);
+    assert_eq!(labels(&body), vec!["a", "b"]);
     assert_eq!(entry(&body, "a"), entry(&original, "a"));
     assert_eq!(lines(&side), vec![format!("a {orig}"), format!("b {f}")]);
     assert_eq!(server.script_run(&orig), original, "the original changed");
@@ -1037,7 +1004,7 @@ echo '{{"end": true}}'"#
     let original = server.script_run(&orig);
     assert_eq!(entry(&original, "b")["status"], json!("failed"), "{original}");
 
-    touch(&dir.join("fixed"));
+    std::fs::write(dir.join("fixed"), "").unwrap();
     let fork = launched(&server.post(&format!("/api/script-runs/{orig}/fork"), json!({})));
     let f = id_of(&fork);
     let body = server.wait_run_terminal(&f, WAIT);
@@ -1062,24 +1029,25 @@ fn a_run_token_opens_its_own_journal_only() {
     let server = Builder::new().workflows(json!({})).start();
     let dir = server.dir().to_path_buf();
     let d = dir.display();
+    let gate = wait_for_gate(&dir.join("go"));
     let a = launch(
         &server,
         json!({ "interpreter": "bash", "source": format!(
             "echo \"$SCRIPT_RUN_TOKEN\" > {d}/token-a.tmp && mv {d}/token-a.tmp {d}/token-a\n\
              script-runner step a1 --value '{{\"x\": 1}}' >/dev/null\n\
-             while [ ! -f {d}/go ]; do sleep 0.05; done\necho a-done"
+             {gate}\necho a-done"
         ) }),
     );
     let b = launch(
         &server,
         json!({ "interpreter": "bash", "source": format!(
             "script-runner step b1 --value '{{\"y\": 2}}' >/dev/null\n\
-             while [ ! -f {d}/go ]; do sleep 0.05; done\necho b-done"
+             {gate}\necho b-done"
         ) }),
     );
     let token = wait_file(&dir.join("token-a"), WAIT);
-    wait_step(&server, &a, "a1");
-    let b_before = wait_step(&server, &b, "b1");
+    server.wait_step(&a, "a1", "completed");
+    let b_before = server.wait_step(&b, "b1", "completed");
     let bearer = format!("Bearer {token}");
     let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
     let json_body = |v: Value| serde_json::to_vec(&v).unwrap();
@@ -1130,13 +1098,13 @@ fn a_run_token_opens_its_own_journal_only() {
     let r = server.request("GET", &format!("/api/internal/script-runs/{a}/steps/nope"), None, &auth);
     assert_error(&r, 404, "STEP_NOT_FOUND");
 
-    touch(&dir.join("go"));
+    open_gate(&dir.join("go"));
     let a_end = server.wait_run_terminal(&a, WAIT);
     let b_end = server.wait_run_terminal(&b, WAIT);
     assert_eq!(a_end["run"]["status"], json!("completed"), "{a_end}");
     assert_eq!(b_end["run"]["status"], json!("completed"), "{b_end}");
     assert_eq!(b_end["journal"], b_before["journal"], "B's journal changed");
-    assert_eq!(journal_keys(&a_end), vec!["a1"]);
+    assert_eq!(labels(&a_end), vec!["a1"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1149,12 +1117,13 @@ fn with_a_server_token_public_routes_need_it_and_workflow_steps_use_the_run_toke
     let server = Builder::new().server("authToken", json!(SECRET)).workflows(json!({})).start();
     let dir = server.dir().to_path_buf();
     let d = dir.display();
+    let gate = wait_for_gate(&dir.join("go"));
     let source = format!(
         r#"script-runner step --progress 1/2 "half way"
 script-runner step one -- bash -c 'echo one >> {d}/side'
 script-runner step two --value '{{"k": "v"}}' >/dev/null
 echo "$SCRIPT_RUN_TOKEN" > {d}/token.tmp && mv {d}/token.tmp {d}/token
-while [ ! -f {d}/go ]; do sleep 0.05; done
+{gate}
 echo '{{"ok": true}}'"#
     );
     let body = serde_json::to_vec(&json!({ "source": source, "interpreter": "bash" })).unwrap();
@@ -1177,7 +1146,7 @@ echo '{{"ok": true}}'"#
     let run_token = wait_file(&dir.join("token"), WAIT);
     let before = get(&format!("/api/script-runs/{id}"));
     assert_eq!(before.status, 200, "{}", before.text);
-    assert_eq!(journal_keys(&before.body), vec!["one", "two"], "{}", before.text);
+    assert_eq!(labels(&before.body), vec!["one", "two"], "{}", before.text);
     assert_eq!(before.body["run"]["progress"], json!({ "current": 1, "total": 2, "message": "half way" }));
     let run_bearer = format!("Bearer {run_token}");
     let r = server.request(
@@ -1222,21 +1191,25 @@ echo '{{"ok": true}}'"#
     assert_error(&r, 401, "UNAUTHORIZED");
 
     // Nothing of that touched the run: it completes.
-    touch(&dir.join("go"));
-    let deadline = Instant::now() + WAIT;
-    let end = loop {
-        let r = get(&format!("/api/script-runs/{id}"));
-        assert_eq!(r.status, 200, "{}", r.text);
-        if r.body["run"]["status"] != json!("running") {
-            break r.body;
-        }
-        assert!(Instant::now() < deadline, "run still running: {}", r.text);
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    open_gate(&dir.join("go"));
+    let last = RefCell::new(String::new());
+    let end = wait_until(
+        || format!("run still running: {}", last.borrow()),
+        WAIT,
+        || {
+            let r = get(&format!("/api/script-runs/{id}"));
+            assert_eq!(r.status, 200, "{}", r.text);
+            if r.body["run"]["status"] != json!("running") {
+                return Some(r.body);
+            }
+            *last.borrow_mut() = r.text;
+            None
+        },
+    );
     assert_eq!(end["run"]["status"], json!("completed"), "{end}");
     assert_eq!(end["run"]["output"], json!({ "ok": true }), "{end}");
     assert_eq!(end["run"]["attempt"], json!(1), "{end}");
-    assert_eq!(journal_keys(&end), vec!["one", "two"]);
+    assert_eq!(labels(&end), vec!["one", "two"]);
     assert_eq!(lines(&dir.join("side")), vec!["one"]);
     let r = get("/api/script-runs");
     assert_eq!(r.body["total"], json!(1), "{}", r.text);

@@ -5,42 +5,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, entry, read_pids, signal, wait_file, wait_gone, Builder, Deployment, Resp, TestServer};
+use common::{alive, entry, labels, lines, read_pids, signal, wait_file, wait_gone, Builder, Resp, TestServer};
 use script_runner::client::{ClientError, Workflow};
 use serde_json::{json, Value};
 
 /// Bound for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Kills, when the test ends (also when it fails), every process still carrying this
-/// deployment's marker (see [`common::reap`]): workflow processes survive a SIGKILL of the
-/// server. The harness's server does the same when dropped; this also covers [`EnvServer`].
-/// Declare it before the server so it is dropped after it.
-struct Reaper(PathBuf);
-
-impl Reaper {
-    fn new(dir: &Path) -> Reaper {
-        Reaper(dir.to_path_buf())
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        common::reap(&self.0);
-    }
-}
-
-/// A builder, its folder, and a reaper for the processes its server starts.
-fn builder() -> (Builder, PathBuf, Reaper) {
+/// A builder and its folder. Workflow processes survive a SIGKILL of the server: the
+/// server's drop kills every process left of its deployment (see [`common::reap`]).
+fn builder() -> (Builder, PathBuf) {
     let b = Builder::new();
     let dir = b.dir().to_path_buf();
-    let reaper = Reaper::new(&dir);
-    (b, dir, reaper)
+    (b, dir)
 }
 
 /// A workflow source with `@D` replaced by the deployment folder.
@@ -48,44 +29,14 @@ fn src(dir: &Path, template: &str) -> String {
     template.replace("@D", dir.to_str().unwrap())
 }
 
-/// The lines of a side-effect file (none when it does not exist).
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
-}
-
 /// The text of a file, trimmed.
 fn text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default().trim().to_string()
 }
 
-/// The labels of the journal, in order.
-fn labels(body: &Value) -> Vec<String> {
-    body["journal"].as_array().unwrap().iter().map(|e| e["stepKey"].as_str().unwrap().to_string()).collect()
-}
-
-/// Polls the run until `pred` holds on `{ok, run, journal}`; returns it.
-fn wait_body(server: &TestServer, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body = server.script_run(id);
-        if pred(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "run {id}: {what} not seen within {WAIT:?}: {body}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the journal has an entry `label` with this status; returns the body.
-fn wait_step(server: &TestServer, id: &str, label: &str, status: &str) -> Value {
-    wait_body(server, id, &format!("step {label} {status}"), |b| {
-        b["journal"].as_array().unwrap().iter().any(|e| e["stepKey"] == json!(label) && e["status"] == json!(status))
-    })
-}
-
 /// Waits until the run has this status and a live pid; returns the pid.
 fn wait_pid(server: &TestServer, id: &str, status: &str) -> i32 {
-    let body = wait_body(server, id, &format!("{status} with a pid"), |b| {
+    let body = server.wait_run_body(id, &format!("{status} with a pid"), WAIT, |b| {
         b["run"]["status"] == json!(status) && b["run"]["pid"].is_i64()
     });
     i32::try_from(body["run"]["pid"].as_i64().unwrap()).unwrap()
@@ -100,6 +51,14 @@ fn now_ms() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
+/// Runs `sql` on the deployment's database (the server must be down), with the run id bound
+/// to its one `?`; returns how many rows it changed.
+fn edit_journal(dir: &Path, id: &str, sql: &str) -> usize {
+    use diesel::{Connection, RunQueryDsl};
+    let mut conn = diesel::SqliteConnection::establish(dir.join("db.sqlite").to_str().unwrap()).unwrap();
+    diesel::sql_query(sql).bind::<diesel::sql_types::Text, _>(id).execute(&mut conn).unwrap()
+}
+
 /// A run's log page (bytes) of one stream, of an attempt (latest when None).
 fn log(server: &TestServer, id: &str, stream: &str, attempt: Option<i32>) -> String {
     let attempt = attempt.map(|a| format!("&attempt={a}")).unwrap_or_default();
@@ -112,7 +71,7 @@ fn log(server: &TestServer, id: &str, stream: &str, attempt: Option<i32>) -> Str
 
 #[test]
 fn command_step_prints_stdout_journals_its_result_and_returns_its_exit_code() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -156,7 +115,7 @@ echo "{\"rc\":$rc}"
 
 #[test]
 fn failed_command_step_replays_its_failure_on_resume_and_a_fork_reruns_it() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     std::fs::write(d.join("hold"), "").unwrap();
     let source = src(
@@ -214,7 +173,7 @@ exit $rc
 
 #[test]
 fn script_step_runs_a_job_journals_its_id_and_a_failing_job_fails_the_step() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b
         .workflows(json!({}))
         .script("greet", &src(&d, r#"echo "job says $1"; echo job >> @D/jobside"#))
@@ -262,7 +221,7 @@ echo unreachable >> @D/side
 
 #[test]
 fn value_steps_return_the_first_value_on_resume_and_on_a_fork_with_other_source() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     std::fs::write(d.join("hold"), "").unwrap();
     std::fs::write(d.join("input"), r#"{"n":1}"#).unwrap();
@@ -312,7 +271,7 @@ script-runner step t --value-from -- echo other > @D/fork.t
 #[test]
 fn durable_sleep_survives_a_server_kill_and_wakes_when_first_due() {
     const NAP_MS: i64 = 10_000;
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let mut server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -323,7 +282,7 @@ script-runner step after -- sh -c 'echo after >> @D/side'
 "#,
     );
     let id = server.launch_bash(&source, json!({}));
-    let started = wait_step(&server, &id, "nap", "started");
+    let started = server.wait_step(&id, "nap", "started");
     let nap = entry(&started, "nap");
     assert_eq!(nap["stepType"], json!("sleep"), "{nap}");
     assert_eq!(nap["config"], json!({"durationMs": NAP_MS}), "{nap}");
@@ -359,7 +318,7 @@ script-runner step after -- sh -c 'echo after >> @D/side'
 
 #[test]
 fn approval_approved_takes_the_exit_0_path_and_denied_the_exit_1_path() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -423,7 +382,7 @@ echo "{\"rc\":$rc}"
 #[test]
 fn a_decision_read_at_once_ends_the_run_with_a_single_execution() {
     const RUNS: usize = 12;
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"parkAfterSec": 1})).start();
     let source = src(
         &d,
@@ -466,7 +425,7 @@ echo "{\"rc\":$rc}"
 
 #[test]
 fn parked_approval_stops_the_process_and_the_decision_restarts_it_with_replay() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"parkAfterSec": 1})).start();
     // The pid comes from the script: the awaiting state with a live process lasts only the
     // 1 s before the park, too short to be sure a poll sees it.
@@ -482,7 +441,7 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
     );
     let id = server.launch_bash(&source, json!({}));
     let pid: i32 = wait_file(&d.join("pid.1"), WAIT).parse().unwrap();
-    wait_body(&server, &id, "parked (awaiting, pid null)", |b| {
+    server.wait_run_body(&id, "parked (awaiting, pid null)", WAIT, |b| {
         b["run"]["status"] == json!("awaiting") && b["run"]["pid"].is_null()
     });
     assert!(wait_gone(&[pid], WAIT).is_empty(), "the parked process {pid} still runs");
@@ -506,16 +465,19 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
 
 #[test]
 fn progress_is_reflected_on_the_run() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
-        r#"set -e
+        &format!(
+            r#"set -e
 script-runner step --progress 1/3 "fetching"
 echo ready > @D/p1
-while [ ! -e @D/go ]; do sleep 0.05; done
+{gate}
 script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
 "#,
+            gate = common::wait_for_gate(&d.join("go"))
+        ),
     );
     let id = server.launch_bash(&source, json!({}));
     let initial = server.script_run(&id);
@@ -523,7 +485,7 @@ script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
     wait_file(&d.join("p1"), WAIT);
     let body = server.script_run(&id);
     assert_eq!(body["run"]["progress"], json!({"current": 1, "total": 3, "message": "fetching"}), "{body}");
-    std::fs::write(d.join("go"), "").unwrap();
+    common::open_gate(&d.join("go"));
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["progress"], json!({"current": 2, "total": 3, "message": "building"}), "{body}");
@@ -535,7 +497,7 @@ script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
 
 #[test]
 fn workflow_process_killed_mid_run_restarts_with_replay_and_side_effects_once() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     // The first execution holds still after the nap (at most about a minute) until the test
     // kills it; the second replays a, b and the nap, and runs c.
@@ -573,7 +535,7 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
 
 #[test]
 fn workflow_process_killed_four_times_fails_after_three_restarts() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -601,7 +563,7 @@ while true; do sleep 0.05; done
 
 #[test]
 fn fork_from_a_step_replays_the_steps_before_it_and_reruns_the_rest() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -628,7 +590,7 @@ script-runner step c -- sh -c 'echo c >> @D/side'
 
 #[test]
 fn server_killed_mid_run_resumes_it_kills_the_old_processes_and_side_effects_happen_once() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let mut server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -667,7 +629,7 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
 
 #[test]
 fn awaiting_and_paused_runs_stay_put_across_a_server_kill_and_continue_with_replay() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let mut server = b.workflows(json!({})).start();
     std::fs::write(d.join("hold"), "").unwrap();
     // Default parkAfterSec (60): the awaiting run still has its process when the server dies.
@@ -696,7 +658,7 @@ script-runner step b -- sh -c 'echo b >> @D/side.paused'
     let awaiting_pid = wait_pid(&server, &awaiting, "awaiting");
     // Step a journaled, not only its side effect done: paused between the two, the run would
     // rightly run it again on resume.
-    wait_step(&server, &paused, "a", "completed");
+    server.wait_step(&paused, "a", "completed");
     let paused_pid = wait_pid(&server, &paused, "running");
     let r = server.post(&format!("/api/script-runs/{paused}/pause"), json!({}));
     assert_ok(&r, 200);
@@ -734,7 +696,7 @@ script-runner step b -- sh -c 'echo b >> @D/side.paused'
 
 #[test]
 fn workflow_killed_while_its_script_step_job_runs_replays_onto_the_same_job() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     // The job runs until the test opens its gate, which it does once the workflow's second
     // execution is about to replay the step: the job surely still ran when the workflow was
     // killed, and still runs when the replay starts.
@@ -752,15 +714,23 @@ script-runner step b -- sh -c 'echo b >> @D/side'
 "#,
     );
     let id = server.launch_bash(&source, json!({}));
-    let started = wait_step(&server, &id, "s", "started");
+    let started = server.wait_step(&id, "s", "started");
     let job_id = entry(&started, "s")["jobId"].as_str().unwrap().to_string();
     let pid = wait_pid(&server, &id, "running");
     signal(pid, libc::SIGKILL);
-    let deadline = Instant::now() + WAIT;
-    while lines(&d.join("attempts")) != ["1", "2"] {
-        assert!(Instant::now() < deadline, "no second execution: {:?}", lines(&d.join("attempts")));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let last = RefCell::new(Vec::new());
+    common::wait_until(
+        || format!("no second execution: {:?}", last.borrow()),
+        WAIT,
+        || {
+            let attempts = lines(&d.join("attempts"));
+            if attempts == ["1", "2"] {
+                return Some(());
+            }
+            *last.borrow_mut() = attempts;
+            None
+        },
+    );
     let job = server.job(&job_id);
     assert_eq!(job["status"], json!("running"), "the job must still run when the replay reaches it: {job}");
     common::open_gate(&gate);
@@ -785,7 +755,7 @@ script-runner step b -- sh -c 'echo b >> @D/side'
 
 #[test]
 fn fork_with_source_requesting_another_command_or_step_type_diverges() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let id = server.launch_bash("script-runner step a -- echo 1\n", json!({}));
     let original = server.wait_run_terminal(&id, WAIT);
@@ -814,7 +784,7 @@ fn fork_with_source_requesting_another_command_or_step_type_diverges() {
 
 #[test]
 fn resume_with_a_changed_command_diverges_and_leaves_the_journal_unchanged() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     std::fs::write(d.join("hold"), "").unwrap();
     std::fs::write(d.join("input"), "1").unwrap();
@@ -844,7 +814,7 @@ while [ -e @D/hold ]; do sleep 0.05; done
 
 #[test]
 fn label_requested_twice_in_one_execution_returns_the_first_result_with_a_warning() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -872,7 +842,7 @@ echo "{\"x\":\"$x\",\"y\":\"$y\",\"v1\":$v1,\"v2\":$v2}"
 
 #[test]
 fn max_steps_aborts_before_the_step_over_the_limit_runs() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"maxSteps": 3})).start();
     let source = src(
         &d,
@@ -895,7 +865,7 @@ script-runner step s5 -- sh -c 'echo s5 >> @D/side'
 
 #[test]
 fn max_script_steps_aborts_before_the_second_job_is_submitted() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"maxScriptSteps": 1})).script("job", &src(&d, "echo job >> @D/jobside")).start();
     let source = src(
         &d,
@@ -920,7 +890,7 @@ echo after >> @D/side
 /// of four concurrent ones with a limit of 2, at most 2 jobs are ever submitted.
 #[test]
 fn max_script_steps_counts_concurrent_script_steps() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"maxScriptSteps": 2})).script("job", &src(&d, "echo job >> @D/jobside")).start();
     let source = "for n in 1 2 3 4; do script-runner step j$n --script job > /dev/null 2>&1 & done\nwait\n";
     for round in 0..5 {
@@ -935,7 +905,7 @@ fn max_script_steps_counts_concurrent_script_steps() {
 
 #[test]
 fn max_wall_ms_aborts_a_long_run_and_stops_its_processes() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     // Long enough for step a and the pids to happen first on a slow machine; the workflow
     // itself would take a minute.
     let server = b.workflows(json!({"maxWallMs": 5000})).start();
@@ -965,7 +935,7 @@ echo never >> @D/side
 
 #[test]
 fn max_result_bytes_aborts_when_a_step_result_is_too_large() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({"maxResultBytes": 100})).start();
     let source = src(
         &d,
@@ -985,76 +955,6 @@ echo after >> @D/side
     assert_eq!(lines(&d.join("side")), ["small"]);
 }
 
-/// A server started directly with extra environment variables (the harness cannot).
-struct EnvServer {
-    _deployment: Deployment,
-    child: Child,
-    base: String,
-}
-
-impl EnvServer {
-    fn start(deployment: Deployment, env: &[(&str, &str)]) -> EnvServer {
-        let log = std::fs::File::create(deployment.dir.path().join("server.log")).unwrap();
-        let mut child = Command::new(common::BIN)
-            .args(["serve", "--config"])
-            .arg(&deployment.config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let base = loop {
-            line.clear();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.kill();
-                panic!("server did not start: {}", text(&deployment.dir.path().join("server.log")));
-            }
-            if let Some(addr) = line.trim().strip_prefix("script-runner listening on ") {
-                break addr.to_string();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stdout.lines() {});
-        EnvServer { _deployment: deployment, child, base }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let req = ureq::request(method, &format!("{}{path}", self.base));
-        let res = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => r.into_json().unwrap(),
-            Err(ureq::Error::Status(status, r)) => panic!("{method} {path}: {status} {}", r.into_string().unwrap()),
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
-    }
-
-    fn run_terminal(&self, id: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let body = self.call("GET", &format!("/api/script-runs/{id}"), None);
-            let status = body["run"]["status"].as_str().unwrap().to_string();
-            if matches!(status.as_str(), "completed" | "failed" | "cancelled" | "aborted_limit") {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "run {id} still {status}: {body}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for EnvServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn max_steps_from_the_environment_applies_unless_config_sets_it() {
     let template = r#"set -e
@@ -1068,12 +968,10 @@ script-runner step s5 -- sh -c 'echo s5 >> @D/side'
         (json!({}), "SCRIPT_RUN_MAX_STEPS exceeded (3/2)", vec!["s1", "s2"]),
         (json!({"maxSteps": 3}), "SCRIPT_RUN_MAX_STEPS exceeded (4/3)", vec!["s1", "s2", "s3"]),
     ] {
-        let (b, d, _reaper) = builder();
-        let server = EnvServer::start(b.workflows(config.clone()).write(), &[("SCRIPT_RUN_MAX_STEPS", "2")]);
-        let launched =
-            server.call("POST", "/api/script-runs", Some(json!({"source": src(&d, template), "interpreter": "bash"})));
-        let id = launched["run"]["id"].as_str().unwrap();
-        let body = server.run_terminal(id);
+        let (b, d) = builder();
+        let server = b.workflows(config.clone()).write().start_with_env(&[("SCRIPT_RUN_MAX_STEPS", "2")]);
+        let id = server.launch_bash(&src(&d, template), json!({}));
+        let body = server.wait_run_terminal(&id, WAIT);
         assert_eq!(body["run"]["status"], json!("aborted_limit"), "config {config}: {body}");
         assert_eq!(body["run"]["error"], json!(expected), "config {config}: {body}");
         assert_eq!(lines(&d.join("side")), ran, "config {config}");
@@ -1084,7 +982,7 @@ script-runner step s5 -- sh -c 'echo s5 >> @D/side'
 
 #[test]
 fn rust_client_drives_steps_of_a_run_with_its_token() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).start();
     let source = src(
         &d,
@@ -1140,33 +1038,30 @@ echo "{\"picked\":$v}"
 /// the journaled id, once, and the run goes on.
 #[test]
 fn a_journaled_job_id_with_no_job_is_submitted_once_on_replay() {
-    use diesel::{Connection, RunQueryDsl};
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let mut server = b.workflows(json!({})).script("once", &src(&d, "echo ran >> @D/jobside; echo once-done")).start();
     let source = src(
         &d,
-        r#"set -e
+        &format!(
+            r#"set -e
 script-runner step s --script once > @D/s.$SCRIPT_RUN_ATTEMPT
-for _ in $(seq 1 600); do [ -f @D/go ] && break; sleep 0.05; done
-[ -f @D/go ]
+{gate}
 echo done
 "#,
+            gate = common::wait_for_gate(&d.join("go"))
+        ),
     );
     let id = server.launch_bash(&source, json!({}));
-    wait_step(&server, &id, "s", "completed");
+    server.wait_step(&id, "s", "completed");
     server.kill9();
-    let db = d.join("db.sqlite");
-    let mut conn = diesel::SqliteConnection::establish(db.to_str().unwrap()).unwrap();
-    let changed = diesel::sql_query(
+    let changed = edit_journal(
+        &d,
+        &id,
         "UPDATE script_run_journal SET status = 'started', result = NULL, completed_at = NULL, \
          duration_ms = NULL, job_id = 'job_1_424242' WHERE run_id = ? AND step_key = 's'",
-    )
-    .bind::<diesel::sql_types::Text, _>(&id)
-    .execute(&mut conn)
-    .unwrap();
+    );
     assert_eq!(changed, 1);
-    drop(conn);
-    std::fs::write(d.join("go"), "").unwrap();
+    common::open_gate(&d.join("go"));
     server.restart();
 
     let body = server.wait_run_terminal(&id, WAIT);
@@ -1187,7 +1082,7 @@ echo done
 /// its run (paused, so no replay has reached the step) cancels that job too.
 #[test]
 fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let hold = common::wait_for_gate(&d.join("hold.go"));
     let slow = format!("{}; echo ran >> '{}'", common::wait_for_gate(&d.join("slow.go")), d.join("jobside").display());
     let mut server = b
@@ -1199,11 +1094,11 @@ fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run()
     let holder = server.run_async("hold", &[]);
     server.wait_job(&holder, WAIT, |s| s == "running");
     let id = server.launch_bash("script-runner step s --script slow\n", json!({}));
-    let started = wait_step(&server, &id, "s", "started");
+    let started = server.wait_step(&id, "s", "started");
     let job_id = entry(&started, "s")["jobId"].as_str().unwrap().to_string();
     server.wait_job(&job_id, WAIT, |s| s == "queued");
     assert_ok(&server.post(&format!("/api/script-runs/{id}/pause"), json!({})), 200);
-    wait_body(&server, &id, "paused", |b| b["run"]["status"] == json!("paused"));
+    server.wait_run(&id, WAIT, |s| s == "paused");
 
     server.kill9();
     server.restart();
@@ -1224,24 +1119,20 @@ fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run()
 /// decision instead of leaving it `awaiting` for good.
 #[test]
 fn a_run_awaiting_a_decision_journaled_before_a_server_kill_goes_on_at_restart() {
-    use diesel::{Connection, RunQueryDsl};
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let mut server = b.workflows(json!({})).start();
     let source = src(&d, "script-runner step gate --approval \"ship it?\" > /dev/null\necho \"{\\\"rc\\\":$?}\"\n");
     let id = server.launch_bash(&source, json!({}));
-    wait_body(&server, &id, "awaiting", |b| b["run"]["status"] == json!("awaiting"));
+    server.wait_run(&id, WAIT, |s| s == "awaiting");
     server.kill9();
-    let mut conn = diesel::SqliteConnection::establish(d.join("db.sqlite").to_str().unwrap()).unwrap();
-    let decided = diesel::sql_query(
+    let decided = edit_journal(
+        &d,
+        &id,
         "UPDATE script_run_journal SET status = 'completed', completed_at = started_at, duration_ms = 0, \
          result = '{\"approved\":true,\"by\":\"alice\",\"comment\":null,\"decidedAt\":\"2026-01-01T00:00:00.000Z\"}' \
          WHERE run_id = ? AND step_key = 'gate'",
-    )
-    .bind::<diesel::sql_types::Text, _>(&id)
-    .execute(&mut conn)
-    .unwrap();
+    );
     assert_eq!(decided, 1);
-    drop(conn);
     server.restart();
 
     let body = server.wait_run_terminal(&id, WAIT);
@@ -1254,7 +1145,7 @@ fn a_run_awaiting_a_decision_journaled_before_a_server_kill_goes_on_at_restart()
 /// for no guardrail), and the step client says why.
 #[test]
 fn a_script_step_refused_for_a_full_queue_journals_nothing() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let hold = common::wait_for_gate(&d.join("hold.go"));
     let server = b
         .workflows(json!({}))
@@ -1279,7 +1170,7 @@ fn a_script_step_refused_for_a_full_queue_journals_nothing() {
 /// get its result (the second with the repeated-label warning), neither gets an error.
 #[test]
 fn the_same_script_label_begun_twice_at_once_runs_one_job() {
-    let (b, d, _reaper) = builder();
+    let (b, d) = builder();
     let server = b.workflows(json!({})).script("once", &src(&d, "echo ran >> @D/jobside; echo once-done")).start();
     let source = src(
         &d,

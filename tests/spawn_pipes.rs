@@ -13,25 +13,13 @@ use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{Builder, TestServer};
+use common::{page, text, Builder, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for any job in this file to reach a final state.
 const WAIT: Duration = Duration::from_secs(15);
 /// One mebibyte: the default `maxLogBytesPerStream`, sixteen pipe buffers.
 const MIB: usize = 1024 * 1024;
-
-/// `GET /jobs/:id/logs?<query>`, asserting 200; returns the body.
-fn page(server: &TestServer, id: &str, query: &str) -> Value {
-    let r = server.get(&format!("/jobs/{id}/logs?{query}"));
-    assert_eq!(r.status, 200, "GET logs?{query}: {}", r.text);
-    assert_eq!(r.body["ok"], json!(true), "{}", r.text);
-    r.body
-}
-
-fn text(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
-}
 
 fn num(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
@@ -202,17 +190,6 @@ fn large_async_output_interleaved_line_by_line_on_both_streams_is_stored_exactly
 // A leader that exits while a process that left its session holds stdout open
 // ---------------------------------------------------------------------------------------------
 
-/// Kills a process group on drop (the setsid'd helper leads its own).
-struct KillGroup(i32);
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        if self.0 > 0 {
-            common::signal(-self.0, libc::SIGKILL);
-        }
-    }
-}
-
 #[test]
 fn leader_exiting_while_a_setsid_process_holds_stdout_ends_the_job_in_bounded_time() {
     let builder = Builder::new();
@@ -233,7 +210,6 @@ fn leader_exiting_while_a_setsid_process_holds_stdout_ends_the_job_in_bounded_ti
     let r = server.run("leaver", &[], None);
     let took = t.elapsed();
     let helper: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    let _kill = KillGroup(helper);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], json!("succeeded"), "{}", r.text);
     assert_eq!(r.body["code"], json!(0));

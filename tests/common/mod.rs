@@ -3,6 +3,7 @@
 //! logs), and talks to it over HTTP like any client.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test binary uses a part of it")]
 
+use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -179,7 +180,14 @@ pub struct Deployment {
 impl Deployment {
     /// Starts a server on this deployment.
     pub fn start(self) -> TestServer {
+        self.start_with_env(&[])
+    }
+
+    /// Starts a server on this deployment with these variables added to its environment (also
+    /// at every restart).
+    pub fn start_with_env(self, env: &[(&str, &str)]) -> TestServer {
         let mut server = TestServer::new(self);
+        server.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         server.launch();
         server
     }
@@ -227,11 +235,13 @@ pub struct TestServer {
     pub base: String,
     /// One HTTP client (and connection pool) per server start, for every request of the test.
     agent: ureq::Agent,
+    /// Variables added to the server's environment at every start.
+    env: Vec<(String, String)>,
 }
 
 impl TestServer {
     fn new(deployment: Deployment) -> TestServer {
-        TestServer { deployment, child: None, base: String::new(), agent: new_agent() }
+        TestServer { deployment, child: None, base: String::new(), agent: new_agent(), env: Vec::new() }
     }
 
     fn launch(&mut self) {
@@ -244,15 +254,12 @@ impl TestServer {
     fn try_launch(&mut self) -> Result<(), String> {
         let log_path = self.deployment.dir.path().join("server.log");
         let logged_before = std::fs::metadata(&log_path).map_or(0, |m| m.len());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.deployment.dir.path().join("server.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.deployment.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -356,15 +363,19 @@ impl TestServer {
 
     /// Polls until the job's status satisfies `pred`, at most `timeout`; returns the job.
     pub fn wait_job(&self, id: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let last = RefCell::new(Value::Null);
+        let what = || {
+            let job = last.borrow();
+            format!("job {id} still {} after {timeout:?}: {job}", job["status"])
+        };
+        wait_until(what, timeout, || {
             let job = self.job(id);
             if pred(job["status"].as_str().unwrap_or("")) {
-                return job;
+                return Some(job);
             }
-            assert!(Instant::now() < deadline, "job {id} still {} after {timeout:?}: {job}", job["status"]);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            *last.borrow_mut() = job;
+            None
+        })
     }
 
     /// `POST /api/script-runs` with this body.
@@ -388,15 +399,46 @@ impl TestServer {
 
     /// Polls until the run's status satisfies `pred`, at most `timeout`; returns `{ok, run, journal}`.
     pub fn wait_run(&self, id: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let last = RefCell::new(Value::Null);
+        let what = || {
+            let body = last.borrow();
+            format!("run {id} still {} after {timeout:?}: {body}", body["run"]["status"])
+        };
+        wait_until(what, timeout, || {
             let body = self.script_run(id);
             if pred(body["run"]["status"].as_str().unwrap_or("")) {
-                return body;
+                return Some(body);
             }
-            assert!(Instant::now() < deadline, "run {id} still {} after {timeout:?}: {body}", body["run"]["status"]);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            *last.borrow_mut() = body;
+            None
+        })
+    }
+
+    /// Polls the run until `pred` holds on its `{ok, run, journal}`, at most `timeout`; returns
+    /// it. `what` names the awaited state in the failure message.
+    pub fn wait_run_body(&self, id: &str, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let last = RefCell::new(Value::Null);
+        let message = || format!("run {id}: {what} not seen within {timeout:?}: {}", last.borrow());
+        wait_until(message, timeout, || {
+            let body = self.script_run(id);
+            if pred(&body) {
+                return Some(body);
+            }
+            *last.borrow_mut() = body;
+            None
+        })
+    }
+
+    /// Waits (at most [`STEP_WAIT`]) until the run's journal has an entry `label` with this
+    /// status (e.g. `started`, `completed`); returns the run's `{ok, run, journal}`.
+    pub fn wait_step(&self, id: &str, label: &str, status: &str) -> Value {
+        self.wait_run_body(id, &format!("step {label} {status}"), STEP_WAIT, |b| {
+            b["journal"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["stepKey"] == json!(label) && e["status"] == json!(status))
+        })
     }
 
     /// Polls until the run is terminal (`completed`, `failed`, `cancelled`, `aborted_limit`).
@@ -470,6 +512,25 @@ fn new_agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build()
 }
 
+/// How long [`TestServer::wait_step`] waits for a journal entry.
+pub const STEP_WAIT: Duration = Duration::from_secs(20);
+
+/// Calls `probe` every 20 ms until it returns a value, at most `timeout` (the first call is at
+/// once); returns that value. On timeout it panics with `what()`, which callers build from what
+/// their probe saw last.
+pub fn wait_until<T>(what: impl FnOnce() -> String, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("{}", what());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A port outside the kernel's ephemeral range (which `bind(0)` and outgoing connections draw
 /// from, so they cannot take it meanwhile) that nothing listens on now.
 pub fn unused_port() -> u16 {
@@ -540,30 +601,32 @@ pub fn wait_gone(pids: &[i32], timeout: Duration) -> Vec<i32> {
 
 /// Waits until a file exists and holds a non-empty trimmed text; returns it.
 pub fn wait_file(path: &Path, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if !text.trim().is_empty() {
-                return text.trim().to_string();
-            }
-        }
-        assert!(Instant::now() < deadline, "{} not written within {timeout:?}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || format!("{} not written within {timeout:?}", path.display()),
+        timeout,
+        || std::fs::read_to_string(path).ok().map(|text| text.trim().to_string()).filter(|text| !text.is_empty()),
+    )
 }
 
 /// Reads the pids a script wrote, one per line, to a file.
 pub fn read_pids(path: &Path, count: usize, timeout: Duration) -> Vec<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let pids: Vec<i32> =
-            std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect();
-        if pids.len() >= count {
-            return pids;
-        }
-        assert!(Instant::now() < deadline, "{} did not list {count} pids within {timeout:?}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        || format!("{} did not list {count} pids within {timeout:?}", path.display()),
+        timeout,
+        || {
+            let pids: Vec<i32> = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            (pids.len() >= count).then_some(pids)
+        },
+    )
+}
+
+/// The lines of a file (none when it does not exist).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
 /// SIGKILLs every process that carries this deployment's marker, `SCRIPT_RUNNER_DB=<dir>/db.sqlite`
@@ -590,4 +653,31 @@ pub fn entry<'a>(body: &'a Value, label: &str) -> &'a Value {
         .iter()
         .find(|e| e["stepKey"] == json!(label))
         .unwrap_or_else(|| panic!("no journal entry {label:?} in {body}"))
+}
+
+/// The labels of the journal in a `GET /api/script-runs/:id` body (or any value with a
+/// `journal` array), in order.
+pub fn labels(body: &Value) -> Vec<String> {
+    body["journal"].as_array().unwrap().iter().map(|e| e["stepKey"].as_str().unwrap().to_string()).collect()
+}
+
+/// Asserts the error envelope `{"ok": false, "error": {"code", "message"}}`.
+pub fn assert_error(r: &Resp, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    assert_eq!(r.body["ok"], json!(false), "{}", r.text);
+    assert_eq!(r.body["error"]["code"], json!(code), "{}", r.text);
+    assert!(r.body["error"]["message"].is_string(), "{}", r.text);
+}
+
+/// `GET /jobs/:id/logs?<query>`, asserting 200; returns the body.
+pub fn page(server: &TestServer, id: &str, query: &str) -> Value {
+    let r = server.get(&format!("/jobs/{id}/logs?{query}"));
+    assert_eq!(r.status, 200, "GET logs?{query}: {}", r.text);
+    assert_eq!(r.body["ok"], json!(true), "{}", r.text);
+    r.body
+}
+
+/// A JSON string's text (panics on any other value).
+pub fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
