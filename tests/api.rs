@@ -1014,3 +1014,165 @@ fn error_envelope_puts_ok_first_as_upstream_does() {
     assert_eq!(r.status, 404);
     assert!(r.text.starts_with(r#"{"ok":false,"error":{"code":"NOT_FOUND","message":"#), "{}", r.text);
 }
+
+// ---------------------------------------------------------------- idempotencyKey on POST /run
+
+/// `POST /run` with an idempotency key.
+fn run_keyed(server: &TestServer, script: &str, args: &[&str], mode: &str, key: &str) -> Resp {
+    server.post("/run", json!({ "scriptId": script, "args": args, "mode": mode, "idempotencyKey": key }))
+}
+
+/// A deployment whose `count` script appends one line per start to `<dir>/starts`.
+fn counting_server() -> TestServer {
+    let builder = Builder::new();
+    let starts = builder.dir().join("starts");
+    let body = format!("echo \"start $*\" >> '{}'\necho \"out $*\"\nsleep ${{SLEEP:-0}}", starts.display());
+    builder.script("count", &body).script("other", "echo other").start()
+}
+
+fn starts(server: &TestServer) -> usize {
+    std::fs::read_to_string(server.dir().join("starts")).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn an_async_run_with_a_used_idempotency_key_answers_the_first_job_and_starts_nothing() {
+    let server = counting_server();
+    let first = run_keyed(&server, "count", &["a"], "async", "oocana:s1:j1");
+    assert_eq!(first.status, 202, "{}", first.text);
+    let id = first.body["jobId"].as_str().unwrap().to_string();
+    assert!(first.body.get("deduplicated").is_none(), "{}", first.text);
+    server.wait_terminal(&id, WAIT);
+    let again = run_keyed(&server, "count", &["a"], "async", "oocana:s1:j1");
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["jobId"], json!(id));
+    assert_eq!(again.body["deduplicated"], json!(true));
+    assert_eq!(again.body["status"], json!("succeeded"));
+    assert_eq!(starts(&server), 1);
+    assert_eq!(server.job(&id)["idempotencyKey"], json!("oocana:s1:j1"));
+    let list = server.get("/jobs?scriptId=count");
+    assert_eq!(list.body["total"], json!(1), "{}", list.text);
+}
+
+#[test]
+fn a_sync_run_with_a_used_idempotency_key_waits_for_and_answers_the_first_job() {
+    let server = counting_server();
+    // The first request is still running when the second arrives.
+    let first = {
+        let base = server.base.clone();
+        std::thread::spawn(move || {
+            let body = json!({ "scriptId": "count", "args": ["b"], "mode": "sync", "idempotencyKey": "k-sync" });
+            let answer = ureq::post(&format!("{base}/run")).send_json(body).unwrap();
+            answer.into_json::<Value>().unwrap()
+        })
+    };
+    common::wait_until(|| "the first job to start".into(), WAIT, || (starts(&server) == 1).then_some(()));
+    let again = run_keyed(&server, "count", &["b"], "sync", "k-sync");
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["deduplicated"], json!(true));
+    assert_eq!(again.body["status"], json!("succeeded"));
+    assert_eq!(again.body["stdout"], json!("out b\n"));
+    let first = first.join().unwrap();
+    assert_eq!(first["jobId"], again.body["jobId"]);
+    assert!(first.get("deduplicated").is_none(), "{first}");
+    assert_eq!(starts(&server), 1);
+}
+
+#[test]
+fn an_idempotency_key_used_for_another_script_or_args_is_a_conflict() {
+    let server = counting_server();
+    let first = run_keyed(&server, "count", &["a"], "async", "k1");
+    assert_eq!(first.status, 202, "{}", first.text);
+    let id = first.body["jobId"].as_str().unwrap();
+    for (script, args) in [("count", vec!["b"]), ("other", vec!["a"]), ("count", vec![])] {
+        let r = run_keyed(&server, script, &args, "async", "k1");
+        assert_error(&r, 409, "IDEMPOTENCY_CONFLICT");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("\"k1\"") && message.contains(id), "{message}");
+    }
+    // Another mode is not a conflict: the sync request gets the job at its end.
+    let sync = run_keyed(&server, "count", &["a"], "sync", "k1");
+    assert_eq!(sync.status, 200, "{}", sync.text);
+    assert_eq!(sync.body["jobId"], json!(id));
+    assert_eq!(sync.body["stdout"], json!("out a\n"));
+    server.wait_terminal(id, WAIT);
+    assert_eq!(starts(&server), 1);
+}
+
+#[test]
+fn a_bad_idempotency_key_is_refused_and_a_refused_run_leaves_its_key_unused() {
+    let server = counting_server();
+    for key in [json!(12), json!(""), json!("x".repeat(201)), json!(["k"])] {
+        let r = server.post("/run", json!({ "scriptId": "count", "idempotencyKey": key }));
+        assert_error_msg(&r, 400, "INVALID_ARGS", "idempotencyKey must be a string of 1 to 200 characters");
+    }
+    let unknown = run_keyed(&server, "nope", &[], "async", "k2");
+    assert_error(&unknown, 400, "SCRIPT_NOT_FOUND");
+    let bad_args = server.post("/run", json!({ "scriptId": "count", "args": [1], "idempotencyKey": "k2" }));
+    assert_error(&bad_args, 400, "INVALID_ARGS");
+    // The key is still free: this run starts a job.
+    let ok = run_keyed(&server, "other", &[], "async", "k2");
+    assert_eq!(ok.status, 202, "{}", ok.text);
+    assert_eq!(starts(&server), 0);
+}
+
+#[test]
+fn concurrent_runs_with_one_idempotency_key_start_one_job() {
+    let server = counting_server();
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let base = server.base.clone();
+                scope.spawn(move || {
+                    let body = json!({ "scriptId": "count", "args": ["c"], "mode": "async", "idempotencyKey": "race" });
+                    match ureq::post(&format!("{base}/run")).send_json(body) {
+                        Ok(r) => r.into_json::<Value>().unwrap(),
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: std::collections::BTreeSet<_> = answers.iter().map(|a| a["jobId"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| a["deduplicated"] == json!(true)).count(), 7, "{answers:?}");
+    let id = ids.into_iter().next().unwrap();
+    server.wait_terminal(&id, WAIT);
+    assert_eq!(starts(&server), 1);
+}
+
+#[test]
+fn idempotency_keys_are_kept_with_the_job_history_across_a_restart() {
+    let mut server = counting_server();
+    let first = run_keyed(&server, "count", &["d"], "async", "kept");
+    let id = first.body["jobId"].as_str().unwrap().to_string();
+    server.wait_terminal(&id, WAIT);
+    server.terminate(WAIT);
+    server.restart();
+    let again = run_keyed(&server, "count", &["d"], "async", "kept");
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["jobId"], json!(id));
+    assert_eq!(again.body["deduplicated"], json!(true));
+    let conflict = run_keyed(&server, "count", &["e"], "async", "kept");
+    assert_error(&conflict, 409, "IDEMPOTENCY_CONFLICT");
+    assert_eq!(starts(&server), 1);
+}
+
+#[test]
+fn jobs_can_be_looked_up_by_idempotency_key() {
+    let server = counting_server();
+    let running =
+        server.post("/run", json!({ "scriptId": "count", "args": ["f"], "mode": "async", "idempotencyKey": "look" }));
+    let id = running.body["jobId"].as_str().unwrap().to_string();
+    let found = server.get("/jobs?idempotencyKey=look");
+    assert_eq!(found.status, 200, "{}", found.text);
+    assert_eq!(found.body["total"], json!(1), "{}", found.text);
+    assert_eq!(found.body["jobs"][0]["jobId"], json!(id));
+    server.wait_terminal(&id, WAIT);
+    let found = server.get("/jobs?idempotencyKey=look&status=succeeded");
+    assert_eq!(found.body["jobs"][0]["jobId"], json!(id), "{}", found.text);
+    let none = server.get("/jobs?idempotencyKey=look&status=failed");
+    assert_eq!(none.body["total"], json!(0), "{}", none.text);
+    let none = server.get("/jobs?idempotencyKey=nobody");
+    assert_eq!(none.body["jobs"], json!([]), "{}", none.text);
+}

@@ -60,6 +60,9 @@ pub struct JobFilter {
     pub status: Option<String>,
     /// Only jobs of this script.
     pub script_id: Option<String>,
+    /// Only the job started under this idempotency key (the job manager answers this one
+    /// itself, from memory or [`Store::job_by_idempotency_key`]).
+    pub idempotency_key: Option<String>,
     /// Page size.
     pub limit: i64,
     /// Rows to skip.
@@ -136,6 +139,12 @@ impl Store {
     pub fn get_job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
         let mut conn = self.pool.get()?;
         Ok(jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(&mut conn).optional()?)
+    }
+
+    /// The job started under this idempotency key, if any.
+    pub fn job_by_idempotency_key(&self, key: &str) -> Result<Option<JobRow>, StoreError> {
+        let mut conn = self.pool.get()?;
+        Ok(jobs::table.filter(jobs::idempotency_key.eq(key)).select(JobRow::as_select()).first(&mut conn).optional()?)
     }
 
     /// A page of jobs, newest first, and how many match in all.

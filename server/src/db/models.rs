@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use super::schema::{imports, jobs, script_run_journal, script_runs};
 
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
-/// (every update rewrites the row, `None` meaning NULL).
+/// (every update rewrites the row but its idempotency key, `None` meaning NULL).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(
     table_name = jobs,
@@ -61,6 +61,9 @@ pub struct JobRow {
     pub pid: Option<i32>,
     /// Start time of the leader in clock ticks since boot.
     pub proc_start_ticks: Option<i64>,
+    /// The `idempotencyKey` the job was started under; fixed at its insert.
+    #[diesel(skip_update)]
+    pub idempotency_key: Option<String>,
 }
 
 /// An `imports` row: an upstream job store that was imported.

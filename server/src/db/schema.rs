@@ -31,6 +31,7 @@ diesel::table! {
         stderr_lines -> Nullable<BigInt>,
         pid -> Nullable<Integer>,
         proc_start_ticks -> Nullable<BigInt>,
+        idempotency_key -> Nullable<Text>,
     }
 }
 

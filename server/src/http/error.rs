@@ -52,6 +52,9 @@ pub enum ApiError {
     /// Shutting down.
     #[error("{0}")]
     ShuttingDown(String),
+    /// A job idempotency key reused for another script or other arguments.
+    #[error("{0}")]
+    IdempotencyConflict(String),
     /// A request field is missing or malformed (the run API's name for it).
     #[error("{0}")]
     InvalidRequest(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::QueueFull(_) => "QUEUE_FULL",
             ApiError::ShuttingDown(_) => "SHUTTING_DOWN",
+            ApiError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
             ApiError::Run { code, .. } => code,
             ApiError::Internal(_) => "INTERNAL_ERROR",
@@ -100,6 +104,7 @@ impl From<JobError> for ApiError {
             JobError::JobNotFound(_) => ApiError::JobNotFound(message),
             JobError::QueueFull { .. } => ApiError::QueueFull(message),
             JobError::ShuttingDown => ApiError::ShuttingDown(message),
+            JobError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(message),
             JobError::Store(_) | JobError::Log { .. } | JobError::System(_) => ApiError::Internal(message),
         }
     }
@@ -146,6 +151,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::Run { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -11,7 +11,8 @@ use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
 use crate::db::JobFilter;
 use crate::jobs::logs::Stream;
-use crate::jobs::model::JobStatus;
+use crate::jobs::model::{Job, JobStatus};
+use crate::jobs::Keyed;
 
 pub(super) type Query = web::Query<HashMap<String, String>>;
 
@@ -21,8 +22,13 @@ pub(super) const LIST_MAX: u64 = 500;
 /// Default page sizes of the logs, in bytes (upstream's) and lines (the proxy block's).
 pub(super) const BYTES_DEFAULT: u64 = 65536;
 pub(super) const LINES_DEFAULT: u64 = 100;
+/// Longest `idempotencyKey` (the run API's limit too).
+const MAX_KEY_CHARS: usize = crate::runs::MAX_NAME_CHARS;
 
 /// `POST /run`: validates, records and queues a job; answers at once (async) or at its end (sync).
+/// With an `idempotencyKey` already used: `200` with the job it started and `"deduplicated":
+/// true` (a sync request waits for that job's end), or `409 IDEMPOTENCY_CONFLICT` when it was
+/// used for another script or other arguments.
 pub async fn run(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -41,22 +47,57 @@ pub async fn run(
         Some(Value::String(m)) => Some(m.as_str()),
         Some(_) => return Err(ApiError::InvalidArgs("mode must be sync or async".into())),
     };
-    let submission = state.jobs.submit(script_id, body.get("args"), mode).await?;
+    let key = match body.get("idempotencyKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => Some(k.as_str()),
+        Some(_) => {
+            return Err(ApiError::InvalidArgs(format!(
+                "idempotencyKey must be a string of 1 to {MAX_KEY_CHARS} characters"
+            )))
+        }
+    };
+    let args = body.get("args");
+    let submission = match key {
+        None => state.jobs.submit(script_id, args, mode).await?,
+        Some(key) => match state.jobs.submit_keyed(key, script_id, args, mode).await? {
+            Keyed::New(submission) => submission,
+            // The same key again: the job it started, never a second one.
+            Keyed::Existing(job, Mode::Async) => {
+                return Ok(HttpResponse::Ok().json(Accepted {
+                    ok: true,
+                    job_id: job.id,
+                    status: job.status.as_str(),
+                    deduplicated: Some(true),
+                }))
+            }
+            Keyed::Existing(job, Mode::Sync) => {
+                let job = state.jobs.wait(&job.id).await?;
+                return sync_answer(&state, job, Some(true)).await;
+            }
+        },
+    };
     if submission.job.mode == Mode::Async {
         let job = &submission.job;
         return Ok(HttpResponse::Accepted().json(Accepted {
             ok: true,
             job_id: job.id.clone(),
             status: job.status.as_str(),
+            deduplicated: None,
         }));
     }
     let job =
         submission.finished().await.ok_or_else(|| ApiError::Internal("the job ended without a final state".into()))?;
+    sync_answer(&state, job, None).await
+}
+
+/// The answer of a sync run: the ended job with its whole streams.
+async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> Result<HttpResponse, ApiError> {
     let stdout = state.jobs.stream_text(&job, Stream::Stdout).await?;
     let stderr = state.jobs.stream_text(&job, Stream::Stderr).await?;
     let mut view = JobView::new(job);
     view.stdout = Some(stdout);
     view.stderr = Some(stderr);
+    view.deduplicated = deduplicated;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -72,7 +113,7 @@ pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result
     Ok(HttpResponse::Ok().json(JobView::new(job)))
 }
 
-/// `GET /jobs?status=&scriptId=&limit=&offset=`: newest first.
+/// `GET /jobs?status=&scriptId=&idempotencyKey=&limit=&offset=`: newest first.
 pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         None => None,
@@ -89,6 +130,7 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
     let filter = JobFilter {
         status,
         script_id: query.get("scriptId").filter(|s| !s.is_empty()).cloned(),
+        idempotency_key: query.get("idempotencyKey").filter(|s| !s.is_empty()).cloned(),
         limit: number(&query, "limit", LIST_DEFAULT)?.clamp(1, LIST_MAX) as i64,
         offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
     };

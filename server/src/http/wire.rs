@@ -57,6 +57,11 @@ pub struct JobView {
     /// The stored stderr as text (sync run result only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
+    /// The idempotency key the job was started under (ours).
+    pub idempotency_key: Option<String>,
+    /// `true` when the request's idempotency key matched this earlier job (sync run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduplicated: Option<bool>,
 }
 
 impl JobView {
@@ -92,6 +97,8 @@ impl JobView {
             error: job.error,
             stdout: None,
             stderr: None,
+            idempotency_key: job.idempotency_key,
+            deduplicated: None,
         }
     }
 }
@@ -104,8 +111,11 @@ pub struct Accepted {
     pub ok: bool,
     /// Job id.
     pub job_id: String,
-    /// `queued` or `running`.
+    /// `queued` or `running`; any status when deduplicated.
     pub status: &'static str,
+    /// `true` when the request's idempotency key matched this earlier job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deduplicated: Option<bool>,
 }
 
 /// `GET /jobs` answer.

@@ -76,6 +76,14 @@ pub enum JobError {
     /// The server is stopping and takes no new runs.
     #[error("the server is shutting down and accepts no new runs")]
     ShuttingDown,
+    /// The idempotency key was used for another script or other arguments.
+    #[error("idempotency key {key:?} was already used for a different script or args (job {job_id})")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The job started under it.
+        job_id: String,
+    },
     /// Storage failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -157,6 +165,9 @@ struct State {
     running: usize,
     /// Admitted requests whose insert is not yet committed.
     reserved: usize,
+    /// Idempotency key -> id of the job in flight started under it (ended jobs are found in
+    /// the database, where their key was committed before they left memory).
+    keys: HashMap<String, String>,
     stopping: bool,
 }
 
@@ -169,6 +180,9 @@ struct Shared {
     ended: Notify,
     /// This deployment's marker, exported to every job (see [`supervisor::DEPLOYMENT_ENV`]).
     deployment: Arc<str>,
+    /// Held from the look-up of an idempotency key to the registration of its job, so two
+    /// requests with one key start one job (requests without a key never take it).
+    keyed: tokio::sync::Mutex<()>,
 }
 
 /// The job service. Cheap to clone.
@@ -194,6 +208,15 @@ impl Submission {
 
 async fn wait_done(rx: &mut watch::Receiver<Option<Job>>) -> Option<Job> {
     rx.wait_for(Option::is_some).await.ok().and_then(|j| j.clone())
+}
+
+/// What [`JobManager::submit_keyed`] gives.
+pub enum Keyed {
+    /// No job had the key: this one was started under it.
+    New(Submission),
+    /// The job started under the key before, as it is now, and how the request wants to be
+    /// answered (its `mode`, or the script's).
+    Existing(Job, Mode),
 }
 
 /// A byte page with the job's stream state.
@@ -227,6 +250,7 @@ impl JobManager {
                 next_seq: AtomicU64::new(next_seq),
                 ended: Notify::new(),
                 deployment,
+                keyed: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -286,18 +310,75 @@ impl JobManager {
         args: Option<&Value>,
         mode: Option<&str>,
     ) -> Result<Submission, JobError> {
-        let shared = &self.shared;
         let (script, args) = self.checked(script_id, args)?;
-        let mode = match mode {
-            None => script.effective_mode(shared.config.runner.default_mode),
-            Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into()))?,
+        let mode = self.mode_of(&script, mode)?;
+        self.start(admission, id, None, script, args, mode).await
+    }
+
+    /// [`JobManager::submit`] under an idempotency key: the first request with the key starts
+    /// the job; the same key again gives that job (in flight or ended, also after a restart),
+    /// or `IdempotencyConflict` when it was for another script or other arguments. A request
+    /// that is refused (bad args, full queue) leaves the key unused.
+    pub async fn submit_keyed(
+        &self,
+        key: &str,
+        script_id: &str,
+        args: Option<&Value>,
+        mode: Option<&str>,
+    ) -> Result<Keyed, JobError> {
+        let (script, args) = self.checked(script_id, args)?;
+        let mode = self.mode_of(&script, mode)?;
+        let _one_at_a_time = self.shared.keyed.lock().await;
+        if let Some(job) = self.by_key(key).await? {
+            if job.script_id != script.id || job.args != args {
+                return Err(JobError::IdempotencyConflict { key: key.to_string(), job_id: job.id });
+            }
+            return Ok(Keyed::Existing(job, mode));
+        }
+        let submission = self.start(None, None, Some(key.to_string()), script, args, mode).await?;
+        Ok(Keyed::New(submission))
+    }
+
+    /// The job started under an idempotency key, if any.
+    pub async fn by_key(&self, key: &str) -> Result<Option<Job>, JobError> {
+        let in_flight = {
+            let st = lock(&self.shared.state);
+            st.keys.get(key).and_then(|id| st.active.get(id)).cloned()
         };
+        if let Some(active) = in_flight {
+            return Ok(Some(active.snapshot()));
+        }
+        let store = self.shared.store.clone();
+        let key = key.to_string();
+        Ok(blocking(move || store.job_by_idempotency_key(&key)).await??.map(Job::from_row))
+    }
+
+    /// The mode a request runs in: its own, else the script's.
+    fn mode_of(&self, script: &Script, mode: Option<&str>) -> Result<Mode, JobError> {
+        match mode {
+            None => Ok(script.effective_mode(self.shared.config.runner.default_mode)),
+            Some(m) => Mode::parse(m).ok_or_else(|| JobError::InvalidArgs("mode must be sync or async".into())),
+        }
+    }
+
+    /// Records and queues a checked job (see [`JobManager::submit_as`]).
+    async fn start(
+        &self,
+        admission: Option<Admission>,
+        id: Option<String>,
+        key: Option<String>,
+        script: Arc<Script>,
+        args: Vec<String>,
+        mode: Mode,
+    ) -> Result<Submission, JobError> {
+        let shared = &self.shared;
         let admission = match admission {
             Some(admission) => admission,
             None => Shared::reserve(shared)?,
         };
         let id = id.unwrap_or_else(|| self.new_job_id());
-        let job = Job::new(id, &script.id, mode, args, now_ms());
+        let mut job = Job::new(id, &script.id, mode, args, now_ms());
+        job.idempotency_key.clone_from(&key);
         let id = job.id.clone();
         let active = Active::new(job, script, false);
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told
@@ -319,6 +400,9 @@ impl JobManager {
             admission.release(&mut st);
             admitted?;
             let waits = st.stopping || !st.queue.is_empty() || st.running >= shared.config.runner.max_concurrent;
+            if let Some(key) = key {
+                st.keys.insert(key, id.clone());
+            }
             st.active.insert(id, Arc::clone(&active));
             st.queue.push_back(Arc::clone(&active));
             waits
@@ -374,6 +458,16 @@ impl JobManager {
 
     /// A page of jobs, newest first, and how many match.
     pub async fn list(&self, filter: JobFilter) -> Result<(Vec<Job>, i64), JobError> {
+        if let Some(key) = &filter.idempotency_key {
+            // At most one job: the one in flight under the key, else the database's.
+            let job = self.by_key(key).await?.filter(|job| {
+                filter.status.as_deref().map_or(true, |s| s == job.status.as_str())
+                    && filter.script_id.as_deref().map_or(true, |s| s == job.script_id)
+            });
+            let total = i64::from(job.is_some());
+            let page = job.into_iter().skip(usize::try_from(filter.offset).unwrap_or(usize::MAX)).collect();
+            return Ok((page, total));
+        }
         let store = self.shared.store.clone();
         let (rows, total) = blocking(move || store.list_jobs(&filter)).await??;
         let mut jobs = Vec::with_capacity(rows.len());
@@ -517,8 +611,12 @@ impl JobManager {
     /// Puts an already recorded queued job back in the queue (recovery after a restart).
     fn requeue(&self, job: Job, script: Arc<Script>) {
         let id = job.id.clone();
+        let key = job.idempotency_key.clone();
         let active = Active::new(job, script, true);
         let mut st = lock(&self.shared.state);
+        if let Some(key) = key {
+            st.keys.insert(key, id.clone());
+        }
         st.active.insert(id, Arc::clone(&active));
         st.queue.push_back(active);
     }
@@ -647,7 +745,13 @@ impl Shared {
     }
 
     fn forget(&self, active: &Arc<Active>, job: Job) {
-        lock(&self.state).active.remove(&job.id);
+        {
+            let mut st = lock(&self.state);
+            st.active.remove(&job.id);
+            if let Some(key) = &job.idempotency_key {
+                st.keys.remove(key);
+            }
+        }
         active.done.send_replace(Some(job));
         self.ended.notify_waiters();
     }

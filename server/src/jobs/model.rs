@@ -121,6 +121,8 @@ pub struct Job {
     pub pid: Option<i32>,
     /// Leader start time (clock ticks since boot).
     pub proc_start_ticks: Option<u64>,
+    /// The `idempotencyKey` it was started under.
+    pub idempotency_key: Option<String>,
 }
 
 impl Job {
@@ -142,6 +144,7 @@ impl Job {
             duration_ms: None,
             pid: None,
             proc_start_ticks: None,
+            idempotency_key: None,
         }
     }
 
@@ -221,6 +224,7 @@ impl Job {
             stderr_lines: self.stderr.lines.map(to_i64),
             pid: self.pid,
             proc_start_ticks: self.proc_start_ticks.map(to_i64),
+            idempotency_key: self.idempotency_key.clone(),
         }
     }
 
@@ -255,6 +259,7 @@ impl Job {
             duration_ms: row.duration_ms,
             pid: row.pid,
             proc_start_ticks: row.proc_start_ticks.map(to_u64),
+            idempotency_key: row.idempotency_key,
         }
     }
 }
