@@ -8,15 +8,19 @@
 //! reach a script-runner only through its HTTP API.
 
 pub mod flow;
+pub mod follow;
 pub mod http;
 pub mod manifest;
+pub mod worker;
 
 use std::collections::HashMap;
+use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use follow::Follower;
 pub use http::BlockError;
 use http::{field, query, segment, Server};
 use manifest::{did_you_mean, Manifest};
@@ -46,6 +50,49 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a block run gives: its outputs by handle.
 pub type BlockResult = Result<Map<String, Value>, BlockError>;
 
+/// How often a block that follows something (a job's logs, a run's progress) looks again.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How often `launch-script-run` with `wait` reads the run.
+const RUN_POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Where a running block's side output goes: the script's log lines and progress. The CLI
+/// front end shows neither (its stdout is the outputs' JSON); the OOMOL worker prints lines,
+/// which Studio shows as the block's log, and sends progress to the engine.
+pub trait Report: Sync {
+    /// Whether log lines are wanted (following a job's logs costs requests).
+    fn follows_logs(&self) -> bool {
+        false
+    }
+
+    /// One line of a job's `stream` (`stdout` or `stderr`), without its newline.
+    fn log(&self, _stream: &str, _line: &str) {}
+
+    /// Progress, 0 to 100.
+    fn progress(&self, _percent: f64) {}
+}
+
+/// Shows nothing.
+pub struct Quiet;
+
+impl Report for Quiet {}
+
+/// What a front end gives a block run besides its inputs.
+pub struct Context<'a> {
+    /// The idempotency key of the work a block starts when its `idempotency_key` input is
+    /// null: the OOMOL worker derives one from the engine's session and job ids, so a block
+    /// the engine starts twice for one job starts its script once.
+    pub idempotency_key: Option<String>,
+    /// Where log lines and progress go.
+    pub report: &'a dyn Report,
+}
+
+impl Context<'static> {
+    /// No key, nothing reported: the CLI's and the flow runner's context.
+    pub fn quiet() -> Context<'static> {
+        Context { idempotency_key: None, report: &Quiet }
+    }
+}
+
 /// The compiled-in manifest of a block.
 pub fn manifest(name: &str) -> Result<Manifest, BlockError> {
     builtin(name).cloned()
@@ -71,9 +118,14 @@ pub fn is_block(name: &str) -> bool {
 /// Runs one block: defaults filled and inputs checked from its manifest, outputs checked
 /// against it.
 pub fn run_block(name: &str, given: &Map<String, Value>) -> BlockResult {
+    run_block_in(name, given, &Context::quiet())
+}
+
+/// [`run_block`] with a front end's context: the one code path of every front end.
+pub fn run_block_in(name: &str, given: &Map<String, Value>, context: &Context<'_>) -> BlockResult {
     let manifest = builtin(name)?;
     let inputs = resolve_inputs(manifest, given)?;
-    let outputs = call(name, &Inputs(inputs))?;
+    let outputs = call(name, &Inputs(inputs), context)?;
     for def in &manifest.outputs {
         let value = outputs
             .get(&def.handle)
@@ -149,6 +201,11 @@ impl Inputs {
         path
     }
 
+    /// The key of the work this block starts: the `idempotency_key` input, else the context's.
+    fn idempotency_key(&self, context: &Context<'_>) -> Option<String> {
+        self.str("idempotency_key").map(str::to_string).or_else(|| context.idempotency_key.clone())
+    }
+
     fn server(&self, timeout: Duration) -> Server {
         let url = self.str("script_runner_url").unwrap_or(http::DEFAULT_URL);
         Server::new(url, self.str("token").map(str::to_string), timeout)
@@ -162,21 +219,32 @@ fn outputs(value: Value) -> Map<String, Value> {
     }
 }
 
-fn call(name: &str, inputs: &Inputs) -> BlockResult {
+fn call(name: &str, inputs: &Inputs, context: &Context<'_>) -> BlockResult {
+    let report = context.report;
     let server = inputs.server(REQUEST_TIMEOUT);
     let url = server.url().to_string();
     let out = match name {
         "run-script-async" => {
             let args = inputs.value_or("args", json!([]));
-            let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "async" });
+            let mut body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "async" });
+            if let Some(key) = inputs.idempotency_key(context) {
+                body["idempotencyKey"] = json!(key);
+            }
             let answer = server.post("/run", body)?;
             json!({ "job_id": field(&answer, "jobId", &url)? })
         }
         "run-script-sync" => {
             let server = inputs.server(Duration::from_secs(inputs.u64("timeout_sec", 300)));
             let args = inputs.value_or("args", json!([]));
-            let body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "sync" });
-            let job = server.post("/run", body)?;
+            let mut body = json!({ "scriptId": inputs.required("script_id")?, "args": args, "mode": "sync" });
+            let key = inputs.idempotency_key(context);
+            if let Some(key) = &key {
+                body["idempotencyKey"] = json!(key);
+            }
+            let job = match key {
+                Some(key) if report.follows_logs() => run_following(&server, body, &key, report)?,
+                _ => server.post("/run", body)?,
+            };
             // Upstream's sync answer has only the previews; ours adds the whole streams.
             let text = |whole: &str, preview: &str| job.get(whole).or_else(|| job.get(preview)).cloned();
             json!({
@@ -223,10 +291,15 @@ fn call(name: &str, inputs: &Inputs) -> BlockResult {
             let timeout = inputs.0.get("timeout_sec").and_then(Value::as_f64).unwrap_or(300.0);
             let interval = Duration::from_millis(inputs.u64("poll_interval_ms", 500));
             let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+            let mut follower = Follower::new(id);
             loop {
                 let job = server.get(&format!("/jobs/{}", segment(id)))?;
                 let status = field(&job, "status", &url)?.as_str().unwrap_or_default();
-                if !matches!(status, "queued" | "running") {
+                let ended = !matches!(status, "queued" | "running");
+                if report.follows_logs() {
+                    follower.show(&server, report, ended);
+                }
+                if ended {
                     let mut out = status_outputs(&job, &url)?;
                     out["job_id"] = json!(id);
                     break out;
@@ -258,15 +331,31 @@ fn call(name: &str, inputs: &Inputs) -> BlockResult {
                     body.insert(param.into(), json!(v));
                 }
             }
+            if let Some(key) = inputs.idempotency_key(context) {
+                body.insert("idempotencyKey".into(), json!(key));
+            }
             body.insert("args".into(), inputs.value_or("args", json!({})));
-            body.insert("background".into(), json!(!wait));
+            // Launched in the background and read until it has ended, so its progress can be
+            // reported while it runs (the server's own wait would hold one request instead).
+            body.insert("background".into(), json!(true));
             let answer = server.post("/api/script-runs", Value::Object(body))?;
-            let run = field(&answer, "run", &url)?;
-            json!({ "run_id": field(run, "id", &url)?, "run": run, "status": field(run, "status", &url)? })
+            let mut run = field(&answer, "run", &url)?.clone();
+            let mut shown = report_progress(&run, None, report);
+            if wait {
+                let id = field(&run, "id", &url)?.as_str().unwrap_or_default().to_string();
+                let path = format!("/api/script-runs/{}", segment(&id));
+                while !is_run_terminal(&run) {
+                    std::thread::sleep(RUN_POLL_EVERY);
+                    run = field(&server.get(&path)?, "run", &url)?.clone();
+                    shown = report_progress(&run, shown, report);
+                }
+            }
+            json!({ "run_id": field(&run, "id", &url)?, "status": field(&run, "status", &url)?, "run": run })
         }
         "get-script-run" => {
             let answer = server.get(&format!("/api/script-runs/{}", segment(inputs.required("run_id")?)))?;
             let run = field(&answer, "run", &url)?;
+            report_progress(run, None, report);
             json!({
                 "run": run,
                 "status": field(run, "status", &url)?,
@@ -301,6 +390,63 @@ fn call(name: &str, inputs: &Inputs) -> BlockResult {
         other => return Err(BlockError::UnknownBlock(other.to_string())),
     };
     Ok(outputs(out))
+}
+
+/// `POST /run` of a sync job while its log lines are shown: the request runs on its own thread
+/// while this one finds the job by its idempotency key and follows its logs, then shows the
+/// rest once the answer is in. Following is best effort: its errors never fail the block.
+fn run_following(server: &Server, body: Value, key: &str, report: &dyn Report) -> Result<Value, BlockError> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        scope.spawn(move || {
+            let _ = tx.send(server.post("/run", body));
+        });
+        let mut follower: Option<Follower> = None;
+        loop {
+            match rx.recv_timeout(FOLLOW_EVERY) {
+                Ok(answer) => {
+                    if let Ok(job) = &answer {
+                        let id = job.get("jobId").and_then(Value::as_str).unwrap_or_default();
+                        follower.get_or_insert_with(|| Follower::new(id)).show(server, report, true);
+                    }
+                    return answer;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if follower.is_none() {
+                        follower = follow::job_by_key(server, key).map(|id| Follower::new(&id));
+                    }
+                    if let Some(follower) = &mut follower {
+                        follower.show(server, report, false);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(BlockError::Failed("the run request ended without an answer".into()))
+                }
+            }
+        }
+    })
+}
+
+/// Whether a run (the wire object) has ended for good.
+fn is_run_terminal(run: &Value) -> bool {
+    matches!(run["status"].as_str(), Some("completed" | "failed" | "cancelled" | "aborted_limit"))
+}
+
+/// Reports a run's progress (`current` of `total`, as a percentage) when it differs from the
+/// one `shown` before; returns the one shown now.
+fn report_progress(run: &Value, shown: Option<f64>, report: &dyn Report) -> Option<f64> {
+    let progress = &run["progress"];
+    let (Some(current), Some(total)) = (progress["current"].as_f64(), progress["total"].as_f64()) else {
+        return shown;
+    };
+    if total <= 0.0 {
+        return shown;
+    }
+    let percent = (current / total * 100.0).clamp(0.0, 100.0);
+    if shown != Some(percent) {
+        report.progress(percent);
+    }
+    Some(percent)
 }
 
 fn status_outputs(job: &Value, url: &str) -> Result<Value, BlockError> {

@@ -33,18 +33,33 @@ enum Command {
     /// Run an OOMOL flow (`flow run <flow.oo.yaml>`).
     #[command(subcommand)]
     Flow(FlowCommand),
-    /// Run one OOMOL block (`blocks/<name>/block.oo.yaml`) and print its outputs as JSON.
-    Block {
-        /// The block's name (e.g. run-script-async); `--list` shows them all.
-        #[arg(required_unless_present = "list")]
-        name: Option<String>,
-        /// The inputs, a JSON object keyed by input handle.
-        #[arg(long, default_value = "{}")]
-        inputs: String,
-        /// List the blocks.
-        #[arg(long)]
-        list: bool,
-    },
+    /// Run one OOMOL block (`blocks/<name>/block.oo.yaml`): with `--inputs`, print its outputs
+    /// as JSON; with `--address`, `--session-id` and `--job-id` (what OOMOL's engine appends),
+    /// run as the engine's worker over MQTT.
+    Block(BlockArgs),
+}
+
+/// `script-runner block ...`.
+#[derive(Args, Debug)]
+pub struct BlockArgs {
+    /// The block's name (e.g. run-script-async); `--list` shows them all.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// The inputs, a JSON object keyed by input handle.
+    #[arg(long, default_value = "{}", conflicts_with = "address")]
+    inputs: String,
+    /// List the blocks.
+    #[arg(long)]
+    list: bool,
+    /// The engine's MQTT broker, host:port: run as an OOMOL worker.
+    #[arg(long, requires_all = ["session_id", "job_id"])]
+    address: Option<String>,
+    /// The engine's session id (with --address).
+    #[arg(long, requires = "address")]
+    session_id: Option<String>,
+    /// The engine's job id (with --address).
+    #[arg(long, requires = "address")]
+    job_id: Option<String>,
 }
 
 /// `script-runner flow ...`.
@@ -96,7 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Step(args) => step::run(args),
-        Command::Block { name, inputs, list } => block(name, &inputs, list),
+        Command::Block(args) => block(args),
         Command::Flow(FlowCommand::Run(opts)) => flow_cli::run(opts),
         Command::CheckConfig => with_config(cli.config, check_config),
         Command::Serve => with_config(cli.config, serve),
@@ -150,8 +165,23 @@ fn check_config(config: config::Config) -> ExitCode {
 }
 
 /// `script-runner block <name> --inputs '<json>'`: outputs as JSON on stdout; on failure the
-/// error on stderr and exit 1 (2 for unusable inputs).
-fn block(name: Option<String>, inputs: &str, list: bool) -> ExitCode {
+/// error on stderr and exit 1 (2 for unusable inputs). As a worker (`--address`): exit 0 once
+/// the engine has been told the block finished (with its outputs or its error), 1 when its
+/// broker cannot be reached.
+fn block(args: BlockArgs) -> ExitCode {
+    let BlockArgs { name, inputs, list, address, session_id, job_id } = args;
+    if let (Some(address), Some(session_id), Some(job_id)) = (address, session_id, job_id) {
+        let name = name.unwrap_or_default();
+        let engine = script_runner_blocks::worker::Engine { address, session_id, job_id };
+        return match script_runner_blocks::worker::serve(&name, &engine) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("script-runner block {name}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let inputs = inputs.as_str();
     if list {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
