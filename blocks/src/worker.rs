@@ -147,11 +147,9 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
                         });
                     }
                     Event::Incoming(Incoming::PubAck(_)) => acked += 1,
-                    Event::Incoming(Incoming::ConnAck(_)) => {
-                        // A connection made again: the broker forgot the subscription.
-                        if !started {
-                            let _ = outbox.client.try_subscribe(inputs_topic.as_str(), QoS::AtLeastOnce);
-                        }
+                    // A connection made again: the broker forgot the subscription.
+                    Event::Incoming(Incoming::ConnAck(_)) if !started => {
+                        let _ = outbox.client.try_subscribe(inputs_topic.as_str(), QoS::AtLeastOnce);
                     }
                     Event::Outgoing(Outgoing::Disconnect) => break,
                     _ => {}
