@@ -2,9 +2,11 @@
 //! before anything runs, and executes it the way OOMOL's engine does.
 //!
 //! Checks (every problem is reported, each naming the node and handle): unknown block, unknown
-//! input or output handle (with a "did you mean" hint), an input with neither value nor
-//! connection, a value that does not match the handle's `json_schema`, a duplicate node id, a
-//! cycle. OOMOL skips such nodes silently; we refuse to start.
+//! input or output handle (with a "did you mean" hint), an input handle of the block that the
+//! node does not list with a value or a connection (even one with a default: OOMOL's engine
+//! runs a node only when every handle is listed), a value that does not match the handle's
+//! `json_schema`, a duplicate node id, a cycle. OOMOL skips such nodes silently; we refuse to
+//! start, so a flow that passes this check is one OOMOL runs.
 //!
 //! Execution is data-driven: each connected input of a node has a FIFO queue; a node runs when
 //! each connected input has a queued value (static values are always there), independent nodes
@@ -264,21 +266,16 @@ pub fn parse(text: &str, path: &Path, root: &Path, given: &Map<String, Value>) -
             };
             node.inputs.insert(handle, source);
         }
+        // OOMOL's engine runs a node only when every input handle of its block is listed with
+        // a value (a bare `value:` is null) or a connection, whatever the manifest's default:
+        // a handle left out skips the node silently there, so it is a problem here.
         for def in &input_defs {
-            if node.inputs.contains_key(&def.handle) {
-                continue;
-            }
-            match &def.value {
-                Some(v) => {
-                    node.inputs.insert(def.handle.clone(), Source::Value(v.clone()));
-                }
-                None if def.nullable => {
-                    node.inputs.insert(def.handle.clone(), Source::Value(Value::Null));
-                }
-                None => problems.push(format!(
-                    "node {} input {:?}: neither a value nor a connection (the node could never run)",
+            if !node.inputs.contains_key(&def.handle) {
+                problems.push(format!(
+                    "node {} input {:?}: not listed in inputs_from, so OOMOL's engine would skip this node \
+                     (list it with a value, a bare `value:` for null, or a connection)",
                     node.id, def.handle
-                )),
+                ));
             }
         }
     }

@@ -26,6 +26,9 @@ pub struct FlowRun {
     /// Run it as a durable workflow run on the server (the flow must be in its flows dir).
     #[arg(long)]
     pub durable: bool,
+    /// Only check the flow (every problem, as before a run) and run nothing.
+    #[arg(long, conflicts_with_all = ["durable", "journal"])]
+    pub check: bool,
     /// Internal: journal each node as a step of the workflow run this process belongs to.
     #[arg(long, hide = true)]
     pub journal: bool,
@@ -68,6 +71,10 @@ pub fn run(opts: FlowRun) -> ExitCode {
             return ExitCode::from(INVALID);
         }
     };
+    if opts.check {
+        println!("{}: ok ({} nodes)", opts.file.display(), flow.nodes.len());
+        return ExitCode::SUCCESS;
+    }
     let journal: Arc<dyn Journal> = if opts.journal {
         match Workflow::from_env() {
             Ok(wf) => Arc::new(RunJournal { wf }),
