@@ -17,6 +17,7 @@
 //! to stderr: the engine shows them as the block's log) and a workflow run's progress is sent as
 //! `BlockProgress`.
 
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -287,11 +288,13 @@ impl Report for Outbox {
     }
 
     fn log(&self, stream: &str, line: &str) {
-        if stream == "stderr" {
-            eprintln!("{line}");
+        // A write error (the engine closed the pipe) must not panic the block: the lines are
+        // only a view of the job's log.
+        let _ = if stream == "stderr" {
+            writeln!(std::io::stderr(), "{line}")
         } else {
-            println!("{line}");
-        }
+            writeln!(std::io::stdout(), "{line}")
+        };
     }
 
     fn progress(&self, percent: f64) {
