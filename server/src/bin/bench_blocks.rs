@@ -1,0 +1,2 @@
+//! Placeholder: the block bench (written next).
+fn main() {}
