@@ -474,6 +474,21 @@ mod tests {
     }
 
     #[test]
+    fn the_package_lists_every_block_once_for_studio() {
+        let package: Value = serde_yaml_ng::from_str(include_str!("../../package.oo.yaml")).unwrap_or_default();
+        for key in ["name", "version", "description", "icon"] {
+            assert!(package[key].is_string(), "package.oo.yaml has no {key}");
+        }
+        let listed: Vec<&str> =
+            package["ui"]["blocks"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let mut sorted = listed.clone();
+        sorted.sort_unstable();
+        let mut all: Vec<&str> = BLOCKS.iter().map(|(n, _)| *n).collect();
+        all.sort_unstable();
+        assert_eq!(sorted, all, "ui.blocks of package.oo.yaml: {listed:?}");
+    }
+
+    #[test]
     fn inputs_are_checked_before_any_request() {
         let given = json!({ "script_id": 3 }).as_object().cloned().unwrap_or_default();
         let e = run_block("run-script-async", &given).err().map(|e| e.to_string()).unwrap_or_default();
