@@ -1,6 +1,7 @@
 //! Blocks and flows (issue 4): every job block through `script-runner block` against a real
-//! server, the block error kinds, flow validation, and the flow runner's semantics
-//! (parallelism, fail-fast, timeout, fan-in, flow inputs/outputs, durable replay, flow-1).
+//! server, the block error kinds, flow validation (every input handle of a node's block listed,
+//! as OOMOL's engine needs; `flow run --check`), and the flow runner's semantics (parallelism,
+//! fail-fast, timeout, fan-in, flow inputs/outputs, durable replay, flow-1).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -62,7 +63,62 @@ fn copy_blocks(dir: &Path) {
     }
 }
 
-/// Writes `<dir>/flows/<name>/flow.oo.yaml` (blocks copied beside); returns its path.
+/// The line a test flow puts last in a node's `inputs_from` (at the entries' indentation) to
+/// list every other input handle of the node's block at its manifest default; see
+/// [`other_handles`]. Not YAML: a flow that is not expanded does not parse.
+const OTHER_HANDLES: &str = "- (the other handles, at their defaults)";
+
+/// The `inputs_from` entries, indented by `indent`, of every input handle of `block` (its
+/// `blocks/<block>/block.oo.yaml`) not in `listed`, each with its manifest default: a bare
+/// `value:` for null. A handle without a default has nothing to list and is left out (the
+/// flow check reports it). OOMOL's engine runs a node only when every handle is listed.
+fn other_handles(block: &str, listed: &[String], indent: &str) -> String {
+    let path = Path::new(BLOCKS_DIR).join(block).join("block.oo.yaml");
+    let manifest = script_runner_blocks::manifest::Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mut out = String::new();
+    for def in manifest.inputs.iter().filter(|d| !listed.contains(&d.handle)) {
+        match &def.value {
+            None => {}
+            Some(Value::Null) => out.push_str(&format!("{indent}- handle: {}\n{indent}  value:\n", def.handle)),
+            // JSON is YAML.
+            Some(value) => out.push_str(&format!("{indent}- handle: {}\n{indent}  value: {value}\n", def.handle)),
+        }
+    }
+    out
+}
+
+/// Replaces each [`OTHER_HANDLES`] line with [`other_handles`] of its node: the block is the
+/// node's `task: self::<block>`, the listed handles the node's `- handle:` entries above the
+/// line at its indentation.
+fn expand_other_handles(yaml: &str) -> String {
+    let mut out = String::new();
+    let mut block: Option<&str> = None;
+    let mut listed: Vec<(usize, String)> = Vec::new();
+    for line in yaml.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with("- node_id:") && indent == 2 {
+            block = None;
+            listed.clear();
+        } else if let Some(name) = trimmed.strip_prefix("task: self::") {
+            block = Some(name.trim());
+        } else if let Some(handle) = trimmed.strip_prefix("- handle:") {
+            listed.push((indent, handle.trim().to_string()));
+        }
+        if trimmed == OTHER_HANDLES {
+            let block = block.unwrap_or_else(|| panic!("{OTHER_HANDLES} outside a block node:\n{yaml}"));
+            let here: Vec<String> = listed.iter().filter(|(i, _)| *i == indent).map(|(_, h)| h.clone()).collect();
+            out.push_str(&other_handles(block, &here, &line[..indent]));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Writes `<dir>/flows/<name>/flow.oo.yaml` (blocks copied beside), [`OTHER_HANDLES`] lines
+/// expanded; returns its path.
 fn write_flow(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     if !dir.join("blocks").exists() {
         copy_blocks(dir);
@@ -70,7 +126,7 @@ fn write_flow(dir: &Path, name: &str, yaml: &str) -> PathBuf {
     let folder = dir.join("flows").join(name);
     std::fs::create_dir_all(&folder).unwrap();
     let path = folder.join("flow.oo.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    std::fs::write(&path, expand_other_handles(yaml)).unwrap();
     path
 }
 
@@ -290,11 +346,13 @@ nodes:
         value: echo
       - handle: argz
         value: []
+      - (the other handles, at their defaults)
   - node_id: producer
     task: self::run-script-async
     inputs_from:
       - handle: script_id
         value: echo
+      - (the other handles, at their defaults)
   - node_id: typo-output
     task: self::get-job-status
     inputs_from:
@@ -302,11 +360,13 @@ nodes:
         from_node:
           - node_id: producer
             output_handle: jobid
+      - (the other handles, at their defaults)
   - node_id: no-script
     task: self::run-script-async
     inputs_from:
       - handle: args
         value: []
+      - (the other handles, at their defaults)
   - node_id: bad-value
     task: self::get-job-logs
     inputs_from:
@@ -314,6 +374,7 @@ nodes:
         value: j1
       - handle: limit
         value: "ten"
+      - (the other handles, at their defaults)
   - node_id: producer
     task: self::list-scripts
   - node_id: loop-a
@@ -323,6 +384,7 @@ nodes:
         from_node:
           - node_id: loop-b
             output_handle: job_id
+      - (the other handles, at their defaults)
   - node_id: loop-b
     task: self::wait-job
     inputs_from:
@@ -330,6 +392,7 @@ nodes:
         from_node:
           - node_id: loop-a
             output_handle: job_id
+      - (the other handles, at their defaults)
 "#,
     );
     let out = flow_run(&path, &[]);
@@ -340,10 +403,14 @@ nodes:
     assert!(has_line(&["typo-block", "run-script-sinc", "did you mean", "run-script-sync"]), "unknown block:\n{err}");
     assert!(has_line(&["typo-input", "argz", "did you mean", "args"]), "unknown input:\n{err}");
     assert!(has_line(&["typo-output", "jobid", "did you mean", "job_id"]), "unknown output:\n{err}");
-    assert!(has_line(&["no-script", "script_id"]), "missing input:\n{err}");
+    assert!(has_line(&["node no-script input \"script_id\": not listed in inputs_from"]), "missing input:\n{err}");
     assert!(has_line(&["bad-value", "limit"]), "value vs schema:\n{err}");
     assert!(has_line(&["producer", "duplicate"]), "duplicate id:\n{err}");
     assert!(has_line(&["cycle", "loop-a", "loop-b"]), "cycle:\n{err}");
+    // The nodes that list every handle have no such problem.
+    for node in ["typo-input", "producer", "bad-value", "loop-a", "loop-b"] {
+        assert!(!has_line(&[&format!("node {node} "), "not listed"]), "{node}:\n{err}");
+    }
 }
 
 #[test]
@@ -378,6 +445,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
 outputs_from:
   - handle: out
     from_node:
@@ -404,15 +472,289 @@ nodes:
     inputs_from:
       - handle: script_id
         value:
+      - (the other handles, at their defaults)
 "#,
     );
     let out = flow_run(&path, &[]);
     assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("1 problem(s)"), "{}", out.stderr);
     assert!(
-        out.stderr.lines().any(|l| l.contains("node n") && l.contains("script_id") && !l.contains("neither a value")),
+        out.stderr.lines().any(|l| l.contains("node n input \"script_id\": null does not match")),
         "{}",
         out.stderr
     );
+}
+
+/// What the flow check says of a node that leaves a handle of its block out.
+fn not_listed(node: &str, handle: &str) -> String {
+    format!(
+        "node {node} input \"{handle}\": not listed in inputs_from, so OOMOL's engine would skip this node \
+         (list it with a value, a bare `value:` for null, or a connection)"
+    )
+}
+
+/// The problems a failed check printed (its `  - <problem>` lines).
+fn problems(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter_map(|l| l.strip_prefix("  - ")).collect()
+}
+
+/// A flow whose nodes leave handles out, even nullable ones with a null default; see
+/// [`BROKEN_FLOW_MISSING`].
+const BROKEN_FLOW: &str = r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+    value: http://127.0.0.1:1
+nodes:
+  - node_id: start
+    task: self::run-script-async
+    inputs_from:
+      - handle: script_id
+        value: lines
+      - handle: args
+        value: []
+      - handle: idempotency_key
+        value:
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: status
+    task: self::get-job-status
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: start
+            output_handle: job_id
+  - node_id: wait
+    task: self::wait-job
+    inputs_from:
+      - handle: job_id
+        from_node:
+          - node_id: start
+            output_handle: job_id
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+  - node_id: scripts
+    task: self::list-scripts
+    inputs_from:
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+      - handle: token
+        value:
+"#;
+
+/// Every (node, handle) [`BROKEN_FLOW`] leaves out.
+const BROKEN_FLOW_MISSING: [(&str, &str); 6] = [
+    ("start", "token"),
+    ("status", "script_runner_url"),
+    ("status", "token"),
+    ("wait", "timeout_sec"),
+    ("wait", "poll_interval_ms"),
+    ("wait", "token"),
+];
+
+/// The failed check of [`BROKEN_FLOW`] lists every handle left out, and nothing else.
+fn assert_lists_every_missing_handle(out: &Out) {
+    assert_eq!(out.code, 2, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert!(out.stdout.trim().is_empty(), "nothing may run: {}", out.stdout);
+    let err = &out.stderr;
+    assert!(err.contains(&format!("{} problem(s):", BROKEN_FLOW_MISSING.len())), "{err}");
+    let expected: Vec<String> = BROKEN_FLOW_MISSING.iter().map(|(n, h)| not_listed(n, h)).collect();
+    let mut found = problems(err);
+    found.sort_unstable();
+    let mut wanted: Vec<&str> = expected.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    assert_eq!(found, wanted, "{err}");
+    for (node, handle) in BROKEN_FLOW_MISSING {
+        assert!(
+            err.lines().any(|l| l.contains(&format!("node {node} input \"{handle}\""))
+                && l.contains("OOMOL's engine would skip this node")),
+            "{node} {handle}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn a_node_leaving_a_handle_out_is_refused_before_anything_runs() {
+    let server = job_server();
+    let out = run_flow_against(&server, "left-out", BROKEN_FLOW);
+    assert_lists_every_missing_handle(&Out { code: out.code, stdout: out.stdout, stderr: out.stderr });
+    // Not even the node that lists all but its nullable token started its job.
+    let jobs = server.get("/jobs");
+    assert_eq!(jobs.status, 200, "{}", jobs.text);
+    assert_eq!(jobs.body["total"], 0, "{}", jobs.text);
+}
+
+#[test]
+fn a_handle_listed_with_a_bare_value_passes_the_check_and_the_block_gets_null() {
+    // No authToken: a null token sends no Authorization header, and a null idempotency_key
+    // no key (each run of the flow starts its own job).
+    let server = job_server();
+    let yaml = r#"
+inputs_def:
+  - handle: script_runner_url
+    json_schema:
+      type: string
+nodes:
+  - node_id: sync
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: echo
+      - handle: args
+        value: ["x"]
+      - handle: timeout_sec
+        value: 30
+      - handle: idempotency_key
+        value:
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+      - handle: token
+        value:
+  - node_id: scripts
+    task: self::list-scripts
+    inputs_from:
+      - handle: script_runner_url
+        from_flow:
+          - input_handle: script_runner_url
+      - handle: token
+        value:
+outputs_from:
+  - handle: out
+    from_node:
+      - node_id: sync
+        output_handle: stdout
+  - handle: scripts
+    from_node:
+      - node_id: scripts
+        output_handle: scripts
+"#;
+    let path = write_flow(server.dir(), "bare-token", yaml);
+    let check = cli(&["flow", "run", "--check", path.to_str().unwrap(), "--input", &url_input(&server)]);
+    assert_eq!(check.code, 0, "stdout {} stderr {}", check.stdout, check.stderr);
+    for _ in 0..2 {
+        let out = flow_run(&path, &[url_input(&server)]);
+        assert_eq!(out.code, 0, "stdout {} stderr {}", out.stdout, out.stderr);
+        for node in ["sync", "scripts"] {
+            let started = &out.events[out.index("node_started", node)[0]];
+            assert!(started["inputs"].get("token").is_some_and(Value::is_null), "{started}");
+        }
+        let started = &out.events[out.index("node_started", "sync")[0]];
+        assert!(started["inputs"].get("idempotency_key").is_some_and(Value::is_null), "{started}");
+        assert_eq!(out.outputs["out"].as_str().unwrap().trim(), "hi x", "{}", out.outputs);
+        assert!(out.outputs["scripts"].as_array().unwrap().iter().any(|s| s["id"] == "echo"), "{}", out.outputs);
+    }
+    let jobs = server.get("/jobs");
+    assert_eq!(jobs.body["total"], 2, "{}", jobs.text);
+}
+
+#[test]
+fn flow_check_passes_the_shipped_flows_and_runs_nothing() {
+    let repo = Path::new(REPO);
+    // Started only to see that the check does not call it.
+    let server = job_server();
+    for name in ["flow-1", "fan-out-fan-in"] {
+        let path = repo.join("flows").join(name).join("flow.oo.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let nodes = text.lines().filter(|l| l.starts_with("  - node_id:")).count();
+        assert!(nodes > 1, "{name}: {nodes} nodes");
+        let file = path.to_str().unwrap();
+        // No server needed: the flow input keeps its default URL, which nothing has to answer.
+        let out = cli(&["flow", "run", "--check", file]);
+        assert_eq!(out.code, 0, "{name}: stdout {} stderr {}", out.stdout, out.stderr);
+        assert_eq!(out.stdout, format!("{file}: ok ({nodes} nodes)\n"), "{name}");
+        assert_eq!(out.stderr, "", "{name}");
+        let url = url_input(&server);
+        let out = cli(&["flow", "run", "--check", file, "--input", &url]);
+        assert_eq!(out.code, 0, "{name}: stdout {} stderr {}", out.stdout, out.stderr);
+        assert_eq!(out.stdout, format!("{file}: ok ({nodes} nodes)\n"), "{name}");
+    }
+    assert_eq!(server.get("/jobs").body["total"], 0, "the check started a job");
+    assert_eq!(server.get("/api/script-runs").body["total"], 0, "the check launched a run");
+}
+
+#[test]
+fn flow_check_of_a_broken_flow_exits_2_listing_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_flow(dir.path(), "left-out", BROKEN_FLOW);
+    let out = cli(&["flow", "run", "--check", path.to_str().unwrap()]);
+    assert_lists_every_missing_handle(&out);
+    assert!(out.stderr.contains(path.to_str().unwrap()), "the message names the file: {}", out.stderr);
+}
+
+#[test]
+fn an_entry_with_neither_value_nor_connection_is_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_flow(
+        dir.path(),
+        "handle-only",
+        r#"
+nodes:
+  - node_id: handle-only
+    task: self::list-scripts
+    inputs_from:
+      - handle: script_runner_url
+        value: http://127.0.0.1:1
+      - handle: token
+  - node_id: no-links
+    task: self::list-scripts
+    inputs_from:
+      - handle: script_runner_url
+        value: http://127.0.0.1:1
+      - handle: token
+        from_node: []
+  - node_id: bare-value
+    task: self::list-scripts
+    inputs_from:
+      - handle: script_runner_url
+        value: http://127.0.0.1:1
+      - handle: token
+        value:
+"#,
+    );
+    let out = cli(&["flow", "run", "--check", path.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "stdout {} stderr {}", out.stdout, out.stderr);
+    assert_eq!(
+        problems(&out.stderr),
+        [not_listed("handle-only", "token"), not_listed("no-links", "token")],
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_test_helper_lists_the_other_handles_at_their_defaults() {
+    use script_runner_blocks::flow::{self, Source};
+    let yaml = r#"
+nodes:
+  - node_id: n
+    task: self::run-script-sync
+    inputs_from:
+      - handle: script_id
+        value: echo
+      - handle: token
+        value: t
+      - (the other handles, at their defaults)
+"#;
+    let expanded = expand_other_handles(yaml);
+    let parsed = flow::parse(&expanded, Path::new("flow.oo.yaml"), Path::new(REPO), &serde_json::Map::new());
+    let flow = parsed.unwrap_or_else(|p| panic!("{p}\n{expanded}"));
+    let inputs = &flow.nodes[0].inputs;
+    let value = |h: &str| match inputs.get(h) {
+        Some(Source::Value(v)) => v.clone(),
+        other => panic!("{h}: {other:?}\n{expanded}"),
+    };
+    // Listed ones kept (once), the others at their manifest defaults, null ones bare.
+    assert_eq!(value("script_id"), "echo");
+    assert_eq!(value("token"), "t");
+    assert_eq!(expanded.matches("- handle: token").count(), 1, "{expanded}");
+    assert_eq!(value("args"), json!([]));
+    assert_eq!(value("idempotency_key"), Value::Null);
+    assert!(expanded.contains("- handle: idempotency_key\n        value:\n"), "{expanded}");
 }
 
 // ---------------------------------------------------------------- (4)-(8) execution
@@ -433,6 +775,7 @@ fn independent_slow_nodes_run_in_parallel() {
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
 "#
         )
     };
@@ -473,6 +816,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: downstream
     task: self::wait-job
     inputs_from:
@@ -483,6 +827,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
 "#,
     );
     assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
@@ -515,6 +860,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: after
     task: self::get-job-status
     inputs_from:
@@ -525,6 +871,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
 "#,
     );
     assert_eq!(out.code, 1, "stdout {} stderr {}", out.stdout, out.stderr);
@@ -583,6 +930,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: b
     task: self::run-script-sync
     inputs_from:
@@ -591,6 +939,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: wait-a
     task: self::wait-job
     inputs_from:
@@ -603,6 +952,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: fan
     task: self::get-job-logs
     inputs_from:
@@ -619,6 +969,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: twice
     task: self::get-job-status
     inputs_from:
@@ -630,6 +981,7 @@ nodes:
             output_handle: job_id
       - handle: script_runner_url
         TWICE_URL
+      - (the other handles, at their defaults)
 outputs_from:
   - handle: first_lines
     from_node:
@@ -673,6 +1025,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
   - node_id: second
     task: self::run-script-sync
     inputs_from:
@@ -683,6 +1036,7 @@ nodes:
       - handle: script_runner_url
         from_flow:
           - input_handle: script_runner_url
+      - (the other handles, at their defaults)
 outputs_from:
   - handle: slept
     from_node:

@@ -206,7 +206,11 @@ pub fn parse(text: &str, path: &Path, root: &Path, given: &Map<String, Value>) -
             Task::Block { manifest, .. } => manifest.inputs.clone(),
             Task::Values(_) => Vec::new(),
         };
+        // Handles whose entry was already reported (a broken connection): not "not listed" too.
+        let mut reported: HashSet<String> = HashSet::new();
         for entry in entries {
+            let problems_before = problems.len();
+            let mut from_ignored = None;
             let Some(handle) = entry.get("handle").and_then(Value::as_str).map(str::to_string) else {
                 problems.push(format!("node {}: an inputs_from entry has no handle", node.id));
                 continue;
@@ -226,6 +230,7 @@ pub fn parse(text: &str, path: &Path, root: &Path, given: &Map<String, Value>) -
                     continue;
                 };
                 if ignored.contains(src) {
+                    from_ignored = Some(src.to_string());
                     continue;
                 }
                 match outputs_of.get(src) {
@@ -262,6 +267,16 @@ pub fn parse(text: &str, path: &Path, root: &Path, given: &Map<String, Value>) -
                 }
                 Source::Value(value.clone())
             } else {
+                if let Some(src) = from_ignored {
+                    problems.push(format!(
+                        "node {} input {handle:?}: its only source, node {src}, is ignored (`ignore: true`), \
+                         so this node could never run",
+                        node.id
+                    ));
+                }
+                if problems.len() > problems_before {
+                    reported.insert(handle);
+                }
                 continue;
             };
             node.inputs.insert(handle, source);
@@ -270,7 +285,7 @@ pub fn parse(text: &str, path: &Path, root: &Path, given: &Map<String, Value>) -
         // a value (a bare `value:` is null) or a connection, whatever the manifest's default:
         // a handle left out skips the node silently there, so it is a problem here.
         for def in &input_defs {
-            if !node.inputs.contains_key(&def.handle) {
+            if !node.inputs.contains_key(&def.handle) && !reported.contains(&def.handle) {
                 problems.push(format!(
                     "node {} input {:?}: not listed in inputs_from, so OOMOL's engine would skip this node \
                      (list it with a value, a bare `value:` for null, or a connection)",
@@ -667,5 +682,57 @@ pub fn execute(node: &Node, inputs: &Map<String, Value>) -> BlockResult {
     match &node.task {
         Task::Block { name, .. } => crate::run_block(name, inputs),
         Task::Values(values) => Ok(values.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The problems of a flow over the shipped blocks.
+    fn problems(yaml: &str) -> Vec<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+        match parse(yaml, Path::new("flows/t/flow.oo.yaml"), &root, &Map::new()) {
+            Ok(_) => Vec::new(),
+            Err(Problems(p)) => p,
+        }
+    }
+
+    const STATUS_NODE: &str = "
+  - node_id: s
+    task: self::get-job-status
+    inputs_from:
+      - handle: script_runner_url
+        value: http://127.0.0.1:1
+      - handle: token
+        value:
+";
+
+    #[test]
+    fn a_broken_connection_is_reported_once_not_also_as_not_listed() {
+        let yaml = format!(
+            "nodes:{STATUS_NODE}      - handle: job_id\n        from_node:\n          - node_id: nobody\n            output_handle: job_id\n"
+        );
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("no node \"nobody\""), "{found:?}");
+    }
+
+    #[test]
+    fn a_handle_fed_only_by_an_ignored_node_says_so() {
+        let yaml = format!(
+            "nodes:\n  - node_id: gone\n    ignore: true\n    values:\n      - handle: id\n        value: x\n{STATUS_NODE}      - handle: job_id\n        from_node:\n          - node_id: gone\n            output_handle: id\n"
+        );
+        let found = problems(&yaml);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("its only source, node gone, is ignored"), "{found:?}");
+    }
+
+    #[test]
+    fn a_handle_left_out_names_oomol() {
+        let found = problems(&format!("nodes:{STATUS_NODE}"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("node s input \"job_id\": not listed in inputs_from"), "{found:?}");
+        assert!(found[0].contains("OOMOL's engine would skip this node"), "{found:?}");
     }
 }

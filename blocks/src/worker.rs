@@ -19,8 +19,8 @@
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{Client, ConnectionError, Event, Incoming, MqttOptions, Outgoing, QoS, RecvTimeoutError};
@@ -94,12 +94,18 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
     options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     options.set_clean_session(true);
     let (client, mut connection) = Client::new(options, 64);
-    let outbox = Outbox {
+    // Small messages go out at once: with Nagle's algorithm and the broker's delayed ACK, a
+    // message can wait tens of milliseconds.
+    let mut network = connection.eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    connection.eventloop.set_network_options(network);
+    let outbox = Arc::new(Outbox {
         client,
         topic: format!("session/{}", engine.session_id),
         engine: engine.clone(),
         sent: AtomicU64::new(0),
-    };
+        finished: AtomicBool::new(false),
+    });
     let inputs_topic = format!("inputs/{}/{}", engine.session_id, engine.job_id);
     let unreachable = |message: String| WorkerError::Unreachable { address: engine.address.clone(), message };
     outbox.client.subscribe(inputs_topic.as_str(), QoS::AtLeastOnce).map_err(|e| unreachable(e.to_string()))?;
@@ -120,20 +126,22 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
     }
     outbox.send("BlockReady", Map::new());
 
-    let (done_tx, done_rx) = mpsc::channel::<Result<Map<String, Value>, String>>();
     let mut started = false;
-    let mut finished = false;
     let mut acked: u64 = 0;
-    let mut lost_since: Option<(Instant, String)> = None;
+    let mut lost_since: Option<Instant> = None;
     let mut flush_deadline: Option<Instant> = None;
-    let outbox = Arc::new(outbox);
     loop {
-        if finished && acked >= outbox.sent.load(Ordering::Acquire) {
-            break;
-        }
-        if flush_deadline.is_some_and(|d| Instant::now() >= d) {
-            eprintln!("script-runner block {name}: the broker did not acknowledge every message in time");
-            break;
+        // `finished` is set before BlockFinished is counted in `sent`: once it is set and every
+        // message sent is acknowledged, the engine has everything.
+        if outbox.finished.load(Ordering::Acquire) {
+            if acked >= outbox.sent.load(Ordering::Acquire) {
+                break;
+            }
+            let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_BOUND);
+            if Instant::now() >= deadline {
+                eprintln!("script-runner block {name}: the broker did not acknowledge every message in time");
+                break;
+            }
         }
         match connection.recv_timeout(TICK) {
             Ok(Ok(event)) => {
@@ -142,22 +150,22 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
                     Event::Incoming(Incoming::Publish(publish)) if publish.topic == inputs_topic && !started => {
                         let Some(inputs) = block_inputs(&publish.payload, engine) else { continue };
                         started = true;
-                        let (name, outbox, done_tx) = (name.to_string(), Arc::clone(&outbox), done_tx.clone());
-                        std::thread::spawn(move || {
-                            let _ = done_tx.send(run(&name, &inputs, &outbox));
-                        });
+                        let (name, outbox) = (name.to_string(), Arc::clone(&outbox));
+                        // The block's thread sends BlockFinished itself, so the engine hears of
+                        // the end at once; this loop drives the connection meanwhile.
+                        std::thread::spawn(move || outbox.finish(run(&name, &inputs, &outbox)));
                     }
                     Event::Incoming(Incoming::PubAck(_)) => acked += 1,
                     // A connection made again: the broker forgot the subscription.
                     Event::Incoming(Incoming::ConnAck(_)) if !started => {
                         let _ = outbox.client.try_subscribe(inputs_topic.as_str(), QoS::AtLeastOnce);
                     }
-                    Event::Outgoing(Outgoing::Disconnect) => break,
                     _ => {}
                 }
             }
             Ok(Err(e)) => {
-                let (since, _) = lost_since.get_or_insert_with(|| (Instant::now(), connection_message(&e)));
+                // rumqttc connects again on the next poll; give up after a while.
+                let since = *lost_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= RECONNECT_BOUND {
                     return Err(WorkerError::Lost { address: engine.address.clone(), message: connection_message(&e) });
                 }
@@ -165,25 +173,6 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
-        }
-        if !finished {
-            if let Ok(result) = done_rx.try_recv() {
-                finished = true;
-                flush_deadline = Some(Instant::now() + FLUSH_BOUND);
-                let mut message = Map::new();
-                match result {
-                    Ok(outputs) => {
-                        message.insert("result".into(), Value::Object(outputs));
-                        message.insert("error".into(), Value::Null);
-                    }
-                    Err(error) => {
-                        eprintln!("script-runner block {error}");
-                        message.insert("result".into(), Value::Null);
-                        message.insert("error".into(), json!(error));
-                    }
-                }
-                outbox.send("BlockFinished", message);
-            }
         }
     }
     let _ = outbox.client.disconnect();
@@ -264,9 +253,29 @@ struct Outbox {
     engine: Engine,
     /// Messages handed to the client (each is acknowledged once: QoS 1).
     sent: AtomicU64,
+    /// Set just before BlockFinished is sent.
+    finished: AtomicBool,
 }
 
 impl Outbox {
+    /// Tells the engine the block finished, with its outputs or its error.
+    fn finish(&self, result: Result<Map<String, Value>, String>) {
+        let mut message = Map::new();
+        match result {
+            Ok(outputs) => {
+                message.insert("result".into(), Value::Object(outputs));
+                message.insert("error".into(), Value::Null);
+            }
+            Err(error) => {
+                let _ = writeln!(std::io::stderr(), "script-runner block {error}");
+                message.insert("result".into(), Value::Null);
+                message.insert("error".into(), json!(error));
+            }
+        }
+        self.finished.store(true, Ordering::Release);
+        self.send("BlockFinished", message);
+    }
+
     /// Sends one message of `kind` with the session and job ids; a failure is printed (the
     /// client only fails once the connection is closed for good).
     fn send(&self, kind: &str, mut fields: Map<String, Value>) {
