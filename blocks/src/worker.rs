@@ -190,7 +190,13 @@ pub fn serve(name: &str, engine: &Engine) -> Result<(), WorkerError> {
 /// Runs the block on this thread; a panic becomes an error message.
 fn run(name: &str, inputs: &Map<String, Value>, outbox: &Outbox) -> Result<Map<String, Value>, String> {
     let context = Context { idempotency_key: Some(idempotency_key(&outbox.engine)), report: outbox };
-    match catch_unwind(AssertUnwindSafe(|| crate::run_block_in(name, inputs, &context))) {
+    caught(name, || crate::run_block_in(name, inputs, &context))
+}
+
+/// The outcome of `block` as the engine is told it: the outputs, or the error's text, a panic
+/// included (the engine would otherwise wait for the block forever).
+fn caught(name: &str, block: impl FnOnce() -> crate::BlockResult) -> Result<Map<String, Value>, String> {
+    match catch_unwind(AssertUnwindSafe(block)) {
         Ok(Ok(outputs)) => Ok(outputs),
         Ok(Err(e)) => Err(block_error(name, &e)),
         Err(panic) => {
@@ -199,7 +205,7 @@ fn run(name: &str, inputs: &Map<String, Value>, outbox: &Outbox) -> Result<Map<S
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".into());
-            Err(format!("block {name} panicked: {what}"))
+            Err(format!("{name}: the block panicked: {what}"))
         }
     }
 }
@@ -316,6 +322,16 @@ impl Report for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_block_ends_with_an_error_naming_it() {
+        let outcome = caught("wait-job", || panic!("boom {}", 1));
+        assert_eq!(outcome, Err("wait-job: the block panicked: boom 1".to_string()));
+        let outcome = caught("get-job-status", || Err(BlockError::Failed("nope".into())));
+        assert_eq!(outcome, Err("get-job-status: nope".to_string()));
+        let outcome = caught("x", || Err(BlockError::UnknownBlock("x".into())));
+        assert_eq!(outcome, Err("unknown block \"x\"".to_string()));
+    }
 
     #[test]
     fn broker_addresses() {
