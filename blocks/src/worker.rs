@@ -210,12 +210,10 @@ fn caught(name: &str, block: impl FnOnce() -> crate::BlockResult) -> Result<Map<
     }
 }
 
-/// The error text the engine shows (the `--inputs` front end prints the same after its prefix).
+/// The error text the engine shows (the `--inputs` front end prints the same after its
+/// `script-runner block ` prefix).
 fn block_error(name: &str, e: &BlockError) -> String {
-    match e {
-        BlockError::UnknownBlock(_) => e.to_string(),
-        _ => format!("{name}: {e}"),
-    }
+    format!("{name}: {e}")
 }
 
 /// The `inputs` of a `BlockInputs` message for this job; `None` for any other message.
@@ -278,18 +276,26 @@ impl Outbox {
                 message.insert("error".into(), json!(error));
             }
         }
-        self.finished.store(true, Ordering::Release);
-        self.send("BlockFinished", message);
+        // Counted in `sent` before `finished` is set: the event loop must never see the block
+        // finished with every message acknowledged while BlockFinished is still unsent.
+        self.send_then("BlockFinished", message, || self.finished.store(true, Ordering::Release));
     }
 
     /// Sends one message of `kind` with the session and job ids; a failure is printed (the
     /// client only fails once the connection is closed for good).
-    fn send(&self, kind: &str, mut fields: Map<String, Value>) {
+    fn send(&self, kind: &str, fields: Map<String, Value>) {
+        self.send_then(kind, fields, || {});
+    }
+
+    /// [`Outbox::send`], calling `counted` once the message is counted and before it is handed
+    /// to the client.
+    fn send_then(&self, kind: &str, mut fields: Map<String, Value>, counted: impl FnOnce()) {
         fields.insert("type".into(), json!(kind));
         fields.insert("session_id".into(), json!(self.engine.session_id));
         fields.insert("job_id".into(), json!(self.engine.job_id));
         let payload = Value::Object(fields).to_string();
         self.sent.fetch_add(1, Ordering::AcqRel);
+        counted();
         if let Err(e) = self.client.publish(self.topic.as_str(), QoS::AtLeastOnce, false, payload) {
             self.sent.fetch_sub(1, Ordering::AcqRel);
             eprintln!("script-runner: {kind} not sent: {e}");
@@ -330,7 +336,7 @@ mod tests {
         let outcome = caught("get-job-status", || Err(BlockError::Failed("nope".into())));
         assert_eq!(outcome, Err("get-job-status: nope".to_string()));
         let outcome = caught("x", || Err(BlockError::UnknownBlock("x".into())));
-        assert_eq!(outcome, Err("unknown block \"x\"".to_string()));
+        assert_eq!(outcome, Err("x: unknown block \"x\"".to_string()));
     }
 
     #[test]
