@@ -1216,3 +1216,67 @@ echo '{{"ok": true}}'"#
     let r = get(&format!("/api/script-runs/{id}/logs?unit=lines"));
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Internal routes: the token is judged before the body
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn internal_routes_refuse_a_missing_or_foreign_token_whatever_the_body_holds() {
+    let server = Builder::new().workflows(json!({})).start();
+    let dir = server.dir().to_path_buf();
+    // Two runs, each waiting on a gate with its token written out.
+    let mut tokens = Vec::new();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let gate = wait_for_gate(&dir.join(format!("go-{name}")));
+        let source = format!(
+            "echo \"$SCRIPT_RUN_TOKEN\" > {d}/token-{name}.tmp && mv {d}/token-{name}.tmp {d}/token-{name}\n{gate}\necho '{{}}'",
+            d = dir.display()
+        );
+        ids.push(launch(&server, json!({ "source": source, "interpreter": "bash" })));
+        tokens.push(wait_file(&dir.join(format!("token-{name}")), WAIT).trim().to_string());
+    }
+    let (a, foreign) = (&ids[0], &tokens[1]);
+    let oversized = vec![b'{'; 3 * 1024 * 1024];
+    let bodies: [(&str, &[u8]); 4] =
+        [("malformed", b"{not json"), ("empty", b""), ("not an object", b"[1]"), ("oversized", &oversized)];
+    let routes = [
+        format!("/api/internal/script-runs/{a}/steps/s1/begin"),
+        format!("/api/internal/script-runs/{a}/steps"),
+        format!("/api/internal/script-runs/{a}/progress"),
+    ];
+    let foreign_bearer = format!("Bearer {foreign}");
+    let auths: [(&str, Vec<(&str, &str)>, u16, &str); 3] = [
+        ("no token", vec![], 401, "UNAUTHORIZED"),
+        ("a wrong token", vec![("Authorization", "Bearer nope")], 403, "FORBIDDEN"),
+        ("another run's token", vec![("Authorization", foreign_bearer.as_str())], 403, "FORBIDDEN"),
+    ];
+    for route in &routes {
+        for (what, body) in bodies {
+            for (who, headers, status, code) in &auths {
+                let mut headers = headers.clone();
+                headers.push(("Content-Type", "application/json"));
+                let r = server.request("POST", route, Some(body), &headers);
+                assert_eq!(r.status, *status, "{route} with {who} and a {what} body: {}", r.text);
+                assert_eq!(r.body["error"]["code"], json!(code), "{route} with {who} and a {what} body: {}", r.text);
+            }
+        }
+    }
+    // Nothing was written: no journal entry, no progress.
+    let run = server.script_run(a);
+    assert_eq!(run["journal"], json!([]), "{run}");
+    assert_eq!(run["run"]["progress"], Value::Null, "{run}");
+    // The run's own token still gets its body judged (400 for the malformed one).
+    let own = format!("Bearer {}", tokens[0]);
+    let r = server.request(
+        "POST",
+        &routes[2],
+        Some(b"{not json"),
+        &[("Authorization", own.as_str()), ("Content-Type", "application/json")],
+    );
+    assert_eq!(r.status, 400, "{}", r.text);
+    for name in ["a", "b"] {
+        open_gate(&dir.join(format!("go-{name}")));
+    }
+}

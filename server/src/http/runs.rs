@@ -306,6 +306,8 @@ pub async fn begin_step(
 ) -> Result<HttpResponse, ApiError> {
     let (id, label) = path.into_inner();
     let token = run_token(&req)?;
+    // Authorised before the body is read: a foreign token never gets a body judged.
+    state.runs.check_token(&id, &token)?;
     let body = json_object(payload, &req).await?;
     let request =
         StepRequest { label, step_type: step_type(&body)?, config: body.get("config").cloned().unwrap_or(Value::Null) };
@@ -327,6 +329,8 @@ pub async fn record_step(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = run_token(&req)?;
+    // Authorised before the body is read: a foreign token never gets a body judged.
+    state.runs.check_token(&id, &token)?;
     let body = json_object(payload, &req).await?;
     let record = StepRecord {
         label: required_string(&body, "stepKey")?,
@@ -364,6 +368,8 @@ pub async fn progress(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let token = run_token(&req)?;
+    // Authorised before the body is read: a foreign token never gets a body judged.
+    state.runs.check_token(&id, &token)?;
     let body = json_object(payload, &req).await?;
     let int = |key: &str| body.get(key).and_then(Value::as_i64).filter(|n| *n >= 0);
     let (Some(current), Some(total)) = (int("current"), int("total")) else {

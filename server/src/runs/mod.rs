@@ -813,6 +813,13 @@ impl RunManager {
         }
     }
 
+    /// Checks a run token before anything else of a request is read: `Forbidden` unless it is
+    /// the token of the run's current execution (the HTTP layer calls it before it reads a
+    /// body, so a foreign token is refused whatever the body holds).
+    pub fn check_token(&self, id: &str, token: &str) -> Result<(), RunError> {
+        self.authorize(id, token).map(drop)
+    }
+
     /// Authorises and returns the run's state for a step client call; a run that is not
     /// executing (paused, terminal) takes no steps.
     fn authorize_active(&self, id: &str, token: &str) -> Result<Arc<LiveRun>, RunError> {
