@@ -1247,7 +1247,9 @@ fn internal_routes_refuse_a_missing_or_foreign_token_whatever_the_body_holds() {
         format!("/api/internal/script-runs/{a}/progress"),
     ];
     let foreign_bearer = format!("Bearer {foreign}");
-    let auths: [(&str, Vec<(&str, &str)>, u16, &str); 3] = [
+    /// Who asks, with which headers, and the refusal expected.
+    type Auth<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let auths: [Auth; 3] = [
         ("no token", vec![], 401, "UNAUTHORIZED"),
         ("a wrong token", vec![("Authorization", "Bearer nope")], 403, "FORBIDDEN"),
         ("another run's token", vec![("Authorization", foreign_bearer.as_str())], 403, "FORBIDDEN"),
