@@ -937,3 +937,95 @@ fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
     assert_eq!(job["code"], json!(-1), "{job}");
     assert!(job["error"].as_str().unwrap_or("").contains("restarted"), "{job}");
 }
+
+// ---------------------------------------------------------------- crash loop: at most once
+
+/// A small deterministic generator (xorshift), so a failing loop can be replayed by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn a_kill_9_loop_under_async_load_never_runs_an_acknowledged_job_twice() {
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261204);
+    println!("crash loop seed {seed} (replay with CRASH_SEED={seed})");
+    let mut rng = Rng(seed | 1);
+    let builder = Builder::new().runner("maxConcurrent", json!(4)).runner("maxQueued", json!(10000));
+    let side = builder.dir().join("side");
+    // Short jobs: most start and end between two kills, before their running state would
+    // otherwise have been written.
+    let body = format!("echo \"$1 $$\" >> '{}'", side.display());
+    let mut server = builder.script_entry("mark", &body, json!({ "mode": "async" })).start();
+    let started = Instant::now();
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    let kills = 8;
+    for round in 0..kills {
+        let base = server.base.clone();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let window = Duration::from_millis(50 + rng.below(250));
+        let got = std::thread::scope(|scope| {
+            let submitter = scope.spawn(|| {
+                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(5)).build();
+                let mut got = Vec::new();
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let tag = format!("r{round}n{n}");
+                    let body = json!({ "scriptId": "mark", "args": [tag], "mode": "async" });
+                    match agent.post(&format!("{base}/run")).send_json(body) {
+                        Ok(r) if r.status() == 202 => {
+                            let v: Value = r.into_json().unwrap();
+                            got.push((tag, v["jobId"].as_str().unwrap().to_string()));
+                        }
+                        // Refused or cut off by the kill: never acknowledged.
+                        _ => break,
+                    }
+                }
+                got
+            });
+            std::thread::sleep(window);
+            server.kill9();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            submitter.join().unwrap()
+        });
+        acknowledged.extend(got);
+        server.restart();
+    }
+    assert!(acknowledged.len() > 50, "too little load to mean anything: {}", acknowledged.len());
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut failed_by_restart = 0;
+    let mut outcomes = Vec::new();
+    for (tag, id) in &acknowledged {
+        let job = server.wait_terminal(id, Duration::from_secs(30));
+        outcomes.push((tag.clone(), job));
+    }
+    for line in std::fs::read_to_string(&side).unwrap_or_default().lines() {
+        *counts.entry(line.split(' ').next().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    for (tag, job) in &outcomes {
+        let ran = counts.get(tag).copied().unwrap_or(0);
+        assert!(ran <= 1, "seed {seed}: job {} ({tag}) ran {ran} times: {job}", job["jobId"]);
+        match job["status"].as_str() {
+            Some("succeeded") => assert_eq!(ran, 1, "seed {seed}: {job}"),
+            Some("failed") => {
+                let error = job["error"].as_str().unwrap_or_default();
+                assert!(error.contains("restarted"), "seed {seed}: failed without the restart reason: {job}");
+                failed_by_restart += 1;
+            }
+            other => panic!("seed {seed}: job {tag} ended {other:?}: {job}"),
+        }
+    }
+    println!(
+        "crash loop: {kills} kills, {} acknowledged jobs, {failed_by_restart} failed by a restart, none ran twice, {:?}",
+        acknowledged.len(),
+        started.elapsed()
+    );
+}

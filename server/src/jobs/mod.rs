@@ -6,7 +6,8 @@
 //!
 //! When a job is written is a trade between durability and cost (a short job is dominated by
 //! what it costs to record it):
-//! - an async job is committed before the `202` hands out its id;
+//! - an async job is committed before the `202` hands out its id, and its start (`running`)
+//!   before its process is spawned, so a restart never runs it twice;
 //! - a sync job is first written when it has to wait in the queue, when it has run for
 //!   [`supervisor::RECORD_RUNNING_AFTER`], or when it ends, whichever comes first: nothing has
 //!   been acknowledged to its caller before its answer, which waits for that commit;
@@ -706,7 +707,10 @@ impl Shared {
     async fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
         let mut events = RunEvents { shared: &self, active: &active };
-        let outcome = supervisor::supervise(&launch, &active.control, &mut events).await;
+        let outcome = match self.record_start(&active).await {
+            Ok(()) => supervisor::supervise(&launch, &active.control, &mut events).await,
+            Err(message) => supervisor::Outcome::not_started(message),
+        };
         // Final in memory first, so no reader sees it running beside the job that takes its
         // slot; then free the slot before the commit, so the next job starts during the write.
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
@@ -721,6 +725,26 @@ impl Shared {
             error!("job {}: final state not saved: {e}", job.id);
         }
         self.forget(&active, job);
+    }
+
+    /// Commits an async job's start before its process can exist, so a crash at any moment
+    /// after the spawn leaves it `running` in the database, and the restart ends it `failed`
+    /// instead of running it a second time: an acknowledged async job runs at most once, however
+    /// short. A sync job needs no such write (nothing was acknowledged to its caller, and a
+    /// restart fails every unfinished sync job): its fast path stays one write.
+    async fn record_start(&self, active: &Active) -> Result<(), String> {
+        if lock(&active.job).mode != Mode::Async {
+            return Ok(());
+        }
+        let (job, pending) = active.update(self.store.writer(), |job| job.mark_starting(now_ms()));
+        let committed = match pending {
+            Ok(pending) => pending.wait().await,
+            Err(e) => Err(e),
+        };
+        committed.map_err(|e| {
+            error!("job {}: start not recorded, not started: {e}", job.id);
+            format!("the job's start could not be recorded, so it was not started: {e}")
+        })
     }
 
     /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.

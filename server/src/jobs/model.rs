@@ -156,6 +156,13 @@ impl Job {
         }
     }
 
+    /// Records that the process is about to be started (an async job's start is committed
+    /// before its process can exist: see `jobs::Shared::record_start`).
+    pub fn mark_starting(&mut self, now: i64) {
+        self.status = JobStatus::Running;
+        self.started_at = Some(now);
+    }
+
     /// Records that the process started.
     pub fn mark_running(&mut self, spawned: &Spawned) {
         self.status = JobStatus::Running;

@@ -7,9 +7,9 @@
 //!   are killed with their whole group, but only if they are the same process (same pid *and*
 //!   same start time, so a reused pid is never signalled).
 //! - `running` jobs end `failed` with a message saying the server restarted.
-//! - `queued` async jobs run again, in their original order; if a process of one was found it
-//!   had in fact started (its "running" write was lost in the crash), so it ends `failed` as
-//!   above and never starts a second time.
+//! - `queued` async jobs run again, in their original order: an async job's start is committed
+//!   before its process is spawned, so one still `queued` never started. (A process found for
+//!   one anyway still makes it end `failed`, never start a second time.)
 //! - `queued` sync jobs end `failed`: the caller that waited for them is gone.
 
 use std::collections::HashSet;

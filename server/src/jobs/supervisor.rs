@@ -157,6 +157,20 @@ pub struct Outcome {
     pub stderr: StreamSummary,
 }
 
+impl Outcome {
+    /// A job whose process was never started, and why.
+    pub fn not_started(message: String) -> Outcome {
+        Outcome {
+            ending: Ending::SpawnFailed(message),
+            spawned: None,
+            ended_at: crate::time::now_ms(),
+            duration_ms: 0,
+            stdout: StreamSummary::default(),
+            stderr: StreamSummary::default(),
+        }
+    }
+}
+
 /// Live counters of both streams, available once the process started.
 pub type LiveStreams = [Arc<LiveStream>; 2];
 
@@ -179,14 +193,7 @@ pub trait Events {
 /// I/O and time enabled.
 pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Events) -> Outcome {
     let attempt = Instant::now();
-    let fail = |message: String| Outcome {
-        ending: Ending::SpawnFailed(message),
-        spawned: None,
-        ended_at: crate::time::now_ms(),
-        duration_ms: elapsed_ms(attempt),
-        stdout: StreamSummary::default(),
-        stderr: StreamSummary::default(),
-    };
+    let fail = |message: String| Outcome { duration_ms: elapsed_ms(attempt), ..Outcome::not_started(message) };
     if control.is_canceled() {
         let mut outcome = fail(String::new());
         outcome.ending = Ending::Canceled;
