@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{page, Builder, TestServer};
@@ -685,4 +688,145 @@ fn a_log_capped_mid_line_serves_the_cut_last_line_once_ended() {
     assert_eq!(num(&body, "totalLines"), 101);
     assert_eq!(num(&body, "nextOffset"), 101);
     assert_eq!(body["truncated"], json!(true));
+}
+
+// ---------------------------------------------------------------- output that cannot be stored
+
+/// Makes a folder unwritable, even for root (`chattr +i` as root, mode 0555 otherwise), until
+/// dropped. `None` (with the reason printed) where neither is possible.
+struct Unwritable(std::path::PathBuf, bool);
+
+impl Unwritable {
+    fn make(dir: &Path) -> Option<Unwritable> {
+        std::fs::create_dir_all(dir).unwrap();
+        let root = unsafe_free_is_root();
+        let ok = if root {
+            Command::new("chattr").arg("+i").arg(dir).status().is_ok_and(|s| s.success())
+        } else {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).is_ok()
+        };
+        if !ok || std::fs::write(dir.join("probe"), b"x").is_ok() {
+            println!("skipped: cannot make {} unwritable here (chattr +i failed)", dir.display());
+            let _ = std::fs::remove_file(dir.join("probe"));
+            return None;
+        }
+        Some(Unwritable(dir.to_path_buf(), root))
+    }
+
+    fn undo(&self) {
+        if self.1 {
+            let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+        } else {
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        self.undo();
+    }
+}
+
+fn unsafe_free_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn output_that_cannot_be_stored_is_said_on_the_job_and_its_pages_not_hidden_as_truncated() {
+    let builder = Builder::new();
+    let logs = builder.dir().join("logs");
+    let mut server = builder
+        .script("say", "echo out-line; echo err-line >&2")
+        .script_entry("say-async", "echo async-line", json!({ "mode": "async" }))
+        .start();
+    let Some(guard) = Unwritable::make(&logs) else { return };
+    let sync = server.run("say", &[], Some("sync"));
+    assert_eq!(sync.status, 200, "{}", sync.text);
+    assert_eq!(sync.body["status"], "succeeded", "the job's status is what its process did: {}", sync.text);
+    let error = sync.body["outputError"].as_str().unwrap_or_else(|| panic!("no outputError: {}", sync.text));
+    assert!(error.contains("stdout: cannot write") && error.contains("stderr: cannot write"), "{error}");
+    assert!(error.contains(".stdout.log"), "names the file: {error}");
+    assert_eq!(sync.body["stdoutTruncated"], false, "truncated means only the cap: {}", sync.text);
+    assert_eq!(sync.body["stdoutSize"], 0);
+    let id = sync.body["jobId"].as_str().unwrap().to_string();
+    let async_id = server.run_async("say-async", &[]);
+    let job = server.wait_terminal(&async_id, WAIT);
+    assert!(job["outputError"].as_str().is_some_and(|e| e.starts_with("stdout: cannot write")), "{job}");
+    assert_eq!(job["stdoutPreview"], "async-line\n", "{job}");
+    for unit in ["bytes", "lines"] {
+        let page = server.get(&format!("/jobs/{id}/logs?unit={unit}"));
+        assert_eq!(page.status, 200, "{}", page.text);
+        assert_eq!(page.body["outputError"], sync.body["outputError"], "{unit}: {}", page.text);
+        assert_eq!(page.body["truncated"], false, "{}", page.text);
+    }
+    // Writable again: the next jobs store their output; the error stays with the job.
+    guard.undo();
+    let after = server.run("say", &[], Some("sync"));
+    assert_eq!(after.body["outputError"], Value::Null, "{}", after.text);
+    assert_eq!(after.body["stdout"], "out-line\n", "{}", after.text);
+    server.terminate(WAIT);
+    server.restart();
+    assert_eq!(server.job(&id)["outputError"], sync.body["outputError"], "kept across a restart");
+}
+
+#[test]
+fn a_full_filesystem_is_said_on_the_job() {
+    let builder = Builder::new();
+    let logs = builder.dir().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&logs)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("skipped: cannot mount a small tmpfs here (needs root and mount rights)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(logs.clone());
+    let server = builder.script("big", "head -c 300000 /dev/zero | tr '\\0' y").start();
+    let r = server.run("big", &[], Some("sync"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    let error = r.body["outputError"].as_str().unwrap_or_else(|| panic!("no outputError: {}", r.text));
+    assert!(error.starts_with("stdout: cannot write") && error.contains("No space left"), "{error}");
+    assert_eq!(r.body["stdoutTruncated"], false, "{}", r.text);
+    assert!(r.body["stdoutSize"].as_u64().unwrap() < 300_000, "{}", r.body["stdoutSize"]);
+    drop(server);
+}
+
+#[test]
+fn a_workflow_executions_output_that_cannot_be_stored_is_said_on_the_run() {
+    let server = Builder::new().workflows(json!({})).start();
+    let gate_path = server.dir().join("go");
+    let gate = common::wait_for_gate(&gate_path);
+    let source = format!("{gate}\necho '{{\"done\": true}}'\necho oops >&2");
+    let r = server.launch_run(json!({ "source": source, "interpreter": "bash" }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    // Its process runs (its files are written) before the folder is made unwritable.
+    server.wait_run_body(&id, "a pid", WAIT, |b| b["run"]["pid"].is_number());
+    let Some(_guard) = Unwritable::make(&server.dir().join("logs").join("runs").join(&id)) else { return };
+    common::open_gate(&gate_path);
+    let run = server.wait_run_terminal(&id, WAIT);
+    let warnings = run["run"]["warnings"].as_array().cloned().unwrap_or_default();
+    for stream in ["stdout", "stderr"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.as_str().is_some_and(|w| w.starts_with(&format!("execution 1: {stream}: cannot write")))),
+            "{stream}: {run}"
+        );
+    }
 }

@@ -64,6 +64,10 @@ pub struct JobRow {
     /// The `idempotencyKey` the job was started under; fixed at its insert.
     #[diesel(skip_update)]
     pub idempotency_key: Option<String>,
+    /// Why stdout could not be stored, if it could not.
+    pub stdout_error: Option<String>,
+    /// Why stderr could not be stored, if it could not.
+    pub stderr_error: Option<String>,
 }
 
 /// An `imports` row: an upstream job store that was imported.

@@ -32,6 +32,8 @@ diesel::table! {
         pid -> Nullable<Integer>,
         proc_start_ticks -> Nullable<BigInt>,
         idempotency_key -> Nullable<Text>,
+        stdout_error -> Nullable<Text>,
+        stderr_error -> Nullable<Text>,
     }
 }
 

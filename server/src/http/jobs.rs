@@ -153,6 +153,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
             next_offset: page.next_offset,
             total_lines: page.total_lines,
             truncated: view.truncated,
+            output_error: view.output_error,
             lines: page.lines,
         }));
     }
@@ -167,6 +168,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
         next_offset: page.next_offset,
         total_size: page.total_size,
         truncated: view.truncated,
+        output_error: view.output_error,
         data: String::from_utf8_lossy(&page.data).into_owned(),
     }))
 }

@@ -51,6 +51,9 @@ pub struct JobView {
     pub args: Vec<String>,
     /// Why the job failed without an exit code of its own (ours).
     pub error: Option<String>,
+    /// Why some of the job's output could not be stored (`stdout: cannot write <file>: <reason>`),
+    /// whatever the job's status (ours); `null` when all of it was stored or dropped at the cap.
+    pub output_error: Option<String>,
     /// The stored stdout as text (sync run result only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdout: Option<String>,
@@ -74,7 +77,9 @@ impl JobView {
 
     /// The object inside a list.
     pub fn item(job: Job) -> JobView {
+        let output_error = job.output_error();
         JobView {
+            output_error,
             ok: None,
             status: job.status.as_str(),
             code: job.code,
@@ -147,6 +152,8 @@ pub struct BytesPage {
     pub total_size: u64,
     /// Output dropped at the cap.
     pub truncated: bool,
+    /// Why some of the job's output could not be stored (ours; see the job object).
+    pub output_error: Option<String>,
     /// The bytes as text (invalid UTF-8 shown as U+FFFD).
     pub data: String,
 }
@@ -169,6 +176,8 @@ pub struct LinesPage {
     pub total_lines: u64,
     /// Output dropped at the cap.
     pub truncated: bool,
+    /// Why some of the job's output could not be stored (ours; see the job object).
+    pub output_error: Option<String>,
     /// The lines without their newline.
     pub lines: Vec<String>,
 }

@@ -83,6 +83,7 @@ fn job_from_upstream(o: &Map<String, Value>, now: i64) -> Option<Job> {
         truncated: flag(&format!("{prefix}Truncated")),
         preview: text(&format!("{prefix}Preview")).unwrap_or_default(),
         lines: None,
+        error: None,
     };
     let created_at = time("createdAt").or_else(|| time("startedAt")).unwrap_or(now);
     let mut job = Job::new(id, &text("scriptId").unwrap_or_default(), Mode::Async, Vec::new(), created_at);

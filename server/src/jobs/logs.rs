@@ -62,6 +62,8 @@ pub struct LiveStream {
     pub lines: AtomicU64,
     /// Whether output has been dropped at the cap.
     pub truncated: AtomicBool,
+    /// Why output could not be stored, once it could not.
+    pub error: Mutex<Option<String>>,
     /// The last `previewMaxBytes` bytes written so far.
     tail: Mutex<Tail>,
 }
@@ -72,6 +74,7 @@ impl LiveStream {
             size: AtomicU64::new(0),
             lines: AtomicU64::new(0),
             truncated: AtomicBool::new(false),
+            error: Mutex::new(None),
             tail: Mutex::new(Tail::new(preview_max)),
         }
     }
@@ -93,6 +96,9 @@ pub struct StreamSummary {
     pub preview: String,
     /// Lines stored, a final line without newline included.
     pub lines: u64,
+    /// Why output could not be stored (`cannot write <file>: <reason>`); what came after it
+    /// was dropped.
+    pub error: Option<String>,
 }
 
 /// The path of a log file's line index.
@@ -119,7 +125,8 @@ pub struct LogSink {
     last_entry: (u64, u64),
     entries: Vec<u8>,
     live: Arc<LiveStream>,
-    write_failed: bool,
+    /// Set when storing failed: the rest of the stream is dropped.
+    error: Option<String>,
 }
 
 impl LogSink {
@@ -137,7 +144,7 @@ impl LogSink {
             last_entry: (0, 0),
             entries: Vec::new(),
             live: Arc::new(LiveStream::new(preview_max)),
-            write_failed: false,
+            error: None,
         }
     }
 
@@ -146,17 +153,21 @@ impl LogSink {
         Arc::clone(&self.live)
     }
 
-    /// Takes one chunk read from the pipe. A failing disk never fails the job: the stream is
-    /// marked truncated and the rest is dropped.
+    /// Takes one chunk read from the pipe. A failing disk never fails the job: the stream
+    /// records why its output could not be stored (its `error`), and the rest is dropped;
+    /// `truncated` means only the cap.
     pub fn write(&mut self, chunk: &[u8]) {
         lock(&self.live.tail).push(chunk);
+        if self.error.is_some() {
+            return;
+        }
         let room = self.cap.saturating_sub(self.stored);
         let keep = &chunk[..chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
-        if keep.len() < chunk.len() || self.write_failed {
+        if keep.len() < chunk.len() {
             self.truncated = true;
             self.live.truncated.store(true, Ordering::Relaxed);
         }
-        if keep.is_empty() || self.write_failed {
+        if keep.is_empty() {
             return;
         }
         let written = match self.file.as_mut() {
@@ -164,10 +175,10 @@ impl LogSink {
             None => create(&self.path).and_then(|file| self.file.insert(file).write_all(keep)),
         };
         if let Err(e) = written {
-            log::warn!("log {} failed, dropping the rest of this stream: {e}", self.path.display());
-            self.write_failed = true;
-            self.truncated = true;
-            self.live.truncated.store(true, Ordering::Relaxed);
+            let message = format!("cannot write {}: {e}", self.path.display());
+            log::warn!("{message}; dropping the rest of this stream");
+            *lock(&self.live.error) = Some(message.clone());
+            self.error = Some(message);
             return;
         }
         self.index_lines(keep);
@@ -210,6 +221,7 @@ impl LogSink {
             truncated: self.truncated,
             preview: self.live.preview(),
             lines: self.lines + partial,
+            error: self.error,
         }
     }
 }

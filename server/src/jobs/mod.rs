@@ -153,6 +153,7 @@ impl Active {
                 info.lines = Some(live.lines.load(Ordering::Acquire));
                 info.truncated = live.truncated.load(Ordering::Relaxed);
                 info.preview = live.preview();
+                info.error.clone_from(&lock(&live.error));
             }
         }
         job
@@ -226,6 +227,8 @@ pub struct BytesView {
     pub page: BytePage,
     /// Whether the stream was truncated at the cap.
     pub truncated: bool,
+    /// Why the job's output could not all be stored (see [`Job::output_error`]).
+    pub output_error: Option<String>,
 }
 
 /// A line page with the job's stream state.
@@ -234,6 +237,8 @@ pub struct LinesView {
     pub page: LinePage,
     /// Whether the stream was truncated at the cap.
     pub truncated: bool,
+    /// Why the job's output could not all be stored (see [`Job::output_error`]).
+    pub output_error: Option<String>,
 }
 
 impl JobManager {
@@ -531,7 +536,7 @@ impl JobManager {
             None => BytePage { offset, next_offset: offset, total_size: 0, data: Vec::new() },
             Some(path) => read_log(path, move |p| logs::read_bytes(p, offset, limit)).await?,
         };
-        Ok(BytesView { page, truncated: info.truncated })
+        Ok(BytesView { page, truncated: info.truncated, output_error: job.output_error() })
     }
 
     /// A line page of a job's log. While the job runs only complete lines are served.
@@ -550,7 +555,7 @@ impl JobManager {
             None => LinePage { offset, next_offset: offset, total_lines: 0, lines: Vec::new() },
             Some(path) => read_log(path, move |p| logs::read_lines(p, query)).await?,
         };
-        Ok(LinesView { page, truncated: info.truncated })
+        Ok(LinesView { page, truncated: info.truncated, output_error: job.output_error() })
     }
 
     /// The whole stored stream as text, for the sync response; the preview when it holds all.

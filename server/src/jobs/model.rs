@@ -73,11 +73,13 @@ pub struct StreamInfo {
     pub preview: String,
     /// Lines stored; `None` when unknown (imported, or interrupted by a crash).
     pub lines: Option<u64>,
+    /// Why its output could not be stored, if it could not.
+    pub error: Option<String>,
 }
 
 impl StreamInfo {
     fn empty(log_ref: String) -> StreamInfo {
-        StreamInfo { log_ref, size: 0, truncated: false, preview: String::new(), lines: None }
+        StreamInfo { log_ref, size: 0, truncated: false, preview: String::new(), lines: None, error: None }
     }
 
     fn finish(&mut self, summary: StreamSummary) {
@@ -85,6 +87,7 @@ impl StreamInfo {
         self.truncated = summary.truncated;
         self.preview = summary.preview;
         self.lines = Some(summary.lines);
+        self.error = summary.error;
     }
 }
 
@@ -146,6 +149,16 @@ impl Job {
             proc_start_ticks: None,
             idempotency_key: None,
         }
+    }
+
+    /// Why output was lost, `stdout: <reason>` and/or `stderr: <reason>`; `None` when every
+    /// byte the script wrote was stored or dropped at the cap.
+    pub fn output_error(&self) -> Option<String> {
+        let errors: Vec<String> = [("stdout", &self.stdout), ("stderr", &self.stderr)]
+            .into_iter()
+            .filter_map(|(name, info)| info.error.as_ref().map(|e| format!("{name}: {e}")))
+            .collect();
+        (!errors.is_empty()).then(|| errors.join("; "))
     }
 
     /// One stream.
@@ -232,6 +245,8 @@ impl Job {
             pid: self.pid,
             proc_start_ticks: self.proc_start_ticks.map(to_i64),
             idempotency_key: self.idempotency_key.clone(),
+            stdout_error: self.stdout.error.clone(),
+            stderr_error: self.stderr.error.clone(),
         }
     }
 
@@ -248,6 +263,7 @@ impl Job {
                 truncated: row.stdout_truncated,
                 preview: row.stdout_preview,
                 lines: row.stdout_lines.map(to_u64),
+                error: row.stdout_error,
             },
             stderr: StreamInfo {
                 log_ref: row.stderr_ref,
@@ -255,6 +271,7 @@ impl Job {
                 truncated: row.stderr_truncated,
                 preview: row.stderr_preview,
                 lines: row.stderr_lines.map(to_u64),
+                error: row.stderr_error,
             },
             id: row.id,
             script_id: row.script_id,

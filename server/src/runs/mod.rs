@@ -1756,6 +1756,13 @@ impl Shared {
     async fn settle(&self, live: &Arc<LiveRun>, outcome: Outcome) -> Result<(), RunError> {
         let stop = lock(&live.stop).take();
         let row = live.snapshot();
+        // Output that could not be stored is said on the run (its output is read from the
+        // stdout log), never lost without a word.
+        for (name, summary) in [("stdout", &outcome.stdout), ("stderr", &outcome.stderr)] {
+            if let Some(error) = &summary.error {
+                self.warn(live, format!("execution {}: {name}: {error}; its log is incomplete", row.attempt)).await?;
+            }
+        }
         let stderr_tail = outcome.stderr.preview.trim_end().to_string();
         let (status, error): (RunStatus, Option<String>) = match (stop.map(Stop::ending), &outcome.ending) {
             (Some(Some(ending)), _) => ending,
