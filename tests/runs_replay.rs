@@ -1191,3 +1191,58 @@ wait
         assert_eq!(entry(&body, "s")["status"], json!("completed"), "{body}");
     }
 }
+
+// ---------------------------------------------------------------- crash loop
+
+#[test]
+fn a_kill_9_loop_runs_every_completed_step_once_and_the_in_flight_one_at_least_once() {
+    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261204);
+    println!("run crash loop seed {seed} (replay with CRASH_SEED={seed})");
+    let mut state = seed | 1;
+    let mut below = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let (b, d) = builder();
+    let mut server = b.workflows(json!({ "maxSteps": 1000 })).start();
+    let steps = 40;
+    let source = src(
+        &d,
+        &format!(
+            "set -e\nfor i in $(seq 1 {steps}); do\n  script-runner step \"s$i\" -- sh -c \"echo s$i >> @D/side; sleep 0.02\"\ndone\necho '{{\"ok\": true}}'"
+        ),
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let started = Instant::now();
+    let mut kills = 0;
+    let ended = loop {
+        std::thread::sleep(Duration::from_millis(100 + below(300)));
+        let run = server.script_run(&id);
+        if !matches!(run["run"]["status"].as_str(), Some("running" | "awaiting" | "paused")) {
+            break run;
+        }
+        assert!(started.elapsed() < Duration::from_secs(45), "seed {seed}: the run did not end in 45 s: {run}");
+        server.kill9();
+        kills += 1;
+        server.restart();
+    };
+    assert_eq!(ended["run"]["status"], "completed", "seed {seed}, after {kills} kills: {ended}");
+    let side = lines(&d.join("side"));
+    let mut extra = 0;
+    for i in 1..=steps {
+        let label = format!("s{i}");
+        let ran = side.iter().filter(|l| **l == label).count();
+        assert!(ran >= 1, "seed {seed}: step {label} never ran: {side:?}");
+        extra += ran - 1;
+    }
+    // A step runs again only if a kill caught it between its side effect and its journal
+    // entry: at most one step per kill.
+    assert!(extra <= kills, "seed {seed}: {extra} repeated side effects for {kills} kills: {side:?}");
+    assert_eq!(labels(&ended).len(), steps, "{ended}");
+    println!(
+        "run crash loop: {kills} kills, {steps} steps, {extra} in-flight steps run again, {:?}",
+        started.elapsed()
+    );
+}
