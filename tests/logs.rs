@@ -829,4 +829,10 @@ fn a_workflow_executions_output_that_cannot_be_stored_is_said_on_the_run() {
             "{stream}: {run}"
         );
     }
+    for unit in ["bytes", "lines"] {
+        let page = server.get(&format!("/api/script-runs/{id}/logs?unit={unit}"));
+        assert_eq!(page.status, 200, "{}", page.text);
+        let error = page.body["outputError"].as_str().unwrap_or_else(|| panic!("{unit}: {}", page.text));
+        assert!(error.starts_with("stdout: cannot write") && error.contains("; stderr: cannot write"), "{error}");
+    }
 }

@@ -236,6 +236,20 @@ pub async fn approve(
     Ok(run_answer(run))
 }
 
+/// Why an execution's log could not all be stored (`stdout: cannot write ...`), from the run's
+/// warnings (an execution's storage errors are recorded when it ends), or `None`.
+fn execution_output_error(run: &RunRow, attempt: Option<i32>) -> Option<String> {
+    let prefix = format!("execution {}: ", attempt.unwrap_or(run.attempt));
+    let warnings: Vec<String> = serde_json::from_str(&run.warnings).unwrap_or_default();
+    let errors: Vec<&str> = warnings
+        .iter()
+        .filter_map(|w| w.strip_prefix(&prefix))
+        .filter(|w| w.contains(": cannot write "))
+        .map(|w| w.trim_end_matches(crate::runs::INCOMPLETE_LOG))
+        .collect();
+    (!errors.is_empty()).then(|| errors.join("; "))
+}
+
 /// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
 /// latest execution's log unless `attempt` names another.
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
@@ -244,12 +258,14 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
         None => None,
         Some(_) => Some(i32::try_from(number(&query, "attempt", 1)?).unwrap_or(i32::MAX)),
     };
+    let output_error = execution_output_error(&state.runs.get(&id).await?, attempt);
     if lines {
         let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
         let page = state.runs.read_lines(&id, attempt, stream, offset, limit).await?;
         return Ok(HttpResponse::Ok().json(json!({
             "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
-            "nextOffset": page.next_offset, "totalLines": page.total_lines, "truncated": false, "lines": page.lines,
+            "nextOffset": page.next_offset, "totalLines": page.total_lines, "truncated": false,
+            "outputError": output_error, "lines": page.lines,
         })));
     }
     let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
@@ -257,6 +273,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
     Ok(HttpResponse::Ok().json(json!({
         "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
         "nextOffset": page.next_offset, "totalSize": page.total_size, "truncated": false,
+        "outputError": output_error,
         "data": String::from_utf8_lossy(&page.data),
     })))
 }

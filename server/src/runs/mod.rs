@@ -39,6 +39,8 @@ use model::{step_status, RunStatus, StepType};
 pub const MAX_ARGS_BYTES: usize = 64 * 1024;
 /// Largest inline or stored source.
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
+/// How a run warning about an execution's unstorable output ends.
+pub const INCOMPLETE_LOG: &str = "; its log is incomplete";
 /// Longest label, script name or idempotency key.
 pub const MAX_NAME_CHARS: usize = 200;
 /// Largest run output kept (bytes of stdout read).
@@ -1760,7 +1762,7 @@ impl Shared {
         // stdout log), never lost without a word.
         for (name, summary) in [("stdout", &outcome.stdout), ("stderr", &outcome.stderr)] {
             if let Some(error) = &summary.error {
-                self.warn(live, format!("execution {}: {name}: {error}; its log is incomplete", row.attempt)).await?;
+                self.warn(live, format!("execution {}: {name}: {error}{INCOMPLETE_LOG}", row.attempt)).await?;
             }
         }
         let stderr_tail = outcome.stderr.preview.trim_end().to_string();
