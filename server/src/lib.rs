@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod process;
 pub mod runs;
 pub mod server;
 pub mod sync;

@@ -293,7 +293,7 @@ fn direct_spawn_counted(script: &Path, threads: usize, seconds: f64) -> (f64, u6
 /// Runs per second, spawning with the server's own spawn code (stdout and stderr into pipes
 /// read to their end, as the server does), for comparison with [`direct_spawn`].
 fn direct_spawn_lean(script: &Path, threads: usize, seconds: f64) -> f64 {
-    use script_runner::jobs::spawn::{spawn, Spec};
+    use script_runner::process::spawn::{spawn, Spec};
     let cwd = script.parent().unwrap_or(Path::new("/")).to_path_buf();
     spawn_loop(threads, seconds, move || {
         let spec = Spec { program: script, args: &[], cwd: &cwd, env: &[], stdin: None };

@@ -10,9 +10,9 @@ use super::wire::{Accepted, BytesPage, JobList, JobView, LinesPage, ScriptView};
 use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
 use crate::db::JobFilter;
-use crate::jobs::logs::Stream;
 use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::Keyed;
+use crate::process::logs::Stream;
 
 pub(super) type Query = web::Query<HashMap<String, String>>;
 

@@ -18,11 +18,8 @@
 //! every process that carries the deployment's marker (see [`recovery`]).
 
 pub mod import;
-pub mod logs;
 pub mod model;
 pub mod recovery;
-pub mod spawn;
-pub mod supervisor;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -36,11 +33,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::{ArgRules, Config, Mode, Script};
 use crate::db::{JobFilter, Pending, Store, StoreError, WriteOp, Writer};
+use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
+use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
-use logs::{BytePage, LinePage, LineQuery, Stream};
 use model::{Job, JobStatus};
-use supervisor::{Control, Launch, LiveStreams};
 
 /// How many times (5 ms apart) [`JobManager::wait`] looks again for a job recorded but not
 /// registered yet.
@@ -790,7 +787,7 @@ impl Shared {
         let job = lock(&active.job);
         let script = &active.script;
         Launch {
-            job_id: job.id.clone(),
+            owner_id: job.id.clone(),
             deployment: Arc::clone(&self.deployment),
             program: script.path.clone(),
             args: job.args.clone(),

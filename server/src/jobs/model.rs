@@ -5,8 +5,8 @@ use serde::Serialize;
 use crate::config::Mode;
 use crate::db::models::JobRow;
 
-use super::logs::{Stream, StreamSummary};
-use super::supervisor::{Ending, Outcome, Spawned};
+use crate::process::logs::{Stream, StreamSummary};
+use crate::process::supervisor::{Ending, Outcome, Spawned};
 
 /// Upstream's six statuses (note `canceled` with one l).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

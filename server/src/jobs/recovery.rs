@@ -20,12 +20,12 @@ use log::{info, warn};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
-use super::logs::{self, preview_text};
 use super::model::{Job, JobStatus};
-use super::supervisor::{start_ticks, DEPLOYMENT_ENV, JOB_ID_ENV};
 use super::{JobError, JobManager};
 use crate::config::Mode;
 use crate::db::WriteOp;
+use crate::process::logs::{self, preview_text};
+use crate::process::supervisor::{start_ticks, DEPLOYMENT_ENV, OWNER_ID_ENV};
 use crate::time::now_ms;
 
 /// What recovery did, for the start-up log and tests.
@@ -132,7 +132,7 @@ fn kill_processes(jobs: &[Job], deployment: &str) -> (HashSet<String>, usize) {
             }
             if kill(Pid::from_raw(process.pid), Signal::SIGKILL).is_ok() {
                 victims.push(process.pid);
-                if let Some(id) = env.get(OsStr::new(JOB_ID_ENV)).and_then(|v| v.to_str()) {
+                if let Some(id) = env.get(OsStr::new(OWNER_ID_ENV)).and_then(|v| v.to_str()) {
                     found.insert(id.to_string());
                 }
             }

@@ -28,9 +28,9 @@ use tokio::sync::{watch, Notify};
 use crate::config::{Config, Script};
 use crate::db::models::{RunRow, StepRow};
 use crate::db::{Pending, RunFilter, Store, StoreError, WriteOp};
-use crate::jobs::logs::{self, BytePage, LinePage, LineQuery, Stream};
-use crate::jobs::supervisor::{self, Control, Ending, Launch, LiveStreams, Outcome, Spawned};
 use crate::jobs::{Admission, JobError, JobManager};
+use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
+use crate::process::supervisor::{self, Control, Ending, Launch, LiveStreams, Outcome, Spawned};
 use crate::sync::lock;
 use crate::time::now_ms;
 use model::{step_status, RunStatus, StepType};
@@ -1714,7 +1714,7 @@ impl Shared {
         }
         let remaining = limits.max_wall_ms - spent;
         Ok(Some(Launch {
-            job_id: row.id.clone(),
+            owner_id: row.id.clone(),
             deployment: self.jobs.deployment_marker(),
             program,
             args: program_args,
@@ -1747,7 +1747,7 @@ impl Shared {
                         self.store.writer().enqueue(WriteOp::UpdateRun(Box::new(row.clone())))
                     };
                     if let Err(e) = pending {
-                        warn!("run {}: heartbeat not saved: {e}", launch.job_id);
+                        warn!("run {}: heartbeat not saved: {e}", launch.owner_id);
                     }
                 }
             }

@@ -1,4 +1,5 @@
-//! Running one job's process: spawn, stream its output to the logs, stop it, reap it.
+//! Supervising one process (a job's or a workflow execution's): spawn, stream its output to the
+//! logs, stop it, reap it.
 //!
 //! The script is executed directly (argv, never a shell) as the leader of a new process group,
 //! with stdin from `/dev/null`. Its supervision is an async task on the runtime that started
@@ -37,14 +38,15 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
-use super::logs::{LiveStream, LogSink, StreamSummary};
-use super::spawn;
+use crate::process::logs::{LiveStream, LogSink, StreamSummary};
+use crate::process::spawn;
 
 /// How long output is still drained after the leader exited and its group was killed.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
-/// The environment variable every job process gets, holding its job id. Recovery after a crash
-/// finds a job's processes by it (also those that left the process group).
-pub const JOB_ID_ENV: &str = "SCRIPT_RUNNER_JOB_ID";
+/// The environment variable every supervised process gets, holding its owner's id (a job id or
+/// a run id). Recovery after a crash finds an owner's processes by it (also those that left the
+/// process group). The name is kept from when only jobs had processes: scripts may read it.
+pub const OWNER_ID_ENV: &str = "SCRIPT_RUNNER_JOB_ID";
 /// The environment variable holding the deployment's database path. Recovery only touches
 /// processes that carry this deployment's value, so two deployments on one machine (whose job
 /// ids may coincide) never stop each other's jobs.
@@ -62,8 +64,8 @@ thread_local! {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    /// Job id, exported as [`JOB_ID_ENV`].
-    pub job_id: String,
+    /// The id of what the process runs for (a job or a run), exported as [`OWNER_ID_ENV`].
+    pub owner_id: String,
     /// Deployment marker, exported as [`DEPLOYMENT_ENV`].
     pub deployment: Arc<str>,
     /// The executable.
@@ -177,7 +179,7 @@ pub type LiveStreams = [Arc<LiveStream>; 2];
 /// How long a process runs before [`Events::still_running`] asks the caller to record it.
 ///
 /// Most jobs are over sooner: they are then recorded once, finished, instead of twice. A crash
-/// inside this window is still recovered: recovery finds the processes by [`JOB_ID_ENV`].
+/// inside this window is still recovered: recovery finds the processes by [`OWNER_ID_ENV`].
 pub const RECORD_RUNNING_AFTER: Duration = Duration::from_millis(20);
 
 /// What the supervisor tells its caller while the job runs.
@@ -227,7 +229,7 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
 fn start(launch: &Launch) -> io::Result<spawn::Child> {
     let stdin = launch.stdin.as_ref().map(File::open).transpose()?;
     let mut env: Vec<(&str, &str)> = launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.push((JOB_ID_ENV, &launch.job_id));
+    env.push((OWNER_ID_ENV, &launch.owner_id));
     env.push((DEPLOYMENT_ENV, &launch.deployment));
     spawn::spawn(&spawn::Spec {
         program: &launch.program,
