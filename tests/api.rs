@@ -1,15 +1,13 @@
 //! The job API as a client sees it: runs, errors, validation, listing, auth.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_error, Builder, Resp, TestServer};
+use crate::common::{assert_error, Builder, Resp, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for any job in this file to reach a final state.
@@ -929,7 +927,7 @@ fn configured_cwd_removed_after_startup_fails_the_job_with_code_minus_one() {
 /// Every field of the job object: `ok`, upstream's fields, and our `args` and `error`.
 fn job_fields() -> Vec<&'static str> {
     let mut fields = vec!["ok"];
-    fields.extend(common::UPSTREAM_JOB_FIELDS);
+    fields.extend(crate::common::UPSTREAM_JOB_FIELDS);
     fields.extend(["args", "error"]);
     fields
 }
@@ -1065,7 +1063,7 @@ fn a_sync_run_with_a_used_idempotency_key_waits_for_and_answers_the_first_job() 
             answer.into_json::<Value>().unwrap()
         })
     };
-    common::wait_until(|| "the first job to start".into(), WAIT, || (starts(&server) == 1).then_some(()));
+    crate::common::wait_until(|| "the first job to start".into(), WAIT, || (starts(&server) == 1).then_some(()));
     let again = run_keyed(&server, "count", &["b"], "sync", "k-sync");
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.body["deduplicated"], json!(true));

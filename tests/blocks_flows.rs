@@ -4,13 +4,11 @@
 //! fail-fast, timeout, fan-in, flow inputs/outputs, durable replay, flow-1).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{entry, labels, wait_file, Builder, Deployment, TestServer, BIN};
+use crate::common::{entry, labels, wait_file, Builder, Deployment, TestServer, BIN};
 use serde_json::{json, Value};
 
 const BLOCKS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../blocks");
@@ -289,7 +287,7 @@ fn cancel_job_block_cancels_a_running_job_and_reports_an_ended_one() {
 #[test]
 fn block_errors_server_down_http_error_and_bad_input() {
     // Nothing listens there, and no other test's server or connection can take it meanwhile.
-    let port = common::unused_port();
+    let port = crate::common::unused_port();
     let down = format!("http://127.0.0.1:{port}");
     let out = block("list-scripts", json!({ "script_runner_url": down }));
     assert_eq!(out.code, 1, "{}", out.stderr);

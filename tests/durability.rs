@@ -2,14 +2,12 @@
 //! configuration errors at startup, and the one-time import of an upstream `jobs.json`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Builder, Deployment, TestServer};
+use crate::common::{Builder, Deployment, TestServer};
 use serde_json::{json, Value};
 
 /// Bound for a job to reach a state the test is waiting for.
@@ -55,7 +53,7 @@ fn serve_directly(config: &Path) -> (Option<i32>, String) {
     let dir = config.parent().unwrap();
     let stderr_path = dir.join("serve-directly.stderr");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut child = Command::new(common::BIN)
+    let mut child = Command::new(crate::common::BIN)
         .args(["serve", "--config"])
         .arg(config)
         .stdin(Stdio::null())
@@ -181,17 +179,17 @@ fn kill9_recovery_kills_the_orphaned_job_group_and_fails_the_job() {
         .start();
     let pid_file = server.dir().join("orphan.pids");
     let id = server.run_async("orphan", &[&path_str(&pid_file)]);
-    let pids = common::read_pids(&pid_file, 2, WAIT);
+    let pids = crate::common::read_pids(&pid_file, 2, WAIT);
     server.wait_job(&id, WAIT, |s| s == "running");
     wait_log(&server, &id, "before the crash\n");
 
     server.kill9();
     for &pid in &pids {
-        assert!(common::alive(pid), "job process {pid} should outlive a kill -9 of the server");
+        assert!(crate::common::alive(pid), "job process {pid} should outlive a kill -9 of the server");
     }
 
     server.restart();
-    let left = common::wait_gone(&pids, WAIT);
+    let left = crate::common::wait_gone(&pids, WAIT);
     assert!(left.is_empty(), "processes {left:?} of the interrupted job survived the restart");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
@@ -222,7 +220,7 @@ fn kill9_recovery_keeps_the_partial_output_in_the_job_record() {
         .start();
     let pid_file = server.dir().join("partial.pid");
     let id = server.run_async("partial", &[&path_str(&pid_file)]);
-    common::read_pids(&pid_file, 1, WAIT);
+    crate::common::read_pids(&pid_file, 1, WAIT);
     // Both streams stored before the crash: what recovery must keep.
     wait_log(&server, &id, "before the crash\n");
     wait_stream_log(&server, &id, "stderr", "oops\n");
@@ -249,8 +247,8 @@ fn kill9_recovery_kills_a_job_process_that_left_the_group() {
         .start();
     let pid_file = server.dir().join("job.pid");
     let id = server.run_async("leaver", &[&path_str(&pid_file)]);
-    let leader = common::read_pids(&pid_file, 1, WAIT)[0];
-    let leaver = common::read_pids(&server.dir().join("job.pid.leaver"), 1, WAIT)[0];
+    let leader = crate::common::read_pids(&pid_file, 1, WAIT)[0];
+    let leaver = crate::common::read_pids(&server.dir().join("job.pid.leaver"), 1, WAIT)[0];
     server.wait_job(&id, WAIT, |s| s == "running");
     // Wait until the leaver has exec'd sleep in its own session and group.
     let deadline = Instant::now() + WAIT;
@@ -261,10 +259,10 @@ fn kill9_recovery_kills_a_job_process_that_left_the_group() {
     assert_ne!(pgid_of(leaver), Some(leader), "the test process should have left the job's group");
 
     server.kill9();
-    assert!(common::alive(leaver), "the leaver should outlive a kill -9 of the server");
+    assert!(crate::common::alive(leaver), "the leaver should outlive a kill -9 of the server");
 
     server.restart();
-    let left = common::wait_gone(&[leader, leaver], WAIT);
+    let left = crate::common::wait_gone(&[leader, leaver], WAIT);
     assert!(left.is_empty(), "processes {left:?} of the interrupted job survived the restart");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
@@ -281,7 +279,7 @@ fn kill9_recovery_runs_queued_async_jobs_in_order_and_fails_queued_sync_jobs() {
     let dir = server.dir().to_path_buf();
     let order = dir.join("order.txt");
     let long = server.run_async("long", &[&path_str(&dir.join("long.pid"))]);
-    let long_pid = common::read_pids(&dir.join("long.pid"), 1, WAIT)[0];
+    let long_pid = crate::common::read_pids(&dir.join("long.pid"), 1, WAIT)[0];
     server.wait_job(&long, WAIT, |s| s == "running");
     let first = server.run_async("mark", &["first", &path_str(&order)]);
     let second = server.run_async("mark", &["second", &path_str(&order)]);
@@ -312,7 +310,7 @@ fn kill9_recovery_runs_queued_async_jobs_in_order_and_fails_queued_sync_jobs() {
     let job = server.job(&long);
     assert_eq!(job["status"], json!("failed"), "{job}");
     assert_eq!(job["code"], json!(-1), "{job}");
-    assert!(common::wait_gone(&[long_pid], WAIT).is_empty());
+    assert!(crate::common::wait_gone(&[long_pid], WAIT).is_empty());
 
     let a = server.wait_terminal(&first, WAIT);
     let b = server.wait_terminal(&second, WAIT);
@@ -340,7 +338,7 @@ const LONG_GRACE: u64 = 30;
 /// After a signal to the server: polls with async runs of `probe` (a script that does nothing)
 /// until the server refuses them with 503 SHUTTING_DOWN, i.e. it is draining; returns the
 /// refusal. A probe accepted before that is queued or runs like any other job.
-fn wait_draining(server: &TestServer, probe: &str) -> common::Resp {
+fn wait_draining(server: &TestServer, probe: &str) -> crate::common::Resp {
     let deadline = Instant::now() + WAIT;
     loop {
         let r = server.run(probe, &[], Some("async"));
@@ -356,7 +354,7 @@ fn wait_draining(server: &TestServer, probe: &str) -> common::Resp {
 fn sigterm_lets_a_running_job_finish_within_the_grace() {
     let b = Builder::new().runner("shutdownGraceSec", json!(LONG_GRACE));
     let gate = b.dir().join("gate");
-    let body = format!("echo started\n{}\necho finished", common::wait_for_gate(&gate));
+    let body = format!("echo started\n{}\necho finished", crate::common::wait_for_gate(&gate));
     let mut server =
         b.script_entry("short", &body, json!({ "mode": "async" })).script_entry("probe", "true", json!({})).start();
     let id = server.run_async("short", &[]);
@@ -365,7 +363,7 @@ fn sigterm_lets_a_running_job_finish_within_the_grace() {
     // The job is still running (held by its gate) when the drain starts, and ends inside it.
     server.signal(libc::SIGTERM);
     assert_eq!(wait_draining(&server, "probe").status, 503);
-    common::open_gate(&gate);
+    crate::common::open_gate(&gate);
     // Once its last job has ended, the server exits without waiting out the grace.
     let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
@@ -392,7 +390,7 @@ fn sigterm_cancels_a_job_that_outlives_the_grace() {
         .start();
     let pid_file = server.dir().join("forever.pids");
     let id = server.run_async("forever", &[&path_str(&pid_file)]);
-    let pids = common::read_pids(&pid_file, 2, WAIT);
+    let pids = crate::common::read_pids(&pid_file, 2, WAIT);
     server.wait_job(&id, WAIT, |s| s == "running");
 
     let started = Instant::now();
@@ -400,7 +398,7 @@ fn sigterm_cancels_a_job_that_outlives_the_grace() {
     let took = started.elapsed();
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
     assert!(took >= Duration::from_millis(1500), "server exited after {took:?}, before the 2 s shutdown grace");
-    let left = common::wait_gone(&pids, WAIT);
+    let left = crate::common::wait_gone(&pids, WAIT);
     assert!(left.is_empty(), "processes {left:?} of the canceled job survived the shutdown");
 
     server.restart();
@@ -419,7 +417,7 @@ fn draining_server_refuses_runs_with_503_but_still_serves_reads() {
         .start();
     let pid_file = server.dir().join("forever.pid");
     let id = server.run_async("forever", &[&path_str(&pid_file)]);
-    common::read_pids(&pid_file, 1, WAIT);
+    crate::common::read_pids(&pid_file, 1, WAIT);
     server.wait_job(&id, WAIT, |s| s == "running");
 
     server.signal(libc::SIGTERM);
@@ -450,7 +448,7 @@ fn draining_server_refuses_runs_with_503_but_still_serves_reads() {
 fn sigint_drains_like_sigterm() {
     let b = Builder::new().runner("shutdownGraceSec", json!(LONG_GRACE));
     let gate = b.dir().join("gate");
-    let body = format!("{}\necho finished", common::wait_for_gate(&gate));
+    let body = format!("{}\necho finished", crate::common::wait_for_gate(&gate));
     let mut server =
         b.script_entry("short", &body, json!({ "mode": "async" })).script_entry("probe", "true", json!({})).start();
     let id = server.run_async("short", &[]);
@@ -458,7 +456,7 @@ fn sigint_drains_like_sigterm() {
 
     server.signal(libc::SIGINT);
     assert_eq!(wait_draining(&server, "probe").status, 503);
-    common::open_gate(&gate);
+    crate::common::open_gate(&gate);
     let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGINT");
 
@@ -473,7 +471,7 @@ fn queued_async_jobs_survive_a_sigterm_shutdown_and_run_after_restart() {
     let b = Builder::new().runner("maxConcurrent", json!(1)).runner("shutdownGraceSec", json!(LONG_GRACE));
     let gate = b.dir().join("gate");
     let mut server = b
-        .script_entry("busy", &common::wait_for_gate(&gate), json!({ "mode": "async" }))
+        .script_entry("busy", &crate::common::wait_for_gate(&gate), json!({ "mode": "async" }))
         .script_entry("mark", "echo \"$1\" >> \"$2\"", json!({ "mode": "async" }))
         .script_entry("probe", "true", json!({}))
         .start();
@@ -487,7 +485,7 @@ fn queued_async_jobs_survive_a_sigterm_shutdown_and_run_after_restart() {
     // frees must not go to a queued job.
     server.signal(libc::SIGTERM);
     assert_eq!(wait_draining(&server, "probe").status, 503);
-    common::open_gate(&gate);
+    crate::common::open_gate(&gate);
     let status = server.wait_exit(DRAIN_BOUND);
     assert!(status.success(), "server exited with {status:?} after SIGTERM");
     assert!(!order.exists(), "a queued job ran during the shutdown");
@@ -668,7 +666,7 @@ fn check_config_on_a_valid_config_exits_0_and_lists_the_scripts() {
 fn config_file_env_var_names_the_config_when_no_flag_is_given() {
     let deployment = Builder::new().script("from-env-var", "true").write();
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = Command::new(common::BIN)
+    let out = Command::new(crate::common::BIN)
         .arg("check-config")
         .env("CONFIG_FILE", &deployment.config)
         .current_dir(elsewhere.path())
@@ -681,7 +679,7 @@ fn config_file_env_var_names_the_config_when_no_flag_is_given() {
     assert!(stdout.contains(&path_str(&deployment.config)), "{stdout}");
 
     // Without CONFIG_FILE, the empty working directory has no config.json: it must fail.
-    let out = Command::new(common::BIN)
+    let out = Command::new(crate::common::BIN)
         .arg("check-config")
         .env_remove("CONFIG_FILE")
         .current_dir(elsewhere.path())
@@ -751,7 +749,7 @@ fn upstream_jobs_json_is_imported_with_its_fields() {
     for (i, id) in [UP_OK, UP_FAILED].into_iter().enumerate() {
         let job = server.job(id);
         let want = &upstream[i];
-        for key in common::UPSTREAM_JOB_FIELDS {
+        for key in crate::common::UPSTREAM_JOB_FIELDS {
             assert_eq!(job[key], want[key], "imported {id}: field {key} differs: {job}");
         }
     }
@@ -895,9 +893,9 @@ fn recovery_kills_this_deployments_orphans_even_without_a_job_row_and_spares_oth
     let (ours_pid, theirs_pid) = (ours.id() as i32, theirs.id() as i32);
 
     let server = deployment.start();
-    let left = common::wait_gone(&[ours_pid], WAIT);
+    let left = crate::common::wait_gone(&[ours_pid], WAIT);
     let _ = ours.wait();
-    let theirs_alive = common::alive(theirs_pid);
+    let theirs_alive = crate::common::alive(theirs_pid);
     let _ = theirs.kill();
     let _ = theirs.wait();
     assert!(left.is_empty(), "an orphan of this deployment survived the start");
@@ -914,7 +912,7 @@ fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
     let caller = std::thread::spawn(move || {
         let _ = ureq::post(&url).set("Content-Type", "application/json").send_string(&body);
     });
-    let pid = common::read_pids(&pid_file, 1, WAIT)[0];
+    let pid = crate::common::read_pids(&pid_file, 1, WAIT)[0];
     // A running sync job is written once it has run briefly: it shows up in listings.
     let deadline = Instant::now() + WAIT;
     let id = loop {
@@ -928,10 +926,10 @@ fn kill9_recovery_fails_a_running_sync_job_and_kills_it() {
 
     server.kill9();
     let _ = caller.join();
-    assert!(common::alive(pid), "the job's process should outlive the server");
+    assert!(crate::common::alive(pid), "the job's process should outlive the server");
     server.restart();
 
-    assert!(common::wait_gone(&[pid], WAIT).is_empty(), "the sync job's process survived");
+    assert!(crate::common::wait_gone(&[pid], WAIT).is_empty(), "the sync job's process survived");
     let job = server.job(&id);
     assert_eq!(job["status"], json!("failed"), "{job}");
     assert_eq!(job["code"], json!(-1), "{job}");

@@ -2,14 +2,12 @@
 //! the job runs), the log cap, previews and non-UTF-8 output.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{page, Builder, TestServer};
+use crate::common::{page, Builder, TestServer};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -810,7 +808,7 @@ fn a_full_filesystem_is_said_on_the_job() {
 fn a_workflow_executions_output_that_cannot_be_stored_is_said_on_the_run() {
     let server = Builder::new().workflows(json!({})).start();
     let gate_path = server.dir().join("go");
-    let gate = common::wait_for_gate(&gate_path);
+    let gate = crate::common::wait_for_gate(&gate_path);
     let source = format!("{gate}\necho '{{\"done\": true}}'\necho oops >&2");
     let r = server.launch_run(json!({ "source": source, "interpreter": "bash" }));
     assert_eq!(r.status, 201, "{}", r.text);
@@ -818,7 +816,7 @@ fn a_workflow_executions_output_that_cannot_be_stored_is_said_on_the_run() {
     // Its process runs (its files are written) before the folder is made unwritable.
     server.wait_run_body(&id, "a pid", WAIT, |b| b["run"]["pid"].is_number());
     let Some(_guard) = Unwritable::make(&server.dir().join("logs").join("runs").join(&id)) else { return };
-    common::open_gate(&gate_path);
+    crate::common::open_gate(&gate_path);
     let run = server.wait_run_terminal(&id, WAIT);
     let warnings = run["run"]["warnings"].as_array().cloned().unwrap_or_default();
     for stream in ["stdout", "stderr"] {

@@ -9,8 +9,6 @@
 //! a job id the engine started twice, and a worker that never hangs.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-mod common;
-
 use std::fs::File;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{alive, open_gate, unused_port, wait_for_gate, wait_for_gate_word, Builder, TestServer, BIN};
+use crate::common::{alive, open_gate, unused_port, wait_for_gate, wait_for_gate_word, Builder, TestServer, BIN};
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS, RecvTimeoutError};
 use serde_json::{json, Map, Value};
 
@@ -920,7 +918,7 @@ fn run_blocks_give_under_the_worker_the_outputs_they_give_with_inputs() {
     let got = same_outputs(&engine, "get-script-run", run_inputs("get-script-run", &r1));
     assert_eq!(got["status"], "completed", "{got}");
     assert_eq!(got["output"], json!({ "done": true }), "{got}");
-    assert_eq!(common::labels(&got), ["before", "gate"], "{got}");
+    assert_eq!(crate::common::labels(&got), ["before", "gate"], "{got}");
     let got = same_outputs(&engine, "get-script-run", run_inputs("get-script-run", &r6));
     assert_eq!(got["journal"].as_array().unwrap().len(), 1, "{got}");
     same_outputs(&engine, "get-script-run", run_inputs("get-script-run", &r4));
@@ -1247,7 +1245,7 @@ fn run_script_async_started_twice_for_one_engine_job_starts_one_server_job() {
     assert_eq!(a["job_id"], b["job_id"], "both processes give the one job: {a} {b}");
     let id = str_of(a, "job_id");
     server.wait_terminal(id, WAIT);
-    assert_eq!(common::lines(&server.dir().join("starts")), ["start"], "the script started once");
+    assert_eq!(crate::common::lines(&server.dir().join("starts")), ["start"], "the script started once");
     assert_eq!(jobs_total(&server), 1);
 }
 
@@ -1278,7 +1276,7 @@ fn run_script_sync_started_twice_for_one_engine_job_starts_one_server_job() {
     for out in &stdouts {
         assert_eq!(String::from_utf8_lossy(&out.lock().unwrap()), stdout, "each worker shows the one job's lines");
     }
-    assert_eq!(common::lines(&server.dir().join("starts")), ["start"], "the script started once");
+    assert_eq!(crate::common::lines(&server.dir().join("starts")), ["start"], "the script started once");
     assert_eq!(jobs_total(&server), 1);
 }
 
@@ -1297,7 +1295,7 @@ fn launch_script_run_started_twice_for_one_engine_job_starts_one_run() {
     let (a, b) = (&results[0], &results[1]);
     assert_eq!(a["run_id"], b["run_id"], "both processes give the one run: {a} {b}");
     server.wait_run_terminal(str_of(a, "run_id"), WAIT);
-    assert_eq!(common::lines(&starts), ["start"], "the workflow ran once");
+    assert_eq!(crate::common::lines(&starts), ["start"], "the workflow ran once");
     assert_eq!(runs_total(&server), 1);
 }
 
@@ -1322,7 +1320,7 @@ fn a_worker_started_again_after_the_first_finished_gives_the_first_job() {
     }
     assert_eq!(results[0]["job_id"], results[1]["job_id"], "{results:?}");
     server.wait_terminal(str_of(&results[0], "job_id"), WAIT);
-    assert_eq!(common::lines(&server.dir().join("starts")), ["start"]);
+    assert_eq!(crate::common::lines(&server.dir().join("starts")), ["start"]);
     assert_eq!(jobs_total(&server), 1);
 }
 

@@ -3,12 +3,10 @@
 //! its limits and its order, and a job runs with stdin from /dev/null in its own process group.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     alive, open_gate, read_pids, text, wait_file, wait_for_gate, wait_for_gate_word, wait_gone, Builder, TestServer,
 };
 use serde_json::{json, Value};
@@ -27,7 +25,7 @@ fn write_pids(file: &Path) -> String {
 }
 
 /// `POST /jobs/:id/cancel`, with how long the call took.
-fn cancel(server: &TestServer, id: &str) -> (common::Resp, Duration) {
+fn cancel(server: &TestServer, id: &str) -> (crate::common::Resp, Duration) {
     let t = Instant::now();
     let r = server.post(&format!("/jobs/{id}/cancel"), json!({}));
     (r, t.elapsed())

@@ -3,13 +3,11 @@
 //! the server's auth token. Every test starts a real server and runs real bash workflows.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     alive, assert_error, entry, labels, lines, open_gate, wait_file, wait_for_gate, wait_gone, wait_until, Builder,
     Resp, TestServer,
 };

@@ -3,21 +3,19 @@
 //! read from the file after crashes, kills, pauses, parks and forks.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{alive, entry, labels, lines, read_pids, signal, wait_file, wait_gone, Builder, Resp, TestServer};
-use script_runner::client::{ClientError, Workflow};
+use crate::common::{alive, entry, labels, lines, read_pids, signal, wait_file, wait_gone, Builder, Resp, TestServer};
+use script_runner_client::{ClientError, Workflow};
 use serde_json::{json, Value};
 
 /// Bound for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A builder and its folder. Workflow processes survive a SIGKILL of the server: the
-/// server's drop kills every process left of its deployment (see [`common::reap`]).
+/// server's drop kills every process left of its deployment (see [`crate::common::reap`]).
 fn builder() -> (Builder, PathBuf) {
     let b = Builder::new();
     let dir = b.dir().to_path_buf();
@@ -476,7 +474,7 @@ echo ready > @D/p1
 {gate}
 script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
 "#,
-            gate = common::wait_for_gate(&d.join("go"))
+            gate = crate::common::wait_for_gate(&d.join("go"))
         ),
     );
     let id = server.launch_bash(&source, json!({}));
@@ -485,7 +483,7 @@ script-runner step a --progress 2/3 "building" -- sh -c 'echo a >> @D/side'
     wait_file(&d.join("p1"), WAIT);
     let body = server.script_run(&id);
     assert_eq!(body["run"]["progress"], json!({"current": 1, "total": 3, "message": "fetching"}), "{body}");
-    common::open_gate(&d.join("go"));
+    crate::common::open_gate(&d.join("go"));
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["progress"], json!({"current": 2, "total": 3, "message": "building"}), "{body}");
@@ -701,8 +699,11 @@ fn workflow_killed_while_its_script_step_job_runs_replays_onto_the_same_job() {
     // execution is about to replay the step: the job surely still ran when the workflow was
     // killed, and still runs when the replay starts.
     let gate = d.join("job.go");
-    let job =
-        format!("{}\necho ran >> '{}'\necho slow-done", common::wait_for_gate(&gate), d.join("jobside").display());
+    let job = format!(
+        "{}\necho ran >> '{}'\necho slow-done",
+        crate::common::wait_for_gate(&gate),
+        d.join("jobside").display()
+    );
     let server = b.workflows(json!({})).script("slow", &job).start();
     let source = src(
         &d,
@@ -719,7 +720,7 @@ script-runner step b -- sh -c 'echo b >> @D/side'
     let pid = wait_pid(&server, &id, "running");
     signal(pid, libc::SIGKILL);
     let last = RefCell::new(Vec::new());
-    common::wait_until(
+    crate::common::wait_until(
         || format!("no second execution: {:?}", last.borrow()),
         WAIT,
         || {
@@ -733,7 +734,7 @@ script-runner step b -- sh -c 'echo b >> @D/side'
     );
     let job = server.job(&job_id);
     assert_eq!(job["status"], json!("running"), "the job must still run when the replay reaches it: {job}");
-    common::open_gate(&gate);
+    crate::common::open_gate(&gate);
 
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
@@ -1048,7 +1049,7 @@ script-runner step s --script once > @D/s.$SCRIPT_RUN_ATTEMPT
 {gate}
 echo done
 "#,
-            gate = common::wait_for_gate(&d.join("go"))
+            gate = crate::common::wait_for_gate(&d.join("go"))
         ),
     );
     let id = server.launch_bash(&source, json!({}));
@@ -1061,7 +1062,7 @@ echo done
          duration_ms = NULL, job_id = 'job_1_424242' WHERE run_id = ? AND step_key = 's'",
     );
     assert_eq!(changed, 1);
-    common::open_gate(&d.join("go"));
+    crate::common::open_gate(&d.join("go"));
     server.restart();
 
     let body = server.wait_run_terminal(&id, WAIT);
@@ -1083,8 +1084,9 @@ echo done
 #[test]
 fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run() {
     let (b, d) = builder();
-    let hold = common::wait_for_gate(&d.join("hold.go"));
-    let slow = format!("{}; echo ran >> '{}'", common::wait_for_gate(&d.join("slow.go")), d.join("jobside").display());
+    let hold = crate::common::wait_for_gate(&d.join("hold.go"));
+    let slow =
+        format!("{}; echo ran >> '{}'", crate::common::wait_for_gate(&d.join("slow.go")), d.join("jobside").display());
     let mut server = b
         .workflows(json!({}))
         .runner("maxConcurrent", json!(1))
@@ -1109,7 +1111,7 @@ fn a_job_queued_by_a_script_step_before_a_server_kill_is_canceled_with_its_run()
     let job = server.wait_job(&job_id, WAIT, |s| s != "running");
     assert_eq!(job["status"], json!("canceled"), "{job}");
     assert_eq!(server.script_run(&id)["run"]["status"], json!("cancelled"));
-    common::open_gate(&d.join("slow.go"));
+    crate::common::open_gate(&d.join("slow.go"));
     std::thread::sleep(Duration::from_millis(200));
     assert!(!d.join("jobside").exists(), "the job went on after its run was cancelled");
 }
@@ -1146,7 +1148,7 @@ fn a_run_awaiting_a_decision_journaled_before_a_server_kill_goes_on_at_restart()
 #[test]
 fn a_script_step_refused_for_a_full_queue_journals_nothing() {
     let (b, d) = builder();
-    let hold = common::wait_for_gate(&d.join("hold.go"));
+    let hold = crate::common::wait_for_gate(&d.join("hold.go"));
     let server = b
         .workflows(json!({}))
         .runner("maxConcurrent", json!(1))
@@ -1163,7 +1165,7 @@ fn a_script_step_refused_for_a_full_queue_journals_nothing() {
     assert_eq!(text(&d.join("rc")), "3");
     assert!(text(&d.join("err")).contains("QUEUE_FULL"), "{}", text(&d.join("err")));
     assert_eq!(labels(&body), Vec::<String>::new(), "{body}");
-    common::open_gate(&d.join("hold.go"));
+    crate::common::open_gate(&d.join("hold.go"));
 }
 
 /// Two step clients of one execution begin the same script label at once: one job runs, both

@@ -6,14 +6,12 @@
 //! spawn failures that end the job cleanly, and many jobs committed at once surviving a restart.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{page, text, Builder, TestServer};
+use crate::common::{page, text, Builder, TestServer};
 use serde_json::{json, Value};
 
 /// Upper bound for any job in this file to reach a final state.
@@ -216,7 +214,7 @@ fn leader_exiting_while_a_setsid_process_holds_stdout_ends_the_job_in_bounded_ti
     // The server drains at most 2 s after the leader's exit, then ends the job: not when the
     // helper lets go of stdout, 30 s later.
     assert!(took < Duration::from_secs(15), "the job took {took:?} with a helper holding stdout for 30 s");
-    assert!(common::alive(helper), "the helper that left the session was killed");
+    assert!(crate::common::alive(helper), "the helper that left the session was killed");
     let stdout = text(&r.body["stdout"]);
     assert!(stdout.starts_with("leader line\n"), "{stdout:?}");
     // The helper's line is written 300 ms after it starts, inside the 2 s drain, and is seen
@@ -588,7 +586,7 @@ const ECHO_BOTH: &str = "echo \"out $1\"\necho \"err $1\" >&2";
 
 /// Submits `MANY` runs of `script` at once (one thread each, released together), with the
 /// argument `n<i>`; returns the responses in order of i.
-fn submit_all(server: &TestServer, script: &str, mode: &str) -> Vec<common::Resp> {
+fn submit_all(server: &TestServer, script: &str, mode: &str) -> Vec<crate::common::Resp> {
     let barrier = Barrier::new(MANY);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..MANY)

@@ -8,8 +8,8 @@
 
 use serde_json::Value;
 
-use crate::http::{query, segment, Server};
 use crate::Report;
+use script_runner_client::{query, segment, Server};
 
 /// Most lines of one stream shown by one block run (the job's log keeps them all).
 pub const MAX_SHOWN_LINES: u64 = 10_000;

@@ -2,14 +2,14 @@
 //!
 //! Every public endpoint of script-runner is a block: its manifest is
 //! `blocks/<name>/block.oo.yaml` (compiled in, so the binary needs no checkout), its
-//! implementation a function here on one shared `ureq` agent. [`run_block`] fills the
+//! implementation a function here over the service's one client (`script-runner-client`). [`run_block`] fills the
 //! manifest's defaults, checks every input against its `json_schema`, calls the block and checks
 //! that every declared output came back. This crate never depends on the server crate: blocks
 //! reach a script-runner only through its HTTP API.
 
+pub mod error;
 pub mod flow;
 pub mod follow;
-pub mod http;
 pub mod manifest;
 pub mod worker;
 
@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+pub use error::BlockError;
 use follow::Follower;
-pub use http::BlockError;
-use http::{field, query, segment, Server};
 use manifest::{did_you_mean, Manifest};
+use script_runner_client::http::field;
+use script_runner_client::{query, segment, Server};
 
 /// Every block: name and manifest text.
 pub const BLOCKS: [(&str, &str); 15] = [
@@ -207,7 +208,7 @@ impl Inputs {
     }
 
     fn server(&self, timeout: Duration) -> Server {
-        let url = self.str("script_runner_url").unwrap_or(http::DEFAULT_URL);
+        let url = self.str("script_runner_url").unwrap_or(script_runner_client::DEFAULT_URL);
         Server::new(url, self.str("token").map(str::to_string), timeout)
     }
 }
@@ -409,7 +410,7 @@ fn run_following(server: &Server, body: Value, key: &str, report: &dyn Report) -
                         let id = job.get("jobId").and_then(Value::as_str).unwrap_or_default();
                         follower.get_or_insert_with(|| Follower::new(id)).show(server, report, true);
                     }
-                    return answer;
+                    return answer.map_err(BlockError::from);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if follower.is_none() {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use script_runner::client::{ClientError, ScriptResult, Workflow};
 use script_runner_blocks::flow::{self, Journal, Node, Task};
 use script_runner_blocks::BlockError;
+use script_runner_client::{ClientError, ScriptResult, Workflow};
 use serde_json::{json, Map, Value};
 
 /// Exit status when the flow file has problems or the options are wrong.
@@ -127,7 +127,7 @@ fn durable(opts: &FlowRun, given: Map<String, Value>) -> ExitCode {
         .unwrap_or_default();
     // Through the blocks' HTTP client (same errors); a durable flow may run for days.
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
-    let server = script_runner_blocks::http::Server::new(&opts.url, opts.token.clone(), week);
+    let server = script_runner_client::Server::new(&opts.url, opts.token.clone(), week);
     let body = json!({ "flow": name, "args": Value::Object(given), "background": false });
     match server.post("/api/script-runs", body) {
         Ok(answer) => {

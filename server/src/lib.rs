@@ -4,7 +4,6 @@
 //! [`jobs`] (queue, supervision, logs, recovery) over [`db`] (diesel storage). [`config`] is
 //! read by all of them.
 
-pub mod client;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use script_runner::client::{ClientError, ScriptResult, Workflow};
+use script_runner_client::{ClientError, ScriptResult, Workflow};
 use serde_json::Value;
 
 use crate::StepArgs;

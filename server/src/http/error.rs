@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
+use script_runner_wire::ErrorBody;
 
 use crate::jobs::JobError;
 use crate::runs::RunError;
@@ -165,19 +165,6 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        response.json(Envelope { ok: false, error: ErrorBody { code: self.code(), message: self.to_string() } })
+        response.json(ErrorBody::new(self.code(), self.to_string()))
     }
-}
-
-/// `{"ok": false, "error": {"code", "message"}}`, fields in upstream's order.
-#[derive(Serialize)]
-struct Envelope {
-    ok: bool,
-    error: ErrorBody,
-}
-
-#[derive(Serialize)]
-struct ErrorBody {
-    code: &'static str,
-    message: String,
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use super::wire::{Accepted, BytesPage, JobList, JobView, LinesPage, ScriptView};
+use script_runner_wire::jobs::{Accepted, BytesPage, JobList, LinesPage};
+
+use super::wire::{job_item, job_view, script_view};
 use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
 use crate::db::JobFilter;
@@ -66,7 +68,7 @@ pub async fn run(
                 return Ok(HttpResponse::Ok().json(Accepted {
                     ok: true,
                     job_id: job.id,
-                    status: job.status.as_str(),
+                    status: job.status.as_str().to_string(),
                     deduplicated: Some(true),
                 }))
             }
@@ -81,7 +83,7 @@ pub async fn run(
         return Ok(HttpResponse::Accepted().json(Accepted {
             ok: true,
             job_id: job.id.clone(),
-            status: job.status.as_str(),
+            status: job.status.as_str().to_string(),
             deduplicated: None,
         }));
     }
@@ -94,7 +96,7 @@ pub async fn run(
 async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> Result<HttpResponse, ApiError> {
     let stdout = state.jobs.stream_text(&job, Stream::Stdout).await?;
     let stderr = state.jobs.stream_text(&job, Stream::Stderr).await?;
-    let mut view = JobView::new(job);
+    let mut view = job_view(job);
     view.stdout = Some(stdout);
     view.stderr = Some(stderr);
     view.deduplicated = deduplicated;
@@ -104,13 +106,13 @@ async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> 
 /// `GET /jobs/:id`.
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = state.jobs.get(&id).await?;
-    Ok(HttpResponse::Ok().json(JobView::new(job)))
+    Ok(HttpResponse::Ok().json(job_view(job)))
 }
 
 /// `POST /jobs/:id/cancel`.
 pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = state.jobs.cancel(&id).await?;
-    Ok(HttpResponse::Ok().json(JobView::new(job)))
+    Ok(HttpResponse::Ok().json(job_view(job)))
 }
 
 /// `GET /jobs?status=&scriptId=&idempotencyKey=&limit=&offset=`: newest first.
@@ -135,7 +137,7 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
         offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
     };
     let (jobs, total) = state.jobs.list(filter).await?;
-    Ok(HttpResponse::Ok().json(JobList { ok: true, jobs: jobs.into_iter().map(JobView::item).collect(), total }))
+    Ok(HttpResponse::Ok().json(JobList { ok: true, jobs: jobs.into_iter().map(job_item).collect(), total }))
 }
 
 /// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
@@ -148,7 +150,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
         return Ok(HttpResponse::Ok().json(LinesPage {
             ok: true,
             job_id: id.into_inner(),
-            stream: stream.as_str(),
+            stream: stream.as_str().to_string(),
             offset: page.offset,
             next_offset: page.next_offset,
             total_lines: page.total_lines,
@@ -163,7 +165,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
     Ok(HttpResponse::Ok().json(BytesPage {
         ok: true,
         job_id: id.into_inner(),
-        stream: stream.as_str(),
+        stream: stream.as_str().to_string(),
         offset: page.offset,
         next_offset: page.next_offset,
         total_size: page.total_size,
@@ -176,7 +178,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
 /// `GET /scripts`: the whitelist with each script's rules.
 pub async fn scripts(state: web::Data<AppState>) -> HttpResponse {
     let config = state.jobs.config();
-    let scripts: Vec<_> = config.scripts.iter().map(|s| ScriptView::new(s, config.runner.default_mode)).collect();
+    let scripts: Vec<_> = config.scripts.iter().map(|s| script_view(s, config.runner.default_mode)).collect();
     HttpResponse::Ok().json(serde_json::json!({ "ok": true, "scripts": scripts }))
 }
 

@@ -1,9 +1,11 @@
-//! The HTTP side of every block: one shared `ureq` agent with timeouts, and errors that say
-//! what happened (server down, HTTP error with the server's code, time-out, malformed answer).
+//! The transport: one shared `ureq` agent with timeouts, and errors that say what happened
+//! (server down, HTTP error with the server's code, time-out, malformed answer).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 /// Where a script-runner listens unless a block is told otherwise.
@@ -11,9 +13,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What can go wrong in a block.
+/// What can go wrong in a request.
 #[derive(Debug, thiserror::Error)]
-pub enum BlockError {
+pub enum HttpError {
     /// No server answers at the address.
     #[error("cannot reach script-runner at {url}: {message}")]
     Unreachable {
@@ -48,20 +50,6 @@ pub enum BlockError {
         /// What is wrong.
         message: String,
     },
-    /// An input is missing or of the wrong type.
-    #[error("input {handle}: {message}")]
-    Input {
-        /// The input handle.
-        handle: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The block ran but its work did not succeed (e.g. a wait that timed out).
-    #[error("{0}")]
-    Failed(String),
-    /// No block has this name.
-    #[error("unknown block {0:?}")]
-    UnknownBlock(String),
 }
 
 fn agent() -> &'static ureq::Agent {
@@ -69,7 +57,7 @@ fn agent() -> &'static ureq::Agent {
     AGENT.get_or_init(|| ureq::AgentBuilder::new().timeout_connect(CONNECT_TIMEOUT).build())
 }
 
-/// A script-runner server as seen by a block.
+/// A script-runner server: its address, the bearer token, and how long a request may take.
 #[derive(Debug, Clone)]
 pub struct Server {
     url: String,
@@ -85,21 +73,44 @@ impl Server {
     }
 
     /// `GET path`.
-    pub fn get(&self, path: &str) -> Result<Value, BlockError> {
+    pub fn get(&self, path: &str) -> Result<Value, HttpError> {
         self.send("GET", path, None)
     }
 
     /// `POST path` with a JSON body.
-    pub fn post(&self, path: &str, body: Value) -> Result<Value, BlockError> {
+    pub fn post(&self, path: &str, body: Value) -> Result<Value, HttpError> {
         self.send("POST", path, Some(body))
     }
 
     /// `DELETE path`.
-    pub fn delete(&self, path: &str) -> Result<Value, BlockError> {
+    pub fn delete(&self, path: &str) -> Result<Value, HttpError> {
         self.send("DELETE", path, None)
     }
 
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, BlockError> {
+    /// The same server, whose requests may each take `timeout` (e.g. a request that answers
+    /// when a whole job has ended).
+    pub fn with_timeout(&self, timeout: Duration) -> Server {
+        Server { timeout, ..self.clone() }
+    }
+
+    /// `method path` with an optional JSON body, the answer read as `T` (a wire type).
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, HttpError> {
+        let url = format!("{}{path}", self.url);
+        let body = body
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| HttpError::Malformed { url: url.clone(), message: format!("request not JSON: {e}") })?;
+        let answer = self.send(method, path, body)?;
+        serde_json::from_value(answer).map_err(|e| HttpError::Malformed { url, message: e.to_string() })
+    }
+
+    /// `method path` with an optional JSON body; the answer as JSON.
+    pub fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, HttpError> {
         let url = format!("{}{path}", self.url);
         let mut request = agent().request(method, &url).timeout(self.timeout);
         if let Some(token) = &self.token {
@@ -112,12 +123,12 @@ impl Server {
         match answer {
             Ok(response) => response
                 .into_json::<Value>()
-                .map_err(|e| BlockError::Malformed { url: url.clone(), message: format!("not JSON: {e}") }),
+                .map_err(|e| HttpError::Malformed { url: url.clone(), message: format!("not JSON: {e}") }),
             Err(ureq::Error::Status(status, response)) => {
                 let text = response.into_string().unwrap_or_default();
                 let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 let field = |key: &str| body["error"][key].as_str().map(str::to_string);
-                Err(BlockError::Http {
+                Err(HttpError::Http {
                     status,
                     code: field("code").unwrap_or_else(|| "HTTP_ERROR".to_string()),
                     message: field("message").unwrap_or_else(|| text.chars().take(500).collect()),
@@ -127,19 +138,19 @@ impl Server {
         }
     }
 
-    fn transport_error(&self, transport: &ureq::Transport) -> BlockError {
+    fn transport_error(&self, transport: &ureq::Transport) -> HttpError {
         let timed_out = std::error::Error::source(transport)
             .and_then(|e| e.downcast_ref::<std::io::Error>())
             .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock));
         if timed_out && transport.kind() != ureq::ErrorKind::ConnectionFailed {
-            return BlockError::Timeout { url: self.url.clone(), seconds: self.timeout.as_secs() };
+            return HttpError::Timeout { url: self.url.clone(), seconds: self.timeout.as_secs() };
         }
         let message = transport.message().map_or_else(|| transport.kind().to_string(), str::to_string);
         let message = match std::error::Error::source(transport) {
             Some(source) => format!("{message}: {source}"),
             None => message,
         };
-        BlockError::Unreachable { url: self.url.clone(), message }
+        HttpError::Unreachable { url: self.url.clone(), message }
     }
 
     /// The server address.
@@ -167,6 +178,6 @@ pub fn query(text: &str) -> String {
 }
 
 /// A field of an answer, or a malformed-answer error naming it.
-pub fn field<'a>(answer: &'a Value, key: &str, url: &str) -> Result<&'a Value, BlockError> {
-    answer.get(key).ok_or_else(|| BlockError::Malformed { url: url.to_string(), message: format!("no {key:?} field") })
+pub fn field<'a>(answer: &'a Value, key: &str, url: &str) -> Result<&'a Value, HttpError> {
+    answer.get(key).ok_or_else(|| HttpError::Malformed { url: url.to_string(), message: format!("no {key:?} field") })
 }

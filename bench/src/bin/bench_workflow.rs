@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use script_runner::client::Workflow;
+use script_runner_client::Workflow;
 use serde_json::{json, Value};
 use shared::{agent, write_script, Server};
 

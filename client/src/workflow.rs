@@ -7,8 +7,8 @@
 //! execution of the run gets the journaled result back without running it again.
 //!
 //! ```no_run
-//! use script_runner::client::Workflow;
-//! # fn main() -> Result<(), script_runner::client::ClientError> {
+//! use script_runner_client::Workflow;
+//! # fn main() -> Result<(), script_runner_client::ClientError> {
 //! let wf = Workflow::from_env()?;
 //! let id: String = wf.step("pick-id", || Ok::<_, std::io::Error>(format!("{}", std::process::id())))?;
 //! let built = wf.command("build", &["make", "all"])?;
@@ -22,12 +22,15 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use script_runner_blocks::http::segment as encode;
+use script_runner_wire::runs::StepView;
+use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use crate::http::{segment as encode, HttpError, Server};
 
 /// Most bytes of a command step's stdout or stderr kept (the rest is read and dropped); the
 /// server's `maxResultBytes` guardrail applies to what is kept.
@@ -78,34 +81,6 @@ pub enum ClientError {
         /// The journaled result (for a command step: exitCode, stdout, stderr).
         result: Value,
     },
-}
-
-/// A journal entry as the server returns it.
-#[derive(Debug, Clone)]
-pub struct Step {
-    /// The label.
-    pub step_key: String,
-    /// The step type.
-    pub step_type: String,
-    /// `started`, `completed` or `failed`.
-    pub status: String,
-    /// The result (JSON).
-    pub result: Value,
-    /// The error of a failed step.
-    pub error: Option<String>,
-}
-
-impl Step {
-    fn from_json(value: &Value) -> Result<Step, ClientError> {
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
-        Ok(Step {
-            step_key: text("stepKey").ok_or_else(|| ClientError::Protocol("a step without stepKey".into()))?,
-            step_type: text("stepType").unwrap_or_default(),
-            status: text("status").unwrap_or_default(),
-            result: value.get("result").cloned().unwrap_or(Value::Null),
-            error: text("error"),
-        })
-    }
 }
 
 /// What a command step did (now, or when it was journaled).
@@ -164,18 +139,23 @@ pub struct Approval {
 
 /// A workflow run's step client.
 pub struct Workflow {
-    agent: ureq::Agent,
-    url: String,
+    server: Server,
     run_id: String,
-    token: String,
     args: Value,
 }
 
-enum Action {
-    Done(Step),
+/// What [`Workflow::begin`] found: what to do with the step.
+enum Next {
+    Done(StepView),
     Execute,
-    Resume(Step),
+    Resume(StepView),
 }
+
+/// A step's begin answers when its work is done (a script step when its job has ended): no
+/// read time limit of its own.
+const NO_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The other step routes answer at once (a wait answers within its 25 s long poll).
+const STEP_ROUTE_LIMIT: Duration = Duration::from_secs(60);
 
 impl Workflow {
     /// The client of the run this process belongs to, from the environment.
@@ -194,12 +174,9 @@ impl Workflow {
 
     /// A client for an explicit run (tests, tools).
     pub fn new(url: &str, run_id: &str, token: &str, args: Option<Value>) -> Workflow {
-        let agent = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build();
         Workflow {
-            agent,
-            url: url.trim_end_matches('/').to_string(),
+            server: Server::new(url, Some(token.to_string()), STEP_ROUTE_LIMIT),
             run_id: run_id.to_string(),
-            token: token.to_string(),
             args: args.unwrap_or(Value::Null),
         }
     }
@@ -222,9 +199,9 @@ impl Workflow {
         E: std::fmt::Display,
     {
         let value = match self.begin(label, "value", Value::Null)? {
-            Action::Done(step) => step.result,
-            Action::Resume(step) => step.result,
-            Action::Execute => {
+            Next::Done(step) => step.result,
+            Next::Resume(step) => step.result,
+            Next::Execute => {
                 let started = Instant::now();
                 let value =
                     compute().map_err(|e| ClientError::Closure { label: label.into(), message: e.to_string() })?;
@@ -253,8 +230,8 @@ impl Workflow {
         }
         let config = json!({ "command": argv });
         match self.begin(label, "command", config.clone())? {
-            Action::Done(step) | Action::Resume(step) => Ok(command_result(&step.result, true)),
-            Action::Execute => {
+            Next::Done(step) | Next::Resume(step) => Ok(command_result(&step.result, true)),
+            Next::Execute => {
                 let started = Instant::now();
                 let ran = run_captured(&argv);
                 let result = json!({ "exitCode": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr });
@@ -276,8 +253,8 @@ impl Workflow {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let config = json!({ "scriptId": script_id, "args": args });
         let step = match self.begin(label, "script", config)? {
-            Action::Done(step) | Action::Resume(step) => step,
-            Action::Execute => return Err(ClientError::Protocol("the server did not run the script step".into())),
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not run the script step".into())),
         };
         Ok(ScriptResult::from_result(&step.result))
     }
@@ -289,8 +266,8 @@ impl Workflow {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let config = json!({ "scriptId": script_id, "args": args, "wait": false });
         let step = match self.begin(label, "script", config)? {
-            Action::Done(step) | Action::Resume(step) => step,
-            Action::Execute => return Err(ClientError::Protocol("the server did not start the script".into())),
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not start the script".into())),
         };
         step.result
             .get("jobId")
@@ -301,7 +278,7 @@ impl Workflow {
 
     /// The server this client talks to.
     pub fn url(&self) -> &str {
-        &self.url
+        self.server.url()
     }
 
     /// A durable sleep: the wake-up time is journaled, so a restarted run sleeps only what is
@@ -309,13 +286,13 @@ impl Workflow {
     pub fn sleep(&self, label: &str, duration: Duration) -> Result<(), ClientError> {
         let config = json!({ "durationMs": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX) });
         let step = match self.begin(label, "sleep", config.clone())? {
-            Action::Done(_) => return Ok(()),
-            Action::Resume(step) => step,
-            Action::Execute => return Err(ClientError::Protocol("the server did not journal the sleep".into())),
+            Next::Done(_) => return Ok(()),
+            Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not journal the sleep".into())),
         };
         let wake_at = step.result.get("wakeAtMs").and_then(Value::as_i64).unwrap_or(0);
         let started = Instant::now();
-        let left = wake_at - crate::time::now_ms();
+        let left = wake_at - now_ms();
         if left > 0 {
             std::thread::sleep(Duration::from_millis(left.unsigned_abs()));
         }
@@ -329,8 +306,8 @@ impl Workflow {
     pub fn approval(&self, label: &str, message: &str) -> Result<Approval, ClientError> {
         let config = json!({ "message": message });
         let mut step = match self.begin(label, "approval", config)? {
-            Action::Done(step) | Action::Resume(step) => step,
-            Action::Execute => return Err(ClientError::Protocol("the server did not journal the approval".into())),
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not journal the approval".into())),
         };
         while step.status == "started" {
             step = self.wait(label)?;
@@ -346,20 +323,18 @@ impl Workflow {
 
     /// Reports progress (`current` of `total`, 0 when unknown) on the run.
     pub fn progress(&self, current: u64, total: u64, message: Option<&str>) -> Result<(), ClientError> {
-        let body = json!({ "current": current, "total": total, "message": message });
-        self.call("POST", "progress", Some(body), Duration::from_secs(60))?;
+        let body = ProgressRequest { current, total, message: message.map(str::to_string) };
+        self.call::<Value>("POST", "progress", Some(&body), STEP_ROUTE_LIMIT)?;
         Ok(())
     }
 
-    fn begin(&self, label: &str, step_type: &str, config: Value) -> Result<Action, ClientError> {
+    fn begin(&self, label: &str, step_type: &str, config: Value) -> Result<Next, ClientError> {
         let path = format!("steps/{}/begin", encode(label));
-        let body = json!({ "stepType": step_type, "config": config });
-        // A script step answers when its job has ended: no read timeout.
-        let answer = self.call("POST", &path, Some(body), Duration::from_secs(365 * 24 * 3600))?;
-        let step = answer.get("step").filter(|s| !s.is_null()).map(Step::from_json).transpose()?;
-        match (answer.get("action").and_then(Value::as_str), step) {
-            (Some("execute"), _) => Ok(Action::Execute),
-            (Some("done"), Some(step)) => {
+        let body = BeginRequest { step_type: step_type.to_string(), config };
+        let answer: BeginAnswer = self.call("POST", &path, Some(&body), NO_LIMIT)?;
+        match (answer.action, answer.step) {
+            (Action::Execute, _) => Ok(Next::Execute),
+            (Action::Done, Some(step)) => {
                 if step.status == "failed" && step.step_type != "command" {
                     return Err(ClientError::StepFailed {
                         label: label.into(),
@@ -367,10 +342,10 @@ impl Workflow {
                         result: step.result,
                     });
                 }
-                Ok(Action::Done(step))
+                Ok(Next::Done(step))
             }
-            (Some("resume"), Some(step)) => Ok(Action::Resume(step)),
-            _ => Err(ClientError::Protocol(format!("begin answered {answer}"))),
+            (Action::Resume, Some(step)) => Ok(Next::Resume(step)),
+            (action, None) => Err(ClientError::Protocol(format!("begin answered {action:?} without a step"))),
         }
     }
 
@@ -384,47 +359,54 @@ impl Workflow {
         result: Option<Value>,
         error: Option<String>,
         started: Instant,
-    ) -> Result<Step, ClientError> {
-        let body = json!({
-            "stepKey": label,
-            "stepType": step_type,
-            "config": config,
-            "status": status,
-            "result": result,
-            "error": error,
-            "durationMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        });
-        let answer = self.call("POST", "steps", Some(body), Duration::from_secs(60))?;
-        Step::from_json(answer.get("step").unwrap_or(&Value::Null))
-    }
-
-    fn wait(&self, label: &str) -> Result<Step, ClientError> {
-        let path = format!("steps/{}/wait?timeoutMs=25000", encode(label));
-        let answer = self.call("GET", &path, None, Duration::from_secs(60))?;
-        Step::from_json(answer.get("step").unwrap_or(&Value::Null))
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, ClientError> {
-        let url = format!("{}/api/internal/script-runs/{}/{path}", self.url, encode(&self.run_id));
-        let request =
-            self.agent.request(method, &url).timeout(timeout).set("Authorization", &format!("Bearer {}", self.token));
-        let response = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
+    ) -> Result<StepView, ClientError> {
+        let body = RecordRequest {
+            step_key: label.to_string(),
+            step_type: step_type.to_string(),
+            config,
+            status: status.to_string(),
+            result,
+            error,
+            duration_ms: Some(i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX)),
         };
-        match response {
-            Ok(response) => response.into_json::<Value>().map_err(|e| ClientError::Protocol(format!("{url}: {e}"))),
-            Err(ureq::Error::Status(status, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let error = body.get("error");
-                let text = |key: &str| error.and_then(|e| e.get(key)).and_then(Value::as_str).unwrap_or("").to_string();
-                Err(ClientError::Server { status, code: text("code"), message: text("message") })
+        Ok(self.call::<StepAnswer>("POST", "steps", Some(&body), STEP_ROUTE_LIMIT)?.step)
+    }
+
+    fn wait(&self, label: &str) -> Result<StepView, ClientError> {
+        let path = format!("steps/{}/wait?timeoutMs=25000", encode(label));
+        Ok(self.call::<StepAnswer>("GET", &path, None::<&Value>, STEP_ROUTE_LIMIT)?.step)
+    }
+
+    /// One call to the run's internal routes, authorised by the run token.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        limit: Duration,
+    ) -> Result<T, ClientError> {
+        let path = format!("/api/internal/script-runs/{}/{path}", encode(&self.run_id));
+        self.server.with_timeout(limit).call(method, &path, body).map_err(ClientError::from)
+    }
+}
+
+impl From<HttpError> for ClientError {
+    /// The step client's words for a failed request (the CLI prints them).
+    fn from(e: HttpError) -> ClientError {
+        match e {
+            HttpError::Http { status, code, message } => ClientError::Server { status, code, message },
+            HttpError::Unreachable { url, message } => ClientError::Unreachable { url, message },
+            HttpError::Timeout { url, seconds } => {
+                ClientError::Unreachable { url, message: format!("no answer within {seconds} s") }
             }
-            Err(ureq::Error::Transport(t)) => {
-                Err(ClientError::Unreachable { url: self.url.clone(), message: t.to_string() })
-            }
+            HttpError::Malformed { url, message } => ClientError::Protocol(format!("{url}: {message}")),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (a sleep's wake-up time is journaled in them).
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn command_result(result: &Value, replayed: bool) -> CommandResult {

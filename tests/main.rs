@@ -1,0 +1,17 @@
+//! The integration tests, one binary (linked once): each module starts the real
+//! `script-runner` binary on `127.0.0.1:0` through the shared harness in `common`.
+//!
+//! Run one module or test with a filter: `cargo test --test integration durability::`.
+#![allow(missing_docs, reason = "test modules")]
+
+mod common;
+
+mod api;
+mod blocks_flows;
+mod durability;
+mod logs;
+mod oomol_worker;
+mod processes;
+mod runs_api;
+mod runs_replay;
+mod spawn_pipes;

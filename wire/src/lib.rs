@@ -1,0 +1,14 @@
+//! The wire: every JSON shape that crosses a process or network boundary of script-runner —
+//! the job API's answers, the errors, and the step protocol between a workflow process and
+//! the server — defined once, as serde types.
+//!
+//! The server serialises them, the step client and the blocks deserialise them; this crate
+//! depends on serde alone, so a client never compiles the server. Field names and order are
+//! those of the Node.js script-runner where it has them (its clients read them unchanged).
+
+pub mod error;
+pub mod jobs;
+pub mod runs;
+pub mod steps;
+
+pub use error::{ErrorBody, ErrorDetail};

@@ -1,0 +1,98 @@
+//! Workflow runs on the wire: the run object and its journal entries, as the run API and the
+//! internal step routes answer them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A run (`GET /api/script-runs/{id}` and every answer that returns a run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunView {
+    /// Run id (`run_<ms>_<seq>`).
+    pub id: String,
+    /// The workflow script's id, or the name given to an inline source or flow.
+    pub script_name: String,
+    /// The workflow script's id when the run came from the catalog.
+    pub workflow_id: Option<String>,
+    /// The interpreter of an inline source.
+    pub interpreter: Option<String>,
+    /// The flow a durable flow run executes.
+    pub flow: Option<String>,
+    /// `running`, `awaiting`, `paused`, `completed`, `failed`, `cancelled` or `aborted_limit`.
+    pub status: String,
+    /// The launch arguments.
+    pub args: Value,
+    /// The run's output (its stdout as JSON, else as text), once it has ended.
+    pub output: Value,
+    /// Why it failed, was cancelled or was stopped by a guardrail.
+    pub error: Option<String>,
+    /// What went wrong without failing the run (e.g. a log that could not be stored).
+    pub warnings: Vec<String>,
+    /// SHA-256 of the source, hex.
+    pub source_sha256: String,
+    /// The current execution's process.
+    pub pid: Option<i32>,
+    /// ISO time.
+    pub created_at: String,
+    /// ISO time of the first execution's start.
+    pub started_at: Option<String>,
+    /// ISO time.
+    pub finished_at: Option<String>,
+    /// ISO time of the current execution's last heartbeat.
+    pub last_heartbeat_at: Option<String>,
+    /// The key the run was launched under.
+    pub idempotency_key: Option<String>,
+    /// Executions so far (1 for the first).
+    pub attempt: i32,
+    /// The last progress reported.
+    pub progress: Option<Progress>,
+    /// The run this one was forked from.
+    pub forked_from: Option<String>,
+}
+
+/// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the
+/// order the server has always written them.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done.
+    pub current: i64,
+    /// What it is doing.
+    pub message: Option<String>,
+    /// Units in all (0 when unknown).
+    pub total: i64,
+}
+
+/// A journal entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    /// The label.
+    pub step_key: String,
+    /// `command`, `script`, `value`, `sleep`, `approval` or `node`.
+    pub step_type: String,
+    /// What the step was asked to do (replays must ask the same).
+    pub config: Value,
+    /// `started`, `completed` or `failed`.
+    pub status: String,
+    /// What it produced.
+    pub result: Value,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The job a script step started.
+    pub job_id: Option<String>,
+    /// ISO time.
+    pub started_at: String,
+    /// ISO time.
+    pub completed_at: Option<String>,
+    /// How long it took.
+    pub duration_ms: Option<i64>,
+}
+
+/// `{ok, run}`: the answer of the routes that return one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAnswer {
+    /// Always true.
+    pub ok: bool,
+    /// The run.
+    pub run: RunView,
+}

@@ -1,0 +1,140 @@
+//! The step protocol: what a workflow process (`script-runner step`, or any client) sends to
+//! the server's internal routes under `/api/internal/script-runs/{runId}/`, authorised by the
+//! run token, and what it gets back.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::runs::StepView;
+
+/// `POST steps/{label}/begin`: a step is about to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BeginRequest {
+    /// `command`, `script`, `value`, `sleep`, `approval` or `node`.
+    pub step_type: String,
+    /// What the step does (a replay with another config is `STEP_DIVERGED`).
+    #[serde(default)]
+    pub config: Value,
+}
+
+/// What the client does next with a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The step is journaled: its result is in `step`, nothing runs.
+    Done,
+    /// Not journaled: the client runs it and records it.
+    Execute,
+    /// Started and not ended (a sleep, an approval, a script's job): the client goes on
+    /// with the entry in `step`.
+    Resume,
+}
+
+/// The answer to [`BeginRequest`] (fields in the order the server has always written them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeginAnswer {
+    /// What to do.
+    pub action: Action,
+    /// Always true.
+    pub ok: bool,
+    /// The journal entry (`done` and `resume`).
+    pub step: Option<StepView>,
+}
+
+/// `POST steps`: records a step the client ran (or finishes a started one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordRequest {
+    /// The label.
+    pub step_key: String,
+    /// The step type, as begun.
+    pub step_type: String,
+    /// The config, as begun.
+    #[serde(default)]
+    pub config: Value,
+    /// `completed` or `failed`.
+    pub status: String,
+    /// What the step produced.
+    #[serde(default)]
+    pub result: Option<Value>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// How long it ran.
+    #[serde(default)]
+    pub duration_ms: Option<i64>,
+}
+
+/// `{ok, step}`: the answer of `GET steps/{label}`, `POST steps` and `GET steps/{label}/wait`
+/// (a second writer of a label gets the first one's entry back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepAnswer {
+    /// Always true.
+    pub ok: bool,
+    /// The journal entry as stored.
+    pub step: StepView,
+}
+
+/// `POST progress`: the run's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgressRequest {
+    /// Units done.
+    pub current: u64,
+    /// Units in all (0 when unknown).
+    pub total: u64,
+    /// What it is doing.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn begin_answers_read_every_action_and_a_missing_step() {
+        let answer: BeginAnswer =
+            serde_json::from_value(json!({ "ok": true, "action": "execute", "step": null })).expect("execute answer");
+        assert_eq!((answer.action, answer.step), (Action::Execute, None));
+        let step = json!({ "stepKey": "a", "stepType": "value", "config": null, "status": "completed",
+            "result": 42, "error": null, "jobId": null, "startedAt": "2026-01-01T00:00:00.000Z",
+            "completedAt": null, "durationMs": 3 });
+        let answer: BeginAnswer =
+            serde_json::from_value(json!({ "ok": true, "action": "done", "step": step })).expect("done answer");
+        assert_eq!(answer.action, Action::Done);
+        assert_eq!(answer.step.map(|s| s.result), Some(json!(42)));
+        assert!(serde_json::from_value::<BeginAnswer>(json!({ "ok": true, "action": "jump" })).is_err());
+    }
+
+    #[test]
+    fn a_record_request_is_written_with_the_protocols_names_and_read_back_equal() {
+        let record = RecordRequest {
+            step_key: "build".into(),
+            step_type: "command".into(),
+            config: json!({ "command": ["make"] }),
+            status: "failed".into(),
+            result: Some(json!({ "exitCode": 2 })),
+            error: Some("exit code 2".into()),
+            duration_ms: Some(15),
+        };
+        let text = serde_json::to_value(&record).expect("serialise");
+        assert_eq!(text["stepKey"], "build");
+        assert_eq!(text["durationMs"], 15);
+        assert_eq!(serde_json::from_value::<RecordRequest>(text).expect("read back"), record);
+        // Only the label, type and status are required.
+        let minimal: RecordRequest =
+            serde_json::from_value(json!({ "stepKey": "v", "stepType": "value", "status": "completed" }))
+                .expect("minimal");
+        assert_eq!((minimal.config, minimal.result, minimal.duration_ms), (Value::Null, None, None));
+    }
+
+    #[test]
+    fn progress_takes_no_negative_numbers() {
+        assert!(serde_json::from_value::<ProgressRequest>(json!({ "current": -1, "total": 3 })).is_err());
+        let p: ProgressRequest = serde_json::from_value(json!({ "current": 1, "total": 3 })).expect("progress");
+        assert_eq!(p, ProgressRequest { current: 1, total: 3, message: None });
+    }
+}
