@@ -148,8 +148,8 @@ pub struct RunnerConfig {
 pub struct DatabaseConfig {
     /// The database URL as configured (or the default beside `config.json`).
     pub url: String,
-    /// The SQLite file the URL names.
-    pub sqlite_path: PathBuf,
+    /// Where the URL points (the backend and its address).
+    pub location: crate::db::Location,
 }
 
 /// One whitelisted script.
@@ -306,7 +306,9 @@ struct RawArgs {
     item_max_length: Option<usize>,
 }
 
-/// Upper bound on `maxConcurrent`: each running job holds a supervisor thread.
+/// Upper bound on `maxConcurrent`: a running job holds no thread (it is supervised on the async
+/// runtime), but each holds a process, two pipes and two log files: the bound keeps a typo from
+/// exhausting the machine.
 const MAX_CONCURRENT_LIMIT: usize = 1024;
 
 /// Loads and validates `config.json` and the scripts it names.
@@ -374,26 +376,10 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
 }
 
 fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Result<DatabaseConfig, ConfigError> {
-    let url = url.unwrap_or_else(|| format!("sqlite://{}", base.join("script-runner.db").display()));
-    let path = if let Some(rest) = url.strip_prefix("sqlite://") {
-        rest
-    } else if let Some(rest) = url.strip_prefix("sqlite:") {
-        rest
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(ConfigError::new(
-            config_file,
-            "database.url: PostgreSQL is not supported by this build yet; use a sqlite:// URL",
-        ));
-    } else {
-        return Err(ConfigError::new(
-            config_file,
-            format!("database.url: unsupported URL {url:?}; expected sqlite://<path>"),
-        ));
-    };
-    if path.is_empty() {
-        return Err(ConfigError::new(config_file, "database.url: the sqlite:// URL names no file"));
-    }
-    Ok(DatabaseConfig { sqlite_path: normalize(&base.join(path)), url })
+    let url = url.unwrap_or_else(|| crate::db::Location::default_url(base));
+    let location = crate::db::Location::parse(&url, base).map_err(|e| ConfigError::new(config_file, e))?;
+    let location = location.map_file(normalize);
+    Ok(DatabaseConfig { location, url })
 }
 
 /// Guardrails come from `config.json`, else from their environment variable, else the default.

@@ -1,16 +1,13 @@
 //! Starting and stopping the service: open storage, import, recover, bind, serve, drain.
 
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{middleware, App, HttpServer};
 use anyhow::Context;
 use log::info;
-use nix::fcntl::{Flock, FlockArg};
 
 use crate::config::Config;
 use crate::db::Store;
@@ -25,9 +22,8 @@ use crate::runs::RunManager;
 /// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let _lock = lock_database(&config.database.sqlite_path)?;
-    let store =
-        Store::open(&config.database.sqlite_path).with_context(|| format!("database {}", config.database.url))?;
+    let _lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
+    let store = Store::open(&config.database.location).with_context(|| format!("database {}", config.database.url))?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
     let jobs = JobManager::new(Arc::clone(&config), store.clone())?;
@@ -86,24 +82,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     info!("stopped");
     Ok(())
-}
-
-/// Holds an exclusive lock on `<database>.lock` while the server runs. Two servers on one
-/// database would each mistake the other's jobs for orphans of a crash and kill them.
-fn lock_database(database: &Path) -> anyhow::Result<Flock<File>> {
-    let path = PathBuf::from(format!("{}.lock", database.display()));
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow::anyhow!("{} is locked: another script-runner is using this database ({e})", path.display())
-    })
 }
 
 async fn wait_for_signal() {

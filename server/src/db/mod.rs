@@ -5,9 +5,12 @@
 //! time, and one thread batching writes is much faster than many threads contending for the
 //! lock with busy-waits.
 
+mod location;
 pub mod models;
 pub mod schema;
 mod writer;
+
+pub use location::{DatabaseLock, Location};
 
 use std::path::Path;
 use std::time::Duration;
@@ -102,9 +105,16 @@ fn apply_pragmas(conn: &mut SqliteConnection) -> QueryResult<()> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the SQLite file, applies pending migrations and starts the
+    /// Opens (creating if needed) the database, applies pending migrations and starts the
     /// writer thread.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(location: &Location) -> Result<Store, StoreError> {
+        match location {
+            Location::Sqlite(path) => Store::open_sqlite(path),
+        }
+    }
+
+    /// Opens (creating if needed) a SQLite file.
+    fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
@@ -322,7 +332,7 @@ mod tests {
         }
         drop(conn);
 
-        let store = Store::open(&path).expect("reopen with every migration");
+        let store = Store::open_sqlite(&path).expect("reopen with every migration");
         assert_eq!(store.max_seq().expect("max seq"), 3);
         let row = store.get_job("job_1_2").expect("read").expect("kept");
         assert_eq!(row.stdout_ref, "job_1_2.stdout.log");

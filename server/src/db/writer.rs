@@ -533,7 +533,7 @@ mod tests {
     #[test]
     fn a_write_nobody_waits_for_is_committed() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(&dir.path().join("t.db")).expect("open");
+        let store = Store::open(&crate::db::Location::Sqlite(dir.path().join("t.db"))).expect("open");
         drop(store.writer().enqueue(job(1)).expect("enqueue"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while store.get_job("job_1_1").expect("read").is_none() {
@@ -548,7 +548,7 @@ mod tests {
     fn the_wal_stays_bounded_under_sustained_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("t.db");
-        let store = Store::open(&path).expect("open");
+        let store = Store::open(&crate::db::Location::Sqlite(path.clone())).expect("open");
         // Writes go on until both the time (two and a half checkpoint periods) and the count
         // (twice the commits after which a checkpoint is due, counted in writes) are reached,
         // however slow the machine; the deadline only bounds a writer that makes no progress.

@@ -1,0 +1,108 @@
+//! Where the database is: the backend a `database.url` names, and what being the one server
+//! on it takes. The rest of the service names no database engine: it holds a [`Location`],
+//! opens a `Store` on it, and takes its [`Location::deployment`] as the mark of its processes.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// A database the service can run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An embedded SQLite file (`sqlite://<path>`, relative to the config's folder).
+    Sqlite(PathBuf),
+}
+
+/// Held while the server runs: no second server takes the same database.
+pub struct DatabaseLock {
+    _flock: Flock<File>,
+}
+
+impl Location {
+    /// The database `url` names (`sqlite://<path>` or `sqlite:<path>`; a relative path is taken
+    /// from `base`); the error says what is wrong with the URL, for the config error.
+    pub fn parse(url: &str, base: &Path) -> Result<Location, String> {
+        let path = if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err("database.url: PostgreSQL is not supported by this build yet; use a sqlite:// URL".into());
+        } else {
+            return Err(format!("database.url: unsupported URL {url:?}; expected sqlite://<path>"));
+        };
+        if path.is_empty() {
+            return Err("database.url: the sqlite:// URL names no file".into());
+        }
+        Ok(Location::Sqlite(base.join(path)))
+    }
+
+    /// The same location with its file path (for a file-backed database) passed through `f`
+    /// (the config normalises `..` and `.` in paths it reports).
+    pub fn map_file(self, f: impl FnOnce(&Path) -> PathBuf) -> Location {
+        match self {
+            Location::Sqlite(path) => Location::Sqlite(f(&path)),
+        }
+    }
+
+    /// The default: `script-runner.db` in `base` (the config's folder).
+    pub fn default_url(base: &Path) -> String {
+        format!("sqlite://{}", base.join("script-runner.db").display())
+    }
+
+    /// A name for the deployment that uses this database, stable across restarts: every
+    /// process the server starts carries it (`SCRIPT_RUNNER_DB`), so crash recovery finds
+    /// its own orphans and never another deployment's.
+    pub fn deployment(&self) -> String {
+        match self {
+            Location::Sqlite(path) => path.display().to_string(),
+        }
+    }
+
+    /// Takes the database for this server: an exclusive lock on `<file>.lock`, held while the
+    /// returned guard lives. Two servers on one database would each mistake the other's jobs
+    /// for orphans of a crash and kill them.
+    pub fn lock(&self) -> Result<DatabaseLock, String> {
+        let Location::Sqlite(database) = self;
+        let path = PathBuf::from(format!("{}.lock", database.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            format!("{} is locked: another script-runner is using this database ({e})", path.display())
+        })?;
+        Ok(DatabaseLock { _flock: flock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_resolve_against_the_config_folder_and_others_are_refused() {
+        let base = Path::new("/etc/sr");
+        assert_eq!(Location::parse("sqlite://jobs.db", base), Ok(Location::Sqlite("/etc/sr/jobs.db".into())));
+        assert_eq!(Location::parse("sqlite:/var/x.db", base), Ok(Location::Sqlite("/var/x.db".into())));
+        assert!(Location::parse("postgres://u@h/db", base).is_err_and(|e| e.contains("PostgreSQL")));
+        assert!(Location::parse("mysql://h/db", base).is_err_and(|e| e.contains("unsupported")));
+        assert!(Location::parse("sqlite://", base).is_err_and(|e| e.contains("names no file")));
+    }
+
+    #[test]
+    fn a_second_lock_on_one_database_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("a.db"));
+        let first = location.lock().expect("first lock");
+        assert!(location.lock().is_err_and(|e| e.contains("another script-runner")));
+        drop(first);
+        assert!(location.lock().is_ok());
+    }
+}
