@@ -160,23 +160,24 @@ impl Store {
     /// A page of jobs, newest first, and how many match in all.
     pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, i64), StoreError> {
         let mut conn = self.pool.get()?;
-        let mut query = jobs::table.into_boxed();
-        let mut count = jobs::table.into_boxed();
-        if let Some(status) = &filter.status {
-            query = query.filter(jobs::status.eq(status.clone()));
-            count = count.filter(jobs::status.eq(status.clone()));
-        }
-        if let Some(script_id) = &filter.script_id {
-            query = query.filter(jobs::script_id.eq(script_id.clone()));
-            count = count.filter(jobs::script_id.eq(script_id.clone()));
-        }
-        let rows = query
+        // One filter for the page and its count.
+        let filtered = || {
+            let mut query = jobs::table.into_boxed();
+            if let Some(status) = &filter.status {
+                query = query.filter(jobs::status.eq(status.clone()));
+            }
+            if let Some(script_id) = &filter.script_id {
+                query = query.filter(jobs::script_id.eq(script_id.clone()));
+            }
+            query
+        };
+        let rows = filtered()
             .order(jobs::seq.desc())
             .limit(filter.limit)
             .offset(filter.offset)
             .select(JobRow::as_select())
             .load(&mut conn)?;
-        let total = count.count().get_result(&mut conn)?;
+        let total = filtered().count().get_result(&mut conn)?;
         Ok((rows, total))
     }
 

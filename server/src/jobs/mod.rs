@@ -514,9 +514,7 @@ impl JobManager {
         }
         active.control.cancel();
         let mut done = active.done.subscribe();
-        let bound = Duration::from_secs(shared.config.runner.kill_grace_sec)
-            + supervisor::DRAIN_AFTER_EXIT
-            + Duration::from_secs(3);
+        let bound = supervisor::stop_bound(Duration::from_secs(shared.config.runner.kill_grace_sec));
         match tokio::time::timeout(bound, wait_done(&mut done)).await {
             Ok(Some(job)) => Ok(job),
             _ => Ok(active.snapshot()),
@@ -596,9 +594,7 @@ impl JobManager {
             for active in &running {
                 active.control.cancel();
             }
-            let bound = Duration::from_secs(shared.config.runner.kill_grace_sec)
-                + supervisor::DRAIN_AFTER_EXIT
-                + Duration::from_secs(3);
+            let bound = supervisor::stop_bound(Duration::from_secs(shared.config.runner.kill_grace_sec));
             shared.wait_idle(bound).await;
         }
         let queued: Vec<_> = lock(&shared.state).queue.drain(..).collect();

@@ -43,6 +43,13 @@ use crate::process::spawn;
 
 /// How long output is still drained after the leader exited and its group was killed.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// How long a caller waits for a canceled process to be over: the kill grace (SIGTERM to
+/// SIGKILL), the drain after the exit, and slack for the final commit. A cancel, a shutdown and
+/// a run's stop all wait this long at most, then answer with the state as it is.
+pub fn stop_bound(kill_grace: Duration) -> Duration {
+    kill_grace + DRAIN_AFTER_EXIT + Duration::from_secs(3)
+}
 /// The environment variable every supervised process gets, holding its owner's id (a job id or
 /// a run id). Recovery after a crash finds an owner's processes by it (also those that left the
 /// process group). The name is kept from when only jobs had processes: scripts may read it.
