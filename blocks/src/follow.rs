@@ -6,10 +6,11 @@
 //! never fails the block, whose result comes from the job itself. What is shown is bounded:
 //! past [`MAX_SHOWN_LINES`] lines of a stream, one line says where the rest is.
 
+use script_runner_client::wire::jobs::{JobList, LinesPage};
+use script_runner_client::{query, segment, Server};
 use serde_json::Value;
 
 use crate::Report;
-use script_runner_client::{query, segment, Server};
 
 /// Most lines of one stream shown by one block run (the job's log keeps them all).
 pub const MAX_SHOWN_LINES: u64 = 10_000;
@@ -49,16 +50,13 @@ impl Follower {
                     query(stream),
                     self.next[i]
                 );
-                let Ok(page) = server.get(&path) else { break };
-                let lines = page["lines"].as_array().map(Vec::as_slice).unwrap_or_default();
-                for line in lines {
-                    self.line(i, stream, line.as_str().unwrap_or_default(), report);
+                let Ok(page) = server.call::<LinesPage>("GET", &path, None::<&Value>) else { break };
+                for line in &page.lines {
+                    self.line(i, stream, line, report);
                 }
-                let next = page["nextOffset"].as_u64().unwrap_or(self.next[i]);
-                let total = page["totalLines"].as_u64().unwrap_or(0);
-                let moved = next > self.next[i];
-                self.next[i] = next;
-                if lines.is_empty() || !moved || next >= total {
+                let moved = page.next_offset > self.next[i];
+                self.next[i] = page.next_offset;
+                if page.lines.is_empty() || !moved || page.next_offset >= page.total_lines {
                     break;
                 }
             }
@@ -83,6 +81,7 @@ impl Follower {
 
 /// The id of the job started under an idempotency key, once the server has it.
 pub fn job_by_key(server: &Server, key: &str) -> Option<String> {
-    let page = server.get(&format!("/jobs?idempotencyKey={}&limit=1", query(key))).ok()?;
-    page["jobs"].get(0)?.get("jobId").and_then(Value::as_str).map(str::to_string)
+    let path = format!("/jobs?idempotencyKey={}&limit=1", query(key));
+    let page = server.call::<JobList>("GET", &path, None::<&Value>).ok()?;
+    page.jobs.into_iter().next().map(|job| job.job_id)
 }
