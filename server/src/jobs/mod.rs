@@ -17,13 +17,20 @@
 //! A crash in between loses nothing acknowledged, and leaves no process behind: recovery kills
 //! every process that carries the deployment's marker (see [`recovery`]).
 
+mod active;
+mod args;
+mod error;
 pub mod import;
 pub mod model;
 pub mod recovery;
 
-use std::collections::{HashMap, VecDeque};
+pub use active::Admission;
+use active::{Active, Shared, State};
+pub use args::validate_args;
+pub use error::JobError;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,10 +38,10 @@ use log::{error, info, warn};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{ArgRules, Config, Mode, Script};
-use crate::db::{JobFilter, Pending, Store, StoreError, WriteOp, Writer};
+use crate::config::{Config, Mode, Script};
+use crate::db::{JobFilter, Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
-use crate::process::supervisor::{self, Control, Launch, LiveStreams};
+use crate::process::supervisor;
 use crate::sync::lock;
 use crate::time::now_ms;
 use model::{Job, JobStatus};
@@ -48,141 +55,6 @@ pub const MAX_LINE_LIMIT: u64 = 10_000;
 pub const MAX_BYTE_LIMIT: u64 = 1024 * 1024;
 /// Most line text in one line page.
 pub const MAX_LINE_PAGE_BYTES: usize = 1024 * 1024;
-
-/// What can go wrong with a job request. The HTTP layer maps each to a status and code.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// No whitelisted script has this id.
-    #[error("script not found: {0}")]
-    ScriptNotFound(String),
-    /// The arguments (or another request field) break the rules.
-    #[error("{0}")]
-    InvalidArgs(String),
-    /// No job has this id.
-    #[error("job not found: {0}")]
-    JobNotFound(String),
-    /// Running slots and queue are full.
-    #[error("queue full: {running} running and {queued} queued (runner.maxQueued is {max_queued})")]
-    QueueFull {
-        /// Jobs running.
-        running: usize,
-        /// Jobs waiting.
-        queued: usize,
-        /// The configured bound.
-        max_queued: usize,
-    },
-    /// The server is stopping and takes no new runs.
-    #[error("the server is shutting down and accepts no new runs")]
-    ShuttingDown,
-    /// The idempotency key was used for another script or other arguments.
-    #[error("idempotency key {key:?} was already used for a different script or args (job {job_id})")]
-    IdempotencyConflict {
-        /// The key.
-        key: String,
-        /// The job started under it.
-        job_id: String,
-    },
-    /// Storage failed.
-    #[error("{0}")]
-    Store(#[from] StoreError),
-    /// Reading a log failed.
-    #[error("reading log {path}: {source}")]
-    Log {
-        /// The log file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The system refused a resource (file descriptors).
-    #[error("system resource: {0}")]
-    System(String),
-}
-
-/// A job in flight.
-struct Active {
-    job: Mutex<Job>,
-    script: Arc<Script>,
-    control: Arc<Control>,
-    live: Mutex<Option<LiveStreams>>,
-    /// Whether the job's row has been ordered written (then later writes are updates).
-    recorded: AtomicBool,
-    /// Holds the final job once it is committed.
-    done: watch::Sender<Option<Job>>,
-}
-
-impl Active {
-    /// A job in flight; `recorded` says whether its row already exists.
-    fn new(job: Job, script: Arc<Script>, recorded: bool) -> Arc<Active> {
-        Arc::new(Active {
-            job: Mutex::new(job),
-            script,
-            control: Control::new(),
-            live: Mutex::new(None),
-            recorded: AtomicBool::new(recorded),
-            done: watch::channel(None).0,
-        })
-    }
-
-    /// Orders the write of `job`, which is this job locked by the caller: an insert the first
-    /// time, updates after. Deciding and ordering under the job's lock means one job's writes
-    /// reach the writer in the order they were decided, whichever threads decide them.
-    fn record(&self, job: &Job, writer: &Writer) -> Result<Pending, StoreError> {
-        let row = Box::new(job.to_row());
-        let op =
-            if self.recorded.swap(true, Ordering::AcqRel) { WriteOp::UpdateJob(row) } else { WriteOp::InsertJob(row) };
-        writer.enqueue(op)
-    }
-
-    /// Changes the job and orders the write of its new state.
-    fn update(&self, writer: &Writer, change: impl FnOnce(&mut Job)) -> (Job, Result<Pending, StoreError>) {
-        let mut job = lock(&self.job);
-        change(&mut job);
-        let pending = self.record(&job, writer);
-        (job.clone(), pending)
-    }
-
-    /// The job as it is now, with the live log counters of a running job.
-    fn snapshot(&self) -> Job {
-        let mut job = lock(&self.job).clone();
-        if let Some([out, err]) = lock(&self.live).as_ref() {
-            for (info, live) in [(&mut job.stdout, out), (&mut job.stderr, err)] {
-                info.size = live.size.load(Ordering::Acquire);
-                info.lines = Some(live.lines.load(Ordering::Acquire));
-                info.truncated = live.truncated.load(Ordering::Relaxed);
-                info.preview = live.preview();
-                info.error.clone_from(&lock(&live.error));
-            }
-        }
-        job
-    }
-}
-
-#[derive(Default)]
-struct State {
-    queue: VecDeque<Arc<Active>>,
-    active: HashMap<String, Arc<Active>>,
-    running: usize,
-    /// Admitted requests whose insert is not yet committed.
-    reserved: usize,
-    /// Idempotency key -> id of the job in flight started under it (ended jobs are found in
-    /// the database, where their key was committed before they left memory).
-    keys: HashMap<String, String>,
-    stopping: bool,
-}
-
-struct Shared {
-    config: Arc<Config>,
-    store: Store,
-    state: Mutex<State>,
-    next_seq: AtomicU64,
-    /// Rung whenever a job ends (shutdown waits on it).
-    ended: Notify,
-    /// This deployment's marker, exported to every job (see [`supervisor::DEPLOYMENT_ENV`]).
-    deployment: Arc<str>,
-    /// Held from the look-up of an idempotency key to the registration of its job, so two
-    /// requests with one key start one job (requests without a key never take it).
-    keyed: tokio::sync::Mutex<()>,
-}
 
 /// The job service. Cheap to clone.
 #[derive(Clone)]
@@ -633,233 +505,6 @@ impl JobManager {
     fn logs_dir(&self) -> &Path {
         &self.shared.config.runner.logs_dir
     }
-}
-
-/// A place reserved for one job in running + queued (see [`JobManager::admit`]). It is given
-/// back when the job is queued, or when it is dropped (a refused or abandoned submission,
-/// e.g. a request whose client went away while its job was being recorded).
-pub struct Admission {
-    shared: Option<Arc<Shared>>,
-}
-
-impl Admission {
-    /// Gives the place back, under the state lock the caller holds.
-    fn release(mut self, st: &mut State) {
-        if self.shared.take().is_some() {
-            st.reserved -= 1;
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            lock(&shared.state).reserved -= 1;
-        }
-    }
-}
-
-impl Shared {
-    fn active(&self, id: &str) -> Option<Arc<Active>> {
-        lock(&self.state).active.get(id).cloned()
-    }
-
-    /// Admits one more job into running + queued, or refuses.
-    fn reserve(self: &Arc<Self>) -> Result<Admission, JobError> {
-        let runner = &self.config.runner;
-        let mut st = lock(&self.state);
-        if st.stopping {
-            return Err(JobError::ShuttingDown);
-        }
-        let in_flight = st.running + st.queue.len() + st.reserved;
-        if in_flight >= runner.max_concurrent + runner.max_queued {
-            return Err(JobError::QueueFull {
-                running: st.running,
-                queued: st.queue.len(),
-                max_queued: runner.max_queued,
-            });
-        }
-        st.reserved += 1;
-        Ok(Admission { shared: Some(Arc::clone(self)) })
-    }
-
-    /// Starts queued jobs while slots are free, each as a task on the calling thread's
-    /// runtime (an HTTP worker, or the main runtime at start): the job is supervised where its
-    /// request was handled, without handing it to another thread.
-    fn dispatch(shared: &Arc<Shared>) {
-        loop {
-            let next = {
-                let mut st = lock(&shared.state);
-                if st.stopping || st.running >= shared.config.runner.max_concurrent {
-                    return;
-                }
-                let Some(next) = st.queue.pop_front() else { return };
-                st.running += 1;
-                next
-            };
-            tokio::task::spawn_local(Arc::clone(shared).run(next));
-        }
-    }
-
-    /// Runs one job from spawn to its committed final state.
-    async fn run(self: Arc<Shared>, active: Arc<Active>) {
-        let launch = self.launch(&active);
-        let mut events = RunEvents { shared: &self, active: &active };
-        let outcome = match self.record_start(&active).await {
-            Ok(()) => supervisor::supervise(&launch, &active.control, &mut events).await,
-            Err(message) => supervisor::Outcome::not_started(message),
-        };
-        // Final in memory first, so no reader sees it running beside the job that takes its
-        // slot; then free the slot before the commit, so the next job starts during the write.
-        let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
-        *lock(&active.live) = None;
-        lock(&self.state).running -= 1;
-        Shared::dispatch(&self);
-        let committed = match pending {
-            Ok(pending) => pending.wait().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            error!("job {}: final state not saved: {e}", job.id);
-        }
-        self.forget(&active, job);
-    }
-
-    /// Commits an async job's start before its process can exist, so a crash at any moment
-    /// after the spawn leaves it `running` in the database, and the restart ends it `failed`
-    /// instead of running it a second time: an acknowledged async job runs at most once, however
-    /// short. A sync job needs no such write (nothing was acknowledged to its caller, and a
-    /// restart fails every unfinished sync job): its fast path stays one write.
-    async fn record_start(&self, active: &Active) -> Result<(), String> {
-        if lock(&active.job).mode != Mode::Async {
-            return Ok(());
-        }
-        let (job, pending) = active.update(self.store.writer(), |job| job.mark_starting(now_ms()));
-        let committed = match pending {
-            Ok(pending) => pending.wait().await,
-            Err(e) => Err(e),
-        };
-        committed.map_err(|e| {
-            error!("job {}: start not recorded, not started: {e}", job.id);
-            format!("the job's start could not be recorded, so it was not started: {e}")
-        })
-    }
-
-    /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.
-    async fn settle(&self, active: &Arc<Active>, end: impl FnOnce(&mut Job)) -> Job {
-        let (job, pending) = active.update(self.store.writer(), end);
-        let committed = match pending {
-            Ok(pending) => pending.wait().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            error!("job {}: final state not saved: {e}", job.id);
-        }
-        self.forget(active, job.clone());
-        job
-    }
-
-    /// Orders the write of a job's current state without waiting for it; a failure is logged.
-    fn order(&self, active: &Active, job: &Job) {
-        if let Err(e) = active.record(job, self.store.writer()) {
-            error!("job {}: state not saved: {e}", job.id);
-        }
-    }
-
-    fn forget(&self, active: &Arc<Active>, job: Job) {
-        {
-            let mut st = lock(&self.state);
-            st.active.remove(&job.id);
-            if let Some(key) = &job.idempotency_key {
-                st.keys.remove(key);
-            }
-        }
-        active.done.send_replace(Some(job));
-        self.ended.notify_waiters();
-    }
-
-    fn launch(&self, active: &Active) -> Launch {
-        let runner = &self.config.runner;
-        let job = lock(&active.job);
-        let script = &active.script;
-        Launch {
-            owner_id: job.id.clone(),
-            deployment: Arc::clone(&self.deployment),
-            program: script.path.clone(),
-            args: job.args.clone(),
-            cwd: script.cwd.clone(),
-            env: script.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            stdin: None,
-            timeout: (script.timeout_sec > 0).then(|| Duration::from_secs(script.timeout_sec)),
-            kill_grace: Duration::from_secs(runner.kill_grace_sec),
-            stdout_log: runner.logs_dir.join(&job.stdout.log_ref),
-            stderr_log: runner.logs_dir.join(&job.stderr.log_ref),
-            log_cap: runner.max_log_bytes_per_stream,
-            preview_max: runner.preview_max_bytes,
-        }
-    }
-
-    /// Waits until no job runs, at most `bound`; true if none runs.
-    async fn wait_idle(&self, bound: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let notified = self.ended.notified();
-            if lock(&self.state).running == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return lock(&self.state).running == 0;
-            }
-        }
-    }
-}
-
-/// Keeps the in-flight job current while its supervisor runs it.
-struct RunEvents<'a> {
-    shared: &'a Shared,
-    active: &'a Active,
-}
-
-impl supervisor::Events for RunEvents<'_> {
-    fn spawned(&mut self, spawned: supervisor::Spawned, live: LiveStreams) {
-        lock(&self.active.job).mark_running(&spawned);
-        *lock(&self.active.live) = Some(live);
-    }
-
-    fn still_running(&mut self, start_ticks: Option<u64>) {
-        // Ordered before the final write; not waited for (the job is in memory meanwhile).
-        let mut job = lock(&self.active.job);
-        job.proc_start_ticks = start_ticks;
-        self.shared.order(self.active, &job);
-    }
-}
-
-/// Checks a request's `args` against the script's rules, with upstream's messages.
-pub fn validate_args(rules: &ArgRules, args: Option<&Value>) -> Result<Vec<String>, JobError> {
-    let invalid = |m: String| JobError::InvalidArgs(m);
-    let items = match args {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => return Err(invalid("args must be an array of strings".into())),
-    };
-    if items.len() > rules.max_items {
-        return Err(invalid(format!("too many args: max {}", rules.max_items)));
-    }
-    let mut out = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let Value::String(s) = item else { return Err(invalid(format!("arg[{i}] must be string"))) };
-        if s.chars().count() > rules.item_max_length {
-            return Err(invalid(format!("arg[{i}] too long: max {}", rules.item_max_length)));
-        }
-        if s.contains('\0') {
-            return Err(invalid(format!("arg[{i}] must not contain a NUL character")));
-        }
-        if !rules.item_pattern.is_match(s) {
-            return Err(invalid(format!("arg[{i}] does not match pattern")));
-        }
-        out.push(s.clone());
-    }
-    Ok(out)
 }
 
 /// Reads a log file off the async workers; an error names the file.
