@@ -20,6 +20,7 @@ use log::{error, info, warn};
 use serde_json::Value;
 
 use super::error::RunError;
+use super::journal::rules::Budget;
 use super::launch::{run_dir, sha256_hex, to_json};
 use super::lifecycle::{self, ExecutionEnd, PauseAction, Settlement, Stop};
 use super::live::{LiveRun, State};
@@ -357,11 +358,11 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         let (store, id) = (engine.store.clone(), run.id.clone());
         blocking(move || store.journal_counts(&id, super::model::StepType::Script.as_str())).await??
     };
-    live.lock().budget = lifecycle::Budget {
+    live.lock().budget = Budget {
         total: u64::try_from(total).unwrap_or(0),
         scripts: u64::try_from(scripts).unwrap_or(0),
         next_seq: max_seq + 1,
-        ..lifecycle::Budget::default()
+        ..Budget::default()
     };
     let token = new_token()?;
     let token_sha256 = sha256_hex(token.as_bytes());

@@ -2,11 +2,13 @@
 //! authorised by the run token), recorded and replayed by label, and an approval's decision.
 //!
 //! A label journaled before returns its stored entry (replay); a new one is counted against
-//! the guardrails ([`lifecycle::Budget`]) before it executes. Server-side steps (a script, a
+//! the guardrails ([`rules::Budget`]) before it executes. Server-side steps (a script, a
 //! sleep, an approval) are journaled as `started` first and ended later: a script step names
 //! its job in the journal before the job exists, so a crash never leaves a job the journal
 //! does not know of. What an entry means for the run's status (an approval makes it
 //! `awaiting`, a decision makes it go on) is decided by [`execution`] and [`lifecycle`].
+
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,11 +75,11 @@ async fn stored(engine: &Engine, run_id: &str, label: &str) -> Result<JournalEnt
 pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: StepRequest) -> Result<Begun, RunError> {
     let live = authorize_active(engine, id, token)?;
     let requester = sha256_hex(token.as_bytes());
-    lifecycle::check_label(&request.label).map_err(RunError::InvalidRequest)?;
+    rules::check_label(&request.label).map_err(RunError::InvalidRequest)?;
     let entry = engine.step(id, &request.label).await?;
     let repeated = !live.lock().budget.requested.insert(request.label.clone());
     if let Some(entry) = entry {
-        lifecycle::check_divergence(&entry, &request).map_err(RunError::StepDiverged)?;
+        rules::check_divergence(&entry, &request).map_err(RunError::StepDiverged)?;
         if repeated {
             let warning = format!(
                 "step label {:?} was requested twice in one execution; the first result was returned",
@@ -142,8 +144,8 @@ pub async fn record_step(
     record: StepRecord,
 ) -> Result<JournalEntry, RunError> {
     let live = authorize_active(engine, id, token)?;
-    lifecycle::check_label(&record.label).map_err(RunError::InvalidRequest)?;
-    let status = lifecycle::check_recorded_status(record.status).map_err(RunError::InvalidRequest)?;
+    rules::check_label(&record.label).map_err(RunError::InvalidRequest)?;
+    let status = rules::check_recorded_status(record.status).map_err(RunError::InvalidRequest)?;
     let size = record.result.as_ref().map_or(0, |r| to_json(r).len()) + record.error.as_ref().map_or(0, String::len);
     let max = engine.config.workflows.max_result_bytes;
     if size as u64 > max {
@@ -154,7 +156,7 @@ pub async fn record_step(
     match engine.step(id, &record.label).await? {
         Some(existing) => {
             let request = StepRequest { label: record.label, step_type: record.step_type, config: record.config };
-            lifecycle::check_divergence(&existing, &request).map_err(RunError::StepDiverged)?;
+            rules::check_divergence(&existing, &request).map_err(RunError::StepDiverged)?;
             if existing.status != StepStatus::Started {
                 return Ok(existing);
             }
@@ -322,7 +324,7 @@ async fn continue_script_step(
     let Some(job_id) = entry.job_id.clone() else {
         return Err(RunError::StepWithoutJob(entry.label));
     };
-    let waits = lifecycle::waits_for_job(&entry.config);
+    let waits = rules::waits_for_job(&entry.config);
     if waits {
         // Known to the run before it exists: a cancel from now on cancels it too.
         live.lock().jobs.insert(job_id.clone());

@@ -1,6 +1,6 @@
-//! New runs: validating a launch (one of a workflow, an inline source or a flow), making it
-//! idempotent, recording it, and forking a run from another's journal. Also where a run's
-//! files live.
+//! Runs entering the engine: those a previous server left unfinished (recovered at start),
+//! new ones (a launch of a workflow, an inline source or a flow, idempotent by key) and forks
+//! of another run's journal. Also where a run's files live, and reading its logs.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -10,11 +10,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::RunError;
+use super::journal::rules;
 use super::live::LiveRun;
 use super::model::{LaunchRequest, Launched, Run};
 use super::{execution, lifecycle, lint, Engine, MAX_ARGS_BYTES, MAX_NAME_CHARS, MAX_SOURCE_BYTES};
 use crate::config::{Config, Script};
-use crate::db::WriteOp;
+use crate::db::{Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::sync::blocking;
 use crate::time::now_ms;
@@ -63,6 +64,23 @@ impl Engine {
         execution::start(self, &live);
         live
     }
+}
+
+/// The runs the previous server left unfinished, made live again (by
+/// [`lifecycle::recover`]; a run it changed is written first). None is started here.
+pub fn recover(store: &Store) -> Result<Vec<Arc<LiveRun>>, RunError> {
+    let mut live = Vec::new();
+    for mut run in store.unfinished_runs()? {
+        let journal = store.journal(&run.id)?;
+        let recovered = lifecycle::recover(&mut run, &journal);
+        if recovered.changed {
+            store.writer().write_blocking(WriteOp::update_run(&run))?;
+        }
+        let entry = LiveRun::new(run);
+        entry.lock().jobs.extend(recovered.jobs);
+        live.push(entry);
+    }
+    Ok(live)
 }
 
 /// Validates and records a run, and starts its first execution.
@@ -177,9 +195,8 @@ pub async fn fork(
         return Err(RunError::ShuttingDown);
     }
     let original = engine.get(id).await?;
-    let (store, key) = (engine.store.clone(), id.to_string());
-    let journal = blocking(move || store.journal(&key)).await??;
-    let cut = lifecycle::fork_cut(&journal, from_step.as_deref(), id).map_err(RunError::StepNotFound)?;
+    let journal = engine.journal(id).await?;
+    let cut = rules::fork_cut(&journal, from_step.as_deref(), id).map_err(RunError::StepNotFound)?;
     let source = match source {
         Some(source) => {
             let source = check_source(source)?;
@@ -192,7 +209,7 @@ pub async fn fork(
     };
     let now = now_ms();
     let run_id = engine.new_run_id(now);
-    let copied = lifecycle::fork_journal(&journal, cut, &run_id);
+    let copied = rules::fork_journal(&journal, cut, &run_id);
     let run = Run {
         script_name: original.script_name.clone(),
         workflow_id: original.workflow_id.clone(),

@@ -5,10 +5,15 @@
 //! that races with another (a decision against an execution's end, a cancel against a start)
 //! is made under that one lock, so no decision can see half of another's change.
 //!
-//! Lock order: the registry's lock and a run's lock are never held together (a run's id is
-//! kept outside its lock, so the registry never needs it). Writes to the database are
-//! *ordered* under the run's lock (enqueued to the single writer, which keeps their order)
-//! and *awaited* after it is released; no lock is held across an await.
+//! Lock order:
+//! 1. the registry's lock and a run's lock are never held together (a run's id is kept
+//!    outside its lock, so the registry never needs it; [`Registry::all`] hands out a copy);
+//! 2. no two runs' locks are ever held together;
+//! 3. under a run's lock, only the database writer's queue is locked (to *order* a write:
+//!    the single writer commits in that order); the write is *awaited* after the run's lock
+//!    is released. Watchers are told ([`LiveRun::bump`]) with no lock held.
+//!
+//! No lock is held across an await (clippy's `await_holding_lock` checks it).
 //!
 //! This room holds state and reports what happened; it never starts or stops an execution
 //! (that is `execution`'s, following the rules of `lifecycle`).
@@ -19,7 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::error::RunError;
-use super::lifecycle::{Budget, Stop};
+use super::journal::rules::Budget;
+use super::lifecycle::Stop;
 use super::model::{Run, RunStatus};
 use crate::db::{Pending, WriteOp, Writer};
 use crate::process::supervisor::Control;

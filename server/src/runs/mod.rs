@@ -1,23 +1,23 @@
 //! Durable workflow runs: launch, the run supervisor, the step journal and its guardrails.
 //!
 //! A run is a workflow source executed as a child process. Its durable steps are journaled by
-//! label; every (re)execution starts from the top and each step whose label is journaled
-//! returns the stored result instead of running again. Steps reach the journal through the
-//! internal routes, authorised by a per-execution token (the step client is the
-//! `script-runner-client` crate).
-//!
-//! The database is the record of a run; runs not yet terminal are also held in memory
-//! ([`live`]), where their state is current, and each change is committed before it is
-//! acknowledged. The rooms:
+//! label; every (re)execution starts from the top and each journaled step returns its stored
+//! result instead of running again. Steps reach the journal through the internal routes,
+//! authorised by a per-execution token. The database is the record of a run; runs not yet
+//! terminal are also held in memory ([`live`]), where their state is current, and each change
+//! is committed before it is acknowledged. The rooms:
 //! - [`model`]: the typed run, journal entry and requests;
 //! - [`lifecycle`]: the rules of a run's life, pure and unit-tested;
-//! - [`live`]: the registry of live runs, one lock per run;
-//! - [`launch`]: validating and recording new runs (launch, fork);
-//! - [`journal`]: recording and replaying steps for the step client;
-//! - [`execution`]: starting, supervising, stopping and settling executions;
+//! - [`live`]: the registry of live runs, one lock per run (its lock order is written there);
+//! - [`launch`]: runs entering the engine (recovered, launched, forked) and their files;
+//! - [`journal`]: recording and replaying steps for the step client ([`journal::rules`]: its
+//!   pure rules and guardrails);
+//! - [`execution`]: starting, supervising, stopping and settling executions: the one room
+//!   that decides what runs next;
 //! - [`error`]: what can go wrong, typed.
 //!
-//! This file is the face the HTTP layer calls ([`RunManager`]).
+//! This file is the face the HTTP layer calls ([`RunManager`]), and the [`Engine`] the rooms
+//! share.
 
 pub mod error;
 pub mod execution;
@@ -36,11 +36,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use error::RunError;
-use live::{LiveRun, Registry};
-use model::{JournalEntry, Run, RunStatus, StepStatus, StepType};
+use live::Registry;
+use model::{Begun, Decision, JournalEntry, LaunchRequest, Launched, Progress, Run, StepRecord, StepRequest};
 
 use crate::config::Config;
-use crate::db::{RunFilter, Store, WriteOp, Writer};
+use crate::db::{RunFilter, Store, Writer};
 use crate::jobs::JobManager;
 use crate::process::logs::{BytePage, LinePage, Stream};
 
@@ -104,6 +104,12 @@ impl Engine {
         run.ok_or_else(|| RunError::RunNotFound(id.to_string()))
     }
 
+    /// A run's whole journal, in journal order.
+    async fn journal(&self, id: &str) -> Result<Vec<JournalEntry>, RunError> {
+        let (store, id) = (self.store.clone(), id.to_string());
+        Ok(crate::sync::blocking(move || store.journal(&id)).await??)
+    }
+
     /// One journal entry.
     async fn step(&self, id: &str, label: &str) -> Result<Option<JournalEntry>, RunError> {
         let (store, id, label) = (self.store.clone(), id.to_string(), label.to_string());
@@ -124,33 +130,7 @@ impl RunManager {
         let next_seq = u64::try_from(store.max_run_seq()?).unwrap_or(0) + 1;
         let dir = launch::runs_dir(&config);
         std::fs::create_dir_all(&dir).map_err(|e| RunError::file(format!("cannot create {}", dir.display()), e))?;
-        let mut live = Vec::new();
-        for mut run in store.unfinished_runs()? {
-            let journal = store.journal(&run.id)?;
-            let started =
-                |kind: StepType| journal.iter().filter(move |e| e.step_type == kind && e.status == StepStatus::Started);
-            // Crash recovery (which runs first) killed every process of the previous server:
-            // a pid left on the run names a process that is gone.
-            let mut changed = run.pid.take().is_some();
-            // A decision journaled just before the crash, without the status change that
-            // follows it: the run goes on (it is resumed with the running ones).
-            if run.status == RunStatus::Awaiting && started(StepType::Approval).next().is_none() {
-                run.status = RunStatus::Running;
-                changed = true;
-            }
-            if changed {
-                store.writer().write_blocking(WriteOp::update_run(&run))?;
-            }
-            // Jobs its script steps started and that may still run (queued ones run after
-            // the restart): canceled with the run, even before a replay reaches their steps.
-            // (Not a start-only step's job: that one outlives its run.)
-            let jobs = started(StepType::Script)
-                .filter(|e| lifecycle::waits_for_job(&e.config))
-                .filter_map(|e| e.job_id.clone());
-            let entry = LiveRun::new(run);
-            entry.lock().jobs.extend(jobs);
-            live.push(entry);
-        }
+        let live = launch::recover(&store)?;
         Ok(RunManager {
             engine: Arc::new(Engine {
                 config,
@@ -179,7 +159,7 @@ impl RunManager {
     }
 
     /// Validates and records a run, and starts its first execution.
-    pub async fn launch(&self, request: model::LaunchRequest) -> Result<model::Launched, RunError> {
+    pub async fn launch(&self, request: LaunchRequest) -> Result<Launched, RunError> {
         launch::launch(&self.engine, request).await
     }
 
@@ -196,10 +176,7 @@ impl RunManager {
 
     /// The run and its journal.
     pub async fn get_with_journal(&self, id: &str) -> Result<(Run, Vec<JournalEntry>), RunError> {
-        let run = self.engine.get(id).await?;
-        let (store, key) = (self.engine.store.clone(), id.to_string());
-        let journal = crate::sync::blocking(move || store.journal(&key)).await??;
-        Ok((run, journal))
+        Ok((self.engine.get(id).await?, self.engine.journal(id).await?))
     }
 
     /// A page of runs, newest first, and how many match.
@@ -243,7 +220,7 @@ impl RunManager {
 
     /// Decides a pending approval. The run continues (its process restarted if it was
     /// parked), and the step client exits 0 (approved) or 1 (denied).
-    pub async fn approve(&self, id: &str, label: &str, decision: model::Decision) -> Result<Run, RunError> {
+    pub async fn approve(&self, id: &str, label: &str, decision: Decision) -> Result<Run, RunError> {
         journal::approve(&self.engine, id, label, decision).await?;
         self.engine.get(id).await
     }
@@ -287,22 +264,12 @@ impl RunManager {
 
     /// Begins a step: replays a journaled one, checks divergence and the guardrails, and for
     /// server-side kinds (script, sleep, approval) journals the start.
-    pub async fn begin_step(
-        &self,
-        id: &str,
-        token: &str,
-        request: model::StepRequest,
-    ) -> Result<model::Begun, RunError> {
+    pub async fn begin_step(&self, id: &str, token: &str, request: StepRequest) -> Result<Begun, RunError> {
         journal::begin_step(&self.engine, id, token, request).await
     }
 
     /// Records a step the client executed (or a started one it finished, like a sleep).
-    pub async fn record_step(
-        &self,
-        id: &str,
-        token: &str,
-        record: model::StepRecord,
-    ) -> Result<JournalEntry, RunError> {
+    pub async fn record_step(&self, id: &str, token: &str, record: StepRecord) -> Result<JournalEntry, RunError> {
         journal::record_step(&self.engine, id, token, record).await
     }
 
@@ -319,7 +286,7 @@ impl RunManager {
     }
 
     /// Records the run's progress.
-    pub async fn progress(&self, id: &str, token: &str, progress: model::Progress) -> Result<Run, RunError> {
+    pub async fn progress(&self, id: &str, token: &str, progress: Progress) -> Result<Run, RunError> {
         journal::progress(&self.engine, id, token, progress).await
     }
 
