@@ -44,29 +44,29 @@ pub struct RunView {
 
 impl RunView {
     /// The wire view of a run: statuses spelled, times as ISO text, progress as an object.
-    pub fn new(row: Run) -> RunView {
-        let progress = row.progress.map(|p| json!({ "current": p.current, "total": p.total, "message": p.message }));
+    pub fn new(run: Run) -> RunView {
+        let progress = run.progress.map(|p| json!({ "current": p.current, "total": p.total, "message": p.message }));
         RunView {
-            args: row.args,
-            output: row.output.unwrap_or(Value::Null),
-            warnings: row.warnings,
-            created_at: iso(row.created_at),
-            started_at: row.started_at.map(iso),
-            finished_at: row.finished_at.map(iso),
-            last_heartbeat_at: row.last_heartbeat_at.map(iso),
+            args: run.args,
+            output: run.output.unwrap_or(Value::Null),
+            warnings: run.warnings,
+            created_at: iso(run.created_at),
+            started_at: run.started_at.map(iso),
+            finished_at: run.finished_at.map(iso),
+            last_heartbeat_at: run.last_heartbeat_at.map(iso),
             progress,
-            id: row.id,
-            script_name: row.script_name,
-            workflow_id: row.workflow_id,
-            interpreter: row.interpreter,
-            flow: row.flow,
-            status: row.status.as_str().to_string(),
-            error: row.error,
-            source_sha256: row.source_sha256,
-            pid: row.pid,
-            idempotency_key: row.idempotency_key,
-            attempt: row.attempt,
-            forked_from: row.forked_from,
+            id: run.id,
+            script_name: run.script_name,
+            workflow_id: run.workflow_id,
+            interpreter: run.interpreter,
+            flow: run.flow,
+            status: run.status.as_str().to_string(),
+            error: run.error,
+            source_sha256: run.source_sha256,
+            pid: run.pid,
+            idempotency_key: run.idempotency_key,
+            attempt: run.attempt,
+            forked_from: run.forked_from,
         }
     }
 }
@@ -90,18 +90,18 @@ pub struct StepView {
 impl StepView {
     /// The wire view of a journal entry: its label is the `stepKey`, types and statuses
     /// spelled, times as ISO text.
-    pub fn new(row: JournalEntry) -> StepView {
+    pub fn new(entry: JournalEntry) -> StepView {
         StepView {
-            config: row.config,
-            result: row.result.unwrap_or(Value::Null),
-            started_at: iso(row.started_at),
-            completed_at: row.completed_at.map(iso),
-            step_key: row.label,
-            step_type: row.step_type.as_str().to_string(),
-            status: row.status.as_str().to_string(),
-            error: row.error,
-            job_id: row.job_id,
-            duration_ms: row.duration_ms,
+            config: entry.config,
+            result: entry.result.unwrap_or(Value::Null),
+            started_at: iso(entry.started_at),
+            completed_at: entry.completed_at.map(iso),
+            step_key: entry.label,
+            step_type: entry.step_type.as_str().to_string(),
+            status: entry.status.as_str().to_string(),
+            error: entry.error,
+            job_id: entry.job_id,
+            duration_ms: entry.duration_ms,
         }
     }
 }
