@@ -7,6 +7,7 @@
 
 mod location;
 pub mod models;
+mod runs;
 pub mod schema;
 mod writer;
 
@@ -20,6 +21,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::runs::model::{JournalEntry, Run};
 use models::{JobRow, RunRow, StepRow};
 use schema::{imports, jobs, script_run_journal, script_runs};
 pub use writer::{Pending, WriteOp, Writer};
@@ -45,6 +47,10 @@ pub enum StoreError {
     /// The writer thread has stopped (only during shutdown).
     #[error("database writer has stopped")]
     WriterGone,
+    /// A stored value is not one the code knows (a run status, a step type): the row was
+    /// not written by this server.
+    #[error("database decode: {0}")]
+    Decode(String),
 }
 
 type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
@@ -206,23 +212,29 @@ impl Store {
     }
 
     /// One workflow run by id.
-    pub fn get_run(&self, id: &str) -> Result<Option<RunRow>, StoreError> {
+    pub fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(script_runs::table.filter(script_runs::id.eq(id)).select(RunRow::as_select()).first(&mut conn).optional()?)
+        let row = script_runs::table
+            .filter(script_runs::id.eq(id))
+            .select(RunRow::as_select())
+            .first(&mut conn)
+            .optional()?;
+        row.map(Run::try_from).transpose()
     }
 
     /// The run launched with this idempotency key, if any.
-    pub fn run_by_idempotency_key(&self, key: &str) -> Result<Option<RunRow>, StoreError> {
+    pub fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(script_runs::table
+        let row = script_runs::table
             .filter(script_runs::idempotency_key.eq(key))
             .select(RunRow::as_select())
             .first(&mut conn)
-            .optional()?)
+            .optional()?;
+        row.map(Run::try_from).transpose()
     }
 
     /// A page of runs, newest first, and how many match in all.
-    pub fn list_runs(&self, filter: &RunFilter) -> Result<(Vec<RunRow>, i64), StoreError> {
+    pub fn list_runs(&self, filter: &RunFilter) -> Result<(Vec<Run>, i64), StoreError> {
         let mut conn = self.pool.get()?;
         let mut query = script_runs::table.into_boxed();
         let mut count = script_runs::table.into_boxed();
@@ -241,17 +253,19 @@ impl Store {
             .select(RunRow::as_select())
             .load(&mut conn)?;
         let total = count.count().get_result(&mut conn)?;
-        Ok((rows, total))
+        Ok((runs::runs(rows)?, total))
     }
 
     /// Runs not in a terminal status, oldest first (what the server resumes at start).
-    pub fn unfinished_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+    pub fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(script_runs::table
-            .filter(script_runs::status.eq_any(["running", "awaiting", "paused"]))
-            .order(script_runs::seq.asc())
-            .select(RunRow::as_select())
-            .load(&mut conn)?)
+        runs::runs(
+            script_runs::table
+                .filter(script_runs::status.eq_any(["running", "awaiting", "paused"]))
+                .order(script_runs::seq.asc())
+                .select(RunRow::as_select())
+                .load(&mut conn)?,
+        )
     }
 
     /// The highest run sequence number, so run ids keep increasing across restarts.
@@ -262,24 +276,27 @@ impl Store {
     }
 
     /// One journal entry.
-    pub fn get_step(&self, run_id: &str, step_key: &str) -> Result<Option<StepRow>, StoreError> {
+    pub fn get_step(&self, run_id: &str, step_key: &str) -> Result<Option<JournalEntry>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(script_run_journal::table
+        let row = script_run_journal::table
             .filter(script_run_journal::run_id.eq(run_id))
             .filter(script_run_journal::step_key.eq(step_key))
             .select(StepRow::as_select())
             .first(&mut conn)
-            .optional()?)
+            .optional()?;
+        row.map(JournalEntry::try_from).transpose()
     }
 
     /// A run's whole journal, in journal order.
-    pub fn journal(&self, run_id: &str) -> Result<Vec<StepRow>, StoreError> {
+    pub fn journal(&self, run_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(script_run_journal::table
-            .filter(script_run_journal::run_id.eq(run_id))
-            .order(script_run_journal::seq.asc())
-            .select(StepRow::as_select())
-            .load(&mut conn)?)
+        runs::entries(
+            script_run_journal::table
+                .filter(script_run_journal::run_id.eq(run_id))
+                .order(script_run_journal::seq.asc())
+                .select(StepRow::as_select())
+                .load(&mut conn)?,
+        )
     }
 
     /// How many entries a run's journal holds, in all and of one step type, and the highest

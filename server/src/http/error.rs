@@ -133,7 +133,13 @@ impl From<RunError> for ApiError {
             RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, "LIMIT_EXCEEDED"),
             RunError::ShuttingDown => ApiError::ShuttingDown(message),
             RunError::Job(job) => ApiError::from(job),
-            RunError::Store(_) | RunError::Io(_) => ApiError::Internal(message),
+            RunError::Store(_)
+            | RunError::File { .. }
+            | RunError::Randomness(_)
+            | RunError::Task(_)
+            | RunError::NoOwnExecutable
+            | RunError::EntryVanished { .. }
+            | RunError::StepWithoutJob(_) => ApiError::Internal(message),
         }
     }
 }

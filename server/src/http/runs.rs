@@ -9,10 +9,11 @@ use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
 use super::{json_object, ApiError, AppState};
-use crate::db::models::{RunRow, StepRow};
 use crate::db::RunFilter;
-use crate::runs::model::{RunStatus, StepType};
-use crate::runs::{parse_json, Begun, Decision, LaunchRequest, StepRecord, StepRequest};
+use crate::runs::model::{
+    Begun, Decision, JournalEntry, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus,
+    StepType,
+};
 use crate::time::iso;
 
 /// A run on the wire.
@@ -42,32 +43,30 @@ pub struct RunView {
 }
 
 impl RunView {
-    /// The wire view of a run row.
-    pub fn new(row: RunRow) -> RunView {
-        let progress = row.progress_current.map(|current| {
-            json!({ "current": current, "total": row.progress_total.unwrap_or(0), "message": row.progress_message })
-        });
+    /// The wire view of a run: statuses spelled, times as ISO text, progress as an object.
+    pub fn new(run: Run) -> RunView {
+        let progress = run.progress.map(|p| json!({ "current": p.current, "total": p.total, "message": p.message }));
         RunView {
-            args: parse_json(&row.args),
-            output: row.output.as_deref().map_or(Value::Null, parse_json),
-            warnings: serde_json::from_str(&row.warnings).unwrap_or_default(),
-            created_at: iso(row.created_at),
-            started_at: row.started_at.map(iso),
-            finished_at: row.finished_at.map(iso),
-            last_heartbeat_at: row.last_heartbeat_at.map(iso),
+            args: run.args,
+            output: run.output.unwrap_or(Value::Null),
+            warnings: run.warnings,
+            created_at: iso(run.created_at),
+            started_at: run.started_at.map(iso),
+            finished_at: run.finished_at.map(iso),
+            last_heartbeat_at: run.last_heartbeat_at.map(iso),
             progress,
-            id: row.id,
-            script_name: row.script_name,
-            workflow_id: row.workflow_id,
-            interpreter: row.interpreter,
-            flow: row.flow,
-            status: row.status,
-            error: row.error,
-            source_sha256: row.source_sha256,
-            pid: row.pid,
-            idempotency_key: row.idempotency_key,
-            attempt: row.attempt,
-            forked_from: row.forked_from,
+            id: run.id,
+            script_name: run.script_name,
+            workflow_id: run.workflow_id,
+            interpreter: run.interpreter,
+            flow: run.flow,
+            status: run.status.as_str().to_string(),
+            error: run.error,
+            source_sha256: run.source_sha256,
+            pid: run.pid,
+            idempotency_key: run.idempotency_key,
+            attempt: run.attempt,
+            forked_from: run.forked_from,
         }
     }
 }
@@ -89,19 +88,20 @@ pub struct StepView {
 }
 
 impl StepView {
-    /// The wire view of a journal row.
-    pub fn new(row: StepRow) -> StepView {
+    /// The wire view of a journal entry: its label is the `stepKey`, types and statuses
+    /// spelled, times as ISO text.
+    pub fn new(entry: JournalEntry) -> StepView {
         StepView {
-            config: parse_json(&row.config),
-            result: row.result.as_deref().map_or(Value::Null, parse_json),
-            started_at: iso(row.started_at),
-            completed_at: row.completed_at.map(iso),
-            step_key: row.step_key,
-            step_type: row.step_type,
-            status: row.status,
-            error: row.error,
-            job_id: row.job_id,
-            duration_ms: row.duration_ms,
+            config: entry.config,
+            result: entry.result.unwrap_or(Value::Null),
+            started_at: iso(entry.started_at),
+            completed_at: entry.completed_at.map(iso),
+            step_key: entry.label,
+            step_type: entry.step_type.as_str().to_string(),
+            status: entry.status.as_str().to_string(),
+            error: entry.error,
+            job_id: entry.job_id,
+            duration_ms: entry.duration_ms,
         }
     }
 }
@@ -238,10 +238,10 @@ pub async fn approve(
 
 /// Why an execution's log could not all be stored (`stdout: cannot write ...`), from the run's
 /// warnings (an execution's storage errors are recorded when it ends), or `None`.
-fn execution_output_error(run: &RunRow, attempt: Option<i32>) -> Option<String> {
+fn execution_output_error(run: &Run, attempt: Option<i32>) -> Option<String> {
     let prefix = format!("execution {}: ", attempt.unwrap_or(run.attempt));
-    let warnings: Vec<String> = serde_json::from_str(&run.warnings).unwrap_or_default();
-    let errors: Vec<&str> = warnings
+    let errors: Vec<&str> = run
+        .warnings
         .iter()
         .filter_map(|w| w.strip_prefix(&prefix))
         .filter(|w| w.contains(": cannot write "))
@@ -281,7 +281,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
 // ---- internal routes (the step client) ----
 
 /// `200 {ok, run}`.
-fn run_answer(run: RunRow) -> HttpResponse {
+fn run_answer(run: Run) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) }))
 }
 
@@ -353,7 +353,7 @@ pub async fn record_step(
         label: required_string(&body, "stepKey")?,
         step_type: step_type(&body)?,
         config: body.get("config").cloned().unwrap_or(Value::Null),
-        status: required_string(&body, "status")?,
+        status: StepStatus::parse(&required_string(&body, "status")?),
         result: body.get("result").cloned().filter(|v| !v.is_null()),
         error: optional_string(&body, "error")?,
         duration_ms: body.get("durationMs").and_then(Value::as_i64),
@@ -392,6 +392,7 @@ pub async fn progress(
     let (Some(current), Some(total)) = (int("current"), int("total")) else {
         return Err(ApiError::InvalidRequest("current and total (non-negative integers) are required".into()));
     };
-    let run = state.runs.progress(&id, &token, current, total, optional_string(&body, "message")?).await?;
+    let progress = Progress { current, total, message: optional_string(&body, "message")? };
+    let run = state.runs.progress(&id, &token, progress).await?;
     Ok(run_answer(run))
 }

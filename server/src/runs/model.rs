@@ -1,4 +1,8 @@
-//! Run and step vocabulary: statuses and step types, with their stored spellings.
+//! The run engine's vocabulary: a run, a journal entry, their statuses and step types (typed
+//! here; their spellings appear only at the edges: storage and the wire), and the requests the
+//! HTTP layer hands the engine.
+
+use serde_json::Value;
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +96,233 @@ impl StepType {
     }
 }
 
-/// Journal entry statuses.
-pub mod step_status {
+/// Where a journal entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
     /// Begun and not ended (a script step's job, a sleep, an approval).
-    pub const STARTED: &str = "started";
+    Started,
     /// Ended with a result.
-    pub const COMPLETED: &str = "completed";
+    Completed,
     /// Ended with an error; replays fail the same way.
-    pub const FAILED: &str = "failed";
+    Failed,
+}
+
+impl StepStatus {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Started => "started",
+            StepStatus::Completed => "completed",
+            StepStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<StepStatus> {
+        [StepStatus::Started, StepStatus::Completed, StepStatus::Failed].into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// A workflow run: the record the engine keeps current in memory while the run lives and
+/// commits on every change (storage converts it to and from its row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// `run_<ms>_<seq>`.
+    pub id: String,
+    /// Display name.
+    pub script_name: String,
+    /// The configured workflow it runs, if any.
+    pub workflow_id: Option<String>,
+    /// The interpreter of an inline source.
+    pub interpreter: Option<String>,
+    /// The flow it runs durably, if any.
+    pub flow: Option<String>,
+    /// Where it is in its life.
+    pub status: RunStatus,
+    /// Arguments (any JSON).
+    pub args: Value,
+    /// The source, pinned at launch.
+    pub source: String,
+    /// sha256 of `source`.
+    pub source_sha256: String,
+    /// What its last execution printed on stdout (JSON, or the text as a string).
+    pub output: Option<Value>,
+    /// Why it ended, for a run that did not complete.
+    pub error: Option<String>,
+    /// Things a user should know (a label requested twice, an execution restarted).
+    pub warnings: Vec<String>,
+    /// The key that makes its launch idempotent.
+    pub idempotency_key: Option<String>,
+    /// sha256 of what was launched (an idempotent launch must match it).
+    pub request_sha256: String,
+    /// sha256 of the current execution's token.
+    pub token_sha256: String,
+    /// The run it was forked from.
+    pub forked_from: Option<String>,
+    /// The pid of its running execution.
+    pub pid: Option<i32>,
+    /// Executions so far.
+    pub attempt: i32,
+    /// Progress reported by the workflow: current, total, message.
+    pub progress: Option<Progress>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// First execution's start.
+    pub started_at: Option<i64>,
+    /// When it became terminal.
+    pub finished_at: Option<i64>,
+    /// Last sign of life of its execution.
+    pub last_heartbeat_at: Option<i64>,
+}
+
+/// Progress a workflow reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// Done so far.
+    pub current: i64,
+    /// Out of.
+    pub total: i64,
+    /// What it is doing.
+    pub message: Option<String>,
+}
+
+impl Run {
+    /// A run that has not executed yet; callers fill in what the run is.
+    pub fn fresh(id: String, now: i64) -> Run {
+        Run {
+            id,
+            script_name: String::new(),
+            workflow_id: None,
+            interpreter: None,
+            flow: None,
+            status: RunStatus::Running,
+            args: Value::Object(Default::default()),
+            source: String::new(),
+            source_sha256: String::new(),
+            output: None,
+            error: None,
+            warnings: Vec::new(),
+            idempotency_key: None,
+            request_sha256: String::new(),
+            token_sha256: String::new(),
+            forked_from: None,
+            pid: None,
+            attempt: 0,
+            progress: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            last_heartbeat_at: None,
+        }
+    }
+}
+
+/// One journal entry: a step of a run, by label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalEntry {
+    /// The run.
+    pub run_id: String,
+    /// The step's label (unique in the run).
+    pub label: String,
+    /// Order in the journal.
+    pub seq: i64,
+    /// What the step does.
+    pub step_type: StepType,
+    /// What the step was asked to do (compared on replay).
+    pub config: Value,
+    /// Where it is.
+    pub status: StepStatus,
+    /// Its result.
+    pub result: Option<Value>,
+    /// The error of a failed step.
+    pub error: Option<String>,
+    /// The job a script step runs.
+    pub job_id: Option<String>,
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    /// When it ended.
+    pub completed_at: Option<i64>,
+    /// How long it took.
+    pub duration_ms: Option<i64>,
+}
+
+/// A launch request, as parsed by the HTTP layer.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchRequest {
+    /// A configured workflow id.
+    pub workflow_id: Option<String>,
+    /// Inline source.
+    pub source: Option<String>,
+    /// The interpreter for inline source.
+    pub interpreter: Option<String>,
+    /// A flow of `workflows.flowsDir`, run durably (each node a journaled step).
+    pub flow: Option<String>,
+    /// Display name.
+    pub script_name: Option<String>,
+    /// Arguments (any JSON).
+    pub args: Value,
+    /// Makes the launch idempotent.
+    pub idempotency_key: Option<String>,
+}
+
+/// A launched run: the run, and whether it already existed under the idempotency key.
+pub struct Launched {
+    /// The run.
+    pub run: Run,
+    /// True when the idempotency key matched an earlier launch.
+    pub deduplicated: bool,
+}
+
+/// What a step client asked to begin.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    /// The label.
+    pub label: String,
+    /// The step type.
+    pub step_type: StepType,
+    /// What the step does (compared on replay).
+    pub config: Value,
+}
+
+/// What the step client should do after `RunManager::begin_step`.
+#[derive(Debug)]
+pub enum Begun {
+    /// The step has ended (journaled before, or a script step the server just ran): use it.
+    Done(JournalEntry),
+    /// Not journaled: execute it and record the result.
+    Execute,
+    /// Journaled as started (a sleep or an approval): carry on waiting for it.
+    Resume(JournalEntry),
+}
+
+/// A step result reported by the step client.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    /// The label.
+    pub label: String,
+    /// The step type.
+    pub step_type: StepType,
+    /// What the step did.
+    pub config: Value,
+    /// `completed` or `failed` (a record cannot start a step); `None` when the client sent
+    /// a spelling that is no step status (refused as `started` is, in the engine's order of
+    /// checks).
+    pub status: Option<StepStatus>,
+    /// The result (JSON).
+    pub result: Option<Value>,
+    /// The error of a failed step.
+    pub error: Option<String>,
+    /// How long the step took.
+    pub duration_ms: Option<i64>,
+}
+
+/// An approval decision.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Approved or denied.
+    pub approved: bool,
+    /// Who decided.
+    pub by: Option<String>,
+    /// Why.
+    pub comment: Option<String>,
 }

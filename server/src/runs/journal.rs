@@ -1,0 +1,415 @@
+//! The step journal: what a workflow's step client asks for (through the internal routes,
+//! authorised by the run token), recorded and replayed by label, and an approval's decision.
+//!
+//! A label journaled before returns its stored entry (replay); a new one is counted against
+//! the guardrails ([`rules::Budget`]) before it executes. Server-side steps (a script, a
+//! sleep, an approval) are journaled as `started` first and ended later: a script step names
+//! its job in the journal before the job exists, so a crash never leaves a job the journal
+//! does not know of. What an entry means for the run's status (an approval makes it
+//! `awaiting`, a decision makes it go on) is decided by [`execution`] and [`lifecycle`].
+
+pub mod rules;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::error::RunError;
+use super::launch::{sha256_hex, to_json};
+use super::lifecycle;
+use super::live::LiveRun;
+use super::model::{
+    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
+};
+use super::{execution, Engine, MAX_WAIT};
+use crate::db::WriteOp;
+use crate::jobs::model::JobStatus;
+use crate::jobs::{Admission, JobError};
+use crate::process::logs::Stream;
+use crate::time::now_ms;
+
+/// Checks a run token: it must be the token of the run's current execution.
+pub fn authorize(engine: &Engine, id: &str, token: &str) -> Result<Arc<LiveRun>, RunError> {
+    let hashed = sha256_hex(token.as_bytes());
+    let live = engine.live.get(id).ok_or_else(|| RunError::Forbidden(id.to_string()))?;
+    let granted = {
+        let state = live.lock();
+        constant_time_eq::constant_time_eq(hashed.as_bytes(), state.run.token_sha256.as_bytes())
+    };
+    if granted {
+        Ok(live)
+    } else {
+        Err(RunError::Forbidden(id.to_string()))
+    }
+}
+
+/// Authorises a step client call and notes the sign of life; a run that is not executing
+/// (paused, terminal) takes no steps.
+fn authorize_active(engine: &Engine, id: &str, token: &str) -> Result<Arc<LiveRun>, RunError> {
+    let live = authorize(engine, id, token)?;
+    let status = {
+        let mut state = live.lock();
+        if lifecycle::takes_steps(state.run.status) {
+            state.run.last_heartbeat_at = Some(now_ms());
+        }
+        state.run.status
+    };
+    if lifecycle::takes_steps(status) {
+        Ok(live)
+    } else {
+        Err(RunError::RunNotActive(id.to_string(), status.as_str().to_string()))
+    }
+}
+
+/// A journal entry just written, read back as stored (the first writer of a label wins).
+async fn stored(engine: &Engine, run_id: &str, label: &str) -> Result<JournalEntry, RunError> {
+    engine
+        .step(run_id, label)
+        .await?
+        .ok_or_else(|| RunError::EntryVanished { run_id: run_id.to_string(), label: label.to_string() })
+}
+
+/// Begins a step: replays a journaled one, checks divergence and the guardrails, and for
+/// server-side kinds (script, sleep, approval) journals the start.
+pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: StepRequest) -> Result<Begun, RunError> {
+    let live = authorize_active(engine, id, token)?;
+    let requester = sha256_hex(token.as_bytes());
+    rules::check_label(&request.label).map_err(RunError::InvalidRequest)?;
+    let entry = engine.step(id, &request.label).await?;
+    let repeated = !live.lock().budget.requested.insert(request.label.clone());
+    if let Some(entry) = entry {
+        rules::check_divergence(&entry, &request).map_err(RunError::StepDiverged)?;
+        if repeated {
+            let warning = format!(
+                "step label {:?} was requested twice in one execution; the first result was returned",
+                request.label
+            );
+            live.warn(engine.writer(), warning).await?;
+        }
+        return continue_step(engine, &live, entry, &requester).await;
+    }
+    reserve(engine, &live, &request.label, request.step_type).await?;
+    let now = now_ms();
+    let started = |result: Option<Value>, job_id: Option<String>| JournalEntry {
+        run_id: id.to_string(),
+        label: request.label.clone(),
+        seq: 0,
+        step_type: request.step_type,
+        config: request.config.clone(),
+        status: StepStatus::Started,
+        result,
+        error: None,
+        job_id,
+        started_at: now,
+        completed_at: None,
+        duration_ms: None,
+    };
+    match request.step_type {
+        StepType::Command | StepType::Value | StepType::Node => Ok(Begun::Execute),
+        StepType::Sleep => {
+            let ms = request.config.get("durationMs").and_then(Value::as_i64).unwrap_or(0).max(0);
+            let wake = json!({ "wakeAt": crate::time::iso(now + ms), "wakeAtMs": now + ms });
+            let entry = insert_step(engine, &live, started(Some(wake), None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
+        StepType::Approval => {
+            let entry = insert_step(engine, &live, started(None, None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
+        StepType::Script => {
+            // The entry names the job before the job exists, so a crash can never leave a
+            // job the journal does not know of (which a replay would start again).
+            let script_id = request.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
+            // A bad request or a full queue journals nothing.
+            let admission = engine
+                .jobs
+                .validate(script_id, request.config.get("args"))
+                .and_then(|()| engine.jobs.admit())
+                .inspect_err(|_| {
+                    live.lock().budget.release(&request.label);
+                })?;
+            let job_id = engine.jobs.new_job_id();
+            let entry = insert_step(engine, &live, started(None, Some(job_id))).await?;
+            continue_script_step(engine, &live, entry, Some(admission)).await
+        }
+    }
+}
+
+/// Records a step the client executed (or a started one it finished, like a sleep).
+pub async fn record_step(
+    engine: &Arc<Engine>,
+    id: &str,
+    token: &str,
+    record: StepRecord,
+) -> Result<JournalEntry, RunError> {
+    let live = authorize_active(engine, id, token)?;
+    rules::check_label(&record.label).map_err(RunError::InvalidRequest)?;
+    let status = rules::check_recorded_status(record.status).map_err(RunError::InvalidRequest)?;
+    let size = record.result.as_ref().map_or(0, |r| to_json(r).len()) + record.error.as_ref().map_or(0, String::len);
+    let max = engine.config.workflows.max_result_bytes;
+    if size as u64 > max {
+        let message = format!("SCRIPT_RUN_MAX_RESULT_BYTES exceeded ({size}/{max})");
+        execution::abort(engine, &live, message.clone()).await;
+        return Err(RunError::LimitExceeded(message));
+    }
+    match engine.step(id, &record.label).await? {
+        Some(existing) => {
+            let request = StepRequest { label: record.label, step_type: record.step_type, config: record.config };
+            rules::check_divergence(&existing, &request).map_err(RunError::StepDiverged)?;
+            if existing.status != StepStatus::Started {
+                return Ok(existing);
+            }
+            // A started entry (a sleep) that the client has finished.
+            finish_step(engine, &live, existing, status, record.result, record.error).await
+        }
+        None => {
+            reserve(engine, &live, &record.label, record.step_type).await?;
+            let now = now_ms();
+            let entry = JournalEntry {
+                run_id: id.to_string(),
+                label: record.label,
+                seq: 0,
+                step_type: record.step_type,
+                config: record.config,
+                status,
+                result: record.result,
+                error: record.error,
+                job_id: None,
+                started_at: now - record.duration_ms.unwrap_or(0),
+                completed_at: Some(now),
+                duration_ms: record.duration_ms,
+            };
+            insert_step(engine, &live, entry).await
+        }
+    }
+}
+
+/// Waits (at most `timeout`, capped at [`MAX_WAIT`]) until a started entry has ended, and
+/// returns it as it is then.
+pub async fn wait_step(
+    engine: &Engine,
+    id: &str,
+    token: &str,
+    label: &str,
+    timeout: Duration,
+) -> Result<JournalEntry, RunError> {
+    let live = authorize(engine, id, token)?;
+    let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+    let mut rx = live.watch();
+    loop {
+        let entry = engine
+            .step(id, label)
+            .await?
+            .ok_or_else(|| RunError::StepNotFound(format!("run {id} has no journal entry labelled {label:?}")))?;
+        if entry.status != StepStatus::Started || live.status().is_terminal() {
+            return Ok(entry);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return Ok(entry);
+        }
+    }
+}
+
+/// Records the run's progress.
+pub async fn progress(engine: &Engine, id: &str, token: &str, progress: Progress) -> Result<Run, RunError> {
+    let live = authorize_active(engine, id, token)?;
+    live.commit(engine.writer(), |run| run.progress = Some(progress)).await?;
+    Ok(live.snapshot())
+}
+
+/// Decides a pending approval; the run goes on (its process restarted if it was parked).
+pub async fn approve(engine: &Arc<Engine>, id: &str, label: &str, decision: Decision) -> Result<(), RunError> {
+    let live = engine.require_live(id, "approved").await?;
+    let entry = engine.step(id, label).await?;
+    let Some(entry) = entry.filter(|e| e.step_type == StepType::Approval) else {
+        return Err(RunError::StepNotFound(format!("run {id} has no approval step labelled {label:?}")));
+    };
+    if entry.status != StepStatus::Started {
+        return Err(RunError::AlreadyDecided(label.to_string()));
+    }
+    let result = json!({
+        "approved": decision.approved,
+        "by": decision.by,
+        "comment": decision.comment,
+        "decidedAt": crate::time::iso(now_ms()),
+    });
+    let stored = finish_step(engine, &live, entry, StepStatus::Completed, Some(result.clone()), None).await?;
+    // Another decision stored first wins (the journal keeps the first end of an entry).
+    if stored.result.as_ref() != Some(&result) {
+        return Err(RunError::AlreadyDecided(label.to_string()));
+    }
+    // The step client may read the decision at once, and its execution end and settle the
+    // run, on another thread: `wake` decides on the run as it is under its lock.
+    if let Some(pending) = execution::wake(engine, &live)? {
+        live.committed(pending).await?;
+    }
+    live.bump();
+    Ok(())
+}
+
+/// Counts a new label against the guardrails before it executes; over a limit, the run is
+/// aborted and the step never runs.
+async fn reserve(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str, step_type: StepType) -> Result<(), RunError> {
+    let limits = &engine.config.workflows;
+    let refused = live.lock().budget.reserve(label, step_type, limits.max_steps, limits.max_script_steps).err();
+    match refused {
+        None => Ok(()),
+        Some(message) => {
+            execution::abort(engine, live, message.clone()).await;
+            Err(RunError::LimitExceeded(message))
+        }
+    }
+}
+
+/// Inserts a journal entry (the first writer of a label wins) and returns the stored one.
+async fn insert_step(engine: &Engine, live: &LiveRun, mut entry: JournalEntry) -> Result<JournalEntry, RunError> {
+    entry.seq = live.lock().budget.next_seq();
+    engine.writer().write(WriteOp::insert_steps(std::slice::from_ref(&entry))).await?;
+    live.lock().budget.journaled(&entry.label, entry.step_type);
+    live.bump();
+    stored(engine, &entry.run_id, &entry.label).await
+}
+
+/// What a step client gets for an existing entry: ended entries as they are; a started
+/// script step once its job has ended; a started approval puts the run in `awaiting`.
+///
+/// `requester` is the sha256 of the run token of the step client asking: a request of an
+/// execution that has been replaced meanwhile must not make the new one `awaiting`.
+async fn continue_step(
+    engine: &Arc<Engine>,
+    live: &Arc<LiveRun>,
+    entry: JournalEntry,
+    requester: &str,
+) -> Result<Begun, RunError> {
+    if entry.status != StepStatus::Started {
+        return Ok(Begun::Done(entry));
+    }
+    match entry.step_type {
+        StepType::Script => continue_script_step(engine, live, entry, None).await,
+        StepType::Approval => {
+            let awaiting = live.commit_if(
+                engine.writer(),
+                |run| lifecycle::awaits(run, requester),
+                |run| run.status = RunStatus::Awaiting,
+            )?;
+            if let Some(pending) = awaiting {
+                live.committed(pending).await?;
+                execution::schedule_park(engine, live);
+            }
+            // A decision may have landed since `entry` was read, before the run was awaiting
+            // (the approval then left its status alone): go on with it.
+            let now = engine.step(&entry.run_id, &entry.label).await?.unwrap_or(entry);
+            if now.status == StepStatus::Started {
+                return Ok(Begun::Resume(now));
+            }
+            if let Some(pending) = execution::wake(engine, live)? {
+                live.committed(pending).await?;
+            }
+            Ok(Begun::Done(now))
+        }
+        _ => Ok(Begun::Resume(entry)),
+    }
+}
+
+/// A started script step: submits its job if it does not exist yet (its id was journaled
+/// first; a job missing from the database has never run, and the id, unique there, lets it
+/// be submitted once), then either journals the start (`wait: false`) or waits for it.
+async fn continue_script_step(
+    engine: &Engine,
+    live: &Arc<LiveRun>,
+    entry: JournalEntry,
+    admission: Option<Admission>,
+) -> Result<Begun, RunError> {
+    let Some(job_id) = entry.job_id.clone() else {
+        return Err(RunError::StepWithoutJob(entry.label));
+    };
+    let waits = rules::waits_for_job(&entry.config);
+    if waits {
+        // Known to the run before it exists: a cancel from now on cancels it too.
+        live.lock().jobs.insert(job_id.clone());
+    }
+    let ended = |live: &LiveRun| {
+        let status = live.status();
+        status.is_terminal().then_some(status)
+    };
+    let job = match engine.jobs.get(&job_id).await {
+        Err(JobError::JobNotFound(_)) => {
+            if let Some(status) = ended(live) {
+                return Err(RunError::RunNotActive(entry.run_id, status.as_str().to_string()));
+            }
+            let script_id = entry.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
+            let args = entry.config.get("args");
+            let submitted =
+                engine.jobs.submit_as(admission, Some(job_id.clone()), script_id, args, Some("async")).await;
+            let job = match submitted {
+                Ok(submission) => submission.job,
+                // Another request for this step submitted it meanwhile (the id is unique).
+                Err(e) => engine.jobs.get(&job_id).await.map_err(|_| e)?,
+            };
+            if waits && ended(live).is_some() {
+                // The run ended while its job was being recorded: nobody waits for it.
+                let _ = engine.jobs.cancel(&job_id).await;
+            }
+            job
+        }
+        found => found?,
+    };
+    if waits {
+        return finish_script_step(engine, live, entry, job_id).await.map(Begun::Done);
+    }
+    // Start only: the job id is the result (a durable flow's async run node).
+    let result = json!({ "jobId": job.id, "status": job.status.as_str() });
+    finish_step(engine, live, entry, StepStatus::Completed, Some(result), None).await.map(Begun::Done)
+}
+
+/// Journals the end of a started entry and returns the entry as stored.
+async fn finish_step(
+    engine: &Engine,
+    live: &LiveRun,
+    entry: JournalEntry,
+    status: StepStatus,
+    result: Option<Value>,
+    error: Option<String>,
+) -> Result<JournalEntry, RunError> {
+    let now = now_ms();
+    let finished = JournalEntry {
+        status,
+        result,
+        error,
+        completed_at: Some(now),
+        duration_ms: Some(now - entry.started_at),
+        ..entry
+    };
+    engine.writer().write(WriteOp::finish_step(&finished)).await?;
+    live.bump();
+    stored(engine, &finished.run_id, &finished.label).await
+}
+
+/// Waits for a script step's job (the same job on every replay: never a second one) and
+/// journals its outcome.
+async fn finish_script_step(
+    engine: &Engine,
+    live: &LiveRun,
+    entry: JournalEntry,
+    job_id: String,
+) -> Result<JournalEntry, RunError> {
+    let job = engine.jobs.wait(&job_id).await?;
+    live.lock().jobs.remove(&job_id);
+    let stdout = engine.jobs.stream_text(&job, Stream::Stdout).await?;
+    let stderr = engine.jobs.stream_text(&job, Stream::Stderr).await?;
+    let succeeded = job.status == JobStatus::Succeeded;
+    let result = json!({
+        "jobId": job.id,
+        "status": job.status.as_str(),
+        "exitCode": job.code,
+        "stdout": stdout,
+        "stderr": stderr,
+    });
+    let error = (!succeeded).then(|| match job.code {
+        Some(code) if code >= 0 => format!("job {} {} with exit code {code}", job.id, job.status.as_str()),
+        _ => format!("job {} {}", job.id, job.status.as_str()),
+    });
+    let status = if succeeded { StepStatus::Completed } else { StepStatus::Failed };
+    finish_step(engine, live, entry, status, Some(result), error).await
+}
