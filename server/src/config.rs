@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use regex::Regex;
 use serde::de::DeserializeOwned;
@@ -141,6 +142,13 @@ pub struct RunnerConfig {
     pub kill_grace_sec: u64,
     /// Seconds a shutdown waits for running jobs before canceling them.
     pub shutdown_grace_sec: u64,
+}
+
+impl RunnerConfig {
+    /// The time between SIGTERM and SIGKILL, for a job's or a workflow execution's process.
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.kill_grace_sec)
+    }
 }
 
 /// Database settings.

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::db::Store;
 use crate::http::{self, AppState};
 use crate::jobs::{import, recovery, JobManager};
+use crate::process::supervisor;
 use crate::runs::RunManager;
 
 /// Runs the service until SIGTERM or SIGINT, then drains and returns.
@@ -72,7 +73,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             // The HTTP workers keep serving reads (and supervising their jobs) meanwhile.
             // Workflow executions stop first (they stay running and resume at the next start);
             // the jobs their script steps started then drain like any other.
-            runs.shutdown(Duration::from_secs(config.runner.kill_grace_sec) + Duration::from_secs(5)).await;
+            runs.shutdown(supervisor::stop_bound(config.runner.kill_grace())).await;
             jobs.shutdown(grace).await;
             // Everything into the database file: the next start has no WAL to replay.
             store.writer().close();

@@ -88,11 +88,38 @@ pub struct StepView {
     pub duration_ms: Option<i64>,
 }
 
-/// `{ok, run}`: the answer of the routes that return one run.
+/// `{ok, run}`: the answer of the routes that return one run (a launch whose idempotency key
+/// matched an earlier one adds `deduplicated: true`). Fields in the order the server has
+/// always written them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunAnswer {
+    /// `true` when a launch's idempotency key matched this earlier run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplicated: Option<bool>,
     /// Always true.
     pub ok: bool,
     /// The run.
     pub run: RunView,
+}
+
+/// `GET /api/script-runs/{id}`: the run and its journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    /// Its journal entries, in the order they were begun.
+    pub journal: Vec<StepView>,
+    /// Always true.
+    pub ok: bool,
+    /// The run.
+    pub run: RunView,
+}
+
+/// `GET /api/script-runs`: a page of runs, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunList {
+    /// Always true.
+    pub ok: bool,
+    /// The page.
+    pub runs: Vec<RunView>,
+    /// Runs matching the filter in all.
+    pub total: i64,
 }

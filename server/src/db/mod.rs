@@ -5,10 +5,11 @@
 //! time, and one thread batching writes is much faster than many threads contending for the
 //! lock with busy-waits.
 
+mod job_rows;
 mod location;
-pub mod models;
+mod models;
 mod runs;
-pub mod schema;
+mod schema;
 mod writer;
 
 pub use location::{DatabaseLock, Location};
@@ -21,6 +22,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use crate::jobs::model::Job;
 use crate::runs::model::{JournalEntry, Run};
 use models::{JobRow, RunRow, StepRow};
 use schema::{imports, jobs, script_run_journal, script_runs};
@@ -152,19 +154,25 @@ impl Store {
     }
 
     /// One job by id.
-    pub fn get_job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+    pub fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(&mut conn).optional()?)
+        let row = jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(&mut conn).optional()?;
+        Ok(row.map(Job::from))
     }
 
     /// The job started under this idempotency key, if any.
-    pub fn job_by_idempotency_key(&self, key: &str) -> Result<Option<JobRow>, StoreError> {
+    pub fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(jobs::table.filter(jobs::idempotency_key.eq(key)).select(JobRow::as_select()).first(&mut conn).optional()?)
+        let row = jobs::table
+            .filter(jobs::idempotency_key.eq(key))
+            .select(JobRow::as_select())
+            .first(&mut conn)
+            .optional()?;
+        Ok(row.map(Job::from))
     }
 
     /// A page of jobs, newest first, and how many match in all.
-    pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobRow>, i64), StoreError> {
+    pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, i64), StoreError> {
         let mut conn = self.pool.get()?;
         // One filter for the page and its count.
         let filtered = || {
@@ -177,24 +185,25 @@ impl Store {
             }
             query
         };
-        let rows = filtered()
+        let rows: Vec<JobRow> = filtered()
             .order(jobs::seq.desc())
             .limit(filter.limit)
             .offset(filter.offset)
             .select(JobRow::as_select())
             .load(&mut conn)?;
         let total = filtered().count().get_result(&mut conn)?;
-        Ok((rows, total))
+        Ok((rows.into_iter().map(Job::from).collect(), total))
     }
 
     /// Jobs not in a terminal status, oldest first: what recovery looks at after a restart.
-    pub fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+    pub fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut conn = self.pool.get()?;
-        Ok(jobs::table
+        let rows: Vec<JobRow> = jobs::table
             .filter(jobs::status.eq_any(["queued", "running"]))
             .order(jobs::seq.asc())
             .select(JobRow::as_select())
-            .load(&mut conn)?)
+            .load(&mut conn)?;
+        Ok(rows.into_iter().map(Job::from).collect())
     }
 
     /// The highest row sequence number, so job ids keep increasing across restarts.
@@ -236,23 +245,24 @@ impl Store {
     /// A page of runs, newest first, and how many match in all.
     pub fn list_runs(&self, filter: &RunFilter) -> Result<(Vec<Run>, i64), StoreError> {
         let mut conn = self.pool.get()?;
-        let mut query = script_runs::table.into_boxed();
-        let mut count = script_runs::table.into_boxed();
-        if let Some(status) = &filter.status {
-            query = query.filter(script_runs::status.eq(status.clone()));
-            count = count.filter(script_runs::status.eq(status.clone()));
-        }
-        if let Some(name) = &filter.script_name {
-            query = query.filter(script_runs::script_name.eq(name.clone()));
-            count = count.filter(script_runs::script_name.eq(name.clone()));
-        }
-        let rows = query
+        // One filter for the page and its count.
+        let filtered = || {
+            let mut query = script_runs::table.into_boxed();
+            if let Some(status) = &filter.status {
+                query = query.filter(script_runs::status.eq(status.clone()));
+            }
+            if let Some(name) = &filter.script_name {
+                query = query.filter(script_runs::script_name.eq(name.clone()));
+            }
+            query
+        };
+        let rows = filtered()
             .order(script_runs::seq.desc())
             .limit(filter.limit)
             .offset(filter.offset)
             .select(RunRow::as_select())
             .load(&mut conn)?;
-        let total = count.count().get_result(&mut conn)?;
+        let total = filtered().count().get_result(&mut conn)?;
         Ok((runs::runs(rows)?, total))
     }
 
@@ -352,8 +362,8 @@ mod tests {
 
         let store = Store::open_sqlite(&path).expect("reopen with every migration");
         assert_eq!(store.max_seq().expect("max seq"), 3);
-        let row = store.get_job("job_1_2").expect("read").expect("kept");
-        assert_eq!(row.stdout_ref, "job_1_2.stdout.log");
+        let job = store.get_job("job_1_2").expect("read").expect("kept");
+        assert_eq!(job.stdout.log_ref, "job_1_2.stdout.log");
         let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
         insert(&mut conn, "job_2_4");
         let seqs: Vec<Seq> = diesel::sql_query("SELECT seq FROM jobs ORDER BY seq").load(&mut conn).expect("seqs");

@@ -525,7 +525,7 @@ mod tests {
     use crate::jobs::model::Job;
 
     fn job(n: u64) -> WriteOp {
-        WriteOp::InsertJob(Box::new(Job::new(format!("job_1_{n}"), "s", Mode::Sync, Vec::new(), 1).to_row()))
+        WriteOp::insert_job(&Job::new(format!("job_1_{n}"), "s", Mode::Sync, Vec::new(), 1))
     }
 
     /// A write whose `Pending` is dropped unawaited is still committed (by the background

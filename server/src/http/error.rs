@@ -105,7 +105,7 @@ impl From<JobError> for ApiError {
             JobError::QueueFull { .. } => ApiError::QueueFull(message),
             JobError::ShuttingDown => ApiError::ShuttingDown(message),
             JobError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(message),
-            JobError::Store(_) | JobError::Log { .. } | JobError::System(_) => ApiError::Internal(message),
+            JobError::Store(_) | JobError::Log { .. } | JobError::Task(_) => ApiError::Internal(message),
         }
     }
 }

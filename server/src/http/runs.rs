@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Serialize;
+use script_runner_wire::runs::{Progress as WireProgress, RunAnswer, RunDetail, RunList, RunView, StepView};
+use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
@@ -16,94 +17,64 @@ use crate::runs::model::{
 };
 use crate::time::iso;
 
-/// A run on the wire.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunView {
-    id: String,
-    script_name: String,
-    workflow_id: Option<String>,
-    interpreter: Option<String>,
-    flow: Option<String>,
-    status: String,
-    args: Value,
-    output: Value,
-    error: Option<String>,
-    warnings: Vec<String>,
-    source_sha256: String,
-    pid: Option<i32>,
-    created_at: String,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    last_heartbeat_at: Option<String>,
-    idempotency_key: Option<String>,
-    attempt: i32,
-    progress: Option<Value>,
-    forked_from: Option<String>,
-}
-
-impl RunView {
-    /// The wire view of a run: statuses spelled, times as ISO text, progress as an object.
-    pub fn new(run: Run) -> RunView {
-        let progress = run.progress.map(|p| json!({ "current": p.current, "total": p.total, "message": p.message }));
-        RunView {
-            args: run.args,
-            output: run.output.unwrap_or(Value::Null),
-            warnings: run.warnings,
-            created_at: iso(run.created_at),
-            started_at: run.started_at.map(iso),
-            finished_at: run.finished_at.map(iso),
-            last_heartbeat_at: run.last_heartbeat_at.map(iso),
-            progress,
-            id: run.id,
-            script_name: run.script_name,
-            workflow_id: run.workflow_id,
-            interpreter: run.interpreter,
-            flow: run.flow,
-            status: run.status.as_str().to_string(),
-            error: run.error,
-            source_sha256: run.source_sha256,
-            pid: run.pid,
-            idempotency_key: run.idempotency_key,
-            attempt: run.attempt,
-            forked_from: run.forked_from,
-        }
+/// A run on the wire: statuses spelled, times as ISO text.
+pub fn run_view(run: Run) -> RunView {
+    RunView {
+        args: run.args,
+        output: run.output.unwrap_or(Value::Null),
+        warnings: run.warnings,
+        created_at: iso(run.created_at),
+        started_at: run.started_at.map(iso),
+        finished_at: run.finished_at.map(iso),
+        last_heartbeat_at: run.last_heartbeat_at.map(iso),
+        progress: run.progress.map(|p| WireProgress { current: p.current, message: p.message, total: p.total }),
+        id: run.id,
+        script_name: run.script_name,
+        workflow_id: run.workflow_id,
+        interpreter: run.interpreter,
+        flow: run.flow,
+        status: run.status.as_str().to_string(),
+        error: run.error,
+        source_sha256: run.source_sha256,
+        pid: run.pid,
+        idempotency_key: run.idempotency_key,
+        attempt: run.attempt,
+        forked_from: run.forked_from,
     }
 }
 
-/// A journal entry on the wire.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepView {
-    step_key: String,
-    step_type: String,
-    config: Value,
-    status: String,
-    result: Value,
-    error: Option<String>,
-    job_id: Option<String>,
-    started_at: String,
-    completed_at: Option<String>,
-    duration_ms: Option<i64>,
+/// A journal entry on the wire: its label is the `stepKey`, types and statuses spelled, times
+/// as ISO text.
+pub fn step_view(entry: JournalEntry) -> StepView {
+    StepView {
+        config: entry.config,
+        result: entry.result.unwrap_or(Value::Null),
+        started_at: iso(entry.started_at),
+        completed_at: entry.completed_at.map(iso),
+        step_key: entry.label,
+        step_type: entry.step_type.as_str().to_string(),
+        status: entry.status.as_str().to_string(),
+        error: entry.error,
+        job_id: entry.job_id,
+        duration_ms: entry.duration_ms,
+    }
 }
 
-impl StepView {
-    /// The wire view of a journal entry: its label is the `stepKey`, types and statuses
-    /// spelled, times as ISO text.
-    pub fn new(entry: JournalEntry) -> StepView {
-        StepView {
-            config: entry.config,
-            result: entry.result.unwrap_or(Value::Null),
-            started_at: iso(entry.started_at),
-            completed_at: entry.completed_at.map(iso),
-            step_key: entry.label,
-            step_type: entry.step_type.as_str().to_string(),
-            status: entry.status.as_str().to_string(),
-            error: entry.error,
-            job_id: entry.job_id,
-            duration_ms: entry.duration_ms,
-        }
-    }
+/// A step protocol request body as its wire type; a body of another shape is `400` with what
+/// is wrong and where.
+fn step_body<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
+        let path = e.path().to_string();
+        let what = if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) };
+        ApiError::InvalidRequest(what)
+    })
+}
+
+/// A step type's spelling as the engine's type.
+fn step_type(name: &str) -> Result<StepType, ApiError> {
+    StepType::parse(name).ok_or_else(|| {
+        ApiError::InvalidRequest(format!("stepType {name:?} must be command, script, value, sleep, approval or node"))
+    })
 }
 
 fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
@@ -112,10 +83,6 @@ fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::InvalidRequest(format!("{key} must be a string"))),
     }
-}
-
-fn required_string(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
-    optional_string(body, key)?.ok_or_else(|| ApiError::InvalidRequest(format!("{key} is required")))
 }
 
 /// `POST /api/script-runs`: `201 {ok, run}`; `200 {ok, run, deduplicated: true}` when the
@@ -147,12 +114,14 @@ pub async fn launch(
     };
     let launched = state.runs.launch(request).await?;
     if launched.deduplicated {
-        return Ok(
-            HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(launched.run), "deduplicated": true }))
-        );
+        return Ok(HttpResponse::Ok().json(RunAnswer {
+            deduplicated: Some(true),
+            ok: true,
+            run: run_view(launched.run),
+        }));
     }
     let run = if background { launched.run } else { state.runs.wait_terminal(&launched.run.id).await? };
-    Ok(HttpResponse::Created().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) }))
 }
 
 /// `GET /api/script-runs?status=&scriptName=&limit=&offset=`: newest first.
@@ -172,15 +141,14 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
         offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
     };
     let (runs, total) = state.runs.list(filter).await?;
-    let runs: Vec<_> = runs.into_iter().map(RunView::new).collect();
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "runs": runs, "total": total })))
+    Ok(HttpResponse::Ok().json(RunList { ok: true, runs: runs.into_iter().map(run_view).collect(), total }))
 }
 
 /// `GET /api/script-runs/{id}`: the run and its journal.
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (run, journal) = state.runs.get_with_journal(&id).await?;
-    let journal: Vec<_> = journal.into_iter().map(StepView::new).collect();
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run), "journal": journal })))
+    let journal = journal.into_iter().map(step_view).collect();
+    Ok(HttpResponse::Ok().json(RunDetail { journal, ok: true, run: run_view(run) }))
 }
 
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.
@@ -214,7 +182,7 @@ pub async fn fork(
         json_object(payload, &req).await?
     };
     let run = state.runs.fork(&id, optional_string(&body, "fromStep")?, optional_string(&body, "source")?).await?;
-    Ok(HttpResponse::Created().json(json!({ "ok": true, "run": RunView::new(run) })))
+    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) }))
 }
 
 /// `POST /api/script-runs/{id}/approvals/{label}` `{approved, by?, comment?}`.
@@ -282,19 +250,12 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
 
 /// `200 {ok, run}`.
 fn run_answer(run: Run) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "ok": true, "run": RunView::new(run) }))
+    HttpResponse::Ok().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) })
 }
 
 /// The run token from `Authorization: Bearer <token>`.
 fn run_token(req: &HttpRequest) -> Result<String, ApiError> {
     super::bearer(req.headers()).filter(|t| !t.is_empty()).map(str::to_string).ok_or(ApiError::Unauthorized)
-}
-
-fn step_type(body: &Map<String, Value>) -> Result<StepType, ApiError> {
-    let name = required_string(body, "stepType")?;
-    StepType::parse(&name).ok_or_else(|| {
-        ApiError::InvalidRequest(format!("stepType {name:?} must be command, script, value, sleep, approval or node"))
-    })
 }
 
 /// `GET /api/internal/script-runs/{runId}/steps/{stepKey}`: `200 {ok, step}` or `404`.
@@ -306,7 +267,7 @@ pub async fn get_step(
     let (id, label) = path.into_inner();
     let token = run_token(&req)?;
     match state.runs.get_step(&id, &token, &label).await? {
-        Some(step) => Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) }))),
+        Some(step) => Ok(HttpResponse::Ok().json(StepAnswer { ok: true, step: step_view(step) })),
         None => Err(ApiError::from(crate::runs::RunError::StepNotFound(format!(
             "run {id} has no journal entry labelled {label:?}"
         )))),
@@ -325,15 +286,14 @@ pub async fn begin_step(
     let token = run_token(&req)?;
     // Authorised before the body is read: a foreign token never gets a body judged.
     state.runs.check_token(&id, &token)?;
-    let body = json_object(payload, &req).await?;
-    let request =
-        StepRequest { label, step_type: step_type(&body)?, config: body.get("config").cloned().unwrap_or(Value::Null) };
+    let body: BeginRequest = step_body(json_object(payload, &req).await?)?;
+    let request = StepRequest { label, step_type: step_type(&body.step_type)?, config: body.config };
     let (action, step) = match state.runs.begin_step(&id, &token, request).await? {
-        Begun::Done(step) => ("done", Some(StepView::new(step))),
-        Begun::Execute => ("execute", None),
-        Begun::Resume(step) => ("resume", Some(StepView::new(step))),
+        Begun::Done(step) => (Action::Done, Some(step_view(step))),
+        Begun::Execute => (Action::Execute, None),
+        Begun::Resume(step) => (Action::Resume, Some(step_view(step))),
     };
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "action": action, "step": step })))
+    Ok(HttpResponse::Ok().json(BeginAnswer { action, ok: true, step }))
 }
 
 /// `POST /api/internal/script-runs/{runId}/steps` `{stepKey, stepType, config, status,
@@ -348,18 +308,18 @@ pub async fn record_step(
     let token = run_token(&req)?;
     // Authorised before the body is read: a foreign token never gets a body judged.
     state.runs.check_token(&id, &token)?;
-    let body = json_object(payload, &req).await?;
+    let body: RecordRequest = step_body(json_object(payload, &req).await?)?;
     let record = StepRecord {
-        label: required_string(&body, "stepKey")?,
-        step_type: step_type(&body)?,
-        config: body.get("config").cloned().unwrap_or(Value::Null),
-        status: StepStatus::parse(&required_string(&body, "status")?),
-        result: body.get("result").cloned().filter(|v| !v.is_null()),
-        error: optional_string(&body, "error")?,
-        duration_ms: body.get("durationMs").and_then(Value::as_i64),
+        step_type: step_type(&body.step_type)?,
+        label: body.step_key,
+        config: body.config,
+        status: StepStatus::parse(&body.status),
+        result: body.result.filter(|v| !v.is_null()),
+        error: body.error,
+        duration_ms: body.duration_ms,
     };
     let step = state.runs.record_step(&id, &token, record).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) })))
+    Ok(HttpResponse::Ok().json(StepAnswer { ok: true, step: step_view(step) }))
 }
 
 /// `GET /api/internal/script-runs/{runId}/steps/{stepKey}/wait?timeoutMs=`: long poll until
@@ -374,7 +334,7 @@ pub async fn wait_step(
     let token = run_token(&req)?;
     let timeout = Duration::from_millis(number(&query, "timeoutMs", 25_000)?);
     let step = state.runs.wait_step(&id, &token, &label, timeout).await?;
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "step": StepView::new(step) })))
+    Ok(HttpResponse::Ok().json(StepAnswer { ok: true, step: step_view(step) }))
 }
 
 /// `POST /api/internal/script-runs/{runId}/progress` `{current, total, message?}`.
@@ -387,12 +347,9 @@ pub async fn progress(
     let token = run_token(&req)?;
     // Authorised before the body is read: a foreign token never gets a body judged.
     state.runs.check_token(&id, &token)?;
-    let body = json_object(payload, &req).await?;
-    let int = |key: &str| body.get(key).and_then(Value::as_i64).filter(|n| *n >= 0);
-    let (Some(current), Some(total)) = (int("current"), int("total")) else {
-        return Err(ApiError::InvalidRequest("current and total (non-negative integers) are required".into()));
-    };
-    let progress = Progress { current, total, message: optional_string(&body, "message")? };
+    let body: ProgressRequest = step_body(json_object(payload, &req).await?)?;
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let progress = Progress { current: count(body.current), total: count(body.total), message: body.message };
     let run = state.runs.progress(&id, &token, progress).await?;
     Ok(run_answer(run))
 }

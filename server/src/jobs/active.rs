@@ -50,9 +50,11 @@ impl Active {
     /// time, updates after. Deciding and ordering under the job's lock means one job's writes
     /// reach the writer in the order they were decided, whichever threads decide them.
     pub(super) fn record(&self, job: &Job, writer: &Writer) -> Result<Pending, StoreError> {
-        let row = Box::new(job.to_row());
-        let op =
-            if self.recorded.swap(true, Ordering::AcqRel) { WriteOp::UpdateJob(row) } else { WriteOp::InsertJob(row) };
+        let op = if self.recorded.swap(true, Ordering::AcqRel) {
+            WriteOp::update_job(job)
+        } else {
+            WriteOp::insert_job(job)
+        };
         writer.enqueue(op)
     }
 
@@ -263,7 +265,7 @@ impl Shared {
             env: script.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             stdin: None,
             timeout: (script.timeout_sec > 0).then(|| Duration::from_secs(script.timeout_sec)),
-            kill_grace: Duration::from_secs(runner.kill_grace_sec),
+            kill_grace: runner.kill_grace(),
             stdout_log: runner.logs_dir.join(&job.stdout.log_ref),
             stderr_log: runner.logs_dir.join(&job.stderr.log_ref),
             log_cap: runner.max_log_bytes_per_stream,

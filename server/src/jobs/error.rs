@@ -49,7 +49,7 @@ pub enum JobError {
         /// The error.
         source: std::io::Error,
     },
-    /// The system refused a resource (file descriptors).
-    #[error("system resource: {0}")]
-    System(String),
+    /// A blocking task (storage, a log read) panicked or was cancelled.
+    #[error("blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }

@@ -14,7 +14,6 @@ use serde_json::{Map, Value};
 
 use super::model::{Job, JobStatus, StreamInfo};
 use crate::config::Mode;
-use crate::db::models::NewImport;
 use crate::db::{Store, StoreError, WriteOp};
 use crate::time::{now_ms, parse_iso};
 
@@ -55,15 +54,9 @@ pub fn import_job_store(path: &Path, store: &Store) -> Result<Option<usize>, Imp
     let parsed: Value = serde_json::from_str(&text).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Value::Array(items) = parsed else { return Err(invalid("not a JSON array of jobs".into())) };
     let now = now_ms();
-    let rows: Vec<_> = items
-        .iter()
-        .filter_map(Value::as_object)
-        .filter_map(|o| job_from_upstream(o, now))
-        .map(|job| job.to_row())
-        .collect();
-    let count = rows.len();
-    let record = NewImport { source, imported_at: now, jobs: i32::try_from(count).unwrap_or(i32::MAX) };
-    store.writer().write_blocking(WriteOp::Import { rows, record })?;
+    let jobs: Vec<_> = items.iter().filter_map(Value::as_object).filter_map(|o| job_from_upstream(o, now)).collect();
+    let count = jobs.len();
+    store.writer().write_blocking(WriteOp::import(&jobs, source, now))?;
     info!("imported {count} job(s) from {}", path.display());
     Ok(Some(count))
 }

@@ -42,7 +42,7 @@ use crate::config::{Config, Mode, Script};
 use crate::db::{JobFilter, Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::process::supervisor;
-use crate::sync::lock;
+use crate::sync::{blocking, lock};
 use crate::time::now_ms;
 use model::{Job, JobStatus};
 
@@ -225,7 +225,7 @@ impl JobManager {
         }
         let store = self.shared.store.clone();
         let key = key.to_string();
-        Ok(blocking(move || store.job_by_idempotency_key(&key)).await??.map(Job::from_row))
+        Ok(blocking(move || store.job_by_idempotency_key(&key)).await??)
     }
 
     /// The mode a request runs in: its own, else the script's.
@@ -302,7 +302,7 @@ impl JobManager {
         let store = self.shared.store.clone();
         let key = id.to_string();
         let row = blocking(move || store.get_job(&key)).await??;
-        row.map(Job::from_row).ok_or_else(|| JobError::JobNotFound(id.to_string()))
+        row.ok_or_else(|| JobError::JobNotFound(id.to_string()))
     }
 
     /// Waits until the job has ended and returns its final state (at once if it has ended).
@@ -347,23 +347,23 @@ impl JobManager {
         let (rows, total) = blocking(move || store.list_jobs(&filter)).await??;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut stale = Vec::new();
-        for row in rows {
-            match self.shared.active(&row.id) {
+        for stored in rows {
+            match self.shared.active(&stored.id) {
                 Some(active) => jobs.push(active.snapshot()),
                 None => {
                     // Unfinished in the rows but no longer in flight: it ended after the rows
                     // were read, and its final state was committed before it left memory.
-                    if JobStatus::parse(&row.status).is_some_and(|s| !s.is_terminal()) {
+                    if !stored.status.is_terminal() {
                         stale.push(jobs.len());
                     }
-                    jobs.push(Job::from_row(row));
+                    jobs.push(stored);
                 }
             }
         }
         for index in stale {
             let (store, id) = (self.shared.store.clone(), jobs[index].id.clone());
-            if let Some(row) = blocking(move || store.get_job(&id)).await?? {
-                jobs[index] = Job::from_row(row);
+            if let Some(job) = blocking(move || store.get_job(&id)).await?? {
+                jobs[index] = job;
             }
         }
         Ok((jobs, total))
@@ -386,7 +386,7 @@ impl JobManager {
         }
         active.control.cancel();
         let mut done = active.done.subscribe();
-        let bound = supervisor::stop_bound(Duration::from_secs(shared.config.runner.kill_grace_sec));
+        let bound = supervisor::stop_bound(shared.config.runner.kill_grace());
         match tokio::time::timeout(bound, wait_done(&mut done)).await {
             Ok(Some(job)) => Ok(job),
             _ => Ok(active.snapshot()),
@@ -466,7 +466,7 @@ impl JobManager {
             for active in &running {
                 active.control.cancel();
             }
-            let bound = supervisor::stop_bound(Duration::from_secs(shared.config.runner.kill_grace_sec));
+            let bound = supervisor::stop_bound(shared.config.runner.kill_grace());
             shared.wait_idle(bound).await;
         }
         let queued: Vec<_> = lock(&shared.state).queue.drain(..).collect();
@@ -513,11 +513,6 @@ async fn read_log<T: Send + 'static>(
     read: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, JobError> {
     blocking(move || read(&path).map_err(|source| JobError::Log { path, source })).await?
-}
-
-/// Runs blocking storage or file work off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| JobError::System(format!("blocking task failed: {e}")))
 }
 
 impl JobManager {

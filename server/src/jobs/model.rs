@@ -1,9 +1,8 @@
-//! The job as the domain sees it, and its conversion to and from a database row.
+//! The job as the domain sees it (storage converts it to and from its row, in `db/jobs.rs`).
 
 use serde::Serialize;
 
 use crate::config::Mode;
-use crate::db::models::JobRow;
 
 use crate::process::logs::{Stream, StreamSummary};
 use crate::process::supervisor::{Ending, Outcome, Spawned};
@@ -217,81 +216,4 @@ impl Job {
         self.pid = None;
         self.proc_start_ticks = None;
     }
-
-    /// The database row.
-    pub fn to_row(&self) -> JobRow {
-        JobRow {
-            id: self.id.clone(),
-            script_id: self.script_id.clone(),
-            mode: self.mode.as_str().to_string(),
-            status: self.status.as_str().to_string(),
-            args: serde_json::to_string(&self.args).unwrap_or_else(|_| "[]".to_string()),
-            code: self.code,
-            error: self.error.clone(),
-            created_at: self.created_at,
-            started_at: self.started_at,
-            ended_at: self.ended_at,
-            duration_ms: self.duration_ms,
-            stdout_ref: self.stdout.log_ref.clone(),
-            stderr_ref: self.stderr.log_ref.clone(),
-            stdout_size: to_i64(self.stdout.size),
-            stderr_size: to_i64(self.stderr.size),
-            stdout_truncated: self.stdout.truncated,
-            stderr_truncated: self.stderr.truncated,
-            stdout_preview: self.stdout.preview.clone(),
-            stderr_preview: self.stderr.preview.clone(),
-            stdout_lines: self.stdout.lines.map(to_i64),
-            stderr_lines: self.stderr.lines.map(to_i64),
-            pid: self.pid,
-            proc_start_ticks: self.proc_start_ticks.map(to_i64),
-            idempotency_key: self.idempotency_key.clone(),
-            stdout_error: self.stdout.error.clone(),
-            stderr_error: self.stderr.error.clone(),
-        }
-    }
-
-    /// From a database row; a value the row cannot hold sensibly is read leniently (an unknown
-    /// status as `failed`), so one odd row never makes a listing fail.
-    pub fn from_row(row: JobRow) -> Job {
-        Job {
-            mode: Mode::parse(&row.mode).unwrap_or(Mode::Async),
-            status: JobStatus::parse(&row.status).unwrap_or(JobStatus::Failed),
-            args: serde_json::from_str(&row.args).unwrap_or_default(),
-            stdout: StreamInfo {
-                log_ref: row.stdout_ref,
-                size: to_u64(row.stdout_size),
-                truncated: row.stdout_truncated,
-                preview: row.stdout_preview,
-                lines: row.stdout_lines.map(to_u64),
-                error: row.stdout_error,
-            },
-            stderr: StreamInfo {
-                log_ref: row.stderr_ref,
-                size: to_u64(row.stderr_size),
-                truncated: row.stderr_truncated,
-                preview: row.stderr_preview,
-                lines: row.stderr_lines.map(to_u64),
-                error: row.stderr_error,
-            },
-            id: row.id,
-            script_id: row.script_id,
-            code: row.code,
-            error: row.error,
-            created_at: row.created_at,
-            started_at: row.started_at,
-            ended_at: row.ended_at,
-            duration_ms: row.duration_ms,
-            pid: row.pid,
-            proc_start_ticks: row.proc_start_ticks.map(to_u64),
-            idempotency_key: row.idempotency_key,
-        }
-    }
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }

@@ -45,7 +45,7 @@ pub struct Recovery {
 /// async runtime (it blocks on database commits).
 pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     let store = manager.store();
-    let jobs: Vec<Job> = store.unfinished_jobs()?.into_iter().map(Job::from_row).collect();
+    let jobs: Vec<Job> = store.unfinished_jobs()?;
     let mut report = Recovery::default();
     let (found, killed) = kill_processes(&jobs, &manager.deployment_marker());
     report.killed = killed;
@@ -77,7 +77,7 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
             job.end(JobStatus::Failed, Some(format!("script {} is no longer configured", job.script_id)), now);
             report.abandoned += 1;
         }
-        store.writer().write_blocking(WriteOp::UpdateJob(Box::new(job.to_row())))?;
+        store.writer().write_blocking(WriteOp::update_job(&job))?;
     }
     if jobs_seen == 0 && report.killed == 0 {
         return Ok(report);

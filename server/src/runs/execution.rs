@@ -250,9 +250,7 @@ async fn stop(engine: &Arc<Engine>, live: &Arc<LiveRun>, why: Stop) {
     if let Some(control) = control {
         control.cancel();
     }
-    let bound = Duration::from_secs(engine.config.runner.kill_grace_sec)
-        + supervisor::DRAIN_AFTER_EXIT
-        + Duration::from_secs(3);
+    let bound = supervisor::stop_bound(engine.config.runner.kill_grace());
     let _ = tokio::time::timeout(bound, async {
         while live.lock().exec.is_some() {
             if rx.changed().await.is_err() {
@@ -431,7 +429,7 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         env,
         stdin: Some(args_file),
         timeout: Some(Duration::from_millis(remaining)),
-        kill_grace: Duration::from_secs(engine.config.runner.kill_grace_sec),
+        kill_grace: engine.config.runner.kill_grace(),
         stdout_log: dir.join(format!("a{}.stdout.log", run.attempt)),
         stderr_log: dir.join(format!("a{}.stderr.log", run.attempt)),
         log_cap: engine.config.runner.max_log_bytes_per_stream,
