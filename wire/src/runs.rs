@@ -123,3 +123,55 @@ pub struct RunList {
     /// Runs matching the filter in all.
     pub total: i64,
 }
+
+/// A byte page of a run execution's log (`GET /api/script-runs/{id}/logs`). Fields in the
+/// order the server has always written them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunBytesPage {
+    /// The bytes as text (invalid UTF-8 shown as U+FFFD).
+    pub data: String,
+    /// Byte offset of the next page.
+    pub next_offset: u64,
+    /// Byte offset of the page.
+    pub offset: u64,
+    /// Always true.
+    pub ok: bool,
+    /// Why some of the execution's output could not be stored.
+    pub output_error: Option<String>,
+    /// Run id.
+    pub run_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Log size now.
+    pub total_size: u64,
+    /// Always false so far: an execution's log is capped at `maxLogBytesPerStream` like a
+    /// job's, but the run does not record whether the cap was reached (a known gap).
+    pub truncated: bool,
+}
+
+/// A line page of a run execution's log. Fields in the order the server has always written
+/// them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunLinesPage {
+    /// The lines without their newline.
+    pub lines: Vec<String>,
+    /// Line offset of the next page.
+    pub next_offset: u64,
+    /// Line offset of the page.
+    pub offset: u64,
+    /// Always true.
+    pub ok: bool,
+    /// Why some of the execution's output could not be stored.
+    pub output_error: Option<String>,
+    /// Run id.
+    pub run_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Lines in the log (complete lines while the execution runs).
+    pub total_lines: u64,
+    /// Always false so far: an execution's log is capped at `maxLogBytesPerStream` like a
+    /// job's, but the run does not record whether the cap was reached (a known gap).
+    pub truncated: bool,
+}

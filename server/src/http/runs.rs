@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use script_runner_wire::runs::{Progress as WireProgress, RunAnswer, RunDetail, RunList, RunView, StepView};
+use script_runner_wire::runs::{
+    Progress as WireProgress, RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList, RunView, StepView,
+};
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
 
@@ -230,20 +232,31 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
     if lines {
         let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
         let page = state.runs.read_lines(&id, attempt, stream, offset, limit).await?;
-        return Ok(HttpResponse::Ok().json(json!({
-            "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
-            "nextOffset": page.next_offset, "totalLines": page.total_lines, "truncated": false,
-            "outputError": output_error, "lines": page.lines,
-        })));
+        return Ok(HttpResponse::Ok().json(RunLinesPage {
+            lines: page.lines,
+            next_offset: page.next_offset,
+            offset: page.offset,
+            ok: true,
+            output_error,
+            run_id: id.into_inner(),
+            stream: stream.as_str().to_string(),
+            total_lines: page.total_lines,
+            truncated: false,
+        }));
     }
     let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
     let page = state.runs.read_bytes(&id, attempt, stream, offset, limit).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "ok": true, "runId": id.into_inner(), "stream": stream.as_str(), "offset": page.offset,
-        "nextOffset": page.next_offset, "totalSize": page.total_size, "truncated": false,
-        "outputError": output_error,
-        "data": String::from_utf8_lossy(&page.data),
-    })))
+    Ok(HttpResponse::Ok().json(RunBytesPage {
+        data: String::from_utf8_lossy(&page.data).into_owned(),
+        next_offset: page.next_offset,
+        offset: page.offset,
+        ok: true,
+        output_error,
+        run_id: id.into_inner(),
+        stream: stream.as_str().to_string(),
+        total_size: page.total_size,
+        truncated: false,
+    }))
 }
 
 // ---- internal routes (the step client) ----
