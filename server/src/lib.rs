@@ -1,8 +1,11 @@
-//! script-runner: runs a whitelist of configured scripts as child processes over HTTP.
+//! script-runner: runs a whitelist of configured scripts as child processes over HTTP, and
+//! durable multi-step workflow runs over a step journal.
 //!
-//! Layers, each knowing only the one below: [`http`] (routes, wire types, error mapping) over
-//! [`jobs`] (queue, supervision, logs, recovery) over [`db`] (storage: the only module that names the database engine). [`config`] is
-//! read by all of them.
+//! Layers, each depending only on those below it (ARCHITECTURE.md has a paragraph per room):
+//! [`http`] (routes, error mapping, domain -> wire) over the two domain services [`jobs`] and
+//! [`runs`] (runs use jobs for script steps), over [`process`] (spawn, supervision, logs) and
+//! [`db`] (storage: the only module that names the database engine). [`config`], [`sync`] and
+//! [`time`] are read by all of them; [`server`] wires them together at start.
 
 pub mod config;
 pub mod db;

@@ -109,7 +109,7 @@ pub(super) struct Shared {
     pub(super) keyed: tokio::sync::Mutex<()>,
 }
 
-/// A place reserved for one job in running + queued (see [`JobManager::admit`]). It is given
+/// A place reserved for one job in running + queued (see [`super::JobManager::admit`]). It is given
 /// back when the job is queued, or when it is dropped (a refused or abandoned submission,
 /// e.g. a request whose client went away while its job was being recorded).
 pub struct Admission {
