@@ -271,6 +271,21 @@ fn run_token(req: &HttpRequest) -> Result<String, ApiError> {
     super::bearer(req.headers()).filter(|t| !t.is_empty()).map(str::to_string).ok_or(ApiError::Unauthorized)
 }
 
+/// The run token of a step request and its body as the wire type `T`, in that order: the
+/// token is checked before the body is read, so a missing, wrong or foreign token is
+/// `401`/`403` whatever the body holds, and nothing is written.
+async fn authorized_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    id: &str,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(String, T), ApiError> {
+    let token = run_token(req)?;
+    state.runs.check_token(id, &token)?;
+    let body = step_body(json_object(payload, req).await?)?;
+    Ok((token, body))
+}
+
 /// `GET /api/internal/script-runs/{runId}/steps/{stepKey}`: `200 {ok, step}` or `404`.
 pub async fn get_step(
     state: web::Data<AppState>,
@@ -296,10 +311,7 @@ pub async fn begin_step(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (id, label) = path.into_inner();
-    let token = run_token(&req)?;
-    // Authorised before the body is read: a foreign token never gets a body judged.
-    state.runs.check_token(&id, &token)?;
-    let body: BeginRequest = step_body(json_object(payload, &req).await?)?;
+    let (token, body): (String, BeginRequest) = authorized_body(&state, &id, &req, payload).await?;
     let request = StepRequest { label, step_type: step_type(&body.step_type)?, config: body.config };
     let (action, step) = match state.runs.begin_step(&id, &token, request).await? {
         Begun::Done(step) => (Action::Done, Some(step_view(step))),
@@ -318,10 +330,7 @@ pub async fn record_step(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = run_token(&req)?;
-    // Authorised before the body is read: a foreign token never gets a body judged.
-    state.runs.check_token(&id, &token)?;
-    let body: RecordRequest = step_body(json_object(payload, &req).await?)?;
+    let (token, body): (String, RecordRequest) = authorized_body(&state, &id, &req, payload).await?;
     let record = StepRecord {
         step_type: step_type(&body.step_type)?,
         label: body.step_key,
@@ -357,10 +366,7 @@ pub async fn progress(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let token = run_token(&req)?;
-    // Authorised before the body is read: a foreign token never gets a body judged.
-    state.runs.check_token(&id, &token)?;
-    let body: ProgressRequest = step_body(json_object(payload, &req).await?)?;
+    let (token, body): (String, ProgressRequest) = authorized_body(&state, &id, &req, payload).await?;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let progress = Progress { current: count(body.current), total: count(body.total), message: body.message };
     let run = state.runs.progress(&id, &token, progress).await?;

@@ -227,20 +227,11 @@ mod tests {
         RunStatus::AbortedLimit,
     ];
 
+    /// An entry whose script step (if it is one) names the job `job_<label>`.
     fn entry(label: &str, step_type: StepType, config: serde_json::Value, status: StepStatus) -> JournalEntry {
         JournalEntry {
-            run_id: "run_1_1".into(),
-            label: label.into(),
-            seq: 0,
-            step_type,
-            config,
-            status,
-            result: None,
-            error: None,
             job_id: Some(format!("job_{label}")),
-            started_at: 0,
-            completed_at: None,
-            duration_ms: None,
+            ..JournalEntry::for_test(label, step_type, config, status)
         }
     }
 

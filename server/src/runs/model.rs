@@ -326,3 +326,24 @@ pub struct Decision {
     /// Why.
     pub comment: Option<String>,
 }
+
+#[cfg(test)]
+impl JournalEntry {
+    /// An entry of run `run_1_1` for the rules' unit tests (started at 0, no result yet).
+    pub fn for_test(label: &str, step_type: StepType, config: Value, status: StepStatus) -> JournalEntry {
+        JournalEntry {
+            run_id: "run_1_1".into(),
+            label: label.into(),
+            seq: 0,
+            step_type,
+            config,
+            status,
+            result: None,
+            error: None,
+            job_id: None,
+            started_at: 0,
+            completed_at: None,
+            duration_ms: None,
+        }
+    }
+}

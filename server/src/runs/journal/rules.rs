@@ -150,20 +150,7 @@ mod tests {
     use super::*;
 
     fn entry(label: &str, step_type: StepType, config: Value, status: StepStatus) -> JournalEntry {
-        JournalEntry {
-            run_id: "run_1_1".into(),
-            label: label.into(),
-            seq: 0,
-            step_type,
-            config,
-            status,
-            result: None,
-            error: None,
-            job_id: None,
-            started_at: 0,
-            completed_at: None,
-            duration_ms: None,
-        }
+        JournalEntry::for_test(label, step_type, config, status)
     }
 
     #[test]
