@@ -165,3 +165,64 @@ pub struct ArgsView {
     /// Longest argument, in characters.
     pub item_max_length: usize,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn job() -> JobView {
+        JobView {
+            ok: Some(true),
+            job_id: "job_1_1".into(),
+            script_id: "echo".into(),
+            status: "succeeded".into(),
+            code: Some(0),
+            started_at: Some("2026-01-01T00:00:00.000Z".into()),
+            ended_at: Some("2026-01-01T00:00:00.005Z".into()),
+            duration_ms: Some(5),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            mode: "sync".into(),
+            stdout_ref: "job_1_1.stdout.log".into(),
+            stderr_ref: "job_1_1.stderr.log".into(),
+            stdout_size: 3,
+            stderr_size: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout_preview: "hi\n".into(),
+            stderr_preview: String::new(),
+            args: vec!["hi".into()],
+            error: None,
+            output_error: None,
+            stdout: None,
+            stderr: None,
+            idempotency_key: None,
+            deduplicated: None,
+        }
+    }
+
+    #[test]
+    fn the_job_object_keeps_upstreams_field_order_and_reads_back_equal() {
+        let text = serde_json::to_string(&job()).expect("serialise");
+        let value: Value = serde_json::from_str(&text).expect("JSON");
+        let upstream =
+            ["jobId", "scriptId", "status", "code", "startedAt", "endedAt", "durationMs", "createdAt", "mode"];
+        let positions: Vec<usize> = upstream.iter().map(|k| text.find(&format!("\"{k}\"")).expect(k)).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+        // Fields of the sync answer only are left out, not written as null.
+        assert!(value.get("stdout").is_none() && value.get("deduplicated").is_none(), "{text}");
+        assert_eq!(value["outputError"], Value::Null);
+        assert_eq!(serde_json::from_str::<JobView>(&text).expect("read back"), job());
+    }
+
+    #[test]
+    fn a_job_list_and_an_async_answer_read_what_the_server_writes() {
+        let list: JobList = serde_json::from_value(json!({ "ok": true, "jobs": [job()], "total": 7 })).expect("list");
+        assert_eq!((list.jobs.len(), list.total), (1, 7));
+        let accepted: Accepted =
+            serde_json::from_value(json!({ "ok": true, "jobId": "job_1_2", "status": "queued" })).expect("202");
+        assert_eq!(accepted.deduplicated, None);
+        assert!(serde_json::from_value::<Accepted>(json!({ "ok": true, "status": "queued" })).is_err());
+    }
+}

@@ -175,3 +175,32 @@ pub struct RunLinesPage {
     /// job's, but the run does not record whether the cap was reached (a known gap).
     pub truncated: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_runs_progress_is_written_in_the_order_the_server_always_wrote_it() {
+        let progress = Progress { current: 2, message: Some("copying".into()), total: 5 };
+        let text = serde_json::to_string(&progress).expect("serialise");
+        assert_eq!(text, r#"{"current":2,"message":"copying","total":5}"#);
+    }
+
+    #[test]
+    fn a_deduplicated_launch_says_so_and_a_plain_answer_has_no_such_field() {
+        let run: RunView = serde_json::from_value(json!({
+            "id": "run_1_1", "scriptName": "w", "workflowId": null, "interpreter": null, "flow": null,
+            "status": "running", "args": {}, "output": null, "error": null, "warnings": [],
+            "sourceSha256": "ab", "pid": 7, "createdAt": "t", "startedAt": null, "finishedAt": null,
+            "lastHeartbeatAt": null, "idempotencyKey": "k", "attempt": 1, "progress": null, "forkedFrom": null
+        }))
+        .expect("run");
+        let plain = serde_json::to_value(RunAnswer { deduplicated: None, ok: true, run: run.clone() }).expect("plain");
+        assert!(plain.get("deduplicated").is_none(), "{plain}");
+        let again = serde_json::to_string(&RunAnswer { deduplicated: Some(true), ok: true, run }).expect("again");
+        assert!(again.starts_with(r#"{"deduplicated":true,"ok":true,"run":{"id":"run_1_1""#), "{again}");
+    }
+}
