@@ -51,7 +51,7 @@ pub async fn run(
     };
     let key = match body.get("idempotencyKey") {
         None | Some(Value::Null) => None,
-        Some(Value::String(k)) if !k.is_empty() && k.chars().count() <= MAX_KEY_CHARS => Some(k.as_str()),
+        Some(Value::String(k)) if crate::runs::fits_name(k) => Some(k.as_str()),
         Some(_) => {
             return Err(ApiError::InvalidArgs(format!(
                 "idempotencyKey must be a string of 1 to {MAX_KEY_CHARS} characters"

@@ -93,7 +93,7 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         return Err(RunError::ArgsTooLarge(args_json.len()));
     }
     for (name, value) in [("scriptName", &request.script_name), ("idempotencyKey", &request.idempotency_key)] {
-        if value.as_ref().is_some_and(|v| v.is_empty() || v.chars().count() > MAX_NAME_CHARS) {
+        if value.as_deref().is_some_and(|v| !super::fits_name(v)) {
             return Err(RunError::InvalidRequest(format!("{name} must be 1 to {MAX_NAME_CHARS} characters")));
         }
     }
