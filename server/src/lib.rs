@@ -11,6 +11,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod names;
 pub mod process;
 pub mod runs;
 pub mod server;

@@ -25,7 +25,7 @@ pub(super) const LIST_MAX: u64 = 500;
 pub(super) const BYTES_DEFAULT: u64 = 65536;
 pub(super) const LINES_DEFAULT: u64 = 100;
 /// Longest `idempotencyKey` (the run API's limit too).
-const MAX_KEY_CHARS: usize = crate::runs::MAX_NAME_CHARS;
+const MAX_KEY_CHARS: usize = crate::names::MAX_NAME_CHARS;
 
 /// `POST /run`: validates, records and queues a job; answers at once (async) or at its end (sync).
 /// With an `idempotencyKey` already used: `200` with the job it started and `"deduplicated":
@@ -51,7 +51,7 @@ pub async fn run(
     };
     let key = match body.get("idempotencyKey") {
         None | Some(Value::Null) => None,
-        Some(Value::String(k)) if crate::runs::fits_name(k) => Some(k.as_str()),
+        Some(Value::String(k)) if crate::names::fits_name(k) => Some(k.as_str()),
         Some(_) => {
             return Err(ApiError::InvalidArgs(format!(
                 "idempotencyKey must be a string of 1 to {MAX_KEY_CHARS} characters"

@@ -50,14 +50,7 @@ pub const MAX_ARGS_BYTES: usize = 64 * 1024;
 pub const MAX_SOURCE_BYTES: usize = 1024 * 1024;
 /// How a run warning about an execution's unstorable output ends.
 pub const INCOMPLETE_LOG: &str = "; its log is incomplete";
-/// Longest label, script name or idempotency key.
-pub const MAX_NAME_CHARS: usize = 200;
-
-/// Whether `name` (a script name, an idempotency key of a job or a run) is 1 to
-/// [`MAX_NAME_CHARS`] characters: the one rule both services apply to what a request names.
-pub fn fits_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS
-}
+pub use crate::names::{fits_name, MAX_NAME_CHARS};
 /// Largest run output kept (bytes of stdout read).
 pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024;
 /// How often a running execution's heartbeat is written.

@@ -1,0 +1,10 @@
+//! The rule for what a request names (a step label, a script name, an idempotency key of a
+//! job or a run): one length limit, applied by both services.
+
+/// Longest label, script name or idempotency key, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Whether `name` is 1 to [`MAX_NAME_CHARS`] characters.
+pub fn fits_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS
+}
