@@ -217,15 +217,7 @@ mod tests {
 
     use super::*;
 
-    const ALL: [RunStatus; 7] = [
-        RunStatus::Running,
-        RunStatus::Awaiting,
-        RunStatus::Paused,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-        RunStatus::AbortedLimit,
-    ];
+    const ALL: [RunStatus; 7] = RunStatus::ALL;
 
     /// An entry whose script step (if it is one) names the job `job_<label>`.
     fn entry(label: &str, step_type: StepType, config: serde_json::Value, status: StepStatus) -> JournalEntry {

@@ -37,19 +37,20 @@ impl RunStatus {
         }
     }
 
+    /// Every status, in the order of a run's life.
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Running,
+        RunStatus::Awaiting,
+        RunStatus::Paused,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::AbortedLimit,
+    ];
+
     /// Parses the stored spelling.
     pub fn parse(s: &str) -> Option<RunStatus> {
-        [
-            RunStatus::Running,
-            RunStatus::Awaiting,
-            RunStatus::Paused,
-            RunStatus::Completed,
-            RunStatus::Failed,
-            RunStatus::Cancelled,
-            RunStatus::AbortedLimit,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        RunStatus::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
     /// Whether the run is over for good.
