@@ -1,7 +1,7 @@
 //! Shared harness for the integration tests: starts the real `script-runner` binary on
 //! `127.0.0.1:0` with its own temporary folder (config.json, scripts.json, scripts, database,
 //! logs), and talks to it over HTTP like any client.
-#![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test binary uses a part of it")]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test module uses a part of it")]
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};

@@ -1,5 +1,7 @@
-//! HTTP: routes, authentication and request parsing. Handlers are thin: they parse, call the
-//! job service, and shape the answer; the rules live in `crate::jobs`.
+//! HTTP: routes, authentication and request parsing. Handlers are thin: they parse, call one
+//! method of the job or run service, and shape the answer as a wire type
+//! (`script_runner_wire`); the rules live in `crate::jobs` and `crate::runs`, and errors become
+//! statuses in one place (`error.rs`).
 
 mod error;
 mod jobs;
