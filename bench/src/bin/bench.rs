@@ -10,10 +10,15 @@
 //! 5. the latency of a 64 KiB page at the end of that log, by bytes and by lines;
 //! 6. cancel-to-terminal latency of a running job.
 //!
-//! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N]`.
+//! 7. with `--vs-webhook`, only script-runner against adnanh/webhook at c=1, 4 and 16 (see
+//!    `bench/webhook.rs`).
+//!
+//! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N] [--keep] [--only-sync4] [--vs-webhook]`.
 
 #[path = "shared/mod.rs"]
 mod shared;
+#[path = "bench/webhook.rs"]
+mod webhook;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -32,10 +37,11 @@ struct Options {
     big_mb: u64,
     keep: bool,
     only_sync4: bool,
+    vs_webhook: bool,
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { seconds: 5.0, big_mb: 200, keep: false, only_sync4: false };
+    let mut opts = Options { seconds: 5.0, big_mb: 200, keep: false, only_sync4: false, vs_webhook: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("missing value");
@@ -44,12 +50,15 @@ fn options() -> Result<Options> {
             "--big-mb" => opts.big_mb = value()?.parse()?,
             "--keep" => opts.keep = true,
             "--only-sync4" => opts.only_sync4 = true,
+            "--vs-webhook" => opts.vs_webhook = true,
             "-h" | "--help" => {
                 println!("bench [--seconds N (per phase, default 5)] [--big-mb N (default 200)] [--keep]");
                 println!("  --keep  leave the temporary folder (and its ~30k log files) in place: deleting");
                 println!("          many files makes ext4 create new ones slowly for minutes after, which");
                 println!("          skews a run that follows soon; delete the folder later");
                 println!("  --only-sync4  only sync c=4 paired with direct spawn (quick A/B comparisons)");
+                println!("  --vs-webhook  only script-runner against adnanh/webhook (apt-get install webhook) at");
+                println!("                c=1, 4 and 16: runs/s, p50, p99 and each server's own CPU per run");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -76,6 +85,14 @@ fn main() -> Result<()> {
 
     // Warm up (thread pools, page cache, the database file) so the first phase is not penalised.
     load(&server.base, "trivial", 4, 1.0)?;
+    if opts.vs_webhook {
+        drop(server);
+        webhook::compare(dir.path(), &trivial, cores, opts.seconds)?;
+        if opts.keep {
+            println!("kept {}", dir.keep().display());
+        }
+        return Ok(());
+    }
     if opts.only_sync4 {
         paired(&server, &trivial, cores, opts.seconds)?;
         drop(server);
@@ -344,10 +361,34 @@ struct RawClient {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     request: Vec<u8>,
+    needle: &'static [u8],
+}
+
+/// What a load phase sends: a POST of `body` to `path` at `base`; a 200 answer whose body holds
+/// `needle` counts as a run.
+#[derive(Clone)]
+struct Target {
+    base: String,
+    path: String,
+    body: String,
+    needle: &'static [u8],
+}
+
+impl Target {
+    /// A sync run of `script` on a script-runner.
+    fn run(base: &str, script: &str) -> Target {
+        Target {
+            base: base.to_string(),
+            path: "/run".into(),
+            body: json!({ "scriptId": script }).to_string(),
+            needle: b"\"status\":\"succeeded\"",
+        }
+    }
 }
 
 impl RawClient {
-    fn connect(base: &str, path: &str, body: &str) -> Result<RawClient> {
+    fn connect(target: &Target) -> Result<RawClient> {
+        let (base, path, body) = (&target.base, &target.path, &target.body);
         let host = base.trim_start_matches("http://");
         let writer = TcpStream::connect(host)?;
         writer.set_nodelay(true)?;
@@ -356,10 +397,11 @@ impl RawClient {
             body.len()
         )
         .into_bytes();
-        Ok(RawClient { reader: BufReader::new(writer.try_clone()?), writer, request })
+        Ok(RawClient { reader: BufReader::new(writer.try_clone()?), writer, request, needle: target.needle })
     }
 
-    /// Sends the request; true for a 200 whose body says the job succeeded.
+    /// Sends the request; true for a 200 whose body holds the target's needle (for a
+    /// script-runner: the job succeeded).
     fn send(&mut self) -> Result<bool> {
         self.writer.write_all(&self.request)?;
         let mut line = String::new();
@@ -381,17 +423,22 @@ impl RawClient {
         }
         let mut body = vec![0u8; length];
         self.reader.read_exact(&mut body)?;
-        Ok(ok_status && memchr::memmem::find(&body, b"\"status\":\"succeeded\"").is_some())
+        Ok(ok_status && memchr::memmem::find(&body, self.needle).is_some())
     }
 }
 
 fn load(base: &str, script: &str, concurrency: usize, seconds: f64) -> Result<LoadResult> {
+    load_target(&Target::run(base, script), concurrency, seconds)
+}
+
+/// `concurrency` keep-alive clients sending the target's request in a loop for `seconds`.
+fn load_target(target: &Target, concurrency: usize, seconds: f64) -> Result<LoadResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let handles: Vec<_> = (0..concurrency)
         .map(|_| {
             let stop = Arc::clone(&stop);
-            let client = RawClient::connect(base, "/run", &json!({ "scriptId": script }).to_string());
+            let client = RawClient::connect(target);
             std::thread::spawn(move || {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
