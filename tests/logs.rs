@@ -737,9 +737,12 @@ fn unsafe_free_is_root() -> bool {
 fn output_that_cannot_be_stored_is_said_on_the_job_and_its_pages_not_hidden_as_truncated() {
     let builder = Builder::new();
     let logs = builder.dir().join("logs");
+    // Each stream longer than its preview (4096 bytes), so it needs its log file (a shorter
+    // one is kept with the job: see the next test).
+    let long = "printf '%5000s\\n' '' | tr ' ' o";
     let mut server = builder
-        .script("say", "echo out-line; echo err-line >&2")
-        .script_entry("say-async", "echo async-line", json!({ "mode": "async" }))
+        .script("say", &format!("{long}; echo out-line; {{ {long}; echo err-line; }} >&2"))
+        .script_entry("say-async", &format!("{long}; echo async-line"), json!({ "mode": "async" }))
         .start();
     let Some(guard) = Unwritable::make(&logs) else { return };
     let sync = server.run("say", &[], Some("sync"));
@@ -754,7 +757,7 @@ fn output_that_cannot_be_stored_is_said_on_the_job_and_its_pages_not_hidden_as_t
     let async_id = server.run_async("say-async", &[]);
     let job = server.wait_terminal(&async_id, WAIT);
     assert!(job["outputError"].as_str().is_some_and(|e| e.starts_with("stdout: cannot write")), "{job}");
-    assert_eq!(job["stdoutPreview"], "async-line\n", "{job}");
+    assert!(job["stdoutPreview"].as_str().is_some_and(|p| p.ends_with("oooo\nasync-line\n")), "{job}");
     for unit in ["bytes", "lines"] {
         let page = server.get(&format!("/jobs/{id}/logs?unit={unit}"));
         assert_eq!(page.status, 200, "{}", page.text);
@@ -765,10 +768,43 @@ fn output_that_cannot_be_stored_is_said_on_the_job_and_its_pages_not_hidden_as_t
     guard.undo();
     let after = server.run("say", &[], Some("sync"));
     assert_eq!(after.body["outputError"], Value::Null, "{}", after.text);
-    assert_eq!(after.body["stdout"], "out-line\n", "{}", after.text);
+    assert!(
+        after.body["stdout"].as_str().is_some_and(|o| o.len() == 5010 && o.ends_with("out-line\n")),
+        "{}",
+        after.text
+    );
     server.terminate(WAIT);
     server.restart();
     assert_eq!(server.job(&id)["outputError"], sync.body["outputError"], "kept across a restart");
+}
+
+#[test]
+fn a_short_output_is_kept_with_the_job_without_a_file_and_reads_like_one() {
+    let builder = Builder::new();
+    let logs = builder.dir().join("logs");
+    let server = builder.script("say", "echo one; echo two; printf three; echo err >&2").start();
+    // Kept with the job, a short output needs no file: an unwritable folder loses nothing.
+    let Some(_guard) = Unwritable::make(&logs) else { return };
+    let r = server.run("say", &[], Some("sync"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["outputError"], Value::Null, "{}", r.text);
+    assert_eq!(r.body["stdout"], "one\ntwo\nthree", "{}", r.text);
+    assert_eq!(r.body["stderr"], "err\n", "{}", r.text);
+    let id = r.body["jobId"].as_str().unwrap();
+    assert!(!logs.join(format!("{id}.stdout.log")).exists(), "no file for a short output");
+    let bytes = server.get(&format!("/jobs/{id}/logs?offset=4&limit=3"));
+    assert_eq!(
+        (bytes.body["data"].as_str(), bytes.body["totalSize"].as_u64()),
+        (Some("two"), Some(13)),
+        "{}",
+        bytes.text
+    );
+    assert_eq!(bytes.body["nextOffset"], 7);
+    let lines = server.get(&format!("/jobs/{id}/logs?unit=lines&offset=1&limit=5"));
+    assert_eq!(lines.body["lines"], json!(["two", "three"]), "{}", lines.text);
+    assert_eq!(lines.body["totalLines"], 3);
+    let err = server.get(&format!("/jobs/{id}/logs?stream=stderr&unit=lines"));
+    assert_eq!(err.body["lines"], json!(["err"]), "{}", err.text);
 }
 
 #[test]

@@ -270,6 +270,7 @@ impl Shared {
             stderr_log: runner.logs_dir.join(&job.stderr.log_ref),
             log_cap: runner.max_log_bytes_per_stream,
             preview_max: runner.preview_max_bytes,
+            inline_small_output: true,
         }
     }
 

@@ -399,9 +399,16 @@ impl JobManager {
         let info = job.stream(stream).clone();
         let path = self.log_path(&info.log_ref);
         let limit = limit.min(MAX_BYTE_LIMIT);
+        let inline = inline_data(&info);
         let page = match path {
             None => BytePage { offset, next_offset: offset, total_size: 0, data: Vec::new() },
-            Some(path) => read_log(path, move |p| logs::read_bytes(p, offset, limit)).await?,
+            Some(path) => {
+                read_log(path, move |p| match inline {
+                    Some(data) if !p.exists() => Ok(logs::read_bytes_in(&data, offset, limit)),
+                    _ => logs::read_bytes(p, offset, limit),
+                })
+                .await?
+            }
         };
         Ok(BytesView { page, truncated: info.truncated, output_error: job.output_error() })
     }
@@ -418,9 +425,16 @@ impl JobManager {
             complete_only,
             known_total: info.lines,
         };
+        let inline = inline_data(&info);
         let page = match self.log_path(&info.log_ref) {
             None => LinePage { offset, next_offset: offset, total_lines: 0, lines: Vec::new() },
-            Some(path) => read_log(path, move |p| logs::read_lines(p, query)).await?,
+            Some(path) => {
+                read_log(path, move |p| match inline {
+                    Some(data) if !p.exists() => logs::read_lines_in(&data, query),
+                    _ => logs::read_lines(p, query),
+                })
+                .await?
+            }
         };
         Ok(LinesView { page, truncated: info.truncated, output_error: job.output_error() })
     }
@@ -505,6 +519,14 @@ impl JobManager {
     fn logs_dir(&self) -> &Path {
         &self.shared.config.runner.logs_dir
     }
+}
+
+/// The whole stream, when it may be kept with the job rather than in a file: a short job's
+/// output that fits in its preview ([`crate::process::logs::LogSink::keep_inline`]). Read only
+/// where its file does not exist; the preview then holds all of it, exactly.
+fn inline_data(info: &model::StreamInfo) -> Option<Vec<u8>> {
+    let whole = !info.truncated && info.size > 0 && info.preview.len() as u64 == info.size;
+    whole.then(|| info.preview.clone().into_bytes())
 }
 
 /// Reads a log file off the async workers; an error names the file.

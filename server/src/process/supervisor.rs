@@ -26,7 +26,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +97,10 @@ pub struct Launch {
     pub log_cap: u64,
     /// Bytes of preview per stream.
     pub preview_max: usize,
+    /// Keep a stream that fits in the preview with the owner instead of a file, unless the
+    /// process runs past [`RECORD_RUNNING_AFTER`] (see [`LogSink::keep_inline`]): for a job,
+    /// whose preview is stored with it.
+    pub inline_small_output: bool,
 }
 
 /// The handle other tasks use to cancel a supervised job.
@@ -208,8 +212,15 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
         outcome.ending = Ending::Canceled;
         return outcome;
     }
-    let out_sink = LogSink::new(&launch.stdout_log, launch.log_cap, launch.preview_max);
-    let err_sink = LogSink::new(&launch.stderr_log, launch.log_cap, launch.preview_max);
+    let sink = |path: &Path| {
+        let sink = LogSink::new(path, launch.log_cap, launch.preview_max);
+        if launch.inline_small_output {
+            sink.keep_inline()
+        } else {
+            sink
+        }
+    };
+    let (out_sink, err_sink) = (sink(&launch.stdout_log), sink(&launch.stderr_log));
     let child = match start(launch) {
         Ok(c) => c,
         Err(e) => return fail(format!("cannot start {}: {e}", launch.program.display())),
@@ -412,6 +423,9 @@ impl Running {
                 record_at = None;
                 self.watch_pipes();
                 if exit.is_none() {
+                    // Running on: its output so far goes to its files, readable there.
+                    self.out.sink.spill();
+                    self.err.sink.spill();
                     // The leader is not reaped yet, so this pid is still the job's.
                     events.still_running(start_ticks(self.pgid.as_raw()));
                 }

@@ -434,6 +434,8 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         stderr_log: dir.join(format!("a{}.stderr.log", run.attempt)),
         log_cap: engine.config.runner.max_log_bytes_per_stream,
         preview_max: engine.config.runner.preview_max_bytes,
+        // A run's log pages read its execution logs from files: they are always written.
+        inline_small_output: false,
     }))
 }
 

@@ -17,7 +17,7 @@ mod write;
 
 use std::path::{Path, PathBuf};
 
-pub use read::{count_lines, read_bytes, read_lines, BytePage, LinePage, LineQuery};
+pub use read::{count_lines, read_bytes, read_bytes_in, read_lines, read_lines_in, BytePage, LinePage, LineQuery};
 pub use write::{preview_text, LiveStream, LogSink, StreamSummary};
 
 /// An index entry is written at least this many lines after the previous one.

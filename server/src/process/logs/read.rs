@@ -88,14 +88,41 @@ pub fn read_lines(path: &Path, q: LineQuery) -> io::Result<LinePage> {
         Some(n) => n,
         None => count_lines(&file, q.complete_only)?,
     };
-    let mut page = LinePage { offset: q.offset, next_offset: q.offset, total_lines, lines: Vec::new() };
+    let page = LinePage { offset: q.offset, next_offset: q.offset, total_lines, lines: Vec::new() };
     if q.offset >= total_lines || q.limit == 0 {
         return Ok(page);
     }
     let (entry_line, entry_offset) = seek_entry(&index_path(path), q.offset)?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     reader.seek(SeekFrom::Start(entry_offset))?;
-    for _ in entry_line..q.offset {
+    fill_page(reader, entry_line, page, q)
+}
+
+/// A byte page of a stream held in memory (a short job's output, kept with the job).
+pub fn read_bytes_in(data: &[u8], offset: u64, limit: u64) -> BytePage {
+    let total_size = data.len() as u64;
+    let start = offset.min(total_size);
+    let end = start.saturating_add(limit).min(total_size);
+    let bytes = data[usize::try_from(start).unwrap_or(0)..usize::try_from(end).unwrap_or(0)].to_vec();
+    BytePage { offset, next_offset: offset + (end - start), total_size, data: bytes }
+}
+
+/// A line page of a stream held in memory, as [`read_lines`] reads one from a file.
+pub fn read_lines_in(data: &[u8], q: LineQuery) -> io::Result<LinePage> {
+    let newlines = memchr::memchr_iter(b'\n', data).count() as u64;
+    let partial = u64::from(!q.complete_only && data.last().is_some_and(|b| *b != b'\n'));
+    let total_lines = q.known_total.unwrap_or(newlines + partial);
+    let page = LinePage { offset: q.offset, next_offset: q.offset, total_lines, lines: Vec::new() };
+    if q.offset >= total_lines || q.limit == 0 {
+        return Ok(page);
+    }
+    fill_page(data, 0, page, q)
+}
+
+/// Fills `page` from `reader`, which stands at the start of line `at`.
+fn fill_page<R: BufRead>(mut reader: R, at: u64, mut page: LinePage, q: LineQuery) -> io::Result<LinePage> {
+    let total_lines = page.total_lines;
+    for _ in at..q.offset {
         if !skip_line(&mut reader)? {
             return Ok(page);
         }
@@ -286,6 +313,28 @@ mod tests {
                 assert_eq!(page.lines.len(), want.len(), "offset {offset} limit {limit}");
                 assert!(page.lines == want, "offset {offset} limit {limit}: wrong lines");
                 assert_eq!(page.next_offset, offset + want.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn pages_of_a_stream_in_memory_equal_those_of_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, name) in [("a\nbb\r\nccc", "partial"), ("one\ntwo\n", "complete"), ("", "empty"), ("x", "one")] {
+            let path = dir.path().join(format!("{name}.log"));
+            std::fs::write(&path, text).unwrap();
+            for complete_only in [false, true] {
+                for offset in 0..5 {
+                    for (limit, max_bytes) in [(1, 1 << 20), (2, 1 << 20), (10, 1 << 20), (10, 2)] {
+                        let q = LineQuery { offset, limit, max_bytes, complete_only, known_total: None };
+                        let what =
+                            format!("{name} offset {offset} limit {limit} max {max_bytes} complete {complete_only}");
+                        assert_eq!(read_lines_in(text.as_bytes(), q).unwrap(), read_lines(&path, q).unwrap(), "{what}");
+                    }
+                }
+            }
+            for (offset, limit) in [(0, 1), (0, 100), (2, 3), (10, 5), (3, 0)] {
+                assert_eq!(read_bytes_in(text.as_bytes(), offset, limit), read_bytes(&path, offset, limit).unwrap());
             }
         }
     }

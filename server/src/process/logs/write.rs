@@ -59,16 +59,28 @@ pub struct StreamSummary {
     /// Why output could not be stored (`cannot write <file>: <reason>`); what came after it
     /// was dropped.
     pub error: Option<String>,
+    /// Kept with the job instead of a file: the preview is the whole stream.
+    pub inline: bool,
 }
 
 /// Writes one stream to its log file, enforcing the cap and maintaining preview and index.
 ///
 /// Files are created on first use: a stream that writes nothing has no log file (it reads as
 /// empty), and only a log long enough to need an index entry gets an index file. Most jobs
-/// are short, and creating files is a large share of what a short job costs.
+/// are short, and creating a file is the largest share of what a short job costs (an inode,
+/// under the folder's lock). So a sink may also keep a small output in memory
+/// ([`LogSink::keep_inline`]): it goes to a file only when it outgrows `preview_max` bytes, when
+/// the process has run long enough for [`LogSink::spill`], or at the end if it is not UTF-8;
+/// otherwise the stream ends [`StreamSummary::inline`] and its preview is all of it.
 pub struct LogSink {
     path: PathBuf,
     file: Option<File>,
+    /// Stored bytes not in a file yet (kept inline).
+    pending: Vec<u8>,
+    /// Most bytes kept inline; 0 when every byte goes to the file.
+    inline_max: usize,
+    /// Whether the stream writes to its file (once set, it stays set).
+    spilled: bool,
     index: Option<File>,
     cap: u64,
     stored: u64,
@@ -88,6 +100,9 @@ impl LogSink {
         LogSink {
             path: path.to_path_buf(),
             file: None,
+            pending: Vec::new(),
+            inline_max: 0,
+            spilled: true,
             index: None,
             cap,
             stored: 0,
@@ -99,6 +114,38 @@ impl LogSink {
             live: Arc::new(LiveStream::new(preview_max)),
             error: None,
         }
+    }
+
+    /// Keeps up to `preview_max` bytes in memory instead of a file (see the type's doc): for a
+    /// job, whose preview is kept with it.
+    pub fn keep_inline(mut self) -> LogSink {
+        self.inline_max = lock(&self.live.tail).max;
+        self.spilled = self.inline_max == 0;
+        self
+    }
+
+    /// From now on the stream goes to its file: what is kept inline is written there (the file
+    /// is created only if there is something to write). Called once the process has run for a
+    /// while, so a longer job's log is on disk while it runs, as without inline keeping.
+    pub fn spill(&mut self) {
+        if self.spilled {
+            return;
+        }
+        self.spilled = true;
+        if self.pending.is_empty() || self.error.is_some() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if let Err(e) = self.write_file(&pending) {
+            // All of the stream was pending: none of it is stored.
+            (self.stored, self.lines, self.at_line_start, self.last_entry) = (0, 0, true, (0, 0));
+            self.entries.clear();
+            self.live.size.store(0, Ordering::Release);
+            self.live.lines.store(0, Ordering::Release);
+            self.fail(&e);
+            return;
+        }
+        self.write_index();
     }
 
     /// Counters other threads read while the job runs.
@@ -123,16 +170,19 @@ impl LogSink {
         if keep.is_empty() {
             return;
         }
-        let written = match self.file.as_mut() {
-            Some(file) => file.write_all(keep),
-            None => create(&self.path).and_then(|file| self.file.insert(file).write_all(keep)),
-        };
-        if let Err(e) = written {
-            let message = format!("cannot write {}: {e}", self.path.display());
-            log::warn!("{message}; dropping the rest of this stream");
-            *lock(&self.live.error) = Some(message.clone());
-            self.error = Some(message);
-            return;
+        if !self.spilled && self.pending.len() + keep.len() > self.inline_max {
+            self.spill();
+            if self.error.is_some() {
+                return;
+            }
+        }
+        if self.spilled {
+            if let Err(e) = self.write_file(keep) {
+                self.fail(&e);
+                return;
+            }
+        } else {
+            self.pending.extend_from_slice(keep);
         }
         self.index_lines(keep);
         self.stored += keep.len() as u64;
@@ -152,22 +202,54 @@ impl LogSink {
             }
         }
         self.at_line_start = keep.last() == Some(&b'\n');
-        if !self.entries.is_empty() {
-            // Whole entries in one write, so a concurrent reader never sees half of one
-            // (it reads only complete 16-byte entries).
-            let written = match self.index.as_mut() {
-                Some(index) => index.write_all(&self.entries),
-                None => create(&index_path(&self.path)).and_then(|f| self.index.insert(f).write_all(&self.entries)),
-            };
-            if let Err(e) = written {
-                log::warn!("log index {} failed: {e}", self.path.display());
-            }
-            self.entries.clear();
+        self.write_index();
+    }
+
+    /// Writes the index entries gathered so far, once the log is in a file (kept inline, the
+    /// stream is small and needs none; they are written if it spills).
+    fn write_index(&mut self) {
+        if self.entries.is_empty() || !self.spilled {
+            return;
+        }
+        // Whole entries in one write, so a concurrent reader never sees half of one
+        // (it reads only complete 16-byte entries).
+        let written = match self.index.as_mut() {
+            Some(index) => index.write_all(&self.entries),
+            None => create(&index_path(&self.path)).and_then(|f| self.index.insert(f).write_all(&self.entries)),
+        };
+        if let Err(e) = written {
+            log::warn!("log index {} failed: {e}", self.path.display());
+        }
+        self.entries.clear();
+    }
+
+    /// Appends to the log file, creating it on the first write.
+    fn write_file(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.write_all(bytes),
+            None => create(&self.path).and_then(|file| self.file.insert(file).write_all(bytes)),
         }
     }
 
-    /// Ends the stream.
-    pub fn finish(self) -> StreamSummary {
+    /// Storing failed: the stream says why, and the rest of it is dropped.
+    fn fail(&mut self, e: &io::Error) {
+        let message = format!("cannot write {}: {e}", self.path.display());
+        log::warn!("{message}; dropping the rest of this stream");
+        *lock(&self.live.error) = Some(message.clone());
+        self.error = Some(message);
+    }
+
+    /// Ends the stream. A stream kept inline stays so if its preview holds it exactly (all
+    /// of it, as UTF-8 text); otherwise it goes to its file now.
+    pub fn finish(mut self) -> StreamSummary {
+        let inline = !self.spilled
+            && !self.pending.is_empty()
+            && !self.truncated
+            && self.pending.len() <= self.inline_max
+            && std::str::from_utf8(&self.pending).is_ok();
+        if !inline {
+            self.spill();
+        }
         let partial = u64::from(!self.at_line_start && self.stored > 0);
         StreamSummary {
             size: self.stored,
@@ -175,6 +257,7 @@ impl LogSink {
             preview: self.live.preview(),
             lines: self.lines + partial,
             error: self.error,
+            inline,
         }
     }
 }
@@ -230,6 +313,52 @@ pub fn preview_text(bytes: &[u8], cut: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_stream_kept_inline_makes_no_file_and_its_preview_is_all_of_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("j.stdout.log");
+        let mut sink = LogSink::new(&path, 1 << 20, 16).keep_inline();
+        sink.write(b"hello\n");
+        sink.write(b"world");
+        let summary = sink.finish();
+        assert!(summary.inline && !path.exists(), "{summary:?}");
+        assert_eq!((summary.size, summary.lines, summary.preview.as_str()), (11, 2, "hello\nworld"));
+    }
+
+    #[test]
+    fn a_stream_kept_inline_goes_to_its_file_when_it_outgrows_the_preview_spills_or_is_not_text() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let grown = dir.path().join("grown.log");
+        let mut sink = LogSink::new(&grown, 1 << 20, 8).keep_inline();
+        sink.write(b"12345");
+        assert!(!grown.exists());
+        sink.write(b"67890");
+        let summary = sink.finish();
+        assert!(!summary.inline);
+        assert_eq!(std::fs::read(&grown).expect("file"), b"1234567890");
+
+        let spilled = dir.path().join("spilled.log");
+        let mut sink = LogSink::new(&spilled, 1 << 20, 64).keep_inline();
+        sink.write(b"early ");
+        sink.spill();
+        assert_eq!(std::fs::read(&spilled).expect("file at the spill"), b"early ");
+        sink.write(b"late");
+        assert!(!sink.finish().inline);
+        assert_eq!(std::fs::read(&spilled).expect("file"), b"early late");
+
+        let binary = dir.path().join("binary.log");
+        let mut sink = LogSink::new(&binary, 1 << 20, 64).keep_inline();
+        sink.write(&[0xff, 0xfe, b'\n']);
+        assert!(!sink.finish().inline);
+        assert_eq!(std::fs::read(&binary).expect("file"), [0xff, 0xfe, b'\n']);
+
+        let nothing = dir.path().join("nothing.log");
+        let mut sink = LogSink::new(&nothing, 1 << 20, 64).keep_inline();
+        sink.spill();
+        let summary = sink.finish();
+        assert!(!summary.inline && !nothing.exists(), "an empty stream has no file");
+    }
 
     #[test]
     fn preview_is_the_tail_and_drops_a_cut_character() {
