@@ -228,10 +228,12 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
         None => None,
         Some(_) => Some(i32::try_from(number(&query, "attempt", 1)?).unwrap_or(i32::MAX)),
     };
-    let output_error = execution_output_error(&state.runs.get(&id).await?, attempt);
+    // The run is read once: for its warnings and for which log to read.
+    let run = state.runs.get(&id).await?;
+    let output_error = execution_output_error(&run, attempt);
     if lines {
         let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
-        let page = state.runs.read_lines(&id, attempt, stream, offset, limit).await?;
+        let page = state.runs.read_lines(&run, attempt, stream, offset, limit).await?;
         return Ok(HttpResponse::Ok().json(RunLinesPage {
             lines: page.lines,
             next_offset: page.next_offset,
@@ -245,7 +247,7 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
         }));
     }
     let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
-    let page = state.runs.read_bytes(&id, attempt, stream, offset, limit).await?;
+    let page = state.runs.read_bytes(&run, attempt, stream, offset, limit).await?;
     Ok(HttpResponse::Ok().json(RunBytesPage {
         data: String::from_utf8_lossy(&page.data).into_owned(),
         next_offset: page.next_offset,

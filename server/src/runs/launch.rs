@@ -306,13 +306,13 @@ async fn read_source(script: &Script) -> Result<String, RunError> {
 /// A byte page of an execution's log (the latest execution unless `attempt` is given).
 pub async fn read_bytes(
     engine: &Engine,
-    id: &str,
+    run: &Run,
     attempt: Option<i32>,
     stream: Stream,
     offset: u64,
     limit: u64,
 ) -> Result<BytePage, RunError> {
-    let path = log_path(&engine.config, &engine.get(id).await?, attempt, stream)?;
+    let path = log_path(&engine.config, run, attempt, stream)?;
     let limit = limit.min(crate::jobs::MAX_BYTE_LIMIT);
     blocking(move || logs::read_bytes(&path, offset, limit)).await?.map_err(|e| RunError::file("reading run log", e))
 }
@@ -320,15 +320,14 @@ pub async fn read_bytes(
 /// A line page of an execution's log; while that execution runs, only its complete lines.
 pub async fn read_lines(
     engine: &Engine,
-    id: &str,
+    run: &Run,
     attempt: Option<i32>,
     stream: Stream,
     offset: u64,
     limit: u64,
 ) -> Result<LinePage, RunError> {
-    let run = engine.get(id).await?;
-    let running = engine.live.contains(id) && attempt.map_or(true, |a| a == run.attempt);
-    let path = log_path(&engine.config, &run, attempt, stream)?;
+    let running = engine.live.contains(&run.id) && attempt.map_or(true, |a| a == run.attempt);
+    let path = log_path(&engine.config, run, attempt, stream)?;
     let query = LineQuery {
         offset,
         limit: limit.min(crate::jobs::MAX_LINE_LIMIT),

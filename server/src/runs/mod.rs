@@ -224,28 +224,29 @@ impl RunManager {
         self.engine.get(id).await
     }
 
-    /// A byte page of an execution's log (the latest execution unless `attempt` is given).
+    /// A byte page of an execution's log (the latest execution unless `attempt` is given), of
+    /// `run` as the caller has just read it (its log page needs the run for its warnings too).
     pub async fn read_bytes(
         &self,
-        id: &str,
+        run: &Run,
         attempt: Option<i32>,
         stream: Stream,
         offset: u64,
         limit: u64,
     ) -> Result<BytePage, RunError> {
-        launch::read_bytes(&self.engine, id, attempt, stream, offset, limit).await
+        launch::read_bytes(&self.engine, run, attempt, stream, offset, limit).await
     }
 
     /// A line page of an execution's log (only complete lines of the one that runs now).
     pub async fn read_lines(
         &self,
-        id: &str,
+        run: &Run,
         attempt: Option<i32>,
         stream: Stream,
         offset: u64,
         limit: u64,
     ) -> Result<LinePage, RunError> {
-        launch::read_lines(&self.engine, id, attempt, stream, offset, limit).await
+        launch::read_lines(&self.engine, run, attempt, stream, offset, limit).await
     }
 
     /// Checks a run token before anything else of a request is read: `Forbidden` unless it is
