@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use log::error;
 use tokio::sync::{watch, Notify};
 
-use super::model::Job;
+use super::model::{Job, JobStatus};
 use super::JobError;
 use crate::config::{Config, Mode, Script};
 use crate::db::{Pending, Store, StoreError, WriteOp, Writer};
@@ -93,7 +95,18 @@ pub(super) struct State {
     /// the database, where their key was committed before they left memory).
     pub(super) keys: HashMap<String, String>,
     pub(super) stopping: bool,
+    /// Sync jobs that had to wait in the queue, unwritten, in the order they were queued, with
+    /// when: each is written once it has waited [`RECORD_WAITING_AFTER`] (see
+    /// [`Shared::note_waiting`]). A job that started meanwhile is dropped from it unwritten.
+    pub(super) unwritten_waiting: VecDeque<(Instant, Arc<Active>)>,
+    /// A task is writing [`State::unwritten_waiting`] as its jobs come due.
+    pub(super) writing_waiting: bool,
 }
+
+/// How long a sync job waits in the queue before it is written: as long as a running one runs
+/// before it is (most waits under load are shorter, and the job is then written once, when it
+/// ends, instead of twice).
+pub(super) const RECORD_WAITING_AFTER: Duration = supervisor::RECORD_RUNNING_AFTER;
 
 pub(super) struct Shared {
     pub(super) config: Arc<Config>,
@@ -172,6 +185,54 @@ impl Shared {
                 next
             };
             tokio::task::spawn_local(Arc::clone(shared).run(next));
+        }
+    }
+
+    /// Notes a sync job that has to wait in the queue without being written: it is written
+    /// once it has waited [`RECORD_WAITING_AFTER`], if it is still queued then. One task (on the
+    /// calling thread's runtime) writes every such job as it comes due and ends when none is
+    /// left, so a wait costs no timer and no wake-up of its own, and a short one no write.
+    pub(super) fn note_waiting(shared: &Arc<Shared>, active: &Arc<Active>) {
+        let start_writer = {
+            let mut st = lock(&shared.state);
+            st.unwritten_waiting.push_back((Instant::now(), Arc::clone(active)));
+            !std::mem::replace(&mut st.writing_waiting, true)
+        };
+        if start_writer {
+            tokio::task::spawn_local(Arc::clone(shared).write_waiting());
+        }
+    }
+
+    /// The task of [`Shared::note_waiting`].
+    async fn write_waiting(self: Arc<Shared>) {
+        loop {
+            let (due, next) = {
+                let mut st = lock(&self.state);
+                let cutoff = Instant::now().checked_sub(RECORD_WAITING_AFTER);
+                let mut due = Vec::new();
+                while let Some((queued_at, _)) = st.unwritten_waiting.front() {
+                    if cutoff.is_some_and(|c| *queued_at <= c) {
+                        due.extend(st.unwritten_waiting.pop_front().map(|(_, a)| a));
+                    } else {
+                        break;
+                    }
+                }
+                let next = st.unwritten_waiting.front().map(|(queued_at, _)| *queued_at + RECORD_WAITING_AFTER);
+                if next.is_none() {
+                    st.writing_waiting = false;
+                }
+                (due, next)
+            };
+            for active in due {
+                let job = lock(&active.job);
+                if job.status == JobStatus::Queued && !active.recorded.load(Ordering::Acquire) {
+                    self.order(&active, &job);
+                }
+            }
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => return,
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! what it costs to record it):
 //! - an async job is committed before the `202` hands out its id, and its start (`running`)
 //!   before its process is spawned, so a restart never runs it twice;
-//! - a sync job is first written when it has to wait in the queue, when it has run for
+//! - a sync job is first written when it has waited in the queue or run for
 //!   [`supervisor::RECORD_RUNNING_AFTER`], or when it ends, whichever comes first: nothing has
 //!   been acknowledged to its caller before its answer, which waits for that commit;
 //! - a running job's pid and start time are written once it has run that long, so most jobs
@@ -258,7 +258,7 @@ impl JobManager {
         let active = Active::new(job, script, false);
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told
         // nothing until the end, so its job is first written when it ends, has run for a
-        // while, or has to wait in the queue (see below), whichever comes first.
+        // while, or has waited in the queue for a while (see below), whichever comes first.
         let admitted = match mode {
             Mode::Async => {
                 // Ordered under the job's lock, awaited after releasing it.
@@ -282,11 +282,8 @@ impl JobManager {
             st.queue.push_back(Arc::clone(&active));
             waits
         };
-        if waits {
-            let job = lock(&active.job);
-            if !active.recorded.load(Ordering::Acquire) {
-                shared.order(&active, &job);
-            }
+        if waits && !active.recorded.load(Ordering::Acquire) {
+            Shared::note_waiting(shared, &active);
         }
         let done = active.done.subscribe();
         Shared::dispatch(shared);
