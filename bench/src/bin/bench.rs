@@ -361,16 +361,18 @@ struct RawClient {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
     request: Vec<u8>,
+    status: &'static str,
     needle: &'static [u8],
 }
 
-/// What a load phase sends: a POST of `body` to `path` at `base`; a 200 answer whose body holds
-/// `needle` counts as a run.
+/// What a load phase sends: a POST of `body` to `path` at `base`; an answer with `status`
+/// whose body holds `needle` counts as a run.
 #[derive(Clone)]
 struct Target {
     base: String,
     path: String,
     body: String,
+    status: &'static str,
     needle: &'static [u8],
 }
 
@@ -381,7 +383,19 @@ impl Target {
             base: base.to_string(),
             path: "/run".into(),
             body: json!({ "scriptId": script }).to_string(),
+            status: "200",
             needle: b"\"status\":\"succeeded\"",
+        }
+    }
+
+    /// An async submission of `script` on a script-runner: a run is a `202` with the job's id.
+    fn submit(base: &str, script: &str) -> Target {
+        Target {
+            base: base.to_string(),
+            path: "/run".into(),
+            body: json!({ "scriptId": script, "mode": "async" }).to_string(),
+            status: "202",
+            needle: b"\"jobId\"",
         }
     }
 }
@@ -397,16 +411,22 @@ impl RawClient {
             body.len()
         )
         .into_bytes();
-        Ok(RawClient { reader: BufReader::new(writer.try_clone()?), writer, request, needle: target.needle })
+        Ok(RawClient {
+            reader: BufReader::new(writer.try_clone()?),
+            writer,
+            request,
+            status: target.status,
+            needle: target.needle,
+        })
     }
 
-    /// Sends the request; true for a 200 whose body holds the target's needle (for a
-    /// script-runner: the job succeeded).
+    /// Sends the request; true for an answer with the target's status whose body holds its
+    /// needle (for a sync run on a script-runner: a 200 for a job that succeeded).
     fn send(&mut self) -> Result<bool> {
         self.writer.write_all(&self.request)?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
-        let ok_status = line.split(' ').nth(1) == Some("200");
+        let ok_status = line.split(' ').nth(1) == Some(self.status);
         let mut length = 0usize;
         loop {
             line.clear();

@@ -3,7 +3,8 @@
 //! runner the CPU-per-job target is set against. Both run the same trivial script, one server
 //! loaded at a time, at concurrency 1, 4 and 16, each phase after a direct-spawn measurement
 //! (the physical limit on this machine, 2 spawning threads). Server CPU per job is each
-//! server's own (its threads, from `/proc/<pid>/stat`), its children excluded.
+//! server's own (its threads, from `/proc/<pid>/stat`), its children excluded. Then the rate of
+//! async submissions to script-runner at concurrency 4, with the jobs running behind them.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
     let scripts = json!({ "scripts": [{ "id": "trivial", "path": "./trivial.sh", "mode": "sync" }] });
     let config = json!({
         "server": { "host": "127.0.0.1", "port": 0 },
-        "runner": { "maxConcurrent": 4, "maxQueued": 10000, "logsDir": "./logs" },
+        "runner": { "maxConcurrent": 4, "maxQueued": 100000, "logsDir": "./logs" },
         "scriptsFile": "./scripts.json"
     });
     let ours_dir = dir.join("vs-webhook");
@@ -104,7 +105,13 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
         ("script-runner", Target::run(&ours.base, "trivial"), ours.pid()),
         (
             "webhook",
-            Target { base: webhook.base.clone(), path: "/hooks/trivial".into(), body: "{}".into(), needle: b"ok" },
+            Target {
+                base: webhook.base.clone(),
+                path: "/hooks/trivial".into(),
+                body: "{}".into(),
+                status: "200",
+                needle: b"ok",
+            },
             webhook.child.id(),
         ),
     ];
@@ -135,5 +142,40 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
         }
         println!("{:<6} {:<14} {:>9.0}   (direct spawn, {cores} threads, just before)", "", "limit", limit);
     }
+    drop(webhook);
+    async_submissions(&ours, seconds)
+}
+
+/// Async submissions to script-runner at concurrency 4: how fast `202`s come back while the
+/// jobs run behind them (4 at a time), then how long the queue takes to drain. webhook has no
+/// counterpart (a hook that answers before its command ends starts every command at once).
+fn async_submissions(ours: &Server, seconds: f64) -> Result<()> {
+    let target = Target::submit(&ours.base, "trivial");
+    let start = Instant::now();
+    let r = load_target(&target, 4, seconds)?;
+    let agent = super::shared::agent();
+    let unfinished = |status: &str| -> Result<u64> {
+        let url = format!("{}/jobs?status={status}&limit=1", ours.base);
+        let page: serde_json::Value = agent.get(&url).call()?.into_json()?;
+        page["total"].as_u64().context("no total in the job list")
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while unfinished("queued")? + unfinished("running")? > 0 {
+        if Instant::now() > deadline {
+            bail!("the async jobs did not all end within 120 s of their submission");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let drained = start.elapsed().as_secs_f64();
+    let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
+    println!();
+    println!(
+        "async submit, c=4: {:.0} submissions/s (202), p50 {:.2} ms, p99 {:.2} ms{errors}; all {} ran in {drained:.1} s ({:.0} jobs/s)",
+        r.throughput,
+        r.p50_ms,
+        r.p99_ms,
+        r.runs,
+        r.runs as f64 / drained
+    );
     Ok(())
 }
