@@ -352,6 +352,8 @@ struct LoadResult {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Every run's latency, sorted (to merge several phases' percentiles).
+    latencies: Vec<Duration>,
 }
 
 /// A minimal keep-alive HTTP/1.1 client for the load phases: the load generator shares the
@@ -493,6 +495,7 @@ fn load_target(target: &Target, concurrency: usize, seconds: f64) -> Result<Load
         p50_ms: pct(&all, 0.50),
         p99_ms: pct(&all, 0.99),
         errors,
+        latencies: all,
     })
 }
 

@@ -1,7 +1,7 @@
 //! `bench --vs-webhook`: script-runner side by side with adnanh/webhook (Debian's `webhook`
 //! package: a Go server that runs a hook per request and stores nothing, keeps no logs), the
 //! runner the CPU-per-job target is set against. Both run the same trivial script, one server
-//! loaded at a time, at concurrency 1, 4 and 16, each phase after a direct-spawn measurement
+//! loaded at a time, at concurrency 1, 4 and 16, in windows alternating with direct spawn
 //! (the physical limit on this machine, 2 spawning threads). Server CPU per job is each
 //! server's own (its threads, from `/proc/<pid>/stat`), its children excluded. Then the rate of
 //! async submissions to script-runner at concurrency 4, with the jobs running behind them.
@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::shared::Server;
-use super::{cpu_ticks, direct_spawn, load_target, LoadResult, Target, Ticks};
+use super::{cpu_ticks, direct_spawn_counted, load_target, pct, Target, Ticks};
 
 /// Where Debian installs it; `$PATH` is searched first.
 const DEBIAN_WEBHOOK: &str = "/usr/bin/webhook";
@@ -73,17 +73,60 @@ fn start_webhook(exe: &Path, dir: &Path, script: &Path) -> Result<Webhook> {
     Ok(webhook)
 }
 
-/// One phase on one server: the load result and the server's own CPU per run, in us.
-fn measure(target: &Target, pid: u32, concurrency: usize, seconds: f64) -> Result<(LoadResult, f64)> {
-    let before = cpu_ticks(pid);
-    let r = load_target(target, concurrency, seconds)?;
-    let used: Ticks = cpu_ticks(pid) - before;
-    let us = used.own as f64 / procfs::ticks_per_second() as f64 * 1e6 / r.runs.max(1) as f64;
-    Ok((r, us))
+/// One server's figures at one concurrency, summed over the rounds.
+#[derive(Default)]
+struct Side {
+    runs: u64,
+    errors: u64,
+    seconds: f64,
+    /// The server's own CPU over its windows, in clock ticks.
+    ticks: u64,
+    latencies: Vec<Duration>,
+    /// Its rate over the direct-spawn rate of the window just before, per round.
+    ratios: Vec<f64>,
+}
+
+impl Side {
+    /// Runs one window of `seconds` on the server and adds it up; its rate compared with
+    /// `direct`, the direct-spawn rate measured just before.
+    fn window(&mut self, target: &Target, pid: u32, concurrency: usize, seconds: f64, direct: f64) -> Result<()> {
+        let before = cpu_ticks(pid);
+        let r = load_target(target, concurrency, seconds)?;
+        let used: Ticks = cpu_ticks(pid) - before;
+        self.runs += r.runs;
+        self.errors += r.errors;
+        self.seconds += r.runs as f64 / r.throughput.max(1e-9);
+        self.ticks += used.own;
+        self.latencies.extend(r.latencies);
+        self.ratios.push(r.throughput / direct.max(1e-9));
+        Ok(())
+    }
+
+    fn print(&mut self, concurrency: usize, name: &str) {
+        self.latencies.sort();
+        self.ratios.sort_by(f64::total_cmp);
+        let us = self.ticks as f64 / procfs::ticks_per_second() as f64 * 1e6 / self.runs.max(1) as f64;
+        let errors = if self.errors > 0 { format!("  ({} errors)", self.errors) } else { String::new() };
+        println!(
+            "{:<6} {:<14} {:>9.0} {:>9.2} {:>9.2} {:>11.0} us {:>10.1}%{errors}",
+            format!("c={concurrency}"),
+            name,
+            self.runs as f64 / self.seconds.max(1e-9),
+            pct(&self.latencies, 0.50),
+            pct(&self.latencies, 0.99),
+            us,
+            100.0 * self.ratios.get(self.ratios.len() / 2).copied().unwrap_or(0.0),
+        );
+    }
 }
 
 /// The side-by-side run. `dir` holds `trivial.sh`; without webhook installed it says so and
 /// measures nothing.
+///
+/// At each concurrency the machine is measured in rounds of three 1-second windows: direct
+/// spawn (2 threads), script-runner, webhook. A shared VM drifts by 10-20% within a minute;
+/// alternating makes each server's ratio to direct spawn compare windows a second apart, and
+/// the median of those ratios is printed. Rates, percentiles and CPU are over all the windows.
 pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<()> {
     let Some(exe) = find_webhook() else {
         println!("skipped: webhook is not installed (apt-get install webhook), so there is nothing to compare with");
@@ -119,28 +162,35 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
     for (_, target, _) in &targets {
         load_target(target, 4, 1.0)?;
     }
-    println!("script-runner (maxConcurrent 4) vs webhook ({}), one loaded at a time", exe.display());
+    let rounds = (seconds.round() as usize).max(3);
+    println!(
+        "script-runner (maxConcurrent 4) vs webhook ({}), one loaded at a time; {rounds} rounds of 1 s windows (direct spawn, script-runner, webhook) per concurrency",
+        exe.display()
+    );
     println!(
         "{:<6} {:<14} {:>9} {:>9} {:>9} {:>14} {:>11}",
         "", "server", "runs/s", "p50 ms", "p99 ms", "server CPU/run", "% of direct"
     );
     for concurrency in [1, 4, 16] {
-        let limit = direct_spawn(script, cores, (seconds / 2.0).max(2.0));
-        for (name, target, pid) in &targets {
-            let (r, us) = measure(target, *pid, concurrency, seconds)?;
-            let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
-            println!(
-                "{:<6} {:<14} {:>9.0} {:>9.2} {:>9.2} {:>11.0} us {:>10.1}%{errors}",
-                format!("c={concurrency}"),
-                name,
-                r.throughput,
-                r.p50_ms,
-                r.p99_ms,
-                us,
-                100.0 * r.throughput / limit
-            );
+        let mut sides: Vec<Side> = targets.iter().map(|_| Side::default()).collect();
+        let mut direct = (0u64, 0.0f64);
+        for _ in 0..rounds {
+            let (rate, runs) = direct_spawn_counted(script, cores, 1.0);
+            direct.0 += runs;
+            direct.1 += runs as f64 / rate.max(1e-9);
+            for ((_, target, pid), side) in targets.iter().zip(&mut sides) {
+                side.window(target, *pid, concurrency, 1.0, rate)?;
+            }
         }
-        println!("{:<6} {:<14} {:>9.0}   (direct spawn, {cores} threads, just before)", "", "limit", limit);
+        for ((name, _, _), side) in targets.iter().zip(&mut sides) {
+            side.print(concurrency, name);
+        }
+        println!(
+            "{:<6} {:<14} {:>9.0}   (direct spawn, {cores} threads; % of direct is the median of the rounds' ratios)",
+            "",
+            "limit",
+            direct.0 as f64 / direct.1.max(1e-9)
+        );
     }
     drop(webhook);
     async_submissions(&ours, seconds)
