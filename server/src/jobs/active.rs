@@ -205,6 +205,17 @@ impl Shared {
 
     /// The task of [`Shared::note_waiting`].
     async fn write_waiting(self: Arc<Shared>) {
+        /// Gives the role back if the task is dropped before it ends (its runtime stopped), so
+        /// a later waiting job starts another instead of waiting for one that is gone.
+        struct Role<'a>(&'a Shared, bool);
+        impl Drop for Role<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    lock(&self.0.state).writing_waiting = false;
+                }
+            }
+        }
+        let mut role = Role(&self, false);
         loop {
             let (due, next) = {
                 let mut st = lock(&self.state);
@@ -220,6 +231,7 @@ impl Shared {
                 let next = st.unwritten_waiting.front().map(|(queued_at, _)| *queued_at + RECORD_WAITING_AFTER);
                 if next.is_none() {
                     st.writing_waiting = false;
+                    role.1 = true;
                 }
                 (due, next)
             };
