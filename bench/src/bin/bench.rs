@@ -349,11 +349,19 @@ fn spawn_loop(threads: usize, seconds: f64, run_once: impl Fn() -> bool + Sync) 
 struct LoadResult {
     throughput: f64,
     runs: u64,
-    p50_ms: f64,
-    p99_ms: f64,
     errors: u64,
     /// Every run's latency, sorted (to merge several phases' percentiles).
     latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn p50_ms(&self) -> f64 {
+        pct(&self.latencies, 0.50)
+    }
+
+    fn p99_ms(&self) -> f64 {
+        pct(&self.latencies, 0.99)
+    }
 }
 
 /// A minimal keep-alive HTTP/1.1 client for the load phases: the load generator shares the
@@ -489,14 +497,7 @@ fn load_target(target: &Target, concurrency: usize, seconds: f64) -> Result<Load
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
-    Ok(LoadResult {
-        throughput: all.len() as f64 / elapsed,
-        runs: all.len() as u64,
-        p50_ms: pct(&all, 0.50),
-        p99_ms: pct(&all, 0.99),
-        errors,
-        latencies: all,
-    })
+    Ok(LoadResult { throughput: all.len() as f64 / elapsed, runs: all.len() as u64, errors, latencies: all })
 }
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
@@ -514,19 +515,22 @@ fn report(name: &str, r: &LoadResult, limit: Option<f64>) {
     let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
     println!(
         "{name:<44} {:>10.0} runs/s  p50 {:>6.2} ms  p99 {:>6.2} ms{share}{errors}",
-        r.throughput, r.p50_ms, r.p99_ms
+        r.throughput,
+        r.p50_ms(),
+        r.p99_ms()
     );
 }
 
-fn total_jobs(base: &str) -> Result<u64> {
-    let v: Value = agent().get(&format!("{base}/jobs?limit=1")).call()?.into_json()?;
+/// How many jobs the server has, of those `filter` (a query string, `""` for all) selects.
+fn total_jobs(base: &str, filter: &str) -> Result<u64> {
+    let v: Value = agent().get(&format!("{base}/jobs?limit=1{filter}")).call()?.into_json()?;
     v["total"].as_u64().context("no total")
 }
 
 /// Runs trivial jobs at concurrency 16 until the history holds at least `target` jobs.
 fn fill_history(base: &str, target: u64) -> Result<u64> {
     loop {
-        let total = total_jobs(base)?;
+        let total = total_jobs(base, "")?;
         if total >= target {
             return Ok(total);
         }

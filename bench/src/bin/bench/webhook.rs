@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::shared::Server;
-use super::{cpu_ticks, direct_spawn_counted, load_target, pct, Target, Ticks};
+use super::{cpu_ticks, direct_spawn_counted, load_target, pct, total_jobs, Target, Ticks};
 
 /// Where Debian installs it; `$PATH` is searched first.
 const DEBIAN_WEBHOOK: &str = "/usr/bin/webhook";
@@ -203,14 +203,8 @@ fn async_submissions(ours: &Server, seconds: f64) -> Result<()> {
     let target = Target::submit(&ours.base, "trivial");
     let start = Instant::now();
     let r = load_target(&target, 4, seconds)?;
-    let agent = super::shared::agent();
-    let unfinished = |status: &str| -> Result<u64> {
-        let url = format!("{}/jobs?status={status}&limit=1", ours.base);
-        let page: serde_json::Value = agent.get(&url).call()?.into_json()?;
-        page["total"].as_u64().context("no total in the job list")
-    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while unfinished("queued")? + unfinished("running")? > 0 {
+    while total_jobs(&ours.base, "&status=queued")? + total_jobs(&ours.base, "&status=running")? > 0 {
         if Instant::now() > deadline {
             bail!("the async jobs did not all end within 120 s of their submission");
         }
@@ -222,8 +216,8 @@ fn async_submissions(ours: &Server, seconds: f64) -> Result<()> {
     println!(
         "async submit, c=4: {:.0} submissions/s (202), p50 {:.2} ms, p99 {:.2} ms{errors}; all {} ran in {drained:.1} s ({:.0} jobs/s)",
         r.throughput,
-        r.p50_ms,
-        r.p99_ms,
+        r.p50_ms(),
+        r.p99_ms(),
         r.runs,
         r.runs as f64 / drained
     );
