@@ -174,25 +174,41 @@ impl Store {
     /// A page of jobs, newest first, and how many match in all.
     pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, i64), StoreError> {
         let mut conn = self.pool.get()?;
-        // One filter for the page and its count.
-        let filtered = || {
+        let succeeded = filter.status.as_deref() == Some(SUCCEEDED);
+        // One filter for the page and its count. `status` leaves out succeeded jobs when
+        // `not_succeeded` is set: the terms that let SQLite read the partial status index.
+        let filtered = |status: Option<&str>, not_succeeded: bool| {
             let mut query = jobs::table.into_boxed();
-            if let Some(status) = &filter.status {
-                query = query.filter(jobs::status.eq(status.clone()));
+            if let Some(status) = status {
+                query = query.filter(jobs::status.eq(status.to_string()));
+            }
+            if not_succeeded {
+                query = query.filter(not_succeeded_sql());
             }
             if let Some(script_id) = &filter.script_id {
                 query = query.filter(jobs::script_id.eq(script_id.clone()));
             }
             query
         };
-        let rows: Vec<JobRow> = filtered()
-            .order(jobs::seq.desc())
-            .limit(filter.limit)
-            .offset(filter.offset)
-            .select(JobRow::as_select())
-            .load(&mut conn)?;
-        let total = filtered().count().get_result(&mut conn)?;
-        Ok((rows.into_iter().map(Job::from).collect(), total))
+        let status = filter.status.as_deref();
+        // A snapshot for the page and its count (WAL readers see one commit throughout).
+        conn.transaction(|conn| {
+            let rows: Vec<JobRow> = filtered(status, status.is_some() && !succeeded)
+                .order(jobs::seq.desc())
+                .limit(filter.limit)
+                .offset(filter.offset)
+                .select(JobRow::as_select())
+                .load(conn)?;
+            let total: i64 = if succeeded {
+                // Succeeded jobs are not in the status index: all jobs less the others.
+                let all: i64 = filtered(None, false).count().get_result(conn)?;
+                let others: i64 = filtered(None, true).count().get_result(conn)?;
+                all - others
+            } else {
+                filtered(status, status.is_some()).count().get_result(conn)?
+            };
+            Ok((rows.into_iter().map(Job::from).collect(), total))
+        })
     }
 
     /// Jobs not in a terminal status, oldest first: what recovery looks at after a restart.
@@ -200,6 +216,7 @@ impl Store {
         let mut conn = self.pool.get()?;
         let rows: Vec<JobRow> = jobs::table
             .filter(jobs::status.eq_any(["queued", "running"]))
+            .filter(not_succeeded_sql())
             .order(jobs::seq.asc())
             .select(JobRow::as_select())
             .load(&mut conn)?;
@@ -326,6 +343,15 @@ impl Store {
     }
 }
 
+/// The status the jobs' status index leaves out (see the migration `jobs_status_index_partial`).
+const SUCCEEDED: &str = "succeeded";
+
+/// The partial status index's own predicate, verbatim: SQLite reads a partial index only for a
+/// query that repeats it (a term implied by `status = 'failed'` is not enough).
+fn not_succeeded_sql() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(&format!("status <> '{SUCCEEDED}'"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +400,78 @@ mod tests {
         .load(&mut conn)
         .expect("schema");
         assert_eq!(autoincrement[0].seq, 0);
+    }
+
+    #[derive(QueryableByName)]
+    struct PlanRow {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+
+    /// Listing by status pages and counts exactly as a full status index would, whichever
+    /// status (succeeded ones are not in the index), with or without a script; and a status
+    /// other than succeeded is still read from the index in order, not by scanning the table.
+    #[test]
+    fn job_lists_by_status_page_and_count_every_status_and_read_the_status_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("list.db");
+        let store = Store::open_sqlite(&path).expect("open");
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
+        let statuses = ["succeeded", "succeeded", "failed", "canceled", "succeeded", "running", "queued", "timeout"];
+        let mut jobs = Vec::new();
+        for n in 0..40 {
+            let (id, status, script) = (format!("job_1_{n}"), statuses[n % statuses.len()], ["a", "b", "c"][n % 3]);
+            diesel::sql_query(format!(
+                "INSERT INTO jobs (id, script_id, mode, status, args, created_at, stdout_ref, stderr_ref) \
+                 VALUES ('{id}', '{script}', 'sync', '{status}', '[]', 1, '{id}.stdout.log', '{id}.stderr.log')"
+            ))
+            .execute(&mut conn)
+            .expect("insert");
+            jobs.push((id, status, script));
+        }
+        jobs.reverse(); // newest first, as listed
+        for status in [None, Some("succeeded"), Some("failed"), Some("running"), Some("queued"), Some("nothing")] {
+            for script in [None, Some("a"), Some("c")] {
+                let wanted: Vec<&str> = jobs
+                    .iter()
+                    .filter(|(_, s, c)| status.map_or(true, |x| x == *s) && script.map_or(true, |x| x == *c))
+                    .map(|(id, _, _)| id.as_str())
+                    .collect();
+                for (limit, offset) in [(5, 0), (3, 4), (100, 0)] {
+                    let filter = JobFilter {
+                        status: status.map(String::from),
+                        script_id: script.map(String::from),
+                        limit,
+                        offset,
+                        ..JobFilter::default()
+                    };
+                    let (page, total) = store.list_jobs(&filter).expect("list");
+                    let ids: Vec<&str> = page.iter().map(|j| j.id.as_str()).collect();
+                    let expected: Vec<&str> =
+                        wanted.iter().skip(offset as usize).take(limit as usize).copied().collect();
+                    assert_eq!(ids, expected, "{filter:?}");
+                    assert_eq!(total, wanted.len() as i64, "{filter:?}");
+                }
+            }
+        }
+        let plan: Vec<PlanRow> = diesel::sql_query(format!(
+            "EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE status = 'failed' AND {} ORDER BY seq DESC LIMIT 5",
+            debug_sql(not_succeeded_sql())
+        ))
+        .load(&mut conn)
+        .expect("plan");
+        let plan: Vec<&str> = plan.iter().map(|p| p.detail.as_str()).collect();
+        assert!(plan.iter().any(|d| d.contains("USING INDEX jobs_status_seq")), "{plan:?}");
+        assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    /// The SQL text of an expression.
+    fn debug_sql(expr: impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite>) -> String {
+        diesel::debug_query::<diesel::sqlite::Sqlite, _>(&expr)
+            .to_string()
+            .split(" -- ")
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 }

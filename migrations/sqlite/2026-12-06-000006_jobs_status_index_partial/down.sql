@@ -1,0 +1,2 @@
+DROP INDEX jobs_status_seq;
+CREATE INDEX jobs_status_seq ON jobs (status, seq);
