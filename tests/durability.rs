@@ -865,9 +865,31 @@ fn a_second_server_on_the_same_database_refuses_to_start() {
     let server = Builder::new().script("noop", "true").start();
     let (code, stderr) = serve_directly(&server.deployment.config);
     assert_ne!(code, Some(0), "a second server started on the same database: {stderr}");
-    assert!(stderr.contains("locked") && stderr.contains("db.sqlite.lock"), "{stderr}");
+    // SQLite: a lock file beside the database; PostgreSQL: an advisory lock.
+    let lock = if crate::common::on_postgres() { "another script-runner" } else { "db.sqlite.lock" };
+    assert!(stderr.contains("locked") && stderr.contains(lock), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(server.get("/healthz").status, 200, "the first server must be unaffected");
+}
+
+/// `DATABASE_URL` wins over `database.url`; `database.poolSize` is checked.
+#[test]
+fn the_database_url_from_the_environment_wins_and_the_pool_size_is_checked() {
+    let deployment = Builder::new()
+        .script("noop", "true")
+        .top("database", json!({ "url": "sqlite://config.db", "poolSize": 2 }))
+        .write();
+    let dir = deployment.dir.path().to_path_buf();
+    let env_url = format!("sqlite://{}", dir.join("env.db").display());
+    let server = deployment.start_with_env(&[("DATABASE_URL", &env_url)]);
+    assert_eq!(server.run("noop", &[], None).status, 200);
+    assert!(dir.join("env.db").exists() && !dir.join("config.db").exists());
+    drop(server);
+
+    let deployment = Builder::new().script("noop", "true").top("database", json!({ "poolSize": 0 })).write();
+    let out = deployment.check_config();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.poolSize"), "{out:?}");
 }
 
 /// Starts `sleep 300` in its own group with this `SCRIPT_RUNNER_DB`, as a job of that
@@ -886,14 +908,18 @@ fn orphan_of(deployment_db: &str) -> std::process::Child {
 
 #[test]
 fn recovery_kills_this_deployments_orphans_even_without_a_job_row_and_spares_others() {
-    let deployment = Builder::new().script("noop", "true").write();
-    let db = path_str(&deployment.dir.path().join("db.sqlite"));
+    // The marker is the database's path, or on PostgreSQL an id the first server stores in the
+    // database: the orphans are made while a server runs, and the next start finds them.
+    let mut server = Builder::new().script("noop", "true").start();
+    server.kill9();
+    let db = server.deployment.marker();
     let mut ours = orphan_of(&db);
     let mut theirs = orphan_of("/somewhere/else/db.sqlite");
     let (ours_pid, theirs_pid) = (ours.id() as i32, theirs.id() as i32);
 
-    let server = deployment.start();
+    server.restart();
     let left = crate::common::wait_gone(&[ours_pid], WAIT);
+    let _ = ours.kill();
     let _ = ours.wait();
     let theirs_alive = crate::common::alive(theirs_pid);
     let _ = theirs.kill();

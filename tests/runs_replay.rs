@@ -49,14 +49,6 @@ fn now_ms() -> i64 {
     i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
 }
 
-/// Runs `sql` on the deployment's database (the server must be down), with the run id bound
-/// to its one `?`; returns how many rows it changed.
-fn edit_journal(dir: &Path, id: &str, sql: &str) -> usize {
-    use diesel::{Connection, RunQueryDsl};
-    let mut conn = diesel::SqliteConnection::establish(dir.join("db.sqlite").to_str().unwrap()).unwrap();
-    diesel::sql_query(sql).bind::<diesel::sql_types::Text, _>(id).execute(&mut conn).unwrap()
-}
-
 /// A run's log page (bytes) of one stream, of an attempt (latest when None).
 fn log(server: &TestServer, id: &str, stream: &str, attempt: Option<i32>) -> String {
     let attempt = attempt.map(|a| format!("&attempt={a}")).unwrap_or_default();
@@ -1055,11 +1047,10 @@ echo done
     let id = server.launch_bash(&source, json!({}));
     server.wait_step(&id, "s", "completed");
     server.kill9();
-    let changed = edit_journal(
-        &d,
-        &id,
+    let changed = server.deployment.execute_sql(
         "UPDATE script_run_journal SET status = 'started', result = NULL, completed_at = NULL, \
-         duration_ms = NULL, job_id = 'job_1_424242' WHERE run_id = ? AND step_key = 's'",
+         duration_ms = NULL, job_id = 'job_1_424242' WHERE run_id = $1 AND step_key = 's'",
+        &id,
     );
     assert_eq!(changed, 1);
     crate::common::open_gate(&d.join("go"));
@@ -1127,12 +1118,11 @@ fn a_run_awaiting_a_decision_journaled_before_a_server_kill_goes_on_at_restart()
     let id = server.launch_bash(&source, json!({}));
     server.wait_run(&id, WAIT, |s| s == "awaiting");
     server.kill9();
-    let decided = edit_journal(
-        &d,
-        &id,
+    let decided = server.deployment.execute_sql(
         "UPDATE script_run_journal SET status = 'completed', completed_at = started_at, duration_ms = 0, \
          result = '{\"approved\":true,\"by\":\"alice\",\"comment\":null,\"decidedAt\":\"2026-01-01T00:00:00.000Z\"}' \
-         WHERE run_id = ? AND step_key = 'gate'",
+         WHERE run_id = $1 AND step_key = 'gate'",
+        &id,
     );
     assert_eq!(decided, 1);
     server.restart();

@@ -158,6 +158,8 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Where the URL points (the backend and its address).
     pub location: crate::db::Location,
+    /// Most connections the read pool opens (`database.poolSize`).
+    pub pool_size: u32,
 }
 
 /// One whitelisted script.
@@ -279,9 +281,10 @@ enum Kind {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawDatabase {
     url: Option<String>,
+    pool_size: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -359,7 +362,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
         shutdown_grace_sec: r.shutdown_grace_sec.unwrap_or(10),
     };
 
-    let database = database_config(&config_file, &base, raw.database.url)?;
+    let database = database_config(&config_file, &base, raw.database)?;
 
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
@@ -383,11 +386,18 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     Ok(Config { config_file, scripts_file, server, runner, database, scripts, workflows })
 }
 
-fn database_config(config_file: &Path, base: &Path, url: Option<String>) -> Result<DatabaseConfig, ConfigError> {
-    let url = url.unwrap_or_else(|| crate::db::Location::default_url(base));
+/// The database: `DATABASE_URL` wins over `database.url`, which wins over the default file.
+fn database_config(config_file: &Path, base: &Path, raw: RawDatabase) -> Result<DatabaseConfig, ConfigError> {
+    let from_env = std::env::var("DATABASE_URL").ok().filter(|url| !url.trim().is_empty());
+    let url = from_env.or(raw.url).unwrap_or_else(|| crate::db::Location::default_url(base));
     let location = crate::db::Location::parse(&url, base).map_err(|e| ConfigError::new(config_file, e))?;
     let location = location.map_file(normalize);
-    Ok(DatabaseConfig { location, url })
+    let pool_size = raw.pool_size.unwrap_or(crate::db::DEFAULT_POOL_SIZE);
+    if !(1..=crate::db::MAX_POOL_SIZE).contains(&pool_size) {
+        let max = crate::db::MAX_POOL_SIZE;
+        return Err(ConfigError::new(config_file, format!("database.poolSize: must be 1 to {max}")));
+    }
+    Ok(DatabaseConfig { location, url, pool_size })
 }
 
 /// Guardrails come from `config.json`, else from their environment variable, else the default.

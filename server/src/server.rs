@@ -24,7 +24,8 @@ use crate::runs::RunManager;
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let _lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
-    let store = Store::open(&config.database.location).with_context(|| format!("database {}", config.database.url))?;
+    let store = Store::open_sized(&config.database.location, config.database.pool_size)
+        .with_context(|| format!("database {}", config.database.url))?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
     let jobs = JobManager::new(Arc::clone(&config), store.clone())?;

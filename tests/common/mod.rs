@@ -52,9 +52,45 @@ impl Default for Builder {
     }
 }
 
+/// Which backend the test servers run on: `SCRIPT_RUNNER_TEST_DATABASE=postgres` (with
+/// `SCRIPT_RUNNER_TEST_PG_ADMIN_URL`, as `tests/run` sets them) or SQLite (the default).
+pub fn on_postgres() -> bool {
+    std::env::var("SCRIPT_RUNNER_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// The admin URL of the test pass's PostgreSQL cluster (a superuser's, on its `postgres`
+/// database); `None` outside the PostgreSQL pass.
+pub fn pg_admin_url() -> Option<String> {
+    if !on_postgres() {
+        return None;
+    }
+    Some(std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL").expect(
+        "SCRIPT_RUNNER_TEST_DATABASE=postgres needs SCRIPT_RUNNER_TEST_PG_ADMIN_URL (tests/run sets both)",
+    ))
+}
+
+/// Creates an empty database in the test cluster and returns its URL (with the password).
+pub fn new_pg_database(admin: &str, name: &str) -> String {
+    use diesel::{Connection, RunQueryDsl};
+    let mut conn = diesel::PgConnection::establish(admin).expect("connect to SCRIPT_RUNNER_TEST_PG_ADMIN_URL");
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).expect("create the test database");
+    let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /<database>");
+    format!("{base}/{name}")
+}
+
+/// `sqlite://db.sqlite` in the deployment's folder, or, in the PostgreSQL pass, a new empty
+/// database in the test cluster named after that folder.
+fn test_database_url(dir: &Path) -> String {
+    let Some(admin) = pg_admin_url() else { return "sqlite://db.sqlite".into() };
+    let name =
+        dir.file_name().unwrap().to_string_lossy().to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    new_pg_database(&admin, &name)
+}
+
 impl Builder {
     /// A deployment with test-friendly defaults: port 0, `killGraceSec` 1, `shutdownGraceSec` 2,
-    /// logs in `<dir>/logs`, database `<dir>/db.sqlite`.
+    /// logs in `<dir>/logs`, database `<dir>/db.sqlite` (a database of its own in the
+    /// PostgreSQL pass; [`Builder::sqlite`] for a test about SQLite's files).
     pub fn new() -> Builder {
         let dir = tempfile::Builder::new().prefix("sr-test-").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
@@ -68,8 +104,14 @@ impl Builder {
         runner.insert("logsDir".into(), json!("./logs"));
         runner.insert("jobStoreFile".into(), json!("./jobs.json"));
         let mut top = Map::new();
-        top.insert("database".into(), json!({ "url": "sqlite://db.sqlite" }));
+        top.insert("database".into(), json!({ "url": test_database_url(dir.path()) }));
         Builder { dir, server, runner, top, scripts: Vec::new() }
+    }
+
+    /// Runs this deployment on SQLite (`<dir>/db.sqlite`) in either pass: for a test about what
+    /// only SQLite has (its files, its lock file, a path as the deployment's name).
+    pub fn sqlite(self) -> Builder {
+        self.top("database", json!({ "url": "sqlite://db.sqlite" }))
     }
 
     /// The deployment folder.
@@ -213,9 +255,62 @@ impl Deployment {
         panic!("server did not start on any of 10 ports; its log:\n{}", server.server_log());
     }
 
+    /// The `database.url` of config.json (relative SQLite paths resolved from its folder).
+    pub fn database_url(&self) -> String {
+        let config: Value = serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap();
+        let url = config["database"]["url"].as_str().unwrap_or("sqlite://script-runner.db").to_string();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => format!("sqlite://{}", self.dir.path().join(path).display()),
+            None => url,
+        }
+    }
+
+    /// Runs one statement on the deployment's database (either backend), with `bind` bound to
+    /// its one placeholder, written `$1`; returns how many rows it changed.
+    pub fn execute_sql(&self, sql: &str, bind: &str) -> usize {
+        use diesel::{Connection, RunQueryDsl};
+        let url = self.database_url();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                let sql = sql.replace("$1", "?");
+                diesel::sql_query(sql).bind::<diesel::sql_types::Text, _>(bind).execute(&mut conn).unwrap()
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(&url).unwrap();
+                diesel::sql_query(sql).bind::<diesel::sql_types::Text, _>(bind).execute(&mut conn).unwrap()
+            }
+        }
+    }
+
+    /// The deployment marker its server's processes carry (`SCRIPT_RUNNER_DB`): the SQLite
+    /// file's path, or `postgres:<id>` with the id stored in the database (once a server ran).
+    pub fn marker(&self) -> String {
+        use diesel::{Connection, RunQueryDsl};
+        let url = self.database_url();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => path.to_string(),
+            None => {
+                #[derive(diesel::QueryableByName)]
+                struct Id {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    id: String,
+                }
+                let mut conn = diesel::PgConnection::establish(&url).unwrap();
+                let row: Id = diesel::sql_query("SELECT id FROM deployment").get_result(&mut conn).unwrap();
+                format!("postgres:{}", row.id)
+            }
+        }
+    }
+
     /// Runs `script-runner check-config --config <config.json>`.
     pub fn check_config(&self) -> std::process::Output {
-        Command::new(BIN).args(["check-config", "--config"]).arg(&self.config).output().unwrap()
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&self.config)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
     }
 }
 
@@ -259,6 +354,8 @@ impl TestServer {
             .args(["serve", "--config"])
             .arg(&self.deployment.config)
             .env("RUST_LOG", "info")
+            // The database is the config's unless the test names one.
+            .env_remove("DATABASE_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -12,11 +12,25 @@ use nix::fcntl::{Flock, FlockArg};
 pub enum Location {
     /// An embedded SQLite file (`sqlite://<path>`, relative to the config's folder).
     Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user:pass@host:port/db`, the URL as given).
+    Postgres(String),
 }
 
 /// Held while the server runs: no second server takes the same database.
-pub struct DatabaseLock {
-    _flock: Flock<File>,
+pub enum DatabaseLock {
+    /// An exclusive lock on `<file>.lock`.
+    File(Flock<File>),
+    /// A session-level advisory lock, held as long as this connection is open.
+    Postgres(diesel::PgConnection),
+}
+
+/// The advisory lock key a server takes on its PostgreSQL database ("scrrunnr" in ASCII).
+const ADVISORY_LOCK_KEY: i64 = 0x7363_7272_756e_6e72;
+
+#[derive(diesel::QueryableByName)]
+struct Locked {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    locked: bool,
 }
 
 impl Location {
@@ -28,9 +42,11 @@ impl Location {
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
             rest
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err("database.url: PostgreSQL is not supported by this build yet; use a sqlite:// URL".into());
+            return Ok(Location::Postgres(url.to_string()));
         } else {
-            return Err(format!("database.url: unsupported URL {url:?}; expected sqlite://<path>"));
+            return Err(format!(
+                "database.url: unsupported URL {url:?}; expected sqlite://<path> or postgres://user:pass@host:port/db"
+            ));
         };
         if path.is_empty() {
             return Err("database.url: the sqlite:// URL names no file".into());
@@ -43,6 +59,7 @@ impl Location {
     pub fn map_file(self, f: impl FnOnce(&Path) -> PathBuf) -> Location {
         match self {
             Location::Sqlite(path) => Location::Sqlite(f(&path)),
+            other => other,
         }
     }
 
@@ -57,6 +74,7 @@ impl Location {
     pub fn deployment(&self) -> String {
         match self {
             Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres(url) => without_password(url),
         }
     }
 
@@ -64,7 +82,10 @@ impl Location {
     /// returned guard lives. Two servers on one database would each mistake the other's jobs
     /// for orphans of a crash and kill them.
     pub fn lock(&self) -> Result<DatabaseLock, String> {
-        let Location::Sqlite(database) = self;
+        let database = match self {
+            Location::Sqlite(path) => path,
+            Location::Postgres(url) => return lock_postgres(url),
+        };
         let path = PathBuf::from(format!("{}.lock", database.display()));
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -78,8 +99,31 @@ impl Location {
         let flock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
             format!("{} is locked: another script-runner is using this database ({e})", path.display())
         })?;
-        Ok(DatabaseLock { _flock: flock })
+        Ok(DatabaseLock::File(flock))
     }
+}
+
+/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own.
+fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
+    use diesel::{Connection, RunQueryDsl};
+    let shown = without_password(url);
+    let mut conn = diesel::PgConnection::establish(url).map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
+        .get_result(&mut conn)
+        .map_err(|e| format!("cannot take the advisory lock on {shown}: {e}"))?;
+    if !locked.locked {
+        return Err(format!("{shown} is locked: another script-runner is using this database"));
+    }
+    Ok(DatabaseLock::Postgres(conn))
+}
+
+/// The URL with its password (if any) left out, for logs and the deployment marker.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!("{scheme}://{user}@{host}")
 }
 
 #[cfg(test)]
@@ -91,7 +135,8 @@ mod tests {
         let base = Path::new("/etc/sr");
         assert_eq!(Location::parse("sqlite://jobs.db", base), Ok(Location::Sqlite("/etc/sr/jobs.db".into())));
         assert_eq!(Location::parse("sqlite:/var/x.db", base), Ok(Location::Sqlite("/var/x.db".into())));
-        assert!(Location::parse("postgres://u@h/db", base).is_err_and(|e| e.contains("PostgreSQL")));
+        assert_eq!(Location::parse("postgres://u@h/db", base), Ok(Location::Postgres("postgres://u@h/db".into())));
+        assert_eq!(Location::Postgres("postgres://u:secret@h:5/db".into()).deployment(), "postgres://u@h:5/db");
         assert!(Location::parse("mysql://h/db", base).is_err_and(|e| e.contains("unsupported")));
         assert!(Location::parse("sqlite://", base).is_err_and(|e| e.contains("names no file")));
     }

@@ -1,10 +1,12 @@
-//! Storage: the SQLite database behind diesel, knowing nothing of HTTP or processes.
+//! Storage: the SQLite (or, in this spike, PostgreSQL) database behind diesel, knowing nothing
+//! of HTTP or processes. Queries run on [`DbConnection`], diesel's `MultiConnection` over both.
 //!
 //! Reads go through an r2d2 pool. Every write goes through one [`Writer`] thread that commits
 //! whatever has queued up in a single transaction (group commit): SQLite has one writer at a
 //! time, and one thread batching writes is much faster than many threads contending for the
 //! lock with busy-waits.
 
+mod conn;
 mod job_rows;
 mod location;
 mod models;
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::Pool;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::jobs::model::Job;
@@ -28,8 +30,12 @@ use models::{JobRow, RunRow, StepRow};
 use schema::{imports, jobs, script_run_journal, script_runs};
 pub use writer::{Pending, WriteOp, Writer};
 
-/// Migrations compiled into the binary and applied at startup.
+pub use conn::DbConnection;
+
+/// SQLite's migrations, compiled into the binary and applied at startup.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+/// PostgreSQL's migrations (the same final schema in its own types), applied at startup.
+pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
 
 /// A storage failure. None of these is the client's fault: the HTTP layer answers 500.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +61,25 @@ pub enum StoreError {
     Decode(String),
 }
 
-type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+type DbPool = Pool<conn::Manager>;
+
+/// Read connections when the config names no `database.poolSize`.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
+/// Writer lanes on PostgreSQL: half as many as readers, at least one.
+fn writer_lanes(pool_size: u32) -> u32 {
+    (pool_size / 2).max(1)
+}
+
+/// The most `database.poolSize` may be.
+pub const MAX_POOL_SIZE: u32 = 64;
 
 /// Read access (a pool) and write access (the group-commit writer) to the database.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: DbPool,
     writer: Writer,
+    /// This deployment's marker (see [`Store::deployment`]).
+    deployment: std::sync::Arc<str>,
 }
 
 /// Filters for [`Store::list_jobs`].
@@ -93,59 +111,82 @@ pub struct RunFilter {
     pub offset: i64,
 }
 
-#[derive(Debug)]
-struct Pragmas;
-
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
-    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        apply_pragmas(conn).map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
-/// WAL lets readers run beside the writer; `synchronous = NORMAL` in WAL mode survives a crash
-/// of this process (or kill -9) without losing a commit, and only fsyncs at checkpoints: a power
-/// cut may lose the last commits but never corrupts the file.
-fn apply_pragmas(conn: &mut SqliteConnection) -> QueryResult<()> {
-    conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
-         PRAGMA foreign_keys = ON;",
-    )
-}
-
 impl Store {
     /// Opens (creating if needed) the database, applies pending migrations and starts the
     /// writer thread.
     pub fn open(location: &Location) -> Result<Store, StoreError> {
+        Store::open_sized(location, DEFAULT_POOL_SIZE)
+    }
+
+    /// [`Store::open`] with a read pool of at most `pool_size` connections.
+    pub fn open_sized(location: &Location, pool_size: u32) -> Result<Store, StoreError> {
         match location {
-            Location::Sqlite(path) => Store::open_sqlite(path),
+            Location::Sqlite(path) => Store::open_sqlite(path, pool_size),
+            Location::Postgres(_) => Store::open_postgres(location, pool_size),
         }
     }
 
+    /// Connects to a PostgreSQL database and applies its migrations.
+    fn open_postgres(location: &Location, pool_size: u32) -> Result<Store, StoreError> {
+        let shown = location.deployment();
+        let mut conn =
+            DbConnection::open(location).map_err(|e| StoreError::Setup(format!("cannot connect to {shown}: {e}")))?;
+        conn.run_pending_migrations(PG_MIGRATIONS)
+            .map_err(|e| StoreError::Setup(format!("migrations on {shown}: {e}")))?;
+        let deployment =
+            deployment_id(&mut conn).map_err(|e| StoreError::Setup(format!("deployment id on {shown}: {e}")))?;
+        let pool = Pool::builder()
+            .max_size(pool_size)
+            .min_idle(Some(1))
+            .idle_timeout(Some(Duration::from_secs(60)))
+            .connection_timeout(Duration::from_secs(10))
+            .build(conn::Manager::new(location.clone()))
+            .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
+        // Writers in parallel, one connection per lane (see db::writer), besides the readers.
+        let mut conns = vec![conn];
+        for _ in 1..writer_lanes(pool_size) {
+            conns.push(
+                DbConnection::open(location)
+                    .map_err(|e| StoreError::Setup(format!("cannot connect to {shown}: {e}")))?,
+            );
+        }
+        let writer =
+            Writer::start(conns).map_err(|e| StoreError::Setup(format!("cannot start the writer threads: {e}")))?;
+        Ok(Store { pool, writer, deployment: format!("postgres:{deployment}").into() })
+    }
+
     /// Opens (creating if needed) a SQLite file.
-    fn open_sqlite(path: &Path) -> Result<Store, StoreError> {
+    fn open_sqlite(path: &Path, pool_size: u32) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let url = path.to_string_lossy().to_string();
-        let mut conn = SqliteConnection::establish(&url)
+        let location = Location::Sqlite(path.to_path_buf());
+        let mut conn = DbConnection::open(&location)
             .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
-        apply_pragmas(&mut conn)?;
         conn.run_pending_migrations(MIGRATIONS)
             .map_err(|e| StoreError::Setup(format!("migrations on {}: {e}", path.display())))?;
         // Few idle connections: every child process inherits (and closes at exec) the
         // server's descriptors, three per SQLite connection.
         let pool = Pool::builder()
-            .max_size(8)
+            .max_size(pool_size)
             .min_idle(Some(1))
             .idle_timeout(Some(Duration::from_secs(60)))
             .connection_timeout(Duration::from_secs(10))
-            .connection_customizer(Box::new(Pragmas))
-            .build(ConnectionManager::<SqliteConnection>::new(url))
+            .build(conn::Manager::new(location))
             .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
         let writer =
-            Writer::start(conn).map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { pool, writer })
+            Writer::start(vec![conn]).map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store { pool, writer, deployment: path.display().to_string().into() })
+    }
+
+    /// A name for the deployment that uses this database, stable across restarts: every
+    /// process the server starts carries it (`SCRIPT_RUNNER_DB`), so crash recovery finds its
+    /// own orphans and never another deployment's. SQLite: the database file's path.
+    /// PostgreSQL: `postgres:<id>`, an id the first server made and stored in the database
+    /// (however a URL spells the host, one database is one deployment).
+    pub fn deployment(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.deployment)
     }
 
     /// The single writer; every insert and update goes through it.
@@ -191,8 +232,13 @@ impl Store {
             query
         };
         let status = filter.status.as_deref();
-        // A snapshot for the page and its count (WAL readers see one commit throughout).
+        // A snapshot for the page and its count (WAL readers see one commit throughout; on
+        // PostgreSQL only a REPEATABLE READ transaction does, READ COMMITTED takes one per
+        // statement).
         conn.transaction(|conn| {
+            if let DbConnection::Pg(_) = &**conn {
+                conn.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+            }
             let rows: Vec<JobRow> = filtered(status, status.is_some() && !succeeded)
                 .order(jobs::seq.desc())
                 .limit(filter.limit)
@@ -343,6 +389,29 @@ impl Store {
     }
 }
 
+#[derive(QueryableByName)]
+struct DeploymentRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
+}
+
+/// The id stored in the `deployment` table, made (random) by the first server that asks.
+fn deployment_id(conn: &mut DbConnection) -> Result<String, String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| format!("randomness: {e}"))?;
+    let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Two first servers racing: the primary key keeps one row, and both read it back.
+    diesel::sql_query("INSERT INTO deployment (id, created_at) SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM deployment) ON CONFLICT DO NOTHING")
+        .bind::<diesel::sql_types::Text, _>(&fresh)
+        .bind::<diesel::sql_types::BigInt, _>(crate::time::now_ms())
+        .execute(conn)
+        .map_err(|e| e.to_string())?;
+    let row: DeploymentRow = diesel::sql_query("SELECT id FROM deployment ORDER BY created_at, id LIMIT 1")
+        .get_result(conn)
+        .map_err(|e| e.to_string())?;
+    Ok(row.id)
+}
+
 /// The status the jobs' status index leaves out (see the migration `jobs_status_index_partial`).
 const SUCCEEDED: &str = "succeeded";
 
@@ -356,6 +425,18 @@ fn not_succeeded_sql() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool
 mod tests {
     use super::*;
     use diesel::sql_types::BigInt;
+
+    /// In the PostgreSQL test pass (`SCRIPT_RUNNER_TEST_PG_ADMIN_URL`, set by `tests/run`), a new
+    /// empty database in the test cluster for this test; `None` otherwise.
+    pub(crate) fn pg_location(test: &str) -> Option<Location> {
+        let admin = std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL").ok()?;
+        let name = format!("unit_{test}_{}", std::process::id());
+        let mut conn = PgConnection::establish(&admin).expect("connect to the test cluster");
+        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\"")).execute(&mut conn).expect("drop");
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn).expect("create");
+        let (base, _) = admin.rsplit_once('/').expect("a database URL ends with /<database>");
+        Some(Location::Postgres(format!("{base}/{name}")))
+    }
 
     #[derive(QueryableByName)]
     struct Seq {
@@ -386,7 +467,7 @@ mod tests {
         }
         drop(conn);
 
-        let store = Store::open_sqlite(&path).expect("reopen with every migration");
+        let store = Store::open_sqlite(&path, DEFAULT_POOL_SIZE).expect("reopen with every migration");
         assert_eq!(store.max_seq().expect("max seq"), 3);
         let job = store.get_job("job_1_2").expect("read").expect("kept");
         assert_eq!(job.stdout.log_ref, "job_1_2.stdout.log");
@@ -415,7 +496,7 @@ mod tests {
     fn job_lists_by_status_page_and_count_every_status_and_read_the_status_index() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("list.db");
-        let store = Store::open_sqlite(&path).expect("open");
+        let store = Store::open_sqlite(&path, DEFAULT_POOL_SIZE).expect("open");
         let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open");
         let statuses = ["succeeded", "succeeded", "failed", "canceled", "succeeded", "running", "queued", "timeout"];
         let mut jobs = Vec::new();
@@ -463,6 +544,62 @@ mod tests {
         let plan: Vec<&str> = plan.iter().map(|p| p.detail.as_str()).collect();
         assert!(plan.iter().any(|d| d.contains("USING INDEX jobs_status_seq")), "{plan:?}");
         assert!(!plan.iter().any(|d| d.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    /// The same writes give the same reads on SQLite and on PostgreSQL (in the PostgreSQL test
+    /// pass; otherwise the test only checks SQLite against itself).
+    #[test]
+    fn sqlite_and_postgres_answer_the_same_job_reads() {
+        use crate::config::Mode;
+        use crate::jobs::model::JobStatus;
+        let scenario = |store: &Store| {
+            let statuses =
+                [JobStatus::Succeeded, JobStatus::Failed, JobStatus::Running, JobStatus::Queued, JobStatus::Succeeded];
+            for n in 0..15i64 {
+                let mut job = Job::new(format!("job_1_{n}"), ["a", "b"][n as usize % 2], Mode::Async, vec![], n);
+                job.idempotency_key = (n % 4 == 0).then(|| format!("key{n}"));
+                store.writer().write_blocking(WriteOp::insert_job(&job)).expect("insert");
+                job.status = statuses[n as usize % statuses.len()];
+                job.stdout.truncated = n % 3 == 0;
+                job.pid = Some(100 + n as i32);
+                store.writer().write_blocking(WriteOp::update_job(&job)).expect("update");
+            }
+            let imported: Vec<Job> = ["job_1_3", "job_0_1"]
+                .iter()
+                .map(|id| Job::new(id.to_string(), "old", Mode::Sync, vec!["x".into()], 0))
+                .collect();
+            for _ in 0..2 {
+                store.writer().write_blocking(WriteOp::import(&imported, "/u/jobs.json".into(), 7)).expect("import");
+            }
+            let mut answers = vec![
+                format!("{:?}", store.get_job("job_1_3")),
+                format!("{:?}", store.job_by_idempotency_key("key8")),
+                format!("{:?}", store.unfinished_jobs()),
+                // PostgreSQL's identity burns a number on every insert that conflicts (the import's
+                // skipped ids) or rolls back: seq has gaps there, so only its bound is the same.
+                format!("{:?}", store.max_seq().map(|max| max >= 16)),
+                format!("{:?}", store.is_imported("/u/jobs.json")),
+            ];
+            for status in [None, Some("succeeded"), Some("failed"), Some("running")] {
+                for script in [None, Some("a")] {
+                    let filter = JobFilter {
+                        status: status.map(String::from),
+                        script_id: script.map(String::from),
+                        limit: 4,
+                        offset: 1,
+                        ..JobFilter::default()
+                    };
+                    answers.push(format!("{:?}", store.list_jobs(&filter)));
+                }
+            }
+            answers
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite =
+            scenario(&Store::open_sqlite(&dir.path().join("same.db"), DEFAULT_POOL_SIZE).expect("open sqlite"));
+        let Some(location) = pg_location("same_reads") else { return };
+        let store = Store::open(&location).expect("open postgres");
+        assert_eq!(scenario(&store), sqlite);
     }
 
     /// The SQL text of an expression.

@@ -10,7 +10,7 @@ use super::schema::{imports, jobs, script_run_journal, script_runs};
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(
     table_name = jobs,
-    check_for_backend(diesel::sqlite::Sqlite),
+    check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg),
     treat_none_as_null = true,
     treat_none_as_default_value = false
 )]
@@ -88,7 +88,7 @@ pub struct NewImport {
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
 #[diesel(
     table_name = script_runs,
-    check_for_backend(diesel::sqlite::Sqlite),
+    check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg),
     treat_none_as_null = true,
     treat_none_as_default_value = false
 )]
@@ -159,7 +159,7 @@ pub struct RunRow {
 
 /// A `script_run_journal` row: one durable step.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = script_run_journal, check_for_backend(diesel::sqlite::Sqlite))]
+#[diesel(table_name = script_run_journal, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
 pub struct StepRow {
     /// The run.
     pub run_id: String,

@@ -116,7 +116,7 @@ impl JobManager {
         let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
         std::fs::create_dir_all(&config.runner.logs_dir)
             .map_err(|e| JobError::Log { path: config.runner.logs_dir.clone(), source: e })?;
-        let deployment = config.database.location.deployment().into();
+        let deployment = store.deployment();
         Ok(JobManager {
             shared: Arc::new(Shared {
                 config,
