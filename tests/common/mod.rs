@@ -458,7 +458,8 @@ impl TestServer {
         r.body
     }
 
-    /// Polls until the job's status satisfies `pred`, at most `timeout`; returns the job.
+    /// Polls until the job's status satisfies `pred`, at most `timeout`; returns the job. A job
+    /// not found yet is waited for (a journal entry names its job before the job is submitted).
     pub fn wait_job(&self, id: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> Value {
         let last = RefCell::new(Value::Null);
         let what = || {
@@ -466,7 +467,13 @@ impl TestServer {
             format!("job {id} still {} after {timeout:?}: {job}", job["status"])
         };
         wait_until(what, timeout, || {
-            let job = self.job(id);
+            let r = self.get(&format!("/jobs/{id}"));
+            if r.status == 404 {
+                *last.borrow_mut() = r.body;
+                return None;
+            }
+            assert_eq!(r.status, 200, "{}", r.text);
+            let job = r.body;
             if pred(job["status"].as_str().unwrap_or("")) {
                 return Some(job);
             }

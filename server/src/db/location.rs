@@ -68,9 +68,8 @@ impl Location {
         format!("sqlite://{}", base.join("script-runner.db").display())
     }
 
-    /// A name for the deployment that uses this database, stable across restarts: every
-    /// process the server starts carries it (`SCRIPT_RUNNER_DB`), so crash recovery finds
-    /// its own orphans and never another deployment's.
+    /// The location as logs and errors may show it: the SQLite file's path, or the PostgreSQL
+    /// URL without its password. (The deployment's marker is [`crate::db::Store::deployment`].)
     pub fn deployment(&self) -> String {
         match self {
             Location::Sqlite(path) => path.display().to_string(),

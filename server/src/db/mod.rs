@@ -1,10 +1,14 @@
-//! Storage: the SQLite (or, in this spike, PostgreSQL) database behind diesel, knowing nothing
-//! of HTTP or processes. Queries run on [`DbConnection`], diesel's `MultiConnection` over both.
+//! Storage: the database behind diesel (the embedded SQLite file by default, or a PostgreSQL
+//! server), knowing nothing of HTTP or processes. Queries run on [`DbConnection`], diesel's
+//! `MultiConnection` over both, so one query serves both backends; the few places where they
+//! differ (SQLite's WAL and `BEGIN IMMEDIATE`, PostgreSQL's `ON CONFLICT` and snapshots) match
+//! on the variant.
 //!
-//! Reads go through an r2d2 pool. Every write goes through one [`Writer`] thread that commits
+//! Reads go through an r2d2 pool. Every write goes through the [`Writer`], which commits
 //! whatever has queued up in a single transaction (group commit): SQLite has one writer at a
 //! time, and one thread batching writes is much faster than many threads contending for the
-//! lock with busy-waits.
+//! lock with busy-waits. On PostgreSQL the writer has several lanes committing in parallel,
+//! each on its own connection (see `writer`).
 
 mod conn;
 mod job_rows;
@@ -232,13 +236,7 @@ impl Store {
             query
         };
         let status = filter.status.as_deref();
-        // A snapshot for the page and its count (WAL readers see one commit throughout; on
-        // PostgreSQL only a REPEATABLE READ transaction does, READ COMMITTED takes one per
-        // statement).
-        conn.transaction(|conn| {
-            if let DbConnection::Pg(_) = &**conn {
-                conn.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
-            }
+        snapshot(&mut conn, |conn| {
             let rows: Vec<JobRow> = filtered(status, status.is_some() && !succeeded)
                 .order(jobs::seq.desc())
                 .limit(filter.limit)
@@ -319,13 +317,16 @@ impl Store {
             }
             query
         };
-        let rows = filtered()
-            .order(script_runs::seq.desc())
-            .limit(filter.limit)
-            .offset(filter.offset)
-            .select(RunRow::as_select())
-            .load(&mut conn)?;
-        let total = filtered().count().get_result(&mut conn)?;
+        let (rows, total) = snapshot(&mut conn, |conn| {
+            let rows = filtered()
+                .order(script_runs::seq.desc())
+                .limit(filter.limit)
+                .offset(filter.offset)
+                .select(RunRow::as_select())
+                .load(conn)?;
+            let total: i64 = filtered().count().get_result(conn)?;
+            Ok((rows, total))
+        })?;
         Ok((runs::runs(rows)?, total))
     }
 
@@ -410,6 +411,21 @@ fn deployment_id(conn: &mut DbConnection) -> Result<String, String> {
         .get_result(conn)
         .map_err(|e| e.to_string())?;
     Ok(row.id)
+}
+
+/// Runs `f`'s reads in one snapshot, so a page and its count agree: a transaction (a WAL reader
+/// sees one commit throughout it) that on PostgreSQL is REPEATABLE READ (READ COMMITTED takes a
+/// snapshot per statement), read-only on both.
+fn snapshot<T>(
+    conn: &mut DbConnection,
+    f: impl FnOnce(&mut DbConnection) -> QueryResult<T>,
+) -> Result<T, StoreError> {
+    Ok(conn.transaction(|conn| {
+        if let DbConnection::Pg(_) = conn {
+            conn.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        }
+        f(conn)
+    })?)
 }
 
 /// The status the jobs' status index leaves out (see the migration `jobs_status_index_partial`).
