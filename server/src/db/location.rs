@@ -1,6 +1,6 @@
 //! Where the database is: the backend a `database.url` names, and what being the one server
 //! on it takes. The rest of the service names no database engine: it holds a [`Location`],
-//! opens a `Store` on it, and takes its [`Location::deployment`] as the mark of its processes.
+//! opens a `Store` on it, whose `Store::deployment` marks its processes.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
