@@ -416,10 +416,7 @@ fn deployment_id(conn: &mut DbConnection) -> Result<String, String> {
 /// Runs `f`'s reads in one snapshot, so a page and its count agree: a transaction (a WAL reader
 /// sees one commit throughout it) that on PostgreSQL is REPEATABLE READ (READ COMMITTED takes a
 /// snapshot per statement), read-only on both.
-fn snapshot<T>(
-    conn: &mut DbConnection,
-    f: impl FnOnce(&mut DbConnection) -> QueryResult<T>,
-) -> Result<T, StoreError> {
+fn snapshot<T>(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> QueryResult<T>) -> Result<T, StoreError> {
     Ok(conn.transaction(|conn| {
         if let DbConnection::Pg(_) = conn {
             conn.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
@@ -460,7 +457,7 @@ mod tests {
         seq: i64,
     }
 
-    /// A database made before the jobs table lost AUTOINCREMENT keeps its jobs, and new jobs
+    /// SQLite only (its migration history): a database made before the jobs table lost AUTOINCREMENT keeps its jobs, and new jobs
     /// continue its numbering.
     #[test]
     fn jobs_survive_the_seq_migration_and_numbering_continues() {
@@ -505,7 +502,7 @@ mod tests {
         detail: String,
     }
 
-    /// Listing by status pages and counts exactly as a full status index would, whichever
+    /// SQLite (its partial index needs the predicate repeated; the plan is SQLite's): listing by status pages and counts exactly as a full status index would, whichever
     /// status (succeeded ones are not in the index), with or without a script; and a status
     /// other than succeeded is still read from the index in order, not by scanning the table.
     #[test]

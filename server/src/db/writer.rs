@@ -683,7 +683,7 @@ mod tests {
         }
     }
 
-    /// Under a steady stream of commits from several threads, checkpoints still rewind the WAL:
+    /// SQLite only (its WAL): under a steady stream of commits from several threads, checkpoints still rewind the WAL:
     /// it stays a few MiB instead of growing with every commit.
     #[test]
     fn the_wal_stays_bounded_under_sustained_writes() {
