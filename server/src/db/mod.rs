@@ -457,8 +457,8 @@ mod tests {
         seq: i64,
     }
 
-    /// SQLite only (its migration history): a database made before the jobs table lost AUTOINCREMENT keeps its jobs, and new jobs
-    /// continue its numbering.
+    /// SQLite only (its migration history): a database made before the jobs table lost
+    /// AUTOINCREMENT keeps its jobs, and new jobs continue its numbering.
     #[test]
     fn jobs_survive_the_seq_migration_and_numbering_continues() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -502,9 +502,10 @@ mod tests {
         detail: String,
     }
 
-    /// SQLite (its partial index needs the predicate repeated; the plan is SQLite's): listing by status pages and counts exactly as a full status index would, whichever
-    /// status (succeeded ones are not in the index), with or without a script; and a status
-    /// other than succeeded is still read from the index in order, not by scanning the table.
+    /// SQLite (its partial index needs the predicate repeated; the plan is SQLite's): listing by
+    /// status pages and counts exactly as a full status index would, whichever status (succeeded
+    /// ones are not in the index), with or without a script; and a status other than succeeded is
+    /// still read from the index in order, not by scanning the table.
     #[test]
     fn job_lists_by_status_page_and_count_every_status_and_read_the_status_index() {
         let dir = tempfile::tempdir().expect("temp dir");

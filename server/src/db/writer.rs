@@ -683,8 +683,8 @@ mod tests {
         }
     }
 
-    /// SQLite only (its WAL): under a steady stream of commits from several threads, checkpoints still rewind the WAL:
-    /// it stays a few MiB instead of growing with every commit.
+    /// SQLite only (its WAL): under a steady stream of commits from several threads, checkpoints
+    /// still rewind the WAL: it stays a few MiB instead of growing with every commit.
     #[test]
     fn the_wal_stays_bounded_under_sustained_writes() {
         let dir = tempfile::tempdir().expect("temp dir");
