@@ -119,8 +119,8 @@ fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
     use diesel::{Connection, RunQueryDsl};
     let shown = without_password(url);
     // The driver's errors may quote the URL it was given: never with its password.
-    let mut conn = diesel::PgConnection::establish(url)
-        .map_err(|e| redact(url, &format!("cannot connect to {shown}: {e}")))?;
+    let mut conn =
+        diesel::PgConnection::establish(url).map_err(|e| redact(url, &format!("cannot connect to {shown}: {e}")))?;
     let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
         .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
         .get_result(&mut conn)

@@ -7,6 +7,7 @@
 //! lock with busy-waits.
 
 mod conn;
+mod copy;
 mod job_rows;
 mod location;
 mod models;
@@ -14,6 +15,7 @@ mod runs;
 mod schema;
 mod writer;
 
+pub use copy::{copy_history, Copied, CopyError};
 pub use location::{DatabaseLock, Location};
 
 use std::path::Path;
