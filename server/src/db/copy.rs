@@ -84,8 +84,8 @@ pub enum CopyError {
 /// - The source is only read, in one read transaction (one snapshot).
 /// - Errors name the database without its password.
 pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError> {
-    // One line, without a password (the driver's errors may quote the URL, and end in "\n").
-    let failed = |e: String| CopyError::Failed(to.redact(&from.redact(e.trim_end())));
+    // One line, without a password (the driver's errors may quote the URL, and span lines).
+    let failed = |e: String| CopyError::Failed(to.redact(&from.redact(&one_line(&e))));
     let setup_failed = |e: StoreError| match e {
         StoreError::Setup(message) => failed(message),
         other => failed(other.to_string()),
@@ -104,7 +104,7 @@ pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError>
     jobs::table
         .count()
         .get_result::<i64>(&mut source)
-        .map_err(|e| CopyError::NotAHistory(from.to_string(), from.redact(e.to_string().trim_end())))?;
+        .map_err(|e| CopyError::NotAHistory(from.to_string(), from.redact(&one_line(&e.to_string()))))?;
     drop(source);
     let _target_lock: DatabaseLock = to.lock().map_err(failed)?;
     let to_copy_error = |e: InnerError| match e {
@@ -145,6 +145,12 @@ pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError>
             })
         })
         .map_err(to_copy_error)
+}
+
+/// A driver's message on one line: libpq's span several ("...failed: Connection refused\n\tIs
+/// the server running...").
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// An error inside the copy's transactions (which roll back on any of them).
