@@ -10,6 +10,7 @@ mod api;
 mod blocks_flows;
 mod durability;
 mod logs;
+mod migrate_db;
 mod oomol_worker;
 mod processes;
 mod runs_api;

@@ -390,7 +390,8 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
 fn database_config(config_file: &Path, base: &Path, raw: RawDatabase) -> Result<DatabaseConfig, ConfigError> {
     let from_env = std::env::var("DATABASE_URL").ok().filter(|url| !url.trim().is_empty());
     let url = from_env.or(raw.url).unwrap_or_else(|| crate::db::Location::default_url(base));
-    let location = crate::db::Location::parse(&url, base).map_err(|e| ConfigError::new(config_file, e))?;
+    let location = crate::db::Location::parse(&url, base)
+        .map_err(|e| ConfigError::new(config_file, format!("database.url: {e}")))?;
     let location = location.map_file(normalize);
     let pool_size = raw.pool_size.unwrap_or(crate::db::DEFAULT_POOL_SIZE);
     if !(1..=crate::db::MAX_POOL_SIZE).contains(&pool_size) {

@@ -1,5 +1,5 @@
-//! The `script-runner` command: `serve` (the default), `check-config`, and `step` (the step
-//! client a workflow process calls).
+//! The `script-runner` command: `serve` (the default), `check-config`, `step` (the step client a
+//! workflow process calls), and `migrate-db` (a history moved to another database).
 
 mod flow_cli;
 mod step;
@@ -37,6 +37,23 @@ enum Command {
     /// as JSON; with `--address`, `--session-id` and `--job-id` (what OOMOL's engine appends),
     /// run as the engine's worker over MQTT.
     Block(BlockArgs),
+    /// Copy the whole history (jobs, imports, workflow runs and their journal) into another,
+    /// empty database, e.g. `--from sqlite:///var/lib/sr/script-runner.db --to
+    /// postgres://user:pass@host:5432/sr`; no server may be running on either. Log files stay
+    /// where they are (`runner.logsDir`).
+    MigrateDb(MigrateDbArgs),
+}
+
+/// `script-runner migrate-db --from <url> --to <url>`.
+#[derive(Args, Debug)]
+pub struct MigrateDbArgs {
+    /// The database to copy from: sqlite://<path> (relative to the current folder) or
+    /// postgres://user:pass@host:port/db.
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The database to copy into (created or migrated as needed; it must hold no history).
+    #[arg(long, value_name = "URL")]
+    to: String,
 }
 
 /// `script-runner block ...`.
@@ -115,6 +132,38 @@ fn main() -> ExitCode {
         Command::Flow(FlowCommand::Run(opts)) => flow_cli::run(opts),
         Command::CheckConfig => with_config(cli.config, check_config),
         Command::Serve => with_config(cli.config, serve),
+        Command::MigrateDb(args) => migrate_db(&args),
+    }
+}
+
+/// `script-runner migrate-db`: one summary line on stdout; on failure one line on stderr, exit 2
+/// for a URL that names no database, 1 otherwise. No password is ever printed.
+fn migrate_db(args: &MigrateDbArgs) -> ExitCode {
+    use script_runner::db::{copy_history, Location};
+    let base = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("script-runner migrate-db: cannot read the current folder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let parse = |flag: &str, url: &str| {
+        Location::parse(url, &base).map_err(|e| eprintln!("script-runner migrate-db: {flag}: {e}"))
+    };
+    let Ok(from) = parse("--from", &args.from) else { return ExitCode::from(2) };
+    let Ok(to) = parse("--to", &args.to) else { return ExitCode::from(2) };
+    match copy_history(&from, &to) {
+        Ok(copied) => {
+            println!(
+                "copied {} jobs, {} imports, {} runs, {} journal entries from {from} to {to}",
+                copied.jobs, copied.imports, copied.runs, copied.journal
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("script-runner migrate-db: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -35,7 +35,8 @@ struct Locked {
 
 impl Location {
     /// The database `url` names (`sqlite://<path>` or `sqlite:<path>`; a relative path is taken
-    /// from `base`); the error says what is wrong with the URL, for the config error.
+    /// from `base`); the error says what is wrong with the URL (without its password), for the
+    /// caller to say where the URL came from (`database.url`, `--from`).
     pub fn parse(url: &str, base: &Path) -> Result<Location, String> {
         let path = if let Some(rest) = url.strip_prefix("sqlite://") {
             rest
@@ -45,11 +46,12 @@ impl Location {
             return Ok(Location::Postgres(url.to_string()));
         } else {
             return Err(format!(
-                "database.url: unsupported URL {url:?}; expected sqlite://<path> or postgres://user:pass@host:port/db"
+                "unsupported URL {:?}; expected sqlite://<path> or postgres://user:pass@host:port/db",
+                without_password(url)
             ));
         };
         if path.is_empty() {
-            return Err("database.url: the sqlite:// URL names no file".into());
+            return Err("the sqlite:// URL names no file".into());
         }
         Ok(Location::Sqlite(base.join(path)))
     }
@@ -74,6 +76,15 @@ impl Location {
         match self {
             Location::Sqlite(path) => path.display().to_string(),
             Location::Postgres(url) => without_password(url),
+        }
+    }
+
+    /// `text` with every password of this location's URL replaced by `***`: for an error from
+    /// the driver, which may quote the URL it could not parse. SQLite paths hold no password.
+    pub fn redact(&self, text: &str) -> String {
+        match self {
+            Location::Sqlite(_) => text.to_string(),
+            Location::Postgres(url) => redact(url, text),
         }
     }
 
@@ -106,23 +117,102 @@ impl Location {
 fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
     use diesel::{Connection, RunQueryDsl};
     let shown = without_password(url);
-    let mut conn = diesel::PgConnection::establish(url).map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    // The driver's errors may quote the URL it was given: never with its password.
+    let mut conn =
+        diesel::PgConnection::establish(url).map_err(|e| redact(url, &format!("cannot connect to {shown}: {e}")))?;
     let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
         .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
         .get_result(&mut conn)
-        .map_err(|e| format!("cannot take the advisory lock on {shown}: {e}"))?;
+        .map_err(|e| redact(url, &format!("cannot take the advisory lock on {shown}: {e}")))?;
     if !locked.locked {
         return Err(format!("{shown} is locked: another script-runner is using this database"));
     }
     Ok(DatabaseLock::Postgres(conn))
 }
 
-/// The URL with its password (if any) left out, for logs and the deployment marker.
+impl std::fmt::Display for Location {
+    /// The location as a URL without its password: what output and errors may show.
+    /// SQLite: `sqlite://<path>`; PostgreSQL: the URL as given, less its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Location::Postgres(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+/// The URL with its passwords (if any) left out, for logs and the deployment marker: the one in
+/// its user info and a `password=` query parameter. The user info ends at the *last* `@`, so a
+/// password holding an unencoded `@` is still left out whole.
 fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-    format!("{scheme}://{user}@{host}")
+    let (url, query) = url.split_once('?').map_or((url, None), |(url, query)| (url, Some(query)));
+    let mut shown = match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+        Some((scheme, (userinfo, host))) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
+    };
+    if let Some(query) = query {
+        let kept: Vec<&str> = query.split('&').filter(|param| !param.starts_with("password=")).collect();
+        if !kept.is_empty() {
+            shown = format!("{shown}?{}", kept.join("&"));
+        }
+    }
+    shown
+}
+
+/// The passwords a URL holds, as written: in its user info and in `password=` parameters.
+fn passwords(url: &str) -> Vec<String> {
+    let (url, query) = url.split_once('?').map_or((url, None), |(url, query)| (url, Some(query)));
+    let mut found = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                found.push(password.to_string());
+            }
+        }
+    }
+    for param in query.unwrap_or_default().split('&') {
+        if let Some(password) = param.strip_prefix("password=") {
+            found.push(password.to_string());
+        }
+    }
+    found
+}
+
+/// `text` with every password of `url` (as written and percent-decoded) replaced by `***`.
+fn redact(url: &str, text: &str) -> String {
+    let mut text = text.to_string();
+    for password in passwords(url) {
+        for form in [percent_decoded(&password), password] {
+            if !form.is_empty() {
+                text = text.replace(&form, "***");
+            }
+        }
+    }
+    text
+}
+
+/// `%XX` escapes decoded (as the driver decodes them), invalid ones left as they are.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -138,6 +228,21 @@ mod tests {
         assert_eq!(Location::Postgres("postgres://u:secret@h:5/db".into()).deployment(), "postgres://u@h:5/db");
         assert!(Location::parse("mysql://h/db", base).is_err_and(|e| e.contains("unsupported")));
         assert!(Location::parse("sqlite://", base).is_err_and(|e| e.contains("names no file")));
+        let refused = Location::parse("mysql://u:secret@h/db", base).expect_err("unsupported");
+        assert!(!refused.contains("secret"), "{refused}");
+    }
+
+    #[test]
+    fn no_password_is_shown_or_left_in_a_redacted_message() {
+        let shown = |url: &str| Location::Postgres(url.into()).to_string();
+        assert_eq!(shown("postgres://u:secret@h:5/db"), "postgres://u@h:5/db");
+        assert_eq!(shown("postgres://u:p@ss@h/db"), "postgres://u@h/db");
+        assert_eq!(shown("postgres://h/db?user=u&password=secret&sslmode=off"), "postgres://h/db?user=u&sslmode=off");
+        assert_eq!(shown("postgres://h/db?password=secret"), "postgres://h/db");
+        assert_eq!(Location::Sqlite("/var/sr/a.db".into()).to_string(), "sqlite:///var/sr/a.db");
+        let location = Location::Postgres("postgres://u:s%40cret@h/db?password=other".into());
+        assert_eq!(location.redact("bad token \"s%40cret\", s@cret, other"), "bad token \"***\", ***, ***");
+        assert_eq!(Location::Sqlite("/a".into()).redact("secret"), "secret");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! each on its own connection (see `writer`).
 
 mod conn;
+mod copy;
 mod job_rows;
 mod location;
 mod models;
@@ -18,6 +19,7 @@ mod runs;
 mod schema;
 mod writer;
 
+pub use copy::{copy_history, Copied, CopyError};
 pub use location::{DatabaseLock, Location};
 
 use std::path::Path;
@@ -133,10 +135,7 @@ impl Store {
     /// Connects to a PostgreSQL database and applies its migrations.
     fn open_postgres(location: &Location, pool_size: u32) -> Result<Store, StoreError> {
         let shown = location.deployment();
-        let mut conn =
-            DbConnection::open(location).map_err(|e| StoreError::Setup(format!("cannot connect to {shown}: {e}")))?;
-        conn.run_pending_migrations(PG_MIGRATIONS)
-            .map_err(|e| StoreError::Setup(format!("migrations on {shown}: {e}")))?;
+        let mut conn = open_migrated(location)?;
         let deployment =
             deployment_id(&mut conn).map_err(|e| StoreError::Setup(format!("deployment id on {shown}: {e}")))?;
         let pool = Pool::builder()
@@ -161,15 +160,8 @@ impl Store {
 
     /// Opens (creating if needed) a SQLite file.
     fn open_sqlite(path: &Path, pool_size: u32) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-        }
         let location = Location::Sqlite(path.to_path_buf());
-        let mut conn = DbConnection::open(&location)
-            .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
-        conn.run_pending_migrations(MIGRATIONS)
-            .map_err(|e| StoreError::Setup(format!("migrations on {}: {e}", path.display())))?;
+        let conn = open_migrated(&location)?;
         // Few idle connections: every child process inherits (and closes at exec) the
         // server's descriptors, three per SQLite connection.
         let pool = Pool::builder()
@@ -388,6 +380,27 @@ impl Store {
             j::script_run_journal.filter(j::run_id.eq(run_id)).select(diesel::dsl::max(j::seq)).first(&mut conn)?;
         Ok((total, of_type, max.unwrap_or(0)))
     }
+}
+
+/// One connection to the database with every migration applied: what a server opens first, and
+/// what `migrate-db` copies from and into. A SQLite file (and its folder) is created if missing.
+fn open_migrated(location: &Location) -> Result<DbConnection, StoreError> {
+    let (verb, name, migrations) = match location {
+        Location::Sqlite(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            ("open", path.display().to_string(), MIGRATIONS)
+        }
+        Location::Postgres(_) => ("connect to", location.deployment(), PG_MIGRATIONS),
+    };
+    // The driver's errors may quote the URL it was given: never with its password.
+    let mut conn = DbConnection::open(location)
+        .map_err(|e| StoreError::Setup(location.redact(&format!("cannot {verb} {name}: {e}"))))?;
+    conn.run_pending_migrations(migrations)
+        .map_err(|e| StoreError::Setup(location.redact(&format!("migrations on {name}: {e}"))))?;
+    Ok(conn)
 }
 
 #[derive(QueryableByName)]
