@@ -21,11 +21,14 @@ use crate::runs::RunManager;
 /// Start-up order matters: migrations, the upstream import and crash recovery all finish
 /// before the port is bound, so no request sees a half-recovered state. The bound address is
 /// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
+///
+/// A database that cannot be used at start (unreachable, refused, missing, too old) is an
+/// error of one line naming the problem and the database (never its password).
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let _lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
-    let store = Store::open_sized(&config.database.location, config.database.pool_size)
-        .with_context(|| format!("database {}", config.database.url))?;
+    // The error names the database (a SQLite path, a URL without its password) and the problem.
+    let store = Store::open_sized(&config.database.location, config.database.pool_size)?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
     let jobs = JobManager::new(Arc::clone(&config), store.clone())?;

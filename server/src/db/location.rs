@@ -5,15 +5,29 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use diesel::RunQueryDsl;
 use nix::fcntl::{Flock, FlockArg};
 
+use super::postgres::{self, without_password};
+
 /// A database the service can run on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// An embedded SQLite file (`sqlite://<path>`, relative to the config's folder).
     Sqlite(PathBuf),
     /// A PostgreSQL database (`postgres://user:pass@host:port/db`, the URL as given).
     Postgres(String),
+}
+
+/// Shows a PostgreSQL URL without its password: a location printed for debugging must not
+/// leak it either.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Location::Postgres(url) => f.debug_tuple("Postgres").field(&without_password(url)).finish(),
+        }
+    }
 }
 
 /// Held while the server runs: no second server takes the same database.
@@ -45,7 +59,8 @@ impl Location {
             return Ok(Location::Postgres(url.to_string()));
         } else {
             return Err(format!(
-                "database.url: unsupported URL {url:?}; expected sqlite://<path> or postgres://user:pass@host:port/db"
+                "database.url: unsupported URL {:?}; expected sqlite://<path> or postgres://user:pass@host:port/db",
+                without_password(url)
             ));
         };
         if path.is_empty() {
@@ -78,9 +93,19 @@ impl Location {
         }
     }
 
-    /// Takes the database for this server: an exclusive lock on `<file>.lock`, held while the
-    /// returned guard lives. Two servers on one database would each mistake the other's jobs
-    /// for orphans of a crash and kill them.
+    /// `message` (from libpq or a server) without the password of this location's URL.
+    pub fn redact(&self, message: &str) -> String {
+        match self {
+            Location::Sqlite(_) => message.to_string(),
+            Location::Postgres(url) => postgres::redact(message, url),
+        }
+    }
+
+    /// Takes the database for this server: an exclusive lock on `<file>.lock`, or on
+    /// PostgreSQL a session advisory lock, held while the returned guard lives. Two servers on
+    /// one database would each mistake the other's jobs for orphans of a crash and kill them.
+    /// On PostgreSQL this is the first connection of a start: its error is the one line that
+    /// says what is wrong (see [`postgres::connect_checked`]).
     pub fn lock(&self) -> Result<DatabaseLock, String> {
         let database = match self {
             Location::Sqlite(path) => path,
@@ -103,27 +128,19 @@ impl Location {
     }
 }
 
-/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own.
+/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own. This
+/// is the first connection of a start: its error is the one line that says what is wrong.
 fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
-    use diesel::{Connection, RunQueryDsl};
     let shown = without_password(url);
-    let mut conn = diesel::PgConnection::establish(url).map_err(|e| format!("cannot connect to {shown}: {e}"))?;
+    let mut conn = postgres::connect_checked(url)?;
     let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
         .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
         .get_result(&mut conn)
-        .map_err(|e| format!("cannot take the advisory lock on {shown}: {e}"))?;
+        .map_err(|e| format!("cannot take the advisory lock on {shown}: {}", postgres::one_line(&e.to_string())))?;
     if !locked.locked {
         return Err(format!("{shown} is locked: another script-runner is using this database"));
     }
     Ok(DatabaseLock::Postgres(conn))
-}
-
-/// The URL with its password (if any) left out, for logs and the deployment marker.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-    format!("{scheme}://{user}@{host}")
 }
 
 #[cfg(test)]
