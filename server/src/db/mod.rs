@@ -16,7 +16,7 @@ mod runs;
 mod schema;
 mod writer;
 
-pub use location::{DatabaseLock, Location};
+pub use location::{DatabaseLock, Location, PgLock};
 
 use std::path::Path;
 use std::time::Duration;
