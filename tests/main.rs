@@ -11,6 +11,7 @@ mod blocks_flows;
 mod durability;
 mod logs;
 mod oomol_worker;
+mod postgres;
 mod processes;
 mod runs_api;
 mod runs_replay;

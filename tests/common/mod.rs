@@ -64,9 +64,10 @@ pub fn pg_admin_url() -> Option<String> {
     if !on_postgres() {
         return None;
     }
-    Some(std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL").expect(
-        "SCRIPT_RUNNER_TEST_DATABASE=postgres needs SCRIPT_RUNNER_TEST_PG_ADMIN_URL (tests/run sets both)",
-    ))
+    Some(
+        std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL")
+            .expect("SCRIPT_RUNNER_TEST_DATABASE=postgres needs SCRIPT_RUNNER_TEST_PG_ADMIN_URL (tests/run sets both)"),
+    )
 }
 
 /// Creates an empty database in the test cluster and returns its URL (with the password).
