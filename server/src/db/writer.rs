@@ -210,6 +210,8 @@ struct Shared {
     health: Arc<Health>,
     /// The lane's number, for the logs.
     number: usize,
+    /// [`RETRY_BOUND`] (shorter in tests).
+    retry_bound: Duration,
 }
 
 /// Handle to the writer; cheap to clone. The background thread stops when every handle is
@@ -244,6 +246,16 @@ impl Writer {
         reconnect: Option<Location>,
         health: Arc<Health>,
     ) -> std::io::Result<Writer> {
+        Writer::start_bounded(conns, reconnect, health, RETRY_BOUND)
+    }
+
+    /// [`Writer::start`] with another retry bound than [`RETRY_BOUND`].
+    fn start_bounded(
+        conns: Vec<DbConnection>,
+        reconnect: Option<Location>,
+        health: Arc<Health>,
+        retry_bound: Duration,
+    ) -> std::io::Result<Writer> {
         let mut lanes = Vec::with_capacity(conns.len());
         for (n, mut conn) in conns.into_iter().enumerate() {
             // Checkpoints are the background thread's (see the module doc); a WAL that grew
@@ -265,6 +277,7 @@ impl Writer {
                 reconnect: reconnect.clone(),
                 health: Arc::clone(&health),
                 number: n,
+                retry_bound,
             });
             let thread_shared = Arc::clone(&shared);
             let name = if n == 0 { "db-writer".to_string() } else { format!("db-writer-{n}") };
@@ -533,7 +546,7 @@ impl<'a> Role<'a> {
                     "database writer lane {}: connection lost ({reason}); its writes wait and are retried for up to \
                      {} s while it reconnects",
                     shared.number,
-                    RETRY_BOUND.as_secs()
+                    shared.retry_bound.as_secs()
                 );
                 shared.health.lane_down();
                 let now = Instant::now();
@@ -562,19 +575,21 @@ impl<'a> Role<'a> {
     }
 
     /// On a lane that is down: gives up the writes sent more than [`RETRY_BOUND`] ago (each
-    /// logged at error level), then tries to reconnect. True if the lane is up again.
+    /// logged at error level, naming its job or run), then tries to reconnect. True if the lane
+    /// is up again.
     fn restore(&self) -> bool {
         let shared = self.shared;
         let expired: VecDeque<Request> = {
             let mut queue = lock(&shared.queue);
             let (expired, kept) =
-                std::mem::take(&mut queue.requests).into_iter().partition(|r| r.sent.elapsed() >= RETRY_BOUND);
+                std::mem::take(&mut queue.requests).into_iter().partition(|r| r.sent.elapsed() >= shared.retry_bound);
             queue.requests = kept;
             expired
         };
         let reason = lock(&shared.queue).down.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
         for request in expired {
-            give_up(request, &format!("the database was unreachable for {} s ({reason})", RETRY_BOUND.as_secs()));
+            let bound = shared.retry_bound.as_secs_f64();
+            give_up(request, &format!("the database was unreachable for {bound} s ({reason})"));
         }
         let Some(location) = &shared.reconnect else { return true };
         match DbConnection::open(location) {
@@ -898,7 +913,7 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
 mod tests {
     use super::*;
     use crate::config::Mode;
-    use crate::db::Store;
+    use crate::db::{Location, Store};
     use crate::jobs::model::Job;
 
     fn job(n: u64) -> WriteOp {
@@ -942,6 +957,47 @@ mod tests {
         for n in 0..200 {
             assert_eq!(store.get_job(&id(n)).expect("read").expect("written").pid, Some(3));
         }
+    }
+
+    /// A lane made to lose its database, whose reconnection fails (nothing listens on port 1):
+    /// a write that refuses an outage fails at once; one that waits is given up after the
+    /// retry bound, with `Unavailable`, and the store is not vouched for meanwhile.
+    #[test]
+    fn a_lane_without_its_database_refuses_new_work_and_gives_up_waiting_writes_after_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = DbConnection::open(&Location::Sqlite(dir.path().join("t.db"))).expect("open");
+        let unreachable = Location::Postgres("postgres://u@127.0.0.1:1/db".into());
+        let health = Arc::new(Health::new(true));
+        let bound = Duration::from_millis(300);
+        let writer = Writer::start_bounded(vec![conn], Some(unreachable), Arc::clone(&health), bound).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        assert!(!health.vouched());
+        assert!(matches!(writer.enqueue_with(job(1), OnOutage::Refuse), Err(StoreError::Unavailable(_))));
+        let started = Instant::now();
+        let result = writer.write_blocking(job(2));
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(started.elapsed() >= bound && started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    /// Writes sent while a lane is without its database are committed, in order, once it
+    /// reconnects (here to the same SQLite file, standing in for a server that came back).
+    #[test]
+    fn writes_sent_while_a_lane_is_down_are_committed_in_order_once_it_reconnects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("t.db"));
+        let store = Store::open(&location).expect("open");
+        let health = Arc::new(Health::new(true));
+        let conn = DbConnection::open(&location).expect("open");
+        let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        let mut job = Job::new("job_1_7".into(), "s", Mode::Async, Vec::new(), 1);
+        let insert = writer.enqueue(WriteOp::insert_job(&job)).expect("enqueue");
+        job.pid = Some(42);
+        let update = writer.enqueue(WriteOp::update_job(&job)).expect("enqueue");
+        insert.wait_blocking().expect("insert committed after the reconnection");
+        update.wait_blocking().expect("update committed after the reconnection");
+        assert_eq!(store.get_job("job_1_7").expect("read").expect("written").pid, Some(42));
+        assert!(health.vouched());
     }
 
     /// Under a steady stream of commits from several threads, checkpoints still rewind the WAL:
