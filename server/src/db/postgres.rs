@@ -30,7 +30,10 @@ const TCP_USER_TIMEOUT_MS: u32 = 30_000;
 /// password of `user:password@`, a `password=` query parameter, and (for a key/value
 /// connection string) a `password=` pair. Text that cannot be read as either is not shown.
 pub fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return conninfo_without_password(url) };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Without `=`, it holds no `password=` pair (e.g. `sqlite:jobs.db`).
+        return if url.contains('=') { conninfo_without_password(url) } else { url.to_string() };
+    };
     let (before_query, query) = match rest.split_once('?') {
         Some((before, query)) => (before, Some(query)),
         None => (rest, None),
@@ -389,6 +392,8 @@ mod tests {
             ("host=h user=u password=secret dbname=d", "host=h user=u dbname=d"),
             ("host=h password = 'se cr\\'et' dbname=d", "host=h dbname=d"),
             ("host=h password='unterminated", "(a connection string that could not be read)"),
+            ("sqlite:jobs.db", "sqlite:jobs.db"),
+            ("sqlite:///var/lib/sr/jobs.db", "sqlite:///var/lib/sr/jobs.db"),
         ];
         for (url, shown) in cases {
             assert_eq!(without_password(url), shown, "{url}");
