@@ -346,3 +346,50 @@ fn a_database_lost_while_serving_answers_503_and_running_jobs_end_recorded_once_
     assert!(!log.contains(&pg.password), "the password is in the server's log:\n{log}");
     assert!(server.terminate(Duration::from_secs(20)).success(), "{}", server.server_log());
 }
+
+/// The advisory lock lost with its connection and taken by another session meanwhile (as a
+/// second server would): two servers must not share a database, so this one stops, exiting
+/// non-zero with a line that says why.
+#[test]
+fn a_server_whose_advisory_lock_was_taken_by_another_while_cut_off_stops() {
+    let Some(admin) = admin_url() else { return };
+    let pg = PgUrl::parse(&admin);
+    let database = format!("stolen_{}", std::process::id());
+    let direct = common::new_pg_database(&admin, &database);
+    let proxy = Proxy::start(&pg.address);
+    let proxied = pg.with(&pg.password, &proxy.address.to_string(), &database);
+    let mut server = Builder::new().top("database", json!({ "url": proxied })).script("noop", "true").start();
+    assert_eq!(server.run("noop", &[], Some("sync")).status, 200);
+
+    proxy.cut();
+    // PostgreSQL releases the lock once it sees the server's session gone: take it meanwhile.
+    let mut other = diesel::PgConnection::establish(&direct).unwrap();
+    wait_until(
+        || "the server's advisory lock was never released after the cut".to_string(),
+        Duration::from_secs(20),
+        || {
+            #[derive(diesel::QueryableByName)]
+            struct Locked {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                locked: bool,
+            }
+            let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+                .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
+                .get_result(&mut other)
+                .unwrap();
+            row.locked.then_some(())
+        },
+    );
+    proxy.restore();
+    let status = server.wait_exit(Duration::from_secs(40));
+    assert!(!status.success(), "the server went on without its lock");
+    let log = server.server_log();
+    let last = log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
+    assert!(
+        last.starts_with("script-runner: another session took the advisory lock on postgres://")
+            && last.ends_with("this one stops"),
+        "{log}"
+    );
+    assert!(!log.contains(&pg.password), "{log}");
+    drop(other);
+}
