@@ -581,9 +581,12 @@ impl<'a> Role<'a> {
         let shared = self.shared;
         let expired: VecDeque<Request> = {
             let mut queue = lock(&shared.queue);
-            let (expired, kept) =
+            let (expired, kept): (VecDeque<_>, _) =
                 std::mem::take(&mut queue.requests).into_iter().partition(|r| r.sent.elapsed() >= shared.retry_bound);
             queue.requests = kept;
+            if !expired.is_empty() && queue.senders_blocked > 0 {
+                shared.space.notify_all();
+            }
             expired
         };
         let reason = lock(&shared.queue).down.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
