@@ -42,6 +42,12 @@ impl Health {
         }
     }
 
+    /// When a read or a commit last succeeded (Unix ms): a writer lane that lost the database
+    /// before that is worth reconnecting at once.
+    pub fn last_ok_ms(&self) -> i64 {
+        self.last_ok_ms.load(Ordering::Relaxed)
+    }
+
     /// A writer lane lost its connection.
     pub fn lane_down(&self) {
         self.lanes_down.fetch_add(1, Ordering::Relaxed);

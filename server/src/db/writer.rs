@@ -34,8 +34,10 @@
 //! [`RETRY_BOUND`] after it was sent; past that it is given up, logged at error level with the
 //! job or run it was for, and its waiter gets [`StoreError::Unavailable`]. A write sent with
 //! [`OnOutage::Refuse`] (a new job or run, whose request can be answered `503` with nothing
-//! started) is not retried: it fails at once while its lane is down. Waiters never commit on a
-//! lane that is down, so no request's thread is held by the retries. A SQLite write error is
+//! started) is not retried: it fails at once while its lane is down, unless the database has
+//! answered since the lane lost it (a read or another lane's commit: the server is back); then
+//! the lane reconnects at once and the write waits for that one attempt. Waiters never commit on
+//! a lane that is down, so no request's thread is held by the retries. A SQLite write error is
 //! never a lost connection: it fails the write as before.
 
 use std::collections::VecDeque;
@@ -152,6 +154,9 @@ struct Request {
 struct Down {
     /// When the connection was found lost.
     since: Instant,
+    /// When the lane last failed to reach the database (Unix ms, to compare with the store's
+    /// [`Health::last_ok_ms`]).
+    since_ms: i64,
     /// What the last attempt said (for the logs and the errors of writes given up).
     reason: String,
     /// When to try to reconnect next, and the wait after that if it fails.
@@ -363,13 +368,18 @@ impl Writer {
 }
 
 /// Puts a write on one lane's queue; blocks while it is full. A write that refuses an outage
-/// fails at once on a lane that is down.
+/// fails at once on a lane that is down, unless the database answered since the lane lost it:
+/// then it waits for an attempt to reconnect, made at once (see the module doc).
 fn enqueue_on(shared: &Arc<Shared>, op: WriteOp, on_outage: OnOutage) -> Result<Part, StoreError> {
     let (ack, rx) = oneshot::channel();
     let mut queue = lock(&shared.queue);
     loop {
-        if let (OnOutage::Refuse, Some(down)) = (on_outage, &queue.down) {
-            return Err(StoreError::Unavailable(down.reason.clone()));
+        if let (OnOutage::Refuse, Some(down)) = (on_outage, queue.down.as_mut()) {
+            if shared.health.last_ok_ms() <= down.since_ms {
+                return Err(StoreError::Unavailable(down.reason.clone()));
+            }
+            down.next_attempt = down.next_attempt.min(Instant::now());
+            shared.background.notify_one();
         }
         if queue.requests.len() < QUEUE_DEPTH || queue.closed {
             break;
@@ -552,6 +562,7 @@ impl<'a> Role<'a> {
                 let now = Instant::now();
                 queue.down = Some(Down {
                     since: now,
+                    since_ms: crate::time::now_ms(),
                     reason: reason.clone(),
                     next_attempt: now + RECONNECT_FIRST_WAIT,
                     wait: RECONNECT_FIRST_WAIT,
@@ -612,11 +623,23 @@ impl<'a> Role<'a> {
             }
             Err(e) => {
                 let message = postgres::one_line(&location.redact(&e.to_string()));
-                let mut queue = lock(&shared.queue);
-                if let Some(down) = queue.down.as_mut() {
-                    down.reason = format!("reconnecting: {message}");
-                    down.wait = (down.wait * 2).min(RECONNECT_MAX_WAIT);
-                    down.next_attempt = Instant::now() + down.wait;
+                let refused = {
+                    let mut queue = lock(&shared.queue);
+                    if let Some(down) = queue.down.as_mut() {
+                        down.reason = format!("reconnecting: {message}");
+                        down.wait = (down.wait * 2).min(RECONNECT_MAX_WAIT);
+                        down.next_attempt = Instant::now() + down.wait;
+                        down.since_ms = crate::time::now_ms();
+                    }
+                    // Writes let wait for this attempt (the database had answered meanwhile).
+                    let (refused, kept): (VecDeque<_>, _) =
+                        std::mem::take(&mut queue.requests).into_iter().partition(|r| r.on_outage == OnOutage::Refuse);
+                    queue.requests = kept;
+                    refused
+                };
+                for request in refused {
+                    warn!("database write refused, the database is unreachable ({})", describe(&request.op));
+                    let _ = request.ack.send(Err(StoreError::Unavailable(format!("reconnecting: {message}"))));
                 }
                 false
             }
@@ -1001,6 +1024,25 @@ mod tests {
         update.wait_blocking().expect("update committed after the reconnection");
         assert_eq!(store.get_job("job_1_7").expect("read").expect("written").pid, Some(42));
         assert!(health.vouched());
+    }
+
+    /// A refusing write on a lane without its database fails at once, unless the database has
+    /// answered since (a read, another lane): then the lane reconnects at once and commits it.
+    #[test]
+    fn a_refusing_write_waits_for_a_reconnection_once_the_database_answered_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("t.db"));
+        let store = Store::open(&location).expect("open");
+        let health = Arc::new(Health::new(true));
+        let conn = DbConnection::open(&location).expect("open");
+        let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        assert!(matches!(writer.enqueue_with(job(1), OnOutage::Refuse), Err(StoreError::Unavailable(_))));
+        std::thread::sleep(Duration::from_millis(5));
+        health.saw_ok();
+        writer.enqueue_with(job(2), OnOutage::Refuse).expect("enqueue").wait_blocking().expect("committed");
+        assert!(store.get_job("job_1_2").expect("read").is_some());
+        assert!(store.get_job("job_1_1").expect("read").is_none());
     }
 
     /// Under a steady stream of commits from several threads, checkpoints still rewind the WAL:

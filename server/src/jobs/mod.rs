@@ -247,10 +247,11 @@ impl JobManager {
         mode: Mode,
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
-        // An async job's insert below is refused while the database is lost; a sync job is not
-        // written before it runs, so the database is asked first (when nothing vouched for it
-        // within the last second): no job starts whose end could not be recorded.
-        if mode == Mode::Sync && !shared.store.recently_available() {
+        // The database is asked first when nothing vouched for it within the last second: a
+        // sync job is not written before it runs, and an async job's insert below is refused
+        // on a writer lane without the database unless the database answered since (this
+        // probe, on a server that came back). No job starts whose end could not be recorded.
+        if !shared.store.recently_available() {
             let store = shared.store.clone();
             blocking(move || store.probe()).await??;
         }

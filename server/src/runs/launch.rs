@@ -147,6 +147,13 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
     if let Some(launched) = by_key(engine, request.idempotency_key.as_deref(), &request_sha256).await? {
         return Ok(launched);
     }
+    // As for a job (see `JobManager::submit`): the database is asked first unless it answered
+    // within the last second, so a run is neither refused by a writer lane that has not yet
+    // reconnected to a database that is back, nor launched while it is away.
+    if !engine.store.recently_available() {
+        let store = engine.store.clone();
+        blocking(move || store.probe()).await??;
+    }
     let now = now_ms();
     let run = Run {
         script_name: request.script_name.clone().unwrap_or(default_name),
