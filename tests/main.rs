@@ -12,6 +12,7 @@ mod durability;
 mod logs;
 mod migrate_db;
 mod oomol_worker;
+mod postgres;
 mod processes;
 mod runs_api;
 mod runs_replay;

@@ -152,7 +152,7 @@ impl RunnerConfig {
 }
 
 /// Database settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseConfig {
     /// The database URL as configured (or the default beside `config.json`).
     pub url: String,
@@ -160,6 +160,17 @@ pub struct DatabaseConfig {
     pub location: crate::db::Location,
     /// Most connections the read pool opens (`database.poolSize`).
     pub pool_size: u32,
+}
+
+/// Shows the URL without its password: a configuration printed for debugging must not leak it.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::db::postgres::without_password(&self.url))
+            .field("location", &self.location)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// One whitelisted script.

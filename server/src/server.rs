@@ -21,11 +21,17 @@ use crate::runs::RunManager;
 /// Start-up order matters: migrations, the upstream import and crash recovery all finish
 /// before the port is bound, so no request sees a half-recovered state. The bound address is
 /// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
+///
+/// A database that cannot be used at start (unreachable, refused, missing, too old) is an
+/// error of one line naming the problem and the database (never its password). On PostgreSQL,
+/// if the database's advisory lock is lost to another server while serving (see
+/// [`crate::db::PgLock`]), the server stops as at SIGTERM and returns that as its error.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let _lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
-    let store = Store::open_sized(&config.database.location, config.database.pool_size)
-        .with_context(|| format!("database {}", config.database.url))?;
+    let lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
+    let lock_lost = lock.lost();
+    // The error names the database (a SQLite path, a URL without its password) and the problem.
+    let store = Store::open_sized(&config.database.location, config.database.pool_size)?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
     let jobs = JobManager::new(Arc::clone(&config), store.clone())?;
@@ -49,6 +55,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
     let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone() };
+    let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
+    let stop_reason = Arc::clone(&stopped_for);
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         let server = HttpServer::new(move || {
@@ -69,7 +77,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         runs.resume_all();
         let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
         actix_web::rt::spawn(async move {
-            wait_for_signal().await;
+            tokio::select! {
+                () = wait_for_signal() => {}
+                reason = lock_lost_to_another(lock_lost) => {
+                    let _ = stop_reason.set(reason);
+                }
+            }
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
             // The HTTP workers keep serving reads (and supervising their jobs) meanwhile.
             // Workflow executions stop first (they stay running and resume at the next start);
@@ -83,7 +96,22 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         server.await
     })?;
     info!("stopped");
-    Ok(())
+    drop(lock);
+    match stopped_for.get() {
+        Some(reason) => Err(anyhow::Error::msg(reason.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with why the database lock was lost to another server; never, if it is not (or
+/// cannot be: a SQLite file's lock).
+async fn lock_lost_to_another(lost: Option<tokio::sync::watch::Receiver<Option<String>>>) -> String {
+    if let Some(mut lost) = lost {
+        if let Ok(reason) = lost.wait_for(Option::is_some).await {
+            return reason.clone().unwrap_or_default();
+        }
+    }
+    std::future::pending().await
 }
 
 async fn wait_for_signal() {

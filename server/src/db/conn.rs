@@ -20,7 +20,9 @@ pub enum DbConnection {
 }
 
 impl DbConnection {
-    /// Opens the connection the location names, with its per-connection settings applied.
+    /// Opens the connection the location names, with its per-connection settings applied (on
+    /// PostgreSQL, the time-outs of [`super::postgres::connect_url`]). An error's text is
+    /// libpq's: pass it through [`Location::redact`] before showing it.
     pub fn open(location: &Location) -> ConnectionResult<DbConnection> {
         match location {
             Location::Sqlite(path) => {
@@ -28,7 +30,9 @@ impl DbConnection {
                 apply_pragmas(&mut conn).map_err(|e| ConnectionError::BadConnection(format!("pragmas: {e}")))?;
                 Ok(DbConnection::Sqlite(conn))
             }
-            Location::Postgres(url) => Ok(DbConnection::Pg(PgConnection::establish(url)?)),
+            Location::Postgres(url) => {
+                Ok(DbConnection::Pg(PgConnection::establish(&super::postgres::connect_url(url))?))
+            }
         }
     }
 }
@@ -69,5 +73,45 @@ impl r2d2::ManageConnection for Manager {
 
     fn has_broken(&self, conn: &mut DbConnection) -> bool {
         conn.is_broken()
+    }
+}
+
+/// How often the pool's failures to open a connection are logged: r2d2 retries them several
+/// times a second while a request waits, and an outage would fill the log.
+const POOL_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Logs the pool's failures to open a connection (r2d2 retries them until a request's
+/// connection time-out) at warning level, on one line, without a password, and at most once
+/// every [`POOL_ERROR_LOG_EVERY`] (with how many were not logged).
+#[derive(Debug)]
+pub struct PoolErrors {
+    location: Location,
+    /// When one was last logged, and how many since.
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl PoolErrors {
+    pub fn new(location: Location) -> PoolErrors {
+        PoolErrors { location, last: std::sync::Mutex::new((None, 0)) }
+    }
+}
+
+impl r2d2::HandleError<r2d2::Error> for PoolErrors {
+    fn handle_error(&self, error: r2d2::Error) {
+        let unreported = {
+            let mut last = crate::sync::lock(&self.last);
+            if last.0.is_some_and(|at| at.elapsed() < POOL_ERROR_LOG_EVERY) {
+                last.1 += 1;
+                return;
+            }
+            last.0 = Some(std::time::Instant::now());
+            std::mem::take(&mut last.1)
+        };
+        let message = super::postgres::one_line(&self.location.redact(&error.to_string()));
+        let since = match unreported {
+            0 => String::new(),
+            n => format!(" ({n} more since the last one logged)"),
+        };
+        log::warn!("database: cannot open a read connection: {message}{since}");
     }
 }

@@ -1,14 +1,23 @@
 //! Where the database is: the backend a `database.url` names, and what being the one server
 //! on it takes. The rest of the service names no database engine: it holds a [`Location`],
-//! opens a `Store` on it, whose `Store::deployment` marks its processes.
+//! opens a `Store` on it, and takes its [`Location::deployment`] as the mark of its processes.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
+use diesel::{Connection, OptionalExtension, PgConnection, RunQueryDsl};
+use log::{error, info, warn};
 use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::watch;
+
+use super::postgres::{self, without_password};
+use crate::sync::lock;
 
 /// A database the service can run on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// An embedded SQLite file (`sqlite://<path>`, relative to the config's folder).
     Sqlite(PathBuf),
@@ -16,16 +25,42 @@ pub enum Location {
     Postgres(String),
 }
 
+/// Shows a PostgreSQL URL without its password: a location printed for debugging must not
+/// leak it either.
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Location::Postgres(url) => f.debug_tuple("Postgres").field(&without_password(url)).finish(),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The location as a URL without its password: what output and errors may show.
+    /// SQLite: `sqlite://<path>`; PostgreSQL: the URL as given, less its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Location::Postgres(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
 /// Held while the server runs: no second server takes the same database.
 pub enum DatabaseLock {
     /// An exclusive lock on `<file>.lock`.
     File(Flock<File>),
-    /// A session-level advisory lock, held as long as this connection is open.
-    Postgres(diesel::PgConnection),
+    /// A session-level advisory lock, held on a connection of its own that a thread watches
+    /// (see [`PgLock`]).
+    Postgres(PgLock),
 }
 
 /// The advisory lock key a server takes on its PostgreSQL database ("scrrunnr" in ASCII).
 const ADVISORY_LOCK_KEY: i64 = 0x7363_7272_756e_6e72;
+
+/// How often the connection that holds the advisory lock is checked.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(diesel::QueryableByName)]
 struct Locked {
@@ -35,8 +70,7 @@ struct Locked {
 
 impl Location {
     /// The database `url` names (`sqlite://<path>` or `sqlite:<path>`; a relative path is taken
-    /// from `base`); the error says what is wrong with the URL (without its password), for the
-    /// caller to say where the URL came from (`database.url`, `--from`).
+    /// from `base`); the error says what is wrong with the URL, for the config error.
     pub fn parse(url: &str, base: &Path) -> Result<Location, String> {
         let path = if let Some(rest) = url.strip_prefix("sqlite://") {
             rest
@@ -70,8 +104,9 @@ impl Location {
         format!("sqlite://{}", base.join("script-runner.db").display())
     }
 
-    /// The location as logs and errors may show it: the SQLite file's path, or the PostgreSQL
-    /// URL without its password. (The deployment's marker is [`crate::db::Store::deployment`].)
+    /// A name for the deployment that uses this database, stable across restarts: every
+    /// process the server starts carries it (`SCRIPT_RUNNER_DB`), so crash recovery finds
+    /// its own orphans and never another deployment's.
     pub fn deployment(&self) -> String {
         match self {
             Location::Sqlite(path) => path.display().to_string(),
@@ -79,18 +114,19 @@ impl Location {
         }
     }
 
-    /// `text` with every password of this location's URL replaced by `***`: for an error from
-    /// the driver, which may quote the URL it could not parse. SQLite paths hold no password.
-    pub fn redact(&self, text: &str) -> String {
+    /// `message` (from libpq or a server) without the password of this location's URL.
+    pub fn redact(&self, message: &str) -> String {
         match self {
-            Location::Sqlite(_) => text.to_string(),
-            Location::Postgres(url) => redact(url, text),
+            Location::Sqlite(_) => message.to_string(),
+            Location::Postgres(url) => postgres::redact(message, url),
         }
     }
 
-    /// Takes the database for this server: an exclusive lock on `<file>.lock`, held while the
-    /// returned guard lives. Two servers on one database would each mistake the other's jobs
-    /// for orphans of a crash and kill them.
+    /// Takes the database for this server: an exclusive lock on `<file>.lock`, or on
+    /// PostgreSQL a session advisory lock, held while the returned guard lives. Two servers on
+    /// one database would each mistake the other's jobs for orphans of a crash and kill them.
+    /// On PostgreSQL this is the first connection of a start: its error is the one line that
+    /// says what is wrong (see [`postgres::connect_checked`]).
     pub fn lock(&self) -> Result<DatabaseLock, String> {
         let database = match self {
             Location::Sqlite(path) => path,
@@ -113,106 +149,213 @@ impl Location {
     }
 }
 
-/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own.
+/// The advisory lock of a PostgreSQL database, on a connection of its own. A restart of the
+/// server (or a network cut) closes that connection, and PostgreSQL then releases the lock; a
+/// thread checks the connection every [`LOCK_CHECK_EVERY`] and, once it is lost, reconnects
+/// (every few seconds, as long as it takes) and takes the lock again. If another server took
+/// it meanwhile, two servers would share the database: the thread logs an error and reports
+/// it through [`PgLock::lost`], and the server stops (see `server::serve`).
+pub struct PgLock {
+    keeper: Arc<LockKeeper>,
+    lost: watch::Receiver<Option<String>>,
+}
+
+struct LockKeeper {
+    url: String,
+    /// The connection holding the lock and its session; `None` while the lock is being taken
+    /// again, or once the guard is dropped.
+    conn: Mutex<Option<(PgConnection, Session)>>,
+    /// Set when the guard is dropped: the thread stops.
+    stopped: AtomicBool,
+    wake: Condvar,
+    lost: watch::Sender<Option<String>>,
+}
+
+impl PgLock {
+    /// Resolves to why the lock was lost to another server (it never resolves otherwise).
+    pub fn lost(&self) -> watch::Receiver<Option<String>> {
+        self.lost.clone()
+    }
+}
+
+impl Drop for PgLock {
+    /// Releases the lock at once (closing its connection) and stops the thread.
+    fn drop(&mut self) {
+        self.keeper.stopped.store(true, Ordering::Release);
+        drop(lock(&self.keeper.conn).take());
+        self.keeper.wake.notify_all();
+    }
+}
+
+impl DatabaseLock {
+    /// Resolves when the lock was lost to another server, with why; a file lock is never lost.
+    pub fn lost(&self) -> Option<watch::Receiver<Option<String>>> {
+        match self {
+            DatabaseLock::File(_) => None,
+            DatabaseLock::Postgres(lock) => Some(lock.lost()),
+        }
+    }
+}
+
+/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own, and
+/// starts the thread that keeps it (see [`PgLock`]).
 fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
-    use diesel::{Connection, RunQueryDsl};
     let shown = without_password(url);
-    // The driver's errors may quote the URL it was given: never with its password.
-    let mut conn =
-        diesel::PgConnection::establish(url).map_err(|e| redact(url, &format!("cannot connect to {shown}: {e}")))?;
+    let mut conn = postgres::connect_checked(url)?;
+    let session = match try_advisory_lock(&mut conn) {
+        Ok(Some(session)) => session,
+        Ok(None) => return Err(format!("{shown} is locked: another script-runner is using this database")),
+        Err(e) => return Err(format!("cannot take the advisory lock on {shown}: {e}")),
+    };
+    let (lost_tx, lost) = watch::channel(None);
+    let keeper = Arc::new(LockKeeper {
+        url: url.to_string(),
+        conn: Mutex::new(Some((conn, session))),
+        stopped: AtomicBool::new(false),
+        wake: Condvar::new(),
+        lost: lost_tx,
+    });
+    let thread_keeper = Arc::clone(&keeper);
+    std::thread::Builder::new()
+        .name("db-lock".into())
+        .spawn(move || keep_lock(&thread_keeper))
+        .map_err(|e| format!("cannot start the thread that keeps the database lock: {e}"))?;
+    Ok(DatabaseLock::Postgres(PgLock { keeper, lost }))
+}
+
+/// A server process of PostgreSQL (one per connection): its pid and start time, which tell
+/// it from a later process with the same pid.
+#[derive(diesel::QueryableByName, Debug, Clone, PartialEq, Eq)]
+struct Session {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pid: i32,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    started: String,
+}
+
+/// `pg_try_advisory_lock` on the service's key: the session of this connection if it now holds
+/// the lock, `None` if another does. The error is on one line, without a password.
+fn try_advisory_lock(conn: &mut PgConnection) -> Result<Option<Session>, String> {
     let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
         .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
-        .get_result(&mut conn)
-        .map_err(|e| redact(url, &format!("cannot take the advisory lock on {shown}: {e}")))?;
+        .get_result(conn)
+        .map_err(|e| postgres::one_line(&e.to_string()))?;
     if !locked.locked {
-        return Err(format!("{shown} is locked: another script-runner is using this database"));
+        return Ok(None);
     }
-    Ok(DatabaseLock::Postgres(conn))
+    let session: Session = diesel::sql_query(
+        "SELECT pid, coalesce(backend_start::text, '') AS started FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+    )
+    .get_result(conn)
+    .map_err(|e| postgres::one_line(&e.to_string()))?;
+    Ok(Some(session))
 }
 
-impl std::fmt::Display for Location {
-    /// The location as a URL without its password: what output and errors may show.
-    /// SQLite: `sqlite://<path>`; PostgreSQL: the URL as given, less its password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
-            Location::Postgres(url) => f.write_str(&without_password(url)),
+/// The session that holds the service's advisory lock, if any (its start time is empty when
+/// it is another role's, which this role may not see).
+fn lock_holder(conn: &mut PgConnection) -> Result<Option<Session>, String> {
+    let high = ADVISORY_LOCK_KEY >> 32;
+    let low = ADVISORY_LOCK_KEY & 0xffff_ffff;
+    diesel::sql_query(
+        "SELECT l.pid, coalesce(a.backend_start::text, '') AS started FROM pg_locks l \
+         LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.classid::bigint = $1 AND l.objid::bigint = $2 \
+         AND l.objsubid = 1 AND l.granted",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(high)
+    .bind::<diesel::sql_types::BigInt, _>(low)
+    .get_result(conn)
+    .optional()
+    .map_err(|e| postgres::one_line(&e.to_string()))
+}
+
+/// What an attempt to take the lock again found.
+enum Retake {
+    /// The lock is ours again, on this connection.
+    Taken(PgConnection, Session),
+    /// Our own lost session still holds it (the server has not noticed the connection is
+    /// gone): it was told to end; try again shortly.
+    Stale,
+    /// Another session holds it.
+    TakenByOther,
+}
+
+/// One attempt to take the lock again after its connection was lost, `old` being the session
+/// that held it.
+fn retake(url: &str, old: &Session) -> Result<Retake, String> {
+    let mut conn = PgConnection::establish(&postgres::connect_url(url))
+        .map_err(|e| postgres::one_line(&postgres::redact(&e.to_string(), url)))?;
+    if let Some(session) = try_advisory_lock(&mut conn)? {
+        return Ok(Retake::Taken(conn, session));
+    }
+    match lock_holder(&mut conn)? {
+        Some(holder) if holder == *old => {
+            diesel::sql_query("SELECT pg_terminate_backend($1)")
+                .bind::<diesel::sql_types::Integer, _>(old.pid)
+                .execute(&mut conn)
+                .map_err(|e| postgres::one_line(&e.to_string()))?;
+            Ok(Retake::Stale)
         }
+        // Released between the two queries: the next attempt takes it.
+        None => Ok(Retake::Stale),
+        Some(_) => Ok(Retake::TakenByOther),
     }
 }
 
-/// The URL with its passwords (if any) left out, for logs and the deployment marker: the one in
-/// its user info and a `password=` query parameter. The user info ends at the *last* `@`, so a
-/// password holding an unencoded `@` is still left out whole.
-fn without_password(url: &str) -> String {
-    let (url, query) = url.split_once('?').map_or((url, None), |(url, query)| (url, Some(query)));
-    let mut shown = match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
-        Some((scheme, (userinfo, host))) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}@{host}")
-        }
-        None => url.to_string(),
-    };
-    if let Some(query) = query {
-        let kept: Vec<&str> = query.split('&').filter(|param| !param.starts_with("password=")).collect();
-        if !kept.is_empty() {
-            shown = format!("{shown}?{}", kept.join("&"));
-        }
-    }
-    shown
-}
-
-/// The passwords a URL holds, as written: in its user info and in `password=` parameters.
-fn passwords(url: &str) -> Vec<String> {
-    let (url, query) = url.split_once('?').map_or((url, None), |(url, query)| (url, Some(query)));
-    let mut found = Vec::new();
-    if let Some((_, rest)) = url.split_once("://") {
-        if let Some((userinfo, _)) = rest.rsplit_once('@') {
-            if let Some((_, password)) = userinfo.split_once(':') {
-                found.push(password.to_string());
+/// The thread of [`PgLock`].
+fn keep_lock(keeper: &LockKeeper) {
+    let shown = without_password(&keeper.url);
+    loop {
+        // Check the connection every LOCK_CHECK_EVERY (the guard's drop wakes it early).
+        let lost_session = {
+            let held = lock(&keeper.conn);
+            let mut held = keeper.wake.wait_timeout(held, LOCK_CHECK_EVERY).unwrap_or_else(|e| e.into_inner()).0;
+            if keeper.stopped.load(Ordering::Acquire) {
+                return;
             }
-        }
-    }
-    for param in query.unwrap_or_default().split('&') {
-        if let Some(password) = param.strip_prefix("password=") {
-            found.push(password.to_string());
-        }
-    }
-    found
-}
-
-/// `text` with every password of `url` (as written and percent-decoded) replaced by `***`.
-fn redact(url: &str, text: &str) -> String {
-    let mut text = text.to_string();
-    for password in passwords(url) {
-        for form in [percent_decoded(&password), password] {
-            if !form.is_empty() {
-                text = text.replace(&form, "***");
+            let Some((conn, _)) = held.as_mut() else { return };
+            if diesel::sql_query("SELECT 1").execute(conn).is_ok() {
+                continue;
             }
+            held.take().map(|(_, session)| session)
+        };
+        let Some(old) = lost_session else { return };
+        warn!("the connection holding the advisory lock on {shown} is lost; taking the lock again once it is back");
+        let mut wait = Duration::from_millis(250);
+        loop {
+            if keeper.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            match retake(&keeper.url, &old) {
+                Ok(Retake::Taken(conn, session)) => {
+                    let mut held = lock(&keeper.conn);
+                    if keeper.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    *held = Some((conn, session));
+                    info!("took the advisory lock on {shown} again");
+                    break;
+                }
+                Ok(Retake::TakenByOther) => {
+                    let why = format!(
+                        "another session took the advisory lock on {shown} while this server's connection was \
+                         lost (another script-runner?): two servers must not share a database; this one stops"
+                    );
+                    error!("{why}");
+                    keeper.lost.send_replace(Some(why));
+                    return;
+                }
+                Ok(Retake::Stale) => {
+                    warn!("the advisory lock on {shown} is still held by this server's lost session; ended it");
+                    wait = Duration::from_millis(250);
+                }
+                Err(e) => log::debug!("taking the advisory lock on {shown} again: {e}"),
+            }
+            let guard = lock(&keeper.conn);
+            drop(keeper.wake.wait_timeout(guard, wait).unwrap_or_else(|e| e.into_inner()));
+            wait = (wait * 2).min(LOCK_CHECK_EVERY);
         }
     }
-    text
-}
-
-/// `%XX` escapes decoded (as the driver decodes them), invalid ones left as they are.
-fn percent_decoded(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -228,8 +371,6 @@ mod tests {
         assert_eq!(Location::Postgres("postgres://u:secret@h:5/db".into()).deployment(), "postgres://u@h:5/db");
         assert!(Location::parse("mysql://h/db", base).is_err_and(|e| e.contains("unsupported")));
         assert!(Location::parse("sqlite://", base).is_err_and(|e| e.contains("names no file")));
-        let refused = Location::parse("mysql://u:secret@h/db", base).expect_err("unsupported");
-        assert!(!refused.contains("secret"), "{refused}");
     }
 
     #[test]
@@ -240,9 +381,10 @@ mod tests {
         assert_eq!(shown("postgres://h/db?user=u&password=secret&sslmode=off"), "postgres://h/db?user=u&sslmode=off");
         assert_eq!(shown("postgres://h/db?password=secret"), "postgres://h/db");
         assert_eq!(Location::Sqlite("/var/sr/a.db".into()).to_string(), "sqlite:///var/sr/a.db");
-        let location = Location::Postgres("postgres://u:s%40cret@h/db?password=other".into());
-        assert_eq!(location.redact("bad token \"s%40cret\", s@cret, other"), "bad token \"***\", ***, ***");
-        assert_eq!(Location::Sqlite("/a".into()).redact("secret"), "secret");
+        let refused = Location::parse("mysql://u:secret@h/db", Path::new("/")).expect_err("unsupported");
+        assert!(!refused.contains("secret"), "{refused}");
+        let location = Location::Postgres("postgres://u:s3cret@h/db".into());
+        assert!(!location.redact("bad token \"s3cret\"").contains("s3cret"));
     }
 
     #[test]

@@ -12,15 +12,17 @@
 
 mod conn;
 mod copy;
+mod health;
 mod job_rows;
 mod location;
 mod models;
+pub mod postgres;
 mod runs;
 mod schema;
 mod writer;
 
 pub use copy::{copy_history, Copied, CopyError};
-pub use location::{DatabaseLock, Location};
+pub use location::{DatabaseLock, Location, PgLock};
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,7 +36,7 @@ use crate::jobs::model::Job;
 use crate::runs::model::{JournalEntry, Run};
 use models::{JobRow, RunRow, StepRow};
 use schema::{imports, jobs, script_run_journal, script_runs};
-pub use writer::{Pending, WriteOp, Writer};
+pub use writer::{OnOutage, Pending, WriteOp, Writer, RETRY_BOUND};
 
 pub use conn::DbConnection;
 
@@ -43,17 +45,24 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqli
 /// PostgreSQL's migrations (the same final schema in its own types), applied at startup.
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
 
-/// A storage failure. None of these is the client's fault: the HTTP layer answers 500.
+/// A storage failure. None of these is the client's fault: the HTTP layer answers 500, but
+/// `503 STORE_UNAVAILABLE` for [`StoreError::Unavailable`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached (PostgreSQL only: the server is down or restarting, the
+    /// network is cut): no connection could be had, or it was lost during the statement. The
+    /// request may be tried again later; a SQLite error is never this.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
     /// No connection could be had from the pool.
     #[error("database pool: {0}")]
     Pool(#[from] diesel::r2d2::PoolError),
     /// A query failed.
     #[error("database query: {0}")]
     Query(#[from] diesel::result::Error),
-    /// Opening the database or applying migrations failed.
-    #[error("database setup: {0}")]
+    /// Opening the database or applying migrations failed (the text names the database and
+    /// what is wrong, on one line: it is what the server prints when it cannot start).
+    #[error("{0}")]
     Setup(String),
     /// A write failed in the writer thread.
     #[error("database write: {0}")]
@@ -79,6 +88,13 @@ fn writer_lanes(pool_size: u32) -> u32 {
 /// The most `database.poolSize` may be.
 pub const MAX_POOL_SIZE: u32 = 64;
 
+/// How long a read waits for a PostgreSQL connection from the pool before the request is
+/// answered `503 STORE_UNAVAILABLE`: a few seconds, so a lost database is told promptly, not
+/// after a client's own time-out.
+const PG_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for SQLite, where a connection is only ever waited for while all are busy.
+const SQLITE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Read access (a pool) and write access (the group-commit writer) to the database.
 #[derive(Clone)]
 pub struct Store {
@@ -86,6 +102,10 @@ pub struct Store {
     writer: Writer,
     /// This deployment's marker (see [`Store::deployment`]).
     deployment: std::sync::Arc<str>,
+    /// What the last reads and commits saw of the database.
+    health: std::sync::Arc<health::Health>,
+    /// Where the database is (errors are redacted with it).
+    location: std::sync::Arc<Location>,
 }
 
 /// Filters for [`Store::list_jobs`].
@@ -132,30 +152,43 @@ impl Store {
         }
     }
 
-    /// Connects to a PostgreSQL database and applies its migrations.
+    /// Connects to a PostgreSQL database (checking its version) and applies its migrations.
     fn open_postgres(location: &Location, pool_size: u32) -> Result<Store, StoreError> {
+        let Location::Postgres(url) = location else {
+            return Err(StoreError::Setup("not a PostgreSQL location".into()));
+        };
         let shown = location.deployment();
+        let setup = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Setup(format!("{what} on {shown}: {}", postgres::one_line(&location.redact(&e.to_string()))))
+        };
         let mut conn = open_migrated(location)?;
-        let deployment =
-            deployment_id(&mut conn).map_err(|e| StoreError::Setup(format!("deployment id on {shown}: {e}")))?;
+        let deployment = deployment_id(&mut conn).map_err(|e| setup("deployment id", &e))?;
         let pool = Pool::builder()
             .max_size(pool_size)
             .min_idle(Some(1))
             .idle_timeout(Some(Duration::from_secs(60)))
-            .connection_timeout(Duration::from_secs(10))
+            .connection_timeout(PG_CONNECTION_TIMEOUT)
+            .error_handler(Box::new(conn::PoolErrors::new(location.clone())))
             .build(conn::Manager::new(location.clone()))
-            .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
+            .map_err(|e| setup("read pool", &e))?;
         // Writers in parallel, one connection per lane (see db::writer), besides the readers.
         let mut conns = vec![conn];
         for _ in 1..writer_lanes(pool_size) {
             conns.push(
                 DbConnection::open(location)
-                    .map_err(|e| StoreError::Setup(format!("cannot connect to {shown}: {e}")))?,
+                    .map_err(|e| StoreError::Setup(postgres::connect_error(url, &e.to_string())))?,
             );
         }
-        let writer =
-            Writer::start(conns).map_err(|e| StoreError::Setup(format!("cannot start the writer threads: {e}")))?;
-        Ok(Store { pool, writer, deployment: format!("postgres:{deployment}").into() })
+        let health = std::sync::Arc::new(health::Health::new(true));
+        let writer = Writer::start(conns, Some(location.clone()), std::sync::Arc::clone(&health))
+            .map_err(|e| StoreError::Setup(format!("cannot start the writer threads: {e}")))?;
+        Ok(Store {
+            pool,
+            writer,
+            deployment: format!("postgres:{deployment}").into(),
+            health,
+            location: std::sync::Arc::new(location.clone()),
+        })
     }
 
     /// Opens (creating if needed) a SQLite file.
@@ -168,12 +201,20 @@ impl Store {
             .max_size(pool_size)
             .min_idle(Some(1))
             .idle_timeout(Some(Duration::from_secs(60)))
-            .connection_timeout(Duration::from_secs(10))
-            .build(conn::Manager::new(location))
+            .connection_timeout(SQLITE_CONNECTION_TIMEOUT)
+            .build(conn::Manager::new(location.clone()))
             .map_err(|e| StoreError::Setup(format!("pool: {e}")))?;
-        let writer =
-            Writer::start(vec![conn]).map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { pool, writer, deployment: path.display().to_string().into() })
+        // A file cannot be lost like a server: no reconnection, health not tracked.
+        let health = std::sync::Arc::new(health::Health::new(false));
+        let writer = Writer::start(vec![conn], None, std::sync::Arc::clone(&health))
+            .map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            pool,
+            writer,
+            deployment: path.display().to_string().into(),
+            health,
+            location: std::sync::Arc::new(location),
+        })
     }
 
     /// A name for the deployment that uses this database, stable across restarts: every
@@ -190,217 +231,283 @@ impl Store {
         &self.writer
     }
 
+    /// Whether the database answered within the last second (a read or a commit) and no writer
+    /// lane is without it: then [`Store::probe`] is not needed before starting work. Always
+    /// true on SQLite.
+    pub fn recently_available(&self) -> bool {
+        self.health.vouched()
+    }
+
+    /// Asks the database whether it answers (a pooled connection, checked as r2d2 checks every
+    /// connection it hands out): [`StoreError::Unavailable`] within the pool's connection
+    /// time-out if not. Blocking.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.read(|_| Ok(()))
+    }
+
+    /// A pooled connection; on PostgreSQL, none within the time-out is
+    /// [`StoreError::Unavailable`].
+    fn conn(&self) -> Result<diesel::r2d2::PooledConnection<conn::Manager>, StoreError> {
+        match self.pool.get() {
+            Ok(conn) => Ok(conn),
+            Err(e) if self.health.tracked() => {
+                Err(StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string()))))
+            }
+            Err(e) => Err(StoreError::Pool(e)),
+        }
+    }
+
+    /// Runs one read on a pooled connection. On PostgreSQL a statement that failed because the
+    /// connection was lost is [`StoreError::Unavailable`] (the pool drops that connection at
+    /// its next check-out).
+    fn read<T>(&self, f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        match f(&mut conn) {
+            Ok(value) => {
+                self.health.saw_ok();
+                Ok(value)
+            }
+            Err(StoreError::Query(e)) if self.health.tracked() && self.lost(&mut conn, &e) => {
+                Err(StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string()))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a statement failed because the connection is gone, not because of the statement.
+    fn lost(&self, conn: &mut DbConnection, e: &diesel::result::Error) -> bool {
+        use diesel::r2d2::R2D2Connection;
+        postgres::is_connection_error(e) || conn.ping().is_err()
+    }
+
     /// One job by id.
     pub fn get_job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let row = jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(&mut conn).optional()?;
-        Ok(row.map(Job::from))
+        self.read(|conn| {
+            let row = jobs::table.filter(jobs::id.eq(id)).select(JobRow::as_select()).first(conn).optional()?;
+            Ok(row.map(Job::from))
+        })
     }
 
     /// The job started under this idempotency key, if any.
     pub fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let row = jobs::table
-            .filter(jobs::idempotency_key.eq(key))
-            .select(JobRow::as_select())
-            .first(&mut conn)
-            .optional()?;
-        Ok(row.map(Job::from))
+        self.read(|conn| {
+            let row =
+                jobs::table.filter(jobs::idempotency_key.eq(key)).select(JobRow::as_select()).first(conn).optional()?;
+            Ok(row.map(Job::from))
+        })
     }
 
     /// A page of jobs, newest first, and how many match in all.
     pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<Job>, i64), StoreError> {
-        let mut conn = self.pool.get()?;
-        let succeeded = filter.status.as_deref() == Some(SUCCEEDED);
-        // One filter for the page and its count. `status` leaves out succeeded jobs when
-        // `not_succeeded` is set: the terms that let SQLite read the partial status index.
-        let filtered = |status: Option<&str>, not_succeeded: bool| {
-            let mut query = jobs::table.into_boxed();
-            if let Some(status) = status {
-                query = query.filter(jobs::status.eq(status.to_string()));
-            }
-            if not_succeeded {
-                query = query.filter(not_succeeded_sql());
-            }
-            if let Some(script_id) = &filter.script_id {
-                query = query.filter(jobs::script_id.eq(script_id.clone()));
-            }
-            query
-        };
-        let status = filter.status.as_deref();
-        snapshot(&mut conn, |conn| {
-            let rows: Vec<JobRow> = filtered(status, status.is_some() && !succeeded)
-                .order(jobs::seq.desc())
-                .limit(filter.limit)
-                .offset(filter.offset)
-                .select(JobRow::as_select())
-                .load(conn)?;
-            let total: i64 = if succeeded {
-                // Succeeded jobs are not in the status index: all jobs less the others.
-                let all: i64 = filtered(None, false).count().get_result(conn)?;
-                let others: i64 = filtered(None, true).count().get_result(conn)?;
-                all - others
-            } else {
-                filtered(status, status.is_some()).count().get_result(conn)?
+        self.read(|conn| {
+            let succeeded = filter.status.as_deref() == Some(SUCCEEDED);
+            // One filter for the page and its count. `status` leaves out succeeded jobs when
+            // `not_succeeded` is set: the terms that let SQLite read the partial status index.
+            let filtered = |status: Option<&str>, not_succeeded: bool| {
+                let mut query = jobs::table.into_boxed();
+                if let Some(status) = status {
+                    query = query.filter(jobs::status.eq(status.to_string()));
+                }
+                if not_succeeded {
+                    query = query.filter(not_succeeded_sql());
+                }
+                if let Some(script_id) = &filter.script_id {
+                    query = query.filter(jobs::script_id.eq(script_id.clone()));
+                }
+                query
             };
-            Ok((rows.into_iter().map(Job::from).collect(), total))
+            let status = filter.status.as_deref();
+            snapshot(conn, |conn| {
+                let rows: Vec<JobRow> = filtered(status, status.is_some() && !succeeded)
+                    .order(jobs::seq.desc())
+                    .limit(filter.limit)
+                    .offset(filter.offset)
+                    .select(JobRow::as_select())
+                    .load(conn)?;
+                let total: i64 = if succeeded {
+                    // Succeeded jobs are not in the status index: all jobs less the others.
+                    let all: i64 = filtered(None, false).count().get_result(conn)?;
+                    let others: i64 = filtered(None, true).count().get_result(conn)?;
+                    all - others
+                } else {
+                    filtered(status, status.is_some()).count().get_result(conn)?
+                };
+                Ok((rows.into_iter().map(Job::from).collect(), total))
+            })
         })
     }
 
     /// Jobs not in a terminal status, oldest first: what recovery looks at after a restart.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let rows: Vec<JobRow> = jobs::table
-            .filter(jobs::status.eq_any(["queued", "running"]))
-            .filter(not_succeeded_sql())
-            .order(jobs::seq.asc())
-            .select(JobRow::as_select())
-            .load(&mut conn)?;
-        Ok(rows.into_iter().map(Job::from).collect())
+        self.read(|conn| {
+            let rows: Vec<JobRow> = jobs::table
+                .filter(jobs::status.eq_any(["queued", "running"]))
+                .filter(not_succeeded_sql())
+                .order(jobs::seq.asc())
+                .select(JobRow::as_select())
+                .load(conn)?;
+            Ok(rows.into_iter().map(Job::from).collect())
+        })
     }
 
     /// The highest row sequence number, so job ids keep increasing across restarts.
     pub fn max_seq(&self) -> Result<i64, StoreError> {
-        let mut conn = self.pool.get()?;
-        let max: Option<i64> = jobs::table.select(diesel::dsl::max(jobs::seq)).first(&mut conn)?;
-        Ok(max.unwrap_or(0))
+        self.read(|conn| {
+            let max: Option<i64> = jobs::table.select(diesel::dsl::max(jobs::seq)).first(conn)?;
+            Ok(max.unwrap_or(0))
+        })
     }
 
     /// Whether an upstream job store at this path was already imported.
     pub fn is_imported(&self, source: &str) -> Result<bool, StoreError> {
-        let mut conn = self.pool.get()?;
-        let n: i64 = imports::table.filter(imports::source.eq(source)).count().get_result(&mut conn)?;
-        Ok(n > 0)
+        self.read(|conn| {
+            let n: i64 = imports::table.filter(imports::source.eq(source)).count().get_result(conn)?;
+            Ok(n > 0)
+        })
     }
 
     /// One workflow run by id.
     pub fn get_run(&self, id: &str) -> Result<Option<Run>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let row = script_runs::table
-            .filter(script_runs::id.eq(id))
-            .select(RunRow::as_select())
-            .first(&mut conn)
-            .optional()?;
-        row.map(Run::try_from).transpose()
+        self.read(|conn| {
+            let row =
+                script_runs::table.filter(script_runs::id.eq(id)).select(RunRow::as_select()).first(conn).optional()?;
+            row.map(Run::try_from).transpose()
+        })
     }
 
     /// The run launched with this idempotency key, if any.
     pub fn run_by_idempotency_key(&self, key: &str) -> Result<Option<Run>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let row = script_runs::table
-            .filter(script_runs::idempotency_key.eq(key))
-            .select(RunRow::as_select())
-            .first(&mut conn)
-            .optional()?;
-        row.map(Run::try_from).transpose()
+        self.read(|conn| {
+            let row = script_runs::table
+                .filter(script_runs::idempotency_key.eq(key))
+                .select(RunRow::as_select())
+                .first(conn)
+                .optional()?;
+            row.map(Run::try_from).transpose()
+        })
     }
 
     /// A page of runs, newest first, and how many match in all.
     pub fn list_runs(&self, filter: &RunFilter) -> Result<(Vec<Run>, i64), StoreError> {
-        let mut conn = self.pool.get()?;
-        // One filter for the page and its count.
-        let filtered = || {
-            let mut query = script_runs::table.into_boxed();
-            if let Some(status) = &filter.status {
-                query = query.filter(script_runs::status.eq(status.clone()));
-            }
-            if let Some(name) = &filter.script_name {
-                query = query.filter(script_runs::script_name.eq(name.clone()));
-            }
-            query
-        };
-        let (rows, total) = snapshot(&mut conn, |conn| {
-            let rows = filtered()
-                .order(script_runs::seq.desc())
-                .limit(filter.limit)
-                .offset(filter.offset)
-                .select(RunRow::as_select())
-                .load(conn)?;
-            let total: i64 = filtered().count().get_result(conn)?;
-            Ok((rows, total))
-        })?;
-        Ok((runs::runs(rows)?, total))
+        self.read(|conn| {
+            // One filter for the page and its count.
+            let filtered = || {
+                let mut query = script_runs::table.into_boxed();
+                if let Some(status) = &filter.status {
+                    query = query.filter(script_runs::status.eq(status.clone()));
+                }
+                if let Some(name) = &filter.script_name {
+                    query = query.filter(script_runs::script_name.eq(name.clone()));
+                }
+                query
+            };
+            let (rows, total) = snapshot(conn, |conn| {
+                let rows = filtered()
+                    .order(script_runs::seq.desc())
+                    .limit(filter.limit)
+                    .offset(filter.offset)
+                    .select(RunRow::as_select())
+                    .load(conn)?;
+                let total: i64 = filtered().count().get_result(conn)?;
+                Ok((rows, total))
+            })?;
+            Ok((runs::runs(rows)?, total))
+        })
     }
 
     /// Runs not in a terminal status, oldest first (what the server resumes at start).
     pub fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
-        let mut conn = self.pool.get()?;
-        runs::runs(
-            script_runs::table
-                .filter(script_runs::status.eq_any(["running", "awaiting", "paused"]))
-                .order(script_runs::seq.asc())
-                .select(RunRow::as_select())
-                .load(&mut conn)?,
-        )
+        self.read(|conn| {
+            runs::runs(
+                script_runs::table
+                    .filter(script_runs::status.eq_any(["running", "awaiting", "paused"]))
+                    .order(script_runs::seq.asc())
+                    .select(RunRow::as_select())
+                    .load(conn)?,
+            )
+        })
     }
 
     /// The highest run sequence number, so run ids keep increasing across restarts.
     pub fn max_run_seq(&self) -> Result<i64, StoreError> {
-        let mut conn = self.pool.get()?;
-        let max: Option<i64> = script_runs::table.select(diesel::dsl::max(script_runs::seq)).first(&mut conn)?;
-        Ok(max.unwrap_or(0))
+        self.read(|conn| {
+            let max: Option<i64> = script_runs::table.select(diesel::dsl::max(script_runs::seq)).first(conn)?;
+            Ok(max.unwrap_or(0))
+        })
     }
 
     /// One journal entry.
     pub fn get_step(&self, run_id: &str, step_key: &str) -> Result<Option<JournalEntry>, StoreError> {
-        let mut conn = self.pool.get()?;
-        let row = script_run_journal::table
-            .filter(script_run_journal::run_id.eq(run_id))
-            .filter(script_run_journal::step_key.eq(step_key))
-            .select(StepRow::as_select())
-            .first(&mut conn)
-            .optional()?;
-        row.map(JournalEntry::try_from).transpose()
+        self.read(|conn| {
+            let row = script_run_journal::table
+                .filter(script_run_journal::run_id.eq(run_id))
+                .filter(script_run_journal::step_key.eq(step_key))
+                .select(StepRow::as_select())
+                .first(conn)
+                .optional()?;
+            row.map(JournalEntry::try_from).transpose()
+        })
     }
 
     /// A run's whole journal, in journal order.
     pub fn journal(&self, run_id: &str) -> Result<Vec<JournalEntry>, StoreError> {
-        let mut conn = self.pool.get()?;
-        runs::entries(
-            script_run_journal::table
-                .filter(script_run_journal::run_id.eq(run_id))
-                .order(script_run_journal::seq.asc())
-                .select(StepRow::as_select())
-                .load(&mut conn)?,
-        )
+        self.read(|conn| {
+            runs::entries(
+                script_run_journal::table
+                    .filter(script_run_journal::run_id.eq(run_id))
+                    .order(script_run_journal::seq.asc())
+                    .select(StepRow::as_select())
+                    .load(conn)?,
+            )
+        })
     }
 
     /// How many entries a run's journal holds, in all and of one step type, and the highest
     /// journal sequence number (guardrails and ordering start from these).
     pub fn journal_counts(&self, run_id: &str, step_type: &str) -> Result<(i64, i64, i64), StoreError> {
         use script_run_journal::dsl as j;
-        let mut conn = self.pool.get()?;
-        let total: i64 = j::script_run_journal.filter(j::run_id.eq(run_id)).count().get_result(&mut conn)?;
-        let of_type: i64 = j::script_run_journal
-            .filter(j::run_id.eq(run_id))
-            .filter(j::step_type.eq(step_type))
-            .count()
-            .get_result(&mut conn)?;
-        let max: Option<i64> =
-            j::script_run_journal.filter(j::run_id.eq(run_id)).select(diesel::dsl::max(j::seq)).first(&mut conn)?;
-        Ok((total, of_type, max.unwrap_or(0)))
+        self.read(|conn| {
+            let total: i64 = j::script_run_journal.filter(j::run_id.eq(run_id)).count().get_result(conn)?;
+            let of_type: i64 = j::script_run_journal
+                .filter(j::run_id.eq(run_id))
+                .filter(j::step_type.eq(step_type))
+                .count()
+                .get_result(conn)?;
+            let max: Option<i64> =
+                j::script_run_journal.filter(j::run_id.eq(run_id)).select(diesel::dsl::max(j::seq)).first(conn)?;
+            Ok((total, of_type, max.unwrap_or(0)))
+        })
     }
 }
 
 /// One connection to the database with every migration applied: what a server opens first, and
-/// what `migrate-db` copies from and into. A SQLite file (and its folder) is created if missing.
+/// what `migrate-db` copies from and into. A SQLite file (and its folder) is created if missing;
+/// a PostgreSQL server is checked first (reachable, password, database, version: one line each).
 fn open_migrated(location: &Location) -> Result<DbConnection, StoreError> {
-    let (verb, name, migrations) = match location {
+    match location {
         Location::Sqlite(path) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
             }
-            ("open", path.display().to_string(), MIGRATIONS)
+            let mut conn = DbConnection::open(location)
+                .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
+            conn.run_pending_migrations(MIGRATIONS)
+                .map_err(|e| StoreError::Setup(format!("migrations on {}: {e}", path.display())))?;
+            Ok(conn)
         }
-        Location::Postgres(_) => ("connect to", location.deployment(), PG_MIGRATIONS),
-    };
-    // The driver's errors may quote the URL it was given: never with its password.
-    let mut conn = DbConnection::open(location)
-        .map_err(|e| StoreError::Setup(location.redact(&format!("cannot {verb} {name}: {e}"))))?;
-    conn.run_pending_migrations(migrations)
-        .map_err(|e| StoreError::Setup(location.redact(&format!("migrations on {name}: {e}"))))?;
-    Ok(conn)
+        Location::Postgres(url) => {
+            let mut conn = DbConnection::Pg(postgres::connect_checked(url).map_err(StoreError::Setup)?);
+            conn.run_pending_migrations(PG_MIGRATIONS).map_err(|e| {
+                StoreError::Setup(format!(
+                    "migrations on {}: {}",
+                    location.deployment(),
+                    postgres::one_line(&location.redact(&e.to_string()))
+                ))
+            })?;
+            Ok(conn)
+        }
+    }
 }
 
 #[derive(QueryableByName)]

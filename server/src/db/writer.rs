@@ -26,6 +26,19 @@
 //! a job's id, a run's id for the run and its journal), so the writes of one object are still
 //! committed in the order they were sent; writes of different objects are not ordered with each
 //! other unless the caller awaited the first. [`WriteOp::Flush`] goes to every lane.
+//!
+//! A lost connection (PostgreSQL only: a server restarted, a network cut): the lane that finds
+//! it reconnects once at once and commits again. If the server is still away, the lane is
+//! *down*: its writes stay queued, in order, and its background thread reconnects with backoff
+//! and commits them when the server is back. A write is retried like this for at most
+//! [`RETRY_BOUND`] after it was sent; past that it is given up, logged at error level with the
+//! job or run it was for, and its waiter gets [`StoreError::Unavailable`]. A write sent with
+//! [`OnOutage::Refuse`] (a new job or run, whose request can be answered `503` with nothing
+//! started) is not retried: it fails at once while its lane is down, unless the database has
+//! answered since the lane lost it (a read or another lane's commit: the server is back); then
+//! the lane reconnects at once and the write waits for that one attempt. Waiters never commit on
+//! a lane that is down, so no request's thread is held by the retries. A SQLite write error is
+//! never a lost connection: it fails the write as before.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -34,12 +47,13 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use log::{error, warn};
+use log::{error, info, warn};
 use tokio::sync::oneshot;
 
+use super::health::Health;
 use super::models::{JobRow, NewImport, RunRow, StepRow};
 use super::schema::{imports, jobs, script_run_journal, script_runs};
-use super::{DbConnection, StoreError};
+use super::{postgres, DbConnection, Location, StoreError};
 use crate::sync::lock;
 
 /// Most writes committed in one transaction.
@@ -53,6 +67,28 @@ const MAX_ROUNDS: usize = 2;
 const CHECKPOINT_EVERY_COMMITS: u64 = 256;
 /// ... or this long after the first commit since the last checkpoint.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+/// How long a write is retried while its lane has lost the database (see the module doc):
+/// ten minutes, counted from when it was sent. Long enough for a server restart or a failover;
+/// short enough that a database gone for good does not hold the writes (and the memory) of the
+/// jobs that keep ending meanwhile. Past it, each write given up is logged at error level.
+pub const RETRY_BOUND: Duration = Duration::from_secs(600);
+/// The first wait of a lane that is down before it tries to reconnect; doubled after each
+/// failed attempt, up to [`RECONNECT_MAX_WAIT`].
+const RECONNECT_FIRST_WAIT: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts to reconnect: the database is back in service at
+/// most this long after it answers again.
+const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(4);
+
+/// What a write does when its lane has lost the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOutage {
+    /// Waits, retried until the database is back (at most [`RETRY_BOUND`]): for a state that
+    /// already happened (a job started or ended) and must be recorded.
+    Retry,
+    /// Fails at once with [`StoreError::Unavailable`]: for a write its request waits on before
+    /// anything is started (a new job or run), whose caller can be told `503` instead.
+    Refuse,
+}
 
 /// One write.
 #[derive(Debug, Clone)]
@@ -104,11 +140,28 @@ impl WriteOp {
     }
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
+type Ack = oneshot::Sender<Result<(), StoreError>>;
 
 struct Request {
     op: WriteOp,
     ack: Ack,
+    /// When it was sent ([`RETRY_BOUND`] counts from here).
+    sent: Instant,
+    on_outage: OnOutage,
+}
+
+/// A lane without its connection.
+struct Down {
+    /// When the connection was found lost.
+    since: Instant,
+    /// When the lane last failed to reach the database (Unix ms, to compare with the store's
+    /// [`Health::last_ok_ms`]).
+    since_ms: i64,
+    /// What the last attempt said (for the logs and the errors of writes given up).
+    reason: String,
+    /// When to try to reconnect next, and the wait after that if it fails.
+    next_attempt: Instant,
+    wait: Duration,
 }
 
 /// The queue and who is committing it.
@@ -131,6 +184,9 @@ struct Queue {
     senders_blocked: usize,
     /// Every [`Writer`] handle is gone: the background thread drains the queue and stops.
     closed: bool,
+    /// The lane has lost its connection (see the module doc); nobody but the background
+    /// thread commits meanwhile.
+    down: Option<Down>,
 }
 
 impl Queue {
@@ -152,6 +208,15 @@ struct Shared {
     role_free: Condvar,
     /// Wakes senders blocked on a full queue.
     space: Condvar,
+    /// Where to reconnect when the connection is lost; `None` for SQLite, whose errors are
+    /// never a lost connection.
+    reconnect: Option<Location>,
+    /// What the store's reads and the lanes saw of the database last.
+    health: Arc<Health>,
+    /// The lane's number, for the logs.
+    number: usize,
+    /// [`RETRY_BOUND`] (shorter in tests).
+    retry_bound: Duration,
 }
 
 /// Handle to the writer; cheap to clone. The background thread stops when every handle is
@@ -179,8 +244,23 @@ fn wait<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T>
 }
 
 impl Writer {
-    /// Starts the writer, one lane per connection (at least one).
-    pub fn start(conns: Vec<DbConnection>) -> std::io::Result<Writer> {
+    /// Starts the writer, one lane per connection (at least one). With `reconnect`, a lane that
+    /// loses its connection opens another on that location (see the module doc).
+    pub fn start(
+        conns: Vec<DbConnection>,
+        reconnect: Option<Location>,
+        health: Arc<Health>,
+    ) -> std::io::Result<Writer> {
+        Writer::start_bounded(conns, reconnect, health, RETRY_BOUND)
+    }
+
+    /// [`Writer::start`] with another retry bound than [`RETRY_BOUND`].
+    fn start_bounded(
+        conns: Vec<DbConnection>,
+        reconnect: Option<Location>,
+        health: Arc<Health>,
+        retry_bound: Duration,
+    ) -> std::io::Result<Writer> {
         let mut lanes = Vec::with_capacity(conns.len());
         for (n, mut conn) in conns.into_iter().enumerate() {
             // Checkpoints are the background thread's (see the module doc); a WAL that grew
@@ -199,6 +279,10 @@ impl Writer {
                 background: Condvar::new(),
                 role_free: Condvar::new(),
                 space: Condvar::new(),
+                reconnect: reconnect.clone(),
+                health: Arc::clone(&health),
+                number: n,
+                retry_bound,
             });
             let thread_shared = Arc::clone(&shared);
             let name = if n == 0 { "db-writer".to_string() } else { format!("db-writer-{n}") };
@@ -234,22 +318,43 @@ impl Writer {
         self.enqueue(op)?.wait_blocking()
     }
 
+    /// [`Writer::write`] with [`OnOutage::Refuse`]: fails at once with
+    /// [`StoreError::Unavailable`] when the database is lost, instead of waiting for it.
+    pub async fn write_or_refuse(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.enqueue_with(op, OnOutage::Refuse)?.wait().await
+    }
+
     /// Orders a write now and lets the caller wait for its commit later (for example after
     /// releasing a lock under which the order of writes was decided). Blocks while the queue
-    /// is full.
+    /// is full. Retried while the database is lost ([`OnOutage::Retry`]).
     pub fn enqueue(&self, op: WriteOp) -> Result<Pending, StoreError> {
+        self.enqueue_with(op, OnOutage::Retry)
+    }
+
+    /// [`Writer::enqueue`], choosing what the write does when the database is lost.
+    pub fn enqueue_with(&self, op: WriteOp, on_outage: OnOutage) -> Result<Pending, StoreError> {
         if matches!(op, WriteOp::Flush) && self.lanes.len() > 1 {
-            let parts = self.lanes.iter().map(|lane| enqueue_on(lane, WriteOp::Flush)).collect::<Result<_, _>>()?;
+            let parts =
+                self.lanes.iter().map(|lane| enqueue_on(lane, WriteOp::Flush, on_outage)).collect::<Result<_, _>>()?;
             return Ok(Pending { parts });
         }
-        Ok(Pending { parts: vec![enqueue_on(self.lane(&op), op)?] })
+        Ok(Pending { parts: vec![enqueue_on(self.lane(&op), op, on_outage)?] })
     }
 
     /// Commits everything queued and checkpoints the WAL into the database file, truncating
-    /// it (at shutdown: the next start then has no WAL to read). Blocks the calling thread.
+    /// it (at shutdown: the next start then has no WAL to read). Blocks the calling thread. A
+    /// lane still without the database tries once more to reconnect; what it cannot commit
+    /// then is given up, each write logged at error level.
     pub fn close(&self) {
         for lane in self.lanes.iter() {
-            Role::acquire(lane).commit_all();
+            let role = Role::acquire(lane);
+            role.commit_all();
+            if lock(&lane.queue).down.is_some() && role.restore() {
+                role.commit_all();
+            }
+            if lock(&lane.queue).down.is_some() {
+                role.give_up_all("the server stopped while the database was unreachable");
+            }
         }
         let mut conn = lock(&self.lanes[0].conn);
         let DbConnection::Sqlite(conn) = &mut *conn else { return };
@@ -262,11 +367,23 @@ impl Writer {
     }
 }
 
-/// Puts a write on one lane's queue; blocks while it is full.
-fn enqueue_on(shared: &Arc<Shared>, op: WriteOp) -> Result<Part, StoreError> {
+/// Puts a write on one lane's queue; blocks while it is full. A write that refuses an outage
+/// fails at once on a lane that is down, unless the database answered since the lane lost it:
+/// then it waits for an attempt to reconnect, made at once (see the module doc).
+fn enqueue_on(shared: &Arc<Shared>, op: WriteOp, on_outage: OnOutage) -> Result<Part, StoreError> {
     let (ack, rx) = oneshot::channel();
     let mut queue = lock(&shared.queue);
-    while queue.requests.len() >= QUEUE_DEPTH && !queue.closed {
+    loop {
+        if let (OnOutage::Refuse, Some(down)) = (on_outage, queue.down.as_mut()) {
+            if shared.health.last_ok_ms() <= down.since_ms {
+                return Err(StoreError::Unavailable(down.reason.clone()));
+            }
+            down.next_attempt = down.next_attempt.min(Instant::now());
+            shared.background.notify_one();
+        }
+        if queue.requests.len() < QUEUE_DEPTH || queue.closed {
+            break;
+        }
         // Whoever commits frees space; make sure someone does.
         queue.handed_off = true;
         shared.background.notify_one();
@@ -277,7 +394,7 @@ fn enqueue_on(shared: &Arc<Shared>, op: WriteOp) -> Result<Part, StoreError> {
     if queue.closed {
         return Err(StoreError::WriterGone);
     }
-    queue.requests.push_back(Request { op, ack });
+    queue.requests.push_back(Request { op, ack, sent: Instant::now(), on_outage });
     Ok(Part { rx: Some(rx), shared: Arc::clone(shared) })
 }
 
@@ -302,7 +419,7 @@ pub struct Pending {
 
 /// A write on one lane.
 struct Part {
-    rx: Option<oneshot::Receiver<Result<(), String>>>,
+    rx: Option<oneshot::Receiver<Result<(), StoreError>>>,
     shared: Arc<Shared>,
 }
 
@@ -333,7 +450,7 @@ impl Pending {
 impl Part {
     /// What both waits do first: the result if it is already known; otherwise commits the
     /// queue on this thread if nobody else is, and returns the receiver to wait on.
-    fn commit_here(&mut self) -> ControlFlow<Result<(), StoreError>, oneshot::Receiver<Result<(), String>>> {
+    fn commit_here(&mut self) -> ControlFlow<Result<(), StoreError>, oneshot::Receiver<Result<(), StoreError>>> {
         let Some(mut rx) = self.rx.take() else { return ControlFlow::Break(Err(StoreError::WriterGone)) };
         if let Ok(result) = rx.try_recv() {
             return ControlFlow::Break(Self::result(Ok(result)));
@@ -344,12 +461,8 @@ impl Part {
         ControlFlow::Continue(rx)
     }
 
-    fn result(received: Result<Result<(), String>, oneshot::error::RecvError>) -> Result<(), StoreError> {
-        match received {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Write(message)),
-            Err(_) => Err(StoreError::WriterGone),
-        }
+    fn result(received: Result<Result<(), StoreError>, oneshot::error::RecvError>) -> Result<(), StoreError> {
+        received.unwrap_or(Err(StoreError::WriterGone))
     }
 }
 
@@ -370,10 +483,11 @@ struct Role<'a> {
 }
 
 impl<'a> Role<'a> {
-    /// The role if it is free and nobody is blocked waiting for it.
+    /// The role if it is free, nobody is blocked waiting for it and the lane is not down (then
+    /// only the background thread commits, when it has reconnected).
     fn try_take(shared: &'a Shared) -> Option<Role<'a>> {
         let mut queue = lock(&shared.queue);
-        if queue.committing || queue.role_wanted > 0 || queue.requests.is_empty() {
+        if queue.committing || queue.role_wanted > 0 || queue.requests.is_empty() || queue.down.is_some() {
             return None;
         }
         queue.committing = true;
@@ -392,13 +506,13 @@ impl<'a> Role<'a> {
         Role { shared }
     }
 
-    /// Commits at most `rounds` groups (fewer if the queue empties first); true if the queue
-    /// is empty.
+    /// Commits at most `rounds` groups (fewer if the queue empties first); true if there is
+    /// nothing more to commit now (the queue is empty, or the lane is down).
     fn commit_rounds(&self, rounds: usize) -> bool {
         for _ in 0..rounds {
             let batch = {
                 let mut queue = lock(&self.shared.queue);
-                if queue.requests.is_empty() {
+                if queue.requests.is_empty() || queue.down.is_some() {
                     return true;
                 }
                 let n = queue.requests.len().min(MAX_BATCH);
@@ -407,7 +521,10 @@ impl<'a> Role<'a> {
                 }
                 queue.requests.drain(..n).collect::<Vec<_>>()
             };
-            commit(&mut lock(&self.shared.conn), batch);
+            if let Err((unsent, reason)) = commit(self.shared, &mut lock(&self.shared.conn), batch) {
+                self.went_down(unsent, reason);
+                return true;
+            }
             if !self.shared.wal {
                 continue;
             }
@@ -422,9 +539,119 @@ impl<'a> Role<'a> {
         lock(&self.shared.queue).requests.is_empty()
     }
 
-    /// Commits until the queue is empty.
+    /// Commits until the queue is empty (or the lane is down).
     fn commit_all(&self) {
         while !self.commit_rounds(MAX_ROUNDS) {}
+    }
+
+    /// The lane lost its connection and could not get it back at once: `unsent` (the group
+    /// being committed) goes back to the head of the queue, in order, to be retried; writes
+    /// that refuse an outage fail now, these and any queued.
+    fn went_down(&self, unsent: Vec<Request>, reason: String) {
+        let shared = self.shared;
+        let refused = {
+            let mut queue = lock(&shared.queue);
+            if queue.down.is_none() {
+                warn!(
+                    "database writer lane {}: connection lost ({reason}); its writes wait and are retried for up to \
+                     {} s while it reconnects",
+                    shared.number,
+                    shared.retry_bound.as_secs()
+                );
+                shared.health.lane_down();
+                let now = Instant::now();
+                queue.down = Some(Down {
+                    since: now,
+                    since_ms: crate::time::now_ms(),
+                    reason: reason.clone(),
+                    next_attempt: now + RECONNECT_FIRST_WAIT,
+                    wait: RECONNECT_FIRST_WAIT,
+                });
+            }
+            for request in unsent.into_iter().rev() {
+                queue.requests.push_front(request);
+            }
+            let (refused, kept) = std::mem::take(&mut queue.requests)
+                .into_iter()
+                .partition::<VecDeque<_>, _>(|r| r.on_outage == OnOutage::Refuse);
+            queue.requests = kept;
+            refused
+        };
+        shared.background.notify_one();
+        for request in refused {
+            // Its caller answers `503` and started nothing: not an error of the service.
+            warn!("database write refused, the database is unreachable ({})", describe(&request.op));
+            let _ = request.ack.send(Err(StoreError::Unavailable(reason.clone())));
+        }
+    }
+
+    /// On a lane that is down: gives up the writes sent more than [`RETRY_BOUND`] ago (each
+    /// logged at error level, naming its job or run), then tries to reconnect. True if the lane
+    /// is up again.
+    fn restore(&self) -> bool {
+        let shared = self.shared;
+        let expired: VecDeque<Request> = {
+            let mut queue = lock(&shared.queue);
+            let (expired, kept): (VecDeque<_>, _) =
+                std::mem::take(&mut queue.requests).into_iter().partition(|r| r.sent.elapsed() >= shared.retry_bound);
+            queue.requests = kept;
+            if !expired.is_empty() && queue.senders_blocked > 0 {
+                shared.space.notify_all();
+            }
+            expired
+        };
+        let reason = lock(&shared.queue).down.as_ref().map(|d| d.reason.clone()).unwrap_or_default();
+        for request in expired {
+            let bound = shared.retry_bound.as_secs_f64();
+            give_up(request, &format!("the database was unreachable for {bound} s ({reason})"));
+        }
+        let Some(location) = &shared.reconnect else { return true };
+        match DbConnection::open(location) {
+            Ok(conn) => {
+                *lock(&shared.conn) = conn;
+                let mut queue = lock(&shared.queue);
+                if let Some(down) = queue.down.take() {
+                    shared.health.lane_up();
+                    info!(
+                        "database writer lane {}: reconnected after {:.1} s; committing {} waiting write(s)",
+                        shared.number,
+                        down.since.elapsed().as_secs_f64(),
+                        queue.requests.len()
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                let message = postgres::one_line(&location.redact(&e.to_string()));
+                let refused = {
+                    let mut queue = lock(&shared.queue);
+                    if let Some(down) = queue.down.as_mut() {
+                        down.reason = format!("reconnecting: {message}");
+                        down.wait = (down.wait * 2).min(RECONNECT_MAX_WAIT);
+                        down.next_attempt = Instant::now() + down.wait;
+                        down.since_ms = crate::time::now_ms();
+                    }
+                    // Writes let wait for this attempt (the database had answered meanwhile).
+                    let (refused, kept): (VecDeque<_>, _) =
+                        std::mem::take(&mut queue.requests).into_iter().partition(|r| r.on_outage == OnOutage::Refuse);
+                    queue.requests = kept;
+                    refused
+                };
+                for request in refused {
+                    warn!("database write refused, the database is unreachable ({})", describe(&request.op));
+                    let _ = request.ack.send(Err(StoreError::Unavailable(format!("reconnecting: {message}"))));
+                }
+                false
+            }
+        }
+    }
+
+    /// Gives up every queued write (at shutdown, on a lane still down), each logged.
+    fn give_up_all(&self, why: &str) {
+        let left: Vec<Request> = lock(&self.shared.queue).requests.drain(..).collect();
+        for request in left {
+            give_up(request, why);
+        }
     }
 
     /// Checkpoints the WAL (passive: what a reader still uses is copied at a later one).
@@ -463,13 +690,23 @@ impl Drop for Role<'_> {
 /// queue once every handle is gone.
 fn background(shared: &Shared) {
     loop {
-        let (due, closed) = {
+        let (due, closed, retry) = {
             let mut queue = lock(&shared.queue);
             loop {
+                if let Some(down) = &queue.down {
+                    // Down: only the time of the next attempt matters (commits cannot happen).
+                    let now = Instant::now();
+                    if now >= down.next_attempt {
+                        break (false, queue.closed, true);
+                    }
+                    let timeout = down.next_attempt - now;
+                    queue = shared.background.wait_timeout(queue, timeout).unwrap_or_else(|e| e.into_inner()).0;
+                    continue;
+                }
                 let due = queue.checkpoint_due();
                 if queue.handed_off || due || queue.closed {
                     queue.handed_off = false;
-                    break (due, queue.closed);
+                    break (due, queue.closed, false);
                 }
                 // Wake for a due checkpoint even if no commit rings.
                 let timeout = queue.first_since_checkpoint.map_or(CHECKPOINT_AFTER, |f| {
@@ -479,6 +716,13 @@ fn background(shared: &Shared) {
             }
         };
         let role = Role::acquire(shared);
+        if retry && !role.restore() {
+            drop(role);
+            if closed && lock(&shared.queue).requests.is_empty() {
+                return;
+            }
+            continue;
+        }
         if due {
             role.checkpoint();
         }
@@ -495,8 +739,30 @@ fn background(shared: &Shared) {
     }
 }
 
-/// Commits one group and acknowledges each write.
-fn commit(conn: &mut DbConnection, batch: Vec<Request>) {
+/// Commits one group and acknowledges each write. On a lost connection (a lane that can
+/// reconnect) it reconnects at once and tries again (a server restarted while the lane was idle
+/// leaves it a dead connection); if that fails too, the writes not acknowledged come back with
+/// the reason, for the lane to retry later.
+fn commit(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Result<(), (Vec<Request>, String)> {
+    let (unsent, reason) = match commit_group(shared, conn, batch) {
+        Ok(()) => return Ok(()),
+        Err(lost) => lost,
+    };
+    let Some(location) = &shared.reconnect else { return Err((unsent, reason)) };
+    match DbConnection::open(location) {
+        Ok(fresh) => {
+            *conn = fresh;
+            commit_group(shared, conn, unsent)
+        }
+        Err(e) => {
+            let message = postgres::one_line(&location.redact(&e.to_string()));
+            Err((unsent, format!("{reason}; reconnecting: {message}")))
+        }
+    }
+}
+
+/// One attempt of [`commit`]: the writes it could not try, and why, if the connection is lost.
+fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Result<(), (Vec<Request>, String)> {
     // A lone single-statement write commits on its own (the database's implicit transaction),
     // sparing the parse and execution of BEGIN and COMMIT.
     let grouped = match batch.as_slice() {
@@ -505,17 +771,43 @@ fn commit(conn: &mut DbConnection, batch: Vec<Request>) {
     };
     match grouped {
         Ok(()) => {
+            shared.health.saw_ok();
             for request in batch {
                 acknowledge(request, Ok(()));
             }
+            Ok(())
         }
+        Err(e) if lost(shared, conn, &e) => Err((batch, connection_lost(shared, &e))),
         // One bad write must not fail its neighbours: retry each on its own.
         Err(_) => {
-            for request in batch {
-                let result = write_transaction(conn, |c| apply(c, &request.op)).map_err(|e| format!("{e}"));
-                acknowledge(request, result);
+            let mut requests = batch.into_iter();
+            while let Some(request) = requests.next() {
+                match write_transaction(conn, |c| apply(c, &request.op)) {
+                    Err(e) if lost(shared, conn, &e) => {
+                        let reason = connection_lost(shared, &e);
+                        return Err((std::iter::once(request).chain(requests).collect(), reason));
+                    }
+                    result => acknowledge(request, result.map_err(|e| StoreError::Write(format!("{e}")))),
+                }
             }
+            Ok(())
         }
+    }
+}
+
+/// Whether a failed write failed because the lane's connection is gone: never on SQLite; on
+/// PostgreSQL, an error of a lost connection, or a connection that no longer answers.
+fn lost(shared: &Shared, conn: &mut DbConnection, e: &diesel::result::Error) -> bool {
+    use diesel::r2d2::R2D2Connection;
+    shared.reconnect.is_some() && (postgres::is_connection_error(e) || conn.ping().is_err())
+}
+
+/// The reason given for a lost connection, without a password and on one line.
+fn connection_lost(shared: &Shared, e: &diesel::result::Error) -> String {
+    let message = postgres::one_line(&e.to_string());
+    match &shared.reconnect {
+        Some(location) => location.redact(&message),
+        None => message,
     }
 }
 
@@ -538,7 +830,7 @@ fn write_transaction(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) 
     }
 }
 
-fn acknowledge(request: Request, result: Result<(), String>) {
+fn acknowledge(request: Request, result: Result<(), StoreError>) {
     if let Err(e) = &result {
         error!("database write failed ({}): {e}", describe(&request.op));
     }
@@ -546,14 +838,24 @@ fn acknowledge(request: Request, result: Result<(), String>) {
     let _ = request.ack.send(result);
 }
 
+/// A write that will not be committed because the database could not be reached: logged at
+/// error level naming its job or run (nothing is dropped silently), its waiter told
+/// [`StoreError::Unavailable`].
+fn give_up(request: Request, why: &str) {
+    error!("database write given up, {why}: {} was not saved", describe(&request.op));
+    let _ = request.ack.send(Err(StoreError::Unavailable(why.to_string())));
+}
+
 fn describe(op: &WriteOp) -> String {
     match op {
         WriteOp::InsertJob(row) => format!("insert job {}", row.id),
-        WriteOp::UpdateJob(row) => format!("update job {}", row.id),
+        WriteOp::UpdateJob(row) => format!("update job {} (status {})", row.id, row.status),
         WriteOp::Import { record, .. } => format!("import {}", record.source),
         WriteOp::InsertRun(row) => format!("insert run {}", row.id),
-        WriteOp::UpdateRun(row) => format!("update run {}", row.id),
-        WriteOp::InsertSteps(rows) => format!("insert {} journal entries", rows.len()),
+        WriteOp::UpdateRun(row) => format!("update run {} (status {})", row.id, row.status),
+        WriteOp::InsertSteps(rows) => {
+            format!("insert {} journal entries of run {}", rows.len(), rows.first().map_or("", |r| r.run_id.as_str()))
+        }
         WriteOp::FinishStep(row) => format!("finish step {} of run {}", row.step_key, row.run_id),
         WriteOp::Flush => "flush".to_string(),
     }
@@ -637,7 +939,7 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
 mod tests {
     use super::*;
     use crate::config::Mode;
-    use crate::db::Store;
+    use crate::db::{Location, Store};
     use crate::jobs::model::Job;
 
     fn job(n: u64) -> WriteOp {
@@ -681,6 +983,66 @@ mod tests {
         for n in 0..200 {
             assert_eq!(store.get_job(&id(n)).expect("read").expect("written").pid, Some(3));
         }
+    }
+
+    /// A lane made to lose its database, whose reconnection fails (nothing listens on port 1):
+    /// a write that refuses an outage fails at once; one that waits is given up after the
+    /// retry bound, with `Unavailable`, and the store is not vouched for meanwhile.
+    #[test]
+    fn a_lane_without_its_database_refuses_new_work_and_gives_up_waiting_writes_after_the_bound() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = DbConnection::open(&Location::Sqlite(dir.path().join("t.db"))).expect("open");
+        let unreachable = Location::Postgres("postgres://u@127.0.0.1:1/db".into());
+        let health = Arc::new(Health::new(true));
+        let bound = Duration::from_millis(300);
+        let writer = Writer::start_bounded(vec![conn], Some(unreachable), Arc::clone(&health), bound).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        assert!(!health.vouched());
+        assert!(matches!(writer.enqueue_with(job(1), OnOutage::Refuse), Err(StoreError::Unavailable(_))));
+        let started = Instant::now();
+        let result = writer.write_blocking(job(2));
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+        assert!(started.elapsed() >= bound && started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    }
+
+    /// Writes sent while a lane is without its database are committed, in order, once it
+    /// reconnects (here to the same SQLite file, standing in for a server that came back).
+    #[test]
+    fn writes_sent_while_a_lane_is_down_are_committed_in_order_once_it_reconnects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("t.db"));
+        let store = Store::open(&location).expect("open");
+        let health = Arc::new(Health::new(true));
+        let conn = DbConnection::open(&location).expect("open");
+        let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        let mut job = Job::new("job_1_7".into(), "s", Mode::Async, Vec::new(), 1);
+        let insert = writer.enqueue(WriteOp::insert_job(&job)).expect("enqueue");
+        job.pid = Some(42);
+        let update = writer.enqueue(WriteOp::update_job(&job)).expect("enqueue");
+        insert.wait_blocking().expect("insert committed after the reconnection");
+        update.wait_blocking().expect("update committed after the reconnection");
+        assert_eq!(store.get_job("job_1_7").expect("read").expect("written").pid, Some(42));
+        assert!(health.vouched());
+    }
+
+    /// A refusing write on a lane without its database fails at once, unless the database has
+    /// answered since (a read, another lane): then the lane reconnects at once and commits it.
+    #[test]
+    fn a_refusing_write_waits_for_a_reconnection_once_the_database_answered_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("t.db"));
+        let store = Store::open(&location).expect("open");
+        let health = Arc::new(Health::new(true));
+        let conn = DbConnection::open(&location).expect("open");
+        let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
+        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        assert!(matches!(writer.enqueue_with(job(1), OnOutage::Refuse), Err(StoreError::Unavailable(_))));
+        std::thread::sleep(Duration::from_millis(5));
+        health.saw_ok();
+        writer.enqueue_with(job(2), OnOutage::Refuse).expect("enqueue").wait_blocking().expect("committed");
+        assert!(store.get_job("job_1_2").expect("read").is_some());
+        assert!(store.get_job("job_1_1").expect("read").is_none());
     }
 
     /// SQLite only (its WAL): under a steady stream of commits from several threads, checkpoints

@@ -5,8 +5,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use script_runner_wire::ErrorBody;
 
+use crate::db::StoreError;
 use crate::jobs::JobError;
 use crate::runs::RunError;
+
+/// What a client waiting out a lost database is told to wait before trying again (seconds).
+const STORE_RETRY_AFTER_SECS: u32 = 5;
 
 /// Every error an endpoint can answer. Client mistakes are 4xx with a code the client can act
 /// on; anything else is a logged 500 `INTERNAL_ERROR`.
@@ -68,6 +72,11 @@ pub enum ApiError {
         /// What happened.
         message: String,
     },
+    /// The database cannot be reached (a PostgreSQL server down or restarting): the request
+    /// may be tried again later. The detail (which server, libpq's words) is logged, not
+    /// answered.
+    #[error("the database is unreachable; try again later")]
+    StoreUnavailable(String),
     /// Anything else (logged).
     #[error("{0}")]
     Internal(String),
@@ -90,6 +99,7 @@ impl ApiError {
             ApiError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
             ApiError::Run { code, .. } => code,
+            ApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -105,6 +115,7 @@ impl From<JobError> for ApiError {
             JobError::QueueFull { .. } => ApiError::QueueFull(message),
             JobError::ShuttingDown => ApiError::ShuttingDown(message),
             JobError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(message),
+            JobError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
             JobError::Store(_) | JobError::Log { .. } | JobError::Task(_) => ApiError::Internal(message),
         }
     }
@@ -133,6 +144,7 @@ impl From<RunError> for ApiError {
             RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, "LIMIT_EXCEEDED"),
             RunError::ShuttingDown => ApiError::ShuttingDown(message),
             RunError::Job(job) => ApiError::from(job),
+            RunError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
             RunError::Store(_)
             | RunError::File { .. }
             | RunError::Randomness(_)
@@ -156,7 +168,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown(_) | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::Run { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -164,12 +176,20 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(message) = self {
-            log::error!("internal error: {message}");
+        match self {
+            ApiError::Internal(message) => log::error!("internal error: {message}"),
+            ApiError::StoreUnavailable(detail) => log::warn!("answered 503 STORE_UNAVAILABLE: {detail}"),
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unauthorized = self {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::StoreUnavailable(_) => {
+                response.insert_header(("Retry-After", STORE_RETRY_AFTER_SECS.to_string()));
+            }
+            _ => {}
         }
         response.json(ErrorBody::new(self.code(), self.to_string()))
     }

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use super::model::{Job, JobStatus};
 use super::JobError;
 use crate::config::{Config, Mode, Script};
-use crate::db::{Pending, Store, StoreError, WriteOp, Writer};
+use crate::db::{OnOutage, Pending, Store, StoreError, WriteOp, Writer};
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -52,12 +52,19 @@ impl Active {
     /// time, updates after. Deciding and ordering under the job's lock means one job's writes
     /// reach the writer in the order they were decided, whichever threads decide them.
     pub(super) fn record(&self, job: &Job, writer: &Writer) -> Result<Pending, StoreError> {
+        self.record_with(job, writer, OnOutage::Retry)
+    }
+
+    /// [`Active::record`], choosing what the write does while the database is lost: a new
+    /// job's insert is refused (its request answers `503` and the job never starts); every
+    /// later state happened and waits to be written.
+    pub(super) fn record_with(&self, job: &Job, writer: &Writer, on_outage: OnOutage) -> Result<Pending, StoreError> {
         let op = if self.recorded.swap(true, Ordering::AcqRel) {
             WriteOp::update_job(job)
         } else {
             WriteOp::insert_job(job)
         };
-        writer.enqueue(op)
+        writer.enqueue_with(op, on_outage)
     }
 
     /// Changes the job and orders the write of its new state.

@@ -39,7 +39,7 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, Mode, Script};
-use crate::db::{JobFilter, Store, WriteOp};
+use crate::db::{JobFilter, OnOutage, Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::process::supervisor;
 use crate::sync::{blocking, lock};
@@ -247,6 +247,14 @@ impl JobManager {
         mode: Mode,
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
+        // The database is asked first when nothing vouched for it within the last second: a
+        // sync job is not written before it runs, and an async job's insert below is refused
+        // on a writer lane without the database unless the database answered since (this
+        // probe, on a server that came back). No job starts whose end could not be recorded.
+        if !shared.store.recently_available() {
+            let store = shared.store.clone();
+            blocking(move || store.probe()).await??;
+        }
         let admission = match admission {
             Some(admission) => admission,
             None => Shared::reserve(shared)?,
@@ -261,8 +269,9 @@ impl JobManager {
         // while, or has waited in the queue for a while (see below), whichever comes first.
         let admitted = match mode {
             Mode::Async => {
-                // Ordered under the job's lock, awaited after releasing it.
-                let ordered = active.record(&lock(&active.job), shared.store.writer());
+                // Ordered under the job's lock, awaited after releasing it; refused at once
+                // (503, nothing started) while the database is lost.
+                let ordered = active.record_with(&lock(&active.job), shared.store.writer(), OnOutage::Refuse);
                 match ordered {
                     Ok(pending) => pending.wait().await,
                     Err(e) => Err(e),

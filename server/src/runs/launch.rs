@@ -15,7 +15,7 @@ use super::live::LiveRun;
 use super::model::{LaunchRequest, Launched, Run};
 use super::{execution, lifecycle, lint, Engine, MAX_ARGS_BYTES, MAX_NAME_CHARS, MAX_SOURCE_BYTES};
 use crate::config::{Config, Script};
-use crate::db::{Store, WriteOp};
+use crate::db::{OnOutage, Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
 use crate::sync::blocking;
 use crate::time::now_ms;
@@ -147,6 +147,13 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
     if let Some(launched) = by_key(engine, request.idempotency_key.as_deref(), &request_sha256).await? {
         return Ok(launched);
     }
+    // As for a job (see `JobManager::submit`): the database is asked first unless it answered
+    // within the last second, so a run is neither refused by a writer lane that has not yet
+    // reconnected to a database that is back, nor launched while it is away.
+    if !engine.store.recently_available() {
+        let store = engine.store.clone();
+        blocking(move || store.probe()).await??;
+    }
     let now = now_ms();
     let run = Run {
         script_name: request.script_name.clone().unwrap_or(default_name),
@@ -160,7 +167,8 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         request_sha256,
         ..Run::fresh(engine.new_run_id(now), now)
     };
-    if let Err(e) = engine.writer().write(WriteOp::insert_run(&run)).await {
+    // Refused at once while the database is lost (503): the run has not started.
+    if let Err(e) = engine.writer().write_or_refuse(WriteOp::insert_run(&run)).await {
         // Two launches with one key raced: the unique key let one in; answer with it.
         return match by_key(engine, request.idempotency_key.as_deref(), &run.request_sha256).await? {
             Some(launched) => Ok(launched),
@@ -223,8 +231,8 @@ pub async fn fork(
         ..Run::fresh(run_id, now)
     };
     let writer = engine.writer();
-    let insert = writer.enqueue(WriteOp::insert_run(&run))?;
-    let steps = writer.enqueue(WriteOp::insert_steps(&copied))?;
+    let insert = writer.enqueue_with(WriteOp::insert_run(&run), OnOutage::Refuse)?;
+    let steps = writer.enqueue_with(WriteOp::insert_steps(&copied), OnOutage::Refuse)?;
     insert.wait().await?;
     steps.wait().await?;
     Ok(engine.go_live(run).snapshot())
