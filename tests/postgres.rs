@@ -393,3 +393,66 @@ fn a_server_whose_advisory_lock_was_taken_by_another_while_cut_off_stops() {
     assert!(!log.contains(&pg.password), "{log}");
     drop(other);
 }
+
+/// A workflow whose next step falls in a database outage waits it out: the step client retries
+/// `503 STORE_UNAVAILABLE` (its calls are keyed by label, so a retry is answered from the
+/// journal), and the run completes with every step journaled once the database is back.
+#[test]
+fn a_workflow_step_during_a_database_outage_waits_for_it_and_the_run_completes() {
+    let Some(admin) = admin_url() else { return };
+    let pg = PgUrl::parse(&admin);
+    let database = format!("outage_run_{}", std::process::id());
+    let direct = common::new_pg_database(&admin, &database);
+    let proxy = Proxy::start(&pg.address);
+    let proxied = pg.with(&pg.password, &proxy.address.to_string(), &database);
+
+    let builder = Builder::new();
+    let dir = builder.dir().to_path_buf();
+    let (gate, reached) = (dir.join("second.go"), dir.join("reached"));
+    let mut server = builder.top("database", json!({ "url": proxied })).workflows(json!({})).start();
+    let source = format!(
+        "script-runner step first --value-from -- echo 1 >/dev/null\ntouch '{}'\n{}\n\
+         script-runner step second --value-from -- echo 2 >/dev/null\necho '{{\"done\":true}}'\n",
+        reached.display(),
+        wait_for_gate(&gate)
+    );
+    let id = server.launch_bash(&source, json!({}));
+    wait_until(
+        || format!("the run never reached its gate: {}\n{}", server.script_run(&id), server.server_log()),
+        Duration::from_secs(20),
+        || reached.exists().then_some(()),
+    );
+
+    proxy.cut();
+    // The second step begins while the database is away; it must not fail the run.
+    open_gate(&gate);
+    std::thread::sleep(Duration::from_secs(4));
+    proxy.restore();
+
+    let body = server.wait_run_terminal(&id, Duration::from_secs(60));
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}\n{}", server.server_log());
+    let steps: Vec<(&str, &str)> = body["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["stepKey"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("first", "completed"), ("second", "completed")], "{body}");
+    assert!(stored_run_status(&direct, &id).is_some_and(|s| s == "completed"));
+    assert!(server.terminate(Duration::from_secs(20)).success(), "{}", server.server_log());
+}
+
+/// A run's status as stored in the database.
+fn stored_run_status(url: &str, id: &str) -> Option<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+    }
+    let mut conn = diesel::PgConnection::establish(url).ok()?;
+    let rows: Vec<Row> = diesel::sql_query("SELECT status FROM script_runs WHERE id = $1")
+        .bind::<diesel::sql_types::Text, _>(id)
+        .load(&mut conn)
+        .ok()?;
+    rows.into_iter().next().map(|r| r.status)
+}

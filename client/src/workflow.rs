@@ -156,6 +156,9 @@ enum Next {
 const NO_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The other step routes answer at once (a wait answers within its 25 s long poll).
 const STEP_ROUTE_LIMIT: Duration = Duration::from_secs(60);
+/// How long a step waits out `503 STORE_UNAVAILABLE` (the server's database away): as long as
+/// the server keeps writes it could not make (its writer's retry bound).
+const STORE_RETRY_BOUND: Duration = Duration::from_secs(600);
 
 impl Workflow {
     /// The client of the run this process belongs to, from the environment.
@@ -386,7 +389,24 @@ impl Workflow {
         limit: Duration,
     ) -> Result<T, ClientError> {
         let path = format!("/api/internal/script-runs/{}/{path}", encode(&self.run_id));
-        self.server.with_timeout(limit).call(method, &path, body).map_err(ClientError::from)
+        let server = self.server.with_timeout(limit);
+        // The server's database is away for a while (PostgreSQL restarting): every call here is
+        // keyed by the step's label (a second begin or record of one label is answered from the
+        // journal), so it is retried until the database is back, as long as the server keeps
+        // its own writes ([`STORE_RETRY_BOUND`]), instead of failing the run.
+        let deadline = Instant::now() + STORE_RETRY_BOUND;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match server.call(method, &path, body) {
+                Err(HttpError::Http { status: 503, code, .. })
+                    if code == "STORE_UNAVAILABLE" && Instant::now() + pause < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                answer => return answer.map_err(ClientError::from),
+            }
+        }
     }
 }
 

@@ -562,7 +562,7 @@ mod tests {
     /// In the PostgreSQL test pass (`SCRIPT_RUNNER_TEST_PG_ADMIN_URL`, set by `tests/run`), a new
     /// empty database in the test cluster for this test; `None` otherwise.
     pub(crate) fn pg_location(test: &str) -> Option<Location> {
-        let admin = std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL").ok()?;
+        let admin = std::env::var("SCRIPT_RUNNER_TEST_PG_ADMIN_URL").ok().filter(|url| !url.is_empty())?;
         let name = format!("unit_{test}_{}", std::process::id());
         let mut conn = PgConnection::establish(&admin).expect("connect to the test cluster");
         diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\"")).execute(&mut conn).expect("drop");
