@@ -168,6 +168,9 @@ impl Store {
             .min_idle(Some(1))
             .idle_timeout(Some(Duration::from_secs(60)))
             .connection_timeout(PG_CONNECTION_TIMEOUT)
+            // No ping per check-out: a lost connection is found by the read that uses it (see
+            // `Store::read`).
+            .test_on_check_out(false)
             .error_handler(Box::new(conn::PoolErrors::new(location.clone())))
             .build(conn::Manager::new(location.clone()))
             .map_err(|e| setup("read pool", &e))?;
@@ -238,11 +241,11 @@ impl Store {
         self.health.vouched()
     }
 
-    /// Asks the database whether it answers (a pooled connection, checked as r2d2 checks every
-    /// connection it hands out): [`StoreError::Unavailable`] within the pool's connection
-    /// time-out if not. Blocking.
+    /// Asks the database whether it answers (a pooled connection, pinged):
+    /// [`StoreError::Unavailable`] within the pool's connection time-out if not. Blocking.
     pub fn probe(&self) -> Result<(), StoreError> {
-        self.read(|_| Ok(()))
+        use diesel::r2d2::R2D2Connection;
+        self.read(|conn| Ok(conn.ping()?))
     }
 
     /// A pooled connection; on PostgreSQL, none within the time-out is
@@ -257,21 +260,30 @@ impl Store {
         }
     }
 
-    /// Runs one read on a pooled connection. On PostgreSQL a statement that failed because the
-    /// connection was lost is [`StoreError::Unavailable`] (the pool drops that connection at
-    /// its next check-out).
-    fn read<T>(&self, f: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs one read on a pooled connection. On PostgreSQL the pool does not ping a connection
+    /// before handing it out (a round trip per read: 3 of a workflow step's 7 statements); a
+    /// statement that failed because its connection was lost (the server restarted since it
+    /// was pooled, or is away) is tried once more on a new connection, which replaces the lost
+    /// one in the pool, and is [`StoreError::Unavailable`] if none can be had.
+    fn read<T>(&self, f: impl Fn(&mut DbConnection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
-        match f(&mut conn) {
-            Ok(value) => {
-                self.health.saw_ok();
-                Ok(value)
+        let mut result = f(&mut conn);
+        if let Err(StoreError::Query(e)) = &result {
+            if self.health.tracked() && self.lost(&mut conn, e) {
+                let unavailable = |e: &dyn std::fmt::Display| {
+                    StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string())))
+                };
+                *conn = DbConnection::open(&self.location).map_err(|e| unavailable(&e))?;
+                result = match f(&mut conn) {
+                    Err(StoreError::Query(e)) if self.lost(&mut conn, &e) => Err(unavailable(&e)),
+                    other => other,
+                };
             }
-            Err(StoreError::Query(e)) if self.health.tracked() && self.lost(&mut conn, &e) => {
-                Err(StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string()))))
-            }
-            Err(e) => Err(e),
         }
+        if result.is_ok() {
+            self.health.saw_ok();
+        }
+        result
     }
 
     /// Whether a statement failed because the connection is gone, not because of the statement.
