@@ -255,6 +255,11 @@ fn print_table(runs: &[&Figures]) {
     println!("| {} |", header.join(" | "));
     println!("|{}", "---|".repeat(header.len()));
     for (row, (name, _, unit)) in first.rows.iter().enumerate() {
+        // A figure no run has (statements without pg_stat_statements, PostgreSQL's CPU on
+        // SQLite alone) would only be a row of dashes.
+        if runs.iter().all(|run| run.rows.get(row).and_then(|r| r.1).is_none()) {
+            continue;
+        }
         let mut cells = vec![name.clone()];
         for (i, run) in runs.iter().enumerate() {
             let value = run.rows.get(row).and_then(|r| r.1);

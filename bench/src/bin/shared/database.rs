@@ -153,8 +153,10 @@ impl Database {
 
     /// On PostgreSQL: CPU so far of the cluster's processes that work for this run's database
     /// (its backends, and the cluster's background processes: WAL writer, checkpointer, ...),
-    /// by pid. `None` on SQLite (its work is in the server's own CPU), or when the cluster's
-    /// processes are not on this machine (no `/proc/<pid>` for them).
+    /// by pid, and of the postmaster with its reaped children (an autovacuum worker, or a
+    /// backend, that ended since the last snapshot counts there). `None` on SQLite (its work
+    /// is in the server's own CPU), or when the cluster's processes are not on this machine
+    /// (no `/proc/<pid>` for them).
     pub fn cluster_cpu(&mut self) -> Option<ClusterCpu> {
         let made = self.postgres.as_mut()?;
         #[derive(diesel::QueryableByName)]
@@ -168,13 +170,17 @@ impl Database {
         .bind::<diesel::sql_types::Text, _>(&made.name)
         .load(&mut made.admin)
         .ok()?;
-        let ticks: HashMap<u32, u64> = pids
+        let mut ticks: HashMap<u32, u64> = pids
             .iter()
             .filter_map(|p| u32::try_from(p.pid).ok())
             .filter_map(|pid| Some((pid, own_ticks(pid)?)))
             .collect();
         // None of them on this machine: the cluster is elsewhere (or in a container).
-        (!ticks.is_empty()).then_some(ClusterCpu { ticks })
+        let postmaster = ticks.keys().find_map(|&pid| parent(pid))?;
+        if let Some(with_reaped) = ticks_with_reaped(postmaster) {
+            ticks.insert(postmaster, with_reaped);
+        }
+        Some(ClusterCpu { ticks })
     }
 
     /// On PostgreSQL with `pg_stat_statements` usable from the admin URL's database: how many
@@ -234,6 +240,19 @@ impl ClusterCpu {
 pub fn own_ticks(pid: u32) -> Option<u64> {
     let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).and_then(|p| p.stat()).ok()?;
     Some(stat.utime + stat.stime)
+}
+
+/// A process's parent.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).and_then(|p| p.stat()).ok()?;
+    u32::try_from(stat.ppid).ok()
+}
+
+/// utime+stime of a process and cutime+cstime, those of its children it has reaped.
+fn ticks_with_reaped(pid: u32) -> Option<u64> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?).and_then(|p| p.stat()).ok()?;
+    let reaped = [stat.cutime, stat.cstime].map(|t| u64::try_from(t).unwrap_or(0));
+    Some(stat.utime + stat.stime + reaped[0] + reaped[1])
 }
 
 /// Clock ticks as microseconds.
