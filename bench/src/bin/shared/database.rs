@@ -60,7 +60,7 @@ impl Choice {
     /// bench binary the user can read in `ps` as well as the original.
     pub fn shown(&self) -> String {
         match self {
-            Choice::DefaultSqlite => "sqlite (a new file in the temporary folder)".into(),
+            Choice::DefaultSqlite => "a new file in the temporary folder".into(),
             Choice::Sqlite(url) => url.clone(),
             Choice::Postgres(url) => without_password(url),
         }
