@@ -13,8 +13,22 @@
 //! 7. with `--vs-webhook`, only script-runner against adnanh/webhook at c=1, 4 and 16 (see
 //!    `bench/webhook.rs`).
 //!
-//! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N] [--keep] [--only-sync4] [--vs-webhook]`.
+//! 8. with `--db-figures`, only what tells one database from another: sync c=1 and c=4, async
+//!    submissions, the workflow step rate, and the CPU per job of the server and of PostgreSQL;
+//!    with `--compare-databases <admin URL>`, those on SQLite then PostgreSQL, in alternation,
+//!    side by side with their ratio (see `bench/databases.rs`).
+//!
+//! `--database <url>` runs the server on another database than its default SQLite file in the
+//! temporary folder; a PostgreSQL URL is an admin URL, on which each run creates (and then
+//! drops) an empty database of its own (see `shared/database.rs`).
+//!
+//! Usage: `cargo run --release --bin bench -- [--seconds N] [--big-mb N] [--keep] [--only-sync4]
+//! [--vs-webhook] [--database URL] [--db-figures] [--compare-databases URL [--rounds N]]`.
 
+#[path = "shared/database.rs"]
+mod database;
+#[path = "bench/databases.rs"]
+mod databases;
 #[path = "shared/mod.rs"]
 mod shared;
 #[path = "bench/webhook.rs"]
@@ -29,36 +43,55 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use database::{Choice, Database};
 use serde_json::{json, Value};
 use shared::{agent, write_script, Server};
 
+/// What `bench` is asked for.
 struct Options {
     seconds: f64,
     big_mb: u64,
     keep: bool,
     only_sync4: bool,
     vs_webhook: bool,
+    /// `--database`: what the server runs on.
+    database: Choice,
+    db_figures: bool,
+    /// `--compare-databases`: a PostgreSQL admin URL.
+    compare_databases: Option<String>,
+    rounds: usize,
+    workflow_steps: u32,
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { seconds: 5.0, big_mb: 200, keep: false, only_sync4: false, vs_webhook: false };
+    let mut opts = Options {
+        seconds: 5.0,
+        big_mb: 200,
+        keep: false,
+        only_sync4: false,
+        vs_webhook: false,
+        database: Choice::DefaultSqlite,
+        db_figures: false,
+        compare_databases: None,
+        rounds: 2,
+        workflow_steps: 1000,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().context("missing value");
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--seconds" => opts.seconds = value()?.parse()?,
             "--big-mb" => opts.big_mb = value()?.parse()?,
             "--keep" => opts.keep = true,
             "--only-sync4" => opts.only_sync4 = true,
             "--vs-webhook" => opts.vs_webhook = true,
+            "--database" => opts.database = Choice::parse(&value()?)?,
+            "--db-figures" => opts.db_figures = true,
+            "--compare-databases" => opts.compare_databases = Some(value()?),
+            "--rounds" => opts.rounds = value()?.parse()?,
+            "--workflow-steps" => opts.workflow_steps = value()?.parse()?,
             "-h" | "--help" => {
-                println!("bench [--seconds N (per phase, default 5)] [--big-mb N (default 200)] [--keep]");
-                println!("  --keep  leave the temporary folder (and its ~30k log files) in place: deleting");
-                println!("          many files makes ext4 create new ones slowly for minutes after, which");
-                println!("          skews a run that follows soon; delete the folder later");
-                println!("  --only-sync4  only sync c=4 paired with direct spawn (quick A/B comparisons)");
-                println!("  --vs-webhook  only script-runner against adnanh/webhook (apt-get install webhook) at");
-                println!("                c=1, 4 and 16: runs/s, p50, p99 and each server's own CPU per run");
+                print_help();
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other}"),
@@ -67,8 +100,49 @@ fn options() -> Result<Options> {
     Ok(opts)
 }
 
+fn print_help() {
+    println!("bench [--seconds N (per phase, default 5)] [--big-mb N (default 200)] [--keep] [--database URL]");
+    println!("      [--only-sync4 | --vs-webhook | --db-figures | --compare-databases URL [--rounds N]]");
+    println!("  --keep  leave the temporary folder (and its ~30k log files) in place: deleting");
+    println!("          many files makes ext4 create new ones slowly for minutes after, which");
+    println!("          skews a run that follows soon; delete the folder later");
+    println!("  --only-sync4  only sync c=4 paired with direct spawn (quick A/B comparisons)");
+    println!("  --vs-webhook  only script-runner against adnanh/webhook (apt-get install webhook) at");
+    println!("                c=1, 4 and 16: runs/s, p50, p99 and each server's own CPU per run");
+    println!("  --database URL  the database the server runs on, in every mode (default: sqlite, a new");
+    println!("                SQLite file in the temporary folder). sqlite://<path>: that file (relative");
+    println!("                to the temporary folder). postgres://user:pass@host:port/db: an ADMIN URL;");
+    println!("                each run connects to it, creates an empty database bench_<pid>_<n> beside db");
+    println!("                (CREATE DATABASE: the user needs CREATEDB), runs the server on that one and");
+    println!("                drops it at the end (--keep leaves it). The server is given the URL as");
+    println!("                DATABASE_URL; without --database, DATABASE_URL is removed from its");
+    println!("                environment. Passwords are never printed.");
+    println!("  --db-figures  only the figures that tell databases apart, on --database, with maxConcurrent 4:");
+    println!("                sync c=1 and c=4 (jobs/s, p50, p99), async submissions at c=4 (202s/s, and");
+    println!("                jobs/s until the queue has drained), each with the server's own CPU per job");
+    println!("                (/proc/<pid>/stat, scripts excluded) and, on a PostgreSQL cluster on this");
+    println!("                machine, its processes' CPU per job (and statements per job if");
+    println!("                pg_stat_statements is usable from the admin URL's database); then the");
+    println!("                workflow step rate (bench-workflow --json, --workflow-steps N, default 1000,");
+    println!("                0 for none)");
+    println!("  --compare-databases URL  --db-figures on SQLite then on PostgreSQL (URL: an admin URL as");
+    println!("                for --database), --rounds N times (default 2) in alternation; prints Markdown");
+    println!("                tables with PG/SQLite per figure (above 1: PostgreSQL is faster for a rate,");
+    println!("                costlier for a latency or a CPU figure)");
+}
+
 fn main() -> Result<()> {
     let opts = options()?;
+    let setup = databases::Setup { seconds: opts.seconds, workflow_steps: opts.workflow_steps, keep: opts.keep };
+    if let Some(admin) = &opts.compare_databases {
+        return databases::compare(admin, opts.rounds, &setup);
+    }
+    if opts.db_figures {
+        return databases::run(&opts.database, &setup).map(drop);
+    }
+    // Declared before the server: dropped after it (a PostgreSQL database is dropped once the
+    // server has let go of it).
+    let mut database = Database::prepare(&opts.database)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let dir = tempfile::Builder::new().prefix("sr-bench-").tempdir()?;
     let trivial = write_script(dir.path(), "trivial.sh", "#!/bin/sh\necho ok\n")?;
@@ -79,17 +153,27 @@ fn main() -> Result<()> {
         &format!("#!/bin/sh\nyes 'the quick brown fox jumps over the lazy dog 0123456789 abcdefghij' | head -c {big_bytes}\n"),
     )?;
     write_script(dir.path(), "sleeper.sh", "#!/bin/sh\nexec sleep 300\n")?;
-    let server = start_server(dir.path(), big_bytes)?;
-    println!("script-runner bench: {cores} core(s), {:.0} s per phase, server pid {}", opts.seconds, server.pid());
+    let server = start_server(dir.path(), big_bytes, database.url())?;
+    println!(
+        "script-runner bench: {cores} core(s), {:.0} s per phase, server pid {}, database {} ({})",
+        opts.seconds,
+        server.pid(),
+        database.engine(),
+        database.shown()
+    );
     println!();
 
     // Warm up (thread pools, page cache, the database file) so the first phase is not penalised.
     load(&server.base, "trivial", 4, 1.0)?;
     if opts.vs_webhook {
         drop(server);
-        webhook::compare(dir.path(), &trivial, cores, opts.seconds)?;
+        // A database of its own for the server it starts (the warm-up's jobs stay in this one).
+        let mut ours = Database::prepare(&opts.database)?;
+        webhook::compare(dir.path(), &trivial, cores, opts.seconds, ours.url())?;
         if opts.keep {
             println!("kept {}", dir.keep().display());
+            database.keep();
+            ours.keep();
         }
         return Ok(());
     }
@@ -98,6 +182,7 @@ fn main() -> Result<()> {
         drop(server);
         if opts.keep {
             println!("kept {}", dir.keep().display());
+            database.keep();
         }
         return Ok(());
     }
@@ -153,6 +238,7 @@ fn main() -> Result<()> {
     drop(server);
     if opts.keep {
         println!("kept {}", dir.keep().display());
+        database.keep();
     }
     Ok(())
 }
@@ -271,7 +357,8 @@ impl CpuPerRun {
     }
 }
 
-fn start_server(dir: &Path, big_bytes: u64) -> Result<Server> {
+/// The server of the default run, on the database `database_url` names (`None`: its default).
+fn start_server(dir: &Path, big_bytes: u64, database_url: Option<&str>) -> Result<Server> {
     let scripts = json!({ "scripts": [
         { "id": "trivial", "path": "./trivial.sh", "mode": "sync" },
         { "id": "big", "path": "./big.sh", "mode": "sync" },
@@ -288,7 +375,7 @@ fn start_server(dir: &Path, big_bytes: u64) -> Result<Server> {
         },
         "scriptsFile": "./scripts.json"
     });
-    Server::start(dir, &config, &scripts)
+    Server::start_on(dir, &config, &scripts, database_url)
 }
 
 fn direct_spawn(script: &Path, threads: usize, seconds: f64) -> f64 {
@@ -519,6 +606,23 @@ fn report(name: &str, r: &LoadResult, limit: Option<f64>) {
         r.p50_ms(),
         r.p99_ms()
     );
+}
+
+/// Async submissions at `concurrency` for `seconds` (a run is a `202`), then a wait until no
+/// job is queued or running, polled every `poll`; the submissions, and the seconds from the
+/// first submission until the queue had drained.
+fn submit_and_drain(base: &str, concurrency: usize, seconds: f64, poll: Duration) -> Result<(LoadResult, f64)> {
+    let target = Target::submit(base, "trivial");
+    let start = Instant::now();
+    let r = load_target(&target, concurrency, seconds)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while total_jobs(base, "&status=queued")? + total_jobs(base, "&status=running")? > 0 {
+        if Instant::now() > deadline {
+            bail!("the async jobs did not all end within 120 s of their submission");
+        }
+        std::thread::sleep(poll);
+    }
+    Ok((r, start.elapsed().as_secs_f64()))
 }
 
 /// How many jobs the server has, of those `filter` (a query string, `""` for all) selects.

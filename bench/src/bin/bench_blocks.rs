@@ -58,7 +58,7 @@ fn bench(args: Vec<String>) -> Result<()> {
         "runner": { "logsDir": "./logs" },
         "scriptsFile": "./scripts.json"
     });
-    let server = Server::start(dir.path(), &config, &scripts)?;
+    let server = Server::start_on(dir.path(), &config, &scripts, None)?;
     let broker = Broker::start(nodelay)?;
     let mut engine = Engine::connect(broker.port)?;
     let exe = std::env::current_exe()?.with_file_name("script-runner");

@@ -10,8 +10,15 @@
 //! journal before the next begins) and on a full replay (a fork of the finished run: every step
 //! comes back from the journal). The workflow times itself and reports through its output.
 //!
-//! Usage: `cargo build --release && ./target/release/bench-workflow [--steps N]`.
+//! Each phase also shows the server's own CPU per step (its threads, from `/proc`; the
+//! workflow's and the steps' processes excluded) and, on a PostgreSQL cluster on this machine,
+//! its processes' CPU per step and (with `pg_stat_statements`) the statements per step.
+//!
+//! Usage: `cargo build --release && ./target/release/bench-workflow [--steps N] [--database URL]
+//! [--keep] [--json]` (`--help` says what `--database` takes).
 
+#[path = "shared/database.rs"]
+mod database;
 #[path = "shared/mod.rs"]
 mod shared;
 
@@ -20,6 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use database::{own_ticks, ticks_to_us, Choice, Database};
 use script_runner_client::Workflow;
 use serde_json::{json, Value};
 use shared::{agent, write_script, Server};
@@ -53,19 +61,68 @@ fn as_workflow(steps: u32) -> Result<()> {
     Ok(())
 }
 
-fn bench(args: &[String]) -> Result<()> {
-    let mut steps: u32 = 1000;
+/// What `bench-workflow` is asked for.
+struct Options {
+    steps: u32,
+    database: Choice,
+    keep: bool,
+    json: bool,
+}
+
+fn options(args: &[String]) -> Result<Option<Options>> {
+    let mut opts = Options { steps: 1000, database: Choice::DefaultSqlite, keep: false, json: false };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "--steps" => steps = it.next().context("--steps needs a number")?.parse()?,
+            "--steps" => opts.steps = it.next().context("--steps needs a number")?.parse()?,
+            "--database" => opts.database = Choice::parse(it.next().context("--database needs a URL")?)?,
+            "--keep" => opts.keep = true,
+            "--json" => opts.json = true,
             "-h" | "--help" => {
-                println!("bench-workflow [--steps N (default 1000)]");
-                return Ok(());
+                println!("bench-workflow [--steps N (default 1000)] [--database URL] [--keep] [--json]");
+                println!("  --database URL  the database the server runs on (default: sqlite, a new SQLite file");
+                println!("                  in the temporary folder); sqlite://<path> for a given file, or a");
+                println!("                  PostgreSQL admin URL postgres://user:pass@host:port/db: a new empty");
+                println!("                  database bench_<pid>_<n> is created beside db (the user needs");
+                println!("                  CREATEDB) and dropped at the end. The password is never printed.");
+                println!("  --keep          leave the temporary folder (and a PostgreSQL database) in place");
+                println!("  --json          also print the figures as one JSON line at the end (bench");
+                println!("                  --compare-databases reads it)");
+                return Ok(None);
             }
             other => bail!("unknown argument {other}"),
         }
     }
+    Ok(Some(opts))
+}
+
+/// One phase's figures.
+struct Phase {
+    ms: f64,
+    /// The server's own CPU (its threads; the workflow and the steps' processes excluded).
+    server_ticks: u64,
+    /// On a local PostgreSQL cluster: its processes' CPU for the database.
+    db_ticks: Option<u64>,
+    /// With `pg_stat_statements`: statements run on the database.
+    statements: Option<i64>,
+}
+
+impl Phase {
+    fn json(&self, steps: u32) -> Value {
+        let per_step = |x: f64| x / f64::from(steps);
+        json!({
+            "steps_per_s": f64::from(steps) / (self.ms / 1000.0),
+            "server_us_per_step": per_step(ticks_to_us(self.server_ticks)),
+            "db_us_per_step": self.db_ticks.map(|t| per_step(ticks_to_us(t))),
+            "statements_per_step": self.statements.map(|n| per_step(n as f64)),
+        })
+    }
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let Some(opts) = options(args)? else { return Ok(()) };
+    let steps = opts.steps;
+    let mut database = Database::prepare(&opts.database)?;
     let dir = tempfile::Builder::new().prefix("sr-bench-wf-").tempdir()?;
     let me = std::env::current_exe()?;
     write_script(
@@ -77,24 +134,48 @@ fn bench(args: &[String]) -> Result<()> {
         ),
     )?;
     write_script(dir.path(), "client.sh", &format!("#!/bin/bash\nexec '{}' --as-workflow {steps}\n", me.display()))?;
-    let server = Bench::start(dir.path(), steps)?;
-    println!("script-runner workflow bench: {steps} steps of `step -- true`, server pid {}", server.server.pid());
-    println!("{:<28} {:>12} {:>14} {:>12}", "", "total ms", "per step ms", "steps/s");
+    let server = Bench::start(dir.path(), steps, database.url())?;
+    println!(
+        "script-runner workflow bench: {steps} steps of `step -- true`, server pid {}, database {} ({})",
+        server.server.pid(),
+        database.engine(),
+        database.shown()
+    );
+    println!(
+        "{:<42} {:>10} {:>12} {:>9} {:>15} {:>12} {:>10}",
+        "", "total ms", "per step ms", "steps/s", "server CPU/step", "DB CPU/step", "stmts/step"
+    );
+    let mut summary = serde_json::Map::new();
     for (name, workflow) in [("CLI (script-runner step)", "cli"), ("Rust client", "client")] {
-        let first = server.launch(workflow)?;
-        let first_ms = elapsed_ms(&first)?;
-        let replay = server.fork(first["id"].as_str().context("no run id")?)?;
-        let replay_ms = elapsed_ms(&replay)?;
-        for (what, ms) in [("first execution", first_ms), ("full replay", replay_ms)] {
+        let (first, first_phase) = server.measure(&mut database, |s| s.launch(workflow))?;
+        let first_id = first["id"].as_str().context("no run id")?.to_string();
+        let (_, replay_phase) = server.measure(&mut database, |s| s.fork(&first_id))?;
+        for (what, phase) in [("first execution", &first_phase), ("full replay", &replay_phase)] {
+            let per_step = |x: f64| x / f64::from(steps);
             println!(
-                "{:<28} {:>12.0} {:>14.3} {:>12.0}",
+                "{:<42} {:>10.0} {:>12.3} {:>9.0} {:>12.0} us {:>12} {:>10}",
                 format!("{name}: {what}"),
-                ms,
-                ms / f64::from(steps),
-                f64::from(steps) / (ms / 1000.0)
+                phase.ms,
+                per_step(phase.ms),
+                f64::from(steps) / (phase.ms / 1000.0),
+                per_step(ticks_to_us(phase.server_ticks)),
+                phase.db_ticks.map_or("-".into(), |t| format!("{:.0} us", per_step(ticks_to_us(t)))),
+                phase.statements.map_or("-".into(), |n| format!("{:.1}", per_step(n as f64))),
             );
         }
-        println!("{:<28} {:>12.1}x", format!("{name}: replay speed-up"), first_ms / replay_ms);
+        println!("{:<42} {:>10.1}x", format!("{name}: replay speed-up"), first_phase.ms / replay_phase.ms);
+        summary.insert(
+            workflow.to_string(),
+            json!({ "first": first_phase.json(steps), "replay": replay_phase.json(steps) }),
+        );
+    }
+    drop(server);
+    if opts.keep {
+        println!("kept {}", dir.keep().display());
+        database.keep();
+    }
+    if opts.json {
+        println!("{}", Value::Object(summary));
     }
     Ok(())
 }
@@ -112,7 +193,8 @@ struct Bench {
 }
 
 impl Bench {
-    fn start(dir: &Path, steps: u32) -> Result<Bench> {
+    /// Starts the server on the database `database_url` names (`None`: its default).
+    fn start(dir: &Path, steps: u32, database_url: Option<&str>) -> Result<Bench> {
         let scripts = json!({ "scripts": [
             { "id": "cli", "path": "./cli.sh", "kind": "workflow" },
             { "id": "client", "path": "./client.sh", "kind": "workflow" }
@@ -123,8 +205,22 @@ impl Bench {
             "workflows": { "maxSteps": steps + 10 },
             "scriptsFile": "./scripts.json"
         });
-        let server = Server::start(dir, &config, &scripts)?;
+        let server = Server::start_on(dir, &config, &scripts, database_url)?;
         Ok(Bench { server, agent: agent() })
+    }
+
+    /// Runs `run` (a launch or a fork, which returns the ended run) and measures it: the
+    /// workflow's own timing, and the CPU and statements it cost.
+    fn measure(&self, database: &mut Database, run: impl FnOnce(&Bench) -> Result<Value>) -> Result<(Value, Phase)> {
+        let pid = self.server.pid();
+        let (server_before, db_before, statements_before) =
+            (own_ticks(pid).unwrap_or(0), database.cluster_cpu(), database.statements());
+        let ended = run(self)?;
+        let server_ticks = own_ticks(pid).unwrap_or(0).saturating_sub(server_before);
+        let db_ticks = database.cluster_cpu().zip(db_before).map(|(after, before)| after.since(&before));
+        let statements = database.statements().zip(statements_before).map(|(after, before)| after - before);
+        let ms = elapsed_ms(&ended)?;
+        Ok((ended, Phase { ms, server_ticks, db_ticks, statements }))
     }
 
     /// Launches a configured workflow and waits for its end.

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::shared::Server;
-use super::{cpu_ticks, direct_spawn_counted, load_target, pct, total_jobs, Target, Ticks};
+use super::{cpu_ticks, direct_spawn_counted, load_target, pct, submit_and_drain, Target, Ticks};
 
 /// Where Debian installs it; `$PATH` is searched first.
 const DEBIAN_WEBHOOK: &str = "/usr/bin/webhook";
@@ -120,14 +120,15 @@ impl Side {
     }
 }
 
-/// The side-by-side run. `dir` holds `trivial.sh`; without webhook installed it says so and
+/// The side-by-side run. `dir` holds `trivial.sh`; script-runner runs on the database
+/// `database_url` names (`None`: its default, SQLite); without webhook installed it says so and
 /// measures nothing.
 ///
 /// At each concurrency the machine is measured in rounds of three 1-second windows: direct
 /// spawn (2 threads), script-runner, webhook. A shared VM drifts by 10-20% within a minute;
 /// alternating makes each server's ratio to direct spawn compare windows a second apart, and
 /// the median of those ratios is printed. Rates, percentiles and CPU are over all the windows.
-pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<()> {
+pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64, database_url: Option<&str>) -> Result<()> {
     let Some(exe) = find_webhook() else {
         println!("skipped: webhook is not installed (apt-get install webhook), so there is nothing to compare with");
         return Ok(());
@@ -142,7 +143,7 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
     let ours_dir = dir.join("vs-webhook");
     std::fs::create_dir_all(&ours_dir)?;
     std::fs::copy(script, ours_dir.join("trivial.sh"))?;
-    let ours = Server::start(&ours_dir, &config, &scripts)?;
+    let ours = Server::start_on(&ours_dir, &config, &scripts, database_url)?;
     let webhook = start_webhook(&exe, dir, script)?;
     let targets = [
         ("script-runner", Target::run(&ours.base, "trivial"), ours.pid()),
@@ -200,17 +201,7 @@ pub fn compare(dir: &Path, script: &Path, cores: usize, seconds: f64) -> Result<
 /// jobs run behind them (4 at a time), then how long the queue takes to drain. webhook has no
 /// counterpart (a hook that answers before its command ends starts every command at once).
 fn async_submissions(ours: &Server, seconds: f64) -> Result<()> {
-    let target = Target::submit(&ours.base, "trivial");
-    let start = Instant::now();
-    let r = load_target(&target, 4, seconds)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while total_jobs(&ours.base, "&status=queued")? + total_jobs(&ours.base, "&status=running")? > 0 {
-        if Instant::now() > deadline {
-            bail!("the async jobs did not all end within 120 s of their submission");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let drained = start.elapsed().as_secs_f64();
+    let (r, drained) = submit_and_drain(&ours.base, 4, seconds, Duration::from_millis(20))?;
     let errors = if r.errors > 0 { format!("  ({} errors)", r.errors) } else { String::new() };
     println!();
     println!(

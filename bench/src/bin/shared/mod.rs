@@ -18,12 +18,20 @@ pub struct Server {
 
 impl Server {
     /// Writes `config.json` and `scripts.json` into `dir` and starts the `script-runner` binary
-    /// built beside this one on them; returns once it has printed its address.
-    pub fn start(dir: &Path, config: &Value, scripts: &Value) -> Result<Server> {
+    /// built beside this one on them; returns once it has printed its address. The server runs
+    /// on the database `database_url` names (given as `DATABASE_URL`, which wins over the
+    /// config), or with `None` on its default (SQLite beside the config), any `DATABASE_URL` of
+    /// the bench's own environment removed.
+    pub fn start_on(dir: &Path, config: &Value, scripts: &Value, database_url: Option<&str>) -> Result<Server> {
         std::fs::write(dir.join("scripts.json"), serde_json::to_vec(scripts)?)?;
         std::fs::write(dir.join("config.json"), serde_json::to_vec(config)?)?;
         let exe = std::env::current_exe()?.with_file_name("script-runner");
-        let mut child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        match database_url {
+            Some(url) => command.env("DATABASE_URL", url),
+            None => command.env_remove("DATABASE_URL"),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(dir.join("config.json"))
             .env("RUST_LOG", "warn")
