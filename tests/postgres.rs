@@ -456,3 +456,26 @@ fn stored_run_status(url: &str, id: &str) -> Option<String> {
         .ok()?;
     rows.into_iter().next().map(|r| r.status)
 }
+
+/// A start that fails after the database was opened (here: an upstream `jobs.json` that is not
+/// JSON) exits with its code every time, never by a signal: threads left inside libpq once
+/// raced OpenSSL's exit handler, and about 1 exit in 10 was a SIGSEGV.
+#[test]
+fn a_start_that_fails_after_opening_the_database_always_exits_with_its_code() {
+    let Some(admin) = admin_url() else { return };
+    let url = common::new_pg_database(&admin, &format!("exit_code_{}", std::process::id()));
+    let deployment = Builder::new().script("noop", "true").top("database", json!({ "url": url })).write();
+    std::fs::write(deployment.dir.path().join("jobs.json"), "[{\"jobId\": \"job_1\", oops").unwrap();
+    for attempt in 0..25 {
+        let out = Command::new(common::BIN)
+            .args(["serve", "--config"])
+            .arg(&deployment.config)
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {:?}\n{stderr}", out.status);
+        assert!(stderr.contains("runner.jobStoreFile"), "{stderr}");
+    }
+}
