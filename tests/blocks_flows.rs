@@ -1079,7 +1079,7 @@ fn shipped_flow_1_runs_green_against_the_example_service() {
         std::fs::copy(entry.path(), dir.path().join("examples").join(entry.file_name())).unwrap();
     }
     let config = dir.path().join("config.json");
-    let server = Deployment { dir, config }.start();
+    let server = Deployment { dir, config, database: None }.start();
     let out = flow_run(&repo.join("flows/flow-1/flow.oo.yaml"), &[url_input(&server)]);
     assert_eq!(out.code, 0, "stdout {} stderr {}\n{}", out.stdout, out.stderr, server.server_log());
     let o = &out.outputs;

@@ -40,6 +40,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_script-runner");
 /// Builds a temporary deployment: config, scripts, and the scripts' files.
 pub struct Builder {
     dir: tempfile::TempDir,
+    /// The deployment's own database in the PostgreSQL pass (dropped with the deployment).
+    database: Option<PgDatabase>,
     server: Map<String, Value>,
     runner: Map<String, Value>,
     top: Map<String, Value>,
@@ -81,11 +83,29 @@ pub fn new_pg_database(admin: &str, name: &str) -> String {
 
 /// `sqlite://db.sqlite` in the deployment's folder, or, in the PostgreSQL pass, a new empty
 /// database in the test cluster named after that folder.
-fn test_database_url(dir: &Path) -> String {
-    let Some(admin) = pg_admin_url() else { return "sqlite://db.sqlite".into() };
+fn test_database(dir: &Path) -> (String, Option<PgDatabase>) {
+    let Some(admin) = pg_admin_url() else { return ("sqlite://db.sqlite".into(), None) };
     let name =
         dir.file_name().unwrap().to_string_lossy().to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-    new_pg_database(&admin, &name)
+    (new_pg_database(&admin, &name), Some(PgDatabase { admin, name }))
+}
+
+/// A test database in the PostgreSQL pass's cluster, dropped (with any session still on it) when
+/// the deployment is: a pass creates about 300, each a copy of the template (7-8 MB), and a full
+/// disk fails every test after it.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl};
+        if let Ok(mut conn) = diesel::PgConnection::establish(&self.admin) {
+            let _ =
+                diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)).execute(&mut conn);
+        }
+    }
 }
 
 impl Builder {
@@ -105,8 +125,9 @@ impl Builder {
         runner.insert("logsDir".into(), json!("./logs"));
         runner.insert("jobStoreFile".into(), json!("./jobs.json"));
         let mut top = Map::new();
-        top.insert("database".into(), json!({ "url": test_database_url(dir.path()) }));
-        Builder { dir, server, runner, top, scripts: Vec::new() }
+        let (url, database) = test_database(dir.path());
+        top.insert("database".into(), json!({ "url": url }));
+        Builder { dir, database, server, runner, top, scripts: Vec::new() }
     }
 
     /// Runs this deployment on SQLite (`<dir>/db.sqlite`) in either pass: for a test about what
@@ -205,7 +226,7 @@ impl Builder {
             serde_json::to_vec_pretty(&json!({ "scripts": self.scripts })).unwrap(),
         )
         .unwrap();
-        Deployment { dir: self.dir, config: config_path }
+        Deployment { dir: self.dir, config: config_path, database: self.database }
     }
 
     /// Writes the files and starts the server.
@@ -218,6 +239,8 @@ impl Builder {
 pub struct Deployment {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Its database in the PostgreSQL pass, dropped with it (after its server is stopped).
+    pub database: Option<PgDatabase>,
 }
 
 impl Deployment {
