@@ -40,9 +40,13 @@ impl DbConnection {
 /// WAL lets readers run beside the writer; `synchronous = NORMAL` in WAL mode survives a crash
 /// of this process (or kill -9) without losing a commit, and only fsyncs at checkpoints: a power
 /// cut may lose the last commits but never corrupts the file.
+///
+/// `busy_timeout` comes first: `journal_mode` takes a lock, and set before it, a connection opened
+/// while another holds the database (the writer committing, a checkpoint) failed at once with
+/// "database is locked" instead of waiting.
 pub(super) fn apply_pragmas(conn: &mut SqliteConnection) -> QueryResult<()> {
     conn.batch_execute(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
          PRAGMA foreign_keys = ON;",
     )
 }
@@ -113,5 +117,33 @@ impl r2d2::HandleError<r2d2::Error> for PoolErrors {
             n => format!(" ({n} more since the last one logged)"),
         };
         log::warn!("database: cannot open a read connection: {message}{since}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection opened while another holds the database's write lock waits for it (the
+    /// busy time-out is set before `journal_mode`, which takes a lock) instead of failing with
+    /// "database is locked" (seen as a rare failure of migrate-db's copy test).
+    #[test]
+    fn a_sqlite_connection_opened_while_the_database_is_locked_waits_for_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let location = Location::Sqlite(dir.path().join("locked.db"));
+        let DbConnection::Sqlite(mut holder) = DbConnection::open(&location).expect("open") else {
+            unreachable!("a SQLite location opens a SQLite connection")
+        };
+        holder
+            .batch_execute("PRAGMA locking_mode = EXCLUSIVE; CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+            .expect("lock");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            holder.batch_execute("PRAGMA locking_mode = NORMAL; SELECT 1 FROM t;").expect("unlock");
+            drop(holder);
+        });
+        let opened = DbConnection::open(&location);
+        release.join().expect("holder thread");
+        assert!(opened.is_ok(), "{:?}", opened.err());
     }
 }
