@@ -61,20 +61,11 @@ fn serve_directly(config: &Path) -> (Option<i32>, String) {
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`serve` did not fail within 15 s; its log:\n{}",
-                std::fs::read_to_string(&stderr_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = crate::common::exit_within(&mut child, Duration::from_secs(15)) else {
+        panic!(
+            "`serve` did not fail within 15 s; its log:\n{}",
+            std::fs::read_to_string(&stderr_path).unwrap_or_default()
+        );
     };
     (status.code(), std::fs::read_to_string(&stderr_path).unwrap_or_default())
 }

@@ -73,17 +73,8 @@ fn serve_failing(url: &str) -> (Option<i32>, String, String) {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`serve` on {url:?} did not exit within 30 s: {}", std::fs::read_to_string(&err).unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = common::exit_within(&mut child, Duration::from_secs(30)) else {
+        panic!("`serve` on {url:?} did not exit within 30 s: {}", std::fs::read_to_string(&err).unwrap());
     };
     (status.code(), std::fs::read_to_string(&out).unwrap(), std::fs::read_to_string(&err).unwrap())
 }

@@ -143,71 +143,65 @@ fn main() -> ExitCode {
 /// SIGSEGV instead of its exit code. Everything worth keeping is committed or written by then;
 /// stdout and stderr are flushed here.
 #[allow(unsafe_code, reason = "_exit: the one way to end a process without the C library's exit handlers")]
-fn exit_at_once(code: ExitCode) -> ExitCode {
+fn exit_at_once(code: u8) -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
-    let code = if code == ExitCode::SUCCESS { 0 } else { exit_status(code) };
     // SAFETY: _exit only ends the process; nothing of this process runs after it.
-    unsafe { libc::_exit(code) }
-}
-
-/// The number an `ExitCode` stands for (it has no accessor): its `Debug` form holds it.
-fn exit_status(code: ExitCode) -> i32 {
-    format!("{code:?}").chars().filter(char::is_ascii_digit).collect::<String>().parse().unwrap_or(1)
+    unsafe { libc::_exit(i32::from(code)) }
 }
 
 /// `script-runner migrate-db`: one summary line on stdout; on failure one line on stderr, exit 2
 /// for a URL that names no database, 1 otherwise. No password is ever printed.
-fn migrate_db(args: &MigrateDbArgs) -> ExitCode {
+fn migrate_db(args: &MigrateDbArgs) -> u8 {
     use script_runner::db::{copy_history, Location};
     let base = match std::env::current_dir() {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!("script-runner migrate-db: cannot read the current folder: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let parse = |flag: &str, url: &str| {
         Location::parse(url, &base).map_err(|e| eprintln!("script-runner migrate-db: {flag}: {e}"))
     };
-    let Ok(from) = parse("--from", &args.from) else { return ExitCode::from(2) };
-    let Ok(to) = parse("--to", &args.to) else { return ExitCode::from(2) };
+    let Ok(from) = parse("--from", &args.from) else { return 2 };
+    let Ok(to) = parse("--to", &args.to) else { return 2 };
     match copy_history(&from, &to) {
         Ok(copied) => {
             println!(
                 "copied {} jobs, {} imports, {} runs, {} journal entries from {from} to {to}",
                 copied.jobs, copied.imports, copied.runs, copied.journal
             );
-            ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("script-runner migrate-db: {e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
 
 /// Loads the configuration (`--config`, else the default path) and runs `command` on it; exit 2
 /// when it is invalid.
-fn with_config(path: Option<PathBuf>, command: impl FnOnce(config::Config) -> ExitCode) -> ExitCode {
+fn with_config<T: From<u8>>(path: Option<PathBuf>, command: impl FnOnce(config::Config) -> T) -> T {
     let path = path.unwrap_or_else(config::default_config_path);
     match config::load(&path) {
         Ok(config) => command(config),
         Err(e) => {
             eprintln!("script-runner: invalid configuration: {e}");
-            ExitCode::from(2)
+            T::from(2)
         }
     }
 }
 
 /// `script-runner serve`: serves the HTTP API until it is stopped.
-fn serve(config: config::Config) -> ExitCode {
+fn serve(config: config::Config) -> u8 {
     match script_runner::server::serve(config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("script-runner: {e:#}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

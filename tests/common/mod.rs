@@ -643,6 +643,23 @@ fn new_agent() -> ureq::Agent {
 /// How long [`TestServer::wait_step`] waits for a journal entry.
 pub const STEP_WAIT: Duration = Duration::from_secs(20);
 
+/// Waits for a child to exit, at most `timeout`; a child still running then is killed and
+/// `None` returned (the caller panics with what it knows, e.g. the child's log).
+pub fn exit_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Calls `probe` every 20 ms until it returns a value, at most `timeout` (the first call is at
 /// once); returns that value. On timeout it panics with `what()`, which callers build from what
 /// their probe saw last.

@@ -1005,17 +1005,24 @@ mod tests {
         assert!(started.elapsed() >= bound && started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     }
 
-    /// Writes sent while a lane is without its database are committed, in order, once it
-    /// reconnects (here to the same SQLite file, standing in for a server that came back).
-    #[test]
-    fn writes_sent_while_a_lane_is_down_are_committed_in_order_once_it_reconnects() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// A store on a SQLite file in `dir`, and a writer on it (reconnecting to the same file,
+    /// standing in for a server that came back) whose one lane has just lost its database.
+    fn lane_down(dir: &tempfile::TempDir) -> (Store, Arc<Health>, Writer) {
         let location = Location::Sqlite(dir.path().join("t.db"));
         let store = Store::open(&location).expect("open");
         let health = Arc::new(Health::new(true));
         let conn = DbConnection::open(&location).expect("open");
         let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
         Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        (store, health, writer)
+    }
+
+    /// Writes sent while a lane is without its database are committed, in order, once it
+    /// reconnects (here to the same SQLite file, standing in for a server that came back).
+    #[test]
+    fn writes_sent_while_a_lane_is_down_are_committed_in_order_once_it_reconnects() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, health, writer) = lane_down(&dir);
         let mut job = Job::new("job_1_7".into(), "s", Mode::Async, Vec::new(), 1);
         let insert = writer.enqueue(WriteOp::insert_job(&job)).expect("enqueue");
         job.pid = Some(42);
@@ -1031,12 +1038,7 @@ mod tests {
     #[test]
     fn a_refusing_write_waits_for_a_reconnection_once_the_database_answered_again() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let location = Location::Sqlite(dir.path().join("t.db"));
-        let store = Store::open(&location).expect("open");
-        let health = Arc::new(Health::new(true));
-        let conn = DbConnection::open(&location).expect("open");
-        let writer = Writer::start(vec![conn], Some(location), Arc::clone(&health)).expect("start");
-        Role::acquire(&writer.lanes[0]).went_down(Vec::new(), "cut by the test".into());
+        let (store, health, writer) = lane_down(&dir);
         assert!(matches!(writer.enqueue_with(job(1), OnOutage::Refuse), Err(StoreError::Unavailable(_))));
         std::thread::sleep(Duration::from_millis(5));
         health.saw_ok();
