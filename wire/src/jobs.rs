@@ -62,6 +62,9 @@ pub struct JobView {
     /// `true` when the request's idempotency key matched this earlier job (sync run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deduplicated: Option<bool>,
+    /// The cluster node that runs or ran the job (ours; only in a cluster, once a node took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `202` answer of an async run.
@@ -199,6 +202,7 @@ mod tests {
             stderr: None,
             idempotency_key: None,
             deduplicated: None,
+            node: None,
         }
     }
 

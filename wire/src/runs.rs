@@ -40,6 +40,9 @@ pub struct RunView {
     pub finished_at: Option<String>,
     /// ISO time of the current execution's last heartbeat.
     pub last_heartbeat_at: Option<String>,
+    /// The cluster node that holds the run (ours; only in a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The key the run was launched under.
     pub idempotency_key: Option<String>,
     /// Executions so far (1 for the first).

@@ -36,6 +36,7 @@ impl From<&Job> for JobRow {
             idempotency_key: job.idempotency_key.clone(),
             stdout_error: job.stdout.error.clone(),
             stderr_error: job.stderr.error.clone(),
+            node: job.node.clone(),
         }
     }
 }
@@ -75,6 +76,7 @@ impl From<JobRow> for Job {
             pid: row.pid,
             proc_start_ticks: row.proc_start_ticks.map(to_u64),
             idempotency_key: row.idempotency_key,
+            node: row.node,
         }
     }
 }

@@ -68,6 +68,10 @@ pub struct JobRow {
     pub stdout_error: Option<String>,
     /// Why stderr could not be stored, if it could not.
     pub stderr_error: Option<String>,
+    /// The cluster node that runs or ran the job (NULL on SQLite, and for an async job until a
+    /// node claims it). Set at insert or by the cluster's claim; an update never moves it.
+    #[diesel(skip_update)]
+    pub node: Option<String>,
 }
 
 /// An `imports` row: an upstream job store that was imported.
@@ -155,6 +159,10 @@ pub struct RunRow {
     pub finished_at: Option<i64>,
     /// Last sign of life of the execution, Unix ms.
     pub last_heartbeat_at: Option<i64>,
+    /// The cluster node that holds the run (NULL on SQLite, and while no node holds it). Set
+    /// at insert or by the cluster (a take-over, a hand-back); an update never moves it.
+    #[diesel(skip_update)]
+    pub node: Option<String>,
 }
 
 /// A `script_run_journal` row: one durable step.

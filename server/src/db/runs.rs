@@ -55,6 +55,7 @@ impl TryFrom<RunRow> for Run {
             started_at: row.started_at,
             finished_at: row.finished_at,
             last_heartbeat_at: row.last_heartbeat_at,
+            node: row.node,
         })
     }
 }
@@ -88,6 +89,7 @@ impl From<&Run> for RunRow {
             started_at: run.started_at,
             finished_at: run.finished_at,
             last_heartbeat_at: run.last_heartbeat_at,
+            node: run.node.clone(),
         }
     }
 }

@@ -34,6 +34,7 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         stdout_error -> Nullable<Text>,
         stderr_error -> Nullable<Text>,
+        node -> Nullable<Text>,
     }
 }
 
@@ -75,6 +76,7 @@ diesel::table! {
         started_at -> Nullable<BigInt>,
         finished_at -> Nullable<BigInt>,
         last_heartbeat_at -> Nullable<BigInt>,
+        node -> Nullable<Text>,
     }
 }
 

@@ -42,6 +42,7 @@ pub fn run_view(run: Run) -> RunView {
         idempotency_key: run.idempotency_key,
         attempt: run.attempt,
         forked_from: run.forked_from,
+        node: run.node,
     }
 }
 

@@ -37,6 +37,7 @@ pub fn job_item(job: Job) -> JobView {
         script_id: job.script_id,
         args: job.args,
         error: job.error,
+        node: job.node,
         stdout: None,
         stderr: None,
         idempotency_key: job.idempotency_key,

@@ -125,6 +125,8 @@ pub struct Job {
     pub proc_start_ticks: Option<u64>,
     /// The `idempotencyKey` it was started under.
     pub idempotency_key: Option<String>,
+    /// The cluster node that runs or ran it (`None` on SQLite, and while queued for any node).
+    pub node: Option<String>,
 }
 
 impl Job {
@@ -147,6 +149,7 @@ impl Job {
             pid: None,
             proc_start_ticks: None,
             idempotency_key: None,
+            node: None,
         }
     }
 

@@ -174,6 +174,8 @@ pub struct Run {
     pub finished_at: Option<i64>,
     /// Last sign of life of its execution.
     pub last_heartbeat_at: Option<i64>,
+    /// The cluster node that holds the run (`None` on SQLite).
+    pub node: Option<String>,
 }
 
 /// Progress a workflow reported.
@@ -214,6 +216,7 @@ impl Run {
             started_at: None,
             finished_at: None,
             last_heartbeat_at: None,
+            node: None,
         }
     }
 }

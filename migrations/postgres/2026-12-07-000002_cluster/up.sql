@@ -1,0 +1,41 @@
+-- A cluster on one PostgreSQL database (see server/src/cluster/ and README "Running a cluster").
+
+-- One row per node: a server that serves on this database. A node holds a lease it renews
+-- (lease_until, on the database's clock); a node whose lease expired is declared `dead` by
+-- another, which ends its running jobs and hands its runs to a live node. `epoch` is new at
+-- every start (node_epochs): a write that carries a stale epoch is refused (fencing).
+CREATE SEQUENCE node_epochs;
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    epoch BIGINT NOT NULL,
+    -- Where other nodes reach it: http://host:port.
+    advertise TEXT NOT NULL,
+    -- A random secret other nodes present on its internal routes (log pages, forwarded run
+    -- requests); it changes at every start.
+    token TEXT NOT NULL,
+    -- 'up', 'draining' (SIGTERM: finishing its running jobs, claiming nothing), 'stopped'
+    -- (clean exit), 'dead' (lease expired).
+    state TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    lease_until TIMESTAMPTZ NOT NULL,
+    ended_at TIMESTAMPTZ,
+    -- Why it ended (a dead node: who declared it and when its lease expired).
+    reason TEXT
+);
+
+-- The node that runs the job (NULL: not claimed yet, or run by a server before the cluster).
+ALTER TABLE jobs ADD COLUMN node TEXT;
+-- Set by a cancel on any node; the owner stops the job (told by NOTIFY, or its next poll).
+ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE;
+-- The node that holds the run (NULL: free for any live node to take and resume).
+ALTER TABLE script_runs ADD COLUMN node TEXT;
+
+-- The shared queue: queued async jobs nobody claimed, oldest first (claimed with
+-- FOR UPDATE SKIP LOCKED).
+CREATE INDEX jobs_queue ON jobs (seq) WHERE status = 'queued' AND mode = 'async' AND node IS NULL;
+-- What a node runs (the reaper's sweep, GET /cluster, the cancel poll).
+CREATE INDEX jobs_node_running ON jobs (node) WHERE status = 'running';
+-- Runs free to be taken.
+CREATE INDEX script_runs_free ON script_runs (seq) WHERE node IS NULL AND status IN ('running', 'awaiting', 'paused');

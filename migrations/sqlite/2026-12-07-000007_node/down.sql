@@ -1,0 +1,2 @@
+ALTER TABLE script_runs DROP COLUMN node;
+ALTER TABLE jobs DROP COLUMN node;
