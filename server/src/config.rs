@@ -80,6 +80,8 @@ pub struct Config {
     pub runner: RunnerConfig,
     /// Database settings.
     pub database: DatabaseConfig,
+    /// Cluster settings (used on PostgreSQL, where every server is a node of a cluster).
+    pub cluster: ClusterConfig,
     /// The whitelist, in file order.
     pub scripts: Vec<Arc<Script>>,
     /// Durable workflow runs: the configured workflows, interpreters and guardrails.
@@ -150,6 +152,26 @@ impl RunnerConfig {
         Duration::from_secs(self.kill_grace_sec)
     }
 }
+
+/// A node's settings in a cluster (`cluster` in config.json). Every server on a PostgreSQL
+/// database is a node; on SQLite these are not used.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's name (`cluster.nodeId`): letters, digits, `.`, `_`, `-`, `:`. Default:
+    /// `<hostname>:<port>`. A node that restarts under the same name takes over what its previous
+    /// run left at once, instead of after its lease.
+    pub node_id: Option<String>,
+    /// Where the other nodes reach this one (`cluster.advertise`, `http://host:port` or
+    /// `host:port`). Default: the address the server listens on (loopback when it listens on
+    /// every interface, which only suits nodes on one machine).
+    pub advertise: Option<String>,
+    /// How long a node is trusted without a heartbeat (`cluster.leaseSec`, 1 to 300, default
+    /// 10): past it, another node declares it dead, fails its running jobs and resumes its runs.
+    pub lease_sec: u64,
+}
+
+/// The default `cluster.leaseSec`.
+pub const DEFAULT_LEASE_SEC: u64 = 10;
 
 /// Database settings.
 #[derive(Clone)]
@@ -242,6 +264,8 @@ struct RawConfig {
     #[serde(default)]
     database: RawDatabase,
     #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
     workflows: RawWorkflows,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
@@ -289,6 +313,14 @@ struct RawWorkflows {
 enum Kind {
     Script,
     Workflow,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCluster {
+    node_id: Option<String>,
+    advertise: Option<String>,
+    lease_sec: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -374,6 +406,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     };
 
     let database = database_config(&config_file, &base, raw.database)?;
+    let cluster = cluster_config(&config_file, raw.cluster)?;
 
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
@@ -394,7 +427,34 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, scripts, workflows })
+    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows })
+}
+
+/// The `cluster` section, checked.
+fn cluster_config(config_file: &Path, raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let lease_sec = raw.lease_sec.unwrap_or(DEFAULT_LEASE_SEC);
+    if !(1..=300).contains(&lease_sec) {
+        return Err(ConfigError::new(config_file, "cluster.leaseSec: must be 1 to 300"));
+    }
+    if let Some(id) = &raw.node_id {
+        let fits = !id.is_empty()
+            && id.len() <= 100
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        if !fits {
+            return Err(ConfigError::new(
+                config_file,
+                "cluster.nodeId: 1 to 100 letters, digits, '.', '_', '-' or ':'",
+            ));
+        }
+    }
+    if let Some(address) = &raw.advertise {
+        let bare = address.strip_prefix("http://").unwrap_or(address).trim_end_matches('/');
+        let valid = bare.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid || bare.contains('/') {
+            return Err(ConfigError::new(config_file, "cluster.advertise: must be host:port or http://host:port"));
+        }
+    }
+    Ok(ClusterConfig { node_id: raw.node_id, advertise: raw.advertise, lease_sec })
 }
 
 /// The database: `DATABASE_URL` wins over `database.url`, which wins over the default file.

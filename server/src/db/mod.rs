@@ -10,6 +10,7 @@
 //! lock with busy-waits. On PostgreSQL the writer has several lanes committing in parallel,
 //! each on its own connection (see `writer`).
 
+pub mod cluster;
 mod conn;
 mod copy;
 mod health;
@@ -36,7 +37,7 @@ use crate::jobs::model::Job;
 use crate::runs::model::{JournalEntry, Run};
 use models::{JobRow, RunRow, StepRow};
 use schema::{imports, jobs, script_run_journal, script_runs};
-pub use writer::{OnOutage, Pending, WriteOp, Writer, RETRY_BOUND};
+pub use writer::{Fence, OnOutage, Pending, WriteOp, Writer, RETRY_BOUND};
 
 pub use conn::DbConnection;
 
@@ -67,6 +68,10 @@ pub enum StoreError {
     /// A write failed in the writer thread.
     #[error("database write: {0}")]
     Write(String),
+    /// This cluster node lost its lease (another node declared it dead): it may record nothing
+    /// more, and stops (see [`writer::Fence`]).
+    #[error("this node was fenced: {0}")]
+    Fenced(String),
     /// The writer thread has stopped (only during shutdown).
     #[error("database writer has stopped")]
     WriterGone,

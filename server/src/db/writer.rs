@@ -42,7 +42,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -217,6 +217,23 @@ struct Shared {
     number: usize,
     /// [`RETRY_BOUND`] (shorter in tests).
     retry_bound: Duration,
+    /// The cluster node's lease every commit checks, once set (see [`Fence`]).
+    fence: Arc<OnceLock<Fence>>,
+}
+
+/// Fencing in a cluster: every group commit of a node first checks, in its transaction, that
+/// the node's row still holds this epoch and is `up` or `draining`, and locks that row (`FOR
+/// SHARE`) until the commit: a node declared dead (its lease expired: a pause, a partition)
+/// records nothing more, and no node can be declared dead while one of its commits is under
+/// way. A refused group fails with [`StoreError::Fenced`] and `on_fenced` is called (the
+/// server kills its processes and exits).
+pub struct Fence {
+    /// The node's id.
+    pub node: String,
+    /// Its epoch (new at every start).
+    pub epoch: i64,
+    /// Called with the reason when a commit was refused.
+    pub on_fenced: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 /// Handle to the writer; cheap to clone. The background thread stops when every handle is
@@ -262,6 +279,7 @@ impl Writer {
         retry_bound: Duration,
     ) -> std::io::Result<Writer> {
         let mut lanes = Vec::with_capacity(conns.len());
+        let fence = Arc::new(OnceLock::new());
         for (n, mut conn) in conns.into_iter().enumerate() {
             // Checkpoints are the background thread's (see the module doc); a WAL that grew
             // past 64 MiB (a burst) is cut back when it is rewound.
@@ -283,6 +301,7 @@ impl Writer {
                 health: Arc::clone(&health),
                 number: n,
                 retry_bound,
+                fence: Arc::clone(&fence),
             });
             let thread_shared = Arc::clone(&shared);
             let name = if n == 0 { "db-writer".to_string() } else { format!("db-writer-{n}") };
@@ -294,6 +313,14 @@ impl Writer {
         }
         let lanes: Arc<[Arc<Shared>]> = lanes.into();
         Ok(Writer { _open: Arc::new(OpenToken(Arc::clone(&lanes))), lanes })
+    }
+
+    /// Makes every later commit check the node's lease (PostgreSQL clusters; see [`Fence`]).
+    /// Set once; a second call is ignored.
+    pub fn set_fence(&self, fence: Fence) {
+        if let Some(lane) = self.lanes.first() {
+            let _ = lane.fence.set(fence);
+        }
     }
 
     /// The lane of the object a write changes.
@@ -763,12 +790,25 @@ fn commit(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Resu
 
 /// One attempt of [`commit`]: the writes it could not try, and why, if the connection is lost.
 fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Result<(), (Vec<Request>, String)> {
+    let fence = shared.fence.get();
+    let refused = std::cell::RefCell::new(None);
     // A lone single-statement write commits on its own (the database's implicit transaction),
-    // sparing the parse and execution of BEGIN and COMMIT.
+    // sparing the parse and execution of BEGIN and COMMIT; not in a cluster, where the lease
+    // check and the write share one transaction.
     let grouped = match batch.as_slice() {
-        [one] if one.op.is_one_statement() => apply(conn, &one.op),
-        _ => write_transaction(conn, |c| batch.iter().try_for_each(|r| apply(c, &r.op))),
+        [one] if one.op.is_one_statement() && fence.is_none() => apply(conn, &one.op),
+        _ => write_transaction(conn, |c| {
+            check_fence(c, fence, &refused)?;
+            batch.iter().try_for_each(|r| apply(c, &r.op))
+        }),
     };
+    if let (Some(why), Some(fence)) = (refused.take(), fence) {
+        for request in batch {
+            acknowledge(request, Err(StoreError::Fenced(why.clone())));
+        }
+        (fence.on_fenced)(&why);
+        return Ok(());
+    }
     match grouped {
         Ok(()) => {
             shared.health.saw_ok();
@@ -782,7 +822,19 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
         Err(_) => {
             let mut requests = batch.into_iter();
             while let Some(request) = requests.next() {
-                match write_transaction(conn, |c| apply(c, &request.op)) {
+                let written = write_transaction(conn, |c| {
+                    check_fence(c, fence, &refused)?;
+                    apply(c, &request.op)
+                });
+                if let (Some(why), Some(fence)) = (refused.take(), fence) {
+                    acknowledge(request, Err(StoreError::Fenced(why.clone())));
+                    for request in requests {
+                        acknowledge(request, Err(StoreError::Fenced(why.clone())));
+                    }
+                    (fence.on_fenced)(&why);
+                    return Ok(());
+                }
+                match written {
                     Err(e) if lost(shared, conn, &e) => {
                         let reason = connection_lost(shared, &e);
                         return Err((std::iter::once(request).chain(requests).collect(), reason));
@@ -791,6 +843,36 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// The lease check of a node's commit (see [`Fence`]): locks the node's row for the rest of the
+/// transaction; a node no longer `up` or `draining` under this epoch rolls it back, with why in
+/// `refused`.
+fn check_fence(conn: &mut DbConnection, fence: Option<&Fence>, refused: &std::cell::RefCell<Option<String>>) -> QueryResult<()> {
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct NodeState {
+        #[diesel(sql_type = Text)]
+        state: String,
+    }
+    let Some(fence) = fence else { return Ok(()) };
+    let found: Option<NodeState> = diesel::sql_query("SELECT state FROM nodes WHERE id = $1 AND epoch = $2 FOR SHARE")
+        .bind::<Text, _>(&fence.node)
+        .bind::<BigInt, _>(fence.epoch)
+        .get_result(conn)
+        .optional()?;
+    match found {
+        Some(row) if row.state == "up" || row.state == "draining" => Ok(()),
+        Some(row) => {
+            *refused.borrow_mut() = Some(format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state));
+            Err(diesel::result::Error::RollbackTransaction)
+        }
+        None => {
+            *refused.borrow_mut() =
+                Some(format!("node {} (epoch {}) is no longer registered: it was replaced", fence.node, fence.epoch));
+            Err(diesel::result::Error::RollbackTransaction)
         }
     }
 }
