@@ -1,4 +1,5 @@
-//! Asking another node: a log page of a job it ran (logs stay on the node that ran the job).
+//! Asking another node: a log page of a job it ran (logs stay on the node that ran the job), or
+//! a decision about a workflow run it holds (cancel, pause, resume, an approval).
 //!
 //! Requests go to the node's advertised address, on its internal routes
 //! (`/api/internal/cluster/...`), with the secret it registered ([`TOKEN_HEADER`]): only a
@@ -47,15 +48,34 @@ pub enum PeerError {
 
 /// `GET <node>/api/internal/cluster<path>` and its JSON answer.
 pub fn get<T: DeserializeOwned>(node: &NodeRow, path: &str, query: &[(&str, String)]) -> Result<T, PeerError> {
+    call(node, "GET", path, query, None)
+}
+
+/// `POST <node>/api/internal/cluster<path>` with a JSON body, and its JSON answer.
+pub fn post<T: DeserializeOwned>(node: &NodeRow, path: &str, body: &serde_json::Value) -> Result<T, PeerError> {
+    call(node, "POST", path, &[], Some(body))
+}
+
+fn call<T: DeserializeOwned>(
+    node: &NodeRow,
+    method: &str,
+    path: &str,
+    query: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+) -> Result<T, PeerError> {
     let agent = ureq::AgentBuilder::new().timeout_connect(CONNECT_TIMEOUT).timeout(ANSWER_TIMEOUT).build();
     let address = format!("{}/api/internal/cluster{path}", node.advertise);
     let unreachable =
         |reason: String| PeerError::Unreachable { node: node.id.clone(), address: address.clone(), reason };
-    let mut request = agent.get(&address).set(TOKEN_HEADER, &node.token);
+    let mut request = agent.request(method, &address).set(TOKEN_HEADER, &node.token);
     for (key, value) in query {
         request = request.query(key, value);
     }
-    match request.call() {
+    let answer = match body {
+        Some(body) => request.send_json(body),
+        None => request.call(),
+    };
+    match answer {
         Ok(answer) => answer.into_json::<T>().map_err(|e| unreachable(format!("unreadable answer: {e}"))),
         Err(ureq::Error::Status(status, answer)) => {
             let body: serde_json::Value = answer.into_json().unwrap_or_default();

@@ -166,6 +166,15 @@ impl From<RunError> for ApiError {
             RunError::RunNotFound(_) => run(StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
             RunError::InvalidState(_) => run(StatusCode::CONFLICT, "INVALID_STATE"),
             RunError::OnOtherNode { .. } => run(StatusCode::CONFLICT, "RUN_ON_OTHER_NODE"),
+            RunError::OwnerDown { .. } => run(StatusCode::SERVICE_UNAVAILABLE, "RUN_OWNER_DOWN"),
+            RunError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => {
+                ApiError::Remote {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    code,
+                    message,
+                }
+            }
+            RunError::Peer(_) => run(StatusCode::SERVICE_UNAVAILABLE, "RUN_OWNER_DOWN"),
             RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, "STEP_NOT_FOUND"),
             RunError::StepDiverged(_) => run(StatusCode::CONFLICT, "STEP_DIVERGED"),
             RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, "ALREADY_DECIDED"),

@@ -51,6 +51,13 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(resource("/cluster").route(web::get().to(cluster::status)))
             .service(resource("/api/internal/cluster/jobs/{id}/logs").route(web::get().to(cluster::job_logs)))
+            .service(
+                resource("/api/internal/cluster/script-runs/{id}/{action}").route(web::post().to(cluster::run_action)),
+            )
+            .service(
+                resource("/api/internal/cluster/script-runs/{id}/approvals/{label}")
+                    .route(web::post().to(cluster::run_approval)),
+            )
             .service(resource("/api/script-runs").route(web::post().to(runs::launch)).route(web::get().to(runs::list)))
             .service(
                 resource("/api/script-runs/{id}").route(web::get().to(runs::get)).route(web::delete().to(runs::cancel)),

@@ -404,7 +404,7 @@ impl JobManager {
         id: &str,
         query: Vec<(&'static str, String)>,
     ) -> Result<T, JobError> {
-        let path = format!("/jobs/{}/logs", percent(id));
+        let path = format!("/jobs/{}/logs", crate::names::path_segment(id));
         blocking(move || {
             let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
             peer::get::<T>(&owner, &path, &query).map_err(|e| match e {
@@ -771,16 +771,6 @@ impl JobManager {
 fn inline_data(info: &model::StreamInfo) -> Option<Vec<u8>> {
     let whole = !info.truncated && info.size > 0 && info.preview.len() as u64 == info.size;
     whole.then(|| info.preview.clone().into_bytes())
-}
-
-/// A job id as a path segment (ids are `job_<n>_<n>`; anything else is escaped).
-fn percent(id: &str) -> String {
-    id.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// Reads a log file off the async workers; an error names the file.

@@ -17,6 +17,20 @@ pub enum RunError {
         /// The node that holds it.
         node: String,
     },
+    /// The run is held by a node of the cluster that is gone; another node takes it within the
+    /// lease, and the request can be sent again then.
+    #[error("run {id} is held by node {node}, which is {state}; another node takes it over within the cluster's lease: try again shortly")]
+    OwnerDown {
+        /// The run.
+        id: String,
+        /// The node that held it.
+        node: String,
+        /// What that node is.
+        state: String,
+    },
+    /// The node holding the run answered an error (passed on).
+    #[error("{0}")]
+    Peer(#[from] crate::cluster::peer::PeerError),
     /// A field of the request is missing or malformed.
     #[error("{0}")]
     InvalidRequest(String),

@@ -36,6 +36,12 @@ use crate::time::now_ms;
 type IdleEnd = (RunStatus, Result<Pending, RunError>);
 
 impl Engine {
+    /// The node of the cluster that holds this unfinished run, when it is not this one.
+    pub(super) fn held_elsewhere(&self, run: &Run) -> Option<String> {
+        let node = run.node.as_ref()?;
+        (!run.status.is_terminal() && Some(node) != self.node_id().as_ref()).then(|| node.clone())
+    }
+
     /// The live run with this id; a run that is not live (ended, or unknown) cannot be
     /// `verb`ed: [`RunError::InvalidState`] (or [`RunError::RunNotFound`]).
     pub(super) async fn require_live(&self, id: &str, verb: &str) -> Result<Arc<LiveRun>, RunError> {
@@ -43,12 +49,10 @@ impl Engine {
             Some(live) => Ok(live),
             None => {
                 let run = self.get(id).await?;
-                match run.node {
+                match self.held_elsewhere(&run) {
                     // Held by another node of the cluster: that node decides about it.
-                    Some(node) if !run.status.is_terminal() && Some(&node) != self.node_id().as_ref() => {
-                        Err(RunError::OnOtherNode { id: id.to_string(), node })
-                    }
-                    _ => Err(state_error(id, run.status, verb)),
+                    Some(node) => Err(RunError::OnOtherNode { id: id.to_string(), node }),
+                    None => Err(state_error(id, run.status, verb)),
                 }
             }
         }
@@ -119,9 +123,18 @@ pub fn wake(engine: &Arc<Engine>, live: &Arc<LiveRun>) -> Result<Option<Pending>
 
 /// Cancels a live run (a run that is not live is left as it is): its jobs, then its process.
 pub async fn cancel(engine: &Arc<Engine>, id: &str) -> Result<(), RunError> {
-    if let Some(live) = engine.live.get(id) {
-        cancel_jobs(engine, &live).await;
-        stop(engine, &live, Stop::Cancel).await;
+    match engine.live.get(id) {
+        Some(live) => {
+            cancel_jobs(engine, &live).await;
+            stop(engine, &live, Stop::Cancel).await;
+        }
+        None => {
+            // Held by another node of the cluster: that node cancels it.
+            let run = engine.get(id).await?;
+            if let Some(node) = engine.held_elsewhere(&run) {
+                return Err(RunError::OnOtherNode { id: id.to_string(), node });
+            }
+        }
     }
     Ok(())
 }

@@ -125,6 +125,40 @@ impl Engine {
     }
 }
 
+/// A decision about a run, which the node holding it makes (see [`RunManager::act`]).
+#[derive(Debug, Clone)]
+pub enum RunAction {
+    /// Cancel it.
+    Cancel,
+    /// Pause it.
+    Pause,
+    /// Resume it.
+    Resume,
+    /// Decide its pending approval.
+    Approve {
+        /// The approval step's label.
+        label: String,
+        /// The decision.
+        decision: Decision,
+    },
+}
+
+impl RunAction {
+    /// The internal route (under `/api/internal/cluster`) and body that ask another node for it.
+    fn route(&self, id: &str) -> (String, serde_json::Value) {
+        let id = crate::names::path_segment(id);
+        match self {
+            RunAction::Cancel => (format!("/script-runs/{id}/cancel"), serde_json::json!({})),
+            RunAction::Pause => (format!("/script-runs/{id}/pause"), serde_json::json!({})),
+            RunAction::Resume => (format!("/script-runs/{id}/resume"), serde_json::json!({})),
+            RunAction::Approve { label, decision } => (
+                format!("/script-runs/{id}/approvals/{}", crate::names::path_segment(label)),
+                serde_json::json!({ "approved": decision.approved, "by": decision.by, "comment": decision.comment }),
+            ),
+        }
+    }
+}
+
 /// The run service. Cheap to clone.
 #[derive(Clone)]
 pub struct RunManager {
@@ -273,27 +307,61 @@ impl RunManager {
     /// Cancels a run: its process gets SIGTERM (SIGKILL after the grace) and the jobs its
     /// script steps started are canceled. A terminal run is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<Run, RunError> {
-        execution::cancel(&self.engine, id).await?;
-        self.engine.get(id).await
+        self.act(id, RunAction::Cancel, true).await
     }
 
     /// Pauses a running or awaiting run: its process is stopped; `resume` re-executes it.
     pub async fn pause(&self, id: &str) -> Result<Run, RunError> {
-        execution::pause(&self.engine, id).await?;
-        self.engine.get(id).await
+        self.act(id, RunAction::Pause, true).await
     }
 
     /// Resumes a paused run: a new execution starts from the top, completed steps replay.
     pub async fn resume(&self, id: &str) -> Result<Run, RunError> {
-        execution::resume(&self.engine, id).await?;
-        self.engine.get(id).await
+        self.act(id, RunAction::Resume, true).await
     }
 
     /// Decides a pending approval. The run continues (its process restarted if it was
     /// parked), and the step client exits 0 (approved) or 1 (denied).
     pub async fn approve(&self, id: &str, label: &str, decision: Decision) -> Result<Run, RunError> {
-        journal::approve(&self.engine, id, label, decision).await?;
-        self.engine.get(id).await
+        self.act(id, RunAction::Approve { label: label.to_string(), decision }, true).await
+    }
+
+    /// Does `action` to the run. A run held by another node of the cluster is decided there:
+    /// with `forward`, the request is sent to that node (its internal route), which answers
+    /// once its decision is committed; the run is then read back. Without (the request came
+    /// from another node), [`RunError::OnOtherNode`] is the answer: a request is forwarded once.
+    pub async fn act(&self, id: &str, action: RunAction, forward: bool) -> Result<Run, RunError> {
+        let engine = &self.engine;
+        let done = match &action {
+            RunAction::Cancel => execution::cancel(engine, id).await,
+            RunAction::Pause => execution::pause(engine, id).await,
+            RunAction::Resume => execution::resume(engine, id).await,
+            RunAction::Approve { label, decision } => journal::approve(engine, id, label, decision.clone()).await,
+        };
+        match done {
+            Err(RunError::OnOtherNode { node, .. }) if forward => self.forward(id, &node, &action).await?,
+            other => other?,
+        }
+        engine.get(id).await
+    }
+
+    /// Sends `action` to the node that holds the run.
+    async fn forward(&self, id: &str, node: &str, action: &RunAction) -> Result<(), RunError> {
+        let Some(cluster) = self.engine.jobs.node().cloned() else { return Ok(()) };
+        let (path, body) = action.route(id);
+        let (owner, run) = (node.to_string(), id.to_string());
+        crate::sync::blocking(move || match cluster.node(&owner)? {
+            Some(row) if row.state == "up" || row.state == "draining" => {
+                crate::cluster::peer::post::<serde_json::Value>(&row, &path, &body)?;
+                Ok(())
+            }
+            row => Err(RunError::OwnerDown {
+                id: run,
+                node: owner,
+                state: row.map_or_else(|| "unknown".to_string(), |r| r.state),
+            }),
+        })
+        .await?
     }
 
     /// A byte page of an execution's log (the latest execution unless `attempt` is given), of
