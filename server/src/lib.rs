@@ -7,6 +7,7 @@
 //! [`db`] (storage: the only module that names the database engine). [`config`], [`sync`] and
 //! [`time`] are read by all of them; [`server`] wires them together at start.
 
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -9,8 +9,9 @@ use actix_web::{middleware, App, HttpServer};
 use anyhow::Context;
 use log::info;
 
+use crate::cluster::Node;
 use crate::config::Config;
-use crate::db::Store;
+use crate::db::{Location, Store};
 use crate::http::{self, AppState};
 use crate::jobs::{import, recovery, JobManager};
 use crate::process::supervisor;
@@ -19,30 +20,42 @@ use crate::runs::RunManager;
 /// Runs the service until SIGTERM or SIGINT, then drains and returns.
 ///
 /// Start-up order matters: migrations, the upstream import and crash recovery all finish
-/// before the port is bound, so no request sees a half-recovered state. The bound address is
-/// printed on stdout as `script-runner listening on http://ADDR` (useful with port 0).
+/// before requests are served (the port is bound before recovery, so a cluster node knows its
+/// address, but nothing is accepted until it is done), so no request sees a half-recovered
+/// state. The bound address is printed on stdout as `script-runner listening on http://ADDR`
+/// (useful with port 0).
 ///
 /// A database that cannot be used at start (unreachable, refused, missing, too old) is an
-/// error of one line naming the problem and the database (never its password). On PostgreSQL,
-/// if the database's advisory lock is lost to another server while serving (see
-/// [`crate::db::PgLock`]), the server stops as at SIGTERM and returns that as its error.
+/// error of one line naming the problem and the database (never its password). On PostgreSQL
+/// the server is a node of a cluster ([`crate::cluster`]); a node that lost its lease (fenced)
+/// kills its processes and returns that as its error at once, without draining.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let lock = config.database.location.lock().map_err(anyhow::Error::msg)?;
-    let lock_lost = lock.lost();
+    // SQLite: one server per file (a lock file). PostgreSQL: every server is a node of a
+    // cluster (see crate::cluster), with a lease instead of a lock.
+    let clustered = matches!(config.database.location, Location::Postgres(_));
+    let lock = if clustered { None } else { Some(config.database.location.lock().map_err(anyhow::Error::msg)?) };
     // The error names the database (a SQLite path, a URL without its password) and the problem.
     let store = Store::open_sized(&config.database.location, config.database.pool_size)?;
     import::import_job_store(&config.runner.job_store_file, &store)?;
 
-    let jobs = JobManager::new(Arc::clone(&config), store.clone())?;
-    recovery::recover(&jobs)?;
+    // Bound before joining a cluster (the node's default id and address are the bound ones);
+    // requests wait in the backlog until recovery is done.
+    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
+        .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
+    let address = listener.local_addr()?;
+    let node = if clustered { Some(Node::join(&config, &store, address)?) } else { None };
+    let fenced = node.as_ref().map(Node::fenced);
+
+    let jobs = JobManager::on_node(Arc::clone(&config), store.clone(), node.clone())?;
+    // A node's recovery was done by joining: its previous run's jobs failed, its orphans killed.
+    if node.is_none() {
+        recovery::recover(&jobs)?;
+    }
     jobs.log_start();
     // After job recovery: it killed the processes of the executions a crash interrupted.
     let runs = RunManager::new(Arc::clone(&config), store.clone(), jobs.clone())?;
 
-    let listener = TcpListener::bind((config.server.host.as_str(), config.server.port))
-        .with_context(|| format!("cannot listen on {}:{}", config.server.host, config.server.port))?;
-    let address = listener.local_addr()?;
     // Workflow processes call back on loopback when the server listens on every interface.
     let callback = if address.ip().is_unspecified() {
         std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
@@ -72,25 +85,45 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         .listen(listener)?
         .run();
         let handle = server.handle();
-        // Jobs requeued by recovery start now, supervised on this (the main) runtime.
+        // Jobs requeued by recovery start now, supervised on this (the main) runtime; a node
+        // claims from the cluster's queue and takes free runs on it too.
         jobs.dispatch();
         runs.resume_all();
+        jobs.start_claiming();
+        runs.start_taking();
         let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
         actix_web::rt::spawn(async move {
             tokio::select! {
                 () = wait_for_signal() => {}
-                reason = lock_lost_to_another(lock_lost) => {
-                    let _ = stop_reason.set(reason);
+                reason = fenced_for(fenced) => {
+                    // Its processes are killed; nothing of it may be recorded any more.
+                    let _ = stop_reason.set(format!("this node was fenced: {reason}"));
+                    handle.stop(false).await;
+                    return;
                 }
             }
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
+            let node = jobs.node().cloned();
+            if let Some(node) = &node {
+                let node = node.clone();
+                let _ = crate::sync::blocking(move || node.drain()).await;
+            }
             // The HTTP workers keep serving reads (and supervising their jobs) meanwhile.
-            // Workflow executions stop first (they stay running and resume at the next start);
+            // Workflow executions stop first (they stay running and resume at the next start,
+            // or on another node at once);
             // the jobs their script steps started then drain like any other.
             runs.shutdown(supervisor::stop_bound(config.runner.kill_grace())).await;
+            if let Some(node) = &node {
+                store.writer().write(crate::db::WriteOp::Flush).await.ok();
+                let node = node.clone();
+                let _ = crate::sync::blocking(move || node.release_runs()).await;
+            }
             jobs.shutdown(grace).await;
             // Everything into the database file: the next start has no WAL to replay.
             store.writer().close();
+            if let Some(node) = node {
+                let _ = crate::sync::blocking(move || node.leave()).await;
+            }
             handle.stop(true).await;
         });
         server.await
@@ -103,11 +136,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves with why the database lock was lost to another server; never, if it is not (or
-/// cannot be: a SQLite file's lock).
-async fn lock_lost_to_another(lost: Option<tokio::sync::watch::Receiver<Option<String>>>) -> String {
-    if let Some(mut lost) = lost {
-        if let Ok(reason) = lost.wait_for(Option::is_some).await {
+/// Resolves with why this node was fenced; never, if it is not a node.
+async fn fenced_for(fenced: Option<tokio::sync::watch::Receiver<Option<String>>>) -> String {
+    if let Some(mut fenced) = fenced {
+        if let Ok(reason) = fenced.wait_for(Option::is_some).await {
             return reason.clone().unwrap_or_default();
         }
     }

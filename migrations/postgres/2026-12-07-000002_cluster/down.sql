@@ -1,3 +1,5 @@
+DROP TRIGGER jobs_queued ON jobs;
+DROP FUNCTION script_runner_job_queued();
 DROP INDEX script_runs_free;
 DROP INDEX jobs_node_running;
 DROP INDEX jobs_queue;

@@ -39,3 +39,15 @@ CREATE INDEX jobs_queue ON jobs (seq) WHERE status = 'queued' AND mode = 'async'
 CREATE INDEX jobs_node_running ON jobs (node) WHERE status = 'running';
 -- Runs free to be taken.
 CREATE INDEX script_runs_free ON script_runs (seq) WHERE node IS NULL AND status IN ('running', 'awaiting', 'paused');
+
+-- A queued async job tells every node at once (in its insert's transaction: no round trip of
+-- its own); each node also polls the queue every second, so a lost notification only delays.
+CREATE FUNCTION script_runner_job_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('script_runner_job_queued', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_queued AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND NEW.mode = 'async' AND NEW.node IS NULL)
+    EXECUTE FUNCTION script_runner_job_queued();

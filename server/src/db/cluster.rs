@@ -20,7 +20,8 @@ use super::{postgres, DbConnection, Location, Store, StoreError};
 use crate::jobs::model::Job;
 use crate::runs::model::Run;
 
-/// The channel a node is told on that a job was queued (any node may claim it).
+/// The channel a node is told on that a job was queued (any node may claim it): the insert's
+/// trigger (migration `cluster`) notifies it.
 pub const JOB_QUEUED: &str = "script_runner_job_queued";
 /// The channel a job's owner is told on that a cancel was asked for it (payload: its id).
 pub const JOB_CANCEL: &str = "script_runner_job_cancel";
@@ -220,8 +221,9 @@ pub fn set_state(conn: &mut PgConnection, me: &NodeKey, state: &str) -> QueryRes
 /// never started twice: the same rule as a restart of a single server), fails the written
 /// queued sync jobs of such a node (their caller is gone), and lets go of such a node's runs
 /// (a live node takes them and resumes them with replay). Skipped (`Ok(None)`) while another
-/// node sweeps. Tells the other nodes when runs were let go.
-pub fn reap(conn: &mut PgConnection, me: &str, now_ms: i64) -> QueryResult<Option<Reaped>> {
+/// node sweeps. Tells the other nodes when runs were let go. Without `declare_dead`, only what
+/// nodes already dead or stopped left is swept.
+pub fn reap(conn: &mut PgConnection, me: &str, now_ms: i64, declare_dead: bool) -> QueryResult<Option<Reaped>> {
     conn.transaction(|conn| {
         #[derive(QueryableByName)]
         struct Locked {
@@ -234,13 +236,17 @@ pub fn reap(conn: &mut PgConnection, me: &str, now_ms: i64) -> QueryResult<Optio
         if !lock.locked {
             return Ok(None);
         }
-        let dead: Vec<Id> = diesel::sql_query(
-            "UPDATE nodes SET state = 'dead', ended_at = now(), \
-             reason = 'its lease expired at ' || to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') || '; declared dead by ' || $1 \
-             WHERE state IN ('up', 'draining') AND lease_until < now() RETURNING id",
-        )
-        .bind::<Text, _>(me)
-        .load(conn)?;
+        let dead: Vec<Id> = if declare_dead {
+            diesel::sql_query(
+                "UPDATE nodes SET state = 'dead', ended_at = now(), \
+                 reason = 'its lease expired at ' || to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') || '; declared dead by ' || $1 \
+                 WHERE state IN ('up', 'draining') AND lease_until < now() RETURNING id",
+            )
+            .bind::<Text, _>(me)
+            .load(conn)?
+        } else {
+            Vec::new()
+        };
         let gone = "node IS NOT NULL AND node NOT IN (SELECT id FROM nodes WHERE state IN ('up', 'draining'))";
         let failed: Vec<Id> = diesel::sql_query(format!(
             "UPDATE jobs SET status = 'failed', code = -1, \
@@ -388,11 +394,6 @@ impl Store {
             .get_result(conn)?;
             Ok(usize::try_from(count.n).unwrap_or(0))
         })
-    }
-
-    /// Tells the nodes a job was queued (after its insert committed).
-    pub fn announce_queued(&self) -> Result<(), StoreError> {
-        self.pg_transaction(|conn| Ok(notify(conn, JOB_QUEUED, "")?))
     }
 
     /// A cancel of a job this node does not hold: a job in the shared queue ends `canceled`

@@ -77,6 +77,22 @@ pub enum ApiError {
     /// answered.
     #[error("the database is unreachable; try again later")]
     StoreUnavailable(String),
+    /// A job's logs are on a cluster node that is gone (`503 LOG_OWNER_DOWN`, naming it).
+    #[error("{0}")]
+    LogOwnerDown(String),
+    /// This node of a cluster lost its lease and is stopping (`503 NODE_FENCED`).
+    #[error("{0}")]
+    Fenced(String),
+    /// Another node's error answer, passed on.
+    #[error("{message}")]
+    Remote {
+        /// Its status.
+        status: StatusCode,
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
     /// Anything else (logged).
     #[error("{0}")]
     Internal(String),
@@ -84,8 +100,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
+            ApiError::LogOwnerDown(_) => "LOG_OWNER_DOWN",
+            ApiError::Fenced(_) => "NODE_FENCED",
+            ApiError::Remote { code, .. } => code,
             ApiError::InvalidJson(_) => "INVALID_JSON",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
             ApiError::ScriptNotFound(_) => "SCRIPT_NOT_FOUND",
@@ -116,6 +135,14 @@ impl From<JobError> for ApiError {
             JobError::ShuttingDown => ApiError::ShuttingDown(message),
             JobError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(message),
             JobError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
+            JobError::Store(StoreError::Fenced(_)) => ApiError::Fenced(message),
+            JobError::LogOwnerDown { .. } => ApiError::LogOwnerDown(message),
+            JobError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => ApiError::Remote {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                code,
+                message,
+            },
+            JobError::Peer(_) => ApiError::LogOwnerDown(message),
             JobError::Store(_) | JobError::Log { .. } | JobError::Task(_) => ApiError::Internal(message),
         }
     }
@@ -136,6 +163,7 @@ impl From<RunError> for ApiError {
             RunError::IdempotencyConflict(..) => run(StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT"),
             RunError::RunNotFound(_) => run(StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
             RunError::InvalidState(_) => run(StatusCode::CONFLICT, "INVALID_STATE"),
+            RunError::OnOtherNode { .. } => run(StatusCode::CONFLICT, "RUN_ON_OTHER_NODE"),
             RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, "STEP_NOT_FOUND"),
             RunError::StepDiverged(_) => run(StatusCode::CONFLICT, "STEP_DIVERGED"),
             RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, "ALREADY_DECIDED"),
@@ -145,6 +173,7 @@ impl From<RunError> for ApiError {
             RunError::ShuttingDown => ApiError::ShuttingDown(message),
             RunError::Job(job) => ApiError::from(job),
             RunError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
+            RunError::Store(StoreError::Fenced(_)) => ApiError::Fenced(message),
             RunError::Store(_)
             | RunError::File { .. }
             | RunError::Randomness(_)
@@ -168,7 +197,11 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::ShuttingDown(_) | ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown(_)
+            | ApiError::StoreUnavailable(_)
+            | ApiError::LogOwnerDown(_)
+            | ApiError::Fenced(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Remote { status, .. } => *status,
             ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::Run { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

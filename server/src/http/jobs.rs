@@ -16,7 +16,7 @@ use crate::jobs::model::{Job, JobStatus};
 use crate::jobs::Keyed;
 use crate::process::logs::Stream;
 
-pub(super) type Query = web::Query<HashMap<String, String>>;
+pub(crate) type Query = web::Query<HashMap<String, String>>;
 
 /// Default and largest page of `GET /jobs`.
 pub(super) const LIST_DEFAULT: u64 = 50;
@@ -142,14 +142,22 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
 
 /// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    let (stream, lines, offset) = log_query(&query)?;
+    log_page(&state, id.into_inner(), &query, false).await
+}
+
+/// A log page; `local`: from this node's logs only (another node of the cluster asks).
+pub(super) async fn log_page(state: &AppState, id: String, query: &Query, local: bool) -> Result<HttpResponse, ApiError> {
+    let (stream, lines, offset) = log_query(query)?;
     if lines {
-        let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
-        let view = state.jobs.read_lines(&id, stream, offset, limit).await?;
+        let limit = nonzero(number(query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
+        let view = match local {
+            true => state.jobs.read_lines_local(&id, stream, offset, limit).await?,
+            false => state.jobs.read_lines(&id, stream, offset, limit).await?,
+        };
         let page = view.page;
         return Ok(HttpResponse::Ok().json(LinesPage {
             ok: true,
-            job_id: id.into_inner(),
+            job_id: id,
             stream: stream.as_str().to_string(),
             offset: page.offset,
             next_offset: page.next_offset,
@@ -159,12 +167,15 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
             lines: page.lines,
         }));
     }
-    let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
-    let view = state.jobs.read_bytes(&id, stream, offset, limit).await?;
+    let limit = nonzero(number(query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
+    let view = match local {
+        true => state.jobs.read_bytes_local(&id, stream, offset, limit).await?,
+        false => state.jobs.read_bytes(&id, stream, offset, limit).await?,
+    };
     let page = view.page;
     Ok(HttpResponse::Ok().json(BytesPage {
         ok: true,
-        job_id: id.into_inner(),
+        job_id: id,
         stream: stream.as_str().to_string(),
         offset: page.offset,
         next_offset: page.next_offset,

@@ -3,6 +3,7 @@
 //! (`script_runner_wire`); the rules live in `crate::jobs` and `crate::runs`, and errors become
 //! statuses in one place (`error.rs`).
 
+mod cluster;
 mod error;
 mod jobs;
 mod runs;
@@ -48,6 +49,8 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
             .service(resource("/jobs/{id}/logs").route(web::get().to(jobs::logs)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
+            .service(resource("/cluster").route(web::get().to(cluster::status)))
+            .service(resource("/api/internal/cluster/jobs/{id}/logs").route(web::get().to(cluster::job_logs)))
             .service(resource("/api/script-runs").route(web::post().to(runs::launch)).route(web::get().to(runs::list)))
             .service(
                 resource("/api/script-runs/{id}").route(web::get().to(runs::get)).route(web::delete().to(runs::cancel)),

@@ -127,6 +127,9 @@ pub(super) struct Shared {
     /// Held from the look-up of an idempotency key to the registration of its job, so two
     /// requests with one key start one job (requests without a key never take it).
     pub(super) keyed: tokio::sync::Mutex<()>,
+    /// This server as a node of a cluster (PostgreSQL): async jobs then go to the cluster's
+    /// shared queue, and any node with a free slot claims them.
+    pub(super) node: Option<crate::cluster::Node>,
 }
 
 /// A place reserved for one job in running + queued (see [`super::JobManager::admit`]). It is given
@@ -181,17 +184,111 @@ impl Shared {
     /// runtime (an HTTP worker, or the main runtime at start): the job is supervised where its
     /// request was handled, without handing it to another thread.
     pub(super) fn dispatch(shared: &Arc<Shared>) {
+        if Shared::dispatch_local(shared) {
+            // A free slot: the cluster's queue may have a job for it.
+            if let Some(node) = &shared.node {
+                node.wake_claimer_if_work();
+            }
+        }
+    }
+
+    /// [`Shared::dispatch`] of this server's own queue; whether a slot is still free.
+    fn dispatch_local(shared: &Arc<Shared>) -> bool {
         loop {
             let next = {
                 let mut st = lock(&shared.state);
                 if st.stopping || st.running >= shared.config.runner.max_concurrent {
-                    return;
+                    return false;
                 }
-                let Some(next) = st.queue.pop_front() else { return };
+                let Some(next) = st.queue.pop_front() else { return true };
                 st.running += 1;
                 next
             };
             tokio::task::spawn_local(Arc::clone(shared).run(next));
+        }
+    }
+
+    /// The claimer of a cluster node: whenever it is rung (a job queued anywhere, a slot freed
+    /// here, the listener's poll), claims queued jobs from the cluster's queue for the slots
+    /// free now and runs them on this (the calling thread's) runtime. The slots are taken
+    /// before the claim and given back for the jobs it did not find, so sync jobs arriving
+    /// meanwhile never find more running than `maxConcurrent`.
+    pub(super) async fn claim_loop(shared: Arc<Shared>) {
+        let Some(node) = shared.node.clone() else { return };
+        loop {
+            node.work().notified().await;
+            loop {
+                let free = {
+                    let mut st = lock(&shared.state);
+                    let free = shared.config.runner.max_concurrent.saturating_sub(st.running);
+                    if st.stopping || free == 0 || !st.queue.is_empty() {
+                        0
+                    } else {
+                        st.running += free;
+                        free
+                    }
+                };
+                if free == 0 {
+                    break;
+                }
+                // Cleared before the claim: a job queued during it rings again.
+                node.take_work();
+                let claiming = node.clone();
+                let claimed = match crate::sync::blocking(move || claiming.claim_jobs(free)).await {
+                    Ok(Ok(jobs)) => jobs,
+                    Ok(Err(e)) => {
+                        log::warn!("cluster: cannot claim queued jobs: {e}");
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        error!("cluster: claim task failed: {e}");
+                        Vec::new()
+                    }
+                };
+                let got = claimed.len();
+                let mut runs = Vec::with_capacity(got);
+                {
+                    let mut st = lock(&shared.state);
+                    st.running -= free - got;
+                    for job in claimed {
+                        let Some(script) = shared.config.script(&job.script_id).cloned() else {
+                            st.running -= 1;
+                            runs.push(Err(job));
+                            continue;
+                        };
+                        let active = Active::new(job, script, true);
+                        let job = lock(&active.job);
+                        if let Some(key) = &job.idempotency_key {
+                            st.keys.insert(key.clone(), job.id.clone());
+                        }
+                        st.active.insert(job.id.clone(), Arc::clone(&active));
+                        drop(job);
+                        runs.push(Ok(active));
+                    }
+                }
+                for run in runs {
+                    match run {
+                        Ok(active) => {
+                            tokio::task::spawn_local(Arc::clone(&shared).run(active));
+                        }
+                        Err(mut job) => {
+                            // Claimed but not runnable here (scripts differ between nodes).
+                            let why = format!("script {} is not configured on node {}", job.script_id, node.id());
+                            job.end(JobStatus::Failed, Some(why), now_ms());
+                            if let Err(e) = shared.store.writer().enqueue(WriteOp::update_job(&job)) {
+                                error!("job {}: state not saved: {e}", job.id);
+                            }
+                        }
+                    }
+                }
+                if got < free {
+                    // The queue is empty (for now): wait to be rung. Sync jobs queued here
+                    // while the slots were taken start now.
+                    Shared::dispatch_local(&shared);
+                    break;
+                }
+                node.note_work();
+            }
         }
     }
 
@@ -285,8 +382,12 @@ impl Shared {
     /// short. A sync job needs no such write (nothing was acknowledged to its caller, and a
     /// restart fails every unfinished sync job): its fast path stays one write.
     pub(super) async fn record_start(&self, active: &Active) -> Result<(), String> {
-        if lock(&active.job).mode != Mode::Async {
-            return Ok(());
+        {
+            let job = lock(&active.job);
+            // A job claimed from the cluster's queue: its claim committed its start.
+            if job.mode != Mode::Async || job.status == JobStatus::Running {
+                return Ok(());
+            }
         }
         let (job, pending) = active.update(self.store.writer(), |job| job.mark_starting(now_ms()));
         let committed = match pending {

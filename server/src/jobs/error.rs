@@ -49,6 +49,18 @@ pub enum JobError {
         /// The error.
         source: std::io::Error,
     },
+    /// The job's logs are on a node of the cluster that is gone or does not answer, and nowhere
+    /// else.
+    #[error("the job's logs are on node {node}, which is {state}; they cannot be read until it is back")]
+    LogOwnerDown {
+        /// The node that ran the job.
+        node: String,
+        /// What it is (`dead`, `stopped`, `unreachable`...).
+        state: String,
+    },
+    /// Another node of the cluster answered an error.
+    #[error("{0}")]
+    Peer(#[from] crate::cluster::peer::PeerError),
     /// A blocking task (storage, a log read) panicked or was cancelled.
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

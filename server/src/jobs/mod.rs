@@ -38,6 +38,7 @@ use log::{error, info, warn};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::cluster::{peer, Node};
 use crate::config::{Config, Mode, Script};
 use crate::db::{JobFilter, OnOutage, Store, WriteOp};
 use crate::process::logs::{self, BytePage, LinePage, LineQuery, Stream};
@@ -49,6 +50,11 @@ use model::{Job, JobStatus};
 /// How many times (5 ms apart) [`JobManager::wait`] looks again for a job recorded but not
 /// registered yet.
 const WAIT_REGISTERED_TRIES: u32 = 400;
+/// How often [`JobManager::wait`] reads a job that runs on another node of the cluster.
+const WAIT_ELSEWHERE_EVERY: Duration = Duration::from_millis(100);
+/// Job numbers per node epoch in a cluster: a node numbers its jobs from `epoch * ID_BLOCK`, so
+/// two nodes never make one id.
+const ID_BLOCK: u64 = 1_000_000_000;
 /// Largest line page, in lines.
 pub const MAX_LINE_LIMIT: u64 = 10_000;
 /// Largest byte page, in bytes (upstream's limit).
@@ -111,13 +117,24 @@ pub struct LinesView {
 }
 
 impl JobManager {
-    /// Creates the service. Run [`recovery::recover`] on it before serving.
+    /// Creates the service. Run [`recovery::recover`] on it before serving (not in a cluster,
+    /// where joining did it: see [`crate::cluster`]).
     pub fn new(config: Arc<Config>, store: Store) -> Result<JobManager, JobError> {
-        let next_seq = u64::try_from(store.max_seq()?).unwrap_or(0) + 1;
+        JobManager::on_node(config, store, None)
+    }
+
+    /// [`JobManager::new`] for a node of a cluster: async jobs go to the cluster's queue, ids
+    /// are unique across the cluster (the node's epoch leads their number), and processes carry
+    /// the node's marker.
+    pub fn on_node(config: Arc<Config>, store: Store, node: Option<Node>) -> Result<JobManager, JobError> {
+        let next_seq = match &node {
+            Some(node) => u64::try_from(node.key().epoch).unwrap_or(0).saturating_mul(ID_BLOCK) + 1,
+            None => u64::try_from(store.max_seq()?).unwrap_or(0) + 1,
+        };
         std::fs::create_dir_all(&config.runner.logs_dir)
             .map_err(|e| JobError::Log { path: config.runner.logs_dir.clone(), source: e })?;
-        let deployment = store.deployment();
-        Ok(JobManager {
+        let deployment = node.as_ref().map_or_else(|| store.deployment(), Node::marker);
+        let manager = JobManager {
             shared: Arc::new(Shared {
                 config,
                 store,
@@ -126,8 +143,31 @@ impl JobManager {
                 ended: Notify::new(),
                 deployment,
                 keyed: tokio::sync::Mutex::new(()),
+                node,
             }),
-        })
+        };
+        if let Some(node) = &manager.shared.node {
+            let shared = Arc::downgrade(&manager.shared);
+            node.on_cancel(move |id| {
+                if let Some(active) = shared.upgrade().and_then(|shared| shared.active(id)) {
+                    active.control.cancel();
+                }
+            });
+        }
+        Ok(manager)
+    }
+
+    /// This server as a node of a cluster, if it is one.
+    pub fn node(&self) -> Option<&Node> {
+        self.shared.node.as_ref()
+    }
+
+    /// Starts claiming jobs from the cluster's queue on this runtime (a node of a cluster; call
+    /// it on the main runtime once serving).
+    pub fn start_claiming(&self) {
+        if self.shared.node.is_some() {
+            tokio::task::spawn_local(Shared::claim_loop(Arc::clone(&self.shared)));
+        }
     }
 
     /// The configuration in force.
@@ -262,6 +302,12 @@ impl JobManager {
         let id = id.unwrap_or_else(|| self.new_job_id());
         let mut job = Job::new(id, &script.id, mode, args, now_ms());
         job.idempotency_key.clone_from(&key);
+        if let Some(node) = &shared.node {
+            if mode == Mode::Async {
+                return self.queue_in_cluster(admission, job, script, node.clone()).await;
+            }
+            job.node = Some(node.id().to_string());
+        }
         let id = job.id.clone();
         let active = Active::new(job, script, false);
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told
@@ -300,6 +346,73 @@ impl JobManager {
         Ok(Submission { job, done })
     }
 
+    /// An async job of a cluster node: committed to the cluster's queue (bounded by
+    /// `runner.maxQueued` across the cluster), where any node with a free slot claims it. It
+    /// is not held here; its answer is the `202`.
+    async fn queue_in_cluster(
+        &self,
+        admission: Admission,
+        job: Job,
+        script: Arc<Script>,
+        node: Node,
+    ) -> Result<Submission, JobError> {
+        let shared = &self.shared;
+        let max_queued = shared.config.runner.max_queued;
+        let store = shared.store.clone();
+        let queued = blocking(move || store.queued_jobs(max_queued)).await??;
+        if queued >= max_queued {
+            let running = lock(&shared.state).running;
+            return Err(JobError::QueueFull { running, queued, max_queued });
+        }
+        let active = Active::new(job, script, false);
+        let ordered = active.record_with(&lock(&active.job), shared.store.writer(), OnOutage::Refuse);
+        match ordered {
+            Ok(pending) => pending.wait().await?,
+            Err(e) => return Err(e.into()),
+        }
+        drop(admission);
+        node.note_work();
+        let job = active.snapshot();
+        Ok(Submission { job, done: watch::channel(None).1 })
+    }
+
+    /// Where the job's logs are, when they are on another node of the cluster: its row there.
+    async fn log_owner(&self, job: &Job) -> Result<Option<crate::db::cluster::NodeRow>, JobError> {
+        let Some(node) = &self.shared.node else { return Ok(None) };
+        let Some(owner) = job.node.as_deref().filter(|owner| *owner != node.id()) else { return Ok(None) };
+        // Logs kept with the job, or a logs folder the nodes share, are read here.
+        let local = [&job.stdout, &job.stderr]
+            .iter()
+            .all(|info| inline_data(info).is_some() || info.size == 0 || self.log_path(&info.log_ref).is_some_and(|p| p.exists()));
+        if local {
+            return Ok(None);
+        }
+        let (node, owner) = (node.clone(), owner.to_string());
+        let row = blocking(move || node.node(&owner).map(|row| (owner, row))).await??;
+        match row {
+            (_, Some(row)) if row.state == "up" || row.state == "draining" => Ok(Some(row)),
+            (owner, Some(row)) => Err(JobError::LogOwnerDown { node: owner, state: row.state }),
+            (owner, None) => Err(JobError::LogOwnerDown { node: owner, state: "unknown".into() }),
+        }
+    }
+
+    /// A page of a job's log from the node that ran it.
+    async fn remote_page<T: serde::de::DeserializeOwned + Send + 'static>(
+        owner: crate::db::cluster::NodeRow,
+        id: &str,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<T, JobError> {
+        let path = format!("/jobs/{}/logs", percent(id));
+        blocking(move || {
+            let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
+            peer::get::<T>(&owner, &path, &query).map_err(|e| match e {
+                peer::PeerError::Unreachable { node, .. } => JobError::LogOwnerDown { node, state: "unreachable".into() },
+                other => JobError::Peer(other),
+            })
+        })
+        .await?
+    }
+
     /// The job with this id.
     pub async fn get(&self, id: &str) -> Result<Job, JobError> {
         if let Some(active) = self.shared.active(id) {
@@ -327,6 +440,22 @@ impl JobManager {
                 return Ok(job);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.shared.node.is_some() {
+            // Queued in the cluster or running on another node: its row says when it ended.
+            loop {
+                if let Some(active) = self.shared.active(id) {
+                    let mut done = active.done.subscribe();
+                    if let Some(job) = wait_done(&mut done).await {
+                        return Ok(job);
+                    }
+                }
+                let job = self.get(id).await?;
+                if job.status.is_terminal() {
+                    return Ok(job);
+                }
+                tokio::time::sleep(WAIT_ELSEWHERE_EVERY).await;
+            }
         }
         self.get(id).await
     }
@@ -359,7 +488,11 @@ impl JobManager {
                 None => {
                     // Unfinished in the rows but no longer in flight: it ended after the rows
                     // were read, and its final state was committed before it left memory.
-                    if !stored.status.is_terminal() {
+                    let mine = match (&self.shared.node, &stored.node) {
+                        (Some(node), Some(owner)) => owner == node.id(),
+                        _ => true,
+                    };
+                    if !stored.status.is_terminal() && mine {
                         stale.push(jobs.len());
                     }
                     jobs.push(stored);
@@ -380,7 +513,7 @@ impl JobManager {
     /// finished job is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<Job, JobError> {
         let shared = &self.shared;
-        let Some(active) = shared.active(id) else { return self.get(id).await };
+        let Some(active) = shared.active(id) else { return self.cancel_elsewhere(id).await };
         let dequeued = {
             let mut st = lock(&shared.state);
             let before = st.queue.len();
@@ -399,9 +532,65 @@ impl JobManager {
         }
     }
 
+    /// A cancel of a job this node does not hold: in a cluster, one queued in the cluster's
+    /// queue ends `canceled` at once, and one running on another node is stopped by that node
+    /// (told at once; the call waits, bounded, for its end). Otherwise the job as it is.
+    async fn cancel_elsewhere(&self, id: &str) -> Result<Job, JobError> {
+        let Some(node) = self.shared.node.clone() else { return self.get(id).await };
+        let job = self.get(id).await?;
+        if job.status.is_terminal() {
+            return Ok(job);
+        }
+        let key = id.to_string();
+        let asked = blocking(move || node.ask_cancel(&key)).await??;
+        if let crate::db::cluster::CancelAsked::Told(_) = asked {
+            // The owner stops it as a local cancel does: SIGTERM, SIGKILL after the grace.
+            let bound = supervisor::stop_bound(self.shared.config.runner.kill_grace()) + Duration::from_secs(2);
+            let deadline = tokio::time::Instant::now() + bound;
+            while tokio::time::Instant::now() < deadline {
+                let job = self.get(id).await?;
+                if job.status.is_terminal() {
+                    return Ok(job);
+                }
+                tokio::time::sleep(WAIT_ELSEWHERE_EVERY).await;
+            }
+        }
+        self.get(id).await
+    }
+
     /// A byte page of a job's log.
     pub async fn read_bytes(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
         let job = self.get(id).await?;
+        if let Some(owner) = self.log_owner(&job).await? {
+            let query = vec![
+                ("stream", stream.as_str().to_string()),
+                ("unit", "bytes".to_string()),
+                ("offset", offset.to_string()),
+                ("limit", limit.to_string()),
+            ];
+            let page: script_runner_wire::jobs::BytesPage = JobManager::remote_page(owner, id, query).await?;
+            return Ok(BytesView {
+                page: BytePage {
+                    offset: page.offset,
+                    next_offset: page.next_offset,
+                    total_size: page.total_size,
+                    data: page.data.into_bytes(),
+                },
+                truncated: page.truncated,
+                output_error: page.output_error,
+            });
+        }
+        self.read_bytes_here(job, stream, offset, limit).await
+    }
+
+    /// [`JobManager::read_bytes`] from this node's logs (the owner's side of a log page asked
+    /// by another node).
+    pub async fn read_bytes_local(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
+        let job = self.get(id).await?;
+        self.read_bytes_here(job, stream, offset, limit).await
+    }
+
+    async fn read_bytes_here(&self, job: Job, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
         let info = job.stream(stream).clone();
         let path = self.log_path(&info.log_ref);
         let limit = limit.min(MAX_BYTE_LIMIT);
@@ -422,6 +611,35 @@ impl JobManager {
     /// A line page of a job's log. While the job runs only complete lines are served.
     pub async fn read_lines(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
         let job = self.get(id).await?;
+        if let Some(owner) = self.log_owner(&job).await? {
+            let query = vec![
+                ("stream", stream.as_str().to_string()),
+                ("unit", "lines".to_string()),
+                ("offset", offset.to_string()),
+                ("limit", limit.to_string()),
+            ];
+            let page: script_runner_wire::jobs::LinesPage = JobManager::remote_page(owner, id, query).await?;
+            return Ok(LinesView {
+                page: LinePage {
+                    offset: page.offset,
+                    next_offset: page.next_offset,
+                    total_lines: page.total_lines,
+                    lines: page.lines,
+                },
+                truncated: page.truncated,
+                output_error: page.output_error,
+            });
+        }
+        self.read_lines_here(job, stream, offset, limit).await
+    }
+
+    /// [`JobManager::read_lines`] from this node's logs (see [`JobManager::read_bytes_local`]).
+    pub async fn read_lines_local(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
+        let job = self.get(id).await?;
+        self.read_lines_here(job, stream, offset, limit).await
+    }
+
+    async fn read_lines_here(&self, job: Job, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
         let info = job.stream(stream).clone();
         let complete_only = !job.status.is_terminal();
         let query = LineQuery {
@@ -454,8 +672,12 @@ impl JobManager {
         if !info.truncated && info.size <= preview_max {
             return Ok(info.preview.clone());
         }
-        let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };
         let cap = self.shared.config.runner.max_log_bytes_per_stream;
+        if self.log_owner(job).await?.is_some() {
+            let view = self.read_bytes(&job.id, stream, 0, cap).await?;
+            return Ok(String::from_utf8_lossy(&view.page.data).into_owned());
+        }
+        let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };
         let page = read_log(path, move |p| logs::read_bytes(p, 0, cap)).await?;
         Ok(String::from_utf8_lossy(&page.data).into_owned())
     }
@@ -533,6 +755,16 @@ impl JobManager {
 fn inline_data(info: &model::StreamInfo) -> Option<Vec<u8>> {
     let whole = !info.truncated && info.size > 0 && info.preview.len() as u64 == info.size;
     whole.then(|| info.preview.clone().into_bytes())
+}
+
+/// A job id as a path segment (ids are `job_<n>_<n>`; anything else is escaped).
+fn percent(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Reads a log file off the async workers; an error names the file.

@@ -8,6 +8,15 @@ use super::MAX_ARGS_BYTES;
 /// What can go wrong with a run request. The HTTP layer maps each to a status and code.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The run is held by another node of the cluster: send the request there (its address
+    /// is in `GET /cluster`).
+    #[error("run {id} is held by node {node} of the cluster; send this request to that node (GET /cluster lists its address)")]
+    OnOtherNode {
+        /// The run.
+        id: String,
+        /// The node that holds it.
+        node: String,
+    },
     /// A field of the request is missing or malformed.
     #[error("{0}")]
     InvalidRequest(String),

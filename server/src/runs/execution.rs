@@ -41,7 +41,16 @@ impl Engine {
     pub(super) async fn require_live(&self, id: &str, verb: &str) -> Result<Arc<LiveRun>, RunError> {
         match self.live.get(id) {
             Some(live) => Ok(live),
-            None => Err(state_error(id, self.get(id).await?.status, verb)),
+            None => {
+                let run = self.get(id).await?;
+                match run.node {
+                    // Held by another node of the cluster: that node decides about it.
+                    Some(node) if !run.status.is_terminal() && Some(&node) != self.node_id().as_ref() => {
+                        Err(RunError::OnOtherNode { id: id.to_string(), node })
+                    }
+                    _ => Err(state_error(id, run.status, verb)),
+                }
+            }
         }
     }
 }

@@ -69,8 +69,14 @@ impl Engine {
 /// The runs the previous server left unfinished, made live again (by
 /// [`lifecycle::recover`]; a run it changed is written first). None is started here.
 pub fn recover(store: &Store) -> Result<Vec<Arc<LiveRun>>, RunError> {
+    adopt(store, store.unfinished_runs()?)
+}
+
+/// Unfinished runs this server now holds (left by its previous run, or taken over in a
+/// cluster from a node that is gone), made live again as [`recover`] does. Blocking.
+pub fn adopt(store: &Store, runs: Vec<Run>) -> Result<Vec<Arc<LiveRun>>, RunError> {
     let mut live = Vec::new();
-    for mut run in store.unfinished_runs()? {
+    for mut run in runs {
         let journal = store.journal(&run.id)?;
         let recovered = lifecycle::recover(&mut run, &journal);
         if recovered.changed {
@@ -165,6 +171,7 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         source_sha256,
         idempotency_key: request.idempotency_key.clone(),
         request_sha256,
+        node: engine.node_id(),
         ..Run::fresh(engine.new_run_id(now), now)
     };
     // Refused at once while the database is lost (503): the run has not started.
@@ -228,6 +235,7 @@ pub async fn fork(
         source_sha256: sha256_hex(source.as_bytes()),
         source,
         forked_from: Some(original.id.clone()),
+        node: engine.node_id(),
         ..Run::fresh(run_id, now)
     };
     let writer = engine.writer();

@@ -57,6 +57,10 @@ pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Executions killed by a signal nobody here sent are restarted (with replay) this many times.
 pub const MAX_CRASH_RESTARTS: i32 = 3;
+/// Runs a node takes from the cluster at a time.
+const TAKE_RUNS: usize = 16;
+/// Run numbers per node epoch in a cluster (see [`crate::jobs`]'s job ids).
+const RUN_ID_BLOCK: u64 = 1_000_000_000;
 /// Longest a step-wait long poll holds a request.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -80,6 +84,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// This node's id, for the runs it creates (`None` outside a cluster).
+    fn node_id(&self) -> Option<String> {
+        self.jobs.node().map(|node| node.id().to_string())
+    }
+
     fn writer(&self) -> &Writer {
         self.store.writer()
     }
@@ -126,10 +135,30 @@ impl RunManager {
     /// Creates the service and loads the runs left unfinished. Call [`RunManager::resume_all`]
     /// once the server is bound to start the ones that were running.
     pub fn new(config: Arc<Config>, store: Store, jobs: JobManager) -> Result<RunManager, RunError> {
-        let next_seq = u64::try_from(store.max_run_seq()?).unwrap_or(0) + 1;
+        let next_seq = match jobs.node() {
+            // Unique across the cluster: the node's epoch leads the number.
+            Some(node) => u64::try_from(node.key().epoch).unwrap_or(0).saturating_mul(RUN_ID_BLOCK) + 1,
+            None => u64::try_from(store.max_run_seq()?).unwrap_or(0) + 1,
+        };
         let dir = launch::runs_dir(&config);
         std::fs::create_dir_all(&dir).map_err(|e| RunError::file(format!("cannot create {}", dir.display()), e))?;
-        let live = launch::recover(&store)?;
+        let live = match jobs.node() {
+            // A node holds only the runs it takes (free ones: left by a node that is gone, or by
+            // a server before the cluster); the others are held by live nodes.
+            Some(node) => {
+                let mut runs = Vec::new();
+                loop {
+                    let taken = node.claim_runs(TAKE_RUNS)?;
+                    let more = taken.len() == TAKE_RUNS;
+                    runs.extend(taken);
+                    if !more {
+                        break;
+                    }
+                }
+                launch::adopt(&store, runs)?
+            }
+            None => launch::recover(&store)?,
+        };
         Ok(RunManager {
             engine: Arc::new(Engine {
                 config,
@@ -144,6 +173,49 @@ impl RunManager {
                 executing: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Takes the runs other nodes let go (a node that is gone, or stopped), as they become free,
+    /// and resumes the running ones with replay (a node of a cluster; call it on the main
+    /// runtime once serving).
+    pub fn start_taking(&self) {
+        let Some(node) = self.engine.jobs.node().cloned() else { return };
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_local(async move {
+            loop {
+                node.runs_free().notified().await;
+                if engine.stopping() {
+                    return;
+                }
+                let (taker, store) = (node.clone(), engine.store.clone());
+                let taken = crate::sync::blocking(move || {
+                    let runs = taker.claim_runs(TAKE_RUNS)?;
+                    launch::adopt(&store, runs)
+                })
+                .await;
+                let live = match taken {
+                    Ok(Ok(live)) => live,
+                    Ok(Err(e)) => {
+                        log::warn!("cluster: cannot take free runs: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        log::error!("cluster: run take-over task failed: {e}");
+                        continue;
+                    }
+                };
+                if live.len() == TAKE_RUNS {
+                    node.runs_free().notify_one();
+                }
+                for run in live {
+                    log::info!("cluster: took over run {} ({})", run.id, run.status().as_str());
+                    engine.live.insert(Arc::clone(&run));
+                    if run.status() == model::RunStatus::Running {
+                        execution::start(&engine, &run);
+                    }
+                }
+            }
+        });
     }
 
     /// Sets the address workflows reach the server at (`SCRIPT_RUNNER_URL`).
