@@ -208,7 +208,7 @@ fn a_running_and_a_queued_job_are_canceled_from_another_node() {
     let cluster = b
         .script_entry(
             "long",
-            &format!("echo $$ > '{}/long-$1.pid'; exec sleep 30", d.display()),
+            &format!("echo $$ > '{}'/long-\"$1\".pid; exec sleep 30", d.display()),
             json!({ "mode": "async" }),
         )
         .script_entry(
@@ -253,7 +253,21 @@ fn a_running_and_a_queued_job_are_canceled_from_another_node() {
             r.body.clone()
         } else {
             // The call waits, bounded; the end may still be on its way.
-            cluster.nodes[other].wait_terminal(id, CANCEL_BOUND)
+            wait_until(
+                || {
+                    format!(
+                        "job {id} on {} not canceled {CANCEL_BOUND:?} after its cancel through {} (which answered \
+                         {}): {}\n{}",
+                        owners[n],
+                        Cluster::node_id(other),
+                        r.text,
+                        cluster.nodes[other].job(id),
+                        cluster.logs()
+                    )
+                },
+                CANCEL_BOUND,
+                || Some(cluster.nodes[other].job(id)).filter(|job| job["status"] != json!("running")),
+            )
         };
         let took = started.elapsed();
         println!("job on {} canceled through {} in {took:?}", owners[n], Cluster::node_id(other));
@@ -442,7 +456,7 @@ fn a_node_killed_9_fails_its_jobs_elsewhere_within_the_bound_and_its_run_complet
     let d = b.dir().to_path_buf();
     let gate = d.join("gate");
     let hold = format!(
-        "echo \"$1\" >> '{d}/ran'; echo $$ > '{d}/pid-$1'; {}; echo \"done $1\"",
+        "echo \"$1\" >> '{d}/ran'; echo $$ > '{d}'/pid-\"$1\"; {}; echo \"done $1\"",
         wait_for_gate(&gate),
         d = d.display()
     );
@@ -560,11 +574,14 @@ fn a_node_killed_9_fails_its_jobs_elsewhere_within_the_bound_and_its_run_complet
     let expected: BTreeMap<String, usize> = args.iter().map(|a| (a.clone(), 1)).collect();
     assert_eq!(ran, expected, "each job runs at most once (n1's are not started again)");
     sightings.assert_one_node_each();
-    // No job reads as running anywhere any more.
+    // No job reads as running anywhere any more (a listing by status may show a job that ended
+    // after its rows were read, with its final state).
     for &s in &survivors {
         let r = cluster.nodes[s].get("/jobs?status=running");
         assert_eq!(r.status, 200, "{}", r.text);
-        assert_eq!(r.body["jobs"], json!([]), "{}", r.text);
+        let running: Vec<&Value> =
+            r.body["jobs"].as_array().unwrap().iter().filter(|j| j["status"] == json!("running")).collect();
+        assert!(running.is_empty(), "{}", r.text);
     }
 }
 
