@@ -18,9 +18,6 @@ use serde_json::json;
 
 use crate::common::{self, alive, assert_error, open_gate, wait_file, wait_for_gate, wait_until, Builder};
 
-/// The advisory lock key a server holds on its database (`db/location.rs`).
-const ADVISORY_LOCK_KEY: i64 = 0x7363_7272_756e_6e72;
-
 /// The test cluster's admin URL, or `None` (after saying so) outside the PostgreSQL pass.
 fn admin_url() -> Option<String> {
     let admin = common::pg_admin_url();
@@ -239,21 +236,6 @@ fn stored_job(url: &str, id: &str) -> Option<(String, String)> {
         .map(|row| (row.status, row.stdout_preview))
 }
 
-/// Whether some session holds the server's advisory lock on the database at `url`.
-fn advisory_lock_held(url: &str) -> bool {
-    #[derive(diesel::QueryableByName)]
-    struct Locked {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        locked: bool,
-    }
-    let mut conn = diesel::PgConnection::establish(url).unwrap();
-    let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-        .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
-        .get_result(&mut conn)
-        .unwrap();
-    !row.locked
-}
-
 /// Lines of the script that appends a line to `file` each time it runs.
 fn count_runs(file: &Path) -> usize {
     std::fs::read_to_string(file).map(|t| t.lines().count()).unwrap_or(0)
@@ -326,63 +308,82 @@ fn a_database_lost_while_serving_answers_503_and_running_jobs_end_recorded_once_
     server.wait_job(&again, Duration::from_secs(20), |s| s == "succeeded");
     assert_eq!(server.get(&format!("/jobs/{earlier}")).status, 200);
 
-    // The advisory lock, lost with its connection, is taken again.
-    let log = wait_until(
-        || format!("the advisory lock was not taken again:\n{}", server.server_log()),
-        Duration::from_secs(30),
-        || Some(server.server_log()).filter(|log| log.contains("took the advisory lock")),
-    );
-    assert!(advisory_lock_held(&direct), "no session holds the server's advisory lock");
+    // The node held on to its place in the cluster: nobody declared it dead for the outage.
+    let cluster = server.get("/cluster");
+    assert_eq!(cluster.body["nodes"][0]["state"], json!("up"), "{}", cluster.text);
+    let log = server.server_log();
     assert!(log.contains("reconnected"), "{log}");
     assert!(!log.contains(&pg.password), "the password is in the server's log:\n{log}");
     assert!(server.terminate(Duration::from_secs(20)).success(), "{}", server.server_log());
 }
 
-/// The advisory lock lost with its connection and taken by another session meanwhile (as a
-/// second server would): two servers must not share a database, so this one stops, exiting
-/// non-zero with a line that says why.
+/// A node cut off from the database past its lease (a partition) is declared dead by another
+/// node, which fails its running job; when the network is back the cut-off node records nothing
+/// (the job stays failed, though its process ran to its end) and stops, exiting non-zero with a
+/// line that says it was fenced.
 #[test]
-fn a_server_whose_advisory_lock_was_taken_by_another_while_cut_off_stops() {
+fn a_node_cut_off_past_its_lease_is_declared_dead_and_fenced_when_it_comes_back() {
     let Some(admin) = admin_url() else { return };
     let pg = PgUrl::parse(&admin);
-    let database = format!("stolen_{}", std::process::id());
+    let database = format!("partition_{}", std::process::id());
     let direct = common::new_pg_database(&admin, &database);
     let proxy = Proxy::start(&pg.address);
     let proxied = pg.with(&pg.password, &proxy.address.to_string(), &database);
-    let mut server = Builder::new().top("database", json!({ "url": proxied })).script("noop", "true").start();
-    assert_eq!(server.run("noop", &[], Some("sync")).status, 200);
+    let builder = Builder::new();
+    let (pid_file, gate) = (builder.dir().join("work.pid"), builder.dir().join("work.go"));
+    let work = format!("echo $$ > '{}'; {}; echo finished", pid_file.display(), wait_for_gate(&gate));
+    let mut cut_off = builder
+        .top("database", json!({ "url": proxied }))
+        .top("cluster", json!({ "nodeId": "cut-off", "leaseSec": 1 }))
+        .script_entry("work", &work, json!({ "mode": "sync" }))
+        .start();
+    let mut other = Builder::new()
+        .top("database", json!({ "url": direct }))
+        .top("cluster", json!({ "nodeId": "other", "leaseSec": 1 }))
+        .script("work", "true")
+        .start();
+
+    // A sync job on the node to be cut off, written as running (it has run past 20 ms).
+    let body = json!({ "scriptId": "work", "mode": "sync" });
+    let request = std::thread::spawn({
+        let url = format!("{}/run", cut_off.base);
+        move || ureq::post(&url).timeout(Duration::from_secs(60)).send_json(body).map(|r| r.status()).ok()
+    });
+    let pid: i32 = wait_file(&pid_file, Duration::from_secs(20)).parse().unwrap();
+    let job = wait_until(
+        || "the sync job was never written as running".to_string(),
+        Duration::from_secs(20),
+        || other.get("/jobs?status=running").body["jobs"][0]["jobId"].as_str().map(str::to_string),
+    );
 
     proxy.cut();
-    // PostgreSQL releases the lock once it sees the server's session gone: take it meanwhile.
-    let mut other = diesel::PgConnection::establish(&direct).unwrap();
-    wait_until(
-        || "the server's advisory lock was never released after the cut".to_string(),
-        Duration::from_secs(20),
+    let error = wait_until(
+        || format!("the cut-off node was never declared dead:\n{}", other.server_log()),
+        Duration::from_secs(30),
         || {
-            #[derive(diesel::QueryableByName)]
-            struct Locked {
-                #[diesel(sql_type = diesel::sql_types::Bool)]
-                locked: bool,
-            }
-            let row: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-                .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
-                .get_result(&mut other)
-                .unwrap();
-            row.locked.then_some(())
+            let job = other.job(&job);
+            (job["status"] == json!("failed")).then(|| job["error"].as_str().unwrap_or_default().to_string())
         },
     );
+    assert!(error.contains("node cut-off was lost"), "{error}");
+    let nodes = other.get("/cluster").body["nodes"].clone();
+    let state = nodes.as_array().unwrap().iter().find(|n| n["id"] == json!("cut-off")).unwrap()["state"].clone();
+    assert_eq!(state, json!("dead"), "{nodes}");
+    // The job's process is on this machine: the node that declared its owner dead killed it.
+    wait_until(|| format!("process {pid} of the dead node still runs"), Duration::from_secs(10), || (!alive(pid)).then_some(()));
+
+    open_gate(&gate);
     proxy.restore();
-    let status = server.wait_exit(Duration::from_secs(40));
-    assert!(!status.success(), "the server went on without its lock");
-    let log = server.server_log();
+    let status = cut_off.wait_exit(Duration::from_secs(40));
+    assert!(!status.success(), "the fenced node went on");
+    let log = cut_off.server_log();
     let last = log.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
-    assert!(
-        last.starts_with("script-runner: another session took the advisory lock on postgres://")
-            && last.ends_with("this one stops"),
-        "{log}"
-    );
+    assert!(last.starts_with("script-runner: this node was fenced"), "{log}");
     assert!(!log.contains(&pg.password), "{log}");
-    drop(other);
+    // It recorded nothing after its lease: the job stays as the other node ended it.
+    assert_eq!(stored_job(&direct, &job).map(|(status, _)| status).as_deref(), Some("failed"));
+    let _ = request.join();
+    assert!(other.terminate(Duration::from_secs(20)).success(), "{}", other.server_log());
 }
 
 /// A workflow whose next step falls in a database outage waits it out: the step client retries

@@ -219,6 +219,11 @@ impl Builder {
         config.insert("server".into(), Value::Object(self.server.clone()));
         config.insert("runner".into(), Value::Object(self.runner.clone()));
         config.insert("scriptsFile".into(), json!("./scripts.json"));
+        if self.database.is_some() && !config.contains_key("cluster") {
+            // On PostgreSQL a server is a node of a cluster: a fixed id, so a restart on another
+            // port (0) takes over what the previous run left at once, as a single server does.
+            config.insert("cluster".into(), json!({ "nodeId": "test-node" }));
+        }
         let config_path = self.dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&Value::Object(config)).unwrap()).unwrap();
         std::fs::write(

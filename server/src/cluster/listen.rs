@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
+use diesel::connection::SimpleConnection;
 use log::{info, warn};
 
 use super::Node;
@@ -29,8 +29,7 @@ pub(super) fn run(node: &Node) {
     while !inner.stopping.load(Ordering::Acquire) {
         if conn.is_none() {
             match store::own_connection(&inner.location).and_then(|mut c| {
-                diesel::sql_query(format!("LISTEN {JOB_QUEUED}; LISTEN {JOB_CANCEL}; LISTEN {RUNS_FREE}"))
-                    .execute(&mut c)?;
+                c.batch_execute(&format!("LISTEN {JOB_QUEUED}; LISTEN {JOB_CANCEL}; LISTEN {RUNS_FREE}"))?;
                 Ok(c)
             }) {
                 Ok(c) => {

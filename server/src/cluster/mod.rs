@@ -98,7 +98,7 @@ impl Node {
         let token = random_token()?;
         let capacity = i32::try_from(config.runner.max_concurrent).unwrap_or(i32::MAX);
         let mut conn = store::own_connection(&location)?;
-        let key = store::register(&mut conn, &id, &advertise, &token, capacity, lease)?;
+        let key = store::register(&mut conn, &id, &advertise, &token, capacity, lease, now_ms())?;
         let failed = store::fail_legacy(&mut conn, &key, now_ms())?;
         // What a previous run under this id left (declared dead at registration) goes now.
         let reaped = store::reap(&mut conn, &key.id, now_ms(), false)?;
@@ -131,7 +131,8 @@ impl Node {
                 }
             }),
         });
-        let killed = node.kill_orphans(&mut conn);
+        // This node's previous run's processes carry its own marker, which is live again.
+        let killed = orphans::kill_marked(|marker| marker == &*node.marker()) + node.kill_orphans(&mut conn);
         info!(
             "cluster: joined as node {} (epoch {}), reachable at {}, lease {:?}",
             node.inner.key.id, node.inner.key.epoch, node.inner.advertise, lease

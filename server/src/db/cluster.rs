@@ -149,8 +149,9 @@ pub fn own_connection(location: &Location) -> Result<PgConnection, StoreError> {
 }
 
 /// Registers this node (a new epoch), and takes over at once what a previous run under the same
-/// id left: that run is declared dead in the same transaction (its jobs are failed by the next
-/// sweep, its runs let go).
+/// id left, in the same transaction: its running jobs end `failed` (the rule of a restarted
+/// single server), its written queued sync jobs too, and its runs are let go (this node takes
+/// them back and resumes them).
 pub fn register(
     conn: &mut PgConnection,
     id: &str,
@@ -158,6 +159,7 @@ pub fn register(
     token: &str,
     capacity: i32,
     lease: Duration,
+    now_ms: i64,
 ) -> QueryResult<NodeKey> {
     #[derive(QueryableByName)]
     struct Epoch {
@@ -186,6 +188,20 @@ pub fn register(
         .bind::<Integer, _>(capacity)
         .bind::<BigInt, _>(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX))
         .get_result(conn)?;
+        diesel::sql_query(
+            "UPDATE jobs SET status = 'failed', code = -1, \
+             error = CASE WHEN status = 'running' \
+               THEN 'the server restarted while the job was running; its processes were stopped' \
+               ELSE 'the server restarted before this sync job started; its caller is gone' END, \
+             ended_at = $2, duration_ms = GREATEST($2 - COALESCE(started_at, $2), 0), pid = NULL, proc_start_ticks = NULL \
+             WHERE node = $1 AND (status = 'running' OR (status = 'queued' AND mode = 'sync'))",
+        )
+        .bind::<Text, _>(id)
+        .bind::<BigInt, _>(now_ms)
+        .execute(conn)?;
+        diesel::sql_query(format!("UPDATE script_runs SET node = NULL WHERE node = $1 AND status IN {LIVE_RUN_STATUSES}"))
+            .bind::<Text, _>(id)
+            .execute(conn)?;
         Ok(NodeKey { id: id.to_string(), epoch: row.epoch })
     })
 }

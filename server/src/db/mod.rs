@@ -515,7 +515,14 @@ fn open_migrated(location: &Location) -> Result<DbConnection, StoreError> {
         }
         Location::Postgres(url) => {
             let mut conn = DbConnection::Pg(postgres::connect_checked(url).map_err(StoreError::Setup)?);
-            conn.run_pending_migrations(PG_MIGRATIONS).map_err(|e| {
+            // Nodes of a cluster starting together migrate one at a time (the others then find
+            // nothing pending); the lock is the session's, released just after.
+            let serialized = diesel::sql_query("SELECT pg_advisory_lock(7234170613925331969)").execute(&mut conn);
+            let migrated = conn.run_pending_migrations(PG_MIGRATIONS).map(drop);
+            if serialized.is_ok() {
+                let _ = diesel::sql_query("SELECT pg_advisory_unlock(7234170613925331969)").execute(&mut conn);
+            }
+            migrated.map_err(|e| {
                 StoreError::Setup(format!(
                     "migrations on {}: {}",
                     location.deployment(),
