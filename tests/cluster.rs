@@ -753,6 +753,7 @@ fn a_database_outage_under_load_loses_no_accepted_job_and_declares_no_node_dead(
     let mut cluster = b
         .node_database_url(&proxied)
         .script_entry("tick", &format!("echo \"$1\" >> '{}'; sleep 0.3", ticks.display()), json!({ "mode": "async" }))
+        .script_entry("long", "exec sleep 30", json!({ "mode": "async" }))
         .start(3);
 
     let stop = AtomicBool::new(false);
@@ -832,9 +833,17 @@ fn a_database_outage_under_load_loses_no_accepted_job_and_declares_no_node_dead(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    // And they still work together.
+    // And they still work together: jobs run, a cancel reaches another node's job.
     let after: Vec<String> = (0..3).map(|i| cluster.nodes[i].run_async("tick", &[&format!("after-{i}")])).collect();
     for id in &after {
         assert_eq!(cluster.nodes[0].wait_terminal(id, WAIT)["status"], json!("succeeded"));
     }
+    let long = cluster.nodes[0].run_async("long", &[]);
+    let other = (cluster.index_of(&wait_claimed(&cluster.nodes[0], &long)) + 1) % 3;
+    let started = Instant::now();
+    let r = cluster.nodes[other].post(&format!("/jobs/{long}/cancel"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let job = cluster.nodes[other].wait_terminal(&long, CANCEL_BOUND);
+    assert_eq!(job["status"], json!("canceled"), "{job}");
+    println!("after the outage, a cancel through another node took {:?}", started.elapsed());
 }
