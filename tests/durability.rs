@@ -853,6 +853,10 @@ fn upstream_jobs_json_that_is_not_json_fails_startup_naming_the_key() {
 
 #[test]
 fn a_second_server_on_the_same_database_refuses_to_start() {
+    if crate::common::on_postgres() {
+        // On PostgreSQL servers on one database form a cluster (tests/cluster.rs).
+        return;
+    }
     let server = Builder::new().script("noop", "true").start();
     let (code, stderr) = serve_directly(&server.deployment.config);
     assert_ne!(code, Some(0), "a second server started on the same database: {stderr}");

@@ -370,7 +370,11 @@ fn a_node_cut_off_past_its_lease_is_declared_dead_and_fenced_when_it_comes_back(
     let state = nodes.as_array().unwrap().iter().find(|n| n["id"] == json!("cut-off")).unwrap()["state"].clone();
     assert_eq!(state, json!("dead"), "{nodes}");
     // The job's process is on this machine: the node that declared its owner dead killed it.
-    wait_until(|| format!("process {pid} of the dead node still runs"), Duration::from_secs(10), || (!alive(pid)).then_some(()));
+    wait_until(
+        || format!("process {pid} of the dead node still runs"),
+        Duration::from_secs(10),
+        || (!alive(pid)).then_some(()),
+    );
 
     open_gate(&gate);
     proxy.restore();

@@ -449,7 +449,9 @@ fn cluster_config(config_file: &Path, raw: RawCluster) -> Result<ClusterConfig, 
     }
     if let Some(address) = &raw.advertise {
         let bare = address.strip_prefix("http://").unwrap_or(address).trim_end_matches('/');
-        let valid = bare.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid = bare
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
         if !valid || bare.contains('/') {
             return Err(ConfigError::new(config_file, "cluster.advertise: must be host:port or http://host:port"));
         }

@@ -49,8 +49,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     let jobs = JobManager::on_node(Arc::clone(&config), store.clone(), node.clone())?;
     // A node's recovery was done by joining: its previous run's jobs failed, its orphans killed.
-    if node.is_none() {
-        recovery::recover(&jobs)?;
+    match &node {
+        None => {
+            recovery::recover(&jobs)?;
+        }
+        Some(node) => recovery::refresh_interrupted(&jobs, node.take_interrupted())?,
     }
     jobs.log_start();
     // After job recovery: it killed the processes of the executions a crash interrupted.

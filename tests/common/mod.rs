@@ -327,7 +327,8 @@ impl Deployment {
                 }
                 let mut conn = diesel::PgConnection::establish(&url).unwrap();
                 let row: Id = diesel::sql_query("SELECT id FROM deployment").get_result(&mut conn).unwrap();
-                format!("postgres:{}", row.id)
+                // A server on PostgreSQL is a node: its processes carry its node id too.
+                format!("postgres:{}#test-node", row.id)
             }
         }
     }

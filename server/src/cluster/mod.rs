@@ -64,6 +64,8 @@ struct Inner {
     fenced: watch::Sender<Option<String>>,
     /// SIGTERM: claim nothing more.
     draining: AtomicBool,
+    /// Jobs of this node's previous run that joining ended `failed` (their logs are here).
+    interrupted: Mutex<Vec<String>>,
     /// The threads stop.
     stopping: AtomicBool,
 }
@@ -98,7 +100,7 @@ impl Node {
         let token = random_token()?;
         let capacity = i32::try_from(config.runner.max_concurrent).unwrap_or(i32::MAX);
         let mut conn = store::own_connection(&location)?;
-        let key = store::register(&mut conn, &id, &advertise, &token, capacity, lease, now_ms())?;
+        let (key, interrupted) = store::register(&mut conn, &id, &advertise, &token, capacity, lease, now_ms())?;
         let failed = store::fail_legacy(&mut conn, &key, now_ms())?;
         // What a previous run under this id left (declared dead at registration) goes now.
         let reaped = store::reap(&mut conn, &key.id, now_ms(), false)?;
@@ -118,6 +120,7 @@ impl Node {
                 cancel: Mutex::new(None),
                 fenced,
                 draining: AtomicBool::new(false),
+                interrupted: Mutex::new(interrupted),
                 stopping: AtomicBool::new(false),
             }),
         };
@@ -157,6 +160,11 @@ impl Node {
             .spawn(move || listen::run(&listening))
             .map_err(|e| StoreError::Setup(format!("cannot start the listener thread: {e}")))?;
         Ok(node)
+    }
+
+    /// The jobs of this node's previous run that joining ended `failed` (once).
+    pub fn take_interrupted(&self) -> Vec<String> {
+        std::mem::take(&mut *lock(&self.inner.interrupted))
     }
 
     /// This node's id.

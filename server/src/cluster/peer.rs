@@ -49,7 +49,8 @@ pub enum PeerError {
 pub fn get<T: DeserializeOwned>(node: &NodeRow, path: &str, query: &[(&str, String)]) -> Result<T, PeerError> {
     let agent = ureq::AgentBuilder::new().timeout_connect(CONNECT_TIMEOUT).timeout(ANSWER_TIMEOUT).build();
     let address = format!("{}/api/internal/cluster{path}", node.advertise);
-    let unreachable = |reason: String| PeerError::Unreachable { node: node.id.clone(), address: address.clone(), reason };
+    let unreachable =
+        |reason: String| PeerError::Unreachable { node: node.id.clone(), address: address.clone(), reason };
     let mut request = agent.get(&address).set(TOKEN_HEADER, &node.token);
     for (key, value) in query {
         request = request.query(key, value);

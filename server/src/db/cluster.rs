@@ -160,7 +160,7 @@ pub fn register(
     capacity: i32,
     lease: Duration,
     now_ms: i64,
-) -> QueryResult<NodeKey> {
+) -> QueryResult<(NodeKey, Vec<String>)> {
     #[derive(QueryableByName)]
     struct Epoch {
         #[diesel(sql_type = BigInt)]
@@ -188,21 +188,21 @@ pub fn register(
         .bind::<Integer, _>(capacity)
         .bind::<BigInt, _>(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX))
         .get_result(conn)?;
-        diesel::sql_query(
+        let interrupted: Vec<Id> = diesel::sql_query(
             "UPDATE jobs SET status = 'failed', code = -1, \
              error = CASE WHEN status = 'running' \
                THEN 'the server restarted while the job was running; its processes were stopped' \
                ELSE 'the server restarted before this sync job started; its caller is gone' END, \
              ended_at = $2, duration_ms = GREATEST($2 - COALESCE(started_at, $2), 0), pid = NULL, proc_start_ticks = NULL \
-             WHERE node = $1 AND (status = 'running' OR (status = 'queued' AND mode = 'sync'))",
+             WHERE node = $1 AND (status = 'running' OR (status = 'queued' AND mode = 'sync')) RETURNING id",
         )
         .bind::<Text, _>(id)
         .bind::<BigInt, _>(now_ms)
-        .execute(conn)?;
+        .load(conn)?;
         diesel::sql_query(format!("UPDATE script_runs SET node = NULL WHERE node = $1 AND status IN {LIVE_RUN_STATUSES}"))
             .bind::<Text, _>(id)
             .execute(conn)?;
-        Ok(NodeKey { id: id.to_string(), epoch: row.epoch })
+        Ok((NodeKey { id: id.to_string(), epoch: row.epoch }, interrupted.into_iter().map(|r| r.id).collect()))
     })
 }
 
@@ -328,8 +328,7 @@ fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> QueryResult<
 
 /// The ids of live nodes (`up` or `draining`).
 pub fn live_nodes(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
-    let rows: Vec<Id> =
-        diesel::sql_query("SELECT id FROM nodes WHERE state IN ('up', 'draining')").load(conn)?;
+    let rows: Vec<Id> = diesel::sql_query("SELECT id FROM nodes WHERE state IN ('up', 'draining')").load(conn)?;
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
@@ -446,11 +445,10 @@ impl Store {
     /// The jobs running on `me` whose cancel was asked (the poll behind the notification).
     pub fn cancels_asked(&self, me: &NodeKey) -> Result<Vec<String>, StoreError> {
         self.pg_transaction(|conn| {
-            let rows: Vec<Id> = diesel::sql_query(
-                "SELECT id FROM jobs WHERE status = 'running' AND node = $1 AND cancel_requested",
-            )
-            .bind::<Text, _>(&me.id)
-            .load(conn)?;
+            let rows: Vec<Id> =
+                diesel::sql_query("SELECT id FROM jobs WHERE status = 'running' AND node = $1 AND cancel_requested")
+                    .bind::<Text, _>(&me.id)
+                    .load(conn)?;
             Ok(rows.into_iter().map(|r| r.id).collect())
         })
     }

@@ -207,6 +207,10 @@ fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
         Ok(None) => return Err(format!("{shown} is locked: another script-runner is using this database")),
         Err(e) => return Err(format!("cannot take the advisory lock on {shown}: {e}")),
     };
+    // Servers on PostgreSQL are nodes of a cluster, which hold leases, not this lock.
+    if let Some(node) = live_node(&mut conn) {
+        return Err(format!("{shown} is locked: another script-runner is using this database (node {node} is up)"));
+    }
     let (lost_tx, lost) = watch::channel(None);
     let keeper = Arc::new(LockKeeper {
         url: url.to_string(),
@@ -221,6 +225,23 @@ fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
         .spawn(move || keep_lock(&thread_keeper))
         .map_err(|e| format!("cannot start the thread that keeps the database lock: {e}"))?;
     Ok(DatabaseLock::Postgres(PgLock { keeper, lost }))
+}
+
+/// A node of a cluster whose lease runs (its id), if the database has nodes at all.
+fn live_node(conn: &mut PgConnection) -> Option<String> {
+    #[derive(diesel::QueryableByName)]
+    struct Node {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        id: Option<String>,
+    }
+    // Two steps: a query naming a missing table cannot be planned.
+    let exists: Node = diesel::sql_query("SELECT to_regclass('nodes')::text AS id").get_result(conn).ok()?;
+    exists.id?;
+    let node: Node =
+        diesel::sql_query("SELECT id FROM nodes WHERE state IN ('up', 'draining') AND lease_until > now() LIMIT 1")
+            .get_result(conn)
+            .ok()?;
+    node.id
 }
 
 /// A server process of PostgreSQL (one per connection): its pid and start time, which tell

@@ -850,7 +850,11 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
 /// The lease check of a node's commit (see [`Fence`]): locks the node's row for the rest of the
 /// transaction; a node no longer `up` or `draining` under this epoch rolls it back, with why in
 /// `refused`.
-fn check_fence(conn: &mut DbConnection, fence: Option<&Fence>, refused: &std::cell::RefCell<Option<String>>) -> QueryResult<()> {
+fn check_fence(
+    conn: &mut DbConnection,
+    fence: Option<&Fence>,
+    refused: &std::cell::RefCell<Option<String>>,
+) -> QueryResult<()> {
     use diesel::sql_types::{BigInt, Text};
     #[derive(QueryableByName)]
     struct NodeState {
@@ -866,7 +870,8 @@ fn check_fence(conn: &mut DbConnection, fence: Option<&Fence>, refused: &std::ce
     match found {
         Some(row) if row.state == "up" || row.state == "draining" => Ok(()),
         Some(row) => {
-            *refused.borrow_mut() = Some(format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state));
+            *refused.borrow_mut() =
+                Some(format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state));
             Err(diesel::result::Error::RollbackTransaction)
         }
         None => {

@@ -137,11 +137,13 @@ impl From<JobError> for ApiError {
             JobError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
             JobError::Store(StoreError::Fenced(_)) => ApiError::Fenced(message),
             JobError::LogOwnerDown { .. } => ApiError::LogOwnerDown(message),
-            JobError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => ApiError::Remote {
-                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-                code,
-                message,
-            },
+            JobError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => {
+                ApiError::Remote {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    code,
+                    message,
+                }
+            }
             JobError::Peer(_) => ApiError::LogOwnerDown(message),
             JobError::Store(_) | JobError::Log { .. } | JobError::Task(_) => ApiError::Internal(message),
         }

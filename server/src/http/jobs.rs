@@ -146,7 +146,12 @@ pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Quer
 }
 
 /// A log page; `local`: from this node's logs only (another node of the cluster asks).
-pub(super) async fn log_page(state: &AppState, id: String, query: &Query, local: bool) -> Result<HttpResponse, ApiError> {
+pub(super) async fn log_page(
+    state: &AppState,
+    id: String,
+    query: &Query,
+    local: bool,
+) -> Result<HttpResponse, ApiError> {
     let (stream, lines, offset) = log_query(query)?;
     if lines {
         let limit = nonzero(number(query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);

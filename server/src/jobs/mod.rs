@@ -360,8 +360,10 @@ impl JobManager {
         let max_queued = shared.config.runner.max_queued;
         let store = shared.store.clone();
         let queued = blocking(move || store.queued_jobs(max_queued)).await??;
-        if queued >= max_queued {
-            let running = lock(&shared.state).running;
+        let running = lock(&shared.state).running;
+        // A job that a free slot here takes at once does not wait.
+        let free_here = shared.config.runner.max_concurrent.saturating_sub(running);
+        if queued >= max_queued + free_here {
             return Err(JobError::QueueFull { running, queued, max_queued });
         }
         let active = Active::new(job, script, false);
@@ -381,9 +383,9 @@ impl JobManager {
         let Some(node) = &self.shared.node else { return Ok(None) };
         let Some(owner) = job.node.as_deref().filter(|owner| *owner != node.id()) else { return Ok(None) };
         // Logs kept with the job, or a logs folder the nodes share, are read here.
-        let local = [&job.stdout, &job.stderr]
-            .iter()
-            .all(|info| inline_data(info).is_some() || info.size == 0 || self.log_path(&info.log_ref).is_some_and(|p| p.exists()));
+        let local = [&job.stdout, &job.stderr].iter().all(|info| {
+            inline_data(info).is_some() || info.size == 0 || self.log_path(&info.log_ref).is_some_and(|p| p.exists())
+        });
         if local {
             return Ok(None);
         }
@@ -406,7 +408,9 @@ impl JobManager {
         blocking(move || {
             let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
             peer::get::<T>(&owner, &path, &query).map_err(|e| match e {
-                peer::PeerError::Unreachable { node, .. } => JobError::LogOwnerDown { node, state: "unreachable".into() },
+                peer::PeerError::Unreachable { node, .. } => {
+                    JobError::LogOwnerDown { node, state: "unreachable".into() }
+                }
                 other => JobError::Peer(other),
             })
         })
@@ -585,7 +589,13 @@ impl JobManager {
 
     /// [`JobManager::read_bytes`] from this node's logs (the owner's side of a log page asked
     /// by another node).
-    pub async fn read_bytes_local(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
+    pub async fn read_bytes_local(
+        &self,
+        id: &str,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+    ) -> Result<BytesView, JobError> {
         let job = self.get(id).await?;
         self.read_bytes_here(job, stream, offset, limit).await
     }
@@ -634,7 +644,13 @@ impl JobManager {
     }
 
     /// [`JobManager::read_lines`] from this node's logs (see [`JobManager::read_bytes_local`]).
-    pub async fn read_lines_local(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
+    pub async fn read_lines_local(
+        &self,
+        id: &str,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+    ) -> Result<LinesView, JobError> {
         let job = self.get(id).await?;
         self.read_lines_here(job, stream, offset, limit).await
     }

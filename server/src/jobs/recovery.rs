@@ -89,6 +89,19 @@ pub fn recover(manager: &JobManager) -> Result<Recovery, JobError> {
     Ok(report)
 }
 
+/// Reads back the size and preview of each job of a cluster node's previous run that joining
+/// ended `failed` (see `crate::cluster`), from its log files on this machine, and saves them.
+pub fn refresh_interrupted(manager: &JobManager, ids: Vec<String>) -> Result<(), JobError> {
+    let store = manager.store();
+    for id in ids {
+        if let Some(mut job) = store.get_job(&id)? {
+            refresh_streams(manager, &mut job);
+            store.writer().write_blocking(WriteOp::update_job(&job))?;
+        }
+    }
+    Ok(())
+}
+
 /// Size and preview of an interrupted job's logs, read back from the files (its in-memory
 /// counters and preview died with the server).
 fn refresh_streams(manager: &JobManager, job: &mut Job) {
