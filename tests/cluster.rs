@@ -847,3 +847,27 @@ fn a_database_outage_under_load_loses_no_accepted_job_and_declares_no_node_dead(
     assert_eq!(job["status"], json!("canceled"), "{job}");
     println!("after the outage, a cancel through another node took {:?}", started.elapsed());
 }
+
+// ---------------------------------------------------------------- the harness
+
+/// A failing test leaves no process behind: dropping the cluster kills its nodes and every
+/// process of every node (a job outlives a SIGKILL of its node).
+#[test]
+fn dropping_a_cluster_kills_its_nodes_and_their_processes() {
+    if skipped() {
+        return;
+    }
+    let b = Cluster::builder();
+    let pid_file = b.dir().join("job.pid");
+    let cluster = b
+        .script_entry("long", &format!("echo $$ > '{}'; exec sleep 60", pid_file.display()), json!({ "mode": "async" }))
+        .start(2);
+    let job = cluster.nodes[1].run_async("long", &[]);
+    wait_claimed(&cluster.nodes[0], &job);
+    let job_pid: i32 = wait_file(&pid_file, WAIT).parse().unwrap();
+    let node_pids: Vec<i32> = cluster.nodes.iter().map(|n| i32::try_from(n.pid()).unwrap()).collect();
+    cluster.nodes[0].signal(libc::SIGSTOP);
+    drop(cluster);
+    let left = wait_gone(&[&[job_pid], &node_pids[..]].concat(), Duration::from_secs(5));
+    assert!(left.is_empty(), "still running after the cluster was dropped: {left:?}");
+}

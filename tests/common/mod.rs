@@ -910,7 +910,8 @@ impl ClusterBuilder {
             node.top.insert("cluster".into(), json!({ "nodeId": Cluster::node_id(i), "leaseSec": lease_sec }));
             nodes.push(node.start());
         }
-        let marker = nodes.first().map(|node| node.deployment.marker());
+        // The deployment's part of the marker (`postgres:<id>`; a node's processes add `#<node>`).
+        let marker = nodes.first().map(|node| node.deployment.marker().split('#').next().unwrap().to_string());
         let Builder { dir, database, .. } = template;
         Cluster { nodes, marker, dir, _database: database }
     }
