@@ -852,17 +852,18 @@ fn upstream_jobs_json_that_is_not_json_fails_startup_naming_the_key() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+/// A second server on the same database: SQLite refuses it (one server per file). On PostgreSQL
+/// servers on one database form a cluster (tests/cluster.rs), but not two under one node id: the
+/// same config again is refused while the first runs.
 fn a_second_server_on_the_same_database_refuses_to_start() {
-    if crate::common::on_postgres() {
-        // On PostgreSQL servers on one database form a cluster (tests/cluster.rs).
-        return;
-    }
     let server = Builder::new().script("noop", "true").start();
     let (code, stderr) = serve_directly(&server.deployment.config);
     assert_ne!(code, Some(0), "a second server started on the same database: {stderr}");
-    // SQLite: a lock file beside the database; PostgreSQL: an advisory lock.
-    let lock = if crate::common::on_postgres() { "another script-runner" } else { "db.sqlite.lock" };
-    assert!(stderr.contains("locked") && stderr.contains(lock), "{stderr}");
+    if crate::common::on_postgres() {
+        assert!(stderr.contains("node id test-node is in use by a live node"), "{stderr}");
+    } else {
+        assert!(stderr.contains("locked") && stderr.contains("db.sqlite.lock"), "{stderr}");
+    }
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(server.get("/healthz").status, 200, "the first server must be unaffected");
 }

@@ -22,7 +22,12 @@ CREATE TABLE nodes (
     lease_until TIMESTAMPTZ NOT NULL,
     ended_at TIMESTAMPTZ,
     -- Why it ended (a dead node: who declared it and when its lease expired).
-    reason TEXT
+    reason TEXT,
+    -- The machine and process that run it (pid and start time in clock ticks since boot): a
+    -- node starting under an id that is up tells a crashed predecessor from a live namesake.
+    host TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0,
+    proc_start_ticks BIGINT NOT NULL DEFAULT 0
 );
 
 -- The node that runs the job (NULL: not claimed yet, or run by a server before the cluster).

@@ -97,10 +97,20 @@ impl Node {
                 format!("{}:{}", if host.is_empty() { "node" } else { &host }, listening.port())
             }
         };
-        let token = random_token()?;
-        let capacity = i32::try_from(config.runner.max_concurrent).unwrap_or(i32::MAX);
+        let pid = std::process::id() as i32;
+        let me = store::Registration {
+            token: random_token()?,
+            capacity: i32::try_from(config.runner.max_concurrent).unwrap_or(i32::MAX),
+            host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
+            pid,
+            start_ticks: crate::process::supervisor::start_ticks(pid).and_then(|t| i64::try_from(t).ok()).unwrap_or(0),
+            id: id.clone(),
+            advertise: advertise.clone(),
+        };
         let mut conn = store::own_connection(&location)?;
-        let (key, interrupted) = store::register(&mut conn, &id, &advertise, &token, capacity, lease, now_ms())?;
+        refuse_a_live_namesake(&mut conn, &me, lease)?;
+        let (key, interrupted) = store::register(&mut conn, &me, lease, now_ms())?;
+        let token = me.token;
         let failed = store::fail_legacy(&mut conn, &key, now_ms())?;
         // What a previous run under this id left (declared dead at registration) goes now.
         let reaped = store::reap(&mut conn, &key.id, now_ms(), false)?;
@@ -329,6 +339,32 @@ impl Node {
             marker.strip_prefix(prefix.as_str()).is_some_and(|node| !live.iter().any(|id| id == node))
         })
     }
+}
+
+/// Refuses to start under an id a live node holds (two nodes under one id would take each
+/// other's work for a crashed run's). A holder on this machine is live if its process is (same
+/// pid and start time); on another machine, if its heartbeat moves within a third of the lease.
+/// A holder that is not live crashed: this start takes over what it left.
+fn refuse_a_live_namesake(
+    conn: &mut diesel::PgConnection,
+    me: &store::Registration,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let Some(holder) = store::holder(conn, &me.id)? else { return Ok(()) };
+    let live = if holder.host == me.host {
+        let ticks = crate::process::supervisor::start_ticks(holder.pid).and_then(|t| i64::try_from(t).ok());
+        holder.pid != me.pid && ticks == Some(holder.proc_start_ticks)
+    } else {
+        std::thread::sleep(lease / 3 + Duration::from_millis(500));
+        store::holder(conn, &me.id)?.is_some_and(|now| now.heartbeat_at != holder.heartbeat_at)
+    };
+    if live {
+        return Err(StoreError::Setup(format!(
+            "node id {} is in use by a live node (pid {} on {}, at {}): give each node its own cluster.nodeId",
+            me.id, holder.pid, holder.host, holder.advertise
+        )));
+    }
+    Ok(())
 }
 
 /// A random secret, hex.

@@ -154,13 +154,12 @@ pub fn own_connection(location: &Location) -> Result<PgConnection, StoreError> {
 /// them back and resumes them).
 pub fn register(
     conn: &mut PgConnection,
-    id: &str,
-    advertise: &str,
-    token: &str,
-    capacity: i32,
+    me: &Registration,
     lease: Duration,
     now_ms: i64,
 ) -> QueryResult<(NodeKey, Vec<String>)> {
+    let Registration { id, advertise, token, capacity, host, pid, start_ticks } = me;
+    let (id, capacity) = (id.as_str(), *capacity);
     #[derive(QueryableByName)]
     struct Epoch {
         #[diesel(sql_type = BigInt)]
@@ -175,11 +174,12 @@ pub fn register(
         .bind::<Text, _>(id)
         .execute(conn)?;
         let row: Epoch = diesel::sql_query(
-            "INSERT INTO nodes (id, epoch, advertise, token, state, capacity, started_at, heartbeat_at, lease_until) \
-             VALUES ($1, nextval('node_epochs'), $2, $3, 'up', $4, now(), now(), now() + make_interval(secs => $5)) \
+            "INSERT INTO nodes (id, epoch, advertise, token, state, capacity, started_at, heartbeat_at, lease_until, host, pid, proc_start_ticks) \
+             VALUES ($1, nextval('node_epochs'), $2, $3, 'up', $4, now(), now(), now() + make_interval(secs => $5), $6, $7, $8) \
              ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, advertise = EXCLUDED.advertise, \
              token = EXCLUDED.token, state = 'up', capacity = EXCLUDED.capacity, started_at = now(), \
-             heartbeat_at = now(), lease_until = EXCLUDED.lease_until, ended_at = NULL, reason = NULL \
+             heartbeat_at = now(), lease_until = EXCLUDED.lease_until, ended_at = NULL, reason = NULL, \
+             host = EXCLUDED.host, pid = EXCLUDED.pid, proc_start_ticks = EXCLUDED.proc_start_ticks \
              RETURNING epoch",
         )
         .bind::<Text, _>(id)
@@ -187,6 +187,9 @@ pub fn register(
         .bind::<Text, _>(token)
         .bind::<Integer, _>(capacity)
         .bind::<BigInt, _>(i64::try_from(lease.as_secs()).unwrap_or(i64::MAX))
+        .bind::<Text, _>(host)
+        .bind::<Integer, _>(*pid)
+        .bind::<BigInt, _>(*start_ticks)
         .get_result(conn)?;
         let interrupted: Vec<Id> = diesel::sql_query(
             "UPDATE jobs SET status = 'failed', code = -1, \
@@ -204,6 +207,57 @@ pub fn register(
             .execute(conn)?;
         Ok((NodeKey { id: id.to_string(), epoch: row.epoch }, interrupted.into_iter().map(|r| r.id).collect()))
     })
+}
+
+/// Who registers: this node's id, address, secret and process.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Its id.
+    pub id: String,
+    /// Where other nodes reach it.
+    pub advertise: String,
+    /// The secret of its internal routes.
+    pub token: String,
+    /// `runner.maxConcurrent`.
+    pub capacity: i32,
+    /// This machine's name.
+    pub host: String,
+    /// This process.
+    pub pid: i32,
+    /// This process's start time (clock ticks since boot).
+    pub start_ticks: i64,
+}
+
+/// A registered node that holds its lease under an id, as a starting node with that id finds
+/// it: a crashed predecessor, or a live namesake.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Holder {
+    /// Where it is reached.
+    #[diesel(sql_type = Text)]
+    pub advertise: String,
+    /// Its machine.
+    #[diesel(sql_type = Text)]
+    pub host: String,
+    /// Its process.
+    #[diesel(sql_type = Integer)]
+    pub pid: i32,
+    /// Its process's start time.
+    #[diesel(sql_type = BigInt)]
+    pub proc_start_ticks: i64,
+    /// Its last heartbeat, Unix ms on the database's clock.
+    #[diesel(sql_type = BigInt)]
+    pub heartbeat_at: i64,
+}
+
+/// The node that holds a running lease under `id`, if any.
+pub fn holder(conn: &mut PgConnection, id: &str) -> QueryResult<Option<Holder>> {
+    diesel::sql_query(
+        "SELECT advertise, host, pid, proc_start_ticks, (extract(epoch FROM heartbeat_at) * 1000)::bigint AS heartbeat_at \
+         FROM nodes WHERE id = $1 AND state IN ('up', 'draining') AND lease_until > now()",
+    )
+    .bind::<Text, _>(id)
+    .get_result(conn)
+    .optional()
 }
 
 /// Renews the node's lease. `Ok(false)` when it no longer holds one (declared dead, replaced).
