@@ -623,6 +623,12 @@ impl TestServer {
         }
     }
 
+    /// The server's exit status if it exited (without waiting); `None` while it runs (or after
+    /// the harness already collected its exit, e.g. by [`TestServer::kill9`]).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
     /// Starts the server again on the same folder (after `kill9` or `terminate`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server first");
@@ -792,6 +798,181 @@ pub fn reap(dir: &Path) {
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
         if environ.split(|&b| b == 0).any(|v| v == marker.as_bytes()) {
             signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILLs every process whose `SCRIPT_RUNNER_DB` is `marker` or `marker#<anything>` (a
+/// PostgreSQL deployment's marker is `postgres:<id>`; a node of a cluster adds `#<node id>`).
+pub fn reap_marker(marker: &str) {
+    let (exact, node) = (format!("SCRIPT_RUNNER_DB={marker}"), format!("SCRIPT_RUNNER_DB={marker}#"));
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ.split(|&b| b == 0).any(|v| v == exact.as_bytes() || v.starts_with(node.as_bytes())) {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- cluster
+
+/// The `cluster.leaseSec` of a test cluster's nodes.
+pub const CLUSTER_LEASE_SEC: u64 = 2;
+
+/// Builds a cluster on PostgreSQL (the PostgreSQL pass only): one throw-away database, one
+/// shared folder with the scripts (and whatever files the test's scripts write), and per node
+/// a folder of its own (config.json, scripts.json, `logs/`, `server.log`).
+pub struct ClusterBuilder {
+    /// The shared folder, the config every node starts from and the cluster's database.
+    template: Builder,
+    /// `database.url` of the nodes, when not the database's own URL (e.g. through a proxy).
+    node_url: Option<String>,
+    lease_sec: u64,
+}
+
+impl ClusterBuilder {
+    /// The shared folder (scripts; files the scripts write for the test).
+    pub fn dir(&self) -> &Path {
+        self.template.dir()
+    }
+
+    /// The cluster database's URL (direct, with the password).
+    pub fn database_url(&self) -> String {
+        self.template.top["database"]["url"].as_str().unwrap().to_string()
+    }
+
+    /// The `database.url` the nodes use instead of [`ClusterBuilder::database_url`] (the same
+    /// database, e.g. through a TCP proxy the test can cut).
+    pub fn node_database_url(mut self, url: &str) -> ClusterBuilder {
+        self.node_url = Some(url.to_string());
+        self
+    }
+
+    /// `cluster.leaseSec` of every node ([`CLUSTER_LEASE_SEC`] unless set).
+    pub fn lease_sec(mut self, sec: u64) -> ClusterBuilder {
+        self.lease_sec = sec;
+        self
+    }
+
+    /// See [`Builder::script`].
+    pub fn script(self, id: &str, body: &str) -> ClusterBuilder {
+        self.script_entry(id, body, json!({}))
+    }
+
+    /// See [`Builder::script_entry`].
+    pub fn script_entry(mut self, id: &str, body: &str, extra: Value) -> ClusterBuilder {
+        self.template = self.template.script_entry(id, body, extra);
+        self
+    }
+
+    /// See [`Builder::workflow`].
+    pub fn workflow(mut self, id: &str, body: &str) -> ClusterBuilder {
+        self.template = self.template.workflow(id, body);
+        self
+    }
+
+    /// See [`Builder::workflows`].
+    pub fn workflows(mut self, extra: Value) -> ClusterBuilder {
+        self.template = self.template.workflows(extra);
+        self
+    }
+
+    /// Sets `runner.<key>` on every node.
+    pub fn runner(mut self, key: &str, value: Value) -> ClusterBuilder {
+        self.template = self.template.runner(key, value);
+        self
+    }
+
+    /// Sets a top-level config.json key on every node.
+    pub fn top(mut self, key: &str, value: Value) -> ClusterBuilder {
+        self.template = self.template.top(key, value);
+        self
+    }
+
+    /// Starts `n` nodes, `n1` to `n<n>`, one after the other, each on `127.0.0.1:0`.
+    pub fn start(self, n: usize) -> Cluster {
+        let ClusterBuilder { template, node_url, lease_sec } = self;
+        let url = node_url.unwrap_or_else(|| template.top["database"]["url"].as_str().unwrap().to_string());
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let dir = tempfile::Builder::new().prefix("sr-node-").tempdir().unwrap();
+            let mut node = Builder {
+                dir,
+                database: None,
+                server: template.server.clone(),
+                runner: template.runner.clone(),
+                top: template.top.clone(),
+                scripts: template.scripts.clone(),
+            };
+            node.top.insert("database".into(), json!({ "url": url }));
+            node.top.insert("cluster".into(), json!({ "nodeId": Cluster::node_id(i), "leaseSec": lease_sec }));
+            nodes.push(node.start());
+        }
+        // The deployment's part of the marker (`postgres:<id>`; a node's processes add `#<node>`).
+        let marker = nodes.first().map(|node| node.deployment.marker().split('#').next().unwrap().to_string());
+        let Builder { dir, database, .. } = template;
+        Cluster { nodes, marker, dir, _database: database }
+    }
+}
+
+/// Nodes of one cluster on one PostgreSQL database (see [`ClusterBuilder`]). Dropping it kills
+/// every node and every process of the cluster's deployment, then drops the database.
+pub struct Cluster {
+    /// The nodes, `nodes[i]` is `n<i+1>`; each a [`TestServer`] (kill -9, signals, its log).
+    pub nodes: Vec<TestServer>,
+    /// The deployment marker its processes carry (`postgres:<id>`, then `#<node>`).
+    marker: Option<String>,
+    dir: tempfile::TempDir,
+    /// Dropped after the nodes (fields drop after [`Cluster`]'s `drop`).
+    _database: Option<PgDatabase>,
+}
+
+impl Cluster {
+    /// A builder with the test defaults of [`Builder::new`] (a new database of its own).
+    /// Panics outside the PostgreSQL pass: a cluster test returns early there.
+    pub fn builder() -> ClusterBuilder {
+        assert!(on_postgres(), "a cluster needs the PostgreSQL pass (tests/run)");
+        ClusterBuilder { template: Builder::new(), node_url: None, lease_sec: CLUSTER_LEASE_SEC }
+    }
+
+    /// `n` nodes with the test defaults and no scripts.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::builder().start(n)
+    }
+
+    /// The id of `nodes[i]`: `n<i+1>`.
+    pub fn node_id(i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    /// The index of the node with this id.
+    pub fn index_of(&self, id: &str) -> usize {
+        (0..self.nodes.len()).find(|&i| Cluster::node_id(i) == id).unwrap_or_else(|| panic!("no node {id:?}"))
+    }
+
+    /// The shared folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every node's log, headed by its id, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            all.push_str(&format!("---- node {} log:\n{}\n", Cluster::node_id(i), node.server_log()));
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // A SIGSTOPped node still dies of the SIGKILL its handle sends.
+        self.nodes.clear();
+        if let Some(marker) = &self.marker {
+            reap_marker(marker);
         }
     }
 }
