@@ -50,6 +50,23 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the server with SIGTERM (it stops its jobs' processes as it shuts down), waiting
+    /// up to `limit` for it to exit; then SIGKILL (when dropped).
+    #[allow(dead_code, reason = "only bench-cluster stops its servers this way")]
+    pub fn terminate(&mut self, limit: Duration) {
+        let Ok(pid) = i32::try_from(self.child.id()) else { return };
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
