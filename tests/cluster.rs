@@ -871,3 +871,81 @@ fn dropping_a_cluster_kills_its_nodes_and_their_processes() {
     let left = wait_gone(&[&[job_pid], &node_pids[..]].concat(), Duration::from_secs(5));
     assert!(left.is_empty(), "still running after the cluster was dropped: {left:?}");
 }
+
+/// A decision about a run asked on a node that does not hold it (an approval, pause, resume,
+/// cancel) is made by the node that does: the request is forwarded there, and the answer is
+/// the run as that node left it.
+#[test]
+fn run_decisions_asked_on_another_node_are_made_by_the_node_that_holds_the_run() {
+    if skipped() {
+        return;
+    }
+    let cluster = Cluster::builder().workflows(json!({})).start(3);
+    let (holder, a, b) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+
+    let approval = holder.launch_bash("script-runner step gate --approval 'go?'; echo approved", json!({}));
+    a.wait_run(&approval, WAIT, |s| s == "awaiting");
+    let r = b.post(&format!("/api/script-runs/{approval}/approvals/gate"), json!({ "approved": true, "by": "n3" }));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let done = a.wait_run_terminal(&approval, WAIT);
+    assert_eq!(done["run"]["status"], json!("completed"), "{done}\n{}", cluster.logs());
+    assert_eq!(done["run"]["node"], json!("n1"), "{done}");
+    assert_eq!(common::entry(&done, "gate")["result"]["by"], json!("n3"), "{done}");
+
+    let sleeper = holder.launch_bash("script-runner step nap -- sleep 30", json!({}));
+    a.wait_run(&sleeper, WAIT, |s| s == "running");
+    let r = a.post(&format!("/api/script-runs/{sleeper}/pause"), json!({}));
+    assert_eq!((r.status, r.body["run"]["status"].as_str()), (200, Some("paused")), "{}", r.text);
+    let r = b.post(&format!("/api/script-runs/{sleeper}/resume"), json!({}));
+    assert_eq!((r.status, r.body["run"]["status"].as_str()), (200, Some("running")), "{}", r.text);
+    let r = b.request("DELETE", &format!("/api/script-runs/{sleeper}"), None, &[]);
+    assert_eq!((r.status, r.body["run"]["status"].as_str()), (200, Some("cancelled")), "{}", r.text);
+    assert_eq!(holder.script_run(&sleeper)["run"]["status"], json!("cancelled"));
+    // A run nobody holds any more (terminal) is answered as it is, by any node.
+    let r = a.post(&format!("/api/script-runs/{sleeper}/pause"), json!({}));
+    common::assert_error(&r, 409, "INVALID_STATE");
+}
+
+/// SIGTERM hands a node's runs to the other nodes at once, not after its lease: with a lease of
+/// 30 s, the run is held and running on another node within a few seconds, and completes there;
+/// the node exits 0 and reads `stopped` in `GET /cluster`.
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_runs_over_at_once() {
+    if skipped() {
+        return;
+    }
+    let b = Cluster::builder().lease_sec(30).workflows(json!({}));
+    let d = b.dir().to_path_buf();
+    let mut cluster = b.start(2);
+    let steps = d.join("steps");
+    let source = format!(
+        "script-runner step one -- sh -c 'echo one >> {s}'; script-runner step nap -- sleep 2; \
+         script-runner step two -- sh -c 'echo two >> {s}'",
+        s = steps.display()
+    );
+    let run = cluster.nodes[0].launch_bash(&source, json!({}));
+    wait_until(
+        || format!("step one never ran\n{}", cluster.logs()),
+        WAIT,
+        || lines(&steps).contains(&"one".to_string()).then_some(()),
+    );
+    cluster.nodes[0].signal(libc::SIGTERM);
+    let stopped = Instant::now();
+    let other = &cluster.nodes[1];
+    wait_until(
+        || format!("the run was not handed over: {}\n{}", other.script_run(&run), cluster.logs()),
+        Duration::from_secs(15),
+        || (other.script_run(&run)["run"]["node"] == json!("n2")).then_some(()),
+    );
+    let handed_after = stopped.elapsed();
+    println!("run handed over {handed_after:?} after SIGTERM (lease 30 s)");
+    assert!(handed_after < Duration::from_secs(15), "{handed_after:?}");
+    let done = other.wait_run_terminal(&run, WAIT);
+    assert_eq!(done["run"]["status"], json!("completed"), "{done}\n{}", cluster.logs());
+    assert_eq!(lines(&steps), ["one", "two"], "a completed step ran again");
+    let status = cluster.nodes[0].wait_exit(WAIT);
+    assert!(status.success(), "{}", cluster.nodes[0].server_log());
+    let nodes = cluster.nodes[1].get("/cluster").body["nodes"].clone();
+    let n1 = nodes.as_array().unwrap().iter().find(|n| n["id"] == json!("n1")).cloned().unwrap_or_default();
+    assert_eq!(n1["state"], json!("stopped"), "{nodes}");
+}
