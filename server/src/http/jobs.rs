@@ -155,10 +155,7 @@ pub(super) async fn log_page(
     let (stream, lines, offset) = log_query(query)?;
     if lines {
         let limit = nonzero(number(query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
-        let view = match local {
-            true => state.jobs.read_lines_local(&id, stream, offset, limit).await?,
-            false => state.jobs.read_lines(&id, stream, offset, limit).await?,
-        };
+        let view = state.jobs.read_lines(&id, stream, offset, limit, local).await?;
         let page = view.page;
         return Ok(HttpResponse::Ok().json(LinesPage {
             ok: true,
@@ -173,10 +170,7 @@ pub(super) async fn log_page(
         }));
     }
     let limit = nonzero(number(query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
-    let view = match local {
-        true => state.jobs.read_bytes_local(&id, stream, offset, limit).await?,
-        false => state.jobs.read_bytes(&id, stream, offset, limit).await?,
-    };
+    let view = state.jobs.read_bytes(&id, stream, offset, limit, local).await?;
     let page = view.page;
     Ok(HttpResponse::Ok().json(BytesPage {
         ok: true,

@@ -379,8 +379,8 @@ impl JobManager {
     }
 
     /// Where the job's logs are, when they are on another node of the cluster: its row there.
-    async fn log_owner(&self, job: &Job) -> Result<Option<crate::db::cluster::NodeRow>, JobError> {
-        let Some(node) = &self.shared.node else { return Ok(None) };
+    async fn log_owner(&self, job: &Job, here_only: bool) -> Result<Option<crate::db::cluster::NodeRow>, JobError> {
+        let Some(node) = self.shared.node.as_ref().filter(|_| !here_only) else { return Ok(None) };
         let Some(owner) = job.node.as_deref().filter(|owner| *owner != node.id()) else { return Ok(None) };
         // Logs kept with the job, or a logs folder the nodes share, are read here.
         let local = [&job.stdout, &job.stderr].iter().all(|info| {
@@ -431,8 +431,12 @@ impl JobManager {
     /// Waits until the job has ended and returns its final state (at once if it has ended).
     pub async fn wait(&self, id: &str) -> Result<Job, JobError> {
         // A job read between its insert's commit and its registration is neither ended nor
-        // active yet: look again shortly (bounded; recovery leaves no other such job).
-        for _ in 0..WAIT_REGISTERED_TRIES {
+        // active yet: look again shortly (bounded; recovery leaves no other such job). In a
+        // cluster a job may be queued for any node or run on another: its row says when it
+        // ended, read every [`WAIT_ELSEWHERE_EVERY`] after that.
+        let clustered = self.shared.node.is_some();
+        let mut tries = 0;
+        loop {
             if let Some(active) = self.shared.active(id) {
                 let mut done = active.done.subscribe();
                 if let Some(job) = wait_done(&mut done).await {
@@ -443,25 +447,13 @@ impl JobManager {
             if job.status.is_terminal() {
                 return Ok(job);
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if self.shared.node.is_some() {
-            // Queued in the cluster or running on another node: its row says when it ended.
-            loop {
-                if let Some(active) = self.shared.active(id) {
-                    let mut done = active.done.subscribe();
-                    if let Some(job) = wait_done(&mut done).await {
-                        return Ok(job);
-                    }
-                }
-                let job = self.get(id).await?;
-                if job.status.is_terminal() {
-                    return Ok(job);
-                }
-                tokio::time::sleep(WAIT_ELSEWHERE_EVERY).await;
+            tries += 1;
+            match (tries < WAIT_REGISTERED_TRIES, clustered) {
+                (true, _) => tokio::time::sleep(Duration::from_millis(5)).await,
+                (false, true) => tokio::time::sleep(WAIT_ELSEWHERE_EVERY).await,
+                (false, false) => return self.get(id).await,
             }
         }
-        self.get(id).await
     }
 
     /// The deployment marker every process of this server carries (see
@@ -562,16 +554,19 @@ impl JobManager {
         self.get(id).await
     }
 
-    /// A byte page of a job's log.
-    pub async fn read_bytes(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
+    /// A byte page of a job's log. In a cluster, a job another node ran is read from that node,
+    /// unless `here_only` (that node's side of such a request).
+    pub async fn read_bytes(
+        &self,
+        id: &str,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+        here_only: bool,
+    ) -> Result<BytesView, JobError> {
         let job = self.get(id).await?;
-        if let Some(owner) = self.log_owner(&job).await? {
-            let query = vec![
-                ("stream", stream.as_str().to_string()),
-                ("unit", "bytes".to_string()),
-                ("offset", offset.to_string()),
-                ("limit", limit.to_string()),
-            ];
+        if let Some(owner) = self.log_owner(&job, here_only).await? {
+            let query = page_query(stream, "bytes", offset, limit);
             let page: script_runner_wire::jobs::BytesPage = JobManager::remote_page(owner, id, query).await?;
             return Ok(BytesView {
                 page: BytePage {
@@ -584,23 +579,6 @@ impl JobManager {
                 output_error: page.output_error,
             });
         }
-        self.read_bytes_here(job, stream, offset, limit).await
-    }
-
-    /// [`JobManager::read_bytes`] from this node's logs (the owner's side of a log page asked
-    /// by another node).
-    pub async fn read_bytes_local(
-        &self,
-        id: &str,
-        stream: Stream,
-        offset: u64,
-        limit: u64,
-    ) -> Result<BytesView, JobError> {
-        let job = self.get(id).await?;
-        self.read_bytes_here(job, stream, offset, limit).await
-    }
-
-    async fn read_bytes_here(&self, job: Job, stream: Stream, offset: u64, limit: u64) -> Result<BytesView, JobError> {
         let info = job.stream(stream).clone();
         let path = self.log_path(&info.log_ref);
         let limit = limit.min(MAX_BYTE_LIMIT);
@@ -618,16 +596,19 @@ impl JobManager {
         Ok(BytesView { page, truncated: info.truncated, output_error: job.output_error() })
     }
 
-    /// A line page of a job's log. While the job runs only complete lines are served.
-    pub async fn read_lines(&self, id: &str, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
+    /// A line page of a job's log. While the job runs only complete lines are served. In a
+    /// cluster, as [`JobManager::read_bytes`].
+    pub async fn read_lines(
+        &self,
+        id: &str,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+        here_only: bool,
+    ) -> Result<LinesView, JobError> {
         let job = self.get(id).await?;
-        if let Some(owner) = self.log_owner(&job).await? {
-            let query = vec![
-                ("stream", stream.as_str().to_string()),
-                ("unit", "lines".to_string()),
-                ("offset", offset.to_string()),
-                ("limit", limit.to_string()),
-            ];
+        if let Some(owner) = self.log_owner(&job, here_only).await? {
+            let query = page_query(stream, "lines", offset, limit);
             let page: script_runner_wire::jobs::LinesPage = JobManager::remote_page(owner, id, query).await?;
             return Ok(LinesView {
                 page: LinePage {
@@ -640,22 +621,6 @@ impl JobManager {
                 output_error: page.output_error,
             });
         }
-        self.read_lines_here(job, stream, offset, limit).await
-    }
-
-    /// [`JobManager::read_lines`] from this node's logs (see [`JobManager::read_bytes_local`]).
-    pub async fn read_lines_local(
-        &self,
-        id: &str,
-        stream: Stream,
-        offset: u64,
-        limit: u64,
-    ) -> Result<LinesView, JobError> {
-        let job = self.get(id).await?;
-        self.read_lines_here(job, stream, offset, limit).await
-    }
-
-    async fn read_lines_here(&self, job: Job, stream: Stream, offset: u64, limit: u64) -> Result<LinesView, JobError> {
         let info = job.stream(stream).clone();
         let complete_only = !job.status.is_terminal();
         let query = LineQuery {
@@ -689,8 +654,8 @@ impl JobManager {
             return Ok(info.preview.clone());
         }
         let cap = self.shared.config.runner.max_log_bytes_per_stream;
-        if self.log_owner(job).await?.is_some() {
-            let view = self.read_bytes(&job.id, stream, 0, cap).await?;
+        if self.log_owner(job, false).await?.is_some() {
+            let view = self.read_bytes(&job.id, stream, 0, cap, false).await?;
             return Ok(String::from_utf8_lossy(&view.page.data).into_owned());
         }
         let Some(path) = self.log_path(&info.log_ref) else { return Ok(String::new()) };
@@ -771,6 +736,16 @@ impl JobManager {
 fn inline_data(info: &model::StreamInfo) -> Option<Vec<u8>> {
     let whole = !info.truncated && info.size > 0 && info.preview.len() as u64 == info.size;
     whole.then(|| info.preview.clone().into_bytes())
+}
+
+/// The query of a log page asked of another node.
+fn page_query(stream: Stream, unit: &str, offset: u64, limit: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("stream", stream.as_str().to_string()),
+        ("unit", unit.to_string()),
+        ("offset", offset.to_string()),
+        ("limit", limit.to_string()),
+    ]
 }
 
 /// Reads a log file off the async workers; an error names the file.
