@@ -949,3 +949,40 @@ fn a_node_stopped_with_sigterm_hands_its_runs_over_at_once() {
     let n1 = nodes.as_array().unwrap().iter().find(|n| n["id"] == json!("n1")).cloned().unwrap_or_default();
     assert_eq!(n1["state"], json!("stopped"), "{nodes}");
 }
+
+/// One idempotency key sent to every node at once starts one job, async or sync: each node
+/// answers with that job (the key's unique index decides between nodes).
+#[test]
+fn one_idempotency_key_sent_to_every_node_at_once_starts_one_job() {
+    if skipped() {
+        return;
+    }
+    let b = Cluster::builder();
+    let ran = b.dir().join("ran");
+    let cluster = b.script("once", &format!("echo \"$1\" >> '{}'; sleep 0.5; echo done", ran.display())).start(3);
+    for (mode, key) in [("async", "key-async"), ("sync", "key-sync")] {
+        let answers: Vec<Resp> = std::thread::scope(|s| {
+            let sent: Vec<_> = cluster
+                .nodes
+                .iter()
+                .map(|node| {
+                    s.spawn(move || {
+                        node.post(
+                            "/run",
+                            json!({ "scriptId": "once", "args": [key], "mode": mode, "idempotencyKey": key }),
+                        )
+                    })
+                })
+                .collect();
+            sent.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ids: BTreeSet<String> = answers
+            .iter()
+            .map(|r| r.body["jobId"].as_str().unwrap_or_else(|| panic!("{}", r.text)).to_string())
+            .collect();
+        assert_eq!(ids.len(), 1, "{mode}: one key started several jobs: {ids:?}");
+        let id = ids.into_iter().next().unwrap();
+        cluster.nodes[0].wait_job(&id, WAIT, |s| s == "succeeded");
+        assert_eq!(lines(&ran).iter().filter(|l| *l == key).count(), 1, "{mode}: the job ran more than once");
+    }
+}

@@ -250,8 +250,18 @@ impl JobManager {
             }
             return Ok(Keyed::Existing(job, mode));
         }
-        let submission = self.start(None, None, Some(key.to_string()), script, args, mode).await?;
-        Ok(Keyed::New(submission))
+        let (script_id, job_args) = (script.id.clone(), args.clone());
+        match self.start(None, None, Some(key.to_string()), script, args, mode).await {
+            Ok(submission) => Ok(Keyed::New(submission)),
+            // Another node of a cluster started a job under this key meanwhile (the lock above
+            // is this node's; the key's unique index refused the second insert): that job.
+            Err(JobError::Store(e)) if self.shared.node.is_some() => match self.by_key(key).await? {
+                Some(job) if job.script_id == script_id && job.args == job_args => Ok(Keyed::Existing(job, mode)),
+                Some(job) => Err(JobError::IdempotencyConflict { key: key.to_string(), job_id: job.id }),
+                None => Err(JobError::Store(e)),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The job started under an idempotency key, if any.
@@ -313,8 +323,11 @@ impl JobManager {
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told
         // nothing until the end, so its job is first written when it ends, has run for a
         // while, or has waited in the queue for a while (see below), whichever comes first.
-        let admitted = match mode {
-            Mode::Async => {
+        // In a cluster a keyed sync job is also written before it runs: the key's unique index
+        // is what keeps two nodes given one key at once from both running it.
+        let written_first = mode == Mode::Async || (key.is_some() && shared.node.is_some());
+        let admitted = match written_first {
+            true => {
                 // Ordered under the job's lock, awaited after releasing it; refused at once
                 // (503, nothing started) while the database is lost.
                 let ordered = active.record_with(&lock(&active.job), shared.store.writer(), OnOutage::Refuse);
@@ -323,7 +336,7 @@ impl JobManager {
                     Err(e) => Err(e),
                 }
             }
-            Mode::Sync => Ok(()),
+            false => Ok(()),
         };
         let waits = {
             let mut st = lock(&shared.state);
