@@ -96,6 +96,8 @@ pub(super) struct State {
     pub(super) queue: VecDeque<Arc<Active>>,
     pub(super) active: HashMap<String, Arc<Active>>,
     pub(super) running: usize,
+    /// Of `running`, the slots the cluster claimer took for a claim under way.
+    pub(super) claiming: usize,
     /// Admitted requests whose insert is not yet committed.
     pub(super) reserved: usize,
     /// Idempotency key -> id of the job in flight started under it (ended jobs are found in
@@ -168,10 +170,11 @@ impl Shared {
         if st.stopping {
             return Err(JobError::ShuttingDown);
         }
-        let in_flight = st.running + st.queue.len() + st.reserved;
+        // Slots the cluster claimer took for a claim under way are not jobs yet.
+        let in_flight = st.running - st.claiming + st.queue.len() + st.reserved;
         if in_flight >= runner.max_concurrent + runner.max_queued {
             return Err(JobError::QueueFull {
-                running: st.running,
+                running: st.running - st.claiming,
                 queued: st.queue.len(),
                 max_queued: runner.max_queued,
             });
@@ -225,6 +228,7 @@ impl Shared {
                         0
                     } else {
                         st.running += free;
+                        st.claiming = free;
                         free
                     }
                 };
@@ -250,6 +254,7 @@ impl Shared {
                 {
                     let mut st = lock(&shared.state);
                     st.running -= free - got;
+                    st.claiming = 0;
                     for job in claimed {
                         let Some(script) = shared.config.script(&job.script_id).cloned() else {
                             st.running -= 1;

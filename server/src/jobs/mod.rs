@@ -373,8 +373,13 @@ impl JobManager {
         let max_queued = shared.config.runner.max_queued;
         let store = shared.store.clone();
         let queued = blocking(move || store.queued_jobs(max_queued)).await??;
-        let running = lock(&shared.state).running;
-        // A job that a free slot here takes at once does not wait.
+        let (running, claiming) = {
+            let st = lock(&shared.state);
+            (st.running, st.claiming)
+        };
+        // A job that a free slot here takes at once does not wait (slots the claimer has taken
+        // for a claim under way are free for it).
+        let running = running - claiming;
         let free_here = shared.config.runner.max_concurrent.saturating_sub(running);
         if queued >= max_queued + free_here {
             return Err(JobError::QueueFull { running, queued, max_queued });
@@ -497,9 +502,13 @@ impl JobManager {
                 None => {
                     // Unfinished in the rows but no longer in flight: it ended after the rows
                     // were read, and its final state was committed before it left memory.
+                    // In a cluster, only this node's jobs: another node's row is the truth, and
+                    // a job in the cluster's queue is not in memory while it waits (read again,
+                    // it could show a claim made after the rest of the page was read).
                     let mine = match (&self.shared.node, &stored.node) {
                         (Some(node), Some(owner)) => owner == node.id(),
-                        _ => true,
+                        (Some(_), None) => false,
+                        (None, _) => true,
                     };
                     if !stored.status.is_terminal() && mine {
                         stale.push(jobs.len());
@@ -514,6 +523,7 @@ impl JobManager {
                 jobs[index] = job;
             }
         }
+
         Ok((jobs, total))
     }
 
