@@ -3,10 +3,10 @@
 //! `crate::cluster`; here is only how they are kept in the database.
 //!
 //! Every time compared with a lease is the database's (`now()`), never a node's clock. Every
-//! statement a node makes about its own work runs in a transaction that first locks its node
-//! row `FOR SHARE` and checks its epoch ([`guard`]), as the writer's commits do (see
-//! [`super::writer::Fence`]): a node declared dead changes nothing, and the reaper, which
-//! updates that row, waits for any such transaction to end.
+//! statement a node makes about its own work runs in a transaction that first takes its node's
+//! advisory lock shared and checks its epoch ([`guard`]), as the writer's commits do (see
+//! [`super::writer::Fence`]): a node declared dead changes nothing, and the reaper, which takes
+//! that lock exclusively before it declares the node dead, waits for any such transaction.
 
 use std::time::Duration;
 
@@ -117,11 +117,15 @@ struct Count {
 /// Why a node's statement was refused: it is not `up` (or `draining`, where `allow_draining`)
 /// under its epoch. `Ok(None)` when it may go on.
 fn guard(conn: &mut PgConnection, me: &NodeKey, allow_draining: bool) -> QueryResult<Option<String>> {
-    let row: Option<State> = diesel::sql_query("SELECT state FROM nodes WHERE id = $1 AND epoch = $2 FOR SHARE")
-        .bind::<Text, _>(&me.id)
-        .bind::<BigInt, _>(me.epoch)
-        .get_result(conn)
-        .optional()?;
+    // The node's advisory lock, shared (see `writer::Fence::begin_sql`).
+    let row: Option<State> = diesel::sql_query(
+        "WITH held AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7))) \
+         SELECT state FROM nodes, held WHERE id = $1 AND epoch = $2",
+    )
+    .bind::<Text, _>(&me.id)
+    .bind::<BigInt, _>(me.epoch)
+    .get_result(conn)
+    .optional()?;
     Ok(match row {
         Some(row) if row.state == "up" || (allow_draining && row.state == "draining") => None,
         Some(row) => Some(row.state),
@@ -166,6 +170,8 @@ pub fn register(
         epoch: i64,
     }
     conn.transaction(|conn| {
+        // A previous run under this id may still be committing (see `reap`).
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))").bind::<Text, _>(id).execute(conn)?;
         diesel::sql_query(
             "UPDATE nodes SET state = 'dead', ended_at = now(), \
              reason = 'restarted under the same id before its lease expired' \
@@ -307,12 +313,23 @@ pub fn reap(conn: &mut PgConnection, me: &str, now_ms: i64, declare_dead: bool) 
             return Ok(None);
         }
         let dead: Vec<Id> = if declare_dead {
+            // Each expired node's advisory lock, exclusively: its commits under way end first
+            // (they hold it shared), later ones see it dead. Its lease is checked again after.
+            let expired: Vec<Id> =
+                diesel::sql_query("SELECT id FROM nodes WHERE state IN ('up', 'draining') AND lease_until < now()")
+                    .load(conn)?;
+            for node in &expired {
+                diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+                    .bind::<Text, _>(&node.id)
+                    .execute(conn)?;
+            }
             diesel::sql_query(
                 "UPDATE nodes SET state = 'dead', ended_at = now(), \
                  reason = 'its lease expired at ' || to_char(lease_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') || '; declared dead by ' || $1 \
-                 WHERE state IN ('up', 'draining') AND lease_until < now() RETURNING id",
+                 WHERE id = ANY($2) AND state IN ('up', 'draining') AND lease_until < now() RETURNING id",
             )
             .bind::<Text, _>(me)
+            .bind::<diesel::sql_types::Array<Text>, _>(expired.iter().map(|n| n.id.as_str()).collect::<Vec<_>>())
             .load(conn)?
         } else {
             Vec::new()

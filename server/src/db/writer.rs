@@ -791,18 +791,14 @@ fn commit(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Resu
 /// One attempt of [`commit`]: the writes it could not try, and why, if the connection is lost.
 fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Result<(), (Vec<Request>, String)> {
     let fence = shared.fence.get();
-    let refused = std::cell::RefCell::new(None);
     // A lone single-statement write commits on its own (the database's implicit transaction),
     // sparing the parse and execution of BEGIN and COMMIT; not in a cluster, where the lease
     // check and the write share one transaction.
     let grouped = match batch.as_slice() {
         [one] if one.op.is_one_statement() && fence.is_none() => apply(conn, &one.op),
-        _ => write_transaction(conn, |c| {
-            check_fence(c, fence, &refused)?;
-            batch.iter().try_for_each(|r| apply(c, &r.op))
-        }),
+        _ => write_transaction(conn, fence, |c| batch.iter().try_for_each(|r| apply(c, &r.op))),
     };
-    if let (Some(why), Some(fence)) = (refused.take(), fence) {
+    if let (Some(why), Some(fence)) = (grouped.as_ref().err().and_then(fenced_reason), fence) {
         for request in batch {
             acknowledge(request, Err(StoreError::Fenced(why.clone())));
         }
@@ -822,11 +818,8 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
         Err(_) => {
             let mut requests = batch.into_iter();
             while let Some(request) = requests.next() {
-                let written = write_transaction(conn, |c| {
-                    check_fence(c, fence, &refused)?;
-                    apply(c, &request.op)
-                });
-                if let (Some(why), Some(fence)) = (refused.take(), fence) {
+                let written = write_transaction(conn, fence, |c| apply(c, &request.op));
+                if let (Some(why), Some(fence)) = (written.as_ref().err().and_then(fenced_reason), fence) {
                     acknowledge(request, Err(StoreError::Fenced(why.clone())));
                     for request in requests {
                         acknowledge(request, Err(StoreError::Fenced(why.clone())));
@@ -847,14 +840,16 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
     }
 }
 
-/// The lease check of a node's commit (see [`Fence`]): locks the node's row for the rest of the
-/// transaction; a node no longer `up` or `draining` under this epoch rolls it back, with why in
-/// `refused`.
-fn check_fence(
-    conn: &mut DbConnection,
-    fence: Option<&Fence>,
-    refused: &std::cell::RefCell<Option<String>>,
-) -> QueryResult<()> {
+/// What a refused lease check gives as its error (see [`check_fence`]).
+const FENCED_MARK: &str = "script-runner fence:";
+
+/// The lease check of a node's commit, first in its transaction: the node's advisory lock taken
+/// shared for the rest of the transaction (the sweep that declares a node dead takes it
+/// exclusively first, so it waits for commits under way, and commits after it see the node
+/// dead), then its row read; a node no longer `up` or `draining` under this epoch fails the
+/// transaction with [`FENCED_MARK`]. An advisory lock, not `FOR SHARE` on the row: a row lock
+/// writes the row, and several lanes' at once make a MultiXact.
+fn check_fence(conn: &mut DbConnection, fence: Option<&Fence>) -> QueryResult<()> {
     use diesel::sql_types::{BigInt, Text};
     #[derive(QueryableByName)]
     struct NodeState {
@@ -862,24 +857,27 @@ fn check_fence(
         state: String,
     }
     let Some(fence) = fence else { return Ok(()) };
-    let found: Option<NodeState> = diesel::sql_query("SELECT state FROM nodes WHERE id = $1 AND epoch = $2 FOR SHARE")
-        .bind::<Text, _>(&fence.node)
-        .bind::<BigInt, _>(fence.epoch)
-        .get_result(conn)
-        .optional()?;
-    match found {
-        Some(row) if row.state == "up" || row.state == "draining" => Ok(()),
-        Some(row) => {
-            *refused.borrow_mut() =
-                Some(format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state));
-            Err(diesel::result::Error::RollbackTransaction)
-        }
-        None => {
-            *refused.borrow_mut() =
-                Some(format!("node {} (epoch {}) is no longer registered: it was replaced", fence.node, fence.epoch));
-            Err(diesel::result::Error::RollbackTransaction)
-        }
-    }
+    let found: Option<NodeState> = diesel::sql_query(
+        "WITH held AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7))) \
+         SELECT state FROM nodes, held WHERE id = $1 AND epoch = $2",
+    )
+    .bind::<Text, _>(&fence.node)
+    .bind::<BigInt, _>(fence.epoch)
+    .get_result(conn)
+    .optional()?;
+    let why = match found {
+        Some(row) if row.state == "up" || row.state == "draining" => return Ok(()),
+        Some(row) => format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state),
+        None => format!("node {} (epoch {}) is no longer registered: it was replaced", fence.node, fence.epoch),
+    };
+    Err(diesel::result::Error::QueryBuilderError(format!("{FENCED_MARK} {why}").into()))
+}
+
+/// Whether an error is a refused lease check, and its reason.
+fn fenced_reason(e: &diesel::result::Error) -> Option<String> {
+    let text = e.to_string();
+    let at = text.find(FENCED_MARK)?;
+    Some(text[at + FENCED_MARK.len()..].trim().to_string())
 }
 
 /// Whether a failed write failed because the lane's connection is gone: never on SQLite; on
@@ -899,14 +897,23 @@ fn connection_lost(shared: &Shared, e: &diesel::result::Error) -> String {
 }
 
 /// A transaction that writes: SQLite's takes the write lock at BEGIN (IMMEDIATE), so it never
-/// fails half-way on a lock upgrade; PostgreSQL's locks rows as it goes.
-fn write_transaction(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> QueryResult<()>) -> QueryResult<()> {
+/// fails half-way on a lock upgrade; PostgreSQL's locks rows as it goes, and in a cluster
+/// begins with the node's lease check ([`check_fence`]).
+fn write_transaction(
+    conn: &mut DbConnection,
+    fence: Option<&Fence>,
+    f: impl FnOnce(&mut DbConnection) -> QueryResult<()>,
+) -> QueryResult<()> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Manager = <DbConnection as Connection>::TransactionManager;
     // The enum's transaction manager is its variant's; only BEGIN differs.
-    match conn {
-        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?,
-        DbConnection::Pg(_) => Manager::begin_transaction(conn)?,
+    match (&mut *conn, fence) {
+        (DbConnection::Sqlite(sqlite), _) => AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?,
+        (DbConnection::Pg(_), _) => Manager::begin_transaction(conn)?,
+    }
+    if let Err(e) = check_fence(conn, fence) {
+        Manager::rollback_transaction(conn)?;
+        return Err(e);
     }
     match f(conn) {
         Ok(()) => Manager::commit_transaction(conn),
