@@ -1,3 +1,7 @@
+DROP TRIGGER script_run_journal_fence ON script_run_journal;
+DROP TRIGGER script_runs_fence ON script_runs;
+DROP TRIGGER jobs_fence ON jobs;
+DROP FUNCTION script_runner_fence();
 DROP TRIGGER jobs_queued ON jobs;
 DROP FUNCTION script_runner_job_queued();
 DROP INDEX script_runs_free;

@@ -56,3 +56,29 @@ $$;
 CREATE TRIGGER jobs_queued AFTER INSERT ON jobs FOR EACH ROW
     WHEN (NEW.status = 'queued' AND NEW.mode = 'async' AND NEW.node IS NULL)
     EXECUTE FUNCTION script_runner_job_queued();
+
+-- Fencing (see server/src/db/writer.rs, Fence): a node's writer connections carry its id and
+-- epoch (session settings script_runner.node and script_runner.epoch). Every row they write
+-- to a job, a run or the journal is refused when that node is no longer up or draining under
+-- that epoch (it lost its lease: another node declared it dead and took over its work). The
+-- node's advisory lock, shared, is held to the end of the transaction: the sweep that declares
+-- a node dead takes it exclusively first. Connections without the settings (the cluster's own
+-- guarded statements, migrate-db) are not checked here.
+CREATE FUNCTION script_runner_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    me TEXT := current_setting('script_runner.node', true);
+    my_epoch TEXT := current_setting('script_runner.epoch', true);
+BEGIN
+    IF me IS NULL OR me = '' THEN
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended(me, 7));
+    IF NOT EXISTS (SELECT 1 FROM nodes WHERE id = me AND epoch = my_epoch::bigint AND state IN ('up', 'draining')) THEN
+        RAISE EXCEPTION 'script-runner fence: node % (epoch %) is no longer up in the cluster: it lost its lease', me, my_epoch;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER jobs_fence BEFORE INSERT OR UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION script_runner_fence();
+CREATE TRIGGER script_runs_fence BEFORE INSERT OR UPDATE ON script_runs FOR EACH ROW EXECUTE FUNCTION script_runner_fence();
+CREATE TRIGGER script_run_journal_fence BEFORE INSERT OR UPDATE ON script_run_journal FOR EACH ROW EXECUTE FUNCTION script_runner_fence();

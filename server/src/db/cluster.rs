@@ -117,7 +117,7 @@ struct Count {
 /// Why a node's statement was refused: it is not `up` (or `draining`, where `allow_draining`)
 /// under its epoch. `Ok(None)` when it may go on.
 fn guard(conn: &mut PgConnection, me: &NodeKey, allow_draining: bool) -> QueryResult<Option<String>> {
-    // The node's advisory lock, shared (see `writer::Fence::begin_sql`).
+    // The node's advisory lock, shared (as the fence trigger takes it: see `writer::Fence`).
     let row: Option<State> = diesel::sql_query(
         "WITH held AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7))) \
          SELECT state FROM nodes, held WHERE id = $1 AND epoch = $2",

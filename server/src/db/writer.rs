@@ -219,14 +219,20 @@ struct Shared {
     retry_bound: Duration,
     /// The cluster node's lease every commit checks, once set (see [`Fence`]).
     fence: Arc<OnceLock<Fence>>,
+    /// The epoch the lane's connection is tagged with (0: not tagged; see [`tag`]).
+    tagged: std::sync::atomic::AtomicI64,
 }
 
-/// Fencing in a cluster: every group commit of a node first checks, in its transaction, that
-/// the node's row still holds this epoch and is `up` or `draining`, and locks that row (`FOR
-/// SHARE`) until the commit: a node declared dead (its lease expired: a pause, a partition)
-/// records nothing more, and no node can be declared dead while one of its commits is under
-/// way. A refused group fails with [`StoreError::Fenced`] and `on_fenced` is called (the
-/// server kills its processes and exits).
+/// Fencing in a cluster: every write of a node carries its node id and epoch, and the database
+/// refuses it when the node is no longer `up` or `draining` under that epoch (its lease
+/// expired: a pause, a partition). Each lane's connection is tagged with them (session settings
+/// `script_runner.node` and `script_runner.epoch`, see [`tag`]), and a trigger on the jobs, runs
+/// and journal tables (migration `cluster`) takes the node's advisory lock shared and checks its
+/// row before each row written: the sweep that declares a node dead takes that lock
+/// exclusively first, so no node is declared dead while one of its commits is under way. A lone
+/// write stays one statement (no BEGIN, COMMIT or check of its own to send). A refused write
+/// fails its group with [`StoreError::Fenced`] and `on_fenced` is called (the server kills its
+/// processes and exits).
 pub struct Fence {
     /// The node's id.
     pub node: String,
@@ -302,6 +308,7 @@ impl Writer {
                 number: n,
                 retry_bound,
                 fence: Arc::clone(&fence),
+                tagged: std::sync::atomic::AtomicI64::new(0),
             });
             let thread_shared = Arc::clone(&shared);
             let name = if n == 0 { "db-writer".to_string() } else { format!("db-writer-{n}") };
@@ -636,6 +643,7 @@ impl<'a> Role<'a> {
         match DbConnection::open(location) {
             Ok(conn) => {
                 *lock(&shared.conn) = conn;
+                shared.tagged.store(0, std::sync::atomic::Ordering::Release);
                 let mut queue = lock(&shared.queue);
                 if let Some(down) = queue.down.take() {
                     shared.health.lane_up();
@@ -779,6 +787,7 @@ fn commit(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Resu
     match DbConnection::open(location) {
         Ok(fresh) => {
             *conn = fresh;
+            shared.tagged.store(0, std::sync::atomic::Ordering::Release);
             commit_group(shared, conn, unsent)
         }
         Err(e) => {
@@ -791,12 +800,18 @@ fn commit(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Resu
 /// One attempt of [`commit`]: the writes it could not try, and why, if the connection is lost.
 fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -> Result<(), (Vec<Request>, String)> {
     let fence = shared.fence.get();
+    if let Some(fence) = fence {
+        if let Err(e) = tag(shared, conn, fence) {
+            if lost(shared, conn, &e) {
+                return Err((batch, connection_lost(shared, &e)));
+            }
+        }
+    }
     // A lone single-statement write commits on its own (the database's implicit transaction),
-    // sparing the parse and execution of BEGIN and COMMIT; not in a cluster, where the lease
-    // check and the write share one transaction.
+    // sparing the parse and execution of BEGIN and COMMIT.
     let grouped = match batch.as_slice() {
-        [one] if one.op.is_one_statement() && fence.is_none() => apply(conn, &one.op),
-        _ => write_transaction(conn, fence, |c| batch.iter().try_for_each(|r| apply(c, &r.op))),
+        [one] if one.op.is_one_statement() => apply(conn, &one.op),
+        _ => write_transaction(conn, |c| batch.iter().try_for_each(|r| apply(c, &r.op))),
     };
     if let (Some(why), Some(fence)) = (grouped.as_ref().err().and_then(fenced_reason), fence) {
         for request in batch {
@@ -818,7 +833,7 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
         Err(_) => {
             let mut requests = batch.into_iter();
             while let Some(request) = requests.next() {
-                let written = write_transaction(conn, fence, |c| apply(c, &request.op));
+                let written = write_transaction(conn, |c| apply(c, &request.op));
                 if let (Some(why), Some(fence)) = (written.as_ref().err().and_then(fenced_reason), fence) {
                     acknowledge(request, Err(StoreError::Fenced(why.clone())));
                     for request in requests {
@@ -840,37 +855,25 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
     }
 }
 
-/// What a refused lease check gives as its error (see [`check_fence`]).
+/// What the fence trigger raises (migration `cluster`, function `script_runner_fence`).
 const FENCED_MARK: &str = "script-runner fence:";
 
-/// The lease check of a node's commit, first in its transaction: the node's advisory lock taken
-/// shared for the rest of the transaction (the sweep that declares a node dead takes it
-/// exclusively first, so it waits for commits under way, and commits after it see the node
-/// dead), then its row read; a node no longer `up` or `draining` under this epoch fails the
-/// transaction with [`FENCED_MARK`]. An advisory lock, not `FOR SHARE` on the row: a row lock
-/// writes the row, and several lanes' at once make a MultiXact.
-fn check_fence(conn: &mut DbConnection, fence: Option<&Fence>) -> QueryResult<()> {
-    use diesel::sql_types::{BigInt, Text};
-    #[derive(QueryableByName)]
-    struct NodeState {
-        #[diesel(sql_type = Text)]
-        state: String,
+/// Tags the lane's connection with the node and epoch its writes carry (see [`Fence`]), once
+/// per connection.
+fn tag(shared: &Shared, conn: &mut DbConnection, fence: &Fence) -> QueryResult<()> {
+    use diesel::sql_types::Text;
+    use std::sync::atomic::Ordering;
+    if shared.tagged.load(Ordering::Acquire) == fence.epoch {
+        return Ok(());
     }
-    let Some(fence) = fence else { return Ok(()) };
-    let found: Option<NodeState> = diesel::sql_query(
-        "WITH held AS (SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 7))) \
-         SELECT state FROM nodes, held WHERE id = $1 AND epoch = $2",
+    diesel::sql_query(
+        "SELECT set_config('script_runner.node', $1, false), set_config('script_runner.epoch', $2, false)",
     )
     .bind::<Text, _>(&fence.node)
-    .bind::<BigInt, _>(fence.epoch)
-    .get_result(conn)
-    .optional()?;
-    let why = match found {
-        Some(row) if row.state == "up" || row.state == "draining" => return Ok(()),
-        Some(row) => format!("node {} is {} in the cluster: this node lost its lease", fence.node, row.state),
-        None => format!("node {} (epoch {}) is no longer registered: it was replaced", fence.node, fence.epoch),
-    };
-    Err(diesel::result::Error::QueryBuilderError(format!("{FENCED_MARK} {why}").into()))
+    .bind::<Text, _>(fence.epoch.to_string())
+    .execute(conn)?;
+    shared.tagged.store(fence.epoch, Ordering::Release);
+    Ok(())
 }
 
 /// Whether an error is a refused lease check, and its reason.
@@ -897,23 +900,14 @@ fn connection_lost(shared: &Shared, e: &diesel::result::Error) -> String {
 }
 
 /// A transaction that writes: SQLite's takes the write lock at BEGIN (IMMEDIATE), so it never
-/// fails half-way on a lock upgrade; PostgreSQL's locks rows as it goes, and in a cluster
-/// begins with the node's lease check ([`check_fence`]).
-fn write_transaction(
-    conn: &mut DbConnection,
-    fence: Option<&Fence>,
-    f: impl FnOnce(&mut DbConnection) -> QueryResult<()>,
-) -> QueryResult<()> {
+/// fails half-way on a lock upgrade; PostgreSQL's locks rows as it goes.
+fn write_transaction(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> QueryResult<()>) -> QueryResult<()> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
     type Manager = <DbConnection as Connection>::TransactionManager;
     // The enum's transaction manager is its variant's; only BEGIN differs.
-    match (&mut *conn, fence) {
-        (DbConnection::Sqlite(sqlite), _) => AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?,
-        (DbConnection::Pg(_), _) => Manager::begin_transaction(conn)?,
-    }
-    if let Err(e) = check_fence(conn, fence) {
-        Manager::rollback_transaction(conn)?;
-        return Err(e);
+    match conn {
+        DbConnection::Sqlite(sqlite) => AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?,
+        DbConnection::Pg(_) => Manager::begin_transaction(conn)?,
     }
     match f(conn) {
         Ok(()) => Manager::commit_transaction(conn),
