@@ -986,3 +986,34 @@ fn one_idempotency_key_sent_to_every_node_at_once_starts_one_job() {
         assert_eq!(lines(&ran).iter().filter(|l| *l == key).count(), 1, "{mode}: the job ran more than once");
     }
 }
+
+/// A workflow run's execution log read through another node is the holder's, byte and line
+/// pages alike (the nodes' run folders are their own).
+#[test]
+fn a_runs_log_is_read_through_another_node() {
+    if skipped() {
+        return;
+    }
+    let cluster = Cluster::builder().workflows(json!({})).start(3);
+    let holder = &cluster.nodes[0];
+    let run = holder.launch_bash(
+        "script-runner step one -- true; for i in $(seq 1 3000); do echo \"line $i of the run\"; done; echo err >&2",
+        json!({}),
+    );
+    let done = holder.wait_run_terminal(&run, WAIT);
+    assert_eq!(done["run"]["status"], json!("completed"), "{done}\n{}", cluster.logs());
+    for query in
+        ["unit=bytes&offset=100&limit=5000", "unit=lines&offset=10&limit=50", "stream=stderr", "attempt=1&unit=lines"]
+    {
+        let path = format!("/api/script-runs/{run}/logs?{query}");
+        let own = holder.get(&path);
+        assert_eq!(own.status, 200, "{}", own.text);
+        for other in &cluster.nodes[1..] {
+            let asked = other.get(&path);
+            assert_eq!(asked.status, 200, "{}", asked.text);
+            assert_eq!(asked.body, own.body, "{query}: the page read through another node differs");
+        }
+    }
+    let page = cluster.nodes[2].get(&format!("/api/script-runs/{run}/logs?unit=lines&offset=2999&limit=1"));
+    assert_eq!(page.body["lines"], json!(["line 3000 of the run"]), "{}", page.text);
+}

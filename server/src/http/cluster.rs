@@ -55,6 +55,18 @@ pub async fn job_logs(
     log_page(&state, id.into_inner(), &query, true).await
 }
 
+/// `GET /api/internal/cluster/script-runs/:id/logs`: a log page of a run this node holds, for
+/// another node.
+pub async fn run_logs(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: Query,
+) -> Result<HttpResponse, ApiError> {
+    from_a_node(&state, &req)?;
+    super::runs::run_log_page(&state, id.into_inner(), &query, true).await
+}
+
 /// `POST /api/internal/cluster/script-runs/:id/{cancel,pause,resume}`: a decision about a run
 /// this node holds, asked on another node.
 pub async fn run_action(

@@ -167,6 +167,7 @@ impl From<RunError> for ApiError {
             RunError::InvalidState(_) => run(StatusCode::CONFLICT, "INVALID_STATE"),
             RunError::OnOtherNode { .. } => run(StatusCode::CONFLICT, "RUN_ON_OTHER_NODE"),
             RunError::OwnerDown { .. } => run(StatusCode::SERVICE_UNAVAILABLE, "RUN_OWNER_DOWN"),
+            RunError::LogOwnerDown { .. } => ApiError::LogOwnerDown(message.clone()),
             RunError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => {
                 ApiError::Remote {
                     status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),

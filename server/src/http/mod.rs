@@ -51,6 +51,8 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(resource("/cluster").route(web::get().to(cluster::status)))
             .service(resource("/api/internal/cluster/jobs/{id}/logs").route(web::get().to(cluster::job_logs)))
+            // Before `{action}`, which would take `logs` and answer 405 to a GET.
+            .service(resource("/api/internal/cluster/script-runs/{id}/logs").route(web::get().to(cluster::run_logs)))
             .service(
                 resource("/api/internal/cluster/script-runs/{id}/{action}").route(web::post().to(cluster::run_action)),
             )

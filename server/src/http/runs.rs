@@ -224,38 +224,48 @@ fn execution_output_error(run: &Run, attempt: Option<i32>) -> Option<String> {
 /// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
 /// latest execution's log unless `attempt` names another.
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    let (stream, lines, offset) = log_query(&query)?;
+    run_log_page(&state, id.into_inner(), &query, false).await
+}
+
+/// A run's log page; `local`: from this node's files only (another node of the cluster asks).
+pub(super) async fn run_log_page(
+    state: &AppState,
+    id: String,
+    query: &Query,
+    local: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (stream, lines, offset) = log_query(query)?;
     let attempt = match query.get("attempt").filter(|s| !s.is_empty()) {
         None => None,
-        Some(_) => Some(i32::try_from(number(&query, "attempt", 1)?).unwrap_or(i32::MAX)),
+        Some(_) => Some(i32::try_from(number(query, "attempt", 1)?).unwrap_or(i32::MAX)),
     };
     // The run is read once: for its warnings and for which log to read.
     let run = state.runs.get(&id).await?;
     let output_error = execution_output_error(&run, attempt);
     if lines {
-        let limit = nonzero(number(&query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
-        let page = state.runs.read_lines(&run, attempt, stream, offset, limit).await?;
+        let limit = nonzero(number(query, "limit", LINES_DEFAULT)?, LINES_DEFAULT);
+        let page = state.runs.read_lines(&run, attempt, stream, offset, limit, local).await?;
         return Ok(HttpResponse::Ok().json(RunLinesPage {
             lines: page.lines,
             next_offset: page.next_offset,
             offset: page.offset,
             ok: true,
             output_error,
-            run_id: id.into_inner(),
+            run_id: id.clone(),
             stream: stream.as_str().to_string(),
             total_lines: page.total_lines,
             truncated: false,
         }));
     }
-    let limit = nonzero(number(&query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
-    let page = state.runs.read_bytes(&run, attempt, stream, offset, limit).await?;
+    let limit = nonzero(number(query, "limit", BYTES_DEFAULT)?, BYTES_DEFAULT);
+    let page = state.runs.read_bytes(&run, attempt, stream, offset, limit, local).await?;
     Ok(HttpResponse::Ok().json(RunBytesPage {
         data: String::from_utf8_lossy(&page.data).into_owned(),
         next_offset: page.next_offset,
         offset: page.offset,
         ok: true,
         output_error,
-        run_id: id.into_inner(),
+        run_id: id.clone(),
         stream: stream.as_str().to_string(),
         total_size: page.total_size,
         truncated: false,

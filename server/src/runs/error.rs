@@ -28,6 +28,14 @@ pub enum RunError {
         /// What that node is.
         state: String,
     },
+    /// The log of an execution is on a node of the cluster that is gone or does not answer.
+    #[error("this execution's log is on node {node}, which is {state}; it cannot be read until that node is back")]
+    LogOwnerDown {
+        /// The node.
+        node: String,
+        /// What it is.
+        state: String,
+    },
     /// The node holding the run answered an error (passed on).
     #[error("{0}")]
     Peer(#[from] crate::cluster::peer::PeerError),

@@ -57,6 +57,20 @@ pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Executions killed by a signal nobody here sent are restarted (with replay) this many times.
 pub const MAX_CRASH_RESTARTS: i32 = 3;
+/// The query of a run's log page asked of another node.
+fn log_query(stream: Stream, unit: &str, offset: u64, limit: u64, attempt: Option<i32>) -> Vec<(&'static str, String)> {
+    let mut query = vec![
+        ("stream", stream.as_str().to_string()),
+        ("unit", unit.to_string()),
+        ("offset", offset.to_string()),
+        ("limit", limit.to_string()),
+    ];
+    if let Some(attempt) = attempt {
+        query.push(("attempt", attempt.to_string()));
+    }
+    query
+}
+
 /// Runs a node takes from the cluster at a time.
 const TAKE_RUNS: usize = 16;
 /// Run numbers per node epoch in a cluster (see [`crate::jobs`]'s job ids).
@@ -366,6 +380,8 @@ impl RunManager {
 
     /// A byte page of an execution's log (the latest execution unless `attempt` is given), of
     /// `run` as the caller has just read it (its log page needs the run for its warnings too).
+    /// In a cluster, a log this node does not have, of a run another node holds, is read from
+    /// that node, unless `here_only` (that node's side of such a request).
     pub async fn read_bytes(
         &self,
         run: &Run,
@@ -373,11 +389,23 @@ impl RunManager {
         stream: Stream,
         offset: u64,
         limit: u64,
+        here_only: bool,
     ) -> Result<BytePage, RunError> {
+        if let Some(holder) = self.log_holder(run, attempt, stream, here_only).await? {
+            let query = log_query(stream, "bytes", offset, limit, attempt);
+            let page: script_runner_wire::runs::RunBytesPage = self.ask_holder(holder, &run.id, query).await?;
+            return Ok(BytePage {
+                offset: page.offset,
+                next_offset: page.next_offset,
+                total_size: page.total_size,
+                data: page.data.into_bytes(),
+            });
+        }
         launch::read_bytes(&self.engine, run, attempt, stream, offset, limit).await
     }
 
     /// A line page of an execution's log (only complete lines of the one that runs now).
+    /// In a cluster, as [`RunManager::read_bytes`].
     pub async fn read_lines(
         &self,
         run: &Run,
@@ -385,8 +413,67 @@ impl RunManager {
         stream: Stream,
         offset: u64,
         limit: u64,
+        here_only: bool,
     ) -> Result<LinePage, RunError> {
+        if let Some(holder) = self.log_holder(run, attempt, stream, here_only).await? {
+            let query = log_query(stream, "lines", offset, limit, attempt);
+            let page: script_runner_wire::runs::RunLinesPage = self.ask_holder(holder, &run.id, query).await?;
+            return Ok(LinePage {
+                offset: page.offset,
+                next_offset: page.next_offset,
+                total_lines: page.total_lines,
+                lines: page.lines,
+            });
+        }
         launch::read_lines(&self.engine, run, attempt, stream, offset, limit).await
+    }
+
+    /// The node to ask for a run's execution log: in a cluster, when another node holds the run
+    /// and the log is not here (the holder ran the execution). A holder that is gone is
+    /// [`RunError::LogOwnerDown`].
+    async fn log_holder(
+        &self,
+        run: &Run,
+        attempt: Option<i32>,
+        stream: Stream,
+        here_only: bool,
+    ) -> Result<Option<crate::db::cluster::NodeRow>, RunError> {
+        let Some(cluster) = self.engine.jobs.node().cloned().filter(|_| !here_only) else { return Ok(None) };
+        let Some(holder) = run.node.clone().filter(|holder| holder != cluster.id()) else { return Ok(None) };
+        let path = launch::log_path(&self.engine.config, run, attempt, stream)?;
+        crate::sync::blocking(move || {
+            if path.exists() {
+                return Ok(None);
+            }
+            match cluster.node(&holder)? {
+                Some(row) if row.state == "up" || row.state == "draining" => Ok(Some(row)),
+                row => Err(RunError::LogOwnerDown {
+                    state: row.map_or_else(|| "unknown".to_string(), |r| r.state),
+                    node: holder,
+                }),
+            }
+        })
+        .await?
+    }
+
+    /// A log page of a run, from the node that holds it.
+    async fn ask_holder<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        holder: crate::db::cluster::NodeRow,
+        id: &str,
+        query: Vec<(&'static str, String)>,
+    ) -> Result<T, RunError> {
+        let path = format!("/script-runs/{}/logs", crate::names::path_segment(id));
+        crate::sync::blocking(move || {
+            let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
+            crate::cluster::peer::get::<T>(&holder, &path, &query).map_err(|e| match e {
+                crate::cluster::peer::PeerError::Unreachable { node, .. } => {
+                    RunError::LogOwnerDown { node, state: "unreachable".into() }
+                }
+                other => RunError::Peer(other),
+            })
+        })
+        .await?
     }
 
     /// Checks a run token before anything else of a request is read: `Forbidden` unless it is
