@@ -4,17 +4,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
-use diesel::{Connection, OptionalExtension, PgConnection, RunQueryDsl};
-use log::{error, info, warn};
+use diesel::{PgConnection, RunQueryDsl};
 use nix::fcntl::{Flock, FlockArg};
-use tokio::sync::watch;
 
 use super::postgres::{self, without_password};
-use crate::sync::lock;
 
 /// A database the service can run on.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,20 +41,17 @@ impl std::fmt::Display for Location {
     }
 }
 
-/// Held while the server runs: no second server takes the same database.
+/// Held while a server runs on a SQLite file, or `migrate-db` on any database: nobody else
+/// takes the same database meanwhile.
 pub enum DatabaseLock {
     /// An exclusive lock on `<file>.lock`.
     File(Flock<File>),
-    /// A session-level advisory lock, held on a connection of its own that a thread watches
-    /// (see [`PgLock`]).
+    /// A session-level advisory lock, held on a connection of its own (see [`PgLock`]).
     Postgres(PgLock),
 }
 
 /// The advisory lock key a server takes on its PostgreSQL database ("scrrunnr" in ASCII).
 const ADVISORY_LOCK_KEY: i64 = 0x7363_7272_756e_6e72;
-
-/// How often the connection that holds the advisory lock is checked.
-const LOCK_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(diesel::QueryableByName)]
 struct Locked {
@@ -149,82 +140,30 @@ impl Location {
     }
 }
 
-/// The advisory lock of a PostgreSQL database, on a connection of its own. A restart of the
-/// server (or a network cut) closes that connection, and PostgreSQL then releases the lock; a
-/// thread checks the connection every [`LOCK_CHECK_EVERY`] and, once it is lost, reconnects
-/// (every few seconds, as long as it takes) and takes the lock again. If another server took
-/// it meanwhile, two servers would share the database: the thread logs an error and reports
-/// it through [`PgLock::lost`], and the server stops (see `server::serve`).
+/// The advisory lock of a PostgreSQL database, held by a connection of its own: `migrate-db`
+/// holds it while it copies (servers on PostgreSQL are nodes of a cluster and hold leases
+/// instead, which `migrate-db` also checks). Dropped, the connection closes and PostgreSQL
+/// releases the lock.
 pub struct PgLock {
-    keeper: Arc<LockKeeper>,
-    lost: watch::Receiver<Option<String>>,
+    _conn: PgConnection,
 }
 
-struct LockKeeper {
-    url: String,
-    /// The connection holding the lock and its session; `None` while the lock is being taken
-    /// again, or once the guard is dropped.
-    conn: Mutex<Option<(PgConnection, Session)>>,
-    /// Set when the guard is dropped: the thread stops.
-    stopped: AtomicBool,
-    wake: Condvar,
-    lost: watch::Sender<Option<String>>,
-}
-
-impl PgLock {
-    /// Resolves to why the lock was lost to another server (it never resolves otherwise).
-    pub fn lost(&self) -> watch::Receiver<Option<String>> {
-        self.lost.clone()
-    }
-}
-
-impl Drop for PgLock {
-    /// Releases the lock at once (closing its connection) and stops the thread.
-    fn drop(&mut self) {
-        self.keeper.stopped.store(true, Ordering::Release);
-        drop(lock(&self.keeper.conn).take());
-        self.keeper.wake.notify_all();
-    }
-}
-
-impl DatabaseLock {
-    /// Resolves when the lock was lost to another server, with why; a file lock is never lost.
-    pub fn lost(&self) -> Option<watch::Receiver<Option<String>>> {
-        match self {
-            DatabaseLock::File(_) => None,
-            DatabaseLock::Postgres(lock) => Some(lock.lost()),
-        }
-    }
-}
-
-/// Takes the server's advisory lock on a PostgreSQL database, on a connection of its own, and
-/// starts the thread that keeps it (see [`PgLock`]).
+/// Takes the advisory lock on a PostgreSQL database (see [`PgLock`]); refused while another
+/// session holds it or a node of a cluster is up on the database.
 fn lock_postgres(url: &str) -> Result<DatabaseLock, String> {
     let shown = without_password(url);
     let mut conn = postgres::connect_checked(url)?;
-    let session = match try_advisory_lock(&mut conn) {
-        Ok(Some(session)) => session,
-        Ok(None) => return Err(format!("{shown} is locked: another script-runner is using this database")),
-        Err(e) => return Err(format!("cannot take the advisory lock on {shown}: {e}")),
-    };
-    // Servers on PostgreSQL are nodes of a cluster, which hold leases, not this lock.
+    let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
+        .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
+        .get_result(&mut conn)
+        .map_err(|e| format!("cannot take the advisory lock on {shown}: {}", postgres::one_line(&e.to_string())))?;
+    if !locked.locked {
+        return Err(format!("{shown} is locked: another script-runner is using this database"));
+    }
     if let Some(node) = live_node(&mut conn) {
         return Err(format!("{shown} is locked: another script-runner is using this database (node {node} is up)"));
     }
-    let (lost_tx, lost) = watch::channel(None);
-    let keeper = Arc::new(LockKeeper {
-        url: url.to_string(),
-        conn: Mutex::new(Some((conn, session))),
-        stopped: AtomicBool::new(false),
-        wake: Condvar::new(),
-        lost: lost_tx,
-    });
-    let thread_keeper = Arc::clone(&keeper);
-    std::thread::Builder::new()
-        .name("db-lock".into())
-        .spawn(move || keep_lock(&thread_keeper))
-        .map_err(|e| format!("cannot start the thread that keeps the database lock: {e}"))?;
-    Ok(DatabaseLock::Postgres(PgLock { keeper, lost }))
+    Ok(DatabaseLock::Postgres(PgLock { _conn: conn }))
 }
 
 /// A node of a cluster whose lease runs (its id), if the database has nodes at all.
@@ -242,141 +181,6 @@ fn live_node(conn: &mut PgConnection) -> Option<String> {
             .get_result(conn)
             .ok()?;
     node.id
-}
-
-/// A server process of PostgreSQL (one per connection): its pid and start time, which tell
-/// it from a later process with the same pid.
-#[derive(diesel::QueryableByName, Debug, Clone, PartialEq, Eq)]
-struct Session {
-    #[diesel(sql_type = diesel::sql_types::Integer)]
-    pid: i32,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    started: String,
-}
-
-/// `pg_try_advisory_lock` on the service's key: the session of this connection if it now holds
-/// the lock, `None` if another does. The error is on one line, without a password.
-fn try_advisory_lock(conn: &mut PgConnection) -> Result<Option<Session>, String> {
-    let locked: Locked = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS locked")
-        .bind::<diesel::sql_types::BigInt, _>(ADVISORY_LOCK_KEY)
-        .get_result(conn)
-        .map_err(|e| postgres::one_line(&e.to_string()))?;
-    if !locked.locked {
-        return Ok(None);
-    }
-    let session: Session = diesel::sql_query(
-        "SELECT pid, coalesce(backend_start::text, '') AS started FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-    )
-    .get_result(conn)
-    .map_err(|e| postgres::one_line(&e.to_string()))?;
-    Ok(Some(session))
-}
-
-/// The session that holds the service's advisory lock, if any (its start time is empty when
-/// it is another role's, which this role may not see).
-fn lock_holder(conn: &mut PgConnection) -> Result<Option<Session>, String> {
-    let high = ADVISORY_LOCK_KEY >> 32;
-    let low = ADVISORY_LOCK_KEY & 0xffff_ffff;
-    diesel::sql_query(
-        "SELECT l.pid, coalesce(a.backend_start::text, '') AS started FROM pg_locks l \
-         LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
-         WHERE l.locktype = 'advisory' AND l.classid::bigint = $1 AND l.objid::bigint = $2 \
-         AND l.objsubid = 1 AND l.granted",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(high)
-    .bind::<diesel::sql_types::BigInt, _>(low)
-    .get_result(conn)
-    .optional()
-    .map_err(|e| postgres::one_line(&e.to_string()))
-}
-
-/// What an attempt to take the lock again found.
-enum Retake {
-    /// The lock is ours again, on this connection.
-    Taken(PgConnection, Session),
-    /// Our own lost session still holds it (the server has not noticed the connection is
-    /// gone): it was told to end; try again shortly.
-    Stale,
-    /// Another session holds it.
-    TakenByOther,
-}
-
-/// One attempt to take the lock again after its connection was lost, `old` being the session
-/// that held it.
-fn retake(url: &str, old: &Session) -> Result<Retake, String> {
-    let mut conn = PgConnection::establish(&postgres::connect_url(url))
-        .map_err(|e| postgres::one_line(&postgres::redact(&e.to_string(), url)))?;
-    if let Some(session) = try_advisory_lock(&mut conn)? {
-        return Ok(Retake::Taken(conn, session));
-    }
-    match lock_holder(&mut conn)? {
-        Some(holder) if holder == *old => {
-            diesel::sql_query("SELECT pg_terminate_backend($1)")
-                .bind::<diesel::sql_types::Integer, _>(old.pid)
-                .execute(&mut conn)
-                .map_err(|e| postgres::one_line(&e.to_string()))?;
-            Ok(Retake::Stale)
-        }
-        // Released between the two queries: the next attempt takes it.
-        None => Ok(Retake::Stale),
-        Some(_) => Ok(Retake::TakenByOther),
-    }
-}
-
-/// The thread of [`PgLock`].
-fn keep_lock(keeper: &LockKeeper) {
-    let shown = without_password(&keeper.url);
-    loop {
-        // Check the connection every LOCK_CHECK_EVERY (the guard's drop wakes it early).
-        let lost_session = {
-            let held = lock(&keeper.conn);
-            let mut held = keeper.wake.wait_timeout(held, LOCK_CHECK_EVERY).unwrap_or_else(|e| e.into_inner()).0;
-            if keeper.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            let Some((conn, _)) = held.as_mut() else { return };
-            if diesel::sql_query("SELECT 1").execute(conn).is_ok() {
-                continue;
-            }
-            held.take().map(|(_, session)| session)
-        };
-        let Some(old) = lost_session else { return };
-        warn!("the connection holding the advisory lock on {shown} is lost; taking the lock again once it is back");
-        let mut wait = Duration::from_millis(250);
-        loop {
-            if keeper.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            match retake(&keeper.url, &old) {
-                Ok(Retake::Taken(conn, session)) => {
-                    let mut held = lock(&keeper.conn);
-                    if keeper.stopped.load(Ordering::Acquire) {
-                        return;
-                    }
-                    *held = Some((conn, session));
-                    info!("took the advisory lock on {shown} again");
-                    break;
-                }
-                Ok(Retake::TakenByOther) => {
-                    let why = format!(
-                        "another session took the advisory lock on {shown} while this server's connection was \
-                         lost (another script-runner?): two servers must not share a database; this one stops"
-                    );
-                    error!("{why}");
-                    keeper.lost.send_replace(Some(why));
-                    return;
-                }
-                Ok(Retake::Stale) => {
-                    warn!("the advisory lock on {shown} is still held by this server's lost session; ended it");
-                    wait = Duration::from_millis(250);
-                }
-                Err(e) => log::debug!("taking the advisory lock on {shown} again: {e}"),
-            }
-            let guard = lock(&keeper.conn);
-            drop(keeper.wake.wait_timeout(guard, wait).unwrap_or_else(|e| e.into_inner()));
-            wait = (wait * 2).min(LOCK_CHECK_EVERY);
-        }
-    }
 }
 
 #[cfg(test)]
