@@ -144,8 +144,9 @@ impl Node {
                 }
             }),
         });
-        // This node's previous run's processes carry its own marker, which is live again.
-        let killed = orphans::kill_marked(|marker| marker == &*node.marker()) + node.kill_orphans(&mut conn);
+        // This node's previous run's processes carry its own marker, which is live again: at
+        // start, they are orphans too.
+        let killed = node.kill_orphans(&mut conn, true);
         info!(
             "cluster: joined as node {} (epoch {}), reachable at {}, lease {:?}",
             node.inner.key.id, node.inner.key.epoch, node.inner.advertise, lease
@@ -324,9 +325,10 @@ impl Node {
         self.inner.fenced.send_replace(Some(why.to_string()));
     }
 
-    /// Kills this machine's processes of nodes of this cluster that are not live; the number
-    /// killed.
-    fn kill_orphans(&self, conn: &mut diesel::PgConnection) -> usize {
+    /// Kills this machine's processes of nodes of this cluster that are not live, and with
+    /// `mine` this node's own (at start, before it has run anything: its previous run's); the
+    /// number killed. One pass over the processes.
+    fn kill_orphans(&self, conn: &mut diesel::PgConnection, mine: bool) -> usize {
         let live = match store::live_nodes(conn) {
             Ok(live) => live,
             Err(e) => {
@@ -334,9 +336,11 @@ impl Node {
                 return 0;
             }
         };
-        let prefix = &self.inner.marker_prefix;
+        let (prefix, me) = (&self.inner.marker_prefix, self.id());
         orphans::kill_marked(|marker| {
-            marker.strip_prefix(prefix.as_str()).is_some_and(|node| !live.iter().any(|id| id == node))
+            marker
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|node| (mine && node == me) || !live.iter().any(|id| id == node))
         })
     }
 }
@@ -432,7 +436,7 @@ fn heartbeat(node: &Node, conn: diesel::PgConnection) {
                         inner.runs_free.notify_one();
                     }
                     if !reaped.dead.is_empty() {
-                        let killed = node.kill_orphans(connection);
+                        let killed = node.kill_orphans(connection, false);
                         if killed > 0 {
                             info!("cluster: killed {killed} process(es) left by lost nodes on this machine");
                         }

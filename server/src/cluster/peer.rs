@@ -51,6 +51,48 @@ pub fn get<T: DeserializeOwned>(node: &NodeRow, path: &str, query: &[(&str, Stri
     call(node, "GET", path, query, None)
 }
 
+/// Which log page to ask a node for (a job's, or a run execution's with `attempt`).
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    /// `/jobs/<id>/logs` or `/script-runs/<id>/logs`, under the internal prefix.
+    pub path: String,
+    /// `stdout` or `stderr`.
+    pub stream: &'static str,
+    /// `bytes` or `lines`.
+    pub unit: &'static str,
+    /// Where the page starts.
+    pub offset: u64,
+    /// Its most bytes or lines.
+    pub limit: u64,
+    /// The run's execution, if not the latest.
+    pub attempt: Option<i32>,
+}
+
+/// A log page from the node that has the log, as the JSON of its public route.
+pub fn log_page<T: DeserializeOwned>(node: &NodeRow, page: &LogPage) -> Result<T, PeerError> {
+    let mut query = vec![
+        ("stream", page.stream.to_string()),
+        ("unit", page.unit.to_string()),
+        ("offset", page.offset.to_string()),
+        ("limit", page.limit.to_string()),
+    ];
+    if let Some(attempt) = page.attempt {
+        query.push(("attempt", attempt.to_string()));
+    }
+    get(node, &page.path, &query)
+}
+
+impl PeerError {
+    /// The node a log is on, when it could not be reached (the caller answers
+    /// `LOG_OWNER_DOWN`); `None` for an error it answered (passed on).
+    pub fn unreachable_node(&self) -> Option<&str> {
+        match self {
+            PeerError::Unreachable { node, .. } => Some(node),
+            PeerError::Answered { .. } => None,
+        }
+    }
+}
+
 /// `POST <node>/api/internal/cluster<path>` with a JSON body, and its JSON answer.
 pub fn post<T: DeserializeOwned>(node: &NodeRow, path: &str, body: &serde_json::Value) -> Result<T, PeerError> {
     call(node, "POST", path, &[], Some(body))

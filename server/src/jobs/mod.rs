@@ -420,16 +420,17 @@ impl JobManager {
     async fn remote_page<T: serde::de::DeserializeOwned + Send + 'static>(
         owner: crate::db::cluster::NodeRow,
         id: &str,
-        query: Vec<(&'static str, String)>,
+        stream: Stream,
+        unit: &'static str,
+        offset: u64,
+        limit: u64,
     ) -> Result<T, JobError> {
         let path = format!("/jobs/{}/logs", crate::names::path_segment(id));
+        let page = peer::LogPage { path, stream: stream.as_str(), unit, offset, limit, attempt: None };
         blocking(move || {
-            let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
-            peer::get::<T>(&owner, &path, &query).map_err(|e| match e {
-                peer::PeerError::Unreachable { node, .. } => {
-                    JobError::LogOwnerDown { node, state: "unreachable".into() }
-                }
-                other => JobError::Peer(other),
+            peer::log_page::<T>(&owner, &page).map_err(|e| match e.unreachable_node() {
+                Some(node) => JobError::LogOwnerDown { node: node.to_string(), state: "unreachable".into() },
+                None => JobError::Peer(e),
             })
         })
         .await?
@@ -589,8 +590,8 @@ impl JobManager {
     ) -> Result<BytesView, JobError> {
         let job = self.get(id).await?;
         if let Some(owner) = self.log_owner(&job, here_only).await? {
-            let query = page_query(stream, "bytes", offset, limit);
-            let page: script_runner_wire::jobs::BytesPage = JobManager::remote_page(owner, id, query).await?;
+            let page: script_runner_wire::jobs::BytesPage =
+                JobManager::remote_page(owner, id, stream, "bytes", offset, limit).await?;
             return Ok(BytesView {
                 page: BytePage {
                     offset: page.offset,
@@ -631,8 +632,8 @@ impl JobManager {
     ) -> Result<LinesView, JobError> {
         let job = self.get(id).await?;
         if let Some(owner) = self.log_owner(&job, here_only).await? {
-            let query = page_query(stream, "lines", offset, limit);
-            let page: script_runner_wire::jobs::LinesPage = JobManager::remote_page(owner, id, query).await?;
+            let page: script_runner_wire::jobs::LinesPage =
+                JobManager::remote_page(owner, id, stream, "lines", offset, limit).await?;
             return Ok(LinesView {
                 page: LinePage {
                     offset: page.offset,
@@ -759,16 +760,6 @@ impl JobManager {
 fn inline_data(info: &model::StreamInfo) -> Option<Vec<u8>> {
     let whole = !info.truncated && info.size > 0 && info.preview.len() as u64 == info.size;
     whole.then(|| info.preview.clone().into_bytes())
-}
-
-/// The query of a log page asked of another node.
-fn page_query(stream: Stream, unit: &str, offset: u64, limit: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("stream", stream.as_str().to_string()),
-        ("unit", unit.to_string()),
-        ("offset", offset.to_string()),
-        ("limit", limit.to_string()),
-    ]
 }
 
 /// Reads a log file off the async workers; an error names the file.

@@ -57,20 +57,6 @@ pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Executions killed by a signal nobody here sent are restarted (with replay) this many times.
 pub const MAX_CRASH_RESTARTS: i32 = 3;
-/// The query of a run's log page asked of another node.
-fn log_query(stream: Stream, unit: &str, offset: u64, limit: u64, attempt: Option<i32>) -> Vec<(&'static str, String)> {
-    let mut query = vec![
-        ("stream", stream.as_str().to_string()),
-        ("unit", unit.to_string()),
-        ("offset", offset.to_string()),
-        ("limit", limit.to_string()),
-    ];
-    if let Some(attempt) = attempt {
-        query.push(("attempt", attempt.to_string()));
-    }
-    query
-}
-
 /// Runs a node takes from the cluster at a time.
 const TAKE_RUNS: usize = 16;
 /// Run numbers per node epoch in a cluster (see [`crate::jobs`]'s job ids).
@@ -392,8 +378,8 @@ impl RunManager {
         here_only: bool,
     ) -> Result<BytePage, RunError> {
         if let Some(holder) = self.log_holder(run, attempt, stream, here_only).await? {
-            let query = log_query(stream, "bytes", offset, limit, attempt);
-            let page: script_runner_wire::runs::RunBytesPage = self.ask_holder(holder, &run.id, query).await?;
+            let asked = (stream, "bytes", offset, limit, attempt);
+            let page: script_runner_wire::runs::RunBytesPage = RunManager::ask_holder(holder, &run.id, asked).await?;
             return Ok(BytePage {
                 offset: page.offset,
                 next_offset: page.next_offset,
@@ -416,8 +402,8 @@ impl RunManager {
         here_only: bool,
     ) -> Result<LinePage, RunError> {
         if let Some(holder) = self.log_holder(run, attempt, stream, here_only).await? {
-            let query = log_query(stream, "lines", offset, limit, attempt);
-            let page: script_runner_wire::runs::RunLinesPage = self.ask_holder(holder, &run.id, query).await?;
+            let asked = (stream, "lines", offset, limit, attempt);
+            let page: script_runner_wire::runs::RunLinesPage = RunManager::ask_holder(holder, &run.id, asked).await?;
             return Ok(LinePage {
                 offset: page.offset,
                 next_offset: page.next_offset,
@@ -458,19 +444,17 @@ impl RunManager {
 
     /// A log page of a run, from the node that holds it.
     async fn ask_holder<T: serde::de::DeserializeOwned + Send + 'static>(
-        &self,
         holder: crate::db::cluster::NodeRow,
         id: &str,
-        query: Vec<(&'static str, String)>,
+        (stream, unit, offset, limit, attempt): (Stream, &'static str, u64, u64, Option<i32>),
     ) -> Result<T, RunError> {
+        use crate::cluster::peer;
         let path = format!("/script-runs/{}/logs", crate::names::path_segment(id));
+        let page = peer::LogPage { path, stream: stream.as_str(), unit, offset, limit, attempt };
         crate::sync::blocking(move || {
-            let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, v.clone())).collect();
-            crate::cluster::peer::get::<T>(&holder, &path, &query).map_err(|e| match e {
-                crate::cluster::peer::PeerError::Unreachable { node, .. } => {
-                    RunError::LogOwnerDown { node, state: "unreachable".into() }
-                }
-                other => RunError::Peer(other),
+            peer::log_page::<T>(&holder, &page).map_err(|e| match e.unreachable_node() {
+                Some(node) => RunError::LogOwnerDown { node: node.to_string(), state: "unreachable".into() },
+                None => RunError::Peer(e),
             })
         })
         .await?
