@@ -70,7 +70,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
-    let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone() };
+    let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone(), streams: Default::default() };
     let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
     let stop_reason = Arc::clone(&stopped_for);
     let system = actix_web::rt::System::new();

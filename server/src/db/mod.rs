@@ -34,10 +34,11 @@ use diesel::r2d2::Pool;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::jobs::model::Job;
+use crate::runs::events::{EventPage, StoredEvent};
 use crate::runs::model::{JournalEntry, Run};
-use models::{JobRow, RunRow, StepRow};
-use schema::{imports, jobs, script_run_journal, script_runs};
-pub use writer::{Fence, OnOutage, Pending, WriteOp, Writer, RETRY_BOUND};
+use models::{EventRow, JobRow, RunRow, StepRow};
+use schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
+pub use writer::{EventBell, Fence, NewEvent, OnOutage, Pending, WriteOp, Writer, RETRY_BOUND};
 
 pub use conn::DbConnection;
 
@@ -476,6 +477,32 @@ impl Store {
                     .select(StepRow::as_select())
                     .load(conn)?,
             )
+        })
+    }
+
+    /// Up to `limit` events of a run after number `after`, in order, and whether the run had
+    /// ended before they were read (its status is read first: a page read after the end holds
+    /// the `end` event); `None` if there is no such run.
+    pub fn events_after(&self, run_id: &str, after: u64, limit: i64) -> Result<Option<EventPage>, StoreError> {
+        use script_run_events::dsl as e;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.read(|conn| {
+            let status: Option<String> = script_runs::table
+                .filter(script_runs::id.eq(run_id))
+                .select(script_runs::status)
+                .first(conn)
+                .optional()?;
+            let Some(status) = status else { return Ok(None) };
+            let ended = crate::runs::model::RunStatus::parse(&status).is_some_and(|s| s.is_terminal());
+            let rows = e::script_run_events
+                .filter(e::run_id.eq(run_id))
+                .filter(e::seq.gt(after))
+                .order(e::seq.asc())
+                .limit(limit)
+                .select(EventRow::as_select())
+                .load(conn)?;
+            let events = rows.into_iter().map(StoredEvent::try_from).collect::<Result<_, _>>()?;
+            Ok(Some(EventPage { events, ended }))
         })
     }
 

@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{imports, jobs, script_run_journal, script_runs};
+use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
 
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
 /// (every update rewrites the row but its idempotency key, `None` meaning NULL).
@@ -193,4 +193,20 @@ pub struct StepRow {
     pub completed_at: Option<i64>,
     /// Milliseconds the step took.
     pub duration_ms: Option<i64>,
+}
+
+/// A `script_run_events` row: one event of a run, as stored (and streamed).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = script_run_events, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct EventRow {
+    /// The run.
+    pub run_id: String,
+    /// Order within the run, from 1 (the SSE event id).
+    pub seq: i64,
+    /// The event's name, e.g. `step.record`.
+    pub kind: String,
+    /// JSON text: what the matching API read answered then.
+    pub body: String,
+    /// Unix ms.
+    pub at: i64,
 }

@@ -4,8 +4,9 @@
 
 use serde_json::Value;
 
-use super::models::{RunRow, StepRow};
+use super::models::{EventRow, RunRow, StepRow};
 use super::{StoreError, WriteOp};
+use crate::runs::events::{EventKind, StoredEvent};
 use crate::runs::model::{JournalEntry, Progress, Run, RunStatus, StepStatus, StepType};
 
 /// A value as the compact JSON text stored for it.
@@ -138,6 +139,19 @@ impl From<&JournalEntry> for StepRow {
             completed_at: entry.completed_at,
             duration_ms: entry.duration_ms,
         }
+    }
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = StoreError;
+
+    /// A stored event (its body stays the stored text); a kind the server does not know is
+    /// refused rather than guessed.
+    fn try_from(row: EventRow) -> Result<StoredEvent, StoreError> {
+        let kind = EventKind::parse(&row.kind).ok_or_else(|| {
+            StoreError::Decode(format!("event {} of run {} has an unknown kind {:?}", row.seq, row.run_id, row.kind))
+        })?;
+        Ok(StoredEvent { seq: u64::try_from(row.seq).unwrap_or(0), kind, body: row.body, at: row.at })
     }
 }
 

@@ -98,4 +98,15 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(script_runs, script_run_journal);
+diesel::table! {
+    /// What happened to each run, in order: one row per event, `seq` per run from 1.
+    script_run_events (run_id, seq) {
+        run_id -> Text,
+        seq -> BigInt,
+        kind -> Text,
+        body -> Text,
+        at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(script_runs, script_run_journal, script_run_events);

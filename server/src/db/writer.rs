@@ -51,8 +51,8 @@ use log::{error, info, warn};
 use tokio::sync::oneshot;
 
 use super::health::Health;
-use super::models::{JobRow, NewImport, RunRow, StepRow};
-use super::schema::{imports, jobs, script_run_journal, script_runs};
+use super::models::{EventRow, JobRow, NewImport, RunRow, StepRow};
+use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
 use super::{postgres, DbConnection, Location, StoreError};
 use crate::sync::lock;
 
@@ -115,7 +115,37 @@ pub enum WriteOp {
     FinishStep(Box<StepRow>),
     /// Nothing: waiting for it waits for every earlier write.
     Flush,
+    /// A write and the events that report it, in one transaction: the events are stored only
+    /// if the write changed a row (a journal entry that was already there, or already ended,
+    /// announces nothing), so an event is never lost nor announces what was not stored. Each
+    /// event takes the next number of its run (see [`insert_event`]).
+    WithEvents {
+        /// The write reported.
+        op: Box<WriteOp>,
+        /// What it means for readers of the runs' events.
+        events: Vec<NewEvent>,
+    },
 }
+
+/// An event to store with the write it reports ([`WriteOp::WithEvents`]).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The run it is an event of (a fork's is the source run, not the new one).
+    pub run_id: String,
+    /// Its name, e.g. `step.record`.
+    pub kind: &'static str,
+    /// JSON text.
+    pub body: String,
+    /// Unix ms.
+    pub at: i64,
+    /// Whether it makes the run's earlier events of its kind worthless (progress): they are
+    /// deleted when it is stored, so a run reporting progress often keeps one such row.
+    pub supersedes: bool,
+}
+
+/// Called after a commit with the id of each run that got events in it (see
+/// [`Writer::on_events`]).
+pub type EventBell = Box<dyn Fn(&str) + Send + Sync>;
 
 impl WriteOp {
     /// The object whose writes must stay in order: they share a lane.
@@ -127,13 +157,14 @@ impl WriteOp {
             WriteOp::InsertSteps(rows) => rows.first().map_or("", |row| row.run_id.as_str()),
             WriteOp::FinishStep(row) => &row.run_id,
             WriteOp::Import { .. } | WriteOp::Flush => "",
+            WriteOp::WithEvents { op, .. } => op.key(),
         }
     }
 
     /// Whether the write is a single statement, which SQLite commits atomically on its own.
     fn is_one_statement(&self) -> bool {
         match self {
-            WriteOp::Import { .. } => false,
+            WriteOp::Import { .. } | WriteOp::WithEvents { .. } => false,
             WriteOp::InsertSteps(rows) => rows.len() <= 1,
             _ => true,
         }
@@ -221,6 +252,8 @@ struct Shared {
     fence: Arc<OnceLock<Fence>>,
     /// The epoch the lane's connection is tagged with (0: not tagged; see [`tag`]).
     tagged: std::sync::atomic::AtomicI64,
+    /// Told which runs got events, after each commit (see [`Writer::on_events`]).
+    bell: Arc<OnceLock<EventBell>>,
 }
 
 /// Fencing in a cluster: every write of a node carries its node id and epoch, and the database
@@ -286,6 +319,7 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let mut lanes = Vec::with_capacity(conns.len());
         let fence = Arc::new(OnceLock::new());
+        let bell = Arc::new(OnceLock::new());
         for (n, mut conn) in conns.into_iter().enumerate() {
             // Checkpoints are the background thread's (see the module doc); a WAL that grew
             // past 64 MiB (a burst) is cut back when it is rewound.
@@ -309,6 +343,7 @@ impl Writer {
                 retry_bound,
                 fence: Arc::clone(&fence),
                 tagged: std::sync::atomic::AtomicI64::new(0),
+                bell: Arc::clone(&bell),
             });
             let thread_shared = Arc::clone(&shared);
             let name = if n == 0 { "db-writer".to_string() } else { format!("db-writer-{n}") };
@@ -327,6 +362,15 @@ impl Writer {
     pub fn set_fence(&self, fence: Fence) {
         if let Some(lane) = self.lanes.first() {
             let _ = lane.fence.set(fence);
+        }
+    }
+
+    /// Calls `bell` after every commit with the id of each run that got events in it, on the
+    /// committing thread: it must be quick and never block (the run service wakes the
+    /// streams of that run). Set once; a second call is ignored.
+    pub fn on_events(&self, bell: EventBell) {
+        if let Some(lane) = self.lanes.first() {
+            let _ = lane.bell.set(bell);
         }
     }
 
@@ -824,6 +868,7 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
         Ok(()) => {
             shared.health.saw_ok();
             for request in batch {
+                ring(shared, &request.op);
                 acknowledge(request, Ok(()));
             }
             Ok(())
@@ -847,7 +892,12 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
                         let reason = connection_lost(shared, &e);
                         return Err((std::iter::once(request).chain(requests).collect(), reason));
                     }
-                    result => acknowledge(request, result.map_err(|e| StoreError::Write(format!("{e}")))),
+                    result => {
+                        if result.is_ok() {
+                            ring(shared, &request.op);
+                        }
+                        acknowledge(request, result.map_err(|e| StoreError::Write(format!("{e}"))))
+                    }
                 }
             }
             Ok(())
@@ -918,6 +968,17 @@ fn write_transaction(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) 
     }
 }
 
+/// Tells the bell about the runs a committed write stored events of.
+fn ring(shared: &Shared, op: &WriteOp) {
+    let (WriteOp::WithEvents { events, .. }, Some(bell)) = (op, shared.bell.get()) else { return };
+    for (n, event) in events.iter().enumerate() {
+        // Once per run (a write's events are of one run, or of a run and its fork's source).
+        if !events[..n].iter().any(|e| e.run_id == event.run_id) {
+            bell(&event.run_id);
+        }
+    }
+}
+
 fn acknowledge(request: Request, result: Result<(), StoreError>) {
     if let Err(e) = &result {
         error!("database write failed ({}): {e}", describe(&request.op));
@@ -946,19 +1007,62 @@ fn describe(op: &WriteOp) -> String {
         }
         WriteOp::FinishStep(row) => format!("finish step {} of run {}", row.step_key, row.run_id),
         WriteOp::Flush => "flush".to_string(),
+        WriteOp::WithEvents { op, events } => {
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+            format!("{} with event(s) {}", describe(op), kinds.join(", "))
+        }
     }
 }
 
 fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
+    apply_counted(conn, op).map(drop)
+}
+
+/// Stores an event with the next number of its run. On PostgreSQL the run's number is taken
+/// under a transaction-scoped advisory lock on the run, so two writers (two lanes: a fork's
+/// event on its source; two nodes) never take the same one; SQLite has one writer.
+fn insert_event(conn: &mut DbConnection, event: &NewEvent) -> QueryResult<()> {
+    use diesel::sql_types::Text;
+    use script_run_events::dsl as e;
+    if let DbConnection::Pg(pg) = conn {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))")
+            .bind::<Text, _>(&event.run_id)
+            .execute(pg)?;
+    }
+    let last: Option<i64> =
+        e::script_run_events.filter(e::run_id.eq(&event.run_id)).select(diesel::dsl::max(e::seq)).first(conn)?;
+    let seq = last.unwrap_or(0) + 1;
+    let row = EventRow {
+        run_id: event.run_id.clone(),
+        seq,
+        kind: event.kind.to_string(),
+        body: event.body.clone(),
+        at: event.at,
+    };
+    diesel::insert_into(e::script_run_events).values(&row).execute(conn)?;
+    if event.supersedes {
+        // Only rows below the new one: the run's highest number never goes down, so a number
+        // is never given twice.
+        diesel::delete(
+            e::script_run_events.filter(e::run_id.eq(&event.run_id)).filter(e::kind.eq(event.kind)).filter(e::seq.lt(seq)),
+        )
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Applies a write; how many rows it changed.
+fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
+    let mut changed = 0;
     match op {
         WriteOp::InsertJob(row) => {
-            diesel::insert_into(jobs::table).values(row.as_ref()).execute(conn)?;
+            changed += diesel::insert_into(jobs::table).values(row.as_ref()).execute(conn)?;
         }
         WriteOp::UpdateJob(row) => {
             let n = diesel::update(jobs::table.filter(jobs::id.eq(&row.id))).set(row.as_ref()).execute(conn)?;
             if n == 0 {
                 return Err(diesel::result::Error::NotFound);
-            }
+            }            changed += n;
         }
         WriteOp::Import { rows, record } => match conn {
             DbConnection::Sqlite(c) => {
@@ -975,7 +1079,7 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
             }
         },
         WriteOp::InsertRun(row) => {
-            diesel::insert_into(script_runs::table).values(row.as_ref()).execute(conn)?;
+            changed += diesel::insert_into(script_runs::table).values(row.as_ref()).execute(conn)?;
         }
         WriteOp::UpdateRun(row) => {
             let n = diesel::update(script_runs::table.filter(script_runs::id.eq(&row.id)))
@@ -984,15 +1088,16 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
             if n == 0 {
                 return Err(diesel::result::Error::NotFound);
             }
+            changed += n;
         }
         WriteOp::InsertSteps(rows) => {
             for row in rows {
                 match conn {
                     DbConnection::Sqlite(c) => {
-                        diesel::insert_or_ignore_into(script_run_journal::table).values(row).execute(c)?;
+                        changed += diesel::insert_or_ignore_into(script_run_journal::table).values(row).execute(c)?;
                     }
                     DbConnection::Pg(c) => {
-                        diesel::insert_into(script_run_journal::table)
+                        changed += diesel::insert_into(script_run_journal::table)
                             .values(row)
                             .on_conflict_do_nothing()
                             .execute(c)?;
@@ -1002,7 +1107,7 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
         }
         WriteOp::FinishStep(row) => {
             use script_run_journal::dsl as j;
-            diesel::update(
+            changed += diesel::update(
                 j::script_run_journal
                     .filter(j::run_id.eq(&row.run_id))
                     .filter(j::step_key.eq(&row.step_key))
@@ -1019,8 +1124,14 @@ fn apply(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<()> {
             .execute(conn)?;
         }
         WriteOp::Flush => {}
+        WriteOp::WithEvents { op, events } => {
+            changed = apply_counted(conn, op)?;
+            if changed > 0 {
+                events.iter().try_for_each(|event| insert_event(conn, event))?;
+            }
+        }
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]

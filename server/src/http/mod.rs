@@ -7,6 +7,7 @@ mod cluster;
 mod error;
 mod jobs;
 mod runs;
+pub mod sse;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub runs: RunManager,
     /// Bearer token required on every route but `/healthz`, if configured.
     pub auth_token: Option<String>,
+    /// The open event streams.
+    pub streams: sse::Streams,
 }
 
 /// Registers every route on an actix `App`.
@@ -64,6 +67,7 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 resource("/api/script-runs/{id}").route(web::get().to(runs::get)).route(web::delete().to(runs::cancel)),
             )
+            .service(resource("/api/script-runs/{id}/events").route(web::get().to(runs::events)))
             .service(resource("/api/script-runs/{id}/logs").route(web::get().to(runs::logs)))
             .service(resource("/api/script-runs/{id}/pause").route(web::post().to(runs::pause)))
             .service(resource("/api/script-runs/{id}/resume").route(web::post().to(runs::resume)))

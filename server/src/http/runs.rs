@@ -5,63 +5,20 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use script_runner_wire::runs::{
-    Progress as WireProgress, RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList, RunView, StepView,
+    RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList,
 };
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
-use super::{json_object, ApiError, AppState};
+use super::{json_object, sse, ApiError, AppState};
+use crate::runs::events::{StoredEvent, Subscription};
 use crate::db::RunFilter;
 use crate::runs::model::{
-    Begun, Decision, JournalEntry, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus,
+    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus,
     StepType,
 };
-use crate::time::iso;
-
-/// A run on the wire: statuses spelled, times as ISO text.
-pub fn run_view(run: Run) -> RunView {
-    RunView {
-        args: run.args,
-        output: run.output.unwrap_or(Value::Null),
-        warnings: run.warnings,
-        created_at: iso(run.created_at),
-        started_at: run.started_at.map(iso),
-        finished_at: run.finished_at.map(iso),
-        last_heartbeat_at: run.last_heartbeat_at.map(iso),
-        progress: run.progress.map(|p| WireProgress { current: p.current, message: p.message, total: p.total }),
-        id: run.id,
-        script_name: run.script_name,
-        workflow_id: run.workflow_id,
-        interpreter: run.interpreter,
-        flow: run.flow,
-        status: run.status.as_str().to_string(),
-        error: run.error,
-        source_sha256: run.source_sha256,
-        pid: run.pid,
-        idempotency_key: run.idempotency_key,
-        attempt: run.attempt,
-        forked_from: run.forked_from,
-        node: run.node,
-    }
-}
-
-/// A journal entry on the wire: its label is the `stepKey`, types and statuses spelled, times
-/// as ISO text.
-pub fn step_view(entry: JournalEntry) -> StepView {
-    StepView {
-        config: entry.config,
-        result: entry.result.unwrap_or(Value::Null),
-        started_at: iso(entry.started_at),
-        completed_at: entry.completed_at.map(iso),
-        step_key: entry.label,
-        step_type: entry.step_type.as_str().to_string(),
-        status: entry.status.as_str().to_string(),
-        error: entry.error,
-        job_id: entry.job_id,
-        duration_ms: entry.duration_ms,
-    }
-}
+pub use crate::runs::view::{run_view, step_view};
 
 /// A step protocol request body as its wire type; a body of another shape is `400` with what
 /// is wrong and where.
@@ -152,6 +109,101 @@ pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<Ht
     let (run, journal) = state.runs.get_with_journal(&id).await?;
     let journal = journal.into_iter().map(step_view).collect();
     Ok(HttpResponse::Ok().json(RunDetail { journal, ok: true, run: run_view(run) }))
+}
+
+/// Events a run's event stream reads from the database at a time: what a stalled reader holds
+/// in memory at most (a body is a run or a journal entry, each bounded by the config's limits).
+const EVENTS_PAGE: i64 = 16;
+
+/// `GET /api/script-runs/{id}/events`: the run's events as server-sent events (`id:` the
+/// event's number in the run, `event:` its kind, `data:` its JSON body; see
+/// [`crate::runs::events::EventKind`]), from the database, resumed after `Last-Event-ID` (or
+/// `?lastEventId=`). A run that has ended streams what is stored and closes; a live one goes
+/// on as events are committed. Unknown run: `404`; a malformed `Last-Event-ID`: `400`; past
+/// `server.maxStreams` open streams: `429`.
+///
+/// If the database fails mid-stream, a last `error` event (the error envelope with
+/// `lastEventId`, the number to resume after) ends the stream.
+pub async fn events(state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let after = sse::last_event_id(&req)?.unwrap_or(0);
+    // The first page before a slot is taken: an unknown run is a 404, not a stream.
+    let first = state.runs.events_after(&id, after, EVENTS_PAGE).await?;
+    let slot = state.streams.open()?;
+    let reader = EventReader {
+        bell: state.runs.subscribe(&id),
+        runs: state.runs.clone(),
+        id: id.into_inner(),
+        after,
+        page: first.events.into(),
+        ended: first.ended,
+        failed: false,
+    };
+    Ok(sse::respond(slot, futures_util::stream::unfold(reader, EventReader::next)))
+}
+
+/// A reader of a run's events: pulls a page from the database only once the client has taken
+/// the previous one (the response polls it only then), so a stalled client holds one page and
+/// a slow one never makes the run or other readers wait.
+struct EventReader {
+    runs: crate::runs::RunManager,
+    id: String,
+    /// The number of the last event handed out.
+    after: u64,
+    /// Read and not yet handed out.
+    page: std::collections::VecDeque<StoredEvent>,
+    /// The run had ended when `page` was read.
+    ended: bool,
+    bell: Subscription,
+    /// A read failed: its `error` event was the last.
+    failed: bool,
+}
+
+impl EventReader {
+    /// The next event: from the page read, else from the database; when caught up, waits for
+    /// the run's bell or the poll interval; `None` once the run has ended and all is read.
+    async fn next(mut self) -> Option<(sse::Event, EventReader)> {
+        loop {
+            if let Some(event) = self.page.pop_front() {
+                self.after = event.seq;
+                return Some((stored_event(event), self));
+            }
+            if self.failed || self.ended {
+                return None;
+            }
+            // Heard before the read: a commit after it rings again.
+            self.bell.heard();
+            match self.runs.events_after(&self.id, self.after, EVENTS_PAGE).await {
+                Ok(page) if page.events.is_empty() && !page.ended => self.bell.rung(self.runs.events_poll()).await,
+                Ok(page) => {
+                    // An ended run's page holds its end: the next read, if empty, closes.
+                    self.ended = page.ended && page.events.is_empty();
+                    self.page = page.events.into();
+                }
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    log::warn!("run {}: event stream ends after event {}: {e}", self.id, self.after);
+                    self.failed = true;
+                    let body = json!({
+                        "ok": false,
+                        "error": { "code": e.code(), "message": e.to_string() },
+                        "lastEventId": self.after,
+                    });
+                    return Some((sse::Event::json("error", &body), self));
+                }
+            }
+        }
+    }
+}
+
+/// A stored event as a server-sent event; its body goes out as stored, byte for byte.
+fn stored_event(event: StoredEvent) -> sse::Event {
+    let kind = event.kind.as_str();
+    let event = match serde_json::value::RawValue::from_string(event.body) {
+        Ok(body) => sse::Event::json(kind, &body).with_id(event.seq.to_string()),
+        // Only a hand-edited database: still numbered, so a resume goes past it.
+        Err(_) => sse::Event::json(kind, &Value::Null).with_id(event.seq.to_string()),
+    };
+    event
 }
 
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.

@@ -23,7 +23,6 @@ use super::model::{
     Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
 };
 use super::{execution, Engine, MAX_WAIT};
-use crate::db::WriteOp;
 use crate::jobs::model::JobStatus;
 use crate::jobs::{Admission, JobError};
 use crate::process::logs::Stream;
@@ -265,7 +264,7 @@ async fn reserve(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str, step_ty
 /// Inserts a journal entry (the first writer of a label wins) and returns the stored one.
 async fn insert_step(engine: &Engine, live: &LiveRun, mut entry: JournalEntry) -> Result<JournalEntry, RunError> {
     entry.seq = live.lock().budget.next_seq();
-    engine.writer().write(WriteOp::insert_steps(std::slice::from_ref(&entry))).await?;
+    engine.writer().write(super::events::insert_step(&entry)).await?;
     live.lock().budget.journaled(&entry.label, entry.step_type);
     live.bump();
     stored(engine, &entry.run_id, &entry.label).await
@@ -381,7 +380,7 @@ async fn finish_step(
         duration_ms: Some(now - entry.started_at),
         ..entry
     };
-    engine.writer().write(WriteOp::finish_step(&finished)).await?;
+    engine.writer().write(super::events::finish_step(&finished)).await?;
     live.bump();
     stored(engine, &finished.run_id, &finished.label).await
 }

@@ -78,9 +78,10 @@ pub fn adopt(store: &Store, runs: Vec<Run>) -> Result<Vec<Arc<LiveRun>>, RunErro
     let mut live = Vec::new();
     for mut run in runs {
         let journal = store.journal(&run.id)?;
+        let before = super::events::Before::of(&run);
         let recovered = lifecycle::recover(&mut run, &journal);
         if recovered.changed {
-            store.writer().write_blocking(WriteOp::update_run(&run))?;
+            store.writer().write_blocking(super::events::update_run(&before, &run))?;
         }
         let entry = LiveRun::new(run);
         entry.lock().jobs.extend(recovered.jobs);
@@ -175,7 +176,7 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         ..Run::fresh(engine.new_run_id(now), now)
     };
     // Refused at once while the database is lost (503): the run has not started.
-    if let Err(e) = engine.writer().write_or_refuse(WriteOp::insert_run(&run)).await {
+    if let Err(e) = engine.writer().write_or_refuse(super::events::insert_run(&run)).await {
         // Two launches with one key raced: the unique key let one in; answer with it.
         return match by_key(engine, request.idempotency_key.as_deref(), &run.request_sha256).await? {
             Some(launched) => Ok(launched),
@@ -239,7 +240,8 @@ pub async fn fork(
         ..Run::fresh(run_id, now)
     };
     let writer = engine.writer();
-    let insert = writer.enqueue_with(WriteOp::insert_run(&run), OnOutage::Refuse)?;
+    // With its `status` event, and `forked` on the original, in the insert's transaction.
+    let insert = writer.enqueue_with(super::events::insert_run(&run), OnOutage::Refuse)?;
     let steps = writer.enqueue_with(WriteOp::insert_steps(&copied), OnOutage::Refuse)?;
     insert.wait().await?;
     steps.wait().await?;

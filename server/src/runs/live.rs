@@ -26,8 +26,9 @@ use tokio::sync::watch;
 use super::error::RunError;
 use super::journal::rules::Budget;
 use super::lifecycle::Stop;
+use super::events;
 use super::model::{Run, RunStatus};
-use crate::db::{Pending, WriteOp, Writer};
+use crate::db::{Pending, Writer};
 use crate::process::supervisor::Control;
 use crate::sync::lock;
 
@@ -64,10 +65,12 @@ impl State {
     }
 
     /// Applies `change` to the run and orders its write (committed in this order whatever
-    /// else is written meanwhile).
+    /// else is written meanwhile), with the event the change makes, if any (a new status, new
+    /// progress: see [`events::update_run`]), in the same transaction.
     pub fn change(&mut self, writer: &Writer, change: impl FnOnce(&mut Run)) -> Result<Pending, RunError> {
+        let before = events::Before::of(&self.run);
         change(&mut self.run);
-        Ok(writer.enqueue(WriteOp::update_run(&self.run))?)
+        Ok(writer.enqueue(events::update_run(&before, &self.run))?)
     }
 }
 

@@ -14,12 +14,15 @@
 //!   pure rules and guardrails);
 //! - [`execution`]: starting, supervising, stopping and settling executions: the one room
 //!   that decides what runs next;
+//! - [`events`]: what happened to a run, stored with each change, for its event stream;
+//! - [`view`]: runs and journal entries as the API (and the events) show them;
 //! - [`error`]: what can go wrong, typed.
 //!
 //! This file is the face the HTTP layer calls ([`RunManager`]), and the [`Engine`] the rooms
 //! share.
 
 pub mod error;
+pub mod events;
 pub mod execution;
 pub mod journal;
 pub mod launch;
@@ -27,6 +30,7 @@ pub mod lifecycle;
 pub mod lint;
 pub mod live;
 pub mod model;
+pub mod view;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use error::RunError;
+use events::{Bells, EventPage, Subscription};
 use live::Registry;
 use model::{Begun, Decision, JournalEntry, LaunchRequest, Launched, Progress, Run, StepRecord, StepRequest};
 
@@ -63,6 +68,12 @@ const TAKE_RUNS: usize = 16;
 const RUN_ID_BLOCK: u64 = 1_000_000_000;
 /// Longest a step-wait long poll holds a request.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How often a reader of a run's events that is caught up reads again without being woken,
+/// in a cluster: another node may hold the run and write its events (no bell rings here).
+pub const EVENTS_POLL_CLUSTER: Duration = Duration::from_millis(300);
+/// The same on a lone server, where every event is written here and rings its bell: a safety
+/// net only.
+pub const EVENTS_POLL_ALONE: Duration = Duration::from_secs(5);
 
 /// What every room of the engine shares: configuration, storage, the job service (script
 /// steps run as jobs) and the live runs.
@@ -81,6 +92,8 @@ pub struct Engine {
     ended: Notify,
     /// Executions running now.
     executing: AtomicU64,
+    /// What readers of runs' events wait on; rung by the writer after each commit with events.
+    bells: Arc<Bells>,
 }
 
 impl Engine {
@@ -193,6 +206,9 @@ impl RunManager {
             }
             None => launch::recover(&store)?,
         };
+        let bells = Arc::new(Bells::default());
+        let ringer = Arc::clone(&bells);
+        store.writer().on_events(Box::new(move |run_id| ringer.ring(run_id)));
         Ok(RunManager {
             engine: Arc::new(Engine {
                 config,
@@ -205,6 +221,7 @@ impl RunManager {
                 stopping: AtomicBool::new(false),
                 ended: Notify::new(),
                 executing: AtomicU64::new(0),
+                bells,
             }),
         })
     }
@@ -289,6 +306,31 @@ impl RunManager {
         let store = self.engine.store.clone();
         let (runs, total) = crate::sync::blocking(move || store.list_runs(&filter)).await??;
         Ok((runs.into_iter().map(|run| self.engine.current(run)).collect(), total))
+    }
+
+    /// Up to `limit` of the run's events after number `after` (0: from the first), read from
+    /// the database, and whether the run had ended before they were read. An unknown run is
+    /// [`RunError::RunNotFound`].
+    pub async fn events_after(&self, id: &str, after: u64, limit: i64) -> Result<EventPage, RunError> {
+        let (store, key) = (self.engine.store.clone(), id.to_string());
+        let page = crate::sync::blocking(move || store.events_after(&key, after, limit)).await??;
+        page.ok_or_else(|| RunError::RunNotFound(id.to_string()))
+    }
+
+    /// A hold on the bell rung after each commit that stores events of the run (see
+    /// [`events::Bells`]); released when dropped.
+    pub fn subscribe(&self, id: &str) -> Subscription {
+        self.engine.bells.subscribe(id)
+    }
+
+    /// How long a caught-up reader of events waits for a bell before it reads again:
+    /// [`EVENTS_POLL_CLUSTER`] in a cluster, else [`EVENTS_POLL_ALONE`].
+    pub fn events_poll(&self) -> Duration {
+        if self.engine.jobs.node().is_some() {
+            EVENTS_POLL_CLUSTER
+        } else {
+            EVENTS_POLL_ALONE
+        }
     }
 
     /// Waits until the run is terminal and returns it.

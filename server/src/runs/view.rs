@@ -1,0 +1,53 @@
+//! Runs and journal entries as their wire views: what the run API answers, and what the run's
+//! events carry. One conversion for both, so an event's body is exactly what the matching API
+//! read returns (it is stored when the change is, and a resumed reader gets those bytes).
+
+use script_runner_wire::runs::{Progress as WireProgress, RunView, StepView};
+use serde_json::Value;
+
+use super::model::{JournalEntry, Run};
+use crate::time::iso;
+
+/// A run on the wire: statuses spelled, times as ISO text.
+pub fn run_view(run: Run) -> RunView {
+    RunView {
+        args: run.args,
+        output: run.output.unwrap_or(Value::Null),
+        warnings: run.warnings,
+        created_at: iso(run.created_at),
+        started_at: run.started_at.map(iso),
+        finished_at: run.finished_at.map(iso),
+        last_heartbeat_at: run.last_heartbeat_at.map(iso),
+        progress: run.progress.map(|p| WireProgress { current: p.current, message: p.message, total: p.total }),
+        id: run.id,
+        script_name: run.script_name,
+        workflow_id: run.workflow_id,
+        interpreter: run.interpreter,
+        flow: run.flow,
+        status: run.status.as_str().to_string(),
+        error: run.error,
+        source_sha256: run.source_sha256,
+        pid: run.pid,
+        idempotency_key: run.idempotency_key,
+        attempt: run.attempt,
+        forked_from: run.forked_from,
+        node: run.node,
+    }
+}
+
+/// A journal entry on the wire: its label is the `stepKey`, types and statuses spelled, times
+/// as ISO text.
+pub fn step_view(entry: JournalEntry) -> StepView {
+    StepView {
+        config: entry.config,
+        result: entry.result.unwrap_or(Value::Null),
+        started_at: iso(entry.started_at),
+        completed_at: entry.completed_at.map(iso),
+        step_key: entry.label,
+        step_type: entry.step_type.as_str().to_string(),
+        status: entry.status.as_str().to_string(),
+        error: entry.error,
+        job_id: entry.job_id,
+        duration_ms: entry.duration_ms,
+    }
+}
