@@ -15,6 +15,7 @@ mod migrate_db;
 mod oomol_worker;
 mod postgres;
 mod processes;
+mod run_events;
 mod runs_api;
 mod runs_replay;
 mod spawn_pipes;
