@@ -7,6 +7,7 @@ mod cluster;
 mod error;
 mod jobs;
 mod runs;
+pub mod sse;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -33,6 +34,8 @@ pub struct AppState {
     pub runs: RunManager,
     /// Bearer token required on every route but `/healthz`, if configured.
     pub auth_token: Option<String>,
+    /// The open event streams (`server.maxStreams`), ended at shutdown.
+    pub streams: sse::Streams,
 }
 
 /// Registers every route on an actix `App`.
