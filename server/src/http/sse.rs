@@ -220,10 +220,11 @@ async fn next_chunk(mut st: Body) -> Option<(Result<Bytes, Infallible>, Body)> {
     match next {
         Next::Shutdown => {
             st.done = true;
-            let body = serde_json::json!({
-                "reason": "the server is shutting down",
-                "resume": "reconnect with the Last-Event-ID of the last event received",
-            });
+            let body = script_runner_wire::events::StreamDropped {
+                reason: "the server is shutting down".into(),
+                resume: "reconnect (to this or another server) with the Last-Event-ID of the last event received"
+                    .into(),
+            };
             Some((Ok(Event::json("shutdown", &body).encode()), st))
         }
         Next::Event(event) => event.map(|e| (Ok(e.encode()), st)),
