@@ -18,3 +18,4 @@ mod processes;
 mod runs_api;
 mod runs_replay;
 mod spawn_pipes;
+mod streams;
