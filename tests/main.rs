@@ -19,3 +19,4 @@ mod run_events;
 mod runs_api;
 mod runs_replay;
 mod spawn_pipes;
+mod streams;

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod jobs;
 pub mod names;

@@ -70,7 +70,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
-    let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone(), streams: Default::default() };
+    let streams = http::sse::Streams::new(config.server.max_streams, config.server.stream_heartbeat);
+    let state = AppState {
+        jobs: jobs.clone(),
+        runs: runs.clone(),
+        auth_token: config.server.auth_token.clone(),
+        streams: streams.clone(),
+    };
     let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
     let stop_reason = Arc::clone(&stopped_for);
     let system = actix_web::rt::System::new();
@@ -101,11 +107,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 reason = fenced_for(fenced) => {
                     // Its processes are killed; nothing of it may be recorded any more.
                     let _ = stop_reason.set(format!("this node was fenced: {reason}"));
+                    streams.shut_down();
                     handle.stop(false).await;
                     return;
                 }
             }
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
+            // Event streams end first: each would hold its connection (and the stop) open.
+            streams.shut_down();
             let node = jobs.node().cloned();
             if let Some(node) = &node {
                 let node = node.clone();

@@ -3,6 +3,8 @@
 //! logs), and talks to it over HTTP like any client.
 #![allow(dead_code, missing_docs, clippy::unwrap_used, reason = "test harness; each test module uses a part of it")]
 
+pub mod sse;
+
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};

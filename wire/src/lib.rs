@@ -7,6 +7,7 @@
 //! those of the Node.js script-runner where it has them (its clients read them unchanged).
 
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod runs;
 pub mod steps;

@@ -56,6 +56,9 @@ pub enum ApiError {
     /// Shutting down.
     #[error("{0}")]
     ShuttingDown(String),
+    /// `server.maxStreams` event streams are open (`429 TOO_MANY_STREAMS`).
+    #[error("{0} event streams are open, the most this server keeps (server.maxStreams); try again later")]
+    TooManyStreams(usize),
     /// A job idempotency key reused for another script or other arguments.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::QueueFull(_) => "QUEUE_FULL",
+            ApiError::TooManyStreams(_) => "TOO_MANY_STREAMS",
             ApiError::ShuttingDown(_) => "SHUTTING_DOWN",
             ApiError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
@@ -208,7 +212,7 @@ impl ResponseError for ApiError {
             ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown(_)
             | ApiError::StoreUnavailable(_)
             | ApiError::LogOwnerDown(_)

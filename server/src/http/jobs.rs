@@ -8,6 +8,8 @@ use serde_json::Value;
 
 use script_runner_wire::jobs::{Accepted, BytesPage, JobList, LinesPage};
 
+use super::follow::{self, Follow};
+use super::sse;
 use super::wire::{job_item, job_view, script_view};
 use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
@@ -140,9 +142,36 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(JobList { ok: true, jobs: jobs.into_iter().map(job_item).collect(), total }))
 }
 
-/// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
-pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    log_page(&state, id.into_inner(), &query, false).await
+/// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`; with `follow=1` (or
+/// `Accept: text/event-stream`) the stream as server-sent events from `offset` (or the
+/// `Last-Event-ID`) until the job ends (see [`super::follow`]).
+pub async fn logs(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: Query,
+) -> Result<HttpResponse, ApiError> {
+    if !follows(&req, &query)? {
+        return log_page(&state, id.into_inner(), &query, false).await;
+    }
+    let (stream, lines, offset) = log_query(&query)?;
+    let offset = sse::last_event_id(&req)?.unwrap_or(offset);
+    let id = id.into_inner();
+    // An unknown job is a 404 answer, not a stream.
+    state.jobs.get(&id).await?;
+    let slot = state.streams.open()?;
+    let follow = Follow { jobs: state.jobs.clone(), id, stream, lines, offset };
+    Ok(sse::respond(slot, follow::events(follow)))
+}
+
+/// Whether a log request follows the log: `follow=1|true`, or an event-stream `Accept`.
+fn follows(req: &HttpRequest, query: &Query) -> Result<bool, ApiError> {
+    match query.get("follow").map(|s| s.trim()) {
+        None | Some("") => Ok(sse::wants_events(req)),
+        Some("1" | "true") => Ok(true),
+        Some("0" | "false") => Ok(false),
+        Some(_) => Err(ApiError::InvalidArgs("follow must be 1 or 0".into())),
+    }
 }
 
 /// A log page; `local`: from this node's logs only (another node of the cluster asks).

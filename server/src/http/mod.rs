@@ -5,6 +5,8 @@
 
 mod cluster;
 mod error;
+mod events;
+mod follow;
 mod jobs;
 mod runs;
 pub mod sse;
@@ -34,7 +36,7 @@ pub struct AppState {
     pub runs: RunManager,
     /// Bearer token required on every route but `/healthz`, if configured.
     pub auth_token: Option<String>,
-    /// The open event streams.
+    /// The open event streams (`server.maxStreams`), ended at shutdown.
     pub streams: sse::Streams,
 }
 
@@ -53,6 +55,7 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(resource("/jobs/{id}/logs").route(web::get().to(jobs::logs)))
             .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(resource("/cluster").route(web::get().to(cluster::status)))
+            .service(resource("/events").route(web::get().to(events::feed)))
             .service(resource("/api/internal/cluster/jobs/{id}/logs").route(web::get().to(cluster::job_logs)))
             // Before `{action}`, which would take `logs` and answer 405 to a GET.
             .service(resource("/api/internal/cluster/script-runs/{id}/logs").route(web::get().to(cluster::run_logs)))

@@ -19,6 +19,7 @@ use super::model::{Job, JobStatus};
 use super::JobError;
 use crate::config::{Config, Mode, Script};
 use crate::db::{OnOutage, Pending, Store, StoreError, WriteOp, Writer};
+use crate::events::{Kind, Phase};
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -132,6 +133,8 @@ pub(super) struct Shared {
     /// This server as a node of a cluster (PostgreSQL): async jobs then go to the cluster's
     /// shared queue, and any node with a free slot claims them.
     pub(super) node: Option<crate::cluster::Node>,
+    /// The lifecycle feed jobs are published on (`GET /events`).
+    pub(super) hub: crate::events::Hub,
 }
 
 /// A place reserved for one job in running + queued (see [`super::JobManager::admit`]). It is given
@@ -434,8 +437,14 @@ impl Shared {
                 st.keys.remove(key);
             }
         }
+        self.publish(Phase::Ended, &job);
         active.done.send_replace(Some(job));
         self.ended.notify_waiters();
+    }
+
+    /// Tells the lifecycle feed.
+    pub(super) fn publish(&self, phase: Phase, job: &Job) {
+        self.hub.publish(Kind::Job, phase, &job.id, &job.script_id, job.status.as_str());
     }
 
     pub(super) fn launch(&self, active: &Active) -> Launch {
@@ -483,8 +492,10 @@ pub(super) struct RunEvents<'a> {
 
 impl supervisor::Events for RunEvents<'_> {
     fn spawned(&mut self, spawned: supervisor::Spawned, live: LiveStreams) {
-        lock(&self.active.job).mark_running(&spawned);
+        let mut job = lock(&self.active.job);
+        job.mark_running(&spawned);
         *lock(&self.active.live) = Some(live);
+        self.shared.publish(Phase::Started, &job);
     }
 
     fn still_running(&mut self, start_ticks: Option<u64>) {

@@ -20,6 +20,7 @@
 mod active;
 mod args;
 mod error;
+pub mod follow;
 pub mod import;
 pub mod model;
 pub mod recovery;
@@ -144,6 +145,7 @@ impl JobManager {
                 deployment,
                 keyed: tokio::sync::Mutex::new(()),
                 node,
+                hub: crate::events::Hub::default(),
             }),
         };
         if let Some(node) = &manager.shared.node {
@@ -350,6 +352,7 @@ impl JobManager {
             st.queue.push_back(Arc::clone(&active));
             waits
         };
+        shared.publish(crate::events::Phase::Created, &lock(&active.job));
         if waits && !active.recorded.load(Ordering::Acquire) {
             Shared::note_waiting(shared, &active);
         }
@@ -393,6 +396,7 @@ impl JobManager {
         drop(admission);
         node.note_work();
         let job = active.snapshot();
+        shared.publish(crate::events::Phase::Created, &job);
         Ok(Submission { job, done: watch::channel(None).1 })
     }
 
@@ -434,6 +438,11 @@ impl JobManager {
             })
         })
         .await?
+    }
+
+    /// The lifecycle feed this server's jobs and runs are published on.
+    pub fn hub(&self) -> &crate::events::Hub {
+        &self.shared.hub
     }
 
     /// The job with this id.
