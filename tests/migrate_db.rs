@@ -144,6 +144,8 @@ fn snapshot(server: &TestServer) -> Vec<(String, String)> {
         let id = run["id"].as_str().unwrap();
         paths.push(format!("/api/script-runs/{id}"));
         paths.push(format!("/api/script-runs/{id}/logs"));
+        // Ended: the stream is every stored event, then it closes.
+        paths.push(format!("/api/script-runs/{id}/events"));
     }
     paths
         .into_iter()
@@ -174,6 +176,16 @@ fn history_moves_to(to: &str) {
         .iter()
         .map(|run| server.script_run(run["id"].as_str().unwrap())["journal"].as_array().unwrap().len())
         .sum();
+    let events: usize = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            let stream = server.get(&format!("/api/script-runs/{}/events", run["id"].as_str().unwrap())).text;
+            stream.lines().filter(|line| line.starts_with("id: ")).count()
+        })
+        .sum();
+    assert!(events > 0);
     let from = server.deployment.database_url();
     assert!(server.terminate(WAIT).success());
 
@@ -183,7 +195,7 @@ fn history_moves_to(to: &str) {
     assert_eq!(
         stdout,
         format!(
-            "copied {} jobs, 1 imports, {} runs, {journal} journal entries from {from} to {}\n",
+            "copied {} jobs, 1 imports, {} runs, {journal} journal entries, {events} run events from {from} to {}\n",
             jobs["total"],
             runs["total"],
             without_password(to)

@@ -37,7 +37,7 @@ enum Command {
     /// as JSON; with `--address`, `--session-id` and `--job-id` (what OOMOL's engine appends),
     /// run as the engine's worker over MQTT.
     Block(BlockArgs),
-    /// Copy the whole history (jobs, imports, workflow runs and their journal) into another,
+    /// Copy the whole history (jobs, imports, workflow runs, their journal and events) into another,
     /// empty database, e.g. `--from sqlite:///var/lib/sr/script-runner.db --to
     /// postgres://user:pass@host:5432/sr`; no server may be running on either. Log files stay
     /// where they are (`runner.logsDir`).
@@ -170,8 +170,8 @@ fn migrate_db(args: &MigrateDbArgs) -> u8 {
     match copy_history(&from, &to) {
         Ok(copied) => {
             println!(
-                "copied {} jobs, {} imports, {} runs, {} journal entries from {from} to {to}",
-                copied.jobs, copied.imports, copied.runs, copied.journal
+                "copied {} jobs, {} imports, {} runs, {} journal entries, {} run events from {from} to {to}",
+                copied.jobs, copied.imports, copied.runs, copied.journal, copied.events
             );
             0
         }

@@ -1,5 +1,5 @@
 //! Moving a deployment's history to another database (`script-runner migrate-db`): every row of
-//! jobs, imports, workflow runs and their journal, copied as it is into an empty database, so a
+//! jobs, imports, workflow runs, their journal and their events, copied as it is into an empty database, so a
 //! server started on the copy answers the API as the old one did. Sequence numbers are copied
 //! too: listings are "newest first" by them and new ids continue after them.
 //!
@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::conn::{DbConnection, MultiBackend};
-use super::models::{JobRow, RunRow, StepRow};
-use super::schema::{imports, jobs, script_run_journal, script_runs};
+use super::models::{EventRow, JobRow, RunRow, StepRow};
+use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
 use super::{open_migrated, DatabaseLock, Location, StoreError};
 
 /// Most rows read, and written, at a time.
@@ -35,6 +35,9 @@ pub struct Copied {
     pub runs: u64,
     /// Rows of `script_run_journal`.
     pub journal: u64,
+    /// Rows of `script_run_events` (numbered per run: copied with their numbers, so a client
+    /// resumes on the copy with the `Last-Event-ID` it had).
+    pub events: u64,
 }
 
 /// Why a history was not copied. When the copy itself fails, its transaction is rolled back:
@@ -76,7 +79,8 @@ pub enum CopyError {
 ///   either meanwhile.
 /// - Both are brought to the current schema first (as a server starting on them would), the
 ///   target created if it is a SQLite file that does not exist. A SQLite source must exist.
-/// - A target with any row in `jobs`, `imports`, `script_runs` or `script_run_journal` is
+/// - A target with any row in `jobs`, `imports`, `script_runs`, `script_run_journal` or
+///   `script_run_events` is
 ///   refused ([`CopyError::NotEmpty`]) and left as it was.
 /// - Every row is copied with its sequence number, in batches (bounded memory), in one
 ///   transaction on the target: a failure leaves it empty. On PostgreSQL the identity
@@ -129,6 +133,7 @@ pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError>
                     imports: copy_table::<ImportCopy>(source, target)?,
                     runs: copy_table::<RunCopy>(source, target)?,
                     journal: copy_table::<StepRow>(source, target)?,
+                    events: copy_table::<EventRow>(source, target)?,
                 };
                 if let DbConnection::Pg(_) = target {
                     // The copied rows carry their own numbers; the next insert must not reuse
@@ -188,6 +193,7 @@ fn refuse_non_empty(target: &mut DbConnection) -> Result<(), InnerError> {
         ("imports", imports::table.count().get_result::<i64>(target)?),
         ("script_runs", script_runs::table.count().get_result::<i64>(target)?),
         ("script_run_journal", script_run_journal::table.count().get_result::<i64>(target)?),
+        ("script_run_events", script_run_events::table.count().get_result::<i64>(target)?),
     ];
     match counts.into_iter().find(|(_, rows)| *rows > 0) {
         Some((table, rows)) => Err(InnerError::NotEmpty { table, rows }),
@@ -403,6 +409,33 @@ impl Table for StepRow {
     }
 }
 
+/// The events in their primary key's order, (run, seq).
+fn events_after(last: Option<&EventRow>) -> script_run_events::BoxedQuery<'static, MultiBackend> {
+    use script_run_events::dsl as e;
+    let query = e::script_run_events.order((e::run_id.asc(), e::seq.asc())).into_boxed();
+    match last {
+        Some(last) => query
+            .filter(e::run_id.gt(last.run_id.clone()).or(e::run_id.eq(last.run_id.clone()).and(e::seq.gt(last.seq)))),
+        None => query,
+    }
+}
+
+impl Table for EventRow {
+    const NAME: &'static str = "script_run_events";
+
+    fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
+        events_after(last).select(size_of(&["run_id", "kind", "body"], &[])).limit(BATCH_ROWS).load(conn)
+    }
+
+    fn next(conn: &mut DbConnection, last: Option<&Self>, limit: i64) -> QueryResult<Vec<Self>> {
+        events_after(last).select(Self::as_select()).limit(limit).load(conn)
+    }
+
+    fn insert(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<usize> {
+        insert_rows!(conn, script_run_events::table, rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -417,7 +450,7 @@ mod tests {
     /// More jobs than one batch holds, twice over.
     const JOBS: i64 = 2 * BATCH_ROWS + 5;
 
-    /// A history: jobs (some imported), three runs (one forked) and their journals.
+    /// A history: jobs (some imported), three runs (one forked), their journals and events.
     fn fill(store: &Store) {
         let writer = store.writer();
         for n in 1..=JOBS {
@@ -440,7 +473,8 @@ mod tests {
                 forked_from: (n == 3).then(|| "run_1_1".to_string()),
                 ..Run::fresh(format!("run_1_{n}"), 100 + n)
             };
-            writer.enqueue(WriteOp::insert_run(&run)).expect("enqueue");
+            // With its events: `status`, and `forked` on run 1 for run 3.
+            writer.enqueue(crate::runs::events::insert_run(&run)).expect("enqueue");
             let steps: Vec<JournalEntry> = (1..=n)
                 .map(|s| JournalEntry {
                     run_id: run.id.clone(),
@@ -475,6 +509,7 @@ mod tests {
         answers.push(format!("{:?}", store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() })));
         for n in 1..=3 {
             answers.push(format!("{:?}", store.journal(&format!("run_1_{n}"))));
+            answers.push(format!("{:?}", store.events_after(&format!("run_1_{n}"), 0, 100)));
         }
         answers
     }
@@ -492,7 +527,7 @@ mod tests {
         targets.extend(pg_location("copy_whole"));
         for (n, to) in targets.into_iter().enumerate() {
             let copied = copy_history(&from, &to).expect("copy");
-            assert_eq!(copied, Copied { jobs: JOBS as u64 + 1, imports: 1, runs: 3, journal: 6 }, "{to}");
+            assert_eq!(copied, Copied { jobs: JOBS as u64 + 1, imports: 1, runs: 3, journal: 6, events: 4 }, "{to}");
             let target = Store::open(&to).expect("open the target");
             assert_eq!(reads(&target), expected, "{to}");
             // And back (from PostgreSQL in the PostgreSQL pass).

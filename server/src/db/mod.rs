@@ -606,7 +606,7 @@ fn not_succeeded_sql() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use diesel::sql_types::BigInt;
 

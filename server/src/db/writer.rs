@@ -1044,7 +1044,10 @@ fn insert_event(conn: &mut DbConnection, event: &NewEvent) -> QueryResult<()> {
         // Only rows below the new one: the run's highest number never goes down, so a number
         // is never given twice.
         diesel::delete(
-            e::script_run_events.filter(e::run_id.eq(&event.run_id)).filter(e::kind.eq(event.kind)).filter(e::seq.lt(seq)),
+            e::script_run_events
+                .filter(e::run_id.eq(&event.run_id))
+                .filter(e::kind.eq(event.kind))
+                .filter(e::seq.lt(seq)),
         )
         .execute(conn)?;
     }
@@ -1062,7 +1065,8 @@ fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
             let n = diesel::update(jobs::table.filter(jobs::id.eq(&row.id))).set(row.as_ref()).execute(conn)?;
             if n == 0 {
                 return Err(diesel::result::Error::NotFound);
-            }            changed += n;
+            }
+            changed += n;
         }
         WriteOp::Import { rows, record } => match conn {
             DbConnection::Sqlite(c) => {

@@ -4,19 +4,17 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use script_runner_wire::runs::{
-    RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList,
-};
+use script_runner_wire::events::StreamDropped;
+use script_runner_wire::runs::{RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList};
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
 use super::{json_object, sse, ApiError, AppState};
-use crate::runs::events::{StoredEvent, Subscription};
 use crate::db::RunFilter;
+use crate::runs::events::{StoredEvent, Subscription};
 use crate::runs::model::{
-    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus,
-    StepType,
+    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
 };
 pub use crate::runs::view::{run_view, step_view};
 
@@ -122,9 +120,13 @@ const EVENTS_PAGE: i64 = 16;
 /// on as events are committed. Unknown run: `404`; a malformed `Last-Event-ID`: `400`; past
 /// `server.maxStreams` open streams: `429`.
 ///
-/// If the database fails mid-stream, a last `error` event (the error envelope with
-/// `lastEventId`, the number to resume after) ends the stream.
-pub async fn events(state: web::Data<AppState>, id: web::Path<String>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+/// If the database fails mid-stream, a last `dropped` event (why, and the `Last-Event-ID` to
+/// reconnect with) ends the stream; at shutdown, `shutdown` does (see [`sse::respond`]).
+pub async fn events(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let after = sse::last_event_id(&req)?.unwrap_or(0);
     // The first page before a slot is taken: an unknown run is a 404, not a stream.
     let first = state.runs.events_after(&id, after, EVENTS_PAGE).await?;
@@ -183,12 +185,11 @@ impl EventReader {
                     let e = ApiError::from(e);
                     log::warn!("run {}: event stream ends after event {}: {e}", self.id, self.after);
                     self.failed = true;
-                    let body = json!({
-                        "ok": false,
-                        "error": { "code": e.code(), "message": e.to_string() },
-                        "lastEventId": self.after,
-                    });
-                    return Some((sse::Event::json("error", &body), self));
+                    let body = StreamDropped {
+                        reason: format!("the run's events cannot be read: {e}"),
+                        resume: format!("reconnect with Last-Event-ID {} (the last event received)", self.after),
+                    };
+                    return Some((sse::Event::json("dropped", &body), self));
                 }
             }
         }

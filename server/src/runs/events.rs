@@ -299,6 +299,64 @@ mod tests {
         assert!(kinds(RunStatus::Running, RunStatus::Running).is_empty());
     }
 
+    /// What the store holds of a run's events: (number, kind).
+    fn stored(store: &crate::db::Store, run_id: &str, after: u64, limit: i64) -> Vec<(u64, &'static str)> {
+        let page = store.events_after(run_id, after, limit).expect("read").expect("a run");
+        page.events.iter().map(|e| (e.seq, e.kind.as_str())).collect()
+    }
+
+    #[test]
+    fn events_are_numbered_per_run_stored_only_with_a_change_and_progress_keeps_its_latest() {
+        use crate::db::{Location, Store};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut locations = vec![Location::Sqlite(dir.path().join("events.db"))];
+        locations.extend(crate::db::tests::pg_location("events"));
+        for location in locations {
+            let store = Store::open(&location).expect("open");
+            let write = |op: WriteOp| store.writer().write_blocking(op).expect("write");
+            let mut run = Run::fresh("run_1_1".into(), 1);
+            write(insert_run(&run));
+            write(insert_run(&Run { forked_from: Some("run_1_1".into()), ..Run::fresh("run_1_2".into(), 2) }));
+            let started = JournalEntry {
+                run_id: run.id.clone(),
+                label: "nap".into(),
+                seq: 1,
+                step_type: StepType::Sleep,
+                config: serde_json::json!({"durationMs": 5}),
+                status: StepStatus::Started,
+                result: None,
+                error: None,
+                job_id: None,
+                started_at: 3,
+                completed_at: None,
+                duration_ms: None,
+            };
+            write(insert_step(&started));
+            // The label was journaled already: nothing stored, nothing announced.
+            write(insert_step(&started));
+            for current in [1, 2] {
+                let before = Before::of(&run);
+                run.progress = Some(Progress { current, total: 2, message: None });
+                write(update_run(&before, &run));
+            }
+            let ended = JournalEntry { status: StepStatus::Completed, completed_at: Some(9), ..started };
+            write(finish_step(&ended));
+            write(finish_step(&ended));
+            let before = Before::of(&run);
+            run.last_heartbeat_at = Some(10);
+            write(update_run(&before, &run));
+
+            assert_eq!(
+                stored(&store, "run_1_1", 0, 100),
+                [(1, "status"), (2, "forked"), (3, "step.begin"), (5, "progress"), (6, "step.record")],
+                "{location}"
+            );
+            assert_eq!(stored(&store, "run_1_1", 3, 1), [(5, "progress")], "{location}");
+            assert_eq!(stored(&store, "run_1_2", 0, 100), [(1, "status")], "{location}");
+            assert!(store.events_after("run_9_9", 0, 1).expect("read").is_none());
+        }
+    }
+
     #[test]
     fn a_bell_lives_while_someone_listens() {
         let bells = Arc::new(Bells::default());

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::error::RunError;
+use super::events;
 use super::journal::rules::Budget;
 use super::lifecycle::Stop;
-use super::events;
 use super::model::{Run, RunStatus};
 use crate::db::{Pending, Writer};
 use crate::process::supervisor::Control;
