@@ -32,13 +32,9 @@ impl Stream {
     /// Opens the run's stream; `last` goes in `Last-Event-ID`. Panics unless it is a 200
     /// `text/event-stream`.
     fn open(server: &TestServer, id: &str, last: Option<u64>) -> Stream {
-        match request(server, &format!("/api/script-runs/{id}/events"), last) {
-            Ok(response) => {
-                assert_eq!(response.content_type(), "text/event-stream");
-                Stream { lines: BufReader::new(Box::new(response.into_reader())) }
-            }
-            Err(e) => panic!("opening the events of {id}: {e}"),
-        }
+        let response = request(server, &format!("/api/script-runs/{id}/events"), last);
+        assert_eq!(response.content_type(), "text/event-stream");
+        Stream { lines: BufReader::new(Box::new(response.into_reader())) }
     }
 
     /// The next event; `None` once the server closed the stream. Comments (heartbeats) are
@@ -95,14 +91,15 @@ impl Stream {
     }
 }
 
-/// A GET of the stream with its own agent: reads may wait long, the whole response longer.
-fn request(server: &TestServer, path: &str, last: Option<u64>) -> Result<ureq::Response, ureq::Error> {
+/// A GET of the stream with its own agent (reads may wait long, the whole response longer);
+/// panics unless it is answered 200.
+fn request(server: &TestServer, path: &str, last: Option<u64>) -> ureq::Response {
     let agent = ureq::AgentBuilder::new().timeout_connect(WAIT).timeout_read(WAIT).build();
     let mut req = agent.get(&format!("{}{path}", server.base)).set("Accept", "text/event-stream");
     if let Some(last) = last {
         req = req.set("Last-Event-ID", &last.to_string());
     }
-    req.call()
+    req.call().unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
 /// Every event of an ended run, read fresh.
@@ -200,7 +197,7 @@ fn a_reader_cut_mid_run_resumes_by_last_event_id_with_every_event_once_in_order(
     drop(again);
     // And once more, with the query parameter a client without headers uses.
     let last = all.last().unwrap().id;
-    let response = request(&server, &format!("/api/script-runs/{id}/events?lastEventId={last}"), None).unwrap();
+    let response = request(&server, &format!("/api/script-runs/{id}/events?lastEventId={last}"), None);
     all.extend(Stream { lines: BufReader::new(Box::new(response.into_reader())) }.rest());
 
     let fresh = all_events(&server, &id);

@@ -199,12 +199,11 @@ impl EventReader {
 /// A stored event as a server-sent event; its body goes out as stored, byte for byte.
 fn stored_event(event: StoredEvent) -> sse::Event {
     let kind = event.kind.as_str();
-    let event = match serde_json::value::RawValue::from_string(event.body) {
+    match serde_json::value::RawValue::from_string(event.body) {
         Ok(body) => sse::Event::json(kind, &body).with_id(event.seq.to_string()),
         // Only a hand-edited database: still numbered, so a resume goes past it.
         Err(_) => sse::Event::json(kind, &Value::Null).with_id(event.seq.to_string()),
-    };
-    event
+    }
 }
 
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.
