@@ -162,7 +162,11 @@ fn a_run_streams_its_steps_approval_pause_resume_and_end_in_order_with_bodies_eq
     assert_eq!(paused[0].data, server.script_run(&id)["run"], "the paused event is the paused run");
     let r = server.post(&format!("/api/script-runs/{id}/resume"), json!({}));
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(kinds(&stream.take(1)), ["resumed"]);
+    let resumed = stream.take(1);
+    assert_eq!(kinds(&resumed), ["resumed"]);
+    // The new execution is counted in the resume's event, as in its answer.
+    assert_eq!(resumed[0].data["attempt"], r.body["run"]["attempt"]);
+    assert_eq!(resumed[0].data["attempt"], json!(2));
     open_gate(&server.dir().join("go"));
 
     let rest = stream.rest();
@@ -175,7 +179,7 @@ fn a_run_streams_its_steps_approval_pause_resume_and_end_in_order_with_bodies_eq
     assert_eq!(decided[0].data, *entry(&body, "gate"));
 
     // Numbered 1, 2, ... with no gap, and a fresh read is the same stream.
-    let streamed: Vec<Sse> = [first, decided, paused].into_iter().flatten().collect();
+    let streamed: Vec<Sse> = [first, decided, paused, resumed].into_iter().flatten().collect();
     let fresh = all_events(&server, &id);
     assert_eq!(ids(&fresh), (1..=fresh.len() as u64).collect::<Vec<_>>());
     assert_eq!(fresh[..streamed.len()], streamed[..]);

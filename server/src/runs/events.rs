@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::model::{JournalEntry, Progress, Run, RunStatus, StepStatus, StepType};
-use super::view::{run_view, step_view};
+use super::view::{run_view_of, step_view};
 use crate::db::{NewEvent, WriteOp};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -170,14 +170,14 @@ pub fn update_run(before: &Before, run: &Run) -> WriteOp {
     } else {
         None
     };
-    let events = kind.map(|kind| vec![event(&run.id, kind, &run_view(run.clone()))]).unwrap_or_default();
+    let events = kind.map(|kind| vec![event(&run.id, kind, &run_view_of(run))]).unwrap_or_default();
     with(WriteOp::update_run(run), events)
 }
 
 /// The write of a new run with its first `status` event; for a fork, also `forked` on the run
 /// it was forked from (naming the new run), in the same transaction.
 pub fn insert_run(run: &Run) -> WriteOp {
-    let view = run_view(run.clone());
+    let view = run_view_of(run);
     let mut events = vec![event(&run.id, EventKind::Status, &view)];
     if let Some(source) = &run.forked_from {
         events.push(event(source, EventKind::Forked, &view));

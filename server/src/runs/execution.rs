@@ -86,6 +86,18 @@ pub fn start(engine: &Arc<Engine>, live: &Arc<LiveRun>) {
 /// [`start`] under the run's lock, held by the caller who decided on the run's status under
 /// it. While the server stops, nothing starts: a `running` run resumes at the next start.
 fn start_locked(engine: &Arc<Engine>, live: &Arc<LiveRun>, state: &mut State) {
+    start_counted_locked(engine, live, state, false);
+}
+
+/// Whether [`start_locked`] would start an execution now (rather than ask the one ending to
+/// restart the run, or start nothing).
+fn starts_now(engine: &Engine, state: &State) -> bool {
+    !state.run.status.is_terminal() && !engine.stopping() && state.exec.is_none()
+}
+
+/// [`start_locked`]; `counted`: the caller has counted the new attempt already (in the change
+/// whose event must show it, see [`go_on`]).
+fn start_counted_locked(engine: &Arc<Engine>, live: &Arc<LiveRun>, state: &mut State, counted: bool) {
     if state.run.status.is_terminal() || engine.stopping() {
         return;
     }
@@ -97,7 +109,9 @@ fn start_locked(engine: &Arc<Engine>, live: &Arc<LiveRun>, state: &mut State) {
     state.stop = None;
     // Counted here, not when the execution has prepared its files, so that the answer of the
     // request that started it (a launch, a resume, a decision) shows it.
-    state.run.attempt += 1;
+    if !counted {
+        state.run.attempt += 1;
+    }
     engine.executing.fetch_add(1, Ordering::SeqCst);
     tokio::task::spawn_local(execute(Arc::clone(engine), Arc::clone(live)));
 }
@@ -111,8 +125,16 @@ pub fn go_on(engine: &Arc<Engine>, live: &Arc<LiveRun>, from: RunStatus) -> Resu
     if !lifecycle::goes_on(state.run.status, from) {
         return Ok(None);
     }
-    let pending = state.change(engine.writer(), |run| run.status = RunStatus::Running)?;
-    start_locked(engine, live, &mut state);
+    // The new attempt is counted in the change, so that its event (`resumed`, `status`) shows
+    // the run as the answer to the request does.
+    let counted = starts_now(engine, &state);
+    let pending = state.change(engine.writer(), |run| {
+        run.status = RunStatus::Running;
+        if counted {
+            run.attempt += 1;
+        }
+    })?;
+    start_counted_locked(engine, live, &mut state, counted);
     Ok(Some(pending))
 }
 

@@ -10,28 +10,38 @@ use crate::time::iso;
 
 /// A run on the wire: statuses spelled, times as ISO text.
 pub fn run_view(run: Run) -> RunView {
+    run_view_of(&run)
+}
+
+/// [`run_view`] of a borrowed run: what an event takes under the run's lock, without copying
+/// its source.
+pub fn run_view_of(run: &Run) -> RunView {
     RunView {
-        args: run.args,
-        output: run.output.unwrap_or(Value::Null),
-        warnings: run.warnings,
+        args: run.args.clone(),
+        output: run.output.clone().unwrap_or(Value::Null),
+        warnings: run.warnings.clone(),
         created_at: iso(run.created_at),
         started_at: run.started_at.map(iso),
         finished_at: run.finished_at.map(iso),
         last_heartbeat_at: run.last_heartbeat_at.map(iso),
-        progress: run.progress.map(|p| WireProgress { current: p.current, message: p.message, total: p.total }),
-        id: run.id,
-        script_name: run.script_name,
-        workflow_id: run.workflow_id,
-        interpreter: run.interpreter,
-        flow: run.flow,
+        progress: run.progress.as_ref().map(|p| WireProgress {
+            current: p.current,
+            message: p.message.clone(),
+            total: p.total,
+        }),
+        id: run.id.clone(),
+        script_name: run.script_name.clone(),
+        workflow_id: run.workflow_id.clone(),
+        interpreter: run.interpreter.clone(),
+        flow: run.flow.clone(),
         status: run.status.as_str().to_string(),
-        error: run.error,
-        source_sha256: run.source_sha256,
+        error: run.error.clone(),
+        source_sha256: run.source_sha256.clone(),
         pid: run.pid,
-        idempotency_key: run.idempotency_key,
+        idempotency_key: run.idempotency_key.clone(),
         attempt: run.attempt,
-        forked_from: run.forked_from,
-        node: run.node,
+        forked_from: run.forked_from.clone(),
+        node: run.node.clone(),
     }
 }
 
