@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{assert_error, entry, open_gate, wait_for_gate, Builder, TestServer};
+use crate::common::{self, assert_error, entry, open_gate, wait_for_gate, Builder, Cluster, TestServer};
 
 /// Upper bound for anything a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -261,4 +261,30 @@ fn an_unknown_run_is_404_and_a_malformed_last_event_id_is_400() {
     let path = format!("/api/script-runs/{id}/events");
     assert_error(&server.request("GET", &path, None, &[("Last-Event-ID", "abc")]), 400, "INVALID_ARGS");
     assert_error(&server.get(&format!("{path}?lastEventId=-1")), 400, "INVALID_ARGS");
+}
+
+/// In a cluster, a node that does not hold the run streams its events as they are written by
+/// the node that does (no bell rings there: it reads them on its poll).
+#[test]
+fn a_run_held_by_another_node_streams_live_from_any_node_of_a_cluster() {
+    if !common::on_postgres() {
+        println!("skipped: a cluster needs the PostgreSQL pass (tests/run)");
+        return;
+    }
+    let cluster = Cluster::builder().workflows(json!({})).start(2);
+    let (holder, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let gate = cluster.dir().join("go");
+    let source = format!(
+        "script-runner step a -- true\n{}\nscript-runner step b -- true\necho '{{\"done\": true}}'\n",
+        wait_for_gate(&gate)
+    );
+    let id = holder.launch_bash(&source, json!({}));
+    let mut stream = Stream::open(other, &id, None);
+    let mut all = stream.take(2);
+    open_gate(&gate);
+    all.extend(stream.rest());
+    assert_eq!(kinds(&all), ["status", "step.record", "step.record", "end"], "{all:?}");
+    assert_eq!(all, all_events(holder, &id));
+    let body = other.script_run(&id);
+    assert_eq!((&all[3].data, &body["run"]["node"]), (&body["run"], &json!("n1")));
 }
