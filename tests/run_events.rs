@@ -263,6 +263,57 @@ fn an_unknown_run_is_404_and_a_malformed_last_event_id_is_400() {
     assert_error(&server.get(&format!("{path}?lastEventId=-1")), 400, "INVALID_ARGS");
 }
 
+#[test]
+fn a_stalled_reader_does_not_hold_up_the_run_and_gets_every_event_when_it_reads_again() {
+    let server = Builder::new().workflows(json!({})).start();
+    let gate = server.dir().join("go");
+    // Steps whose labels are the loop's variable (a literal label in a loop is refused).
+    let source = format!(
+        "{}\nfor i in $(seq 1 150); do script-runner step \"s$i\" --value \"$i\" >/dev/null || exit 5; done\n",
+        wait_for_gate(&gate)
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let mut stalled = Stream::open(&server, &id, None);
+    let first = stalled.take(1);
+    // The reader takes nothing more while 150 steps are journaled and the run ends.
+    open_gate(&gate);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    let mut all = first;
+    all.extend(stalled.rest());
+    assert_eq!(all.len(), 152, "{:?}", kinds(&all));
+    assert_eq!(ids(&all), (1..=152).collect::<Vec<_>>());
+    assert_eq!(all, all_events(&server, &id));
+}
+
+#[test]
+fn the_stream_needs_the_token_and_counts_against_max_streams() {
+    let server =
+        Builder::new().server("authToken", json!("s3cret")).server("maxStreams", json!(1)).workflows(json!({}));
+    let server = server.start();
+    let auth = [("Authorization", "Bearer s3cret")];
+    let gate = server.dir().join("go");
+    let launch = json!({ "source": wait_for_gate(&gate), "interpreter": "bash" }).to_string();
+    let r = server.request("POST", "/api/script-runs", Some(launch.as_bytes()), &auth);
+    assert_eq!(r.status, 201, "{}", r.text);
+    let path = format!("/api/script-runs/{}/events", r.body["run"]["id"].as_str().unwrap());
+    assert_error(&server.get(&path), 401, "UNAUTHORIZED");
+    let agent = ureq::AgentBuilder::new().timeout_read(WAIT).build();
+    let open = || agent.get(&format!("{}{path}", server.base)).set("Authorization", "Bearer s3cret").call();
+    // Held open: the run waits for its gate.
+    let first = open().unwrap();
+    match open() {
+        Err(ureq::Error::Status(429, response)) => {
+            let body: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], json!("TOO_MANY_STREAMS"), "{body}");
+        }
+        other => panic!("a second stream past maxStreams 1: {other:?}"),
+    }
+    open_gate(&gate);
+    let events = Stream { lines: BufReader::new(Box::new(first.into_reader())) }.rest();
+    assert_eq!(kinds(&events).last(), Some(&"end"));
+}
+
 /// In a cluster, a node that does not hold the run streams its events as they are written by
 /// the node that does (no bell rings there: it reads them on its poll).
 #[test]

@@ -136,8 +136,10 @@ pub async fn events(
         runs: state.runs.clone(),
         id: id.into_inner(),
         after,
+        // Done once a read after the end finds nothing more (an ended run's first page may be
+        // one of many).
+        ended: first.ended && first.events.is_empty(),
         page: first.events.into(),
-        ended: first.ended,
         failed: false,
     };
     Ok(sse::respond(slot, futures_util::stream::unfold(reader, EventReader::next)))
@@ -153,7 +155,7 @@ struct EventReader {
     after: u64,
     /// Read and not yet handed out.
     page: std::collections::VecDeque<StoredEvent>,
-    /// The run had ended when `page` was read.
+    /// A read found nothing more and the run had ended: the stream ends with `page`.
     ended: bool,
     bell: Subscription,
     /// A read failed: its `error` event was the last.
