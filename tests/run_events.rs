@@ -314,6 +314,31 @@ fn the_stream_needs_the_token_and_counts_against_max_streams() {
     assert_eq!(kinds(&events).last(), Some(&"end"));
 }
 
+#[test]
+fn progress_is_an_event_and_only_the_latest_is_kept() {
+    let server = Builder::new().workflows(json!({})).start();
+    let gate = server.dir().join("go");
+    let source = format!(
+        "script-runner step --progress 1/3 one\nscript-runner step --progress 2/3 two\n{}\n         script-runner step --progress 3/3 three\n",
+        wait_for_gate(&gate)
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let mut live = Stream::open(&server, &id, None);
+    let seen = live.take(3);
+    assert_eq!(kinds(&seen), ["status", "progress", "progress"], "{seen:?}");
+    assert_eq!(seen[2].data["progress"], json!({"current": 2, "total": 3, "message": "two"}));
+    assert_eq!(seen[2].data, server.script_run(&id)["run"], "the run as it is while it waits");
+    open_gate(&gate);
+    let rest = live.rest();
+    assert_eq!(kinds(&rest), ["progress", "end"], "{rest:?}");
+    // Stored: only the latest progress (a resumed reader misses none it needs: the end shows
+    // it too); the numbers of those superseded are never given again.
+    let fresh = all_events(&server, &id);
+    assert_eq!(kinds(&fresh), ["status", "progress", "end"]);
+    assert_eq!(ids(&fresh), [1, rest[0].id, rest[1].id]);
+    assert_eq!(fresh[1..], rest[..]);
+}
+
 /// In a cluster, a node that does not hold the run streams its events as they are written by
 /// the node that does (no bell rings there: it reads them on its poll).
 #[test]
