@@ -299,10 +299,10 @@ fn the_stream_needs_the_token_and_counts_against_max_streams() {
     let path = format!("/api/script-runs/{}/events", r.body["run"]["id"].as_str().unwrap());
     assert_error(&server.get(&path), 401, "UNAUTHORIZED");
     let agent = ureq::AgentBuilder::new().timeout_read(WAIT).build();
-    let open = || agent.get(&format!("{}{path}", server.base)).set("Authorization", "Bearer s3cret").call();
+    let open = || agent.get(&format!("{}{path}", server.base)).set("Authorization", "Bearer s3cret");
     // Held open: the run waits for its gate.
-    let first = open().unwrap();
-    match open() {
+    let first = open().call().unwrap();
+    match open().call() {
         Err(ureq::Error::Status(429, response)) => {
             let body: Value = serde_json::from_str(&response.into_string().unwrap()).unwrap();
             assert_eq!(body["error"]["code"], json!("TOO_MANY_STREAMS"), "{body}");
