@@ -89,6 +89,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         // Spawning blocks a worker until the child has exec'd (vfork), so two workers per
         // core keep requests and other jobs moving meanwhile (measured best on 2 cores).
         .workers(2 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .on_connect(http::sse::on_connect)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?
