@@ -85,7 +85,8 @@ fn bench(args: &[String]) -> Result<()> {
     );
     println!("{:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "followers", "events", "p50", "p90", "p99", "max");
     for &n in &opts.followers {
-        let job: Value = agent().post(&format!("{}/run", server.base)).send_json(json!({ "scriptId": "clock" }))?.into_json()?;
+        let job: Value =
+            agent().post(&format!("{}/run", server.base)).send_json(json!({ "scriptId": "clock" }))?.into_json()?;
         let id = job["jobId"].as_str().context("no jobId")?.to_string();
         let readers: Vec<_> = (0..n)
             .map(|_| {
