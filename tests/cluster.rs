@@ -1030,7 +1030,10 @@ fn a_job_running_on_one_node_is_followed_live_through_another() {
     // A sync job runs on the node that took the request: n1 owns it; n2 follows it.
     let base = cluster.nodes[0].base.clone();
     let runner = std::thread::spawn(move || {
-        ureq::post(&format!("{base}/run")).send_json(json!({ "scriptId": "ticker", "mode": "sync" })).map(|_| ())
+        ureq::post(&format!("{base}/run"))
+            .send_json(json!({ "scriptId": "ticker", "mode": "sync" }))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     let id = wait_until(
         || "the job to be listed".into(),
