@@ -20,6 +20,7 @@ use super::JobError;
 use crate::config::{Config, Mode, Script};
 use crate::db::{OnOutage, Pending, Store, StoreError, WriteOp, Writer};
 use crate::events::{Kind, Phase};
+use crate::metrics;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -363,6 +364,8 @@ impl Shared {
     /// Runs one job from spawn to its committed final state.
     pub(super) async fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
+        let created_at = lock(&active.job).created_at;
+        metrics::get().job_started(&active.script.id, millis(now_ms() - created_at));
         let mut events = RunEvents { shared: &self, active: &active };
         let outcome = match self.record_start(&active).await {
             Ok(()) => supervisor::supervise(&launch, &active.control, &mut events).await,
@@ -373,6 +376,8 @@ impl Shared {
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
         lock(&self.state).running -= 1;
+        let ran = millis(job.duration_ms.unwrap_or(0));
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), Some(ran));
         Shared::dispatch(&self);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
@@ -411,6 +416,7 @@ impl Shared {
     /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.
     pub(super) async fn settle(&self, active: &Arc<Active>, end: impl FnOnce(&mut Job)) -> Job {
         let (job, pending) = active.update(self.store.writer(), end);
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), None);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
             Err(e) => Err(e),
@@ -482,6 +488,11 @@ impl Shared {
             }
         }
     }
+}
+
+/// A span of milliseconds (negative ones, from a clock step back, are none).
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// Keeps the in-flight job current while its supervisor runs it.
