@@ -271,6 +271,15 @@ fn metrics_need_the_token_unless_metrics_public() {
     let refused = [("method", "GET"), ("route", "/metrics"), ("status", "401")];
     assert_eq!(m.value("script_runner_http_requests_total", &refused), 1.0);
 
+    // The text format's content type.
+    let response = ureq::get(&format!("{}/metrics", guarded.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    assert!(response.content_type() == "text/plain", "{}", response.content_type());
+    let content_type = response.header("Content-Type").unwrap_or_default();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+
     let public = Builder::new()
         .server("authToken", json!(TOKEN))
         .top("metrics", json!({ "public": true }))

@@ -175,7 +175,7 @@ impl Families {
             job_duration: HistogramVec::new(
                 histogram(
                     "script_runner_job_duration_seconds",
-                    "Run time of the jobs that were started, from start to end, by script.",
+                    "Run time of the jobs that were started, from their spawn to their end, by script.",
                     &JOB_BUCKETS,
                 ),
                 &["script"],

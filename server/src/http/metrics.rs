@@ -8,13 +8,7 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 
 use super::{ApiError, AppState};
-use crate::metrics::{self, MetricsError, UNMATCHED_ROUTE};
-
-impl From<MetricsError> for ApiError {
-    fn from(e: MetricsError) -> ApiError {
-        ApiError::Internal(e.to_string())
-    }
-}
+use crate::metrics::{self, UNMATCHED_ROUTE};
 
 /// `GET /metrics`: the gauges of what is in flight are read now, then every metric is
 /// rendered. Open without the token only when `metrics.public` (see [`super::authenticate`]).
