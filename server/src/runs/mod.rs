@@ -255,8 +255,8 @@ impl RunManager {
     /// Sets the metrics' gauges of the live runs this server holds (by status, and those
     /// awaiting an approval), as they are now; called when the metrics are scraped.
     pub fn observe_live(&self) {
-        let statuses: Vec<_> = self.engine.live.all().iter().map(|live| live.status()).collect();
-        crate::metrics::get().set_live_runs(statuses.iter().map(|status| status.as_str()));
+        let live = self.engine.live.all();
+        crate::metrics::get().set_live_runs(live.iter().map(|run| run.status().as_str()));
     }
 
     /// Sets the address workflows reach the server at (`SCRIPT_RUNNER_URL`).
