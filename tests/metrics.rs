@@ -146,8 +146,10 @@ fn counters_match_the_jobs_runs_steps_and_requests_made() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(server.wait_terminal(&slow, WAIT)["status"], json!("canceled"));
     ids.push(slow.clone());
-    // No route.
+    // No route; a known route, another method; a method of the client's own.
     assert_eq!(server.get("/no/such/route").status, 404);
+    assert_eq!(server.request("DELETE", "/run", None, &[]).status, 405);
+    assert_eq!(server.request("BREW", "/jobs", None, &[]).status, 405);
 
     // A workflow: two command steps journaled, the first label asked again (a replay).
     let source = "script-runner step a -- echo one > /dev/null\n\
@@ -215,6 +217,9 @@ fn counters_match_the_jobs_runs_steps_and_requests_made() {
     assert_eq!(http("POST", "/run", "400"), 1.0, "the unknown script");
     assert_eq!(http("POST", "/jobs/{id}/cancel", "200"), 1.0);
     assert_eq!(http("GET", "unmatched", "404"), 1.0);
+    assert_eq!(http("DELETE", "/run", "405"), 1.0);
+    assert_eq!(http("other", "/jobs", "405"), 1.0, "a method outside the list is `other`");
+    assert!(!m.label_values("method").contains(&"BREW".to_string()));
     assert_eq!(http("POST", "/api/script-runs", "201"), 1.0);
     assert!(http("POST", "/api/internal/script-runs/{id}/steps/{label}/begin", "200") >= 3.0);
     assert!(m.sum("script_runner_http_requests_total", &[("route", "/jobs/{id}")]) >= 1.0);
