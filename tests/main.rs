@@ -11,6 +11,7 @@ mod blocks_flows;
 mod cluster;
 mod durability;
 mod logs;
+mod metrics;
 mod migrate_db;
 mod oomol_worker;
 mod postgres;

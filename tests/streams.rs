@@ -294,3 +294,82 @@ fn streams_need_the_token_like_every_other_route() {
     let c = SseClient::open(&server.base, "/events", &[("Authorization", "Bearer s3cret")]);
     assert_eq!(c.status, 200);
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// How long `n` small sync jobs take one after another.
+fn sync_jobs(server: &TestServer, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let r = server.run("small", &[], Some("sync"));
+        assert_eq!(r.body["status"], "succeeded", "{}", r.text);
+    }
+    started.elapsed()
+}
+
+/// A follower of the log that reads its first event and then nothing more: a receive buffer
+/// of a few KiB, so the server's writes stop as soon as the socket's buffers are full.
+fn stalled_reader(server: &TestServer, id: &str) -> SseClient {
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut client = SseClient::open_on(socket.into(), &addr.to_string(), &format!("/jobs/{id}/logs?follow=1"), &[]);
+    assert_eq!(client.status, 200);
+    assert_eq!(client.next().unwrap().event, "output");
+    client
+}
+
+/// The bound: 200 readers that stop reading a 100 MB log hold the server's memory to
+/// their sockets' buffers and one event each, and other jobs run as fast as before.
+#[test]
+fn two_hundred_stalled_readers_of_a_100_mb_log_hold_bounded_memory_and_slow_no_job() {
+    const READERS: usize = 200;
+    /// What the readers may add to the server's resident memory (stated in the README).
+    const BOUND_MIB: u64 = 64;
+    let server = Builder::new()
+        .runner("maxLogBytesPerStream", json!(128 * 1024 * 1024))
+        .script("big", "yes 'a line of a big log, 0123456789 abcdefghijklmnopqrstuvwxyz' | head -c 100000000")
+        .script("small", "echo ok")
+        .start();
+    let before = sync_jobs(&server, 20);
+    // Async: a sync answer would carry the 100 MB.
+    let id = server.run_async("big", &[]);
+    assert_eq!(server.wait_terminal(&id, WAIT)["stdoutSize"], 100_000_000);
+    let rss_before = rss_kib(server.pid());
+
+    let mut readers: Vec<SseClient> = (0..READERS).map(|_| stalled_reader(&server, &id)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_stalled = rss_kib(server.pid());
+    let during = sync_jobs(&server, 20);
+    let grown_mib = rss_stalled.saturating_sub(rss_before) / 1024;
+    println!(
+        "{READERS} stalled readers: RSS {} MiB -> {} MiB (+{grown_mib} MiB); 20 sync jobs {before:?} before, {during:?} during",
+        rss_before / 1024,
+        rss_stalled / 1024
+    );
+    assert!(grown_mib < BOUND_MIB, "RSS grew {grown_mib} MiB with {READERS} stalled readers (bound {BOUND_MIB} MiB)");
+    // Generous: the point is that jobs do not wait on readers (they would take seconds each).
+    assert!(during < before * 3 + Duration::from_secs(2), "jobs slowed: {before:?} before, {during:?} during");
+
+    // A stalled reader that reads again picks up where it stopped, from the file.
+    let reader = &mut readers[0];
+    reader.set_timeout(Duration::from_secs(30));
+    let mut at = None;
+    for _ in 0..50 {
+        let e = reader.next().unwrap();
+        assert_eq!(e.event, "output");
+        let body = e.json();
+        if let Some(at) = at {
+            assert_eq!(body["offset"], json!(at), "contiguous after the stall");
+        }
+        at = body["nextOffset"].as_u64();
+    }
+    drop(readers);
+    assert_eq!(server.run("small", &[], Some("sync")).body["status"], "succeeded");
+}

@@ -86,6 +86,17 @@ pub struct Config {
     pub scripts: Vec<Arc<Script>>,
     /// Durable workflow runs: the configured workflows, interpreters and guardrails.
     pub workflows: WorkflowConfig,
+    /// `GET /metrics` settings.
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics` settings (`metrics` in config.json).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` is served without the bearer token (`metrics.public`, default
+    /// false). A scraper inside a trusted network then needs no secret; the counts say nothing
+    /// of a job's arguments or output, but they do show which scripts run and how often.
+    pub public: bool,
 }
 
 /// Settings of durable workflow runs (`config.json` `workflows`, guardrails also from the
@@ -272,6 +283,8 @@ struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     workflows: RawWorkflows,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
     scripts: Option<Vec<Value>>,
@@ -328,6 +341,12 @@ struct RawCluster {
     node_id: Option<String>,
     advertise: Option<String>,
     lease_sec: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMetrics {
+    public: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -429,6 +448,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
 
     let database = database_config(&config_file, &base, raw.database)?;
     let cluster = cluster_config(&config_file, raw.cluster)?;
+    let metrics = MetricsConfig { public: raw.metrics.public.unwrap_or(false) };
 
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
@@ -449,7 +469,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows })
+    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics })
 }
 
 /// The `cluster` section, checked.

@@ -7,6 +7,7 @@ use script_runner_wire::ErrorBody;
 
 use crate::db::StoreError;
 use crate::jobs::JobError;
+use crate::metrics::MetricsError;
 use crate::runs::RunError;
 
 /// What a client waiting out a lost database is told to wait before trying again (seconds).
@@ -198,6 +199,13 @@ impl From<RunError> for ApiError {
             | RunError::EntryVanished { .. }
             | RunError::StepWithoutJob(_) => ApiError::Internal(message),
         }
+    }
+}
+
+/// The metrics could not be rendered: a bug, answered 500 and logged.
+impl From<MetricsError> for ApiError {
+    fn from(e: MetricsError) -> ApiError {
+        ApiError::Internal(e.to_string())
     }
 }
 

@@ -128,21 +128,27 @@ impl State {
 /// `last`: nothing more will come), as text, and its length in bytes. Bytes that are not
 /// UTF-8 read as U+FFFD.
 fn whole_chars(data: &[u8], last: bool) -> (String, usize) {
-    let used = match std::str::from_utf8(data) {
-        Ok(_) => data.len(),
-        // Ends inside a character that the next read completes.
-        Err(e) if e.error_len().is_none() && !last => e.valid_up_to().max(cut_before_incomplete(data)),
-        Err(_) => data.len(),
-    };
+    let used = if last { data.len() } else { data.len() - incomplete_tail(data) };
     (String::from_utf8_lossy(&data[..used]).into_owned(), used)
 }
 
-/// Where the incomplete character at the end of `data` starts (its data before is invalid
-/// somewhere, so `valid_up_to` stops too early).
-fn cut_before_incomplete(data: &[u8]) -> usize {
-    // A UTF-8 character is at most 4 bytes: its lead byte is within the last 3.
-    let from = data.len().saturating_sub(3);
-    (from..data.len()).rev().find(|&i| data[i] & 0xC0 == 0xC0).unwrap_or(data.len())
+/// How many bytes at the end of `data` start a UTF-8 character that is not complete yet.
+fn incomplete_tail(data: &[u8]) -> usize {
+    // A character is at most 4 bytes: its lead byte is within the last 3 of an incomplete one.
+    for back in 1..=data.len().min(3) {
+        let b = data[data.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte
+        }
+        let needs = match b {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        return if needs > back { back } else { 0 };
+    }
+    0
 }
 
 #[cfg(test)]

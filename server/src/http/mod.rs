@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod follow;
 mod jobs;
+mod metrics;
 mod runs;
 pub mod sse;
 pub mod wire;
@@ -20,6 +21,7 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 pub use error::ApiError;
+pub use metrics::observe;
 
 use crate::jobs::JobManager;
 use crate::runs::RunManager;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub auth_token: Option<String>,
     /// The open event streams (`server.maxStreams`), ended at shutdown.
     pub streams: sse::Streams,
+    /// `/metrics` is served without the token (`metrics.public`).
+    pub metrics_public: bool,
 }
 
 /// Registers every route on an actix `App`.
@@ -48,6 +52,7 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
         cfg.app_data(web::Data::new(state))
             .app_data(query)
             .service(resource("/healthz").route(web::get().to(health)))
+            .service(resource("/metrics").route(web::get().to(metrics::scrape)))
             .service(resource("/run").route(web::post().to(jobs::run)))
             .service(resource("/scripts").route(web::get().to(jobs::scripts)))
             .service(resource("/jobs").route(web::get().to(jobs::list)))
@@ -89,9 +94,11 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     }
 }
 
-/// A route whose other methods answer 405 with the error envelope.
+/// A route whose other methods answer 405 with the error envelope. It is named by its
+/// pattern: the metrics label a request with its route's name, which actix hands out without
+/// building a string per request (see [`observe`]).
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+    web::resource(path).name(path).default_service(web::to(method_not_allowed))
 }
 
 async fn health() -> HttpResponse {
@@ -106,19 +113,28 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
 }
 
-/// Middleware: when a token is configured, every route but `/healthz` needs it as a bearer
-/// token (compared in constant time). The internal routes of workflow steps are authorised by
-/// their run token instead (a workflow process never holds the server's token).
+/// Middleware: when a token is configured, every route but `/healthz` (and `/metrics` when
+/// `metrics.public`) needs it as a bearer token (compared in constant time). The internal
+/// routes of workflow steps are authorised by their run token instead (a workflow process
+/// never holds the server's token).
+///
+/// A refusal is answered here as a response, not an error, so the metrics middleware around it
+/// still sees the request it answers (and labels it with its route).
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let expected = req.app_data::<web::Data<AppState>>().and_then(|s| s.auth_token.clone());
-    if let Some(expected) = expected {
-        if req.path() != "/healthz" && !req.path().starts_with("/api/internal/") {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    if let Some(expected) = &state.auth_token {
+        let path = req.path();
+        let open =
+            path == "/healthz" || path.starts_with("/api/internal/") || (state.metrics_public && path == "/metrics");
+        if !open {
             let given = bearer(req.headers()).unwrap_or("");
             if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                return Err(ApiError::Unauthorized.into());
+                return Ok(req.error_response(ApiError::Unauthorized));
             }
         }
     }

@@ -82,6 +82,24 @@ impl Event {
     }
 }
 
+/// The kernel's send buffer of every connection (Linux doubles it for its bookkeeping).
+///
+/// Left to itself, Linux grows a connection's send buffer to megabytes (`tcp_wmem`), whatever
+/// the peer reads: each stalled event-stream reader would make the server produce, and the
+/// kernel hold, megabytes of events it may never take. Capped, a stalled reader costs this
+/// much of kernel memory and no more work; 256 KiB still moves any answer at full speed over
+/// loopback or a LAN.
+pub const SEND_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Called for each new connection (`HttpServer::on_connect`): caps its send buffer.
+pub fn on_connect(conn: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(SEND_BUFFER_BYTES) {
+            log::debug!("cannot cap a connection's send buffer: {e}");
+        }
+    }
+}
+
 /// The open streams of this server: their cap (`server.maxStreams`), their heartbeat and the
 /// signal that ends them all at shutdown. Cheap to clone (shared).
 #[derive(Clone)]

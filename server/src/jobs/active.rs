@@ -20,6 +20,7 @@ use super::JobError;
 use crate::config::{Config, Mode, Script};
 use crate::db::{OnOutage, Pending, Store, StoreError, WriteOp, Writer};
 use crate::events::{Kind, Phase};
+use crate::metrics;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -34,6 +35,10 @@ pub(super) struct Active {
     pub(super) recorded: AtomicBool,
     /// Holds the final job once it is committed.
     pub(super) done: watch::Sender<Option<Job>>,
+    /// When a job made by this server was created (its wait in the queue is measured from it,
+    /// finer than the job's millisecond `created_at`); `None` for a job made before (requeued
+    /// at a restart) or by another node (claimed from a cluster's queue).
+    queued_at: Option<Instant>,
 }
 
 impl Active {
@@ -46,7 +51,16 @@ impl Active {
             live: Mutex::new(None),
             recorded: AtomicBool::new(recorded),
             done: watch::channel(None).0,
+            queued_at: (!recorded).then(Instant::now),
         })
+    }
+
+    /// How long the job has waited since it was created.
+    fn waited(&self) -> Duration {
+        match self.queued_at {
+            Some(at) => at.elapsed(),
+            None => millis(now_ms() - lock(&self.job).created_at),
+        }
     }
 
     /// Orders the write of `job`, which is this job locked by the caller: an insert the first
@@ -363,16 +377,23 @@ impl Shared {
     /// Runs one job from spawn to its committed final state.
     pub(super) async fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
+        metrics::get().job_started(&active.script.id, active.waited());
         let mut events = RunEvents { shared: &self, active: &active };
-        let outcome = match self.record_start(&active).await {
-            Ok(()) => supervisor::supervise(&launch, &active.control, &mut events).await,
-            Err(message) => supervisor::Outcome::not_started(message),
+        // The run time is measured here (spawn included) rather than taken from the job's
+        // `durationMs`, whole milliseconds, which are 0 for most short jobs.
+        let (outcome, ran) = match self.record_start(&active).await {
+            Ok(()) => {
+                let spawning = Instant::now();
+                (supervisor::supervise(&launch, &active.control, &mut events).await, spawning.elapsed())
+            }
+            Err(message) => (supervisor::Outcome::not_started(message), Duration::ZERO),
         };
         // Final in memory first, so no reader sees it running beside the job that takes its
         // slot; then free the slot before the commit, so the next job starts during the write.
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
         lock(&self.state).running -= 1;
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), Some(ran));
         Shared::dispatch(&self);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
@@ -411,6 +432,7 @@ impl Shared {
     /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.
     pub(super) async fn settle(&self, active: &Arc<Active>, end: impl FnOnce(&mut Job)) -> Job {
         let (job, pending) = active.update(self.store.writer(), end);
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), None);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
             Err(e) => Err(e),
@@ -482,6 +504,11 @@ impl Shared {
             }
         }
     }
+}
+
+/// A span of milliseconds (negative ones, from a clock step back, are none).
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// Keeps the in-flight job current while its supervisor runs it.

@@ -735,6 +735,16 @@ impl JobManager {
         }
     }
 
+    /// Sets the metrics' gauges of the jobs in flight here (queued, running), as they are now;
+    /// called when the metrics are scraped, so keeping them costs nothing in between.
+    pub fn observe_in_flight(&self) {
+        let (queued, running) = {
+            let st = lock(&self.shared.state);
+            (st.queue.len(), st.running - st.claiming)
+        };
+        crate::metrics::get().set_jobs(queued, running);
+    }
+
     /// Puts an already recorded queued job back in the queue (recovery after a restart).
     fn requeue(&self, job: Job, script: Arc<Script>) {
         let id = job.id.clone();

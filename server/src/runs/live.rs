@@ -66,10 +66,16 @@ impl State {
 
     /// Applies `change` to the run and orders its write (committed in this order whatever
     /// else is written meanwhile), with the event the change makes, if any (a new status, new
-    /// progress: see [`events::update_run`]), in the same transaction.
+    /// progress: see [`events::update_run`]), in the same transaction. Every change of a live
+    /// run passes here, so a run reaching its final status is counted here, once (a final
+    /// status is never left).
     pub fn change(&mut self, writer: &Writer, change: impl FnOnce(&mut Run)) -> Result<Pending, RunError> {
         let before = events::Before::of(&self.run);
+        let was_final = self.run.status.is_terminal();
         change(&mut self.run);
+        if !was_final && self.run.status.is_terminal() {
+            crate::metrics::get().run_ended(self.run.status.as_str());
+        }
         Ok(writer.enqueue(events::update_run(&before, &self.run))?)
     }
 }

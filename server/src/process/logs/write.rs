@@ -195,6 +195,7 @@ impl LogSink {
         }
         self.index_lines(keep);
         self.stored += keep.len() as u64;
+        crate::metrics::get().log_bytes().inc_by(keep.len() as u64);
         self.live.size.store(self.stored, Ordering::Release);
         self.live.lines.store(self.lines, Ordering::Release);
     }
