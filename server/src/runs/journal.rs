@@ -267,12 +267,8 @@ async fn reserve(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str, step_ty
 /// Inserts a journal entry (the first writer of a label wins) and returns the stored one.
 async fn insert_step(engine: &Engine, live: &LiveRun, mut entry: JournalEntry) -> Result<JournalEntry, RunError> {
     entry.seq = live.lock().budget.next_seq();
-<<<<<<< HEAD
     engine.writer().write(super::events::insert_step(&entry)).await?;
-=======
-    engine.writer().write(WriteOp::insert_steps(std::slice::from_ref(&entry))).await?;
     crate::metrics::get().step_recorded(entry.step_type.as_str());
->>>>>>> main
     live.lock().budget.journaled(&entry.label, entry.step_type);
     live.bump();
     stored(engine, &entry.run_id, &entry.label).await
