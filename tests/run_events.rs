@@ -142,6 +142,7 @@ fn a_run_streams_its_steps_approval_pause_resume_and_end_in_order_with_bodies_eq
     assert_eq!(kinds(&first), ["status", "step.record", "approval.asked", "status"], "{first:?}");
     assert_eq!(first[0].data["status"], json!("running"));
     assert_eq!(first[0].data["args"], json!({"n": 1}));
+    assert_eq!(first[0].data["attempt"], json!(1), "the first execution is counted in the launch's event");
     assert_eq!(first[1].data["stepKey"], json!("one"));
     assert_eq!((&first[2].data["stepKey"], &first[2].data["status"]), (&json!("gate"), &json!("started")));
     assert_eq!(first[3].data["status"], json!("awaiting"));

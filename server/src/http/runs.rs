@@ -158,7 +158,7 @@ struct EventReader {
     /// A read found nothing more and the run had ended: the stream ends with `page`.
     ended: bool,
     bell: Subscription,
-    /// A read failed: its `error` event was the last.
+    /// A read failed: its `dropped` event was the last.
     failed: bool,
 }
 

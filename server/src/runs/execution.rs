@@ -83,6 +83,14 @@ pub fn start(engine: &Arc<Engine>, live: &Arc<LiveRun>) {
     start_locked(engine, live, &mut state);
 }
 
+/// Starts the first execution of a run just recorded with its first attempt counted (so the
+/// event of its creation shows the run as the launch answers it). A run recorded while the
+/// server stops keeps that count and starts at the next start, as the attempt after it.
+pub fn start_first(engine: &Arc<Engine>, live: &Arc<LiveRun>) {
+    let mut state = live.lock();
+    start_counted_locked(engine, live, &mut state, true);
+}
+
 /// [`start`] under the run's lock, held by the caller who decided on the run's status under
 /// it. While the server stops, nothing starts: a `running` run resumes at the next start.
 fn start_locked(engine: &Arc<Engine>, live: &Arc<LiveRun>, state: &mut State) {

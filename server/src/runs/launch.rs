@@ -57,11 +57,12 @@ impl Engine {
         format!("run_{now}_{seq}")
     }
 
-    /// Registers a recorded run and starts its first execution.
+    /// Registers a recorded run (recorded with its first attempt counted) and starts its first
+    /// execution.
     fn go_live(self: &Arc<Self>, run: Run) -> Arc<LiveRun> {
         let live = LiveRun::new(run);
         self.live.insert(Arc::clone(&live));
-        execution::start(self, &live);
+        execution::start_first(self, &live);
         live
     }
 }
@@ -173,6 +174,8 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         idempotency_key: request.idempotency_key.clone(),
         request_sha256,
         node: engine.node_id(),
+        // Its first execution, counted now so that its first event shows it (see `go_live`).
+        attempt: 1,
         ..Run::fresh(engine.new_run_id(now), now)
     };
     // Refused at once while the database is lost (503): the run has not started.
@@ -237,6 +240,7 @@ pub async fn fork(
         source,
         forked_from: Some(original.id.clone()),
         node: engine.node_id(),
+        attempt: 1,
         ..Run::fresh(run_id, now)
     };
     let writer = engine.writer();
