@@ -240,6 +240,8 @@ fn streams_past_the_cap_are_refused_and_idle_streams_get_heartbeats() {
     let mut third = SseClient::open(&server.base, "/events", &[]);
     assert_eq!(third.status, 429, "past server.maxStreams");
     assert_eq!(third.body_json()["error"]["code"], "TOO_MANY_STREAMS");
+    let metrics = server.get("/metrics").text;
+    assert!(metrics.lines().any(|l| l == "script_runner_streams_open 2"), "the open streams' gauge:\n{metrics}");
     // Heartbeat comments while nothing happens.
     let before = one.comments;
     std::thread::sleep(Duration::from_millis(2500));

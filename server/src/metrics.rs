@@ -134,6 +134,7 @@ pub struct Metrics {
     /// One per [`STEP_TYPES`].
     steps_replayed: [IntCounter; 6],
     approvals_waiting: IntGauge,
+    streams_open: IntGauge,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     db_commit: Histogram,
@@ -154,6 +155,7 @@ struct Families {
     steps_recorded: IntCounterVec,
     steps_replayed: IntCounterVec,
     approvals_waiting: IntGauge,
+    streams_open: IntGauge,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     db_commit: Histogram,
@@ -190,6 +192,10 @@ impl Families {
             )?,
             jobs_queued: IntGauge::new("script_runner_jobs_queued", "Jobs waiting in this server's queue.")?,
             jobs_running: IntGauge::new("script_runner_jobs_running", "Jobs running on this server.")?,
+            streams_open: IntGauge::new(
+                "script_runner_streams_open",
+                "Event streams open on this server (server.maxStreams bounds them).",
+            )?,
             spawn_failures: IntCounter::new(
                 "script_runner_spawn_failures_total",
                 "Processes (jobs and workflow executions) that could not be started.",
@@ -253,6 +259,7 @@ impl Metrics {
         registry.register(Box::new(f.queue_wait.clone()))?;
         registry.register(Box::new(f.jobs_queued.clone()))?;
         registry.register(Box::new(f.jobs_running.clone()))?;
+        registry.register(Box::new(f.streams_open.clone()))?;
         registry.register(Box::new(f.spawn_failures.clone()))?;
         registry.register(Box::new(f.log_bytes.clone()))?;
         registry.register(Box::new(f.runs.clone()))?;
@@ -294,6 +301,7 @@ impl Metrics {
             scripts,
             jobs_queued: f.jobs_queued,
             jobs_running: f.jobs_running,
+            streams_open: f.streams_open,
             spawn_failures: f.spawn_failures,
             log_bytes: f.log_bytes,
             runs: LIVE_RUN_STATUSES.map(|status| f.runs.with_label_values(&[status])),
@@ -332,6 +340,11 @@ impl Metrics {
     pub fn set_jobs(&self, queued: usize, running: usize) {
         self.jobs_queued.set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.jobs_running.set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
+    /// The event streams open, as read when scraped.
+    pub fn set_streams_open(&self, open: usize) {
+        self.streams_open.set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// A process could not be started.

@@ -15,6 +15,7 @@ use crate::metrics::{self, UNMATCHED_ROUTE};
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.jobs.observe_in_flight();
     state.runs.observe_live();
+    metrics::get().set_streams_open(state.streams.open_count());
     let text = metrics::get().render()?;
     Ok(HttpResponse::Ok().content_type(metrics::CONTENT_TYPE).body(text))
 }
