@@ -375,3 +375,34 @@ fn two_hundred_stalled_readers_of_a_100_mb_log_hold_bounded_memory_and_slow_no_j
     drop(readers);
     assert_eq!(server.run("small", &[], Some("sync")).body["status"], "succeeded");
 }
+
+#[test]
+fn the_lifecycle_feed_tells_runs_created_started_and_ended() {
+    let server = Builder::new().workflow("release", "script-runner step build -- true").start();
+    let mut runs = SseClient::open(&server.base, "/events?kind=run", &[]);
+    let mut release = SseClient::open(&server.base, "/events?script=release", &[]);
+    let r = server.launch_run(json!({ "workflowId": "release" }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    let done = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(done["run"]["status"], "completed", "{done}");
+    let seen: Vec<(String, String, String)> = (0..3)
+        .map(|_| {
+            let e = runs.next().unwrap().json();
+            assert_eq!(
+                (e["kind"].as_str(), e["id"].as_str(), e["script"].as_str()),
+                (Some("run"), Some(id.as_str()), Some("release"))
+            );
+            (
+                e["event"].as_str().unwrap().into(),
+                e["status"].as_str().unwrap().into(),
+                e["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = seen.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["run.created", "run.started", "run.ended"], "{seen:?}");
+    assert_eq!(seen[2].1, "completed");
+    // The script filter matches a run's workflow too.
+    assert_eq!(release.next().unwrap().event, "run.created");
+}

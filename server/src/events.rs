@@ -85,6 +85,12 @@ impl Lifecycle {
     }
 }
 
+/// The feed of this process (jobs and runs publish without holding a handle, as metrics count).
+pub fn hub() -> &'static Hub {
+    static HUB: std::sync::LazyLock<Hub> = std::sync::LazyLock::new(Hub::default);
+    &HUB
+}
+
 /// The feed. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Hub {
@@ -106,6 +112,15 @@ impl Hub {
         let event = Lifecycle { kind, phase, id: id.to_string(), script: script.to_string(), status, at_ms: now_ms() };
         // No receiver left since the count: nobody to tell.
         let _ = self.tx.send(Arc::new(event));
+    }
+
+    /// Publishes a run's event: its script is its workflow (or inline script's name).
+    pub fn run(&self, phase: Phase, run: &crate::runs::model::Run) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let script = run.workflow_id.as_deref().unwrap_or(&run.script_name);
+        self.publish(Kind::Run, phase, &run.id, script, run.status.as_str());
     }
 
     /// A reader from now on.

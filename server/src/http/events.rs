@@ -30,7 +30,7 @@ pub async fn feed(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
     };
     let filter = Filter { kinds, scripts: list(&query, "script")? };
     let slot = state.streams.open()?;
-    let rx = state.jobs.hub().subscribe();
+    let rx = crate::events::hub().subscribe();
     Ok(sse::respond(slot, events(rx, filter)))
 }
 

@@ -147,8 +147,6 @@ pub(super) struct Shared {
     /// This server as a node of a cluster (PostgreSQL): async jobs then go to the cluster's
     /// shared queue, and any node with a free slot claims them.
     pub(super) node: Option<crate::cluster::Node>,
-    /// The lifecycle feed jobs are published on (`GET /events`).
-    pub(super) hub: crate::events::Hub,
 }
 
 /// A place reserved for one job in running + queued (see [`super::JobManager::admit`]). It is given
@@ -466,7 +464,7 @@ impl Shared {
 
     /// Tells the lifecycle feed.
     pub(super) fn publish(&self, phase: Phase, job: &Job) {
-        self.hub.publish(Kind::Job, phase, &job.id, &job.script_id, job.status.as_str());
+        crate::events::hub().publish(Kind::Job, phase, &job.id, &job.script_id, job.status.as_str());
     }
 
     pub(super) fn launch(&self, active: &Active) -> Launch {

@@ -145,7 +145,6 @@ impl JobManager {
                 deployment,
                 keyed: tokio::sync::Mutex::new(()),
                 node,
-                hub: crate::events::Hub::default(),
             }),
         };
         if let Some(node) = &manager.shared.node {
@@ -438,11 +437,6 @@ impl JobManager {
             })
         })
         .await?
-    }
-
-    /// The lifecycle feed this server's jobs and runs are published on.
-    pub fn hub(&self) -> &crate::events::Hub {
-        &self.shared.hub
     }
 
     /// The job with this id.

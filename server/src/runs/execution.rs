@@ -596,10 +596,13 @@ struct Events<'a> {
 
 impl supervisor::Events for Events<'_> {
     fn spawned(&mut self, spawned: Spawned, _live: LiveStreams) {
-        let pending = self.live.lock().change(self.engine.writer(), |run| {
+        let mut state = self.live.lock();
+        let pending = state.change(self.engine.writer(), |run| {
             run.pid = Some(spawned.pid);
             run.last_heartbeat_at = Some(spawned.started_at);
         });
+        crate::events::hub().run(crate::events::Phase::Started, &state.run);
+        drop(state);
         if let Err(e) = pending {
             warn!("run {}: pid not saved: {e}", self.live.id);
         }

@@ -186,6 +186,7 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
             None => Err(e.into()),
         };
     }
+    crate::events::hub().run(crate::events::Phase::Created, &run);
     let live = engine.go_live(run);
     Ok(Launched { run: live.snapshot(), deduplicated: false })
 }
@@ -249,6 +250,7 @@ pub async fn fork(
     let steps = writer.enqueue_with(WriteOp::insert_steps(&copied), OnOutage::Refuse)?;
     insert.wait().await?;
     steps.wait().await?;
+    crate::events::hub().run(crate::events::Phase::Created, &run);
     Ok(engine.go_live(run).snapshot())
 }
 

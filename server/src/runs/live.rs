@@ -75,6 +75,7 @@ impl State {
         change(&mut self.run);
         if !was_final && self.run.status.is_terminal() {
             crate::metrics::get().run_ended(self.run.status.as_str());
+            crate::events::hub().run(crate::events::Phase::Ended, &self.run);
         }
         Ok(writer.enqueue(events::update_run(&before, &self.run))?)
     }
