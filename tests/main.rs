@@ -13,6 +13,7 @@ mod durability;
 mod logs;
 mod migrate_db;
 mod oomol_worker;
+mod openapi;
 mod postgres;
 mod processes;
 mod runs_api;

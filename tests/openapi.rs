@@ -1,0 +1,53 @@
+//! The OpenAPI document (`GET /openapi.json`, `script-runner openapi`): served without a token,
+//! the same as the command prints, and every operation in it answered by its route. (Every
+//! answer of the whole suite is validated against it in `common::Contract::check`.)
+
+use serde_json::json;
+
+use crate::common::{contract, Builder};
+
+#[test]
+fn every_documented_operation_is_answered_by_its_route_not_the_fallback() {
+    let server = Builder::new().start();
+    let paths = contract().doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 20, "{paths:?}");
+    for (template, item) in paths {
+        // Placeholder ids: the route must answer them itself (a 4xx of its own at most).
+        let path = template.replace("{action}", "cancel").replace("{id}", "none").replace("{label}", "none");
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let body = (method != "GET").then(|| b"{}".as_slice());
+            let r = server.request(&method, &path, body, &[("Content-Type", "application/json")]);
+            let fallback = r.status == 404
+                && r.body["error"]["code"] == json!("NOT_FOUND")
+                && r.body["error"]["message"].as_str().is_some_and(|m| m.starts_with("route not found"));
+            assert!(
+                !fallback && r.status != 405,
+                "{method} {template} is in the OpenAPI document but no route answers it ({method} {path}: {} {})",
+                r.status,
+                r.text
+            );
+        }
+    }
+}
+
+#[test]
+fn the_document_is_served_without_a_token_and_is_what_the_command_prints() {
+    let server = Builder::new().server("authToken", json!("s3cret")).start();
+    let r = server.get("/openapi.json");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body, contract().doc);
+    assert_eq!(r.body["openapi"], json!("3.1.0"));
+    // Any other route still needs the token.
+    assert_eq!(server.get("/jobs").status, 401);
+}
+
+#[test]
+fn an_unknown_route_answers_the_error_body_the_document_defines() {
+    let server = Builder::new().start();
+    // `request` checks an undocumented route's answer against `ErrorBody`.
+    let r = server.get("/no/such/route");
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = server.request("PUT", "/jobs", Some(b"{}"), &[]);
+    assert_eq!(r.status, 405, "{}", r.text);
+}
