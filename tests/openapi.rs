@@ -9,12 +9,12 @@ use crate::common::{contract, Builder};
 #[test]
 fn every_documented_operation_is_answered_by_its_route_not_the_fallback() {
     let server = Builder::new().start();
-    let paths = contract().doc["paths"].as_object().unwrap();
+    let paths = contract().doc["paths"].as_object().expect("the document has paths");
     assert!(paths.len() > 20, "{paths:?}");
     for (template, item) in paths {
         // Placeholder ids: the route must answer them itself (a 4xx of its own at most).
         let path = template.replace("{action}", "cancel").replace("{id}", "none").replace("{label}", "none");
-        for method in item.as_object().unwrap().keys() {
+        for method in item.as_object().expect("a path item is an object").keys() {
             let method = method.to_uppercase();
             let body = (method != "GET").then(|| b"{}".as_slice());
             let r = server.request(&method, &path, body, &[("Content-Type", "application/json")]);
@@ -50,4 +50,31 @@ fn an_unknown_route_answers_the_error_body_the_document_defines() {
     assert_eq!(r.status, 404, "{}", r.text);
     let r = server.request("PUT", "/jobs", Some(b"{}"), &[]);
     assert_eq!(r.status, 405, "{}", r.text);
+}
+
+#[test]
+#[should_panic(expected = "does not match the document's schema")]
+fn an_answer_with_a_field_the_document_does_not_name_fails_the_check() {
+    let body = json!({ "ok": true, "jobs": [], "total": 0, "extra": 1 });
+    contract().check("GET", "/jobs", 200, "application/json", &body.to_string(), &body);
+}
+
+#[test]
+#[should_panic(expected = "does not match the document's schema")]
+fn an_error_answer_with_a_code_the_document_does_not_enumerate_fails_the_check() {
+    let body = json!({ "ok": false, "error": { "code": "NO_SUCH_CODE", "message": "m" } });
+    contract().check("GET", "/jobs/job_1", 404, "application/json", &body.to_string(), &body);
+}
+
+#[test]
+#[should_panic(expected = "a status the document does not list")]
+fn an_undocumented_status_fails_the_check() {
+    let body = json!({ "ok": false, "error": { "code": "QUEUE_FULL", "message": "m" } });
+    contract().check("GET", "/jobs/job_1", 429, "application/json", &body.to_string(), &body);
+}
+
+#[test]
+fn a_job_list_as_the_server_writes_it_passes_the_check() {
+    let body = json!({ "ok": true, "jobs": [], "total": 0 });
+    contract().check("GET", "/jobs?limit=1", 200, "application/json", &body.to_string(), &body);
 }

@@ -46,9 +46,13 @@ use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
-use serde_json::{json, Map, Value};
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema, Type};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{Ref, RefOr, Required};
 use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
 use script_runner_wire::jobs::{Accepted, BytesPage, JobStatus, JobView, LinesPage, LogStream};
@@ -110,77 +114,81 @@ struct ApiDoc;
 /// The document as JSON text (pretty), built once.
 pub fn json() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
-    TEXT.get_or_init(|| serde_json::to_string_pretty(&document()).unwrap_or_default())
+    TEXT.get_or_init(|| document().to_pretty_json().unwrap_or_default())
 }
 
 /// The document: utoipa's derivation plus the shared conventions. Security: the server's
 /// token (`bearer`) on every route but [`PUBLIC`]; the run token (`runToken`) on the step
 /// routes (`/api/internal/script-runs/`); the node token (`nodeToken`) on the cluster's
 /// internal routes. Every secured operation can answer `401`, every operation but the public
-/// ones `500` and `503`, each with an [`ErrorBody`].
-pub fn document() -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    doc["components"]["securitySchemes"] = json!({
-        "bearer": { "type": "http", "scheme": "bearer",
-                    "description": "`server.authToken` of config.json (when it is set)." },
-        "runToken": { "type": "http", "scheme": "bearer",
-                      "description": "`SCRIPT_RUN_TOKEN` of the run's execution (its environment)." },
-        "nodeToken": { "type": "apiKey", "in": "header", "name": crate::cluster::peer::TOKEN_HEADER,
-                       "description": "The secret the node registered in the cluster's database." },
-    });
-    doc["security"] = json!([{ "bearer": [] }]);
-    let error = |description: &str| {
-        json!({ "description": description,
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } } })
+/// ones `500` and `503`, each with an [`ErrorBody`]. (Built on utoipa's types rather than as a
+/// `serde_json::Value`, which would sort every object's keys: the schemas keep the wire's
+/// field order.)
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let bearer = |description: &str| {
+        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
     };
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for (path, item) in paths.iter_mut() {
-            let Some(item) = item.as_object_mut() else { continue };
-            for operation in item.values_mut().filter_map(Value::as_object_mut) {
-                let public = PUBLIC.contains(&path.as_str());
-                let security = if public {
-                    json!([])
-                } else if path.starts_with("/api/internal/cluster/") {
-                    json!([{ "nodeToken": [] }])
-                } else if path.starts_with("/api/internal/") {
-                    json!([{ "runToken": [] }])
-                } else {
-                    json!([{ "bearer": [] }])
-                };
-                operation.insert("security".into(), security);
-                let responses = operation.entry("responses").or_insert_with(|| json!({}));
-                let Some(responses) = responses.as_object_mut() else { continue };
-                if public {
-                    continue;
-                }
-                responses.entry("401").or_insert_with(|| error("`UNAUTHORIZED`: a missing or wrong token."));
-                responses.entry("500").or_insert_with(|| error("`INTERNAL_ERROR`: an unexpected failure (logged)."));
-                responses.entry("503").or_insert_with(|| {
-                    error(
-                        "`SHUTTING_DOWN`, `STORE_UNAVAILABLE` (with `Retry-After`), `NODE_FENCED`, \
-                         `LOG_OWNER_DOWN` or `RUN_OWNER_DOWN`: try again later or elsewhere.",
-                    )
-                });
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme("bearer", bearer("`server.authToken` of config.json (when it is set)."));
+    components.add_security_scheme("runToken", bearer("`SCRIPT_RUN_TOKEN` of the run's execution (its environment)."));
+    components.add_security_scheme(
+        "nodeToken",
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            crate::cluster::peer::TOKEN_HEADER,
+            "The secret the node registered in the cluster's database.",
+        ))),
+    );
+    let requirement = |name: &str| vec![SecurityRequirement::new(name, Vec::<String>::new())];
+    doc.security = Some(requirement("bearer"));
+    let error = |description: &str| -> RefOr<Response> {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(ErrorBody::name()))).build();
+        RefOr::T(ResponseBuilder::new().description(description).content("application/json", content).build())
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = PUBLIC.contains(&path.as_str());
+        let security = if public {
+            Vec::new()
+        } else if path.starts_with("/api/internal/cluster/") {
+            requirement("nodeToken")
+        } else if path.starts_with("/api/internal/") {
+            requirement("runToken")
+        } else {
+            requirement("bearer")
+        };
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(security.clone());
+            if public {
+                continue;
             }
+            let responses = &mut operation.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| error("`UNAUTHORIZED`: a missing or wrong token."));
+            responses.entry("500".into()).or_insert_with(|| error("`INTERNAL_ERROR`: an unexpected failure (logged)."));
+            responses.entry("503".into()).or_insert_with(|| {
+                error(
+                    "`SHUTTING_DOWN`, `STORE_UNAVAILABLE` (with `Retry-After`), `NODE_FENCED`, `LOG_OWNER_DOWN` \
+                     or `RUN_OWNER_DOWN`: try again later or elsewhere.",
+                )
+            });
         }
     }
-    sort_responses(&mut doc);
+    // A fork's body is optional (none forks from the start); utoipa marks every typed body
+    // required.
+    let fork = doc.paths.paths.get_mut("/api/script-runs/{id}/fork").and_then(|item| item.post.as_mut());
+    if let Some(body) = fork.and_then(|operation| operation.request_body.as_mut()) {
+        body.required = Some(Required::False);
+    }
     doc
-}
-
-/// Orders each operation's responses by status (the ones added by [`document`] last
-/// otherwise), so the document reads in one order.
-fn sort_responses(doc: &mut Value) {
-    let Some(paths) = doc["paths"].as_object_mut() else { return };
-    for item in paths.values_mut().filter_map(Value::as_object_mut) {
-        for operation in item.values_mut().filter_map(Value::as_object_mut) {
-            if let Some(Value::Object(responses)) = operation.get_mut("responses") {
-                let mut sorted: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
-                sorted.sort_by(|a, b| a.0.cmp(&b.0));
-                *responses = sorted.into_iter().collect::<Map<String, Value>>();
-            }
-        }
-    }
 }
 
 /// `GET /openapi.json`: this document (no token needed, see [`super::authenticate`]).
@@ -244,7 +252,7 @@ macro_rules! any_of {
             impl PartialSchema for $name {
                 fn schema() -> RefOr<Schema> {
                     AnyOfBuilder::new()
-                        $(.item(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(<$member as ToSchema>::name()))))+
+                        $(.item(RefOr::Ref(Ref::from_schema_name(<$member as ToSchema>::name()))))+
                         .into()
                 }
             }
@@ -349,7 +357,14 @@ pub(super) struct WaitQuery {
 mod tests {
     use std::collections::BTreeSet;
 
+    use serde_json::{json, Value};
+
     use super::*;
+
+    /// The document as JSON.
+    fn document() -> Value {
+        serde_json::from_str(json()).expect("the document is JSON")
+    }
 
     /// `(METHOD, path)` of every operation of the document.
     fn documented() -> BTreeSet<(String, String)> {
