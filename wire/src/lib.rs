@@ -7,8 +7,9 @@
 //! modes). Clients leave the feature off and never compile utoipa.
 //!
 //! The server serialises them, the step client and the blocks deserialise them; this crate
-//! depends on serde alone, so a client never compiles the server. Field names and order are
-//! those of the Node.js script-runner where it has them (its clients read them unchanged).
+//! depends on serde alone (utoipa only with the feature `openapi`), so a client never compiles
+//! the server. Field names and order are those of the Node.js script-runner where it has them
+//! (its clients read them unchanged).
 
 pub mod error;
 pub mod jobs;

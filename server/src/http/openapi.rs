@@ -378,6 +378,33 @@ mod tests {
         all
     }
 
+    /// The pattern of a route that answers JSON or a stream (the module's documentation), kept
+    /// compiling here.
+    #[utoipa::path(
+        get,
+        path = "/example/{id}/logs",
+        operation_id = "exampleLogs",
+        params(("id" = String, Path, description = "Job id.")),
+        responses(
+            (status = 200, description = "A page (JSON), or with `follow=1` / `Accept: text/event-stream` the \
+                log as it grows: events `line` (data: the line) and `end` (data: the job, `JobView`).",
+             content((JobLogPage = "application/json"), (String = "text/event-stream"))),
+        ),
+    )]
+    #[allow(dead_code, reason = "an example of an annotation; never routed")]
+    async fn streaming_example() {}
+
+    #[test]
+    fn a_stream_is_described_as_text_event_stream_beside_json() {
+        #[derive(OpenApi)]
+        #[openapi(paths(streaming_example))]
+        struct Example;
+        let doc = serde_json::to_value(Example::openapi()).expect("the example is JSON");
+        let content = &doc["paths"]["/example/{id}/logs"]["get"]["responses"]["200"]["content"];
+        assert_eq!(content["text/event-stream"]["schema"]["type"], json!("string"), "{content}");
+        assert_eq!(content["application/json"]["schema"]["$ref"], json!("#/components/schemas/JobLogPage"));
+    }
+
     #[test]
     fn the_document_lists_every_route_and_no_other() {
         let registered: BTreeSet<(String, String)> = super::super::registered().into_iter().collect();
