@@ -290,7 +290,8 @@ pub(super) struct LogQuery {
     unit: Option<String>,
     /// Where the page starts, in the unit (default 0).
     offset: Option<u64>,
-    /// Longest page, in the unit (0 or absent: 65536 bytes or 100 lines).
+    /// Longest page, in the unit (0 or absent: 65536 bytes or 100 lines; at most 1048576 bytes
+    /// or 10000 lines).
     limit: Option<u64>,
 }
 
@@ -306,7 +307,8 @@ pub(super) struct RunLogQuery {
     unit: Option<String>,
     /// Where the page starts, in the unit (default 0).
     offset: Option<u64>,
-    /// Longest page, in the unit (0 or absent: 65536 bytes or 100 lines).
+    /// Longest page, in the unit (0 or absent: 65536 bytes or 100 lines; at most 1048576 bytes
+    /// or 10000 lines).
     limit: Option<u64>,
     /// Which execution (1 for the first); the latest when absent.
     attempt: Option<u64>,
