@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::sse::SseClient;
 use crate::common::{
     self, alive, labels, lines, open_gate, wait_file, wait_for_gate, wait_gone, wait_until, Cluster, Resp, TestServer,
     CLUSTER_LEASE_SEC,
@@ -1016,4 +1017,41 @@ fn a_runs_log_is_read_through_another_node() {
     }
     let page = cluster.nodes[2].get(&format!("/api/script-runs/{run}/logs?unit=lines&offset=2999&limit=1"));
     assert_eq!(page.body["lines"], json!(["line 3000 of the run"]), "{}", page.text);
+}
+
+#[test]
+fn a_job_running_on_one_node_is_followed_live_through_another() {
+    if skipped() {
+        return;
+    }
+    let cluster = Cluster::builder()
+        .script("ticker", "for i in $(seq 1 40); do echo \"tick $i\"; sleep 0.02; done; echo bye >&2")
+        .start(2);
+    // A sync job runs on the node that took the request: n1 owns it; n2 follows it.
+    let base = cluster.nodes[0].base.clone();
+    let runner = std::thread::spawn(move || {
+        ureq::post(&format!("{base}/run"))
+            .send_json(json!({ "scriptId": "ticker", "mode": "sync" }))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let id = wait_until(
+        || "the job to be listed".into(),
+        WAIT,
+        || {
+            let list = cluster.nodes[1].get("/jobs?scriptId=ticker");
+            list.body["jobs"][0]["jobId"].as_str().map(str::to_string)
+        },
+    );
+    let mut client = SseClient::open(&cluster.nodes[1].base, &format!("/jobs/{id}/logs?follow=1&unit=lines"), &[]);
+    assert_eq!(client.status, 200);
+    let events = client.rest();
+    let lines: Vec<String> =
+        events.iter().filter(|e| e.event == "line").map(|e| e.json()["line"].as_str().unwrap().to_string()).collect();
+    assert_eq!(lines, (1..=40).map(|i| format!("tick {i}")).collect::<Vec<_>>(), "{}", cluster.logs());
+    let end = events.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.json()["node"], "n1");
+    assert_eq!(end.json()["status"], "succeeded");
+    runner.join().unwrap().unwrap();
 }

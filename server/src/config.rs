@@ -86,6 +86,17 @@ pub struct Config {
     pub scripts: Vec<Arc<Script>>,
     /// Durable workflow runs: the configured workflows, interpreters and guardrails.
     pub workflows: WorkflowConfig,
+    /// `GET /metrics` settings.
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics` settings (`metrics` in config.json).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Whether `/metrics` is served without the bearer token (`metrics.public`, default
+    /// false). A scraper inside a trusted network then needs no secret; the counts say nothing
+    /// of a job's arguments or output, but they do show which scripts run and how often.
+    pub public: bool,
 }
 
 /// Settings of durable workflow runs (`config.json` `workflows`, guardrails also from the
@@ -121,6 +132,11 @@ pub struct ServerConfig {
     pub port: u16,
     /// When set, every route but `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
+    /// Most event streams open at once (`server.maxStreams`); past it `429`.
+    pub max_streams: usize,
+    /// Silence after which an event stream sends a heartbeat comment
+    /// (`server.streamHeartbeatSec`).
+    pub stream_heartbeat: std::time::Duration,
 }
 
 /// Job execution settings (upstream's `runner` block plus ours).
@@ -267,6 +283,8 @@ struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     workflows: RawWorkflows,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
     scripts: Option<Vec<Value>>,
@@ -278,6 +296,8 @@ struct RawServer {
     host: Option<String>,
     port: Option<u16>,
     auth_token: Option<String>,
+    max_streams: Option<usize>,
+    stream_heartbeat_sec: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -325,6 +345,12 @@ struct RawCluster {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMetrics {
+    public: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawDatabase {
     url: Option<String>,
     pool_size: Option<u32>,
@@ -364,6 +390,8 @@ struct RawArgs {
 /// runtime), but each holds a process, two pipes and two log files: the bound keeps a typo from
 /// exhausting the machine.
 const MAX_CONCURRENT_LIMIT: usize = 1024;
+/// Largest `server.maxStreams`: each open stream holds a connection and a file descriptor.
+const MAX_STREAMS_LIMIT: usize = 65536;
 
 /// Loads and validates `config.json` and the scripts it names.
 ///
@@ -374,10 +402,23 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = parse_file(&config_file)?;
     let base = parent_dir(&config_file);
 
+    let max_streams = raw.server.max_streams.unwrap_or(crate::http::sse::DEFAULT_MAX_STREAMS);
+    if !(1..=MAX_STREAMS_LIMIT).contains(&max_streams) {
+        return Err(ConfigError::new(
+            &config_file,
+            format!("server.maxStreams: must be between 1 and {MAX_STREAMS_LIMIT}"),
+        ));
+    }
+    let heartbeat_sec = raw.server.stream_heartbeat_sec.unwrap_or(crate::http::sse::DEFAULT_HEARTBEAT_SEC);
+    if !(1..=300).contains(&heartbeat_sec) {
+        return Err(ConfigError::new(&config_file, "server.streamHeartbeatSec: must be between 1 and 300"));
+    }
     let server = ServerConfig {
         host: raw.server.host.unwrap_or_else(|| "127.0.0.1".to_string()),
         port: raw.server.port.unwrap_or(8080),
         auth_token: raw.server.auth_token.filter(|t| !t.is_empty()),
+        max_streams,
+        stream_heartbeat: std::time::Duration::from_secs(heartbeat_sec),
     };
 
     let r = raw.runner;
@@ -407,6 +448,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
 
     let database = database_config(&config_file, &base, raw.database)?;
     let cluster = cluster_config(&config_file, raw.cluster)?;
+    let metrics = MetricsConfig { public: raw.metrics.public.unwrap_or(false) };
 
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
@@ -427,7 +469,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows })
+    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics })
 }
 
 /// The `cluster` section, checked.

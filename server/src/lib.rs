@@ -5,13 +5,16 @@
 //! [`http`] (routes, error mapping, domain -> wire) over the two domain services [`jobs`] and
 //! [`runs`] (runs use jobs for script steps), over [`process`] (spawn, supervision, logs) and
 //! [`db`] (storage: the only module that names the database engine). [`config`], [`sync`] and
-//! [`time`] are read by all of them; [`server`] wires them together at start.
+//! [`time`] are read by all of them, and [`metrics`] is counted into by all of them; [`server`]
+//! wires them together at start.
 
 pub mod cluster;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod names;
 pub mod process;
 pub mod runs;

@@ -31,6 +31,9 @@ use crate::runs::RunManager;
 /// kills its processes and returns that as its error at once, without draining.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Before anything is counted (opening the store commits): the scripts' series exist from
+    // the first count.
+    crate::metrics::init(&config);
     // SQLite: one server per file (a lock file). PostgreSQL: every server is a node of a
     // cluster (see crate::cluster), with a lease instead of a lock.
     let clustered = matches!(config.database.location, Location::Postgres(_));
@@ -70,7 +73,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     info!("listening on http://{address} with {} script(s)", config.scripts.len());
 
-    let state = AppState { jobs: jobs.clone(), runs: runs.clone(), auth_token: config.server.auth_token.clone() };
+    let streams = http::sse::Streams::new(config.server.max_streams, config.server.stream_heartbeat);
+    let state = AppState {
+        jobs: jobs.clone(),
+        runs: runs.clone(),
+        auth_token: config.server.auth_token.clone(),
+        streams: streams.clone(),
+        metrics_public: config.metrics.public,
+    };
     let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
     let stop_reason = Arc::clone(&stopped_for);
     let system = actix_web::rt::System::new();
@@ -78,11 +88,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let server = HttpServer::new(move || {
             // Without a token there is nothing to check: the middleware is not in the way.
             let auth = middleware::Condition::new(state.auth_token.is_some(), middleware::from_fn(http::authenticate));
-            App::new().wrap(auth).configure(http::routes(state.clone()))
+            // Outermost: every request is counted, a refused one too.
+            App::new().wrap(auth).wrap(middleware::from_fn(http::observe)).configure(http::routes(state.clone()))
         })
         // Spawning blocks a worker until the child has exec'd (vfork), so two workers per
         // core keep requests and other jobs moving meanwhile (measured best on 2 cores).
         .workers(2 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .on_connect(http::sse::on_connect)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?
@@ -101,11 +113,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 reason = fenced_for(fenced) => {
                     // Its processes are killed; nothing of it may be recorded any more.
                     let _ = stop_reason.set(format!("this node was fenced: {reason}"));
+                    streams.shut_down();
                     handle.stop(false).await;
                     return;
                 }
             }
             info!("shutting down: no new runs; waiting up to {grace:?} for running jobs");
+            // Event streams end first: each would hold its connection (and the stop) open.
+            streams.shut_down();
             let node = jobs.node().cloned();
             if let Some(node) = &node {
                 let node = node.clone();

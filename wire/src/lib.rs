@@ -12,6 +12,7 @@
 //! (its clients read them unchanged).
 
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod runs;
 pub mod service;

@@ -809,6 +809,7 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
     }
     // A lone single-statement write commits on its own (the database's implicit transaction),
     // sparing the parse and execution of BEGIN and COMMIT.
+    let started = Instant::now();
     let grouped = match batch.as_slice() {
         [one] if one.op.is_one_statement() => apply(conn, &one.op),
         _ => write_transaction(conn, |c| batch.iter().try_for_each(|r| apply(c, &r.op))),
@@ -822,6 +823,7 @@ fn commit_group(shared: &Shared, conn: &mut DbConnection, batch: Vec<Request>) -
     }
     match grouped {
         Ok(()) => {
+            crate::metrics::get().db_committed(started.elapsed());
             shared.health.saw_ok();
             for request in batch {
                 acknowledge(request, Ok(()));

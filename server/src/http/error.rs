@@ -7,6 +7,7 @@ use script_runner_wire::ErrorBody;
 
 use crate::db::StoreError;
 use crate::jobs::JobError;
+use crate::metrics::MetricsError;
 use crate::runs::RunError;
 
 /// Defines [`Code`] from one list: each variant with its spelling, and [`Code::ALL`] listing
@@ -54,6 +55,8 @@ codes! {
     Unauthorized = "UNAUTHORIZED",
     /// The job queue is full.
     QueueFull = "QUEUE_FULL",
+    /// As many event streams are open as `server.maxStreams` allows.
+    TooManyStreams = "TOO_MANY_STREAMS",
     /// The server is shutting down.
     ShuttingDown = "SHUTTING_DOWN",
     /// An idempotency key reused for another request.
@@ -149,6 +152,9 @@ pub enum ApiError {
     /// Shutting down.
     #[error("{0}")]
     ShuttingDown(String),
+    /// `server.maxStreams` event streams are open (`429 TOO_MANY_STREAMS`).
+    #[error("{0} event streams are open, the most this server keeps (server.maxStreams); try again later")]
+    TooManyStreams(usize),
     /// A job idempotency key reused for another script or other arguments.
     #[error("{0}")]
     IdempotencyConflict(String),
@@ -215,6 +221,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             ApiError::Unauthorized => Code::Unauthorized,
             ApiError::QueueFull(_) => Code::QueueFull,
+            ApiError::TooManyStreams(_) => Code::TooManyStreams,
             ApiError::ShuttingDown(_) => Code::ShuttingDown,
             ApiError::IdempotencyConflict(_) => Code::IdempotencyConflict,
             ApiError::InvalidRequest(_) => Code::InvalidRequest,
@@ -298,6 +305,13 @@ impl From<RunError> for ApiError {
     }
 }
 
+/// The metrics could not be rendered: a bug, answered 500 and logged.
+impl From<MetricsError> for ApiError {
+    fn from(e: MetricsError) -> ApiError {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -309,7 +323,7 @@ impl ResponseError for ApiError {
             ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_) | ApiError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ShuttingDown(_)
             | ApiError::StoreUnavailable(_)
             | ApiError::LogOwnerDown(_)
@@ -357,6 +371,7 @@ mod tests {
             | ApiError::MethodNotAllowed { .. }
             | ApiError::Unauthorized
             | ApiError::QueueFull(_)
+            | ApiError::TooManyStreams(_)
             | ApiError::ShuttingDown(_)
             | ApiError::IdempotencyConflict(_)
             | ApiError::InvalidRequest(_)
@@ -379,6 +394,7 @@ mod tests {
             ApiError::MethodNotAllowed { method: route().0, path: route().1 },
             ApiError::Unauthorized,
             ApiError::QueueFull(s()),
+            ApiError::TooManyStreams(1),
             ApiError::ShuttingDown(s()),
             ApiError::IdempotencyConflict(s()),
             ApiError::InvalidRequest(s()),

@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use script_runner_wire::jobs::{Accepted, BytesPage, JobList, JobRequest, JobView, LinesPage, ScriptList};
 
+use super::follow::{self, Follow};
 use super::openapi::{ErrorBody, JobListQuery, JobLogPage, JobOrAccepted, LogQuery};
+use super::sse;
 use super::wire::{job_item, job_view, script_view};
 use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
@@ -193,21 +195,63 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
     Ok(HttpResponse::Ok().json(JobList { ok: true, jobs: jobs.into_iter().map(job_item).collect(), total }))
 }
 
-/// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`.
+/// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`; with `follow=1` (or
+/// `Accept: text/event-stream`) the stream as server-sent events from `offset` (or the
+/// `Last-Event-ID`) until the job ends (see [`super::follow`]).
 #[utoipa::path(
     get,
     path = "/jobs/{id}/logs",
     operation_id = "getJobLogs",
     tag = "jobs",
-    params(("id" = String, Path, description = "Job id."), LogQuery),
+    params(
+        ("id" = String, Path, description = "Job id."),
+        LogQuery,
+        ("follow" = Option<String>, Query, description = "`1` (or `true`): follow the log as server-sent \
+            events; `0`: a page even with an event-stream `Accept`.", pattern = "^(1|0|true|false)?$"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Following: resume after this event \
+            (its id is the offset, in the unit, just past it)."),
+    ),
     responses(
-        (status = 200, description = "A page of the log: bytes or lines.", body = JobLogPage),
-        (status = 400, description = "`INVALID_ARGS`: a bad `stream`, `unit` or number.", body = ErrorBody),
+        (status = 200, description = "A page of the log (JSON): bytes or lines. Following (`follow=1` or \
+            `Accept: text/event-stream`): server-sent events, each `data` one line of JSON: `output` \
+            (`OutputChunk`, bytes; id: its `nextOffset`) or `line` (`OutputLine`, lines; id: the next \
+            line's index), `truncated` once (`OutputNotStored`), then `end` with the final job \
+            (`JobView`); `error` (`ErrorBody`) if the log cannot be read, `shutdown` (`StreamDropped`) \
+            when the server stops; a `: keep-alive` comment while nothing happens.",
+         content((JobLogPage = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`INVALID_ARGS`: a bad `stream`, `unit`, `follow`, number or \
+            `Last-Event-ID`.", body = ErrorBody),
         (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`TOO_MANY_STREAMS`: `server.maxStreams` streams are open.", body = ErrorBody),
     ),
 )]
-pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
-    log_page(&state, id.into_inner(), &query, false).await
+pub async fn logs(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    query: Query,
+) -> Result<HttpResponse, ApiError> {
+    if !follows(&req, &query)? {
+        return log_page(&state, id.into_inner(), &query, false).await;
+    }
+    let (stream, lines, offset) = log_query(&query)?;
+    let offset = sse::last_event_id(&req)?.unwrap_or(offset);
+    let id = id.into_inner();
+    // An unknown job is a 404 answer, not a stream.
+    state.jobs.get(&id).await?;
+    let slot = state.streams.open()?;
+    let follow = Follow { jobs: state.jobs.clone(), id, stream, lines, offset };
+    Ok(sse::respond(slot, follow::events(follow)))
+}
+
+/// Whether a log request follows the log: `follow=1|true`, or an event-stream `Accept`.
+fn follows(req: &HttpRequest, query: &Query) -> Result<bool, ApiError> {
+    match query.get("follow").map(|s| s.trim()) {
+        None | Some("") => Ok(sse::wants_events(req)),
+        Some("1" | "true") => Ok(true),
+        Some("0" | "false") => Ok(false),
+        Some(_) => Err(ApiError::InvalidArgs("follow must be 1 or 0".into())),
+    }
 }
 
 /// A log page; `local`: from this node's logs only (another node of the cluster asks).

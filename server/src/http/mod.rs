@@ -5,9 +5,13 @@
 
 mod cluster;
 mod error;
+mod events;
+mod follow;
 mod jobs;
+mod metrics;
 pub mod openapi;
 mod runs;
+pub mod sse;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -19,6 +23,7 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 pub use error::{ApiError, Code};
+pub use metrics::observe;
 
 use crate::jobs::JobManager;
 use crate::runs::RunManager;
@@ -38,6 +43,10 @@ pub struct AppState {
     pub runs: RunManager,
     /// Bearer token required on every route but [`PUBLIC`] ones, if configured.
     pub auth_token: Option<String>,
+    /// The open event streams (`server.maxStreams`), ended at shutdown.
+    pub streams: sse::Streams,
+    /// `/metrics` is served without the token (`metrics.public`).
+    pub metrics_public: bool,
 }
 
 /// Registers every route of [`table`] on an actix `App`, in its order, each path as one
@@ -68,6 +77,7 @@ pub(crate) struct Endpoint {
 fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
     vec![
         ("/healthz", vec![get(health)]),
+        ("/metrics", vec![get(metrics::scrape)]),
         ("/openapi.json", vec![get(openapi::serve)]),
         ("/run", vec![post(jobs::run)]),
         ("/scripts", vec![get(jobs::scripts)]),
@@ -76,6 +86,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/jobs/{id}/logs", vec![get(jobs::logs)]),
         ("/jobs/{id}/cancel", vec![post(jobs::cancel)]),
         ("/cluster", vec![get(cluster::status)]),
+        ("/events", vec![get(events::feed)]),
         ("/api/internal/cluster/jobs/{id}/logs", vec![get(cluster::job_logs)]),
         // Before `{action}`, which would take `logs` and answer 405 to a GET.
         ("/api/internal/cluster/script-runs/{id}/logs", vec![get(cluster::run_logs)]),
@@ -141,9 +152,11 @@ where
     endpoint(Method::DELETE, handler)
 }
 
-/// A route whose other methods answer 405 with the error envelope.
+/// A route whose other methods answer 405 with the error envelope. It is named by its
+/// pattern: the metrics label a request with its route's name, which actix hands out without
+/// building a string per request (see [`observe`]).
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+    web::resource(path).name(path).default_service(web::to(method_not_allowed))
 }
 
 /// `GET /healthz`: the server answers (no token needed).
@@ -166,21 +179,31 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
 }
 
-/// Middleware: when a token is configured, every route but `/healthz` and `/openapi.json`
-/// needs it as a bearer token (compared in constant time). The document is public: it is the
-/// same for every deployment (`script-runner openapi` prints it without any configuration) and
-/// says nothing of this one, and a client generator can fetch it without the token. The internal routes of workflow steps are authorised by
-/// their run token instead (a workflow process never holds the server's token).
+/// Middleware: when a token is configured, every route but [`PUBLIC`] ones (and `/metrics`
+/// when `metrics.public`) needs it as a bearer token (compared in constant time). The OpenAPI
+/// document is public: it is the same for every deployment (`script-runner openapi` prints it
+/// without any configuration) and says nothing of this one, and a client generator can fetch
+/// it without the token. The internal routes of workflow steps are authorised by their run
+/// token instead (a workflow process never holds the server's token).
+///
+/// A refusal is answered here as a response, not an error, so the metrics middleware around it
+/// still sees the request it answers (and labels it with its route).
 pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let expected = req.app_data::<web::Data<AppState>>().and_then(|s| s.auth_token.clone());
-    if let Some(expected) = expected {
-        if !PUBLIC.contains(&req.path()) && !req.path().starts_with("/api/internal/") {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    };
+    if let Some(expected) = &state.auth_token {
+        let path = req.path();
+        let open = PUBLIC.contains(&path)
+            || path.starts_with("/api/internal/")
+            || (state.metrics_public && path == "/metrics");
+        if !open {
             let given = bearer(req.headers()).unwrap_or("");
             if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-                return Err(ApiError::Unauthorized.into());
+                return Ok(req.error_response(ApiError::Unauthorized));
             }
         }
     }

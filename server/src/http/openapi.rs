@@ -55,6 +55,7 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{Ref, RefOr, Required};
 use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
+use script_runner_wire::events::{LifecycleEvent, OutputChunk, OutputLine, OutputNotStored, StreamDropped};
 use script_runner_wire::jobs::{Accepted, BytesPage, JobStatus, JobView, LinesPage, LogStream};
 use script_runner_wire::runs::{RunBytesPage, RunLinesPage, RunStatus};
 
@@ -73,6 +74,7 @@ use super::{cluster, jobs, runs, PUBLIC};
     ),
     paths(
         super::health,
+        super::metrics::scrape,
         serve,
         jobs::run,
         jobs::scripts,
@@ -81,6 +83,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         jobs::logs,
         jobs::cancel,
         cluster::status,
+        super::events::feed,
         cluster::job_logs,
         cluster::run_logs,
         cluster::run_action,
@@ -100,7 +103,8 @@ use super::{cluster, jobs, runs, PUBLIC};
         runs::wait_step,
         runs::progress,
     ),
-    components(schemas(ErrorBody)),
+    // The events' bodies: no JSON answer names them, the streams' descriptions do.
+    components(schemas(ErrorBody, OutputChunk, OutputLine, OutputNotStored, LifecycleEvent, StreamDropped)),
     tags(
         (name = "service", description = "The server itself: health, this document, the cluster."),
         (name = "jobs", description = "Scripts run as jobs (the Node.js script-runner's API)."),

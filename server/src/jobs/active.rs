@@ -19,6 +19,8 @@ use super::model::{Job, JobStatus};
 use super::JobError;
 use crate::config::{Config, Mode, Script};
 use crate::db::{OnOutage, Pending, Store, StoreError, WriteOp, Writer};
+use crate::events::{Kind, Phase};
+use crate::metrics;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
@@ -33,6 +35,10 @@ pub(super) struct Active {
     pub(super) recorded: AtomicBool,
     /// Holds the final job once it is committed.
     pub(super) done: watch::Sender<Option<Job>>,
+    /// When a job made by this server was created (its wait in the queue is measured from it,
+    /// finer than the job's millisecond `created_at`); `None` for a job made before (requeued
+    /// at a restart) or by another node (claimed from a cluster's queue).
+    queued_at: Option<Instant>,
 }
 
 impl Active {
@@ -45,7 +51,16 @@ impl Active {
             live: Mutex::new(None),
             recorded: AtomicBool::new(recorded),
             done: watch::channel(None).0,
+            queued_at: (!recorded).then(Instant::now),
         })
+    }
+
+    /// How long the job has waited since it was created.
+    fn waited(&self) -> Duration {
+        match self.queued_at {
+            Some(at) => at.elapsed(),
+            None => millis(now_ms() - lock(&self.job).created_at),
+        }
     }
 
     /// Orders the write of `job`, which is this job locked by the caller: an insert the first
@@ -132,6 +147,8 @@ pub(super) struct Shared {
     /// This server as a node of a cluster (PostgreSQL): async jobs then go to the cluster's
     /// shared queue, and any node with a free slot claims them.
     pub(super) node: Option<crate::cluster::Node>,
+    /// The lifecycle feed jobs are published on (`GET /events`).
+    pub(super) hub: crate::events::Hub,
 }
 
 /// A place reserved for one job in running + queued (see [`super::JobManager::admit`]). It is given
@@ -360,16 +377,23 @@ impl Shared {
     /// Runs one job from spawn to its committed final state.
     pub(super) async fn run(self: Arc<Shared>, active: Arc<Active>) {
         let launch = self.launch(&active);
+        metrics::get().job_started(&active.script.id, active.waited());
         let mut events = RunEvents { shared: &self, active: &active };
-        let outcome = match self.record_start(&active).await {
-            Ok(()) => supervisor::supervise(&launch, &active.control, &mut events).await,
-            Err(message) => supervisor::Outcome::not_started(message),
+        // The run time is measured here (spawn included) rather than taken from the job's
+        // `durationMs`, whole milliseconds, which are 0 for most short jobs.
+        let (outcome, ran) = match self.record_start(&active).await {
+            Ok(()) => {
+                let spawning = Instant::now();
+                (supervisor::supervise(&launch, &active.control, &mut events).await, spawning.elapsed())
+            }
+            Err(message) => (supervisor::Outcome::not_started(message), Duration::ZERO),
         };
         // Final in memory first, so no reader sees it running beside the job that takes its
         // slot; then free the slot before the commit, so the next job starts during the write.
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
         lock(&self.state).running -= 1;
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), Some(ran));
         Shared::dispatch(&self);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
@@ -408,6 +432,7 @@ impl Shared {
     /// Ends a job that never ran (decided outside a supervisor), commits it and releases it.
     pub(super) async fn settle(&self, active: &Arc<Active>, end: impl FnOnce(&mut Job)) -> Job {
         let (job, pending) = active.update(self.store.writer(), end);
+        metrics::get().job_ended(&active.script.id, job.status.as_str(), None);
         let committed = match pending {
             Ok(pending) => pending.wait().await,
             Err(e) => Err(e),
@@ -434,8 +459,14 @@ impl Shared {
                 st.keys.remove(key);
             }
         }
+        self.publish(Phase::Ended, &job);
         active.done.send_replace(Some(job));
         self.ended.notify_waiters();
+    }
+
+    /// Tells the lifecycle feed.
+    pub(super) fn publish(&self, phase: Phase, job: &Job) {
+        self.hub.publish(Kind::Job, phase, &job.id, &job.script_id, job.status.as_str());
     }
 
     pub(super) fn launch(&self, active: &Active) -> Launch {
@@ -475,6 +506,11 @@ impl Shared {
     }
 }
 
+/// A span of milliseconds (negative ones, from a clock step back, are none).
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// Keeps the in-flight job current while its supervisor runs it.
 pub(super) struct RunEvents<'a> {
     pub(super) shared: &'a Shared,
@@ -483,8 +519,10 @@ pub(super) struct RunEvents<'a> {
 
 impl supervisor::Events for RunEvents<'_> {
     fn spawned(&mut self, spawned: supervisor::Spawned, live: LiveStreams) {
-        lock(&self.active.job).mark_running(&spawned);
+        let mut job = lock(&self.active.job);
+        job.mark_running(&spawned);
         *lock(&self.active.live) = Some(live);
+        self.shared.publish(Phase::Started, &job);
     }
 
     fn still_running(&mut self, start_ticks: Option<u64>) {

@@ -20,6 +20,7 @@
 mod active;
 mod args;
 mod error;
+pub mod follow;
 pub mod import;
 pub mod model;
 pub mod recovery;
@@ -144,6 +145,7 @@ impl JobManager {
                 deployment,
                 keyed: tokio::sync::Mutex::new(()),
                 node,
+                hub: crate::events::Hub::default(),
             }),
         };
         if let Some(node) = &manager.shared.node {
@@ -350,6 +352,7 @@ impl JobManager {
             st.queue.push_back(Arc::clone(&active));
             waits
         };
+        shared.publish(crate::events::Phase::Created, &lock(&active.job));
         if waits && !active.recorded.load(Ordering::Acquire) {
             Shared::note_waiting(shared, &active);
         }
@@ -393,6 +396,7 @@ impl JobManager {
         drop(admission);
         node.note_work();
         let job = active.snapshot();
+        shared.publish(crate::events::Phase::Created, &job);
         Ok(Submission { job, done: watch::channel(None).1 })
     }
 
@@ -434,6 +438,11 @@ impl JobManager {
             })
         })
         .await?
+    }
+
+    /// The lifecycle feed this server's jobs and runs are published on.
+    pub fn hub(&self) -> &crate::events::Hub {
+        &self.shared.hub
     }
 
     /// The job with this id.
@@ -724,6 +733,16 @@ impl JobManager {
         if let Err(e) = shared.store.writer().write(WriteOp::Flush).await {
             error!("shutdown: final database flush failed: {e}");
         }
+    }
+
+    /// Sets the metrics' gauges of the jobs in flight here (queued, running), as they are now;
+    /// called when the metrics are scraped, so keeping them costs nothing in between.
+    pub fn observe_in_flight(&self) {
+        let (queued, running) = {
+            let st = lock(&self.shared.state);
+            (st.queue.len(), st.running - st.claiming)
+        };
+        crate::metrics::get().set_jobs(queued, running);
     }
 
     /// Puts an already recorded queued job back in the queue (recovery after a restart).

@@ -223,7 +223,10 @@ pub async fn supervise(launch: &Launch, control: &Control, events: &mut impl Eve
     let (out_sink, err_sink) = (sink(&launch.stdout_log), sink(&launch.stderr_log));
     let child = match start(launch) {
         Ok(c) => c,
-        Err(e) => return fail(format!("cannot start {}: {e}", launch.program.display())),
+        Err(e) => {
+            crate::metrics::get().spawn_failed();
+            return fail(format!("cannot start {}: {e}", launch.program.display()));
+        }
     };
     let started = Instant::now();
     let pid = child.pid;

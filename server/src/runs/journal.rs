@@ -80,6 +80,9 @@ pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: St
     let repeated = !live.lock().budget.requested.insert(request.label.clone());
     if let Some(entry) = entry {
         rules::check_divergence(&entry, &request).map_err(RunError::StepDiverged)?;
+        if entry.status != StepStatus::Started {
+            crate::metrics::get().step_replayed(entry.step_type.as_str());
+        }
         if repeated {
             let warning = format!(
                 "step label {:?} was requested twice in one execution; the first result was returned",
@@ -266,6 +269,7 @@ async fn reserve(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str, step_ty
 async fn insert_step(engine: &Engine, live: &LiveRun, mut entry: JournalEntry) -> Result<JournalEntry, RunError> {
     entry.seq = live.lock().budget.next_seq();
     engine.writer().write(WriteOp::insert_steps(std::slice::from_ref(&entry))).await?;
+    crate::metrics::get().step_recorded(entry.step_type.as_str());
     live.lock().budget.journaled(&entry.label, entry.step_type);
     live.bump();
     stored(engine, &entry.run_id, &entry.label).await

@@ -64,9 +64,14 @@ impl State {
     }
 
     /// Applies `change` to the run and orders its write (committed in this order whatever
-    /// else is written meanwhile).
+    /// else is written meanwhile). Every change of a live run passes here, so a run reaching
+    /// its final status is counted here, once (a final status is never left).
     pub fn change(&mut self, writer: &Writer, change: impl FnOnce(&mut Run)) -> Result<Pending, RunError> {
+        let was_final = self.run.status.is_terminal();
         change(&mut self.run);
+        if !was_final && self.run.status.is_terminal() {
+            crate::metrics::get().run_ended(self.run.status.as_str());
+        }
         Ok(writer.enqueue(WriteOp::update_run(&self.run))?)
     }
 }

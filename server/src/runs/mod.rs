@@ -252,6 +252,13 @@ impl RunManager {
         });
     }
 
+    /// Sets the metrics' gauges of the live runs this server holds (by status, and those
+    /// awaiting an approval), as they are now; called when the metrics are scraped.
+    pub fn observe_live(&self) {
+        let live = self.engine.live.all();
+        crate::metrics::get().set_live_runs(live.iter().map(|run| run.status().as_str()));
+    }
+
     /// Sets the address workflows reach the server at (`SCRIPT_RUNNER_URL`).
     pub fn set_url(&self, url: String) {
         let _ = self.engine.url.set(url);

@@ -47,6 +47,7 @@ impl Server {
     }
 
     /// The server's pid.
+    #[allow(dead_code, reason = "bench-follow does not read the server's CPU")]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

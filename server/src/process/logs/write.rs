@@ -26,6 +26,9 @@ pub struct LiveStream {
     pub error: Mutex<Option<String>>,
     /// The last `previewMaxBytes` bytes written so far.
     tail: Mutex<Tail>,
+    /// Woken after each write (stored or dropped at the cap): what a follower of the log waits
+    /// on instead of polling.
+    pub changed: tokio::sync::Notify,
 }
 
 impl LiveStream {
@@ -36,6 +39,7 @@ impl LiveStream {
             truncated: AtomicBool::new(false),
             error: Mutex::new(None),
             tail: Mutex::new(Tail::new(preview_max)),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -157,6 +161,11 @@ impl LogSink {
     /// records why its output could not be stored (its `error`), and the rest is dropped;
     /// `truncated` means only the cap.
     pub fn write(&mut self, chunk: &[u8]) {
+        self.store(chunk);
+        self.live.changed.notify_waiters();
+    }
+
+    fn store(&mut self, chunk: &[u8]) {
         lock(&self.live.tail).push(chunk);
         if self.error.is_some() {
             return;
@@ -186,6 +195,7 @@ impl LogSink {
         }
         self.index_lines(keep);
         self.stored += keep.len() as u64;
+        crate::metrics::get().log_bytes().inc_by(keep.len() as u64);
         self.live.size.store(self.stored, Ordering::Release);
         self.live.lines.store(self.lines, Ordering::Release);
     }
