@@ -14,6 +14,7 @@ mod logs;
 mod metrics;
 mod migrate_db;
 mod oomol_worker;
+mod openapi;
 mod postgres;
 mod processes;
 mod run_events;

@@ -1,5 +1,6 @@
 //! The `script-runner` command: `serve` (the default), `check-config`, `step` (the step client a
-//! workflow process calls), and `migrate-db` (a history moved to another database).
+//! workflow process calls), `migrate-db` (a history moved to another database), and `openapi`
+//! (the API's OpenAPI document).
 
 mod flow_cli;
 mod step;
@@ -42,6 +43,9 @@ enum Command {
     /// postgres://user:pass@host:5432/sr`; no server may be running on either. Log files stay
     /// where they are (`runner.logsDir`).
     MigrateDb(MigrateDbArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `GET /openapi.json` serves) and
+    /// exit; needs no configuration or database.
+    Openapi,
 }
 
 /// `script-runner migrate-db --from <url> --to <url>`.
@@ -133,6 +137,10 @@ fn main() -> ExitCode {
         Command::CheckConfig => with_config(cli.config, check_config),
         Command::Serve => exit_at_once(with_config(cli.config, serve)),
         Command::MigrateDb(args) => exit_at_once(migrate_db(&args)),
+        Command::Openapi => {
+            println!("{}", script_runner::http::openapi::json());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -354,6 +354,166 @@ pub struct Resp {
     pub text: String,
 }
 
+// ---------------------------------------------------------------- the OpenAPI contract
+
+/// The OpenAPI document of the binary under test (`script-runner openapi`), read once per test
+/// binary, and the validators compiled from it: [`TestServer::request`] checks every answer of
+/// the suite against it.
+pub struct Contract {
+    /// The document.
+    pub doc: Value,
+    /// The document's components, closed (see [`close`]), the root every `$ref` resolves in.
+    components: Value,
+    /// A validator per schema, keyed by the schema's text.
+    validators: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<jsonschema::Validator>>>,
+}
+
+/// The contract of [`BIN`], built at its first use.
+pub fn contract() -> &'static Contract {
+    static CONTRACT: std::sync::OnceLock<Contract> = std::sync::OnceLock::new();
+    CONTRACT.get_or_init(|| {
+        let out = Command::new(BIN).arg("openapi").env_remove("DATABASE_URL").output().unwrap();
+        assert!(out.status.success(), "script-runner openapi failed: {}", String::from_utf8_lossy(&out.stderr));
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("script-runner openapi prints JSON");
+        let mut components = doc["components"].clone();
+        close(&mut components);
+        Contract { doc, components, validators: Default::default() }
+    })
+}
+
+/// Makes every object schema with `properties` and no `additionalProperties` closed
+/// (`additionalProperties: false`), for the tests only: the document stays open to additions
+/// for clients, but a field the server sends and the document does not name fails the suite.
+fn close(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("properties").is_some_and(Value::is_object) && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), json!(false));
+            }
+            for (key, value) in map.iter_mut() {
+                // A field named like a keyword is not a schema; `properties` holds schemas by name.
+                if key != "enum" && key != "example" && key != "examples" && key != "default" {
+                    close(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close),
+        _ => {}
+    }
+}
+
+impl Contract {
+    /// The path template of the document that answers `method path` as actix routes it: of the
+    /// templates whose segments match, the one with the most literal segments (the server
+    /// registers the more specific first), if it has the method; `None` when no documented
+    /// operation answers it (the fallback `404`, a `405`).
+    pub fn operation(&self, method: &str, path: &str) -> Option<(String, &Value)> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let segments: Vec<&str> = path.split('/').collect();
+        let mut best: Option<(usize, &String, &Value)> = None;
+        for (template, item) in self.doc["paths"].as_object()? {
+            let parts: Vec<&str> = template.split('/').collect();
+            let matches = parts.len() == segments.len()
+                && parts.iter().zip(&segments).all(|(p, s)| {
+                    if p.starts_with('{') && p.ends_with('}') {
+                        !s.is_empty()
+                    } else {
+                        p == s
+                    }
+                });
+            if !matches {
+                continue;
+            }
+            let literal = parts.iter().filter(|p| !p.starts_with('{')).count();
+            if best.as_ref().map_or(true, |(l, _, _)| literal > *l) {
+                best = Some((literal, template, item));
+            }
+        }
+        let (_, template, item) = best?;
+        item.get(method.to_lowercase()).map(|operation| (template.clone(), operation))
+    }
+
+    /// Panics unless the answer is one the document allows for `method path` and `status`: its
+    /// content type listed, a JSON body valid against the schema. An answer of a route the
+    /// document does not have (the fallback `404`, a `405`) must be an `ErrorBody`.
+    pub fn check(&self, method: &str, path: &str, status: u16, content_type: &str, text: &str, body: &Value) {
+        let (route, schema) = match self.operation(method, path) {
+            None => ("(no documented operation)".to_string(), json!({ "$ref": "#/components/schemas/ErrorBody" })),
+            Some((template, operation)) => {
+                let Some(response) = operation["responses"].get(status.to_string()) else {
+                    panic!(
+                        "OpenAPI: {method} {path} answered {status}, a status the document does not list for \
+                         {method} {template}; body: {}",
+                        clip(text)
+                    )
+                };
+                let media = if content_type.is_empty() { "application/json" } else { content_type };
+                // Media types compare without their parameters (`text/plain; version=0.0.4`).
+                let bare = |t: &str| t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                let content = response["content"]
+                    .as_object()
+                    .and_then(|c| c.iter().find(|(listed, _)| bare(listed) == bare(media)).map(|(_, content)| content));
+                let Some(content) = content else {
+                    panic!(
+                        "OpenAPI: {method} {path} answered {status} as {media:?}, which the document does not list \
+                         for {method} {template} ({}); body: {}",
+                        response["content"]
+                            .as_object()
+                            .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default(),
+                        clip(text)
+                    )
+                };
+                if bare(media) != "application/json" {
+                    return;
+                }
+                (format!("{method} {template}"), content["schema"].clone())
+            }
+        };
+        if body.is_null() && text.trim() != "null" {
+            panic!("OpenAPI: {method} {path} answered {status} with a body that is not JSON: {}", clip(text));
+        }
+        let validator = self.validator(&schema);
+        let errors: Vec<String> =
+            validator.iter_errors(body).map(|e| format!("at {}: {e}", e.instance_path)).take(5).collect();
+        if !errors.is_empty() {
+            panic!(
+                "OpenAPI: the answer of {method} {path} ({route}) with status {status} does not match the \
+                 document's schema {schema}:\n  {}\nbody: {}",
+                errors.join("\n  "),
+                clip(text)
+            );
+        }
+    }
+
+    /// The validator of `schema`, whose `$ref`s resolve in the document's components.
+    fn validator(&self, schema: &Value) -> std::sync::Arc<jsonschema::Validator> {
+        let key = schema.to_string();
+        let mut cache = self.validators.lock().unwrap();
+        if let Some(v) = cache.get(&key) {
+            return v.clone();
+        }
+        let mut root = schema.clone();
+        close(&mut root);
+        let root = json!({ "$schema": "https://json-schema.org/draft/2020-12/schema", "components": self.components,
+                           "allOf": [root] });
+        let validator = std::sync::Arc::new(
+            jsonschema::draft202012::new(&root)
+                .unwrap_or_else(|e| panic!("OpenAPI: schema {schema} does not compile: {e}")),
+        );
+        cache.insert(key, validator.clone());
+        validator
+    }
+}
+
+/// At most 2000 characters of an answer, for failure messages.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(2000) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_string(),
+    }
+}
+
 /// The running server.
 pub struct TestServer {
     pub deployment: Deployment,
@@ -451,8 +611,10 @@ impl TestServer {
             Err(e) => panic!("{method} {path}: {e}"),
         };
         let status = response.status();
+        let content_type = response.content_type().to_string();
         let text = response.into_string().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        contract().check(method, path, status, &content_type, &text, &body);
         Resp { status, body, text }
     }
 

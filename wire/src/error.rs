@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `{"ok": false, "error": {"code": "...", "message": "..."}}`.
+/// `{"ok": false, "error": {"code": "...", "message": "..."}}`. (Its OpenAPI schema is the
+/// server's, `http/openapi.rs`: the list of codes is the server's.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Always false.

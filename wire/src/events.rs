@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `output`: a chunk of a followed stream, in byte units. The event's id is `nextOffset`: sent
 /// back as `Last-Event-ID`, the stream resumes right after this chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OutputChunk {
     /// Byte offset of the chunk's first byte in the stored stream.
@@ -21,6 +22,7 @@ pub struct OutputChunk {
 /// `line`: one line of a followed stream, in line units (without its newline). The event's
 /// id is `nextOffset` (this line's index + 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OutputLine {
     /// The line's index (0-based).
@@ -35,6 +37,7 @@ pub struct OutputLine {
 /// (past `runner.maxLogBytesPerStream`, or the disk failed): said once per stream, as the log
 /// pages' `truncated` and `outputError` say it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OutputNotStored {
     /// `stdout` or `stderr`.
@@ -44,12 +47,14 @@ pub struct OutputNotStored {
     /// Whether output past the cap was dropped.
     pub truncated: bool,
     /// Why output could not be stored, if the disk failed.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
 }
 
 /// An event of the server's lifecycle feed (`GET /events`): named `job.created`,
 /// `job.started`, `job.ended`, `run.created`, `run.started` or `run.ended`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LifecycleEvent {
     /// The event's name, as in the SSE `event:` field.
@@ -69,6 +74,7 @@ pub struct LifecycleEvent {
 /// `dropped`: the last event of a stream the server ends before its source does, because the
 /// reader fell too far behind the feed or the server stops: how to catch up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StreamDropped {
     /// Why the stream ends.

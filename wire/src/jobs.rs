@@ -5,28 +5,36 @@ use serde::{Deserialize, Serialize};
 
 /// The job object of `GET /jobs/:id`, the sync run result and the cancel result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     /// `true`, except inside a list where the envelope carries it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub ok: Option<bool>,
     /// Job id.
     pub job_id: String,
     /// Script id.
     pub script_id: String,
     /// Status.
+    #[cfg_attr(feature = "openapi", schema(value_type = JobStatus))]
     pub status: String,
     /// Exit code; -1 for timeout, cancel, signal or spawn failure; null before the end.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub code: Option<i32>,
     /// ISO time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub started_at: Option<String>,
     /// ISO time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub ended_at: Option<String>,
     /// Milliseconds.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub duration_ms: Option<i64>,
     /// ISO time.
     pub created_at: String,
     /// `sync` or `async`.
+    #[cfg_attr(feature = "openapi", schema(value_type = JobMode))]
     pub mode: String,
     /// Log file name.
     pub stdout_ref: String,
@@ -47,28 +55,36 @@ pub struct JobView {
     /// Arguments as run (ours; upstream does not return them).
     pub args: Vec<String>,
     /// Why the job failed without an exit code of its own (ours).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
     /// Why some of the job's output could not be stored (`stdout: cannot write <file>: <reason>`),
     /// whatever the job's status (ours); `null` when all of it was stored or dropped at the cap.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
     /// The stored stdout as text (sync run result only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub stdout: Option<String>,
     /// The stored stderr as text (sync run result only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub stderr: Option<String>,
     /// The idempotency key the job was started under (ours).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub idempotency_key: Option<String>,
     /// `true` when the request's idempotency key matched this earlier job (sync run only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub deduplicated: Option<bool>,
     /// The cluster node that runs or ran the job (ours; only in a cluster, once a node took it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub node: Option<String>,
 }
 
 /// `202` answer of an async run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     /// Always true.
@@ -76,14 +92,17 @@ pub struct Accepted {
     /// Job id.
     pub job_id: String,
     /// `queued` or `running`; any status when deduplicated.
+    #[cfg_attr(feature = "openapi", schema(value_type = JobStatus))]
     pub status: String,
     /// `true` when the request's idempotency key matched this earlier job.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub deduplicated: Option<bool>,
 }
 
 /// `GET /jobs` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobList {
     /// Always true.
     pub ok: bool,
@@ -95,6 +114,7 @@ pub struct JobList {
 
 /// A byte page of a log (upstream's shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BytesPage {
     /// Always true.
@@ -102,6 +122,7 @@ pub struct BytesPage {
     /// Job id.
     pub job_id: String,
     /// `stdout` or `stderr`.
+    #[cfg_attr(feature = "openapi", schema(value_type = LogStream))]
     pub stream: String,
     /// Byte offset of the page.
     pub offset: u64,
@@ -112,6 +133,7 @@ pub struct BytesPage {
     /// Output dropped at the cap.
     pub truncated: bool,
     /// Why some of the job's output could not be stored (ours; see the job object).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
     /// The bytes as text (invalid UTF-8 shown as U+FFFD).
     pub data: String,
@@ -119,6 +141,7 @@ pub struct BytesPage {
 
 /// A line page of a log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LinesPage {
     /// Always true.
@@ -126,6 +149,7 @@ pub struct LinesPage {
     /// Job id.
     pub job_id: String,
     /// `stdout` or `stderr`.
+    #[cfg_attr(feature = "openapi", schema(value_type = LogStream))]
     pub stream: String,
     /// Line offset of the page.
     pub offset: u64,
@@ -136,37 +160,118 @@ pub struct LinesPage {
     /// Output dropped at the cap.
     pub truncated: bool,
     /// Why some of the job's output could not be stored (ours; see the job object).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
     /// The lines without their newline.
     pub lines: Vec<String>,
 }
 
-/// One script of `GET /scripts`.
+/// `GET /scripts` answer: the whitelist.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScriptList {
+    /// Always true.
+    pub ok: bool,
+    /// Every configured script, in scripts.json's order.
+    pub scripts: Vec<ScriptView>,
+}
+
+/// One script of `GET /scripts`. Fields in the order the server has always written them
+/// (sorted: they went through a `serde_json::Value`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ScriptView {
-    /// Script id.
-    pub id: String,
-    /// Mode used when the request names none.
-    pub mode: String,
-    /// Seconds; 0 = no limit.
-    pub timeout_sec: u64,
     /// Argument rules.
     pub args: ArgsView,
     /// Free text.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub description: Option<String>,
+    /// Script id.
+    pub id: String,
+    /// Mode used when the request names none.
+    #[cfg_attr(feature = "openapi", schema(value_type = JobMode))]
+    pub mode: String,
+    /// Seconds; 0 = no limit.
+    pub timeout_sec: u64,
 }
 
-/// Argument rules of a script.
+/// Argument rules of a script (fields sorted, as [`ScriptView`]'s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ArgsView {
-    /// Most arguments.
-    pub max_items: usize,
-    /// Pattern each argument must match.
-    pub item_pattern: String,
     /// Longest argument, in characters.
     pub item_max_length: usize,
+    /// Pattern each argument must match.
+    pub item_pattern: String,
+    /// Most arguments.
+    pub max_items: usize,
+}
+
+/// `POST /run` body. The server reads it field by field (upstream's error codes: a missing
+/// `scriptId` is `SCRIPT_NOT_FOUND`, bad arguments `INVALID_ARGS`); this type is its schema
+/// and what a typed client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct JobRequest {
+    /// The script to run (its id in scripts.json).
+    pub script_id: String,
+    /// Its arguments, checked against the script's rules (`GET /scripts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// `sync` (answer at the end) or `async` (`202` at once); the script's mode when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<JobMode>))]
+    pub mode: Option<String>,
+    /// Runs the script at most once per key (1 to 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A job's mode (the schema of the `mode` fields, which the types keep as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a mode are text")]
+pub enum JobMode {
+    /// The answer waits for the job's end.
+    Sync,
+    /// The answer is `202` at once.
+    Async,
+}
+
+/// A log's stream (the schema of the `stream` fields, which the types keep as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a stream are text")]
+pub enum LogStream {
+    /// The process's standard output.
+    Stdout,
+    /// The process's standard error.
+    Stderr,
+}
+
+/// A job's status (the schema of the `status` fields, which the types keep as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a status are text")]
+pub enum JobStatus {
+    /// Waiting for a free slot.
+    Queued,
+    /// Its process runs.
+    Running,
+    /// Exit code 0.
+    Succeeded,
+    /// Another exit code, a signal, or a spawn failure.
+    Failed,
+    /// Stopped at its `timeoutSec`.
+    TimedOut,
+    /// Cancelled (`POST /jobs/{id}/cancel`, or a shutdown).
+    Canceled,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 /// A run (`GET /api/script-runs/{id}` and every answer that returns a run).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunView {
     /// Run id (`run_<ms>_<seq>`).
@@ -13,53 +14,68 @@ pub struct RunView {
     /// The workflow script's id, or the name given to an inline source or flow.
     pub script_name: String,
     /// The workflow script's id when the run came from the catalog.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub workflow_id: Option<String>,
     /// The interpreter of an inline source.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub interpreter: Option<String>,
     /// The flow a durable flow run executes.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub flow: Option<String>,
     /// `running`, `awaiting`, `paused`, `completed`, `failed`, `cancelled` or `aborted_limit`.
+    #[cfg_attr(feature = "openapi", schema(value_type = RunStatus))]
     pub status: String,
     /// The launch arguments.
     pub args: Value,
     /// The run's output (its stdout as JSON, else as text), once it has ended.
     pub output: Value,
     /// Why it failed, was cancelled or was stopped by a guardrail.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
     /// What went wrong without failing the run (e.g. a log that could not be stored).
     pub warnings: Vec<String>,
     /// SHA-256 of the source, hex.
     pub source_sha256: String,
     /// The current execution's process.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub pid: Option<i32>,
     /// ISO time.
     pub created_at: String,
     /// ISO time of the first execution's start.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub started_at: Option<String>,
     /// ISO time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub finished_at: Option<String>,
     /// ISO time of the current execution's last heartbeat.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub last_heartbeat_at: Option<String>,
     /// The cluster node that holds the run (ours; only in a cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub node: Option<String>,
     /// The key the run was launched under.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub idempotency_key: Option<String>,
     /// Executions so far (1 for the first).
     pub attempt: i32,
     /// The last progress reported.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub progress: Option<Progress>,
     /// The run this one was forked from.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub forked_from: Option<String>,
 }
 
 /// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the
 /// order the server has always written them.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Units done.
     pub current: i64,
     /// What it is doing.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub message: Option<String>,
     /// Units in all (0 when unknown).
     pub total: i64,
@@ -67,27 +83,34 @@ pub struct Progress {
 
 /// A journal entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     /// The label.
     pub step_key: String,
     /// `command`, `script`, `value`, `sleep`, `approval` or `node`.
+    #[cfg_attr(feature = "openapi", schema(value_type = StepType))]
     pub step_type: String,
     /// What the step was asked to do (replays must ask the same).
     pub config: Value,
     /// `started`, `completed` or `failed`.
+    #[cfg_attr(feature = "openapi", schema(value_type = StepStatus))]
     pub status: String,
     /// What it produced.
     pub result: Value,
     /// Why it failed.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<String>,
     /// The job a script step started.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub job_id: Option<String>,
     /// ISO time.
     pub started_at: String,
     /// ISO time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub completed_at: Option<String>,
     /// How long it took.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub duration_ms: Option<i64>,
 }
 
@@ -95,9 +118,11 @@ pub struct StepView {
 /// matched an earlier one adds `deduplicated: true`). Fields in the order the server has
 /// always written them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunAnswer {
     /// `true` when a launch's idempotency key matched this earlier run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub deduplicated: Option<bool>,
     /// Always true.
     pub ok: bool,
@@ -107,6 +132,7 @@ pub struct RunAnswer {
 
 /// `GET /api/script-runs/{id}`: the run and its journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunDetail {
     /// Its journal entries, in the order they were begun.
     pub journal: Vec<StepView>,
@@ -118,6 +144,7 @@ pub struct RunDetail {
 
 /// `GET /api/script-runs`: a page of runs, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunList {
     /// Always true.
     pub ok: bool,
@@ -130,6 +157,7 @@ pub struct RunList {
 /// A byte page of a run execution's log (`GET /api/script-runs/{id}/logs`). Fields in the
 /// order the server has always written them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunBytesPage {
     /// The bytes as text (invalid UTF-8 shown as U+FFFD).
@@ -141,10 +169,12 @@ pub struct RunBytesPage {
     /// Always true.
     pub ok: bool,
     /// Why some of the execution's output could not be stored.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
     /// Run id.
     pub run_id: String,
     /// `stdout` or `stderr`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::jobs::LogStream))]
     pub stream: String,
     /// Log size now.
     pub total_size: u64,
@@ -156,6 +186,7 @@ pub struct RunBytesPage {
 /// A line page of a run execution's log. Fields in the order the server has always written
 /// them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunLinesPage {
     /// The lines without their newline.
@@ -167,16 +198,135 @@ pub struct RunLinesPage {
     /// Always true.
     pub ok: bool,
     /// Why some of the execution's output could not be stored.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub output_error: Option<String>,
     /// Run id.
     pub run_id: String,
     /// `stdout` or `stderr`.
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::jobs::LogStream))]
     pub stream: String,
     /// Lines in the log (complete lines while the execution runs).
     pub total_lines: u64,
     /// Always false so far: an execution's log is capped at `maxLogBytesPerStream` like a
     /// job's, but the run does not record whether the cap was reached (a known gap).
     pub truncated: bool,
+}
+
+/// `POST /api/script-runs` body: exactly one of `workflowId` (a configured workflow),
+/// `source` with `interpreter` (inline), or `flow`. The server reads it field by field (an
+/// unknown field is `400 INVALID_REQUEST`); this type is its schema and what a typed client
+/// sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LaunchRequest {
+    /// A workflow of scripts.json (`"kind": "workflow"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<String>,
+    /// An inline source (when `workflows.interpreters` allows its interpreter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The interpreter of `source` (a key of `workflows.interpreters`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interpreter: Option<String>,
+    /// A flow to run durably (a flow file of `workflows.flowsDir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<String>,
+    /// The name an inline source or flow run is listed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_name: Option<String>,
+    /// The run's arguments (any JSON; `{}` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    /// Launches at most one run per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// `true` (the default): answer `201` at once; `false`: answer when the run has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<bool>,
+}
+
+/// `POST /api/script-runs/{id}/fork` body (optional; an empty body forks from the start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ForkRequest {
+    /// The label to fork at: the journal before it is kept, it and what follows run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<String>,
+    /// Another source for the fork (an inline run's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// `POST /api/script-runs/{id}/approvals/{label}` body: a human's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApprovalRequest {
+    /// Approved or denied.
+    pub approved: bool,
+    /// Who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A run's status (the schema of the `status` fields, which the types keep as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a status are text")]
+pub enum RunStatus {
+    /// An execution runs.
+    Running,
+    /// Waiting for an approval.
+    Awaiting,
+    /// Paused by a request or parked.
+    Paused,
+    /// Ended well.
+    Completed,
+    /// Ended badly.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Stopped by a guardrail (`workflows.maxSteps`, ...).
+    AbortedLimit,
+}
+
+/// A journal entry's type (the schema of the `stepType` fields, which the types keep as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a step type are text")]
+pub enum StepType {
+    /// A local command.
+    Command,
+    /// A configured script, run as a job.
+    Script,
+    /// A recorded value.
+    Value,
+    /// A durable sleep.
+    Sleep,
+    /// A human decision.
+    Approval,
+    /// A node of a flow.
+    Node,
+}
+
+/// A journal entry's status (the schema of its `status` field, which the type keeps as text).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code, reason = "a schema only: the fields that carry a step status are text")]
+pub enum StepStatus {
+    /// Begun, not ended (a sleep, an approval, a script's job).
+    Started,
+    /// Ended well.
+    Completed,
+    /// Ended badly.
+    Failed,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::runs::StepView;
 
 /// `POST steps/{label}/begin`: a step is about to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BeginRequest {
     /// `command`, `script`, `value`, `sleep`, `approval` or `node`.
@@ -20,6 +21,7 @@ pub struct BeginRequest {
 
 /// What the client does next with a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// The step is journaled: its result is in `step`, nothing runs.
@@ -33,17 +35,20 @@ pub enum Action {
 
 /// The answer to [`BeginRequest`] (fields in the order the server has always written them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BeginAnswer {
     /// What to do.
     pub action: Action,
     /// Always true.
     pub ok: bool,
     /// The journal entry (`done` and `resume`).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub step: Option<StepView>,
 }
 
 /// `POST steps`: records a step the client ran (or finishes a started one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RecordRequest {
     /// The label.
@@ -69,6 +74,7 @@ pub struct RecordRequest {
 /// `{ok, step}`: the answer of `GET steps/{label}`, `POST steps` and `GET steps/{label}/wait`
 /// (a second writer of a label gets the first one's entry back).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepAnswer {
     /// Always true.
     pub ok: bool,
@@ -78,6 +84,7 @@ pub struct StepAnswer {
 
 /// `POST progress`: the run's progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProgressRequest {
     /// Units done.
     pub current: u64,

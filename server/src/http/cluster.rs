@@ -3,7 +3,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use script_runner_wire::runs::{ApprovalRequest, RunAnswer};
+use script_runner_wire::service::{ClusterView, NodeView};
+
 use super::jobs::{log_page, Query};
+use super::openapi::{ErrorBody, JobLogPage, LogQuery, RunLogPage, RunLogQuery};
 use super::runs::run_view;
 use super::{ApiError, AppState};
 use crate::cluster::peer::TOKEN_HEADER;
@@ -14,37 +18,60 @@ use crate::time::iso;
 
 /// `GET /cluster`: every node (newest first), its state and load. Outside a cluster (SQLite),
 /// `cluster: false` and no nodes.
+#[utoipa::path(
+    get,
+    path = "/cluster",
+    operation_id = "getCluster",
+    tag = "service",
+    responses((status = 200, description = "The cluster's nodes (none outside a cluster).", body = ClusterView)),
+)]
 pub async fn status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let Some(node) = state.jobs.node().cloned() else {
-        return Ok(HttpResponse::Ok().json(json!({ "ok": true, "cluster": false, "nodes": [] })));
+        return Ok(HttpResponse::Ok().json(ClusterView {
+            cluster: false,
+            lease_sec: None,
+            node: None,
+            nodes: Vec::new(),
+            ok: true,
+        }));
     };
     let (me, lease) = (node.id().to_string(), node.lease().as_secs());
     let rows = blocking(move || node.nodes()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let rows = rows.map_err(crate::jobs::JobError::from)?;
-    let nodes: Vec<_> = rows
+    let nodes = rows
         .into_iter()
-        .map(|n| {
-            json!({
-                "id": n.id,
-                "epoch": n.epoch,
-                "advertise": n.advertise,
-                "state": n.state,
-                "capacity": n.capacity,
-                "running": n.running,
-                "runs": n.runs,
-                "startedAt": iso(n.started_at),
-                "heartbeatAt": iso(n.heartbeat_at),
-                "leaseUntil": iso(n.lease_until),
-                "endedAt": n.ended_at.map(iso),
-                "reason": n.reason,
-            })
+        .map(|n| NodeView {
+            advertise: n.advertise,
+            capacity: n.capacity,
+            ended_at: n.ended_at.map(iso),
+            epoch: n.epoch,
+            heartbeat_at: iso(n.heartbeat_at),
+            id: n.id,
+            lease_until: iso(n.lease_until),
+            reason: n.reason,
+            running: n.running,
+            runs: n.runs,
+            started_at: iso(n.started_at),
+            state: n.state,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "ok": true, "cluster": true, "node": me, "leaseSec": lease, "nodes": nodes })))
+    Ok(HttpResponse::Ok().json(ClusterView { cluster: true, lease_sec: Some(lease), node: Some(me), nodes, ok: true }))
 }
 
 /// `GET /api/internal/cluster/jobs/:id/logs`: a log page of a job this node ran, for another
 /// node.
+#[utoipa::path(
+    get,
+    path = "/api/internal/cluster/jobs/{id}/logs",
+    operation_id = "nodeJobLogs",
+    tag = "internal",
+    params(("id" = String, Path, description = "Job id."), LogQuery),
+    responses(
+        (status = 200, description = "A page of the job's log on this node.", body = JobLogPage),
+        (status = 400, description = "`INVALID_ARGS`.", body = ErrorBody),
+        (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn job_logs(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -57,6 +84,18 @@ pub async fn job_logs(
 
 /// `GET /api/internal/cluster/script-runs/:id/logs`: a log page of a run this node holds, for
 /// another node.
+#[utoipa::path(
+    get,
+    path = "/api/internal/cluster/script-runs/{id}/logs",
+    operation_id = "nodeRunLogs",
+    tag = "internal",
+    params(("id" = String, Path, description = "Run id."), RunLogQuery),
+    responses(
+        (status = 200, description = "A page of the execution's log on this node.", body = RunLogPage),
+        (status = 400, description = "`INVALID_ARGS`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn run_logs(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -69,6 +108,21 @@ pub async fn run_logs(
 
 /// `POST /api/internal/cluster/script-runs/:id/{cancel,pause,resume}`: a decision about a run
 /// this node holds, asked on another node.
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/{action}",
+    operation_id = "nodeRunAction",
+    tag = "internal",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("action" = String, Path, description = "`cancel`, `pause` or `resume`.", pattern = "^(cancel|pause|resume)$"),
+    ),
+    responses(
+        (status = 200, description = "The run after the decision.", body = RunAnswer),
+        (status = 404, description = "`RUN_NOT_FOUND`; `NOT_FOUND` for another action.", body = ErrorBody),
+        (status = 409, description = "`INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+    ),
+)]
 pub async fn run_action(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -88,6 +142,24 @@ pub async fn run_action(
 
 /// `POST /api/internal/cluster/script-runs/:id/approvals/:label` `{approved, by, comment}`: an
 /// approval of a run this node holds, decided on another node.
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/approvals/{label}",
+    operation_id = "nodeRunApproval",
+    tag = "internal",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("label" = String, Path, description = "The approval step's label."),
+    ),
+    request_body = ApprovalRequest,
+    responses(
+        (status = 200, description = "The run after the decision.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
 pub async fn run_approval(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -10,6 +10,101 @@ use crate::jobs::JobError;
 use crate::metrics::MetricsError;
 use crate::runs::RunError;
 
+/// Defines [`Code`] from one list: each variant with its spelling, and [`Code::ALL`] listing
+/// them, so a code added here is in the OpenAPI document's `ErrorBody` at once.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        /// Every machine-readable code an error answer can carry (`error.code`). `ApiError::code`
+        /// names one of these for every variant but [`ApiError::Remote`], which passes on the
+        /// code another node (the same program) answered.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            /// Every code, in the order defined (the OpenAPI document enumerates them so).
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The spelling on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The body is not JSON, or not a JSON object.
+    InvalidJson = "INVALID_JSON",
+    /// The body is over the limit.
+    PayloadTooLarge = "PAYLOAD_TOO_LARGE",
+    /// Unknown script id.
+    ScriptNotFound = "SCRIPT_NOT_FOUND",
+    /// A field or query parameter of the job API breaks the rules.
+    InvalidArgs = "INVALID_ARGS",
+    /// Unknown job id.
+    JobNotFound = "JOB_NOT_FOUND",
+    /// No such route.
+    NotFound = "NOT_FOUND",
+    /// Known route, other method.
+    MethodNotAllowed = "METHOD_NOT_ALLOWED",
+    /// Missing or wrong token.
+    Unauthorized = "UNAUTHORIZED",
+    /// The job queue is full.
+    QueueFull = "QUEUE_FULL",
+    /// As many event streams are open as `server.maxStreams` allows.
+    TooManyStreams = "TOO_MANY_STREAMS",
+    /// The server is shutting down.
+    ShuttingDown = "SHUTTING_DOWN",
+    /// An idempotency key reused for another request.
+    IdempotencyConflict = "IDEMPOTENCY_CONFLICT",
+    /// A field of the run API is missing or malformed.
+    InvalidRequest = "INVALID_REQUEST",
+    /// A run's arguments are over the limit.
+    ArgsTooLarge = "ARGS_TOO_LARGE",
+    /// Unknown workflow id.
+    WorkflowNotFound = "WORKFLOW_NOT_FOUND",
+    /// Unknown flow.
+    FlowNotFound = "FLOW_NOT_FOUND",
+    /// Inline sources are not allowed.
+    InlineSourceDisabled = "INLINE_SOURCE_DISABLED",
+    /// An interpreter `workflows.interpreters` does not name.
+    UnknownInterpreter = "UNKNOWN_INTERPRETER",
+    /// A step label breaks the lint (upstream's lower-case spelling).
+    LabelLintViolation = "label_lint_violation",
+    /// Unknown run id.
+    RunNotFound = "RUN_NOT_FOUND",
+    /// The run's status does not allow the request.
+    InvalidState = "INVALID_STATE",
+    /// The run is held by another node that cannot be asked.
+    RunOnOtherNode = "RUN_ON_OTHER_NODE",
+    /// The node that holds the run is gone.
+    RunOwnerDown = "RUN_OWNER_DOWN",
+    /// No journal entry with that label.
+    StepNotFound = "STEP_NOT_FOUND",
+    /// A replayed step asks something else than its journal entry.
+    StepDiverged = "STEP_DIVERGED",
+    /// The approval is already decided.
+    AlreadyDecided = "ALREADY_DECIDED",
+    /// A run token of another run or execution.
+    Forbidden = "FORBIDDEN",
+    /// The run is not running (its execution may not record steps).
+    RunNotActive = "RUN_NOT_ACTIVE",
+    /// A guardrail (`workflows.maxSteps`, ...) stopped the run.
+    LimitExceeded = "LIMIT_EXCEEDED",
+    /// The database cannot be reached.
+    StoreUnavailable = "STORE_UNAVAILABLE",
+    /// The logs are on a cluster node that is gone.
+    LogOwnerDown = "LOG_OWNER_DOWN",
+    /// This node lost its lease and is stopping.
+    NodeFenced = "NODE_FENCED",
+    /// Anything else (logged).
+    InternalError = "INTERNAL_ERROR",
+}
+
 /// What a client waiting out a lost database is told to wait before trying again (seconds).
 const STORE_RETRY_AFTER_SECS: u32 = 5;
 
@@ -72,7 +167,7 @@ pub enum ApiError {
         /// HTTP status.
         status: StatusCode,
         /// Machine-readable code.
-        code: &'static str,
+        code: Code,
         /// What happened.
         message: String,
     },
@@ -106,26 +201,34 @@ impl ApiError {
     /// The machine-readable code.
     pub fn code(&self) -> &str {
         match self {
-            ApiError::LogOwnerDown(_) => "LOG_OWNER_DOWN",
-            ApiError::Fenced(_) => "NODE_FENCED",
             ApiError::Remote { code, .. } => code,
-            ApiError::InvalidJson(_) => "INVALID_JSON",
-            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
-            ApiError::ScriptNotFound(_) => "SCRIPT_NOT_FOUND",
-            ApiError::InvalidArgs(_) => "INVALID_ARGS",
-            ApiError::JobNotFound(_) => "JOB_NOT_FOUND",
-            ApiError::NotFound { .. } => "NOT_FOUND",
-            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
-            ApiError::Unauthorized => "UNAUTHORIZED",
-            ApiError::QueueFull(_) => "QUEUE_FULL",
-            ApiError::TooManyStreams(_) => "TOO_MANY_STREAMS",
-            ApiError::ShuttingDown(_) => "SHUTTING_DOWN",
-            ApiError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
-            ApiError::InvalidRequest(_) => "INVALID_REQUEST",
-            ApiError::Run { code, .. } => code,
-            ApiError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
-            ApiError::Internal(_) => "INTERNAL_ERROR",
+            _ => self.own_code().map_or("INTERNAL_ERROR", Code::as_str),
         }
+    }
+
+    /// The code of every variant this server answers itself (all but [`ApiError::Remote`]).
+    fn own_code(&self) -> Option<Code> {
+        Some(match self {
+            ApiError::LogOwnerDown(_) => Code::LogOwnerDown,
+            ApiError::Fenced(_) => Code::NodeFenced,
+            ApiError::Remote { .. } => return None,
+            ApiError::InvalidJson(_) => Code::InvalidJson,
+            ApiError::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            ApiError::ScriptNotFound(_) => Code::ScriptNotFound,
+            ApiError::InvalidArgs(_) => Code::InvalidArgs,
+            ApiError::JobNotFound(_) => Code::JobNotFound,
+            ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
+            ApiError::Unauthorized => Code::Unauthorized,
+            ApiError::QueueFull(_) => Code::QueueFull,
+            ApiError::TooManyStreams(_) => Code::TooManyStreams,
+            ApiError::ShuttingDown(_) => Code::ShuttingDown,
+            ApiError::IdempotencyConflict(_) => Code::IdempotencyConflict,
+            ApiError::InvalidRequest(_) => Code::InvalidRequest,
+            ApiError::Run { code, .. } => *code,
+            ApiError::StoreUnavailable(_) => Code::StoreUnavailable,
+            ApiError::Internal(_) => Code::InternalError,
+        })
     }
 }
 
@@ -158,20 +261,20 @@ impl From<JobError> for ApiError {
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> ApiError {
         let message = e.to_string();
-        let run = |status: StatusCode, code: &'static str| ApiError::Run { status, code, message: message.clone() };
+        let run = |status: StatusCode, code: Code| ApiError::Run { status, code, message: message.clone() };
         match e {
             RunError::InvalidRequest(_) => ApiError::InvalidRequest(message),
-            RunError::ArgsTooLarge(_) => run(StatusCode::PAYLOAD_TOO_LARGE, "ARGS_TOO_LARGE"),
-            RunError::WorkflowNotFound(_) => run(StatusCode::NOT_FOUND, "WORKFLOW_NOT_FOUND"),
-            RunError::FlowNotFound(_) => run(StatusCode::NOT_FOUND, "FLOW_NOT_FOUND"),
-            RunError::InlineDisabled => run(StatusCode::FORBIDDEN, "INLINE_SOURCE_DISABLED"),
-            RunError::UnknownInterpreter(..) => run(StatusCode::BAD_REQUEST, "UNKNOWN_INTERPRETER"),
-            RunError::LabelLint(_) => run(StatusCode::BAD_REQUEST, "label_lint_violation"),
-            RunError::IdempotencyConflict(..) => run(StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT"),
-            RunError::RunNotFound(_) => run(StatusCode::NOT_FOUND, "RUN_NOT_FOUND"),
-            RunError::InvalidState(_) => run(StatusCode::CONFLICT, "INVALID_STATE"),
-            RunError::OnOtherNode { .. } => run(StatusCode::CONFLICT, "RUN_ON_OTHER_NODE"),
-            RunError::OwnerDown { .. } => run(StatusCode::SERVICE_UNAVAILABLE, "RUN_OWNER_DOWN"),
+            RunError::ArgsTooLarge(_) => run(StatusCode::PAYLOAD_TOO_LARGE, Code::ArgsTooLarge),
+            RunError::WorkflowNotFound(_) => run(StatusCode::NOT_FOUND, Code::WorkflowNotFound),
+            RunError::FlowNotFound(_) => run(StatusCode::NOT_FOUND, Code::FlowNotFound),
+            RunError::InlineDisabled => run(StatusCode::FORBIDDEN, Code::InlineSourceDisabled),
+            RunError::UnknownInterpreter(..) => run(StatusCode::BAD_REQUEST, Code::UnknownInterpreter),
+            RunError::LabelLint(_) => run(StatusCode::BAD_REQUEST, Code::LabelLintViolation),
+            RunError::IdempotencyConflict(..) => run(StatusCode::CONFLICT, Code::IdempotencyConflict),
+            RunError::RunNotFound(_) => run(StatusCode::NOT_FOUND, Code::RunNotFound),
+            RunError::InvalidState(_) => run(StatusCode::CONFLICT, Code::InvalidState),
+            RunError::OnOtherNode { .. } => run(StatusCode::CONFLICT, Code::RunOnOtherNode),
+            RunError::OwnerDown { .. } => run(StatusCode::SERVICE_UNAVAILABLE, Code::RunOwnerDown),
             RunError::LogOwnerDown { .. } => ApiError::LogOwnerDown(message.clone()),
             RunError::Peer(crate::cluster::peer::PeerError::Answered { status, code, message, .. }) => {
                 ApiError::Remote {
@@ -180,13 +283,13 @@ impl From<RunError> for ApiError {
                     message,
                 }
             }
-            RunError::Peer(_) => run(StatusCode::SERVICE_UNAVAILABLE, "RUN_OWNER_DOWN"),
-            RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, "STEP_NOT_FOUND"),
-            RunError::StepDiverged(_) => run(StatusCode::CONFLICT, "STEP_DIVERGED"),
-            RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, "ALREADY_DECIDED"),
-            RunError::Forbidden(_) => run(StatusCode::FORBIDDEN, "FORBIDDEN"),
-            RunError::RunNotActive(..) => run(StatusCode::CONFLICT, "RUN_NOT_ACTIVE"),
-            RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, "LIMIT_EXCEEDED"),
+            RunError::Peer(_) => run(StatusCode::SERVICE_UNAVAILABLE, Code::RunOwnerDown),
+            RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, Code::StepNotFound),
+            RunError::StepDiverged(_) => run(StatusCode::CONFLICT, Code::StepDiverged),
+            RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, Code::AlreadyDecided),
+            RunError::Forbidden(_) => run(StatusCode::FORBIDDEN, Code::Forbidden),
+            RunError::RunNotActive(..) => run(StatusCode::CONFLICT, Code::RunNotActive),
+            RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, Code::LimitExceeded),
             RunError::ShuttingDown => ApiError::ShuttingDown(message),
             RunError::Job(job) => ApiError::from(job),
             RunError::Store(StoreError::Unavailable(_)) => ApiError::StoreUnavailable(message),
@@ -249,5 +352,76 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.json(ErrorBody::new(self.code(), self.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every variant (a new variant fails to compile here until it is added).
+    fn one_of_each() -> Vec<ApiError> {
+        let every = |e: &ApiError| match e {
+            ApiError::InvalidJson(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::ScriptNotFound(_)
+            | ApiError::InvalidArgs(_)
+            | ApiError::JobNotFound(_)
+            | ApiError::NotFound { .. }
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::Unauthorized
+            | ApiError::QueueFull(_)
+            | ApiError::TooManyStreams(_)
+            | ApiError::ShuttingDown(_)
+            | ApiError::IdempotencyConflict(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::Run { .. }
+            | ApiError::StoreUnavailable(_)
+            | ApiError::LogOwnerDown(_)
+            | ApiError::Fenced(_)
+            | ApiError::Remote { .. }
+            | ApiError::Internal(_) => (),
+        };
+        let s = || String::from("x");
+        let route = || (String::from("GET"), String::from("/x"));
+        let all = vec![
+            ApiError::InvalidJson(s()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::ScriptNotFound(s()),
+            ApiError::InvalidArgs(s()),
+            ApiError::JobNotFound(s()),
+            ApiError::NotFound { method: route().0, path: route().1 },
+            ApiError::MethodNotAllowed { method: route().0, path: route().1 },
+            ApiError::Unauthorized,
+            ApiError::QueueFull(s()),
+            ApiError::TooManyStreams(1),
+            ApiError::ShuttingDown(s()),
+            ApiError::IdempotencyConflict(s()),
+            ApiError::InvalidRequest(s()),
+            ApiError::Run { status: StatusCode::CONFLICT, code: Code::StepDiverged, message: s() },
+            ApiError::StoreUnavailable(s()),
+            ApiError::LogOwnerDown(s()),
+            ApiError::Fenced(s()),
+            ApiError::Remote { status: StatusCode::NOT_FOUND, code: "RUN_NOT_FOUND".into(), message: s() },
+            ApiError::Internal(s()),
+        ];
+        all.iter().for_each(every);
+        all
+    }
+
+    #[test]
+    fn every_error_answers_a_code_the_document_enumerates() {
+        let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        for error in one_of_each() {
+            assert!(codes.contains(&error.code()), "{error:?} answers {:?}, not in Code::ALL", error.code());
+        }
+    }
+
+    #[test]
+    fn codes_are_spelled_once() {
+        let mut codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Code::ALL.len(), "a code is spelled twice");
     }
 }

@@ -9,6 +9,7 @@ use script_runner_wire::events::{LifecycleEvent, StreamDropped};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::jobs::Query;
+use super::openapi::ErrorBody;
 use super::sse::{self, Event};
 use super::{ApiError, AppState};
 use crate::events::{Kind, Lifecycle, CAPACITY};
@@ -18,6 +19,25 @@ use crate::time::iso;
 const MAX_FILTER_VALUES: usize = 64;
 
 /// `GET /events?script=&kind=job|run`.
+#[utoipa::path(
+    get,
+    path = "/events",
+    operation_id = "events",
+    tag = "service",
+    params(
+        ("script" = Option<String>, Query, description = "Only events of these scripts (comma-separated)."),
+        ("kind" = Option<String>, Query, description = "Only `job` or `run` events (comma-separated)."),
+    ),
+    responses(
+        (status = 200, description = "The lifecycle feed as server-sent events, each `data` one line of \
+            JSON: `job.created`, `job.started`, `job.ended`, `run.created`, `run.started`, `run.ended` \
+            (`LifecycleEvent`); `dropped` (`StreamDropped`) as the last event when the reader fell too far \
+            behind, `shutdown` (`StreamDropped`) when the server stops; a `: keep-alive` comment while \
+            nothing happens.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`INVALID_ARGS`: a bad `kind` or too many values.", body = ErrorBody),
+        (status = 429, description = "`TOO_MANY_STREAMS`: `server.maxStreams` streams are open.", body = ErrorBody),
+    ),
+)]
 pub async fn feed(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
     let kinds = match list(&query, "kind")? {
         None => None,

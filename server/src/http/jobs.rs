@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use script_runner_wire::jobs::{Accepted, BytesPage, JobList, LinesPage};
+use script_runner_wire::jobs::{Accepted, BytesPage, JobList, JobRequest, JobView, LinesPage, ScriptList};
 
 use super::follow::{self, Follow};
+use super::openapi::{ErrorBody, JobListQuery, JobLogPage, JobOrAccepted, LogQuery};
 use super::sse;
 use super::wire::{job_item, job_view, script_view};
 use super::{json_object, ApiError, AppState};
@@ -33,6 +34,25 @@ const MAX_KEY_CHARS: usize = crate::names::MAX_NAME_CHARS;
 /// With an `idempotencyKey` already used: `200` with the job it started and `"deduplicated":
 /// true` (a sync request waits for that job's end), or `409 IDEMPOTENCY_CONFLICT` when it was
 /// used for another script or other arguments.
+#[utoipa::path(
+    post,
+    path = "/run",
+    operation_id = "runJob",
+    tag = "jobs",
+    request_body = JobRequest,
+    responses(
+        (status = 200, description = "A sync job's end with its whole output (`stdout`, `stderr`); or, for an \
+            `idempotencyKey` used before, that job (`deduplicated: true`): a sync one at its end, an async one \
+            as `202` answers it.", body = JobOrAccepted),
+        (status = 202, description = "An async job, queued or started.", body = Accepted),
+        (status = 400, description = "`INVALID_JSON`, `SCRIPT_NOT_FOUND` (no such script, or no `scriptId`), \
+            `INVALID_ARGS`.", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used for another script or other \
+            arguments.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 429, description = "`QUEUE_FULL`.", body = ErrorBody),
+    ),
+)]
 pub async fn run(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -106,18 +126,51 @@ async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> 
 }
 
 /// `GET /jobs/:id`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "getJob",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = state.jobs.get(&id).await?;
     Ok(HttpResponse::Ok().json(job_view(job)))
 }
 
 /// `POST /jobs/:id/cancel`.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    operation_id = "cancelJob",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job, cancelled (an ended job unchanged).", body = JobView),
+        (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = state.jobs.cancel(&id).await?;
     Ok(HttpResponse::Ok().json(job_view(job)))
 }
 
 /// `GET /jobs?status=&scriptId=&idempotencyKey=&limit=&offset=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    operation_id = "listJobs",
+    tag = "jobs",
+    params(JobListQuery),
+    responses(
+        (status = 200, description = "A page of jobs, newest first.", body = JobList),
+        (status = 400, description = "`INVALID_ARGS`: a bad filter or number.", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         None => None,
@@ -145,6 +198,33 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
 /// `GET /jobs/:id/logs?stream=&offset=&limit=&unit=bytes|lines`; with `follow=1` (or
 /// `Accept: text/event-stream`) the stream as server-sent events from `offset` (or the
 /// `Last-Event-ID`) until the job ends (see [`super::follow`]).
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/logs",
+    operation_id = "getJobLogs",
+    tag = "jobs",
+    params(
+        ("id" = String, Path, description = "Job id."),
+        LogQuery,
+        ("follow" = Option<String>, Query, description = "`1` (or `true`): follow the log as server-sent \
+            events; `0`: a page even with an event-stream `Accept`.", pattern = "^(1|0|true|false)?$"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Following: resume after this event \
+            (its id is the offset, in the unit, just past it)."),
+    ),
+    responses(
+        (status = 200, description = "A page of the log (JSON): bytes or lines. Following (`follow=1` or \
+            `Accept: text/event-stream`): server-sent events, each `data` one line of JSON: `output` \
+            (`OutputChunk`, bytes; id: its `nextOffset`) or `line` (`OutputLine`, lines; id: the next \
+            line's index), `truncated` once (`OutputNotStored`), then `end` with the final job \
+            (`JobView`); `error` (`ErrorBody`) if the log cannot be read, `shutdown` (`StreamDropped`) \
+            when the server stops; a `: keep-alive` comment while nothing happens.",
+         content((JobLogPage = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "`INVALID_ARGS`: a bad `stream`, `unit`, `follow`, number or \
+            `Last-Event-ID`.", body = ErrorBody),
+        (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`TOO_MANY_STREAMS`: `server.maxStreams` streams are open.", body = ErrorBody),
+    ),
+)]
 pub async fn logs(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -215,10 +295,17 @@ pub(super) async fn log_page(
 }
 
 /// `GET /scripts`: the whitelist with each script's rules.
+#[utoipa::path(
+    get,
+    path = "/scripts",
+    operation_id = "listScripts",
+    tag = "jobs",
+    responses((status = 200, description = "The whitelist, each script with its rules.", body = ScriptList)),
+)]
 pub async fn scripts(state: web::Data<AppState>) -> HttpResponse {
     let config = state.jobs.config();
-    let scripts: Vec<_> = config.scripts.iter().map(|s| script_view(s, config.runner.default_mode)).collect();
-    HttpResponse::Ok().json(serde_json::json!({ "ok": true, "scripts": scripts }))
+    let scripts = config.scripts.iter().map(|s| script_view(s, config.runner.default_mode)).collect();
+    HttpResponse::Ok().json(ScriptList { ok: true, scripts })
 }
 
 /// The `stream`, `unit` (true for lines) and `offset` of a log page request.

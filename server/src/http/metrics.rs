@@ -12,6 +12,18 @@ use crate::metrics::{self, UNMATCHED_ROUTE};
 
 /// `GET /metrics`: the gauges of what is in flight are read now, then every metric is
 /// rendered. Open without the token only when `metrics.public` (see [`super::authenticate`]).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Every metric in the Prometheus text format (0.0.4): jobs, runs, \
+            steps, HTTP requests by route and status, commit latency. (Without the token when \
+            `metrics.public`.)",
+         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+    ),
+)]
 pub async fn scrape(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.jobs.observe_in_flight();
     state.runs.observe_live();

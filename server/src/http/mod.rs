@@ -9,18 +9,20 @@ mod events;
 mod follow;
 mod jobs;
 mod metrics;
+pub mod openapi;
 mod runs;
 pub mod sse;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, Handler, HttpRequest, HttpResponse, Responder};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-pub use error::ApiError;
+pub use error::{ApiError, Code};
 pub use metrics::observe;
 
 use crate::jobs::JobManager;
@@ -29,6 +31,9 @@ use crate::runs::RunManager;
 /// Largest request body accepted (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
+/// The routes that need no token (the OpenAPI document marks them so).
+pub const PUBLIC: [&str; 2] = ["/healthz", "/openapi.json"];
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -36,7 +41,7 @@ pub struct AppState {
     pub jobs: JobManager,
     /// The workflow-run service.
     pub runs: RunManager,
-    /// Bearer token required on every route but `/healthz`, if configured.
+    /// Bearer token required on every route but [`PUBLIC`] ones, if configured.
     pub auth_token: Option<String>,
     /// The open event streams (`server.maxStreams`), ended at shutdown.
     pub streams: sse::Streams,
@@ -44,54 +49,108 @@ pub struct AppState {
     pub metrics_public: bool,
 }
 
-/// Registers every route on an actix `App`.
+/// Registers every route of [`table`] on an actix `App`, in its order, each path as one
+/// resource whose other methods answer `405`; anything else answers `404 NOT_FOUND`.
 pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         let query = web::QueryConfig::default()
             .error_handler(|e, _| ApiError::InvalidArgs(format!("invalid query string: {e}")).into());
-        cfg.app_data(web::Data::new(state))
-            .app_data(query)
-            .service(resource("/healthz").route(web::get().to(health)))
-            .service(resource("/metrics").route(web::get().to(metrics::scrape)))
-            .service(resource("/run").route(web::post().to(jobs::run)))
-            .service(resource("/scripts").route(web::get().to(jobs::scripts)))
-            .service(resource("/jobs").route(web::get().to(jobs::list)))
-            .service(resource("/jobs/{id}").route(web::get().to(jobs::get)))
-            .service(resource("/jobs/{id}/logs").route(web::get().to(jobs::logs)))
-            .service(resource("/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
-            .service(resource("/cluster").route(web::get().to(cluster::status)))
-            .service(resource("/events").route(web::get().to(events::feed)))
-            .service(resource("/api/internal/cluster/jobs/{id}/logs").route(web::get().to(cluster::job_logs)))
-            // Before `{action}`, which would take `logs` and answer 405 to a GET.
-            .service(resource("/api/internal/cluster/script-runs/{id}/logs").route(web::get().to(cluster::run_logs)))
-            .service(
-                resource("/api/internal/cluster/script-runs/{id}/{action}").route(web::post().to(cluster::run_action)),
-            )
-            .service(
-                resource("/api/internal/cluster/script-runs/{id}/approvals/{label}")
-                    .route(web::post().to(cluster::run_approval)),
-            )
-            .service(resource("/api/script-runs").route(web::post().to(runs::launch)).route(web::get().to(runs::list)))
-            .service(
-                resource("/api/script-runs/{id}").route(web::get().to(runs::get)).route(web::delete().to(runs::cancel)),
-            )
-            .service(resource("/api/script-runs/{id}/events").route(web::get().to(runs::events)))
-            .service(resource("/api/script-runs/{id}/logs").route(web::get().to(runs::logs)))
-            .service(resource("/api/script-runs/{id}/pause").route(web::post().to(runs::pause)))
-            .service(resource("/api/script-runs/{id}/resume").route(web::post().to(runs::resume)))
-            .service(resource("/api/script-runs/{id}/fork").route(web::post().to(runs::fork)))
-            .service(resource("/api/script-runs/{id}/approvals/{label}").route(web::post().to(runs::approve)))
-            .service(resource("/api/internal/script-runs/{id}/steps").route(web::post().to(runs::record_step)))
-            .service(resource("/api/internal/script-runs/{id}/steps/{label}").route(web::get().to(runs::get_step)))
-            .service(
-                resource("/api/internal/script-runs/{id}/steps/{label}/begin").route(web::post().to(runs::begin_step)),
-            )
-            .service(
-                resource("/api/internal/script-runs/{id}/steps/{label}/wait").route(web::get().to(runs::wait_step)),
-            )
-            .service(resource("/api/internal/script-runs/{id}/progress").route(web::post().to(runs::progress)))
-            .default_service(web::to(not_found));
+        cfg.app_data(web::Data::new(state)).app_data(query);
+        for (path, endpoints) in table() {
+            let resource = endpoints.into_iter().fold(resource(path), |r, e| r.route(e.route));
+            cfg.service(resource);
+        }
+        cfg.default_service(web::to(not_found));
     }
+}
+
+/// One method of a route: the method (kept for [`registered`]) and its actix route.
+pub(crate) struct Endpoint {
+    method: Method,
+    route: actix_web::Route,
+}
+
+/// The one list of routes the server answers, in the order actix tries them: [`routes`]
+/// registers it and [`registered`] reads it, so the OpenAPI document's coverage test
+/// (`openapi.rs`) sees every route a change adds. A route added here without its
+/// `#[utoipa::path]` in the document fails that test.
+fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
+    vec![
+        ("/healthz", vec![get(health)]),
+        ("/metrics", vec![get(metrics::scrape)]),
+        ("/openapi.json", vec![get(openapi::serve)]),
+        ("/run", vec![post(jobs::run)]),
+        ("/scripts", vec![get(jobs::scripts)]),
+        ("/jobs", vec![get(jobs::list)]),
+        ("/jobs/{id}", vec![get(jobs::get)]),
+        ("/jobs/{id}/logs", vec![get(jobs::logs)]),
+        ("/jobs/{id}/cancel", vec![post(jobs::cancel)]),
+        ("/cluster", vec![get(cluster::status)]),
+        ("/events", vec![get(events::feed)]),
+        ("/api/internal/cluster/jobs/{id}/logs", vec![get(cluster::job_logs)]),
+        // Before `{action}`, which would take `logs` and answer 405 to a GET.
+        ("/api/internal/cluster/script-runs/{id}/logs", vec![get(cluster::run_logs)]),
+        ("/api/internal/cluster/script-runs/{id}/{action}", vec![post(cluster::run_action)]),
+        ("/api/internal/cluster/script-runs/{id}/approvals/{label}", vec![post(cluster::run_approval)]),
+        ("/api/script-runs", vec![post(runs::launch), get(runs::list)]),
+        ("/api/script-runs/{id}", vec![get(runs::get), delete(runs::cancel)]),
+        ("/api/script-runs/{id}/events", vec![get(runs::events)]),
+        ("/api/script-runs/{id}/logs", vec![get(runs::logs)]),
+        ("/api/script-runs/{id}/pause", vec![post(runs::pause)]),
+        ("/api/script-runs/{id}/resume", vec![post(runs::resume)]),
+        ("/api/script-runs/{id}/fork", vec![post(runs::fork)]),
+        ("/api/script-runs/{id}/approvals/{label}", vec![post(runs::approve)]),
+        ("/api/internal/script-runs/{id}/steps", vec![post(runs::record_step)]),
+        ("/api/internal/script-runs/{id}/steps/{label}", vec![get(runs::get_step)]),
+        ("/api/internal/script-runs/{id}/steps/{label}/begin", vec![post(runs::begin_step)]),
+        ("/api/internal/script-runs/{id}/steps/{label}/wait", vec![get(runs::wait_step)]),
+        ("/api/internal/script-runs/{id}/progress", vec![post(runs::progress)]),
+    ]
+}
+
+/// Every `(method, path)` the server answers, as [`table`] registers them (paths in actix's
+/// and OpenAPI's common `{name}` syntax, methods upper-case).
+pub fn registered() -> Vec<(String, String)> {
+    table()
+        .into_iter()
+        .flat_map(|(path, endpoints)| endpoints.into_iter().map(move |e| (e.method.to_string(), path.to_string())))
+        .collect()
+}
+
+fn endpoint<F, Args>(method: Method, handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    Endpoint { route: web::method(method.clone()).to(handler), method }
+}
+
+fn get<F, Args>(handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    endpoint(Method::GET, handler)
+}
+
+fn post<F, Args>(handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    endpoint(Method::POST, handler)
+}
+
+fn delete<F, Args>(handler: F) -> Endpoint
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    endpoint(Method::DELETE, handler)
 }
 
 /// A route whose other methods answer 405 with the error envelope. It is named by its
@@ -101,8 +160,16 @@ fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).name(path).default_service(web::to(method_not_allowed))
 }
 
+/// `GET /healthz`: the server answers (no token needed).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "service",
+    responses((status = 200, description = "The server answers.", body = script_runner_wire::service::Health)),
+)]
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "ok": true }))
+    HttpResponse::Ok().json(script_runner_wire::service::Health { ok: true })
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -113,10 +180,12 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
 }
 
-/// Middleware: when a token is configured, every route but `/healthz` (and `/metrics` when
-/// `metrics.public`) needs it as a bearer token (compared in constant time). The internal
-/// routes of workflow steps are authorised by their run token instead (a workflow process
-/// never holds the server's token).
+/// Middleware: when a token is configured, every route but [`PUBLIC`] ones (and `/metrics`
+/// when `metrics.public`) needs it as a bearer token (compared in constant time). The OpenAPI
+/// document is public: it is the same for every deployment (`script-runner openapi` prints it
+/// without any configuration) and says nothing of this one, and a client generator can fetch
+/// it without the token. The internal routes of workflow steps are authorised by their run
+/// token instead (a workflow process never holds the server's token).
 ///
 /// A refusal is answered here as a response, not an error, so the metrics middleware around it
 /// still sees the request it answers (and labels it with its route).
@@ -129,8 +198,9 @@ pub async fn authenticate(
     };
     if let Some(expected) = &state.auth_token {
         let path = req.path();
-        let open =
-            path == "/healthz" || path.starts_with("/api/internal/") || (state.metrics_public && path == "/metrics");
+        let open = PUBLIC.contains(&path)
+            || path.starts_with("/api/internal/")
+            || (state.metrics_public && path == "/metrics");
         if !open {
             let given = bearer(req.headers()).unwrap_or("");
             if !constant_time_eq::constant_time_eq(given.as_bytes(), expected.as_bytes()) {

@@ -5,11 +5,15 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use script_runner_wire::events::StreamDropped;
-use script_runner_wire::runs::{RunAnswer, RunBytesPage, RunDetail, RunLinesPage, RunList};
+use script_runner_wire::runs::{
+    ApprovalRequest, ForkRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail, RunLinesPage,
+    RunList,
+};
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
+use super::openapi::{ErrorBody, RunListQuery, RunLogPage, RunLogQuery, WaitQuery};
 use super::{json_object, sse, ApiError, AppState};
 use crate::db::RunFilter;
 use crate::runs::events::{StoredEvent, Subscription};
@@ -45,6 +49,24 @@ fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String
 
 /// `POST /api/script-runs`: `201 {ok, run}`; `200 {ok, run, deduplicated: true}` when the
 /// idempotency key matched an earlier launch.
+#[utoipa::path(
+    post,
+    path = "/api/script-runs",
+    operation_id = "launchRun",
+    tag = "runs",
+    request_body = WireLaunchRequest,
+    responses(
+        (status = 200, description = "The run an earlier launch with this `idempotencyKey` started \
+            (`deduplicated: true`).", body = RunAnswer),
+        (status = 201, description = "The run, launched (`background: false`: ended).", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `UNKNOWN_INTERPRETER`, \
+            `label_lint_violation`.", body = ErrorBody),
+        (status = 403, description = "`INLINE_SOURCE_DISABLED`.", body = ErrorBody),
+        (status = 404, description = "`WORKFLOW_NOT_FOUND`, `FLOW_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_CONFLICT`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`, `ARGS_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
 pub async fn launch(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -83,6 +105,17 @@ pub async fn launch(
 }
 
 /// `GET /api/script-runs?status=&scriptName=&limit=&offset=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/api/script-runs",
+    operation_id = "listRuns",
+    tag = "runs",
+    params(RunListQuery),
+    responses(
+        (status = 200, description = "A page of runs, newest first.", body = RunList),
+        (status = 400, description = "`INVALID_ARGS`: a bad filter or number.", body = ErrorBody),
+    ),
+)]
 pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpResponse, ApiError> {
     let status = match query.get("status").filter(|s| !s.is_empty()) {
         None => None,
@@ -103,6 +136,17 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
 }
 
 /// `GET /api/script-runs/{id}`: the run and its journal.
+#[utoipa::path(
+    get,
+    path = "/api/script-runs/{id}",
+    operation_id = "getRun",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    responses(
+        (status = 200, description = "The run and its journal.", body = RunDetail),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (run, journal) = state.runs.get_with_journal(&id).await?;
     let journal = journal.into_iter().map(step_view).collect();
@@ -122,6 +166,30 @@ const EVENTS_PAGE: i64 = 16;
 ///
 /// If the database fails mid-stream, a last `dropped` event (why, and the `Last-Event-ID` to
 /// reconnect with) ends the stream; at shutdown, `shutdown` does (see [`sse::respond`]).
+#[utoipa::path(
+    get,
+    path = "/api/script-runs/{id}/events",
+    operation_id = "runEvents",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("lastEventId" = Option<u64>, Query, description = "Resume after this event number (for clients \
+            that cannot send the `Last-Event-ID` header, which wins)."),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event number."),
+    ),
+    responses(
+        (status = 200, description = "The run's events as server-sent events: `id:` the event's number in \
+            the run, `data:` one line of JSON. `status`, `progress`, `paused`, `resumed`, `end`: the run \
+            (`RunView`); `forked`: the new run (`RunView`); `step.begin`, `step.record`, `approval.asked`, \
+            `approval.decided`: the journal entry (`StepView`). After `end` the stream closes. `dropped` \
+            (`StreamDropped`) ends a stream whose database failed, `shutdown` (`StreamDropped`) one the \
+            server stopped; a `: keep-alive` comment while nothing happens.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "`INVALID_ARGS`: a malformed `Last-Event-ID`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`TOO_MANY_STREAMS`: `server.maxStreams` streams are open.", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -209,24 +277,75 @@ fn stored_event(event: StoredEvent) -> sse::Event {
 }
 
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.
+#[utoipa::path(
+    delete,
+    path = "/api/script-runs/{id}",
+    operation_id = "cancelRun",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    responses(
+        (status = 200, description = "The run, cancelled (a terminal run unchanged).", body = RunAnswer),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`INVALID_STATE` (the run's status does not allow it), `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.cancel(&id).await?;
     Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/pause`.
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/pause",
+    operation_id = "pauseRun",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    responses(
+        (status = 200, description = "The run, paused.", body = RunAnswer),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`INVALID_STATE` (the run's status does not allow it), `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+    ),
+)]
 pub async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.pause(&id).await?;
     Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/resume`.
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/resume",
+    operation_id = "resumeRun",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    responses(
+        (status = 200, description = "The run, running again.", body = RunAnswer),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`INVALID_STATE` (the run's status does not allow it), `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+    ),
+)]
 pub async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.resume(&id).await?;
     Ok(run_answer(run))
 }
 
 /// `POST /api/script-runs/{id}/fork` `{fromStep?, source?}`: `201 {ok, run}`.
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/fork",
+    operation_id = "forkRun",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    request_body(content = ForkRequest, description = "Optional: an empty body forks from the start."),
+    responses(
+        (status = 201, description = "The new run, forked.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `STEP_NOT_FOUND`... a bad body.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`INVALID_STATE` (the run's status does not allow it), `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
 pub async fn fork(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -243,6 +362,21 @@ pub async fn fork(
 }
 
 /// `POST /api/script-runs/{id}/approvals/{label}` `{approved, by?, comment?}`.
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/approvals/{label}",
+    operation_id = "approveStep",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`).")),
+    request_body = ApprovalRequest,
+    responses(
+        (status = 200, description = "The run, with the decision recorded.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
 pub async fn approve(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -277,6 +411,18 @@ fn execution_output_error(run: &Run, attempt: Option<i32>) -> Option<String> {
 
 /// `GET /api/script-runs/{id}/logs?stream=&offset=&limit=&unit=bytes|lines&attempt=`: the
 /// latest execution's log unless `attempt` names another.
+#[utoipa::path(
+    get,
+    path = "/api/script-runs/{id}/logs",
+    operation_id = "getRunLogs",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id."), RunLogQuery),
+    responses(
+        (status = 200, description = "A page of the execution's log: bytes or lines.", body = RunLogPage),
+        (status = 400, description = "`INVALID_ARGS`: a bad `stream`, `unit` or number.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
 pub async fn logs(state: web::Data<AppState>, id: web::Path<String>, query: Query) -> Result<HttpResponse, ApiError> {
     run_log_page(&state, id.into_inner(), &query, false).await
 }
@@ -354,6 +500,19 @@ async fn authorized_body<T: serde::de::DeserializeOwned>(
 }
 
 /// `GET /api/internal/script-runs/{runId}/steps/{stepKey}`: `200 {ok, step}` or `404`.
+#[utoipa::path(
+    get,
+    path = "/api/internal/script-runs/{id}/steps/{label}",
+    operation_id = "getStep",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`).")),
+    responses(
+        (status = 200, description = "The journal entry.", body = StepAnswer),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`, `LIMIT_EXCEEDED`, `INVALID_STATE`.", body = ErrorBody),
+    ),
+)]
 pub async fn get_step(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -371,6 +530,23 @@ pub async fn get_step(
 
 /// `POST /api/internal/script-runs/{runId}/steps/{stepKey}/begin` `{stepType, config}`:
 /// `{ok, action: done|execute|resume, step}`.
+#[utoipa::path(
+    post,
+    path = "/api/internal/script-runs/{id}/steps/{label}/begin",
+    operation_id = "beginStep",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`).")),
+    request_body = BeginRequest,
+    responses(
+        (status = 200, description = "What to do: `done` (replayed), `execute` or `resume`.", body = BeginAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `label_lint_violation`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`, `LIMIT_EXCEEDED`, `INVALID_STATE`.", body = ErrorBody),
+        (status = 429, description = "`QUEUE_FULL` (a script step's job).", body = ErrorBody),
+    ),
+)]
 pub async fn begin_step(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -391,6 +567,22 @@ pub async fn begin_step(
 /// `POST /api/internal/script-runs/{runId}/steps` `{stepKey, stepType, config, status,
 /// result?, error?, durationMs?}`: records a step; the stored entry is returned (a second
 /// writer of a label gets the first one's entry back).
+#[utoipa::path(
+    post,
+    path = "/api/internal/script-runs/{id}/steps",
+    operation_id = "recordStep",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id.")),
+    request_body = RecordRequest,
+    responses(
+        (status = 200, description = "The entry as stored (a second writer of a label gets the first one's).", body = StepAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `label_lint_violation`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`, `LIMIT_EXCEEDED`, `INVALID_STATE`.", body = ErrorBody),
+    ),
+)]
 pub async fn record_step(
     state: web::Data<AppState>,
     id: web::Path<String>,
@@ -413,6 +605,20 @@ pub async fn record_step(
 
 /// `GET /api/internal/script-runs/{runId}/steps/{stepKey}/wait?timeoutMs=`: long poll until
 /// a started step (an approval, a script's job) has ended.
+#[utoipa::path(
+    get,
+    path = "/api/internal/script-runs/{id}/steps/{label}/wait",
+    operation_id = "waitStep",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`)."), WaitQuery),
+    responses(
+        (status = 200, description = "The entry: ended, or still started when the time ran out.", body = StepAnswer),
+        (status = 400, description = "`INVALID_ARGS`: a bad `timeoutMs`.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`, `LIMIT_EXCEEDED`, `INVALID_STATE`.", body = ErrorBody),
+    ),
+)]
 pub async fn wait_step(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -427,6 +633,22 @@ pub async fn wait_step(
 }
 
 /// `POST /api/internal/script-runs/{runId}/progress` `{current, total, message?}`.
+#[utoipa::path(
+    post,
+    path = "/api/internal/script-runs/{id}/progress",
+    operation_id = "reportProgress",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id.")),
+    request_body = ProgressRequest,
+    responses(
+        (status = 200, description = "The run with its progress.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `label_lint_violation`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`, `LIMIT_EXCEEDED`, `INVALID_STATE`.", body = ErrorBody),
+    ),
+)]
 pub async fn progress(
     state: web::Data<AppState>,
     id: web::Path<String>,
