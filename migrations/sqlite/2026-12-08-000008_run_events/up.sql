@@ -12,4 +12,6 @@ CREATE TABLE script_run_events (
     -- Unix ms.
     at BIGINT NOT NULL,
     PRIMARY KEY (run_id, seq)
-);
+-- One B-tree keyed by (run_id, seq) instead of a rowid table plus its key's index: a step's
+-- event costs one page write less, and a run's events are read in key order.
+) WITHOUT ROWID;
