@@ -28,12 +28,16 @@ fn wait_log(server: &TestServer, id: &str, expected: &str) {
     wait_stream_log(server, id, "stdout", expected);
 }
 
-/// Waits until the log page of `stream` shows this text.
+/// Waits until the log page of `stream` shows this text and the log file holds it: a job's
+/// output is kept in memory for its first 20 ms (README, Logs), and these tests kill -9 the
+/// server next, which loses what is only in memory.
 fn wait_stream_log(server: &TestServer, id: &str, stream: &str, expected: &str) {
     let deadline = Instant::now() + WAIT;
+    let file = server.dir().join("logs").join(format!("{id}.{stream}.log"));
     loop {
         let page = server.get(&format!("/jobs/{id}/logs?stream={stream}"));
-        if page.status == 200 && page.body["data"] == json!(expected) {
+        let on_disk = std::fs::read_to_string(&file).is_ok_and(|text| text == expected);
+        if page.status == 200 && page.body["data"] == json!(expected) && on_disk {
             return;
         }
         assert!(Instant::now() < deadline, "{stream} log of {id} never showed {expected:?}: {}", page.text);
