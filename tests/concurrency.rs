@@ -1,5 +1,6 @@
 //! Per-script concurrency (`concurrency` in scripts.json): at most N jobs of a script run at
 //! once, and a script at its limit never holds back the jobs of other scripts queued behind it.
+#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -115,9 +116,11 @@ fn a_script_with_room_left_runs_that_many_at_once() {
     let server = builder.script_entry("pair", &body, json!({ "concurrency": 2, "mode": "async" })).start();
     let dir = server.dir().to_path_buf();
     let ids: Vec<String> = (1..=4).map(|i| server.run_async("pair", &[&i.to_string()])).collect();
-    wait_until(|| format!("two starts: {:?}", lines(&dir.join("starts"))), WAIT, || {
-        (lines(&dir.join("starts")).len() == 2).then_some(())
-    });
+    wait_until(
+        || format!("two starts: {:?}", lines(&dir.join("starts"))),
+        WAIT,
+        || (lines(&dir.join("starts")).len() == 2).then_some(()),
+    );
     // Given time, no third starts while two run.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(lines(&dir.join("starts")), ["1", "2"]);
@@ -131,10 +134,8 @@ fn a_script_with_room_left_runs_that_many_at_once() {
 
 #[test]
 fn scripts_shows_each_scripts_concurrency_or_null() {
-    let server = Builder::new()
-        .script_entry("limited", "true", json!({ "concurrency": 3 }))
-        .script("free", "true")
-        .start();
+    let server =
+        Builder::new().script_entry("limited", "true", json!({ "concurrency": 3 })).script("free", "true").start();
     let r = server.get("/scripts");
     assert_eq!(r.status, 200, "{}", r.text);
     let scripts = r.body["scripts"].as_array().unwrap();
@@ -170,11 +171,8 @@ fn concurrency_that_is_not_an_integer_is_refused() {
 
 #[test]
 fn concurrency_above_max_concurrent_is_refused() {
-    let builder = Builder::new().runner("maxConcurrent", json!(2)).script_entry(
-        "capped",
-        "true",
-        json!({ "concurrency": 3 }),
-    );
+    let builder =
+        Builder::new().runner("maxConcurrent", json!(2)).script_entry("capped", "true", json!({ "concurrency": 3 }));
     assert_refused(builder, "must be between 1 and runner.maxConcurrent (2), got 3");
 }
 
@@ -189,4 +187,25 @@ fn concurrency_on_a_workflow_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"flow\": concurrency: only a script has one"), "{stderr}");
+}
+
+#[test]
+fn a_workflows_script_steps_follow_their_scripts_limit() {
+    let builder = Builder::new().workflows(json!({}));
+    let d = builder.dir().display().to_string();
+    let body = format!(
+        "mkdir '{d}/step.running' 2>/dev/null || echo overlap >> '{d}/overlaps'\n\
+         echo start >> '{d}/starts'\n\
+         sleep 0.3\n\
+         rmdir '{d}/step.running'"
+    );
+    let server = builder.script_entry("one-at-a-time", &body, json!({ "concurrency": 1 })).start();
+    let dir = server.dir().to_path_buf();
+    // Three script steps begun at once, each a job of the same script.
+    let source = "for n in 1 2 3; do script-runner step j$n --script one-at-a-time > /dev/null 2>&1 & done\nwait\n";
+    let id = server.launch_bash(source, json!({}));
+    let run = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(run["run"]["status"], json!("completed"), "{run}");
+    assert_eq!(lines(&dir.join("starts")).len(), 3, "{run}");
+    assert!(lines(&dir.join("overlaps")).is_empty(), "two steps' jobs ran at once");
 }

@@ -343,8 +343,10 @@ impl JobManager {
             let mut st = lock(&shared.state);
             admission.release(&mut st);
             admitted?;
+            // Cheap and conservative (a job noted as waiting that starts at once is dropped
+            // from the note unwritten): a queue behind a script at its limit counts as busy.
             let waits = st.stopping
-                || st.has_startable()
+                || !st.queue.is_empty()
                 || st.running >= shared.config.runner.max_concurrent
                 || !st.has_room(&active.script);
             if let Some(key) = key {
