@@ -145,6 +145,15 @@ fn scripts_shows_each_scripts_concurrency_or_null() {
     assert!(free.get("concurrency").is_some_and(Value::is_null), "{}", r.text);
 }
 
+#[test]
+fn check_config_lists_a_scripts_concurrency() {
+    let deployment = Builder::new().script_entry("limited", "true", json!({ "concurrency": 2 })).write();
+    let out = deployment.check_config();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("timeoutSec 0, concurrency 2)"), "{stdout}");
+}
+
 /// Asserts `check-config` refuses the deployment (exit 2) with a message holding `needle`.
 fn assert_refused(builder: Builder, needle: &str) {
     let deployment = builder.write();

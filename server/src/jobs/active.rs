@@ -661,3 +661,72 @@ impl supervisor::Events for RunEvents<'_> {
         self.shared.order(self.active, &job);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+
+    fn script(id: &str, concurrency: Option<usize>) -> Arc<Script> {
+        Arc::new(Script {
+            id: id.into(),
+            path: "/bin/true".into(),
+            mode: None,
+            timeout_sec: 0,
+            args: crate::config::ArgRules {
+                max_items: 1,
+                item_pattern: regex::Regex::new("").unwrap(),
+                item_max_length: 1,
+            },
+            env: Default::default(),
+            cwd: "/".into(),
+            description: None,
+            concurrency,
+        })
+    }
+
+    /// A queue of jobs named `<script><n>`, of these scripts, in this order.
+    fn queued(st: &mut State, jobs: &[(&str, &Arc<Script>)]) -> Vec<Arc<Active>> {
+        let actives: Vec<_> = jobs
+            .iter()
+            .map(|(id, s)| Active::new(Job::new((*id).into(), &s.id, Mode::Async, Vec::new(), 0), Arc::clone(s), true))
+            .collect();
+        st.queue.extend(actives.iter().cloned());
+        actives
+    }
+
+    fn ids(actives: &[Arc<Active>]) -> Vec<String> {
+        actives.iter().map(|a| lock(&a.job).id.clone()).collect()
+    }
+
+    #[test]
+    fn dispatch_passes_over_a_script_at_its_limit_and_keeps_its_jobs_in_order() {
+        let (slow, fast) = (script("slow", Some(1)), script("fast", None));
+        let mut st = State::default();
+        queued(&mut st, &[("s1", &slow), ("s2", &slow), ("s3", &slow), ("f1", &fast), ("f2", &fast)]);
+        assert_eq!(ids(&st.take_startable(2)), ["s1", "f1"]);
+        assert_eq!((st.running, st.running_of("slow")), (2, 1));
+        assert_eq!(ids(&st.queue.iter().cloned().collect::<Vec<_>>()), ["s2", "s3", "f2"]);
+        assert_eq!(ids(&st.take_startable(5)), ["f2"]);
+        assert!(!st.has_startable());
+        st.running -= 1;
+        st.script_ended(&slow);
+        assert_eq!(ids(&st.take_startable(5)), ["s2"], "the script's next job, first in first out");
+    }
+
+    #[test]
+    fn a_queue_position_counts_its_own_scripts_jobs_and_those_with_room() {
+        let (slow, pair, fast) = (script("slow", Some(1)), script("pair", Some(2)), script("fast", None));
+        let mut st = State { running: 1, ..State::default() };
+        st.script_started(&slow);
+        let q = queued(
+            &mut st,
+            &[("s1", &slow), ("p1", &pair), ("p2", &pair), ("p3", &pair), ("s2", &slow), ("f1", &fast)],
+        );
+        let positions: Vec<_> = q.iter().map(|a| st.queue_position(a).unwrap()).collect();
+        // s1 waits for slow's place; p1 and p2 have room; p3 waits behind them; s2 behind s1,
+        // p1 and p2; f1 behind p1 and p2 only (s1, p3 and s2 wait for their scripts).
+        assert_eq!(positions, [1, 1, 2, 3, 4, 3]);
+    }
+}
