@@ -563,7 +563,8 @@ fn scripts_lists_the_catalog_with_modes_timeouts_rules_and_descriptions() {
             "mode": "sync",
             "timeoutSec": 7,
             "args": { "maxItems": 3, "itemPattern": "^[a-z]+$", "itemMaxLength": 12 },
-            "description": "does ruled things"
+            "description": "does ruled things",
+            "concurrency": null
         })
     );
     assert_eq!(
@@ -573,7 +574,8 @@ fn scripts_lists_the_catalog_with_modes_timeouts_rules_and_descriptions() {
             "mode": "async",
             "timeoutSec": 0,
             "args": { "maxItems": 10, "itemPattern": "^[\\s\\S]*$", "itemMaxLength": 1024 },
-            "description": null
+            "description": null,
+            "concurrency": null
         })
     );
 }

@@ -9,6 +9,7 @@ mod common;
 mod api;
 mod blocks_flows;
 mod cluster;
+mod concurrency;
 mod durability;
 mod logs;
 mod metrics;

@@ -230,6 +230,10 @@ pub struct Script {
     pub cwd: PathBuf,
     /// Free text shown by `GET /scripts`.
     pub description: Option<String>,
+    /// Most jobs of this script running at once on this server (`concurrency`), within
+    /// `runner.maxConcurrent`; `None` is no limit of its own. A job of a script at its limit
+    /// waits in the queue without holding back the jobs of other scripts behind it.
+    pub concurrency: Option<usize>,
 }
 
 /// Rules every argument of a run request must satisfy.
@@ -376,6 +380,7 @@ struct RawScript {
     env: BTreeMap<String, String>,
     cwd: Option<String>,
     description: Option<String>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -466,7 +471,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
             (path, parsed.scripts)
         }
     };
-    let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts)?;
+    let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts, runner.max_concurrent)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
     Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics })
@@ -568,7 +573,9 @@ fn workflow_config(
 /// Scripts and workflows (`"kind": "workflow"`), each in file order; ids are unique across both.
 type Catalogs = (Vec<Arc<Script>>, Vec<Arc<Script>>);
 
-fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Catalogs, ConfigError> {
+/// A script's `concurrency` must be 1 to `runner.maxConcurrent` (`max_concurrent`): 0 would
+/// never run it, and a limit above the server's own could never be reached (a typo, then).
+fn validate_scripts(file: &Path, raw: Vec<Value>, max_concurrent: usize) -> Result<Catalogs, ConfigError> {
     let base = parent_dir(file);
     let mut seen = HashSet::new();
     let mut scripts = Vec::with_capacity(raw.len());
@@ -613,6 +620,22 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Catalogs, ConfigErro
                 format!("env: the value of {key:?} contains a NUL character"),
             ));
         }
+        if let Some(n) = rs.concurrency {
+            if rs.kind == Some(Kind::Workflow) {
+                return Err(ConfigError::in_script(
+                    file,
+                    &rs.id,
+                    "concurrency: only a script has one (a workflow's script steps follow their scripts' limits)",
+                ));
+            }
+            if !(1..=max_concurrent).contains(&n) {
+                return Err(ConfigError::in_script(
+                    file,
+                    &rs.id,
+                    format!("concurrency: must be between 1 and runner.maxConcurrent ({max_concurrent}), got {n}"),
+                ));
+            }
+        }
         let catalog = if rs.kind == Some(Kind::Workflow) { &mut workflows } else { &mut scripts };
         catalog.push(Arc::new(Script {
             id: rs.id,
@@ -627,6 +650,7 @@ fn validate_scripts(file: &Path, raw: Vec<Value>) -> Result<Catalogs, ConfigErro
             env: rs.env,
             cwd,
             description: rs.description,
+            concurrency: rs.concurrency,
         }));
     }
     Ok((scripts, workflows))

@@ -220,7 +220,8 @@ fn check_config(config: config::Config) -> ExitCode {
     println!("scripts from {}:", config.scripts_file.display());
     for script in &config.scripts {
         let mode = script.effective_mode(config.runner.default_mode).as_str();
-        println!("  {script} ({mode}, timeoutSec {})", script.timeout_sec);
+        let concurrency = script.concurrency.map(|n| format!(", concurrency {n}")).unwrap_or_default();
+        println!("  {script} ({mode}, timeoutSec {}{concurrency})", script.timeout_sec);
     }
     if !config.workflows.catalog.is_empty() {
         println!("workflows:");

@@ -80,6 +80,14 @@ pub struct JobView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub node: Option<String>,
+    /// A queued job's place in its server's queue, from 1 (`GET /jobs/:id` only, ours): one
+    /// more than the queued jobs ahead of it that start before it, which are those of its own
+    /// script and those of other scripts with room under their `concurrency`. A job of a
+    /// script at its limit does not count for the jobs of other scripts behind it. Absent on
+    /// any other job, in lists, and on a job waiting in a cluster's shared queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false, minimum = 1))]
+    pub queue_position: Option<u64>,
 }
 
 /// `202` answer of an async run.
@@ -184,6 +192,11 @@ pub struct ScriptList {
 pub struct ScriptView {
     /// Argument rules.
     pub args: ArgsView,
+    /// Most jobs of this script running at once on a server (`concurrency` in scripts.json,
+    /// ours); `null` when only `runner.maxConcurrent` limits it. In a cluster, per node.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true, minimum = 1))]
+    pub concurrency: Option<usize>,
     /// Free text.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub description: Option<String>,
@@ -308,6 +321,7 @@ mod tests {
             idempotency_key: None,
             deduplicated: None,
             node: None,
+            queue_position: None,
         }
     }
 
@@ -321,6 +335,7 @@ mod tests {
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
         // Fields of the sync answer only are left out, not written as null.
         assert!(value.get("stdout").is_none() && value.get("deduplicated").is_none(), "{text}");
+        assert!(value.get("queuePosition").is_none(), "{text}");
         assert_eq!(value["outputError"], Value::Null);
         assert_eq!(serde_json::from_str::<JobView>(&text).expect("read back"), job());
     }

@@ -216,6 +216,12 @@ impl Node {
         self.inner.work.notify_one();
     }
 
+    /// Marks that queued jobs may be waiting without ringing the claimer now: a claim passed
+    /// over the jobs of a script at its `concurrency` here, so the next freed slot rings it.
+    pub fn mark_work(&self) {
+        self.inner.maybe_work.store(true, Ordering::Release);
+    }
+
     /// Rings the claimer if queued jobs may be waiting (a slot was freed).
     pub fn wake_claimer_if_work(&self) {
         if self.inner.maybe_work.load(Ordering::Acquire) {
@@ -248,12 +254,13 @@ impl Node {
         self.inner.draining.load(Ordering::Acquire)
     }
 
-    /// Claims up to `n` queued async jobs (blocking).
-    pub fn claim_jobs(&self, n: usize) -> Result<Vec<crate::jobs::model::Job>, StoreError> {
+    /// Claims up to `n` queued async jobs (blocking), of each script in `room` (a script with
+    /// a `concurrency`, and how many more of its jobs may run here) no more than its room.
+    pub fn claim_jobs(&self, n: usize, room: &[(String, usize)]) -> Result<Vec<crate::jobs::model::Job>, StoreError> {
         if self.draining() || n == 0 {
             return Ok(Vec::new());
         }
-        self.inner.store.claim_jobs(&self.inner.key, n, now_ms())
+        self.inner.store.claim_jobs(&self.inner.key, n, room, now_ms())
     }
 
     /// Takes up to `n` runs no node holds (blocking).

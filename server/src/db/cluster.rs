@@ -8,6 +8,7 @@
 //! [`super::writer::Fence`]): a node declared dead changes nothing, and the reaper, which takes
 //! that lock exclusively before it declares the node dead, waits for any such transaction.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use diesel::prelude::*;
@@ -443,22 +444,63 @@ impl Store {
     /// Claims up to `n` queued async jobs for `me`, oldest first, skipping rows another node is
     /// claiming: each becomes `running` on this node (its start is committed before its process
     /// can exist, as on a single server). Nothing while the node is draining.
-    pub fn claim_jobs(&self, me: &NodeKey, n: usize, now_ms: i64) -> Result<Vec<Job>, StoreError> {
+    ///
+    /// `room` holds each script with a `concurrency` and how many more of its jobs may run on
+    /// this node: no more are claimed, and the jobs of a script without room are passed over,
+    /// so they never hold back the jobs of other scripts behind them. A job passed over stays
+    /// queued. The rows are selected again only when a script ran out of room in a batch, so at
+    /// most once per script in `room`, plus one.
+    pub fn claim_jobs(
+        &self,
+        me: &NodeKey,
+        n: usize,
+        room: &[(String, usize)],
+        now_ms: i64,
+    ) -> Result<Vec<Job>, StoreError> {
         self.pg_transaction(|conn| {
             if let Some(state) = guard(conn, me, false)? {
                 return refused(me, &state);
             }
-            let picked: Vec<(i64, String)> = jobs::table
-                .select((jobs::seq, jobs::id))
-                .filter(jobs::status.eq("queued").and(jobs::mode.eq("async")).and(jobs::node.is_null()))
-                .order(jobs::seq)
-                .limit(i64::try_from(n).unwrap_or(1))
-                .for_update()
-                .skip_locked()
-                .load(conn)?;
-            if picked.is_empty() {
-                return Ok(Vec::new());
+            let mut full: Vec<String> = room.iter().filter(|(_, r)| *r == 0).map(|(id, _)| id.clone()).collect();
+            let mut left: HashMap<&str, usize> =
+                room.iter().filter(|(_, r)| *r > 0).map(|(id, r)| (id.as_str(), *r)).collect();
+            let mut picked: Vec<(i64, String)> = Vec::new();
+            let mut seen: Vec<String> = Vec::new();
+            while picked.len() < n {
+                let want = n - picked.len();
+                let batch: Vec<(i64, String, String)> = jobs::table
+                    .select((jobs::seq, jobs::id, jobs::script_id))
+                    .filter(jobs::status.eq("queued").and(jobs::mode.eq("async")).and(jobs::node.is_null()))
+                    .filter(jobs::script_id.ne_all(&full))
+                    .filter(jobs::id.ne_all(&seen))
+                    .order(jobs::seq)
+                    .limit(i64::try_from(want).unwrap_or(1))
+                    .for_update()
+                    .skip_locked()
+                    .load(conn)?;
+                let got = batch.len();
+                let mut passed_over = false;
+                for (seq, id, script) in batch {
+                    seen.push(id.clone());
+                    match left.get_mut(script.as_str()) {
+                        None => picked.push((seq, id)),
+                        Some(0) => passed_over = true,
+                        Some(r) => {
+                            *r -= 1;
+                            picked.push((seq, id));
+                            if *r == 0 {
+                                full.push(script);
+                            }
+                        }
+                    }
+                }
+                // Fewer rows than asked: the queue has no more for now. None passed over: the
+                // batch was all taken.
+                if got < want || !passed_over {
+                    break;
+                }
             }
+            picked.sort_by_key(|(seq, _)| *seq);
             let ids: Vec<&str> = picked.iter().map(|(_, id)| id.as_str()).collect();
             let rows: Vec<JobRow> = diesel::update(jobs::table.filter(jobs::id.eq_any(&ids)))
                 .set((jobs::status.eq("running"), jobs::node.eq(&me.id), jobs::started_at.eq(now_ms)))

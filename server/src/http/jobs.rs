@@ -138,8 +138,8 @@ async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> 
     ),
 )]
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let job = state.jobs.get(&id).await?;
-    Ok(HttpResponse::Ok().json(job_view(job)))
+    let (job, queue_position) = state.jobs.get_with_position(&id).await?;
+    Ok(HttpResponse::Ok().json(JobView { queue_position, ..job_view(job) }))
 }
 
 /// `POST /jobs/:id/cancel`.

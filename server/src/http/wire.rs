@@ -42,6 +42,7 @@ pub fn job_item(job: Job) -> JobView {
         stderr: None,
         idempotency_key: job.idempotency_key,
         deduplicated: None,
+        queue_position: None,
     }
 }
 
@@ -57,5 +58,6 @@ pub fn script_view(script: &Script, default_mode: crate::config::Mode) -> Script
             item_max_length: script.args.item_max_length,
         },
         description: script.description.clone(),
+        concurrency: script.concurrency,
     }
 }

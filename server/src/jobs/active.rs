@@ -111,6 +111,10 @@ pub(super) struct State {
     pub(super) queue: VecDeque<Arc<Active>>,
     pub(super) active: HashMap<String, Arc<Active>>,
     pub(super) running: usize,
+    /// Of `running`, the jobs of each script with a `concurrency` limit (scripts without one
+    /// are not counted). Raised with `running` when such a job takes its slot, lowered when
+    /// its slot is freed; bounded by the configured scripts.
+    pub(super) running_by_script: HashMap<String, usize>,
     /// Of `running`, the slots the cluster claimer took for a claim under way.
     pub(super) claiming: usize,
     /// Admitted requests whose insert is not yet committed.
@@ -125,6 +129,110 @@ pub(super) struct State {
     pub(super) unwritten_waiting: VecDeque<(Instant, Arc<Active>)>,
     /// A task is writing [`State::unwritten_waiting`] as its jobs come due.
     pub(super) writing_waiting: bool,
+}
+
+impl State {
+    /// Whether one more job of `script` may run now under its `concurrency` (always, for a
+    /// script without one). The global `maxConcurrent` is the caller's to check.
+    pub(super) fn has_room(&self, script: &Script) -> bool {
+        script.concurrency.map_or(true, |limit| self.running_of(&script.id) < limit)
+    }
+
+    /// Jobs of this script running here now (counted only for a script with a limit).
+    pub(super) fn running_of(&self, script_id: &str) -> usize {
+        self.running_by_script.get(script_id).copied().unwrap_or(0)
+    }
+
+    /// Counts a job of `script` that took a slot (`running` is the caller's).
+    pub(super) fn script_started(&mut self, script: &Script) {
+        if script.concurrency.is_some() {
+            match self.running_by_script.get_mut(&script.id) {
+                Some(n) => *n += 1,
+                None => {
+                    self.running_by_script.insert(script.id.clone(), 1);
+                }
+            }
+        }
+    }
+
+    /// Uncounts a job of `script` whose slot was freed (`running` is the caller's).
+    pub(super) fn script_ended(&mut self, script: &Script) {
+        if let Some(n) = self.running_by_script.get_mut(&script.id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Takes the queued jobs to start in the `free` slots, in first in, first out order,
+    /// passing over the jobs of a script at its `concurrency` (they keep their places, and
+    /// never hold back the jobs of other scripts behind them). Each taken job is counted as
+    /// running. One pass over the queue at most: the front is taken at once while its script
+    /// has room (always, without limits); otherwise the queue is scanned once and rebuilt only
+    /// if a job further back can start.
+    pub(super) fn take_startable(&mut self, mut free: usize) -> Vec<Arc<Active>> {
+        let mut taken = Vec::new();
+        while free > 0 {
+            let Some(front) = self.queue.front() else { return taken };
+            if !self.has_room(&front.script) {
+                break;
+            }
+            let Some(next) = self.queue.pop_front() else { return taken };
+            self.running += 1;
+            self.script_started(&next.script);
+            taken.push(next);
+            free -= 1;
+        }
+        if free == 0 || !self.queue.iter().any(|a| self.has_room(&a.script)) {
+            return taken;
+        }
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        while let Some(next) = self.queue.pop_front() {
+            if free > 0 && self.has_room(&next.script) {
+                self.running += 1;
+                self.script_started(&next.script);
+                taken.push(next);
+                free -= 1;
+            } else {
+                kept.push_back(next);
+            }
+        }
+        self.queue = kept;
+        taken
+    }
+
+    /// Whether a queued job here could start if a slot were free (a job of a script at its
+    /// `concurrency` could not).
+    pub(super) fn has_startable(&self) -> bool {
+        self.queue.iter().any(|a| self.has_room(&a.script))
+    }
+
+    /// The place of a queued job (from 1), as [`super::JobManager::queue_position`] defines
+    /// it; `None` if it is not in this server's queue. One pass over the queue.
+    pub(super) fn queue_position(&self, target: &Arc<Active>) -> Option<u64> {
+        // Jobs ahead that take a slot before it, as dispatch would take them.
+        let mut taken: HashMap<&str, usize> = HashMap::new();
+        let mut ahead = 0u64;
+        for queued in &self.queue {
+            if Arc::ptr_eq(queued, target) {
+                return Some(ahead + 1);
+            }
+            let script = &queued.script;
+            let room = match script.concurrency {
+                None => true,
+                Some(limit) => {
+                    let n = taken.entry(script.id.as_str()).or_insert_with(|| self.running_of(&script.id));
+                    let room = *n < limit;
+                    if room {
+                        *n += 1;
+                    }
+                    room
+                }
+            };
+            if room || script.id == target.script.id {
+                ahead += 1;
+            }
+        }
+        None
+    }
 }
 
 /// How long a sync job waits in the queue before it is written: as long as a running one runs
@@ -212,18 +320,19 @@ impl Shared {
 
     /// [`Shared::dispatch`] of this server's own queue; whether a slot is still free.
     fn dispatch_local(shared: &Arc<Shared>) -> bool {
-        loop {
-            let next = {
-                let mut st = lock(&shared.state);
-                if st.stopping || st.running >= shared.config.runner.max_concurrent {
-                    return false;
-                }
-                let Some(next) = st.queue.pop_front() else { return true };
-                st.running += 1;
-                next
-            };
+        let (taken, free_left) = {
+            let mut st = lock(&shared.state);
+            if st.stopping {
+                return false;
+            }
+            let free = shared.config.runner.max_concurrent.saturating_sub(st.running);
+            let taken = st.take_startable(free);
+            (taken, st.running < shared.config.runner.max_concurrent)
+        };
+        for next in taken {
             tokio::task::spawn_local(Arc::clone(shared).run(next));
         }
+        free_left
     }
 
     /// The claimer of a cluster node: whenever it is rung (a job queued anywhere, a slot freed
@@ -236,15 +345,17 @@ impl Shared {
         loop {
             node.work().notified().await;
             loop {
-                let free = {
+                let (free, room) = {
                     let mut st = lock(&shared.state);
                     let free = shared.config.runner.max_concurrent.saturating_sub(st.running);
-                    if st.stopping || free == 0 || !st.queue.is_empty() {
-                        0
+                    // Jobs queued here that wait only for their script's limit leave the free
+                    // slots to the cluster's queue.
+                    if st.stopping || free == 0 || st.has_startable() {
+                        (0, Vec::new())
                     } else {
                         st.running += free;
                         st.claiming = free;
-                        free
+                        (free, shared.script_room(&st))
                     }
                 };
                 if free == 0 {
@@ -253,7 +364,7 @@ impl Shared {
                 // Cleared before the claim: a job queued during it rings again.
                 node.take_work();
                 let claiming = node.clone();
-                let claimed = match crate::sync::blocking(move || claiming.claim_jobs(free)).await {
+                let claimed = match crate::sync::blocking(move || claiming.claim_jobs(free, &room)).await {
                     Ok(Ok(jobs)) => jobs,
                     Ok(Err(e)) => {
                         log::warn!("cluster: cannot claim queued jobs: {e}");
@@ -266,7 +377,7 @@ impl Shared {
                 };
                 let got = claimed.len();
                 let mut runs = Vec::with_capacity(got);
-                {
+                let at_limit = {
                     let mut st = lock(&shared.state);
                     st.running -= free - got;
                     st.claiming = 0;
@@ -276,6 +387,7 @@ impl Shared {
                             runs.push(Err(job));
                             continue;
                         };
+                        st.script_started(&script);
                         let active = Active::new(job, script, true);
                         let job = lock(&active.job);
                         if let Some(key) = &job.idempotency_key {
@@ -285,7 +397,8 @@ impl Shared {
                         drop(job);
                         runs.push(Ok(active));
                     }
-                }
+                    shared.config.scripts.iter().any(|s| s.concurrency.is_some_and(|n| st.running_of(&s.id) >= n))
+                };
                 for run in runs {
                     match run {
                         Ok(active) => {
@@ -303,13 +416,27 @@ impl Shared {
                 }
                 if got < free {
                     // The queue is empty (for now): wait to be rung. Sync jobs queued here
-                    // while the slots were taken start now.
+                    // while the slots were taken start now. A script at its limit may have
+                    // had jobs passed over: the slot its job frees rings the claimer.
+                    if at_limit {
+                        node.mark_work();
+                    }
                     Shared::dispatch_local(&shared);
                     break;
                 }
                 node.note_work();
             }
         }
+    }
+
+    /// The room each script with a `concurrency` has on this server now (its limit less its
+    /// jobs running here), for a claim from the cluster's queue: a node claims no more of a
+    /// script's jobs than it may run, so the limit holds per node.
+    fn script_room(&self, st: &State) -> Vec<(String, usize)> {
+        let scripts = self.config.scripts.iter();
+        scripts
+            .filter_map(|s| s.concurrency.map(|limit| (s.id.clone(), limit.saturating_sub(st.running_of(&s.id)))))
+            .collect()
     }
 
     /// Notes a sync job that has to wait in the queue without being written: it is written
@@ -390,7 +517,11 @@ impl Shared {
         // slot; then free the slot before the commit, so the next job starts during the write.
         let (job, pending) = active.update(self.store.writer(), |job| job.finish(outcome));
         *lock(&active.live) = None;
-        lock(&self.state).running -= 1;
+        {
+            let mut st = lock(&self.state);
+            st.running -= 1;
+            st.script_ended(&active.script);
+        }
         metrics::get().job_ended(&active.script.id, job.status.as_str(), Some(ran));
         Shared::dispatch(&self);
         let committed = match pending {
@@ -528,5 +659,74 @@ impl supervisor::Events for RunEvents<'_> {
         let mut job = lock(&self.active.job);
         job.proc_start_ticks = start_ticks;
         self.shared.order(self.active, &job);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test")]
+
+    use super::*;
+
+    fn script(id: &str, concurrency: Option<usize>) -> Arc<Script> {
+        Arc::new(Script {
+            id: id.into(),
+            path: "/bin/true".into(),
+            mode: None,
+            timeout_sec: 0,
+            args: crate::config::ArgRules {
+                max_items: 1,
+                item_pattern: regex::Regex::new("").unwrap(),
+                item_max_length: 1,
+            },
+            env: Default::default(),
+            cwd: "/".into(),
+            description: None,
+            concurrency,
+        })
+    }
+
+    /// A queue of jobs named `<script><n>`, of these scripts, in this order.
+    fn queued(st: &mut State, jobs: &[(&str, &Arc<Script>)]) -> Vec<Arc<Active>> {
+        let actives: Vec<_> = jobs
+            .iter()
+            .map(|(id, s)| Active::new(Job::new((*id).into(), &s.id, Mode::Async, Vec::new(), 0), Arc::clone(s), true))
+            .collect();
+        st.queue.extend(actives.iter().cloned());
+        actives
+    }
+
+    fn ids(actives: &[Arc<Active>]) -> Vec<String> {
+        actives.iter().map(|a| lock(&a.job).id.clone()).collect()
+    }
+
+    #[test]
+    fn dispatch_passes_over_a_script_at_its_limit_and_keeps_its_jobs_in_order() {
+        let (slow, fast) = (script("slow", Some(1)), script("fast", None));
+        let mut st = State::default();
+        queued(&mut st, &[("s1", &slow), ("s2", &slow), ("s3", &slow), ("f1", &fast), ("f2", &fast)]);
+        assert_eq!(ids(&st.take_startable(2)), ["s1", "f1"]);
+        assert_eq!((st.running, st.running_of("slow")), (2, 1));
+        assert_eq!(ids(&st.queue.iter().cloned().collect::<Vec<_>>()), ["s2", "s3", "f2"]);
+        assert_eq!(ids(&st.take_startable(5)), ["f2"]);
+        assert!(!st.has_startable());
+        st.running -= 1;
+        st.script_ended(&slow);
+        assert_eq!(ids(&st.take_startable(5)), ["s2"], "the script's next job, first in first out");
+    }
+
+    #[test]
+    fn a_queue_position_counts_its_own_scripts_jobs_and_those_with_room() {
+        let (slow, pair, fast) = (script("slow", Some(1)), script("pair", Some(2)), script("fast", None));
+        let mut st = State { running: 1, ..State::default() };
+        st.script_started(&slow);
+        let q = queued(
+            &mut st,
+            &[("s1", &slow), ("p1", &pair), ("p2", &pair), ("p3", &pair), ("s2", &slow), ("f1", &fast)],
+        );
+        let positions: Vec<_> = q.iter().map(|a| st.queue_position(a).unwrap()).collect();
+        // s1 waits for slow's place; p1 and p2 have room; p3 waits behind them; s2 behind s1,
+        // p1 and p2; f1 behind p1 and p2 only (s1, p3 and s2 wait for their scripts).
+        assert_eq!(positions, [1, 1, 2, 3, 4, 3]);
     }
 }

@@ -343,7 +343,12 @@ impl JobManager {
             let mut st = lock(&shared.state);
             admission.release(&mut st);
             admitted?;
-            let waits = st.stopping || !st.queue.is_empty() || st.running >= shared.config.runner.max_concurrent;
+            // Cheap and conservative (a job noted as waiting that starts at once is dropped
+            // from the note unwritten): a queue behind a script at its limit counts as busy.
+            let waits = st.stopping
+                || !st.queue.is_empty()
+                || st.running >= shared.config.runner.max_concurrent
+                || !st.has_room(&active.script);
             if let Some(key) = key {
                 st.keys.insert(key, id.clone());
             }
@@ -448,6 +453,28 @@ impl JobManager {
         let key = id.to_string();
         let row = blocking(move || store.get_job(&key)).await??;
         row.ok_or_else(|| JobError::JobNotFound(id.to_string()))
+    }
+
+    /// The job with this id, and its place in this server's queue while it waits there (see
+    /// [`JobManager::queue_position`]).
+    pub async fn get_with_position(&self, id: &str) -> Result<(Job, Option<u64>), JobError> {
+        let position = self.queue_position(id);
+        let job = self.get(id).await?;
+        // It may have started between the two reads: a place is shown only with `queued`.
+        let position = if job.status == JobStatus::Queued { position } else { None };
+        Ok((job, position))
+    }
+
+    /// A queued job's place in this server's queue, from 1: one more than the jobs queued
+    /// ahead of it that start before it, which are those of its own script and those of
+    /// other scripts with room under their `concurrency` (taken as dispatch would take them).
+    /// A job of a script at its limit does not count for a job of another script behind it.
+    /// `None` for a job not queued here (running, ended, or in a cluster's shared queue).
+    /// One pass over the queue.
+    pub fn queue_position(&self, id: &str) -> Option<u64> {
+        let st = lock(&self.shared.state);
+        let active = st.active.get(id)?;
+        st.queue_position(active)
     }
 
     /// Waits until the job has ended and returns its final state (at once if it has ended).
