@@ -10,6 +10,7 @@ mod api;
 mod blocks_flows;
 mod cluster;
 mod durability;
+mod inputs;
 mod logs;
 mod metrics;
 mod migrate_db;

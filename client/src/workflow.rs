@@ -324,6 +324,25 @@ impl Workflow {
         })
     }
 
+    /// Waits for a value from outside the run (`POST /api/script-runs/{id}/inputs/{label}`),
+    /// which the server checks against `schema` (a JSON schema; `None` takes any value)
+    /// before it journals it. The run is `awaiting` meanwhile, and may be parked and
+    /// restarted as for an approval; a replay returns the journaled value.
+    pub fn input(&self, label: &str, prompt: &str, schema: Option<&Value>) -> Result<Value, ClientError> {
+        let config = match schema {
+            Some(schema) => json!({ "prompt": prompt, "schema": schema }),
+            None => json!({ "prompt": prompt }),
+        };
+        let mut step = match self.begin(label, "input", config)? {
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not journal the input".into())),
+        };
+        while step.status == "started" {
+            step = self.wait(label)?;
+        }
+        Ok(step.result.get("value").cloned().unwrap_or(Value::Null))
+    }
+
     /// Reports progress (`current` of `total`, 0 when unknown) on the run.
     pub fn progress(&self, current: u64, total: u64, message: Option<&str>) -> Result<(), ClientError> {
         let body = ProgressRequest { current, total, message: message.map(str::to_string) };

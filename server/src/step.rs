@@ -20,6 +20,7 @@ enum Kind {
     ValueFrom(Vec<String>),
     Sleep(Duration),
     Approval(String),
+    Input(String, Option<Value>),
     ProgressOnly,
 }
 
@@ -99,6 +100,11 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
             println!("{shown}");
             Ok(if decision.approved { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Kind::Input(prompt, schema) => {
+            let value = wf.input(label, &prompt, schema.as_ref())?;
+            println!("{value}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -118,6 +124,12 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
     }
     if args.approval.is_some() {
         kinds.push("--approval");
+    }
+    if args.input.is_some() {
+        kinds.push("--input");
+    }
+    if args.schema.is_some() && args.input.is_none() {
+        return Err("--schema goes with --input".into());
     }
     if kinds.len() > 1 {
         return Err(format!("one step kind at a time, got {}", kinds.join(" and ")));
@@ -142,11 +154,20 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
         (Some("--value-from"), true) => return Err("--value-from needs a command after --".into()),
         (Some("--sleep"), true) => Kind::Sleep(parse_duration(args.sleep.as_deref().unwrap_or_default())?),
         (Some("--approval"), true) => Kind::Approval(args.approval.clone().unwrap_or_default()),
+        (Some("--input"), true) => {
+            let schema = match args.schema.as_deref() {
+                Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("--schema is not JSON: {e}"))?),
+                None => None,
+            };
+            Kind::Input(args.input.clone().unwrap_or_default(), schema)
+        }
         (Some(other), false) => return Err(format!("{other} takes no command after --")),
         (None, false) => Kind::Command(args.command.clone()),
         (None, true) if args.progress.is_some() => Kind::ProgressOnly,
         (None, true) | (Some(_), true) => {
-            return Err("what should the step do? give -- <cmd>, --script, --value, --sleep or --approval".into())
+            return Err(
+                "what should the step do? give -- <cmd>, --script, --value, --sleep, --approval or --input".into()
+            )
         }
     };
     Ok(kind)

@@ -273,6 +273,17 @@ pub struct ApprovalRequest {
     pub comment: Option<String>,
 }
 
+/// `POST /api/script-runs/{id}/inputs/{label}` body: the value an input step waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InputRequest {
+    /// The value (any JSON; it must match the step's schema, if it has one).
+    pub value: serde_json::Value,
+    /// Who supplied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
 /// A run's status (the schema of the `status` fields, which the types keep as text).
 #[cfg(feature = "openapi")]
 #[derive(utoipa::ToSchema)]
@@ -313,6 +324,8 @@ pub enum StepType {
     Approval,
     /// A node of a flow.
     Node,
+    /// A value supplied from outside the run, checked against a JSON schema.
+    Input,
 }
 
 /// A journal entry's status (the schema of its `status` field, which the type keeps as text).

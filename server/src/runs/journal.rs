@@ -20,7 +20,7 @@ use super::launch::{sha256_hex, to_json};
 use super::lifecycle;
 use super::live::LiveRun;
 use super::model::{
-    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
+    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType, Submission,
 };
 use super::{execution, Engine, MAX_WAIT};
 use crate::jobs::model::JobStatus;
@@ -119,6 +119,18 @@ pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: St
             let entry = insert_step(engine, &live, started(None, None)).await?;
             continue_step(engine, &live, entry, &requester).await
         }
+        StepType::Input => {
+            // A schema no value could be checked against is the workflow's mistake, told at
+            // once rather than to whoever submits the value.
+            if let Some(schema) = request.config.get("schema").filter(|s| !s.is_null()) {
+                jsonschema::validator_for(schema).map_err(|e| {
+                    live.lock().budget.release(&request.label);
+                    RunError::InvalidRequest(format!("input {:?}: its schema is not a JSON schema: {e}", request.label))
+                })?;
+            }
+            let entry = insert_step(engine, &live, started(None, None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
         StepType::Script => {
             // The entry names the job before the job exists, so a crash can never leave a
             // job the journal does not know of (which a replay would start again).
@@ -166,6 +178,13 @@ pub async fn record_step(
             finish_step(engine, &live, existing, status, record.result, record.error).await
         }
         None => {
+            if record.step_type == StepType::Input {
+                // Its value comes from outside the run (`submit_input`), never from the run.
+                return Err(RunError::InvalidRequest(format!(
+                    "input step {:?} is begun, not recorded: its value is submitted to the run",
+                    record.label
+                )));
+            }
             reserve(engine, &live, &record.label, record.step_type).await?;
             let now = now_ms();
             let entry = JournalEntry {
@@ -236,14 +255,41 @@ pub async fn approve(engine: &Arc<Engine>, id: &str, label: &str, decision: Deci
         "comment": decision.comment,
         "decidedAt": crate::time::iso(now_ms()),
     });
-    let stored = finish_step(engine, &live, entry, StepStatus::Completed, Some(result.clone()), None).await?;
-    // Another decision stored first wins (the journal keeps the first end of an entry).
-    if stored.result.as_ref() != Some(&result) {
+    decide(engine, &live, entry, result).await
+}
+
+/// Gives a pending input step its value: checked against the step's schema first (a value
+/// that does not match is refused with where it fails, and nothing is journaled), then
+/// journaled as the step's result; the run goes on as after an approval.
+pub async fn submit_input(engine: &Arc<Engine>, id: &str, label: &str, submission: Submission) -> Result<(), RunError> {
+    let live = engine.require_live(id, "given an input").await?;
+    let entry = engine.step(id, label).await?;
+    let Some(entry) = entry.filter(|e| e.step_type == StepType::Input) else {
+        return Err(RunError::StepNotFound(format!("run {id} has no input step labelled {label:?}")));
+    };
+    if entry.status != StepStatus::Started {
         return Err(RunError::AlreadyDecided(label.to_string()));
     }
-    // The step client may read the decision at once, and its execution end and settle the
+    rules::check_input(label, &entry.config, &submission.value)?;
+    let result = json!({
+        "value": submission.value,
+        "by": submission.by,
+        "submittedAt": crate::time::iso(now_ms()),
+    });
+    decide(engine, &live, entry, result).await
+}
+
+/// Ends a started entry someone outside the run was awaited for with `result`, and lets the
+/// run go on. Another end stored first wins (the journal keeps the first end of an entry).
+async fn decide(engine: &Arc<Engine>, live: &Arc<LiveRun>, entry: JournalEntry, result: Value) -> Result<(), RunError> {
+    let label = entry.label.clone();
+    let stored = finish_step(engine, live, entry, StepStatus::Completed, Some(result.clone()), None).await?;
+    if stored.result.as_ref() != Some(&result) {
+        return Err(RunError::AlreadyDecided(label));
+    }
+    // The step client may read the result at once, and its execution end and settle the
     // run, on another thread: `wake` decides on the run as it is under its lock.
-    if let Some(pending) = execution::wake(engine, &live)? {
+    if let Some(pending) = execution::wake(engine, live)? {
         live.committed(pending).await?;
     }
     live.bump();
@@ -290,7 +336,7 @@ async fn continue_step(
     }
     match entry.step_type {
         StepType::Script => continue_script_step(engine, live, entry, None).await,
-        StepType::Approval => {
+        StepType::Approval | StepType::Input => {
             let awaiting = live.commit_if(
                 engine.writer(),
                 |run| lifecycle::awaits(run, requester),

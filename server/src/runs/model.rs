@@ -74,6 +74,9 @@ pub enum StepType {
     Approval,
     /// A flow node (durable flows).
     Node,
+    /// A value someone outside the run supplies (`POST .../inputs/{label}`), checked against
+    /// the step's JSON schema; the run awaits it as it awaits an approval.
+    Input,
 }
 
 impl StepType {
@@ -86,14 +89,23 @@ impl StepType {
             StepType::Sleep => "sleep",
             StepType::Approval => "approval",
             StepType::Node => "node",
+            StepType::Input => "input",
         }
     }
 
     /// Parses the stored spelling.
     pub fn parse(s: &str) -> Option<StepType> {
-        [StepType::Command, StepType::Script, StepType::Value, StepType::Sleep, StepType::Approval, StepType::Node]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            StepType::Command,
+            StepType::Script,
+            StepType::Value,
+            StepType::Sleep,
+            StepType::Approval,
+            StepType::Node,
+            StepType::Input,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -329,6 +341,23 @@ pub struct Decision {
     pub by: Option<String>,
     /// Why.
     pub comment: Option<String>,
+}
+
+impl StepType {
+    /// Whether a started entry of this type makes the run `awaiting` until someone outside
+    /// the run ends it (a decision, an input), and may park its process meanwhile.
+    pub fn awaits_outside(self) -> bool {
+        matches!(self, StepType::Approval | StepType::Input)
+    }
+}
+
+/// A value submitted for an input step.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The value (checked against the step's schema before it is journaled).
+    pub value: Value,
+    /// Who submitted it.
+    pub by: Option<String>,
 }
 
 #[cfg(test)]
