@@ -60,6 +60,12 @@ echo "{{\"got\":$v}}"
     assert_eq!(ask["status"], json!("started"), "{ask}");
     assert_eq!(ask["config"]["prompt"], json!("who are you?"), "{ask}");
     assert_eq!(ask["config"]["schema"], serde_json::from_str::<Value>(SCHEMA).unwrap(), "{ask}");
+    let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+    assert_eq!(
+        body["run"]["waitingFor"],
+        json!({"label": "ask", "kind": "input", "prompt": "who are you?", "schema": schema}),
+        "{body}"
+    );
 
     let value = json!({"name": "ada", "age": 36});
     let r = server.post(&format!("/api/script-runs/{id}/inputs/ask"), json!({"value": value, "by": "ops"}));
@@ -72,6 +78,7 @@ echo "{{\"got\":$v}}"
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
     assert_eq!(body["run"]["output"], json!({"got": value}), "{body}");
+    assert!(body["run"].get("waitingFor").is_none(), "{body}");
     let ask = entry(&body, "ask");
     assert_eq!(ask["status"], json!("completed"), "{ask}");
     assert_eq!(ask["result"]["value"], value, "{ask}");

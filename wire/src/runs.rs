@@ -65,6 +65,34 @@ pub struct RunView {
     /// The run this one was forked from.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub forked_from: Option<String>,
+    /// What an `awaiting` run waits for (absent otherwise): the step someone outside the run
+    /// must decide, give a value to or send an event to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub waiting_for: Option<WaitingFor>,
+}
+
+/// The step an `awaiting` run waits for, and what it asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingFor {
+    /// The step's label (`stepKey`).
+    pub label: String,
+    /// `approval` or `input`.
+    pub kind: String,
+    /// An approval's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub message: Option<String>,
+    /// An input's prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub prompt: Option<String>,
+    /// An input's JSON schema (absent: any value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub schema: Option<Value>,
 }
 
 /// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the

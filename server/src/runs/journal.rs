@@ -337,10 +337,14 @@ async fn continue_step(
     match entry.step_type {
         StepType::Script => continue_script_step(engine, live, entry, None).await,
         StepType::Approval | StepType::Input => {
+            let waiting_for = waiting_for(&entry);
             let awaiting = live.commit_if(
                 engine.writer(),
                 |run| lifecycle::awaits(run, requester),
-                |run| run.status = RunStatus::Awaiting,
+                |run| {
+                    run.status = RunStatus::Awaiting;
+                    run.waiting_for = Some(waiting_for);
+                },
             )?;
             if let Some(pending) = awaiting {
                 live.committed(pending).await?;
@@ -359,6 +363,18 @@ async fn continue_step(
         }
         _ => Ok(Begun::Resume(entry)),
     }
+}
+
+/// What a run awaiting `entry` shows as its `waitingFor`: the label, the kind and what the
+/// step asks (an approval's message; an input's prompt and schema).
+fn waiting_for(entry: &JournalEntry) -> Value {
+    let mut shown = json!({ "label": entry.label, "kind": entry.step_type.as_str() });
+    for key in ["message", "prompt", "schema"] {
+        if let Some(value) = entry.config.get(key).filter(|v| !v.is_null()) {
+            shown[key] = value.clone();
+        }
+    }
+    shown
 }
 
 /// A started script step: submits its job if it does not exist yet (its id was journaled

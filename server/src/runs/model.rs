@@ -188,6 +188,9 @@ pub struct Run {
     pub last_heartbeat_at: Option<i64>,
     /// The cluster node that holds the run (`None` on SQLite).
     pub node: Option<String>,
+    /// What the run awaits (`{label, kind, ...}` of the started step someone outside the run
+    /// ends), set with the `awaiting` status; shown only while the run is `awaiting`.
+    pub waiting_for: Option<Value>,
 }
 
 /// Progress a workflow reported.
@@ -229,6 +232,7 @@ impl Run {
             finished_at: None,
             last_heartbeat_at: None,
             node: None,
+            waiting_for: None,
         }
     }
 }
