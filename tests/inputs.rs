@@ -241,3 +241,74 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT,\"got\":$v}"
     assert_eq!(lines(&d.join("printed")), [r#"2 {"name":"ada"}"#]);
     assert_eq!(labels(&body), ["a", "ask", "b"]);
 }
+
+// ---------------------------------------------------------------- event steps
+
+#[test]
+fn an_event_step_receives_the_payload_posted_to_the_run_and_prints_it() {
+    let (b, d) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        &format!(
+            r#"set -e
+{gate}
+p=$(script-runner step hook --wait-event paid)
+echo "{{\"got\":$p}}"
+"#,
+            gate = crate::common::wait_for_gate(&d.join("go"))
+        ),
+    );
+    let id = server.launch_bash(&source, json!({}));
+    // No step waits yet: the event is refused, not kept.
+    let r = server.post(&format!("/api/script-runs/{id}/events/paid"), json!({"early": true}));
+    assert_error(&r, 404, "STEP_NOT_FOUND");
+    crate::common::open_gate(&d.join("go"));
+    let body = wait_awaiting(&server, &id);
+    assert_eq!(body["run"]["waitingFor"], json!({"label": "hook", "kind": "event", "event": "paid"}), "{body}");
+    let r = server.post(&format!("/api/script-runs/{id}/events/other"), json!({}));
+    assert_error(&r, 404, "STEP_NOT_FOUND");
+    // Any JSON is a payload, not only an object.
+    let r = server.post(&format!("/api/script-runs/{id}/events/paid"), json!([1, {"amount": 12}]));
+    assert_ok(&r);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"got": [1, {"amount": 12}]}), "{body}");
+    let hook = entry(&body, "hook");
+    assert_eq!(hook["stepType"], json!("event"), "{hook}");
+    assert_eq!(hook["status"], json!("completed"), "{hook}");
+    assert_eq!(hook["result"]["payload"], json!([1, {"amount": 12}]), "{hook}");
+}
+
+/// The time-out fails the step on the server, even while the run is parked: the failure is
+/// journaled, the run restarts, and the replay fails the same way (exit 1), never waiting again.
+#[test]
+fn an_event_step_that_times_out_fails_and_replays_as_a_failure() {
+    let (b, d) = builder();
+    let server = b.workflows(json!({"parkAfterSec": 1})).start();
+    let source = src(
+        &d,
+        r#"script-runner step a -- sh -c 'echo a >> @D/side'
+script-runner step hook --wait-event paid --timeout 2500ms > /dev/null 2>> @D/err
+echo "$SCRIPT_RUN_ATTEMPT $?" >> @D/rc
+echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let parked = server.wait_run_body(&id, "parked (awaiting, pid null)", WAIT, |b| {
+        b["run"]["status"] == json!("awaiting") && b["run"]["pid"].is_null()
+    });
+    assert!(parked["run"]["waitingFor"]["deadlineAt"].is_string(), "{parked}");
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"attempt": 2}), "{body}");
+    let hook = entry(&body, "hook");
+    assert_eq!(hook["status"], json!("failed"), "{hook}");
+    assert!(hook["error"].as_str().unwrap().contains("did not arrive"), "{hook}");
+    assert_eq!(lines(&d.join("rc")), ["2 1"], "the replay did not fail as journaled");
+    assert_eq!(lines(&d.join("side")), ["a"]);
+    assert!(std::fs::read_to_string(d.join("err")).unwrap().contains("did not arrive"));
+    // Too late: nothing waits for it any more.
+    let r = server.post(&format!("/api/script-runs/{id}/events/paid"), json!({}));
+    assert_error(&r, 409, "INVALID_STATE");
+}

@@ -44,7 +44,7 @@ const LIVE_RUN_STATUSES: [&str; 3] = ["running", "awaiting", "paused"];
 /// Final statuses of a run (`RunStatus::as_str`).
 const RUN_END_STATUSES: [&str; 4] = ["completed", "failed", "cancelled", "aborted_limit"];
 /// Step types (`StepType::as_str`).
-const STEP_TYPES: [&str; 7] = ["command", "script", "value", "sleep", "approval", "node", "input"];
+const STEP_TYPES: [&str; 8] = ["command", "script", "value", "sleep", "approval", "node", "input", "event"];
 /// Methods given their own `method` label; any other is `other`.
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 

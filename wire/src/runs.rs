@@ -79,7 +79,7 @@ pub struct RunView {
 pub struct WaitingFor {
     /// The step's label (`stepKey`).
     pub label: String,
-    /// `approval` or `input`.
+    /// `approval`, `input` or `event`.
     pub kind: String,
     /// An approval's message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +93,14 @@ pub struct WaitingFor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub schema: Option<Value>,
+    /// An event step's event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub event: Option<String>,
+    /// When an event step times out (ISO time; absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub deadline_at: Option<String>,
 }
 
 /// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the
@@ -354,6 +362,8 @@ pub enum StepType {
     Node,
     /// A value supplied from outside the run, checked against a JSON schema.
     Input,
+    /// A named event posted to the run (or a time-out).
+    Event,
 }
 
 /// A journal entry's status (the schema of its `status` field, which the type keeps as text).

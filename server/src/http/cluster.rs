@@ -213,6 +213,39 @@ pub async fn run_input(
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
 }
 
+/// `POST /api/internal/cluster/script-runs/:id/events/:name` (any JSON): an event for a run this
+/// node holds, posted on another node.
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/events/{name}",
+    operation_id = "nodeRunEvent",
+    tag = "internal",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("name" = String, Path, description = "The event's name."),
+    ),
+    request_body(content = serde_json::Value, description = "The event's payload: any JSON."),
+    responses(
+        (status = 200, description = "The run after the event.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn run_event(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    from_a_node(&state, &req)?;
+    let (id, name) = path.into_inner();
+    let payload = super::json_value(payload, &req).await?;
+    let run = state.runs.act(&id, RunAction::Event { name, payload }, false).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
+}
+
 /// Checks that a request on an internal cluster route comes from a node: it carries this node's
 /// secret, which only the cluster's database holds (compared in constant time).
 fn from_a_node(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {

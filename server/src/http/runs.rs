@@ -36,7 +36,7 @@ fn step_body<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result
 fn step_type(name: &str) -> Result<StepType, ApiError> {
     StepType::parse(name).ok_or_else(|| {
         ApiError::InvalidRequest(format!(
-            "stepType {name:?} must be command, script, value, sleep, approval, node or input"
+            "stepType {name:?} must be command, script, value, sleep, approval, node, input or event"
         ))
     })
 }
@@ -426,6 +426,35 @@ pub async fn submit_input(
     let body = json_object(payload, &req).await?;
     let submission = submission(&body)?;
     let run = state.runs.submit_input(&id, &label, submission).await?;
+    Ok(run_answer(run))
+}
+
+/// `POST /api/script-runs/{id}/events/{name}` with any JSON body: the event the run's earliest
+/// event step waiting for `name` receives (journaled as its `payload`).
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/events/{name}",
+    operation_id = "deliverEvent",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id."), ("name" = String, Path, description = "The event's name.")),
+    request_body(content = serde_json::Value, description = "The event's payload: any JSON."),
+    responses(
+        (status = 200, description = "The run, with the event journaled.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND` (no step waits for this event).", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn deliver_event(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    let body = super::json_value(payload, &req).await?;
+    let run = state.runs.deliver_event(&id, &name, body).await?;
     Ok(run_answer(run))
 }
 

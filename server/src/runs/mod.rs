@@ -163,6 +163,13 @@ pub enum RunAction {
         /// The value and who gave it.
         submission: Submission,
     },
+    /// Deliver an event to the step waiting for it.
+    Event {
+        /// The event's name.
+        name: String,
+        /// Its payload (any JSON).
+        payload: serde_json::Value,
+    },
 }
 
 impl RunAction {
@@ -181,6 +188,9 @@ impl RunAction {
                 format!("/script-runs/{id}/inputs/{}", crate::names::path_segment(label)),
                 serde_json::json!({ "value": submission.value, "by": submission.by }),
             ),
+            RunAction::Event { name, payload } => {
+                (format!("/script-runs/{id}/events/{}", crate::names::path_segment(name)), payload.clone())
+            }
         }
     }
 }
@@ -395,6 +405,13 @@ impl RunManager {
         self.act(id, RunAction::Input { label: label.to_string(), submission }, true).await
     }
 
+    /// Delivers an event (any JSON payload) to the run's earliest event step waiting for
+    /// `name`; none waiting is [`RunError::StepNotFound`]. The run continues as after an
+    /// approval, and the step client prints the payload.
+    pub async fn deliver_event(&self, id: &str, name: &str, payload: serde_json::Value) -> Result<Run, RunError> {
+        self.act(id, RunAction::Event { name: name.to_string(), payload }, true).await
+    }
+
     /// Does `action` to the run. A run held by another node of the cluster is decided there:
     /// with `forward`, the request is sent to that node (its internal route), which answers
     /// once its decision is committed; the run is then read back. Without (the request came
@@ -409,6 +426,7 @@ impl RunManager {
             RunAction::Input { label, submission } => {
                 journal::submit_input(engine, id, label, submission.clone()).await
             }
+            RunAction::Event { name, payload } => journal::deliver_event(engine, id, name, payload.clone()).await,
         };
         match done {
             Err(RunError::OnOtherNode { node, .. }) if forward => self.forward(id, &node, &action).await?,

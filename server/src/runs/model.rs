@@ -77,6 +77,9 @@ pub enum StepType {
     /// A value someone outside the run supplies (`POST .../inputs/{label}`), checked against
     /// the step's JSON schema; the run awaits it as it awaits an approval.
     Input,
+    /// Waits for a named event posted to the run (`POST .../events/{name}`), or fails when its
+    /// time-out passes; the run awaits it as it awaits an approval.
+    Event,
 }
 
 impl StepType {
@@ -90,6 +93,7 @@ impl StepType {
             StepType::Approval => "approval",
             StepType::Node => "node",
             StepType::Input => "input",
+            StepType::Event => "event",
         }
     }
 
@@ -103,6 +107,7 @@ impl StepType {
             StepType::Approval,
             StepType::Node,
             StepType::Input,
+            StepType::Event,
         ]
         .into_iter()
         .find(|t| t.as_str() == s)
@@ -351,7 +356,7 @@ impl StepType {
     /// Whether a started entry of this type makes the run `awaiting` until someone outside
     /// the run ends it (a decision, an input), and may park its process meanwhile.
     pub fn awaits_outside(self) -> bool {
-        matches!(self, StepType::Approval | StepType::Input)
+        matches!(self, StepType::Approval | StepType::Input | StepType::Event)
     }
 }
 

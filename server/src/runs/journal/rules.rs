@@ -56,6 +56,12 @@ pub fn check_input(label: &str, config: &Value, value: &Value) -> Result<(), Run
     }
 }
 
+/// An event name is what a label is (it is a path segment of `POST .../events/{name}`).
+pub fn check_event_name(name: &str) -> Result<(), String> {
+    check_label(name)
+        .map_err(|_| format!("an event name must be 1 to {MAX_NAME_CHARS} characters without control characters"))
+}
+
 /// A step client may record only an ended step (`None`: a spelling that is no step status).
 pub fn check_recorded_status(status: Option<StepStatus>) -> Result<StepStatus, String> {
     match status {
