@@ -312,3 +312,27 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
     let r = server.post(&format!("/api/script-runs/{id}/events/paid"), json!({}));
     assert_error(&r, 409, "INVALID_STATE");
 }
+
+/// A restarted server arms the time-out of a parked run's event step again (no process is
+/// left to replay it): the step still fails at its journaled deadline.
+#[test]
+fn a_parked_event_step_times_out_after_a_server_restart() {
+    let (b, d) = builder();
+    let mut server = b.workflows(json!({"parkAfterSec": 1})).start();
+    let source = src(
+        &d,
+        r#"script-runner step hook --wait-event paid --timeout 3s > /dev/null 2>&1
+echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT,\"rc\":$?}"
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    server.wait_run_body(&id, "parked (awaiting, pid null)", WAIT, |b| {
+        b["run"]["status"] == json!("awaiting") && b["run"]["pid"].is_null()
+    });
+    server.kill9();
+    server.restart();
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(body["run"]["output"], json!({"attempt": 2, "rc": 1}), "{body}");
+    assert_eq!(entry(&body, "hook")["status"], json!("failed"), "{body}");
+}

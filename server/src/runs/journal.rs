@@ -329,6 +329,21 @@ async fn time_out(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str) -> Res
     }
 }
 
+/// Arms again the time-outs of a recovered run's started event steps (an `awaiting` run has no
+/// process whose replay would): read from its journal on this thread's runtime.
+pub fn rearm_deadlines(engine: &Arc<Engine>, live: &Arc<LiveRun>) {
+    let (engine, live) = (Arc::clone(engine), Arc::clone(live));
+    tokio::task::spawn_local(async move {
+        match engine.journal(&live.id).await {
+            Ok(journal) => journal
+                .iter()
+                .filter(|e| e.step_type == StepType::Event && e.status == StepStatus::Started)
+                .for_each(|e| arm_deadline(&engine, &live, e)),
+            Err(e) => log::warn!("run {}: cannot read its journal to arm its event time-outs: {e}", live.id),
+        }
+    });
+}
+
 /// Arms the time-out of a started event step (on its begin and on every replay that finds it
 /// started, so a restart re-arms it); without `timeoutMs` it waits for ever.
 fn arm_deadline(engine: &Arc<Engine>, live: &Arc<LiveRun>, entry: &JournalEntry) {
