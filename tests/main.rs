@@ -11,6 +11,7 @@ mod blocks_flows;
 mod cluster;
 mod concurrency;
 mod durability;
+mod inputs;
 mod logs;
 mod metrics;
 mod migrate_db;

@@ -441,6 +441,7 @@ echo "{\"attempt\":$SCRIPT_RUN_ATTEMPT}"
     assert!(parked["run"]["pid"].is_null(), "{parked}");
     assert_eq!(parked["run"]["attempt"], json!(1), "{parked}");
     assert_eq!(entry(&parked, "gate")["status"], json!("started"));
+    assert_eq!(parked["run"]["waitingFor"], json!({"label": "gate", "kind": "approval", "message": "go?"}), "{parked}");
 
     let r = server.post(&format!("/api/script-runs/{id}/approvals/gate"), json!({"approved": true}));
     assert_ok(&r, 200);

@@ -324,6 +324,51 @@ impl Workflow {
         })
     }
 
+    /// Waits for a value from outside the run (`POST /api/script-runs/{id}/inputs/{label}`),
+    /// which the server checks against `schema` (a JSON schema; `None` takes any value)
+    /// before it journals it. The run is `awaiting` meanwhile, and may be parked and
+    /// restarted as for an approval; a replay returns the journaled value.
+    pub fn input(&self, label: &str, prompt: &str, schema: Option<&Value>) -> Result<Value, ClientError> {
+        let config = match schema {
+            Some(schema) => json!({ "prompt": prompt, "schema": schema }),
+            None => json!({ "prompt": prompt }),
+        };
+        let mut step = match self.begin(label, "input", config)? {
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not journal the input".into())),
+        };
+        while step.status == "started" {
+            step = self.wait(label)?;
+        }
+        Ok(step.result.get("value").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Waits for the event `name` (`POST /api/script-runs/{id}/events/{name}`, any JSON) and
+    /// returns its payload. With a `timeout`, the server fails the step when it passes
+    /// ([`ClientError::StepFailed`], and so does every replay). The run is `awaiting`
+    /// meanwhile, and may be parked and restarted as for an approval.
+    pub fn wait_event(&self, label: &str, name: &str, timeout: Option<Duration>) -> Result<Value, ClientError> {
+        let config = match timeout {
+            Some(t) => json!({ "event": name, "timeoutMs": u64::try_from(t.as_millis()).unwrap_or(u64::MAX) }),
+            None => json!({ "event": name }),
+        };
+        let mut step = match self.begin(label, "event", config)? {
+            Next::Done(step) | Next::Resume(step) => step,
+            Next::Execute => return Err(ClientError::Protocol("the server did not journal the event step".into())),
+        };
+        while step.status == "started" {
+            step = self.wait(label)?;
+        }
+        if step.status == "failed" {
+            return Err(ClientError::StepFailed {
+                label: label.into(),
+                message: step.error.clone().unwrap_or_default(),
+                result: step.result,
+            });
+        }
+        Ok(step.result.get("payload").cloned().unwrap_or(Value::Null))
+    }
+
     /// Reports progress (`current` of `total`, 0 when unknown) on the run.
     pub fn progress(&self, current: u64, total: u64, message: Option<&str>) -> Result<(), ClientError> {
         let body = ProgressRequest { current, total, message: message.map(str::to_string) };

@@ -94,7 +94,9 @@ enum FlowCommand {
 ///
 /// Kinds: `-- <cmd> [args]` (a local command), `--script <id> [args]` (a configured script as
 /// a server-side job), `--value '<json>'`, `--value-from -- <cmd>`, `--sleep <duration>`,
-/// `--approval "<message>"`. `--progress N/M ["message"]` reports progress (with or without a
+/// `--approval "<message>"`, `--input "<prompt>" [--schema '<json schema>']` (prints the value
+/// submitted, as JSON), `--wait-event <name> [--timeout <duration>]` (prints the event's payload,
+/// as JSON; exits 1 when it timed out). `--progress N/M ["message"]` reports progress (with or without a
 /// step). Exit status: the command's (or job's) exit code; 0 approved / 1 denied; 2 for a usage
 /// error; 3 when the step could not be run (server error, diverged replay, guardrail).
 #[derive(Args, Debug)]
@@ -119,6 +121,19 @@ pub struct StepArgs {
     /// Wait for a human decision with this message.
     #[arg(long, value_name = "MESSAGE")]
     approval: Option<String>,
+    /// Wait for a value from outside the run with this prompt; prints it as JSON.
+    #[arg(long, value_name = "PROMPT")]
+    input: Option<String>,
+    /// Wait for the event with this name (`POST /api/script-runs/{id}/events/{name}`); prints its
+    /// payload as JSON.
+    #[arg(long, value_name = "NAME")]
+    wait_event: Option<String>,
+    /// How long a `--wait-event` step waits before it fails (e.g. 30s, 2h; none: for ever).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// The JSON schema an `--input` value must match.
+    #[arg(long, value_name = "JSON_SCHEMA")]
+    schema: Option<String>,
     /// Report progress: current/total and an optional message.
     #[arg(long, num_args = 1..=2, value_names = ["N/M", "MESSAGE"])]
     progress: Option<Vec<String>>,

@@ -44,7 +44,7 @@ const LIVE_RUN_STATUSES: [&str; 3] = ["running", "awaiting", "paused"];
 /// Final statuses of a run (`RunStatus::as_str`).
 const RUN_END_STATUSES: [&str; 4] = ["completed", "failed", "cancelled", "aborted_limit"];
 /// Step types (`StepType::as_str`).
-const STEP_TYPES: [&str; 6] = ["command", "script", "value", "sleep", "approval", "node"];
+const STEP_TYPES: [&str; 8] = ["command", "script", "value", "sleep", "approval", "node", "input", "event"];
 /// Methods given their own `method` label; any other is `other`.
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"];
 
@@ -130,9 +130,9 @@ pub struct Metrics {
     /// One per [`RUN_END_STATUSES`].
     runs_ended: [IntCounter; 4],
     /// One per [`STEP_TYPES`].
-    steps_recorded: [IntCounter; 6],
+    steps_recorded: [IntCounter; STEP_TYPES.len()],
     /// One per [`STEP_TYPES`].
-    steps_replayed: [IntCounter; 6],
+    steps_replayed: [IntCounter; STEP_TYPES.len()],
     approvals_waiting: IntGauge,
     streams_open: IntGauge,
     http_requests: IntCounterVec,

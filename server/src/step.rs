@@ -20,6 +20,8 @@ enum Kind {
     ValueFrom(Vec<String>),
     Sleep(Duration),
     Approval(String),
+    Input(String, Option<Value>),
+    Event(String, Option<Duration>),
     ProgressOnly,
 }
 
@@ -99,6 +101,22 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
             println!("{shown}");
             Ok(if decision.approved { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Kind::Event(name, timeout) => match wf.wait_event(label, &name, timeout) {
+            Ok(payload) => {
+                println!("{payload}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(ClientError::StepFailed { message, .. }) => {
+                eprintln!("script-runner step: {label}: {message}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e),
+        },
+        Kind::Input(prompt, schema) => {
+            let value = wf.input(label, &prompt, schema.as_ref())?;
+            println!("{value}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -118,6 +136,18 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
     }
     if args.approval.is_some() {
         kinds.push("--approval");
+    }
+    if args.input.is_some() {
+        kinds.push("--input");
+    }
+    if args.wait_event.is_some() {
+        kinds.push("--wait-event");
+    }
+    if args.timeout.is_some() && args.wait_event.is_none() {
+        return Err("--timeout goes with --wait-event".into());
+    }
+    if args.schema.is_some() && args.input.is_none() {
+        return Err("--schema goes with --input".into());
     }
     if kinds.len() > 1 {
         return Err(format!("one step kind at a time, got {}", kinds.join(" and ")));
@@ -142,12 +172,27 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
         (Some("--value-from"), true) => return Err("--value-from needs a command after --".into()),
         (Some("--sleep"), true) => Kind::Sleep(parse_duration(args.sleep.as_deref().unwrap_or_default())?),
         (Some("--approval"), true) => Kind::Approval(args.approval.clone().unwrap_or_default()),
+        (Some("--wait-event"), true) => {
+            let timeout = match args.timeout.as_deref() {
+                Some(text) => Some(parse_duration(text)?),
+                None => None,
+            };
+            Kind::Event(args.wait_event.clone().unwrap_or_default(), timeout)
+        }
+        (Some("--input"), true) => {
+            let schema = match args.schema.as_deref() {
+                Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("--schema is not JSON: {e}"))?),
+                None => None,
+            };
+            Kind::Input(args.input.clone().unwrap_or_default(), schema)
+        }
         (Some(other), false) => return Err(format!("{other} takes no command after --")),
         (None, false) => Kind::Command(args.command.clone()),
         (None, true) if args.progress.is_some() => Kind::ProgressOnly,
-        (None, true) | (Some(_), true) => {
-            return Err("what should the step do? give -- <cmd>, --script, --value, --sleep or --approval".into())
-        }
+        (None, true) | (Some(_), true) => return Err(
+            "what should the step do? give -- <cmd>, --script, --value, --sleep, --approval, --input or --wait-event"
+                .into(),
+        ),
     };
     Ok(kind)
 }
@@ -164,7 +209,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
             return Ok(Duration::from_secs_f64(seconds));
         }
     }
-    humantime::parse_duration(text).map_err(|e| format!("--sleep {text:?}: {e} (e.g. 500ms, 10s, 5m, 1h)"))
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is no duration: {e} (e.g. 500ms, 10s, 5m, 1h)"))
 }
 
 /// A value from a command's stdout: JSON if the trimmed output parses, else the trimmed text.

@@ -65,6 +65,42 @@ pub struct RunView {
     /// The run this one was forked from.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub forked_from: Option<String>,
+    /// What an `awaiting` run waits for (absent otherwise): the step someone outside the run
+    /// must decide, give a value to or send an event to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub waiting_for: Option<WaitingFor>,
+}
+
+/// The step an `awaiting` run waits for, and what it asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingFor {
+    /// The step's label (`stepKey`).
+    pub label: String,
+    /// `approval`, `input` or `event`.
+    pub kind: String,
+    /// An approval's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub message: Option<String>,
+    /// An input's prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub prompt: Option<String>,
+    /// An input's JSON schema (absent: any value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub schema: Option<Value>,
+    /// An event step's event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub event: Option<String>,
+    /// When an event step times out (ISO time; absent: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub deadline_at: Option<String>,
 }
 
 /// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the
@@ -273,6 +309,17 @@ pub struct ApprovalRequest {
     pub comment: Option<String>,
 }
 
+/// `POST /api/script-runs/{id}/inputs/{label}` body: the value an input step waits for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InputRequest {
+    /// The value (any JSON; it must match the step's schema, if it has one).
+    pub value: serde_json::Value,
+    /// Who supplied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
 /// A run's status (the schema of the `status` fields, which the types keep as text).
 #[cfg(feature = "openapi")]
 #[derive(utoipa::ToSchema)]
@@ -313,6 +360,10 @@ pub enum StepType {
     Approval,
     /// A node of a flow.
     Node,
+    /// A value supplied from outside the run, checked against a JSON schema.
+    Input,
+    /// A named event posted to the run (or a time-out).
+    Event,
 }
 
 /// A journal entry's status (the schema of its `status` field, which the type keeps as text).

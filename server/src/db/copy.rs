@@ -364,7 +364,7 @@ impl Table for RunCopy {
 
     fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
         let text = ["id", "script_name", "args", "source", "warnings"];
-        let nullable = ["output", "error", "idempotency_key", "progress_message"];
+        let nullable = ["output", "error", "idempotency_key", "progress_message", "waiting_for"];
         Self::after(last).select(size_of(&text, &nullable)).limit(BATCH_ROWS).load(conn)
     }
 

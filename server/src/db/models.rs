@@ -163,6 +163,8 @@ pub struct RunRow {
     /// at insert or by the cluster (a take-over, a hand-back); an update never moves it.
     #[diesel(skip_update)]
     pub node: Option<String>,
+    /// What an `awaiting` run waits for (JSON), NULL otherwise.
+    pub waiting_for: Option<String>,
 }
 
 /// A `script_run_journal` row: one durable step.

@@ -57,6 +57,7 @@ impl TryFrom<RunRow> for Run {
             finished_at: row.finished_at,
             last_heartbeat_at: row.last_heartbeat_at,
             node: row.node,
+            waiting_for: row.waiting_for.as_deref().map(from_text),
         })
     }
 }
@@ -91,6 +92,7 @@ impl From<&Run> for RunRow {
             finished_at: run.finished_at,
             last_heartbeat_at: run.last_heartbeat_at,
             node: run.node.clone(),
+            waiting_for: run.waiting_for.as_ref().map(to_text),
         }
     }
 }

@@ -77,6 +77,7 @@ diesel::table! {
         finished_at -> Nullable<BigInt>,
         last_heartbeat_at -> Nullable<BigInt>,
         node -> Nullable<Text>,
+        waiting_for -> Nullable<Text>,
     }
 }
 

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use script_runner_wire::runs::{ApprovalRequest, RunAnswer};
+use script_runner_wire::runs::{ApprovalRequest, InputRequest, RunAnswer};
 use script_runner_wire::service::{ClusterView, NodeView};
 
 use super::jobs::{log_page, Query};
@@ -176,6 +176,73 @@ pub async fn run_approval(
         comment: text("comment"),
     };
     let run = state.runs.act(&id, RunAction::Approve { label, decision }, false).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
+}
+
+/// `POST /api/internal/cluster/script-runs/:id/inputs/:label` `{value, by}`: an input of a run
+/// this node holds, submitted on another node.
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/inputs/{label}",
+    operation_id = "nodeRunInput",
+    tag = "internal",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("label" = String, Path, description = "The input step's label."),
+    ),
+    request_body = InputRequest,
+    responses(
+        (status = 200, description = "The run after the input.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `INPUT_INVALID`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn run_input(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    from_a_node(&state, &req)?;
+    let (id, label) = path.into_inner();
+    let body = super::json_object(payload, &req).await?;
+    let submission = super::runs::submission(&body)?;
+    let run = state.runs.act(&id, RunAction::Input { label, submission }, false).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
+}
+
+/// `POST /api/internal/cluster/script-runs/:id/events/:name` (any JSON): an event for a run this
+/// node holds, posted on another node.
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/events/{name}",
+    operation_id = "nodeRunEvent",
+    tag = "internal",
+    params(
+        ("id" = String, Path, description = "Run id."),
+        ("name" = String, Path, description = "The event's name."),
+    ),
+    request_body(content = serde_json::Value, description = "The event's payload: any JSON."),
+    responses(
+        (status = 200, description = "The run after the event.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn run_event(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    from_a_node(&state, &req)?;
+    let (id, name) = path.into_inner();
+    let payload = super::json_value(payload, &req).await?;
+    let run = state.runs.act(&id, RunAction::Event { name, payload }, false).await?;
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
 }
 

@@ -89,6 +89,8 @@ codes! {
     StepDiverged = "STEP_DIVERGED",
     /// The approval is already decided.
     AlreadyDecided = "ALREADY_DECIDED",
+    /// An input step's value does not match its JSON schema (the message names where).
+    InputInvalid = "INPUT_INVALID",
     /// A run token of another run or execution.
     Forbidden = "FORBIDDEN",
     /// The run is not running (its execution may not record steps).
@@ -287,6 +289,7 @@ impl From<RunError> for ApiError {
             RunError::StepNotFound(_) => run(StatusCode::NOT_FOUND, Code::StepNotFound),
             RunError::StepDiverged(_) => run(StatusCode::CONFLICT, Code::StepDiverged),
             RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, Code::AlreadyDecided),
+            RunError::InputInvalid { .. } => run(StatusCode::BAD_REQUEST, Code::InputInvalid),
             RunError::Forbidden(_) => run(StatusCode::FORBIDDEN, Code::Forbidden),
             RunError::RunNotActive(..) => run(StatusCode::CONFLICT, Code::RunNotActive),
             RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, Code::LimitExceeded),

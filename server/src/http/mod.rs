@@ -92,6 +92,8 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/internal/cluster/script-runs/{id}/logs", vec![get(cluster::run_logs)]),
         ("/api/internal/cluster/script-runs/{id}/{action}", vec![post(cluster::run_action)]),
         ("/api/internal/cluster/script-runs/{id}/approvals/{label}", vec![post(cluster::run_approval)]),
+        ("/api/internal/cluster/script-runs/{id}/inputs/{label}", vec![post(cluster::run_input)]),
+        ("/api/internal/cluster/script-runs/{id}/events/{name}", vec![post(cluster::run_event)]),
         ("/api/script-runs", vec![post(runs::launch), get(runs::list)]),
         ("/api/script-runs/{id}", vec![get(runs::get), delete(runs::cancel)]),
         ("/api/script-runs/{id}/events", vec![get(runs::events)]),
@@ -100,6 +102,8 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/script-runs/{id}/resume", vec![post(runs::resume)]),
         ("/api/script-runs/{id}/fork", vec![post(runs::fork)]),
         ("/api/script-runs/{id}/approvals/{label}", vec![post(runs::approve)]),
+        ("/api/script-runs/{id}/inputs/{label}", vec![post(runs::submit_input)]),
+        ("/api/script-runs/{id}/events/{name}", vec![post(runs::deliver_event)]),
         ("/api/internal/script-runs/{id}/steps", vec![post(runs::record_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}", vec![get(runs::get_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}/begin", vec![post(runs::begin_step)]),
@@ -223,7 +227,15 @@ pub(super) fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&st
 }
 
 /// Reads a JSON object body of at most [`MAX_BODY_BYTES`], whatever its content type.
-pub async fn json_object(mut payload: web::Payload, req: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
+pub async fn json_object(payload: web::Payload, req: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
+    match json_value(payload, req).await? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::InvalidJson("body must be a JSON object".into())),
+    }
+}
+
+/// A request body as any JSON value (an event's payload), bounded as [`json_object`]'s.
+pub async fn json_value(mut payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -240,9 +252,5 @@ pub async fn json_object(mut payload: web::Payload, req: &HttpRequest) -> Result
         }
         body.extend_from_slice(&chunk);
     }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::InvalidJson("body must be a JSON object".into())),
-        Err(e) => Err(ApiError::InvalidJson(format!("invalid json body: {e}"))),
-    }
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
 }

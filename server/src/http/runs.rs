@@ -6,8 +6,8 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use script_runner_wire::events::StreamDropped;
 use script_runner_wire::runs::{
-    ApprovalRequest, ForkRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail, RunLinesPage,
-    RunList,
+    ApprovalRequest, ForkRequest, InputRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail,
+    RunLinesPage, RunList,
 };
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
@@ -18,7 +18,7 @@ use super::{json_object, sse, ApiError, AppState};
 use crate::db::RunFilter;
 use crate::runs::events::{StoredEvent, Subscription};
 use crate::runs::model::{
-    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
+    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType, Submission,
 };
 pub use crate::runs::view::{run_view, step_view};
 
@@ -35,7 +35,9 @@ fn step_body<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result
 /// A step type's spelling as the engine's type.
 fn step_type(name: &str) -> Result<StepType, ApiError> {
     StepType::parse(name).ok_or_else(|| {
-        ApiError::InvalidRequest(format!("stepType {name:?} must be command, script, value, sleep, approval or node"))
+        ApiError::InvalidRequest(format!(
+            "stepType {name:?} must be command, script, value, sleep, approval, node, input or event"
+        ))
     })
 }
 
@@ -393,6 +395,76 @@ pub async fn approve(
         Decision { approved, by: optional_string(&body, "by")?, comment: optional_string(&body, "comment")? };
     let run = state.runs.approve(&id, &label, decision).await?;
     Ok(run_answer(run))
+}
+
+/// `POST /api/script-runs/{id}/inputs/{label}` `{value, by?}`: the value a pending input step
+/// waits for. A value its schema refuses is `400 INPUT_INVALID` naming where, and nothing is
+/// journaled (a corrected value may follow).
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/inputs/{label}",
+    operation_id = "submitInput",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`).")),
+    request_body = InputRequest,
+    responses(
+        (status = 200, description = "The run, with the value journaled.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `INPUT_INVALID` (the message names the \
+            JSON pointer of the first mismatch).", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn submit_input(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let body = json_object(payload, &req).await?;
+    let submission = submission(&body)?;
+    let run = state.runs.submit_input(&id, &label, submission).await?;
+    Ok(run_answer(run))
+}
+
+/// `POST /api/script-runs/{id}/events/{name}` with any JSON body: the event the run's earliest
+/// event step waiting for `name` receives (journaled as its `payload`).
+#[utoipa::path(
+    post,
+    path = "/api/script-runs/{id}/events/{name}",
+    operation_id = "deliverEvent",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id."), ("name" = String, Path, description = "The event's name.")),
+    request_body(content = serde_json::Value, description = "The event's payload: any JSON."),
+    responses(
+        (status = 200, description = "The run, with the event journaled.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND` (no step waits for this event).", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn deliver_event(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, name) = path.into_inner();
+    let body = super::json_value(payload, &req).await?;
+    let run = state.runs.deliver_event(&id, &name, body).await?;
+    Ok(run_answer(run))
+}
+
+/// An input's body `{value, by?}` as the engine's submission (`value` is required: `null` is a
+/// value, a missing one a mistake).
+pub fn submission(body: &Map<String, Value>) -> Result<Submission, ApiError> {
+    let Some(value) = body.get("value") else {
+        return Err(ApiError::InvalidRequest("value is required".into()));
+    };
+    Ok(Submission { value: value.clone(), by: optional_string(body, "by")? })
 }
 
 /// Why an execution's log could not all be stored (`stdout: cannot write ...`), from the run's

@@ -75,9 +75,19 @@ pub enum RunError {
     /// A replayed label was requested as a different step.
     #[error("{0}")]
     StepDiverged(String),
-    /// The approval was already decided.
-    #[error("approval {0:?} was already decided")]
+    /// The approval was already decided (or the input already given, the event delivered).
+    #[error("step {0:?} was already decided")]
     AlreadyDecided(String),
+    /// An input step's value does not match the step's JSON schema (nothing is journaled).
+    #[error("input {label:?}: the value does not match its schema at {path}: {reason}")]
+    InputInvalid {
+        /// The step's label.
+        label: String,
+        /// Where in the value (a JSON pointer, `/` for the value itself).
+        path: String,
+        /// What the schema wanted.
+        reason: String,
+    },
     /// The run token does not grant access to this run.
     #[error("the run token does not grant access to run {0}")]
     Forbidden(String),

@@ -74,6 +74,10 @@ pub fn resume_all(engine: &Arc<Engine>) {
     for live in running {
         start(engine, &live);
     }
+    // An awaiting run has no process to replay its event step and arm its time-out again.
+    for live in engine.live.all().into_iter().filter(|live| live.status() == RunStatus::Awaiting) {
+        super::journal::rearm_deadlines(engine, &live);
+    }
 }
 
 /// Starts an execution of the run on this thread's runtime (an actix worker, or the main

@@ -20,7 +20,7 @@ use super::launch::{sha256_hex, to_json};
 use super::lifecycle;
 use super::live::LiveRun;
 use super::model::{
-    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType,
+    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType, Submission,
 };
 use super::{execution, Engine, MAX_WAIT};
 use crate::jobs::model::JobStatus;
@@ -119,6 +119,32 @@ pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: St
             let entry = insert_step(engine, &live, started(None, None)).await?;
             continue_step(engine, &live, entry, &requester).await
         }
+        StepType::Input => {
+            // A schema no value could be checked against is the workflow's mistake, told at
+            // once rather than to whoever submits the value.
+            if let Some(schema) = request.config.get("schema").filter(|s| !s.is_null()) {
+                jsonschema::validator_for(schema).map_err(|e| {
+                    live.lock().budget.release(&request.label);
+                    RunError::InvalidRequest(format!("input {:?}: its schema is not a JSON schema: {e}", request.label))
+                })?;
+            }
+            let entry = insert_step(engine, &live, started(None, None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
+        StepType::Event => {
+            let name = request.config.get("event").and_then(Value::as_str).unwrap_or_default();
+            if let Err(message) = rules::check_event_name(name) {
+                live.lock().budget.release(&request.label);
+                return Err(RunError::InvalidRequest(message));
+            }
+            // The deadline is journaled, so a restarted run waits only what is left of it.
+            let deadline = request.config.get("timeoutMs").and_then(Value::as_i64).map(|ms| {
+                let at = now + ms.max(0);
+                json!({ "deadlineAt": crate::time::iso(at), "deadlineAtMs": at })
+            });
+            let entry = insert_step(engine, &live, started(deadline, None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
         StepType::Script => {
             // The entry names the job before the job exists, so a crash can never leave a
             // job the journal does not know of (which a replay would start again).
@@ -166,6 +192,14 @@ pub async fn record_step(
             finish_step(engine, &live, existing, status, record.result, record.error).await
         }
         None => {
+            if matches!(record.step_type, StepType::Input | StepType::Event) {
+                // Its value comes from outside the run (`submit_input`), never from the run.
+                return Err(RunError::InvalidRequest(format!(
+                    "{} step {:?} is begun, not recorded: it ends from outside the run",
+                    record.step_type.as_str(),
+                    record.label
+                )));
+            }
             reserve(engine, &live, &record.label, record.step_type).await?;
             let now = now_ms();
             let entry = JournalEntry {
@@ -236,14 +270,115 @@ pub async fn approve(engine: &Arc<Engine>, id: &str, label: &str, decision: Deci
         "comment": decision.comment,
         "decidedAt": crate::time::iso(now_ms()),
     });
-    let stored = finish_step(engine, &live, entry, StepStatus::Completed, Some(result.clone()), None).await?;
-    // Another decision stored first wins (the journal keeps the first end of an entry).
-    if stored.result.as_ref() != Some(&result) {
+    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+}
+
+/// Gives a pending input step its value: checked against the step's schema first (a value
+/// that does not match is refused with where it fails, and nothing is journaled), then
+/// journaled as the step's result; the run goes on as after an approval.
+pub async fn submit_input(engine: &Arc<Engine>, id: &str, label: &str, submission: Submission) -> Result<(), RunError> {
+    let live = engine.require_live(id, "given an input").await?;
+    let entry = engine.step(id, label).await?;
+    let Some(entry) = entry.filter(|e| e.step_type == StepType::Input) else {
+        return Err(RunError::StepNotFound(format!("run {id} has no input step labelled {label:?}")));
+    };
+    if entry.status != StepStatus::Started {
         return Err(RunError::AlreadyDecided(label.to_string()));
     }
-    // The step client may read the decision at once, and its execution end and settle the
+    rules::check_input(label, &entry.config, &submission.value)?;
+    let result = json!({
+        "value": submission.value,
+        "by": submission.by,
+        "submittedAt": crate::time::iso(now_ms()),
+    });
+    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+}
+
+/// Delivers an event to the run: the earliest started event step waiting for `name` ends
+/// with `{payload, receivedAt}` and the run goes on. No step waiting for it is
+/// [`RunError::StepNotFound`] (an event is not kept for a step that has not begun).
+pub async fn deliver_event(engine: &Arc<Engine>, id: &str, name: &str, payload: Value) -> Result<(), RunError> {
+    let live = engine.require_live(id, "sent an event").await?;
+    let journal = engine.journal(id).await?;
+    let waiting = journal.into_iter().filter(|e| {
+        e.step_type == StepType::Event
+            && e.status == StepStatus::Started
+            && e.config.get("event").and_then(Value::as_str) == Some(name)
+    });
+    let Some(entry) = waiting.min_by_key(|e| e.seq) else {
+        return Err(RunError::StepNotFound(format!("no step of run {id} waits for the event {name:?}")));
+    };
+    let result = json!({ "payload": payload, "receivedAt": crate::time::iso(now_ms()) });
+    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+}
+
+/// Fails a started event step whose deadline has passed (unless it ended meanwhile): the
+/// failure is journaled, so every replay fails the same way, and the run goes on.
+async fn time_out(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str) -> Result<(), RunError> {
+    let Some(entry) = engine.step(&live.id, label).await? else { return Ok(()) };
+    if entry.status != StepStatus::Started || live.status().is_terminal() {
+        return Ok(());
+    }
+    let name = entry.config.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
+    let timeout = entry.config.get("timeoutMs").and_then(Value::as_i64).unwrap_or(0);
+    let error = format!("event {name:?} did not arrive within {timeout} ms");
+    let result = entry.result.clone().unwrap_or(Value::Null);
+    match decide(engine, live, entry, StepStatus::Failed, result, Some(error)).await {
+        Err(RunError::AlreadyDecided(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Arms again the time-outs of a recovered run's started event steps (an `awaiting` run has no
+/// process whose replay would): read from its journal on this thread's runtime.
+pub fn rearm_deadlines(engine: &Arc<Engine>, live: &Arc<LiveRun>) {
+    let (engine, live) = (Arc::clone(engine), Arc::clone(live));
+    tokio::task::spawn_local(async move {
+        match engine.journal(&live.id).await {
+            Ok(journal) => journal
+                .iter()
+                .filter(|e| e.step_type == StepType::Event && e.status == StepStatus::Started)
+                .for_each(|e| arm_deadline(&engine, &live, e)),
+            Err(e) => log::warn!("run {}: cannot read its journal to arm its event time-outs: {e}", live.id),
+        }
+    });
+}
+
+/// Arms the time-out of a started event step (on its begin and on every replay that finds it
+/// started, so a restart re-arms it); without `timeoutMs` it waits for ever.
+fn arm_deadline(engine: &Arc<Engine>, live: &Arc<LiveRun>, entry: &JournalEntry) {
+    let Some(at) = entry.result.as_ref().and_then(|r| r.get("deadlineAtMs")).and_then(Value::as_i64) else {
+        return;
+    };
+    let left = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+    let (engine, live, label) = (Arc::clone(engine), Arc::clone(live), entry.label.clone());
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(left).await;
+        if let Err(e) = time_out(&engine, &live, &label).await {
+            log::warn!("run {}: cannot time out event step {label:?}: {e}", live.id);
+        }
+    });
+}
+
+/// Ends a started entry someone outside the run was awaited for (`status`, `result`, `error`),
+/// and lets the run go on. Another end stored first wins (the journal keeps the first end of
+/// an entry): then [`RunError::AlreadyDecided`].
+async fn decide(
+    engine: &Arc<Engine>,
+    live: &Arc<LiveRun>,
+    entry: JournalEntry,
+    status: StepStatus,
+    result: Value,
+    error: Option<String>,
+) -> Result<(), RunError> {
+    let label = entry.label.clone();
+    let stored = finish_step(engine, live, entry, status, Some(result.clone()), error.clone()).await?;
+    if stored.status != status || stored.result.as_ref() != Some(&result) || stored.error != error {
+        return Err(RunError::AlreadyDecided(label));
+    }
+    // The step client may read the result at once, and its execution end and settle the
     // run, on another thread: `wake` decides on the run as it is under its lock.
-    if let Some(pending) = execution::wake(engine, &live)? {
+    if let Some(pending) = execution::wake(engine, live)? {
         live.committed(pending).await?;
     }
     live.bump();
@@ -290,11 +425,18 @@ async fn continue_step(
     }
     match entry.step_type {
         StepType::Script => continue_script_step(engine, live, entry, None).await,
-        StepType::Approval => {
+        StepType::Approval | StepType::Input | StepType::Event => {
+            if entry.step_type == StepType::Event {
+                arm_deadline(engine, live, &entry);
+            }
+            let waiting_for = waiting_for(&entry);
             let awaiting = live.commit_if(
                 engine.writer(),
                 |run| lifecycle::awaits(run, requester),
-                |run| run.status = RunStatus::Awaiting,
+                |run| {
+                    run.status = RunStatus::Awaiting;
+                    run.waiting_for = Some(waiting_for);
+                },
             )?;
             if let Some(pending) = awaiting {
                 live.committed(pending).await?;
@@ -313,6 +455,21 @@ async fn continue_step(
         }
         _ => Ok(Begun::Resume(entry)),
     }
+}
+
+/// What a run awaiting `entry` shows as its `waitingFor`: the label, the kind and what the
+/// step asks (an approval's message; an input's prompt and schema).
+fn waiting_for(entry: &JournalEntry) -> Value {
+    let mut shown = json!({ "label": entry.label, "kind": entry.step_type.as_str() });
+    for key in ["message", "prompt", "schema", "event"] {
+        if let Some(value) = entry.config.get(key).filter(|v| !v.is_null()) {
+            shown[key] = value.clone();
+        }
+    }
+    if let Some(at) = entry.result.as_ref().and_then(|r| r.get("deadlineAt")) {
+        shown["deadlineAt"] = at.clone();
+    }
+    shown
 }
 
 /// A started script step: submits its job if it does not exist yet (its id was journaled

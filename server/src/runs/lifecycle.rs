@@ -127,7 +127,8 @@ pub fn recover(run: &mut Run, journal: &[JournalEntry]) -> Recovered {
     let started =
         |kind: StepType| journal.iter().filter(move |e| e.step_type == kind && e.status == StepStatus::Started);
     let mut changed = run.pid.take().is_some();
-    if run.status == RunStatus::Awaiting && started(StepType::Approval).next().is_none() {
+    let awaited = journal.iter().any(|e| e.step_type.awaits_outside() && e.status == StepStatus::Started);
+    if run.status == RunStatus::Awaiting && !awaited {
         run.status = RunStatus::Running;
         changed = true;
     }

@@ -42,7 +42,9 @@ use tokio::sync::Notify;
 pub use error::RunError;
 use events::{Bells, EventPage, Subscription};
 use live::Registry;
-use model::{Begun, Decision, JournalEntry, LaunchRequest, Launched, Progress, Run, StepRecord, StepRequest};
+use model::{
+    Begun, Decision, JournalEntry, LaunchRequest, Launched, Progress, Run, StepRecord, StepRequest, Submission,
+};
 
 use crate::config::Config;
 use crate::db::{RunFilter, Store, Writer};
@@ -154,6 +156,20 @@ pub enum RunAction {
         /// The decision.
         decision: Decision,
     },
+    /// Give its pending input step a value.
+    Input {
+        /// The input step's label.
+        label: String,
+        /// The value and who gave it.
+        submission: Submission,
+    },
+    /// Deliver an event to the step waiting for it.
+    Event {
+        /// The event's name.
+        name: String,
+        /// Its payload (any JSON).
+        payload: serde_json::Value,
+    },
 }
 
 impl RunAction {
@@ -168,6 +184,13 @@ impl RunAction {
                 format!("/script-runs/{id}/approvals/{}", crate::names::path_segment(label)),
                 serde_json::json!({ "approved": decision.approved, "by": decision.by, "comment": decision.comment }),
             ),
+            RunAction::Input { label, submission } => (
+                format!("/script-runs/{id}/inputs/{}", crate::names::path_segment(label)),
+                serde_json::json!({ "value": submission.value, "by": submission.by }),
+            ),
+            RunAction::Event { name, payload } => {
+                (format!("/script-runs/{id}/events/{}", crate::names::path_segment(name)), payload.clone())
+            }
         }
     }
 }
@@ -375,6 +398,20 @@ impl RunManager {
         self.act(id, RunAction::Approve { label: label.to_string(), decision }, true).await
     }
 
+    /// Gives a pending input step its value, checked against the step's schema first (a
+    /// mismatch is [`RunError::InputInvalid`] and journals nothing). The run continues as
+    /// after an approval, and the step client prints the value.
+    pub async fn submit_input(&self, id: &str, label: &str, submission: Submission) -> Result<Run, RunError> {
+        self.act(id, RunAction::Input { label: label.to_string(), submission }, true).await
+    }
+
+    /// Delivers an event (any JSON payload) to the run's earliest event step waiting for
+    /// `name`; none waiting is [`RunError::StepNotFound`]. The run continues as after an
+    /// approval, and the step client prints the payload.
+    pub async fn deliver_event(&self, id: &str, name: &str, payload: serde_json::Value) -> Result<Run, RunError> {
+        self.act(id, RunAction::Event { name: name.to_string(), payload }, true).await
+    }
+
     /// Does `action` to the run. A run held by another node of the cluster is decided there:
     /// with `forward`, the request is sent to that node (its internal route), which answers
     /// once its decision is committed; the run is then read back. Without (the request came
@@ -386,6 +423,10 @@ impl RunManager {
             RunAction::Pause => execution::pause(engine, id).await,
             RunAction::Resume => execution::resume(engine, id).await,
             RunAction::Approve { label, decision } => journal::approve(engine, id, label, decision.clone()).await,
+            RunAction::Input { label, submission } => {
+                journal::submit_input(engine, id, label, submission.clone()).await
+            }
+            RunAction::Event { name, payload } => journal::deliver_event(engine, id, name, payload.clone()).await,
         };
         match done {
             Err(RunError::OnOtherNode { node, .. }) if forward => self.forward(id, &node, &action).await?,

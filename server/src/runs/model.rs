@@ -74,6 +74,12 @@ pub enum StepType {
     Approval,
     /// A flow node (durable flows).
     Node,
+    /// A value someone outside the run supplies (`POST .../inputs/{label}`), checked against
+    /// the step's JSON schema; the run awaits it as it awaits an approval.
+    Input,
+    /// Waits for a named event posted to the run (`POST .../events/{name}`), or fails when its
+    /// time-out passes; the run awaits it as it awaits an approval.
+    Event,
 }
 
 impl StepType {
@@ -86,14 +92,25 @@ impl StepType {
             StepType::Sleep => "sleep",
             StepType::Approval => "approval",
             StepType::Node => "node",
+            StepType::Input => "input",
+            StepType::Event => "event",
         }
     }
 
     /// Parses the stored spelling.
     pub fn parse(s: &str) -> Option<StepType> {
-        [StepType::Command, StepType::Script, StepType::Value, StepType::Sleep, StepType::Approval, StepType::Node]
-            .into_iter()
-            .find(|t| t.as_str() == s)
+        [
+            StepType::Command,
+            StepType::Script,
+            StepType::Value,
+            StepType::Sleep,
+            StepType::Approval,
+            StepType::Node,
+            StepType::Input,
+            StepType::Event,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
     }
 }
 
@@ -176,6 +193,9 @@ pub struct Run {
     pub last_heartbeat_at: Option<i64>,
     /// The cluster node that holds the run (`None` on SQLite).
     pub node: Option<String>,
+    /// What the run awaits (`{label, kind, ...}` of the started step someone outside the run
+    /// ends), set with the `awaiting` status; shown only while the run is `awaiting`.
+    pub waiting_for: Option<Value>,
 }
 
 /// Progress a workflow reported.
@@ -217,6 +237,7 @@ impl Run {
             finished_at: None,
             last_heartbeat_at: None,
             node: None,
+            waiting_for: None,
         }
     }
 }
@@ -329,6 +350,23 @@ pub struct Decision {
     pub by: Option<String>,
     /// Why.
     pub comment: Option<String>,
+}
+
+impl StepType {
+    /// Whether a started entry of this type makes the run `awaiting` until someone outside
+    /// the run ends it (a decision, an input), and may park its process meanwhile.
+    pub fn awaits_outside(self) -> bool {
+        matches!(self, StepType::Approval | StepType::Input | StepType::Event)
+    }
+}
+
+/// A value submitted for an input step.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The value (checked against the step's schema before it is journaled).
+    pub value: Value,
+    /// Who submitted it.
+    pub by: Option<String>,
 }
 
 #[cfg(test)]

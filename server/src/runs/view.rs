@@ -5,7 +5,7 @@
 use script_runner_wire::runs::{Progress as WireProgress, RunView, StepView};
 use serde_json::Value;
 
-use super::model::{JournalEntry, Run};
+use super::model::{JournalEntry, Run, RunStatus};
 use crate::time::iso;
 
 /// A run on the wire: statuses spelled, times as ISO text.
@@ -42,6 +42,12 @@ pub fn run_view_of(run: &Run) -> RunView {
         attempt: run.attempt,
         forked_from: run.forked_from.clone(),
         node: run.node.clone(),
+        // Kept on the run until its next wait replaces it; meaningful only while awaiting.
+        waiting_for: run
+            .waiting_for
+            .as_ref()
+            .filter(|_| run.status == RunStatus::Awaiting)
+            .and_then(|w| serde_json::from_value(w.clone()).ok()),
     }
 }
 

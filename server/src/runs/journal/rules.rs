@@ -7,6 +7,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use crate::runs::error::RunError;
 use crate::runs::model::{JournalEntry, StepRequest, StepStatus, StepType};
 use crate::runs::MAX_NAME_CHARS;
 
@@ -34,6 +35,31 @@ pub fn check_divergence(entry: &JournalEntry, request: &StepRequest) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// An input step's value must match the step's JSON schema (`config.schema`; none or `null`
+/// takes any value). The refusal names the first mismatch's place in the value as a JSON
+/// pointer (`/` for the value itself) and what the schema wanted there.
+pub fn check_input(label: &str, config: &Value, value: &Value) -> Result<(), RunError> {
+    let Some(schema) = config.get("schema").filter(|s| !s.is_null()) else {
+        return Ok(());
+    };
+    let invalid = |path: String, reason: String| RunError::InputInvalid { label: label.to_string(), path, reason };
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| invalid("/".into(), format!("the step's schema is not a JSON schema: {e}")))?;
+    match validator.validate(value) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let path = e.instance_path.as_str();
+            Err(invalid(if path.is_empty() { "/".into() } else { path.to_string() }, e.to_string()))
+        }
+    }
+}
+
+/// An event name is what a label is (it is a path segment of `POST .../events/{name}`).
+pub fn check_event_name(name: &str) -> Result<(), String> {
+    check_label(name)
+        .map_err(|_| format!("an event name must be 1 to {MAX_NAME_CHARS} characters without control characters"))
 }
 
 /// A step client may record only an ended step (`None`: a spelling that is no step status).
@@ -151,6 +177,25 @@ mod tests {
 
     fn entry(label: &str, step_type: StepType, config: Value, status: StepStatus) -> JournalEntry {
         JournalEntry::for_test(label, step_type, config, status)
+    }
+
+    #[test]
+    fn an_input_is_checked_against_its_schema_and_a_mismatch_names_its_place() {
+        let config = json!({ "prompt": "who?", "schema": {
+            "type": "object", "required": ["age"],
+            "properties": { "age": { "type": "integer", "minimum": 0 } } } });
+        assert!(check_input("who", &config, &json!({ "age": 3 })).is_ok());
+        match check_input("who", &config, &json!({ "age": "three" })) {
+            Err(RunError::InputInvalid { path, .. }) => assert_eq!(path, "/age"),
+            other => panic!("expected InputInvalid, got {other:?}"),
+        }
+        match check_input("who", &config, &json!(7)) {
+            Err(RunError::InputInvalid { path, .. }) => assert_eq!(path, "/"),
+            other => panic!("expected InputInvalid, got {other:?}"),
+        }
+        // No schema (or null) takes anything.
+        assert!(check_input("who", &json!({ "prompt": "?" }), &json!([1])).is_ok());
+        assert!(check_input("who", &json!({ "prompt": "?", "schema": null }), &json!(null)).is_ok());
     }
 
     #[test]
