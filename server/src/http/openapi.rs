@@ -82,6 +82,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         jobs::get,
         jobs::logs,
         jobs::cancel,
+        jobs::callbacks,
         cluster::status,
         super::events::feed,
         cluster::job_logs,
