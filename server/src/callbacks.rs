@@ -320,7 +320,7 @@ impl Deliverer {
 
     /// Makes one attempt (or settles a callback not to be made) and orders its record.
     fn attempt(&self, mut callback: Callback, job: &Job) -> Option<crate::db::Pending> {
-        let Some(event) = event_of(job.status) else { return None };
+        let event = event_of(job.status)?;
         let now = now_ms();
         if !callback.events.iter().any(|e| e == event) {
             callback.state = "skipped".into();

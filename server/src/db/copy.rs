@@ -493,7 +493,7 @@ mod tests {
             writer.enqueue(WriteOp::update_job(&job)).expect("enqueue");
         }
         // A job with a callback: its outbox row is copied too.
-        let job = Job::new("job_2_1".into(), "a", Mode::Async, vec![], 1);
+        let job = Job::new("job_3_1".into(), "a", Mode::Async, vec![], 1);
         let target = crate::callbacks::Target { url: "http://127.0.0.1:9/cb".into(), events: vec!["failed".into()] };
         let mut callback = target.for_job(&job.id);
         callback.attempt_log.push(crate::callbacks::Attempt { at: 2, status: Some(500), error: None, duration_ms: 3 });
@@ -542,7 +542,7 @@ mod tests {
         answers.push(format!("{:?}", store.job_by_idempotency_key("key1900")));
         answers.push(format!("{:?}", store.get_job("job_0_1")));
         answers.push(format!("{:?}", store.is_imported("/u/jobs.json")));
-        answers.push(format!("{:?}", store.callbacks_of("job_2_1")));
+        answers.push(format!("{:?}", store.callbacks_of("job_3_1")));
         answers.push(format!("{:?}", store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() })));
         for n in 1..=3 {
             answers.push(format!("{:?}", store.journal(&format!("run_1_{n}"))));
@@ -577,7 +577,7 @@ mod tests {
             assert_eq!(reads(&Store::open(&back).expect("open the copy's copy")), expected, "{to}");
             let next = Job::new("job_2_1".into(), "a", Mode::Sync, vec![], 1);
             target.writer().write_blocking(WriteOp::insert_job(&next)).expect("a new job");
-            assert_eq!(target.max_seq().expect("max seq"), JOBS + 2, "{to}");
+            assert_eq!(target.max_seq().expect("max seq"), JOBS + 3, "{to}");
             let run = Run::fresh("run_2_1".into(), 1);
             target.writer().write_blocking(WriteOp::insert_run(&run)).expect("a new run");
             assert_eq!(target.max_run_seq().expect("max run seq"), 4, "{to}");
