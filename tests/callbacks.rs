@@ -153,7 +153,13 @@ fn a_receiver_that_fails_three_times_then_accepts_gets_one_signed_delivery() {
 #[test]
 fn a_callback_to_a_host_not_allowed_is_refused_at_launch() {
     let server = server();
-    for url in ["http://example.com/x", "http://10.1.2.3/", "http://127.0.0.1@10.1.2.3/", "ftp://127.0.0.1/"] {
+    for url in [
+        "http://example.com/x",
+        "http://10.1.2.3/",
+        "http://127.0.0.1@10.1.2.3/",
+        "ftp://127.0.0.1/",
+        "https://127.0.0.1/",
+    ] {
         let r = server.post("/run", json!({"scriptId": "hello", "mode": "async", "callback": {"url": url}}));
         assert_error(&r, 400, "CALLBACK_NOT_ALLOWED");
     }
@@ -213,4 +219,15 @@ fn a_slow_receiver_does_not_slow_jobs() {
     for job in &jobs {
         wait_delivered(&server, job, Duration::from_secs(30));
     }
+}
+
+#[test]
+fn a_cluster_node_refuses_callbacks_for_now() {
+    if !crate::common::on_postgres() {
+        return;
+    }
+    let server = Builder::new().top("callbacks", json!({ "secret": SECRET })).script("hello", "echo hello").start();
+    let r =
+        server.post("/run", json!({"scriptId": "hello", "mode": "async", "callback": {"url": "http://127.0.0.1:9/"}}));
+    assert_error(&r, 400, "INVALID_ARGS");
 }

@@ -120,13 +120,17 @@ impl Target {
 }
 
 /// Checks a request's `callback` (its `url` and `events`) without any network access: a secret
-/// is configured, the URL is http(s) and its host is in `callbacks.allowedHosts`. The message
+/// is configured, the URL is http (this build has no TLS client) and its host is in `callbacks.allowedHosts`. The message
 /// of the error says which rule it broke.
 pub fn check(config: &CallbacksConfig, url: &str, events: Option<Vec<String>>) -> Result<Target, String> {
     if config.secret.is_none() {
         return Err("callbacks are disabled: set callbacks.secret in config.json to sign them".into());
     }
-    let host = host_of(url).ok_or_else(|| format!("callback url {url:?} is not an http or https URL with a host"))?;
+    if url.starts_with("https://") {
+        // The server's HTTP client is built without TLS: an https callback could never succeed.
+        return Err(format!("callback url {url:?}: https is not supported (the receiver is on an allowed, usually loopback, host: use http)"));
+    }
+    let host = host_of(url).ok_or_else(|| format!("callback url {url:?} is not an http URL with a host"))?;
     if !host_allowed(config, &host) {
         return Err(format!("callback host {host:?} is not in callbacks.allowedHosts"));
     }
@@ -303,7 +307,20 @@ impl Deliverer {
                 let in_flight = Arc::clone(&in_flight);
                 tokio::spawn(async move {
                     let id = callback.id.clone();
-                    let done = crate::sync::blocking(move || this.attempt(callback, &job)).await;
+                    let done = crate::sync::blocking(move || {
+                        // Read again: the page above may predate an attempt that ended since.
+                        match this.store.get_callback(&callback.id) {
+                            Ok(Some(now)) if now.state == "pending" && now.next_attempt_at <= now_ms() => {
+                                this.attempt(now, &job)
+                            }
+                            Ok(_) => None,
+                            Err(e) => {
+                                warn!("callbacks: reading {}: {e}", callback.id);
+                                None
+                            }
+                        }
+                    })
+                    .await;
                     if let Ok(Some(pending)) = done {
                         let _ = pending.wait().await;
                     }
@@ -413,6 +430,7 @@ mod tests {
         assert!(check(&c, "http://10.1.2.3/", None).is_err());
         assert!(check(&c, "http://127.0.0.1@10.1.2.3/", None).is_err());
         assert!(check(&c, "ftp://127.0.0.1/", None).is_err());
+        assert!(check(&c, "https://127.0.0.1/", None).is_err(), "no TLS client: refused rather than failing later");
         assert!(check(&c, "http://127.0.0.1/", Some(vec!["status".into()])).is_err());
         let no_secret = CallbacksConfig { secret: None, ..c };
         assert!(check(&no_secret, "http://127.0.0.1/", None).is_err());

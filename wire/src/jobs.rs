@@ -239,7 +239,7 @@ pub struct JobRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CallbackRequest {
-    /// An http(s) URL whose host is in `callbacks.allowedHosts` (default: loopback only).
+    /// An http URL whose host is in `callbacks.allowedHosts` (default: loopback only).
     pub url: String,
     /// Which outcomes are delivered: `completed` (succeeded), `failed` (failed, timed out,
     /// canceled); both when absent.

@@ -95,6 +95,18 @@ impl Store {
         })
     }
 
+    /// One callback by id.
+    pub fn get_callback(&self, id: &str) -> Result<Option<Callback>, StoreError> {
+        self.read(|conn| {
+            let row = callbacks::table
+                .filter(callbacks::id.eq(id))
+                .select(CallbackRow::as_select())
+                .first(conn)
+                .optional()?;
+            Ok(row.map(Callback::from))
+        })
+    }
+
     /// The callbacks of a job or run, oldest first.
     pub fn callbacks_of(&self, owner_id: &str) -> Result<Vec<Callback>, StoreError> {
         self.read(|conn| {

@@ -49,7 +49,7 @@ const MAX_KEY_CHARS: usize = crate::names::MAX_NAME_CHARS;
         (status = 202, description = "An async job, queued or started.", body = Accepted),
         (status = 400, description = "`INVALID_JSON`, `SCRIPT_NOT_FOUND` (no such script, or no `scriptId`), \
             `INVALID_ARGS` (also a `callback` on a sync job), `CALLBACK_NOT_ALLOWED` (a callback URL that \
-            is not http(s), a host outside `callbacks.allowedHosts`, no `callbacks.secret` configured).",
+            is not http, a host outside `callbacks.allowedHosts`, no `callbacks.secret` configured).",
             body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used for another script or other \
             arguments.", body = ErrorBody),
