@@ -231,3 +231,32 @@ fn a_cluster_node_refuses_callbacks_for_now() {
         server.post("/run", json!({"scriptId": "hello", "mode": "async", "callback": {"url": "http://127.0.0.1:9/"}}));
     assert_error(&r, 400, "INVALID_ARGS");
 }
+
+#[test]
+fn a_workflow_run_posts_its_run_when_it_ends() {
+    let receiver = Receiver::start(vec![503], Duration::ZERO);
+    let server = Builder::new().sqlite().workflows(json!({})).top("callbacks", json!({ "secret": SECRET })).start();
+    let r = server.launch_run(json!({
+        "source": "echo '[1]'", "interpreter": "bash", "callback": {"url": receiver.url(), "events": ["completed"]}
+    }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    let delivered = wait_until(
+        || format!("run {id}'s callback delivered"),
+        Duration::from_secs(30),
+        || {
+            let r = server.get(&format!("/api/script-runs/{id}/callbacks"));
+            Some(r.body["callbacks"][0].clone()).filter(|c| c["state"] == "delivered")
+        },
+    );
+    assert_eq!(delivered["attempts"], 2, "{delivered}");
+    let got = receiver.got();
+    got.iter().for_each(assert_signed);
+    let body: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(body, server.script_run(&id)["run"]);
+    assert_eq!(body["status"], "completed");
+    // A host not allowed is refused at launch here too.
+    let r =
+        server.launch_run(json!({"source": "echo 1", "interpreter": "bash", "callback": {"url": "http://10.0.0.1/"}}));
+    assert_error(&r, 400, "CALLBACK_NOT_ALLOWED");
+}

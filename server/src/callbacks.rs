@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use crate::config::CallbacksConfig;
 use crate::db::{Store, WriteOp};
 use crate::jobs::model::{Job, JobStatus};
+use crate::runs::model::{Run, RunStatus};
 use crate::time::now_ms;
 
 /// Deliveries in flight at once (each holds a blocking thread for up to [`TIMEOUT`]).
@@ -43,11 +44,11 @@ pub const SIGNATURE_HEADER: &str = "X-Script-Runner-Signature";
 /// A callback as stored: where it goes and how its delivery went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Callback {
-    /// `cb_<job id>`: one callback per job.
+    /// `cb_<owner id>`: one callback per job or run.
     pub id: String,
-    /// `job`.
+    /// `job` or `run`.
     pub owner_kind: String,
-    /// The job's id.
+    /// The job's or run's id.
     pub owner_id: String,
     /// Where the final state is POSTed.
     pub url: String,
@@ -100,11 +101,20 @@ pub struct Target {
 impl Target {
     /// The outbox row for `job_id`'s callback, due as soon as the job ends.
     pub fn for_job(&self, job_id: &str) -> Callback {
+        self.for_owner("job", job_id)
+    }
+
+    /// The outbox row for `run_id`'s callback, due as soon as the run ends.
+    pub fn for_run(&self, run_id: &str) -> Callback {
+        self.for_owner("run", run_id)
+    }
+
+    fn for_owner(&self, kind: &str, owner_id: &str) -> Callback {
         let now = now_ms();
         Callback {
-            id: format!("cb_{job_id}"),
-            owner_kind: "job".into(),
-            owner_id: job_id.to_string(),
+            id: format!("cb_{owner_id}"),
+            owner_kind: kind.into(),
+            owner_id: owner_id.to_string(),
             url: self.url.clone(),
             events: self.events.clone(),
             state: "pending".into(),
@@ -246,22 +256,66 @@ pub fn event_of(status: JobStatus) -> Option<&'static str> {
     }
 }
 
-/// Builds the JSON body of a job's callback (the HTTP layer's job view: the same object as
-/// `GET /jobs/{id}`).
-pub type JobBody = Arc<dyn Fn(&Job) -> Vec<u8> + Send + Sync>;
+/// Maps a run's final status to a callback event: `completed` is `completed`, every other end
+/// (`failed`, `cancelled`, `aborted_limit`) is `failed`; `None` while it has not ended.
+pub fn run_event_of(status: RunStatus) -> Option<&'static str> {
+    match status {
+        RunStatus::Completed => Some("completed"),
+        s if s.is_terminal() => Some("failed"),
+        _ => None,
+    }
+}
+
+/// What a callback reports on: a job or a workflow run, as stored.
+#[derive(Debug, Clone)]
+pub enum Owner {
+    /// A job (`POST /run`).
+    Job(Job),
+    /// A workflow run (`POST /api/script-runs`).
+    Run(Run),
+}
+
+impl Owner {
+    /// Its callback event, once it has ended.
+    fn event(&self) -> Option<&'static str> {
+        match self {
+            Owner::Job(job) => event_of(job.status),
+            Owner::Run(run) => run_event_of(run.status),
+        }
+    }
+
+    /// When it ended (unix ms), if it says.
+    fn ended_at(&self) -> Option<i64> {
+        match self {
+            Owner::Job(job) => job.ended_at,
+            Owner::Run(run) => run.finished_at,
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Owner::Job(job) => &job.id,
+            Owner::Run(run) => &run.id,
+        }
+    }
+}
+
+/// Builds the JSON body of a callback (the HTTP layer's views: the object of `GET /jobs/{id}`
+/// for a job, the `run` of `GET /api/script-runs/{id}` for a run).
+pub type Body = Arc<dyn Fn(&Owner) -> Vec<u8> + Send + Sync>;
 
 /// The delivery task: picks due callbacks of ended jobs, POSTs them, records each attempt.
 pub struct Deliverer {
     store: Store,
     config: CallbacksConfig,
-    body: JobBody,
+    body: Body,
     wake: Arc<Notify>,
     agent: ureq::Agent,
 }
 
 impl Deliverer {
     /// A deliverer over `store`; call [`Deliverer::run`] on the server's runtime.
-    pub fn new(store: Store, config: CallbacksConfig, body: JobBody) -> Arc<Deliverer> {
+    pub fn new(store: Store, config: CallbacksConfig, body: Body) -> Arc<Deliverer> {
         let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).redirects(0).build();
         Arc::new(Deliverer { store, config, body, wake: Arc::new(Notify::new()), agent })
     }
@@ -336,8 +390,8 @@ impl Deliverer {
     }
 
     /// Makes one attempt (or settles a callback not to be made) and orders its record.
-    fn attempt(&self, mut callback: Callback, job: &Job) -> Option<crate::db::Pending> {
-        let event = event_of(job.status)?;
+    fn attempt(&self, mut callback: Callback, job: &Owner) -> Option<crate::db::Pending> {
+        let event = job.event()?;
         let now = now_ms();
         if !callback.events.iter().any(|e| e == event) {
             callback.state = "skipped".into();
@@ -358,15 +412,15 @@ impl Deliverer {
             if callback.attempt_log.len() > KEPT_ATTEMPTS {
                 callback.attempt_log.remove(0);
             }
-            let ended_at = job.ended_at.unwrap_or(callback.created_at);
+            let ended_at = job.ended_at().unwrap_or(callback.created_at);
             let max_age_ms = i64::try_from(self.config.max_age_sec).unwrap_or(i64::MAX / 2).saturating_mul(1000);
             if error.is_none() {
                 callback.state = "delivered".into();
                 callback.delivered_at = Some(now_ms());
-                info!("callback {} of job {} delivered after {} attempt(s)", callback.id, job.id, callback.attempts);
+                info!("callback {} of {} delivered after {} attempt(s)", callback.id, job.id(), callback.attempts);
             } else if now_ms() - ended_at >= max_age_ms {
                 callback.state = "failed".into();
-                warn!("callback {} of job {} failed, giving up: {}", callback.id, job.id, error.unwrap_or_default());
+                warn!("callback {} of {} failed, giving up: {}", callback.id, job.id(), error.unwrap_or_default());
             } else {
                 callback.next_attempt_at = now_ms() + backoff_ms(callback.attempts);
             }

@@ -110,8 +110,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         // Completion callbacks: pending ones of a previous run resume now. Not on a cluster
         // node (callbacks are refused there) nor without a secret to sign them with.
         if !clustered && config.callbacks.secret.is_some() {
-            let body: crate::callbacks::JobBody =
-                Arc::new(|job| serde_json::to_vec(&http::wire::job_view(job.clone())).unwrap_or_default());
+            let body: crate::callbacks::Body = Arc::new(|owner| {
+                let json = match owner {
+                    crate::callbacks::Owner::Job(job) => serde_json::to_vec(&http::wire::job_view(job.clone())),
+                    crate::callbacks::Owner::Run(run) => serde_json::to_vec(&crate::runs::view::run_view_of(run)),
+                };
+                json.unwrap_or_default()
+            });
             let deliverer = crate::callbacks::Deliverer::new(store.clone(), config.callbacks.clone(), body);
             actix_web::rt::spawn(deliverer.run());
         }

@@ -4,14 +4,15 @@
 
 use diesel::prelude::*;
 
-use super::models::{CallbackRow, JobRow};
-use super::schema::{callbacks, jobs};
+use super::models::CallbackRow;
+use super::schema::{callbacks, jobs, script_runs};
 use super::{Store, StoreError, WriteOp};
-use crate::callbacks::{Attempt, Callback};
-use crate::jobs::model::Job;
+use crate::callbacks::{Attempt, Callback, Owner};
 
 /// The statuses after which a job's callback is due.
 const ENDED: [&str; 4] = ["succeeded", "failed", "timed_out", "canceled"];
+/// The statuses after which a run's callback is due.
+const RUN_ENDED: [&str; 4] = ["completed", "failed", "cancelled", "aborted_limit"];
 
 impl From<&Callback> for CallbackRow {
     fn from(c: &Callback) -> CallbackRow {
@@ -67,32 +68,45 @@ impl WriteOp {
 }
 
 impl Store {
-    /// Up to `limit` pending callbacks due at `now` whose job has ended, most overdue first,
-    /// each with its job.
-    pub fn due_callbacks(&self, now: i64, limit: i64) -> Result<Vec<(Callback, Job)>, StoreError> {
-        self.read(|conn| {
+    /// Up to `limit` pending callbacks due at `now` whose job or run has ended, most overdue
+    /// first (jobs', then runs'), each with its owner.
+    pub fn due_callbacks(&self, now: i64, limit: i64) -> Result<Vec<(Callback, Owner)>, StoreError> {
+        let rows = self.read(|conn| {
             let ended = jobs::table.filter(jobs::status.eq_any(ENDED)).select(jobs::id);
-            let rows: Vec<CallbackRow> = callbacks::table
+            let mut rows: Vec<CallbackRow> = callbacks::table
                 .filter(callbacks::state.eq("pending"))
                 .filter(callbacks::next_attempt_at.le(now))
+                .filter(callbacks::owner_kind.eq("job"))
                 .filter(callbacks::owner_id.eq_any(ended))
                 .order(callbacks::next_attempt_at)
                 .limit(limit)
                 .select(CallbackRow::as_select())
                 .load(conn)?;
-            let mut due = Vec::with_capacity(rows.len());
-            for row in rows {
-                let job = jobs::table
-                    .filter(jobs::id.eq(&row.owner_id))
-                    .select(JobRow::as_select())
-                    .first(conn)
-                    .optional()?;
-                if let Some(job) = job {
-                    due.push((Callback::from(row), Job::from(job)));
-                }
+            let ended = script_runs::table.filter(script_runs::status.eq_any(RUN_ENDED)).select(script_runs::id);
+            rows.extend(
+                callbacks::table
+                    .filter(callbacks::state.eq("pending"))
+                    .filter(callbacks::next_attempt_at.le(now))
+                    .filter(callbacks::owner_kind.eq("run"))
+                    .filter(callbacks::owner_id.eq_any(ended))
+                    .order(callbacks::next_attempt_at)
+                    .limit(limit)
+                    .select(CallbackRow::as_select())
+                    .load::<CallbackRow>(conn)?,
+            );
+            Ok(rows)
+        })?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let owner = match row.owner_kind.as_str() {
+                "run" => self.get_run(&row.owner_id)?.map(Owner::Run),
+                _ => self.get_job(&row.owner_id)?.map(Owner::Job),
+            };
+            if let Some(owner) = owner {
+                due.push((Callback::from(row), owner));
             }
-            Ok(due)
-        })
+        }
+        Ok(due)
     }
 
     /// One callback by id.

@@ -132,3 +132,4 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(jobs, callbacks);
+diesel::allow_tables_to_appear_in_same_query!(script_runs, callbacks);

@@ -98,6 +98,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/script-runs", vec![post(runs::launch), get(runs::list)]),
         ("/api/script-runs/{id}", vec![get(runs::get), delete(runs::cancel)]),
         ("/api/script-runs/{id}/events", vec![get(runs::events)]),
+        ("/api/script-runs/{id}/callbacks", vec![get(runs::callbacks)]),
         ("/api/script-runs/{id}/logs", vec![get(runs::logs)]),
         ("/api/script-runs/{id}/pause", vec![post(runs::pause)]),
         ("/api/script-runs/{id}/resume", vec![post(runs::resume)]),

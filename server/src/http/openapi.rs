@@ -92,6 +92,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         runs::launch,
         runs::list,
         runs::get,
+        runs::callbacks,
         runs::cancel,
         runs::events,
         runs::logs,
