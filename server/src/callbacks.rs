@@ -1,9 +1,10 @@
-//! Completion callbacks: a job started with `callback: {url, events?}` has its final state
-//! POSTed to `url`, signed, at least once.
+//! Completion callbacks: an async job (`POST /run`) or a workflow run (`POST
+//! /api/script-runs`) started with `callback: {url, events?}` has its final state POSTed to
+//! `url`, signed, at least once.
 //!
 //! Durable through an outbox: the callback's row is written in the transaction that inserts its
-//! job (`WriteOp::WithCallback`), and [`Deliverer`] delivers the `pending` rows whose job has
-//! ended, so a crash or restart at any point only delays a callback. Delivery runs on its own
+//! job or run (`WriteOp::WithCallback`), and [`Deliverer`] delivers the `pending` rows whose
+//! owner has ended, so a crash or restart at any point only delays a callback. Delivery runs on its own
 //! blocking threads (at most [`CONCURRENCY`] requests at once) and never on a job's path, so a
 //! slow receiver slows no job. The receiver must be idempotent: a delivery whose answer was
 //! lost (a crash between the POST and the commit of `delivered`) is made again.
@@ -32,7 +33,7 @@ use crate::time::now_ms;
 pub const CONCURRENCY: usize = 4;
 /// How long one attempt may take (connect, send, answer).
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts kept per callback for `GET /jobs/{id}/callbacks` (the oldest are dropped).
+/// Attempts kept per callback for `GET .../callbacks` (the oldest are dropped).
 pub const KEPT_ATTEMPTS: usize = 20;
 /// The longest wait between two attempts.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;

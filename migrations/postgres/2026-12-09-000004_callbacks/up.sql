@@ -1,10 +1,10 @@
 -- The outbox of completion callbacks (issue 17): one row per callback asked for, written in the
--- transaction that stores its job (server/src/db/writer.rs, WriteOp::WithCallback), so a crash
+-- transaction that stores its job or run (server/src/db/writer.rs, WriteOp::WithCallback), so a crash
 -- never loses one. The delivery task (server/src/callbacks.rs) picks the `pending` rows whose
--- job has ended and whose `next_attempt_at` has come; a restart resumes them.
+-- job or run has ended and whose `next_attempt_at` has come; a restart resumes them.
 CREATE TABLE callbacks (
     id TEXT PRIMARY KEY NOT NULL,
-    -- `job` (the only owner kind so far) and its id.
+    -- `job` or `run`, and its id.
     owner_kind TEXT NOT NULL,
     owner_id TEXT NOT NULL,
     url TEXT NOT NULL,

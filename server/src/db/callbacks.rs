@@ -1,6 +1,6 @@
 //! The callbacks outbox (`callbacks`): its row, the conversions to and from
 //! [`crate::callbacks::Callback`], and its reads. Its writes are [`WriteOp::WithCallback`] (with
-//! the job's insert) and [`WriteOp::UpdateCallback`] (each attempt).
+//! the job's or run's insert) and [`WriteOp::UpdateCallback`] (each attempt).
 
 use diesel::prelude::*;
 

@@ -221,9 +221,9 @@ pub struct EventRow {
 pub struct CallbackRow {
     /// `cb_<owner id>`.
     pub id: String,
-    /// `job`.
+    /// `job` or `run`.
     pub owner_kind: String,
-    /// The job's id.
+    /// The job's or run's id.
     pub owner_id: String,
     /// Where it is POSTed.
     pub url: String,
