@@ -8,6 +8,7 @@ mod common;
 
 mod api;
 mod blocks_flows;
+mod callbacks;
 mod cluster;
 mod concurrency;
 mod durability;

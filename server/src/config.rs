@@ -88,6 +88,23 @@ pub struct Config {
     pub workflows: WorkflowConfig,
     /// `GET /metrics` settings.
     pub metrics: MetricsConfig,
+    /// Completion callbacks (`callbacks` in config.json).
+    pub callbacks: CallbacksConfig,
+}
+
+/// Completion callbacks (`callbacks` in config.json): what signs them, where they may go, how
+/// long a failing one is retried.
+#[derive(Debug, Clone)]
+pub struct CallbacksConfig {
+    /// The HMAC-SHA256 key of `X-Script-Runner-Signature`. Without one, a request that asks for
+    /// a callback is refused (an unsigned or empty-key callback could be forged by anyone).
+    pub secret: Option<String>,
+    /// The host names and addresses a callback may call (default: loopback only). Compared with
+    /// the URL's host at the request, and every address the host resolves to at delivery must
+    /// be loopback or one of these written as an address.
+    pub allowed_hosts: Vec<String>,
+    /// How long a failing callback is retried after its job ended before it is `failed`.
+    pub max_age_sec: u64,
 }
 
 /// `GET /metrics` settings (`metrics` in config.json).
@@ -289,6 +306,8 @@ struct RawConfig {
     workflows: RawWorkflows,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    callbacks: RawCallbacks,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
     scripts: Option<Vec<Value>>,
@@ -351,6 +370,14 @@ struct RawCluster {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMetrics {
     public: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCallbacks {
+    secret: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    max_age_sec: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -454,6 +481,14 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let database = database_config(&config_file, &base, raw.database)?;
     let cluster = cluster_config(&config_file, raw.cluster)?;
     let metrics = MetricsConfig { public: raw.metrics.public.unwrap_or(false) };
+    let callbacks = CallbacksConfig {
+        secret: raw.callbacks.secret.filter(|s| !s.is_empty()),
+        allowed_hosts: raw
+            .callbacks
+            .allowed_hosts
+            .unwrap_or_else(|| ["127.0.0.1", "::1", "localhost"].into_iter().map(String::from).collect()),
+        max_age_sec: raw.callbacks.max_age_sec.unwrap_or(3600),
+    };
 
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
@@ -474,7 +509,7 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts, runner.max_concurrent)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics })
+    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics, callbacks })
 }
 
 /// The `cluster` section, checked.

@@ -8,6 +8,7 @@
 //! [`time`] are read by all of them, and [`metrics`] is counted into by all of them; [`server`]
 //! wires them together at start.
 
+pub mod callbacks;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -193,8 +193,8 @@ fn migrate_db(args: &MigrateDbArgs) -> u8 {
     match copy_history(&from, &to) {
         Ok(copied) => {
             println!(
-                "copied {} jobs, {} imports, {} runs, {} journal entries, {} run events from {from} to {to}",
-                copied.jobs, copied.imports, copied.runs, copied.journal, copied.events
+                "copied {} jobs, {} imports, {} runs, {} journal entries, {} run events, {} callbacks from {from} to {to}",
+                copied.jobs, copied.imports, copied.runs, copied.journal, copied.events, copied.callbacks
             );
             0
         }

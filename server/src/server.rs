@@ -80,6 +80,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         auth_token: config.server.auth_token.clone(),
         streams: streams.clone(),
         metrics_public: config.metrics.public,
+        callbacks: config.callbacks.clone(),
     };
     let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
     let stop_reason = Arc::clone(&stopped_for);
@@ -106,6 +107,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         runs.resume_all();
         jobs.start_claiming();
         runs.start_taking();
+        // Completion callbacks: pending ones of a previous run resume now. Not on a cluster
+        // node (callbacks are refused there) nor without a secret to sign them with.
+        if !clustered && config.callbacks.secret.is_some() {
+            let body: crate::callbacks::Body = Arc::new(|owner| {
+                let json = match owner {
+                    crate::callbacks::Owner::Job(job) => serde_json::to_vec(&http::wire::job_view(job.clone())),
+                    crate::callbacks::Owner::Run(run) => serde_json::to_vec(&crate::runs::view::run_view_of(run)),
+                };
+                json.unwrap_or_default()
+            });
+            let deliverer = crate::callbacks::Deliverer::new(store.clone(), config.callbacks.clone(), body);
+            actix_web::rt::spawn(deliverer.run());
+        }
         let grace = Duration::from_secs(config.runner.shutdown_grace_sec);
         actix_web::rt::spawn(async move {
             tokio::select! {

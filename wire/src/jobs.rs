@@ -241,6 +241,85 @@ pub struct JobRequest {
     /// Runs the script at most once per key (1 to 200 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// POST the job's final state here when it ends (async jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackRequest>,
+}
+
+/// A completion callback asked for: the server POSTs the job (as `GET /jobs/{id}` shows it),
+/// signed with `X-Script-Runner-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">`, until
+/// the receiver answers 2xx (retried with backoff for `callbacks.maxAgeSec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallbackRequest {
+    /// An http URL whose host is in `callbacks.allowedHosts` (default: loopback only).
+    pub url: String,
+    /// Which outcomes are delivered: `completed` (succeeded), `failed` (failed, timed out,
+    /// canceled); both when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+/// One completion callback of a job and how its delivery went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackView {
+    /// Callback id.
+    pub id: String,
+    /// Where it is POSTed.
+    pub url: String,
+    /// The outcomes delivered.
+    pub events: Vec<String>,
+    /// `pending`, `delivered`, `failed` (gave up) or `skipped` (the outcome was not asked for).
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (ISO time), while pending.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub next_attempt_at: Option<String>,
+    /// The HTTP status of the last attempt.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub last_error: Option<String>,
+    /// ISO time.
+    pub created_at: String,
+    /// ISO time of the successful attempt.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub delivered_at: Option<String>,
+    /// The last attempts (at most 20), oldest first.
+    pub attempt_log: Vec<CallbackAttempt>,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct CallbackAttempt {
+    /// ISO time it started.
+    pub at: String,
+    /// The answer's HTTP status, if one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub status: Option<u16>,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: i64,
+}
+
+/// `GET /jobs/{id}/callbacks` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallbackList {
+    /// Always true.
+    pub ok: bool,
+    /// The job's callbacks (none when it was started without one).
+    pub callbacks: Vec<CallbackView>,
 }
 
 /// A job's mode (the schema of the `mode` fields, which the types keep as text).

@@ -280,6 +280,9 @@ pub struct LaunchRequest {
     /// `true` (the default): answer `201` at once; `false`: answer when the run has ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background: Option<bool>,
+    /// POST the run (as `GET /api/script-runs/{id}` shows its `run`) to this URL when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::jobs::CallbackRequest>,
 }
 
 /// `POST /api/script-runs/{id}/fork` body (optional; an empty body forks from the start).

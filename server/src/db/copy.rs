@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::conn::{DbConnection, MultiBackend};
-use super::models::{EventRow, JobRow, RunRow, StepRow};
-use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::models::{CallbackRow, EventRow, JobRow, RunRow, StepRow};
+use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
 use super::{open_migrated, DatabaseLock, Location, StoreError};
 
 /// Most rows read, and written, at a time.
@@ -38,6 +38,8 @@ pub struct Copied {
     /// Rows of `script_run_events` (numbered per run: copied with their numbers, so a client
     /// resumes on the copy with the `Last-Event-ID` it had).
     pub events: u64,
+    /// Rows of `callbacks` (the outbox: pending deliveries resume on the copy).
+    pub callbacks: u64,
 }
 
 /// Why a history was not copied. When the copy itself fails, its transaction is rolled back:
@@ -134,6 +136,7 @@ pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError>
                     runs: copy_table::<RunCopy>(source, target)?,
                     journal: copy_table::<StepRow>(source, target)?,
                     events: copy_table::<EventRow>(source, target)?,
+                    callbacks: copy_table::<CallbackRow>(source, target)?,
                 };
                 if let DbConnection::Pg(_) = target {
                     // The copied rows carry their own numbers; the next insert must not reuse
@@ -194,6 +197,7 @@ fn refuse_non_empty(target: &mut DbConnection) -> Result<(), InnerError> {
         ("script_runs", script_runs::table.count().get_result::<i64>(target)?),
         ("script_run_journal", script_run_journal::table.count().get_result::<i64>(target)?),
         ("script_run_events", script_run_events::table.count().get_result::<i64>(target)?),
+        ("callbacks", callbacks::table.count().get_result::<i64>(target)?),
     ];
     match counts.into_iter().find(|(_, rows)| *rows > 0) {
         Some((table, rows)) => Err(InnerError::NotEmpty { table, rows }),
@@ -436,6 +440,32 @@ impl Table for EventRow {
     }
 }
 
+/// The callbacks in id order.
+fn callbacks_after(last: Option<&CallbackRow>) -> callbacks::BoxedQuery<'static, MultiBackend> {
+    let query = callbacks::table.order(callbacks::id.asc()).into_boxed();
+    match last {
+        Some(last) => query.filter(callbacks::id.gt(last.id.clone())),
+        None => query,
+    }
+}
+
+impl Table for CallbackRow {
+    const NAME: &'static str = "callbacks";
+
+    fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
+        let text = ["id", "owner_id", "url", "events", "attempt_log"];
+        callbacks_after(last).select(size_of(&text, &["last_error"])).limit(BATCH_ROWS).load(conn)
+    }
+
+    fn next(conn: &mut DbConnection, last: Option<&Self>, limit: i64) -> QueryResult<Vec<Self>> {
+        callbacks_after(last).select(Self::as_select()).limit(limit).load(conn)
+    }
+
+    fn insert(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<usize> {
+        insert_rows!(conn, callbacks::table, rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -462,6 +492,12 @@ mod tests {
             job.stdout.preview = format!("out {n}\n");
             writer.enqueue(WriteOp::update_job(&job)).expect("enqueue");
         }
+        // A job with a callback: its outbox row is copied too.
+        let job = Job::new("job_3_1".into(), "a", Mode::Async, vec![], 1);
+        let target = crate::callbacks::Target { url: "http://127.0.0.1:9/cb".into(), events: vec!["failed".into()] };
+        let mut callback = target.for_job(&job.id);
+        callback.attempt_log.push(crate::callbacks::Attempt { at: 2, status: Some(500), error: None, duration_ms: 3 });
+        writer.enqueue(WriteOp::with_callback(WriteOp::insert_job(&job), &callback)).expect("enqueue");
         let imported = vec![Job::new("job_0_1".into(), "old", Mode::Sync, vec![], 0)];
         writer.enqueue(WriteOp::import(&imported, "/u/jobs.json".into(), 7)).expect("enqueue");
         for n in 1..=3i64 {
@@ -506,6 +542,7 @@ mod tests {
         answers.push(format!("{:?}", store.job_by_idempotency_key("key1900")));
         answers.push(format!("{:?}", store.get_job("job_0_1")));
         answers.push(format!("{:?}", store.is_imported("/u/jobs.json")));
+        answers.push(format!("{:?}", store.callbacks_of("job_3_1")));
         answers.push(format!("{:?}", store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() })));
         for n in 1..=3 {
             answers.push(format!("{:?}", store.journal(&format!("run_1_{n}"))));
@@ -527,7 +564,11 @@ mod tests {
         targets.extend(pg_location("copy_whole"));
         for (n, to) in targets.into_iter().enumerate() {
             let copied = copy_history(&from, &to).expect("copy");
-            assert_eq!(copied, Copied { jobs: JOBS as u64 + 1, imports: 1, runs: 3, journal: 6, events: 4 }, "{to}");
+            assert_eq!(
+                copied,
+                Copied { jobs: JOBS as u64 + 2, imports: 1, runs: 3, journal: 6, events: 4, callbacks: 1 },
+                "{to}"
+            );
             let target = Store::open(&to).expect("open the target");
             assert_eq!(reads(&target), expected, "{to}");
             // And back (from PostgreSQL in the PostgreSQL pass).
@@ -536,7 +577,7 @@ mod tests {
             assert_eq!(reads(&Store::open(&back).expect("open the copy's copy")), expected, "{to}");
             let next = Job::new("job_2_1".into(), "a", Mode::Sync, vec![], 1);
             target.writer().write_blocking(WriteOp::insert_job(&next)).expect("a new job");
-            assert_eq!(target.max_seq().expect("max seq"), JOBS + 2, "{to}");
+            assert_eq!(target.max_seq().expect("max seq"), JOBS + 3, "{to}");
             let run = Run::fresh("run_2_1".into(), 1);
             target.writer().write_blocking(WriteOp::insert_run(&run)).expect("a new run");
             assert_eq!(target.max_run_seq().expect("max run seq"), 4, "{to}");

@@ -10,6 +10,7 @@
 //! lock with busy-waits. On PostgreSQL the writer has several lanes committing in parallel,
 //! each on its own connection (see `writer`).
 
+mod callbacks;
 pub mod cluster;
 mod conn;
 mod copy;

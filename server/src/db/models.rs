@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
 
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
 /// (every update rewrites the row but its idempotency key, `None` meaning NULL).
@@ -211,4 +211,40 @@ pub struct EventRow {
     pub body: String,
     /// Unix ms.
     pub at: i64,
+}
+
+/// A `callbacks` row (the outbox of completion callbacks); inserted whole, updated whole.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(
+    table_name = callbacks,
+    check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg),
+    treat_none_as_null = true
+)]
+pub struct CallbackRow {
+    /// `cb_<owner id>`.
+    pub id: String,
+    /// `job` or `run`.
+    pub owner_kind: String,
+    /// The job's or run's id.
+    pub owner_id: String,
+    /// Where it is POSTed.
+    pub url: String,
+    /// JSON array of event names.
+    pub events: String,
+    /// pending | delivered | failed | skipped.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Unix ms.
+    pub next_attempt_at: i64,
+    /// The last answer's HTTP status.
+    pub last_status: Option<i32>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// JSON array of the last attempts.
+    pub attempt_log: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub delivered_at: Option<i64>,
 }

@@ -111,3 +111,26 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(script_runs, script_run_journal, script_run_events);
+
+diesel::table! {
+    /// The outbox of completion callbacks: one row per callback asked for (see
+    /// migrations/*/..._callbacks).
+    callbacks (id) {
+        id -> Text,
+        owner_kind -> Text,
+        owner_id -> Text,
+        url -> Text,
+        events -> Text,
+        state -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        attempt_log -> Text,
+        created_at -> BigInt,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(jobs, callbacks);
+diesel::allow_tables_to_appear_in_same_query!(script_runs, callbacks);

@@ -51,8 +51,8 @@ use log::{error, info, warn};
 use tokio::sync::oneshot;
 
 use super::health::Health;
-use super::models::{EventRow, JobRow, NewImport, RunRow, StepRow};
-use super::schema::{imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::models::{CallbackRow, EventRow, JobRow, NewImport, RunRow, StepRow};
+use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
 use super::{postgres, DbConnection, Location, StoreError};
 use crate::sync::lock;
 
@@ -125,6 +125,16 @@ pub enum WriteOp {
         /// What it means for readers of the runs' events.
         events: Vec<NewEvent>,
     },
+    /// A write (a job's insert) and the outbox row of its completion callback, in one
+    /// transaction (see `crate::callbacks`).
+    WithCallback {
+        /// The write.
+        op: Box<WriteOp>,
+        /// The callback's row.
+        callback: Box<CallbackRow>,
+    },
+    /// Rewrite a callback's row (an attempt made).
+    UpdateCallback(Box<CallbackRow>),
 }
 
 /// An event to store with the write it reports ([`WriteOp::WithEvents`]).
@@ -157,14 +167,16 @@ impl WriteOp {
             WriteOp::InsertSteps(rows) => rows.first().map_or("", |row| row.run_id.as_str()),
             WriteOp::FinishStep(row) => &row.run_id,
             WriteOp::Import { .. } | WriteOp::Flush => "",
-            WriteOp::WithEvents { op, .. } => op.key(),
+            WriteOp::WithEvents { op, .. } | WriteOp::WithCallback { op, .. } => op.key(),
+            // With its job's writes: an attempt is recorded after the job's end.
+            WriteOp::UpdateCallback(row) => &row.owner_id,
         }
     }
 
     /// Whether the write is a single statement, which SQLite commits atomically on its own.
     fn is_one_statement(&self) -> bool {
         match self {
-            WriteOp::Import { .. } | WriteOp::WithEvents { .. } => false,
+            WriteOp::Import { .. } | WriteOp::WithEvents { .. } | WriteOp::WithCallback { .. } => false,
             WriteOp::InsertSteps(rows) => rows.len() <= 1,
             _ => true,
         }
@@ -1009,6 +1021,8 @@ fn describe(op: &WriteOp) -> String {
         }
         WriteOp::FinishStep(row) => format!("finish step {} of run {}", row.step_key, row.run_id),
         WriteOp::Flush => "flush".to_string(),
+        WriteOp::WithCallback { op, callback } => format!("{} with callback {}", describe(op), callback.id),
+        WriteOp::UpdateCallback(row) => format!("update callback {} (state {})", row.id, row.state),
         WriteOp::WithEvents { op, events } => {
             let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
             format!("{} with event(s) {}", describe(op), kinds.join(", "))
@@ -1135,6 +1149,14 @@ fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
             if changed > 0 {
                 events.iter().try_for_each(|event| insert_event(conn, event))?;
             }
+        }
+        WriteOp::WithCallback { op, callback } => {
+            changed = apply_counted(conn, op)?;
+            diesel::insert_into(callbacks::table).values(callback.as_ref()).execute(conn)?;
+        }
+        WriteOp::UpdateCallback(row) => {
+            changed +=
+                diesel::update(callbacks::table.filter(callbacks::id.eq(&row.id))).set(row.as_ref()).execute(conn)?;
         }
     }
     Ok(changed)

@@ -103,6 +103,9 @@ codes! {
     LogOwnerDown = "LOG_OWNER_DOWN",
     /// This node lost its lease and is stopping.
     NodeFenced = "NODE_FENCED",
+    /// A callback URL that is malformed, names a host outside `callbacks.allowedHosts`, or
+    /// asked for while no `callbacks.secret` is configured.
+    CallbackNotAllowed = "CALLBACK_NOT_ALLOWED",
     /// Anything else (logged).
     InternalError = "INTERNAL_ERROR",
 }
@@ -129,6 +132,9 @@ pub enum ApiError {
     /// Unknown job id.
     #[error("{0}")]
     JobNotFound(String),
+    /// A callback the server will not call.
+    #[error("{0}")]
+    CallbackNotAllowed(String),
     /// No such route.
     #[error("route not found: {method} {path}")]
     NotFound {
@@ -219,6 +225,7 @@ impl ApiError {
             ApiError::ScriptNotFound(_) => Code::ScriptNotFound,
             ApiError::InvalidArgs(_) => Code::InvalidArgs,
             ApiError::JobNotFound(_) => Code::JobNotFound,
+            ApiError::CallbackNotAllowed(_) => Code::CallbackNotAllowed,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::MethodNotAllowed { .. } => Code::MethodNotAllowed,
             ApiError::Unauthorized => Code::Unauthorized,
@@ -241,6 +248,7 @@ impl From<JobError> for ApiError {
             JobError::ScriptNotFound(_) => ApiError::ScriptNotFound(message),
             JobError::InvalidArgs(_) => ApiError::InvalidArgs(message),
             JobError::JobNotFound(_) => ApiError::JobNotFound(message),
+            JobError::CallbackNotAllowed(_) => ApiError::CallbackNotAllowed(message),
             JobError::QueueFull { .. } => ApiError::QueueFull(message),
             JobError::ShuttingDown => ApiError::ShuttingDown(message),
             JobError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(message),
@@ -321,6 +329,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidJson(_)
             | ApiError::ScriptNotFound(_)
             | ApiError::InvalidArgs(_)
+            | ApiError::CallbackNotAllowed(_)
             | ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::JobNotFound(_) | ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -370,6 +379,7 @@ mod tests {
             | ApiError::ScriptNotFound(_)
             | ApiError::InvalidArgs(_)
             | ApiError::JobNotFound(_)
+            | ApiError::CallbackNotAllowed(_)
             | ApiError::NotFound { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::Unauthorized
@@ -393,6 +403,7 @@ mod tests {
             ApiError::ScriptNotFound(s()),
             ApiError::InvalidArgs(s()),
             ApiError::JobNotFound(s()),
+            ApiError::CallbackNotAllowed(s()),
             ApiError::NotFound { method: route().0, path: route().1 },
             ApiError::MethodNotAllowed { method: route().0, path: route().1 },
             ApiError::Unauthorized,

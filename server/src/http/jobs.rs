@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
-use script_runner_wire::jobs::{Accepted, BytesPage, JobList, JobRequest, JobView, LinesPage, ScriptList};
+use script_runner_wire::jobs::{
+    Accepted, BytesPage, CallbackList, CallbackRequest, JobList, JobRequest, JobView, LinesPage, ScriptList,
+};
 
 use super::follow::{self, Follow};
 use super::openapi::{ErrorBody, JobListQuery, JobLogPage, JobOrAccepted, LogQuery};
 use super::sse;
-use super::wire::{job_item, job_view, script_view};
+use super::wire::{callback_view, job_item, job_view, script_view};
 use super::{json_object, ApiError, AppState};
 use crate::config::Mode;
 use crate::db::JobFilter;
@@ -46,7 +48,9 @@ const MAX_KEY_CHARS: usize = crate::names::MAX_NAME_CHARS;
             as `202` answers it.", body = JobOrAccepted),
         (status = 202, description = "An async job, queued or started.", body = Accepted),
         (status = 400, description = "`INVALID_JSON`, `SCRIPT_NOT_FOUND` (no such script, or no `scriptId`), \
-            `INVALID_ARGS`.", body = ErrorBody),
+            `INVALID_ARGS` (also a `callback` on a sync job), `CALLBACK_NOT_ALLOWED` (a callback URL that \
+            is not http, a host outside `callbacks.allowedHosts`, no `callbacks.secret` configured).",
+            body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used for another script or other \
             arguments.", body = ErrorBody),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
@@ -80,10 +84,21 @@ pub async fn run(
             )))
         }
     };
+    let callback = match body.get("callback") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let request: CallbackRequest = serde_json::from_value(value.clone()).map_err(|e| {
+                ApiError::InvalidArgs(format!("callback must be {{\"url\": string, \"events\"?: [string]}}: {e}"))
+            })?;
+            let target = crate::callbacks::check(&state.callbacks, &request.url, request.events)
+                .map_err(ApiError::CallbackNotAllowed)?;
+            Some(target)
+        }
+    };
     let args = body.get("args");
     let submission = match key {
-        None => state.jobs.submit(script_id, args, mode).await?,
-        Some(key) => match state.jobs.submit_keyed(key, script_id, args, mode).await? {
+        None => state.jobs.submit(script_id, args, mode, callback.as_ref()).await?,
+        Some(key) => match state.jobs.submit_keyed(key, script_id, args, mode, callback.as_ref()).await? {
             Keyed::New(submission) => submission,
             // The same key again: the job it started, never a second one.
             Keyed::Existing(job, Mode::Async) => {
@@ -140,6 +155,24 @@ async fn sync_answer(state: &AppState, job: Job, deduplicated: Option<bool>) -> 
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (job, queue_position) = state.jobs.get_with_position(&id).await?;
     Ok(HttpResponse::Ok().json(JobView { queue_position, ..job_view(job) }))
+}
+
+/// `GET /jobs/:id/callbacks`: the job's completion callbacks and each delivery attempt.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/callbacks",
+    operation_id = "getJobCallbacks",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id.")),
+    responses(
+        (status = 200, description = "The job's callbacks (none when it was started without one).", body = CallbackList),
+        (status = 404, description = "`JOB_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
+pub async fn callbacks(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let callbacks = state.jobs.callbacks(&id).await?;
+    Ok(HttpResponse::Ok()
+        .json(CallbackList { ok: true, callbacks: callbacks.into_iter().map(callback_view).collect() }))
 }
 
 /// `POST /jobs/:id/cancel`.

@@ -47,6 +47,8 @@ pub struct AppState {
     pub streams: sse::Streams,
     /// `/metrics` is served without the token (`metrics.public`).
     pub metrics_public: bool,
+    /// Where a request's `callback` may point (`callbacks` in config.json).
+    pub callbacks: crate::config::CallbacksConfig,
 }
 
 /// Registers every route of [`table`] on an actix `App`, in its order, each path as one
@@ -85,6 +87,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/jobs/{id}", vec![get(jobs::get)]),
         ("/jobs/{id}/logs", vec![get(jobs::logs)]),
         ("/jobs/{id}/cancel", vec![post(jobs::cancel)]),
+        ("/jobs/{id}/callbacks", vec![get(jobs::callbacks)]),
         ("/cluster", vec![get(cluster::status)]),
         ("/events", vec![get(events::feed)]),
         ("/api/internal/cluster/jobs/{id}/logs", vec![get(cluster::job_logs)]),
@@ -97,6 +100,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/script-runs", vec![post(runs::launch), get(runs::list)]),
         ("/api/script-runs/{id}", vec![get(runs::get), delete(runs::cancel)]),
         ("/api/script-runs/{id}/events", vec![get(runs::events)]),
+        ("/api/script-runs/{id}/callbacks", vec![get(runs::callbacks)]),
         ("/api/script-runs/{id}/logs", vec![get(runs::logs)]),
         ("/api/script-runs/{id}/pause", vec![post(runs::pause)]),
         ("/api/script-runs/{id}/resume", vec![post(runs::resume)]),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use script_runner_wire::events::StreamDropped;
+use script_runner_wire::jobs::{CallbackList, CallbackRequest};
 use script_runner_wire::runs::{
     ApprovalRequest, ForkRequest, InputRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail,
     RunLinesPage, RunList,
@@ -14,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
 use super::openapi::{ErrorBody, RunListQuery, RunLogPage, RunLogQuery, WaitQuery};
+use super::wire::callback_view;
 use super::{json_object, sse, ApiError, AppState};
 use crate::db::RunFilter;
 use crate::runs::events::{StoredEvent, Subscription};
@@ -62,7 +64,7 @@ fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String
             (`deduplicated: true`).", body = RunAnswer),
         (status = 201, description = "The run, launched (`background: false`: ended).", body = RunAnswer),
         (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `UNKNOWN_INTERPRETER`, \
-            `label_lint_violation`.", body = ErrorBody),
+            `label_lint_violation`, `CALLBACK_NOT_ALLOWED` (see `POST /run`).", body = ErrorBody),
         (status = 403, description = "`INLINE_SOURCE_DISABLED`.", body = ErrorBody),
         (status = 404, description = "`WORKFLOW_NOT_FOUND`, `FLOW_NOT_FOUND`.", body = ErrorBody),
         (status = 409, description = "`IDEMPOTENCY_CONFLICT`.", body = ErrorBody),
@@ -75,8 +77,17 @@ pub async fn launch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload, &req).await?;
-    const KEYS: [&str; 8] =
-        ["workflowId", "source", "interpreter", "flow", "scriptName", "args", "idempotencyKey", "background"];
+    const KEYS: [&str; 9] = [
+        "workflowId",
+        "source",
+        "interpreter",
+        "flow",
+        "scriptName",
+        "args",
+        "idempotencyKey",
+        "background",
+        "callback",
+    ];
     if let Some(key) = body.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(ApiError::InvalidRequest(format!("unknown field {key:?} (accepted: {})", KEYS.join(", "))));
     }
@@ -93,6 +104,19 @@ pub async fn launch(
         script_name: optional_string(&body, "scriptName")?,
         args: body.get("args").cloned().unwrap_or_else(|| json!({})),
         idempotency_key: optional_string(&body, "idempotencyKey")?,
+        callback: match body.get("callback") {
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                let request: CallbackRequest = serde_json::from_value(value.clone()).map_err(|e| {
+                    ApiError::InvalidRequest(format!(
+                        "callback must be {{\"url\": string, \"events\"?: [string]}}: {e}"
+                    ))
+                })?;
+                let target = crate::callbacks::check(&state.callbacks, &request.url, request.events)
+                    .map_err(ApiError::CallbackNotAllowed)?;
+                Some(target)
+            }
+        },
     };
     let launched = state.runs.launch(request).await?;
     if launched.deduplicated {
@@ -276,6 +300,24 @@ fn stored_event(event: StoredEvent) -> sse::Event {
         // Only a hand-edited database: still numbered, so a resume goes past it.
         Err(_) => sse::Event::json(kind, &Value::Null).with_id(event.seq.to_string()),
     }
+}
+
+/// `GET /api/script-runs/{id}/callbacks`: the run's completion callbacks and each attempt.
+#[utoipa::path(
+    get,
+    path = "/api/script-runs/{id}/callbacks",
+    operation_id = "getRunCallbacks",
+    tag = "runs",
+    params(("id" = String, Path, description = "Run id.")),
+    responses(
+        (status = 200, description = "The run's callbacks (none when it was launched without one).", body = CallbackList),
+        (status = 404, description = "`RUN_NOT_FOUND`.", body = ErrorBody),
+    ),
+)]
+pub async fn callbacks(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let callbacks = state.runs.callbacks(&id).await?;
+    Ok(HttpResponse::Ok()
+        .json(CallbackList { ok: true, callbacks: callbacks.into_iter().map(callback_view).collect() }))
 }
 
 /// `DELETE /api/script-runs/{id}`: cancel; a terminal run is returned unchanged.

@@ -1,11 +1,34 @@
 //! From the domain to the wire: the job API's answers are `script_runner_wire` types (defined
 //! once, read by the clients too); this file maps jobs and scripts onto them.
 
-use script_runner_wire::jobs::{ArgsView, JobView, ScriptView};
+use script_runner_wire::jobs::{ArgsView, CallbackAttempt, CallbackView, JobView, ScriptView};
+
+use crate::callbacks::Callback;
 
 use crate::config::Script;
 use crate::jobs::model::Job;
 use crate::time::iso;
+
+/// A job's callback and its attempts (`GET /jobs/:id/callbacks`).
+pub fn callback_view(c: Callback) -> CallbackView {
+    CallbackView {
+        next_attempt_at: (c.state == "pending").then(|| iso(c.next_attempt_at)),
+        attempt_log: c
+            .attempt_log
+            .into_iter()
+            .map(|a| CallbackAttempt { at: iso(a.at), status: a.status, error: a.error, duration_ms: a.duration_ms })
+            .collect(),
+        id: c.id,
+        url: c.url,
+        events: c.events,
+        state: c.state,
+        attempts: c.attempts,
+        last_status: c.last_status,
+        last_error: c.last_error,
+        created_at: iso(c.created_at),
+        delivered_at: c.delivered_at.map(iso),
+    }
+}
 
 /// The job object with `ok: true` (`GET /jobs/:id`, the sync run result, the cancel result).
 pub fn job_view(job: Job) -> JobView {

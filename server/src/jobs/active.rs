@@ -33,6 +33,8 @@ pub(super) struct Active {
     pub(super) live: Mutex<Option<LiveStreams>>,
     /// Whether the job's row has been ordered written (then later writes are updates).
     pub(super) recorded: AtomicBool,
+    /// The completion callback asked for, written with the job's first row (taken then).
+    pub(super) callback: Mutex<Option<crate::callbacks::Callback>>,
     /// Holds the final job once it is committed.
     pub(super) done: watch::Sender<Option<Job>>,
     /// When a job made by this server was created (its wait in the queue is measured from it,
@@ -50,6 +52,7 @@ impl Active {
             control: Control::new(),
             live: Mutex::new(None),
             recorded: AtomicBool::new(recorded),
+            callback: Mutex::new(None),
             done: watch::channel(None).0,
             queued_at: (!recorded).then(Instant::now),
         })
@@ -77,7 +80,10 @@ impl Active {
         let op = if self.recorded.swap(true, Ordering::AcqRel) {
             WriteOp::update_job(job)
         } else {
-            WriteOp::insert_job(job)
+            match lock(&self.callback).take() {
+                Some(callback) => WriteOp::with_callback(WriteOp::insert_job(job), &callback),
+                None => WriteOp::insert_job(job),
+            }
         };
         writer.enqueue_with(op, on_outage)
     }

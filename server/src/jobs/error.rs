@@ -17,6 +17,9 @@ pub enum JobError {
     /// No job has this id.
     #[error("job not found: {0}")]
     JobNotFound(String),
+    /// The request's callback is refused (see [`crate::callbacks::check`]).
+    #[error("{0}")]
+    CallbackNotAllowed(String),
     /// Running slots and queue are full.
     #[error("queue full: {running} running and {queued} queued (runner.maxQueued is {max_queued})")]
     QueueFull {

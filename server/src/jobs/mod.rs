@@ -39,6 +39,7 @@ use log::{error, info, warn};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
+use crate::callbacks::{Callback, Target};
 use crate::cluster::{peer, Node};
 use crate::config::{Config, Mode, Script};
 use crate::db::{JobFilter, OnOutage, Store, WriteOp};
@@ -182,8 +183,11 @@ impl JobManager {
         script_id: &str,
         args: Option<&Value>,
         mode: Option<&str>,
+        callback: Option<&Target>,
     ) -> Result<Submission, JobError> {
-        self.submit_as(None, None, script_id, args, mode).await
+        let (script, args) = self.checked(script_id, args)?;
+        let mode = self.mode_of(&script, mode)?;
+        self.start(None, None, None, script, args, mode, callback).await
     }
 
     /// A place for one more job in running + queued, or `QUEUE_FULL` / shutting down, for a
@@ -228,7 +232,7 @@ impl JobManager {
     ) -> Result<Submission, JobError> {
         let (script, args) = self.checked(script_id, args)?;
         let mode = self.mode_of(&script, mode)?;
-        self.start(admission, id, None, script, args, mode).await
+        self.start(admission, id, None, script, args, mode, None).await
     }
 
     /// [`JobManager::submit`] under an idempotency key: the first request with the key starts
@@ -241,6 +245,7 @@ impl JobManager {
         script_id: &str,
         args: Option<&Value>,
         mode: Option<&str>,
+        callback: Option<&Target>,
     ) -> Result<Keyed, JobError> {
         let (script, args) = self.checked(script_id, args)?;
         let mode = self.mode_of(&script, mode)?;
@@ -252,7 +257,7 @@ impl JobManager {
             return Ok(Keyed::Existing(job, mode));
         }
         let (script_id, job_args) = (script.id.clone(), args.clone());
-        match self.start(None, None, Some(key.to_string()), script, args, mode).await {
+        match self.start(None, None, Some(key.to_string()), script, args, mode, callback).await {
             Ok(submission) => Ok(Keyed::New(submission)),
             // Another node of a cluster started a job under this key meanwhile (the lock above
             // is this node's; the key's unique index refused the second insert): that job.
@@ -288,6 +293,7 @@ impl JobManager {
     }
 
     /// Records and queues a checked job (see [`JobManager::submit_as`]).
+    #[expect(clippy::too_many_arguments, reason = "each caller sets a different few; a struct would only rename them")]
     async fn start(
         &self,
         admission: Option<Admission>,
@@ -296,8 +302,17 @@ impl JobManager {
         script: Arc<Script>,
         args: Vec<String>,
         mode: Mode,
+        callback: Option<&Target>,
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
+        // A callback is stored with the job's first row, which a sync job may never have
+        // before it ends; and a cluster's queue inserts rows elsewhere (not supported yet).
+        if callback.is_some() && (mode == Mode::Sync || shared.node.is_some()) {
+            return Err(JobError::InvalidArgs(match mode {
+                Mode::Sync => "callback needs an async job (mode: async)".into(),
+                Mode::Async => "callbacks are not supported on a cluster node yet".into(),
+            }));
+        }
         // The database is asked first when nothing vouched for it within the last second: a
         // sync job is not written before it runs, and an async job's insert below is refused
         // on a writer lane without the database unless the database answered since (this
@@ -321,6 +336,9 @@ impl JobManager {
         }
         let id = job.id.clone();
         let active = Active::new(job, script, false);
+        if let Some(target) = callback {
+            *lock(&active.callback) = Some(target.for_job(&id));
+        }
         // The 202 hands the id out: an async job is on disk before that. A sync caller is told
         // nothing until the end, so its job is first written when it ends, has run for a
         // while, or has waited in the queue for a while (see below), whichever comes first.
@@ -475,6 +493,15 @@ impl JobManager {
         let st = lock(&self.shared.state);
         let active = st.active.get(id)?;
         st.queue_position(active)
+    }
+
+    /// The completion callbacks of a job (none when it was started without one), with every
+    /// attempt kept; `JobNotFound` for an unknown job.
+    pub async fn callbacks(&self, id: &str) -> Result<Vec<Callback>, JobError> {
+        self.get(id).await?;
+        let store = self.shared.store.clone();
+        let key = id.to_string();
+        Ok(blocking(move || store.callbacks_of(&key)).await??)
     }
 
     /// Waits until the job has ended and returns its final state (at once if it has ended).

@@ -185,6 +185,17 @@ pub fn insert_run(run: &Run) -> WriteOp {
     with(WriteOp::insert_run(run), events)
 }
 
+/// [`insert_run`] with the run's completion callback in the same transaction (inside the
+/// events' write, so their bell still rings).
+pub fn insert_run_with_callback(run: &Run, callback: &crate::callbacks::Callback) -> WriteOp {
+    match insert_run(run) {
+        WriteOp::WithEvents { op, events } => {
+            WriteOp::WithEvents { op: Box::new(WriteOp::with_callback(*op, callback)), events }
+        }
+        op => WriteOp::with_callback(op, callback),
+    }
+}
+
 /// The write of a new journal entry, with `approval.asked`, `step.begin` (started) or
 /// `step.record` (ended at once). Stored only if the entry was new (the first writer wins).
 pub fn insert_step(entry: &JournalEntry) -> WriteOp {

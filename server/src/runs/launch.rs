@@ -96,6 +96,9 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
     if engine.stopping() {
         return Err(RunError::ShuttingDown);
     }
+    if request.callback.is_some() && engine.node_id().is_some() {
+        return Err(RunError::InvalidRequest("callbacks are not supported on a cluster node yet".into()));
+    }
     let args_json = to_json(&request.args);
     if args_json.len() > MAX_ARGS_BYTES {
         return Err(RunError::ArgsTooLarge(args_json.len()));
@@ -179,7 +182,11 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         ..Run::fresh(engine.new_run_id(now), now)
     };
     // Refused at once while the database is lost (503): the run has not started.
-    if let Err(e) = engine.writer().write_or_refuse(super::events::insert_run(&run)).await {
+    let insert = match &request.callback {
+        Some(target) => super::events::insert_run_with_callback(&run, &target.for_run(&run.id)),
+        None => super::events::insert_run(&run),
+    };
+    if let Err(e) = engine.writer().write_or_refuse(insert).await {
         // Two launches with one key raced: the unique key let one in; answer with it.
         return match by_key(engine, request.idempotency_key.as_deref(), &run.request_sha256).await? {
             Some(launched) => Ok(launched),

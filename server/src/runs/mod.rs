@@ -326,6 +326,15 @@ impl RunManager {
         self.engine.get(id).await
     }
 
+    /// The completion callbacks of a run (none when it was launched without one), with every
+    /// attempt kept; `RunNotFound` for an unknown run.
+    pub async fn callbacks(&self, id: &str) -> Result<Vec<crate::callbacks::Callback>, RunError> {
+        self.engine.get(id).await?;
+        let store = self.engine.store.clone();
+        let key = id.to_string();
+        Ok(crate::sync::blocking(move || store.callbacks_of(&key)).await??)
+    }
+
     /// The run and its journal.
     pub async fn get_with_journal(&self, id: &str) -> Result<(Run, Vec<JournalEntry>), RunError> {
         Ok((self.engine.get(id).await?, self.engine.journal(id).await?))

@@ -288,6 +288,8 @@ pub struct LaunchRequest {
     pub args: Value,
     /// Makes the launch idempotent.
     pub idempotency_key: Option<String>,
+    /// POST the run to this callback when it ends (checked by [`crate::callbacks::check`]).
+    pub callback: Option<crate::callbacks::Target>,
 }
 
 /// A launched run: the run, and whether it already existed under the idempotency key.
