@@ -1,14 +1,13 @@
 //! `bench-callbacks`: how soon a job's completion callback reaches its receiver after the job
-//! ended, and whether callbacks slow sync runs.
+//! ended. (Whether callbacks slow other jobs: `bench --only-sync4`, against a build without
+//! them.)
 //!
 //! It starts the `script-runner` binary built beside it on `127.0.0.1:0` in a temporary folder,
 //! with a receiver of its own on loopback (answers `200` at once). It submits N async jobs of a
 //! trivial script, each with `callback: {url}`, and takes, for each delivery, the receiver's
-//! clock minus the job's `endedAt` (the server's clock: same machine). Then sync throughput at
-//! c=4 for a few seconds, without and with a callback-carrying async job submitted beside each
-//! sync run.
+//! clock minus the job's `endedAt` (the server's clock: same machine).
 //!
-//! Usage: `cargo build --release && ./target/release/bench-callbacks [--jobs N] [--seconds S]`.
+//! Usage: `cargo build --release && ./target/release/bench-callbacks [--jobs N]`.
 
 #[path = "shared/mod.rs"]
 mod shared;
@@ -35,14 +34,13 @@ fn main() -> ExitCode {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let (mut jobs, mut seconds) = (500_usize, 4_u64);
+    let mut jobs = 500_usize;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--jobs" => jobs = it.next().context("--jobs needs a number")?.parse()?,
-            "--seconds" => seconds = it.next().context("--seconds needs a number")?.parse()?,
             "--help" | "-h" => {
-                println!("bench-callbacks [--jobs N (500)] [--seconds S (4)]");
+                println!("bench-callbacks [--jobs N (500)]");
                 return Ok(());
             }
             other => bail!("unknown argument {other}"),
@@ -86,47 +84,8 @@ fn bench(args: &[String]) -> Result<()> {
         pct(1.0)
     );
 
-    // Sync throughput at c=4, alone and with a callback-carrying async job beside each run.
-    for with_callbacks in [false, true] {
-        let runs = sync_load(&server.base, &url, seconds, with_callbacks)?;
-        println!(
-            "sync c=4 {}: {:.0} runs/s",
-            if with_callbacks { "with an async callback job beside each run" } else { "alone" },
-            runs as f64 / seconds as f64
-        );
-        std::thread::sleep(Duration::from_secs(2));
-    }
     stop.store(true, Ordering::Relaxed);
     Ok(())
-}
-
-/// Four clients running sync jobs for `seconds`; how many ran.
-fn sync_load(base: &str, url: &str, seconds: u64, with_callbacks: bool) -> Result<usize> {
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let (base, url) = (base.to_string(), url.to_string());
-            std::thread::spawn(move || -> Result<usize> {
-                let agent = agent();
-                let mut n = 0;
-                while Instant::now() < until {
-                    agent.post(&format!("{base}/run")).send_json(json!({ "scriptId": "ok", "mode": "sync" }))?;
-                    n += 1;
-                    if with_callbacks {
-                        agent
-                            .post(&format!("{base}/run"))
-                            .send_json(json!({ "scriptId": "ok", "mode": "async", "callback": { "url": url } }))?;
-                    }
-                }
-                Ok(n)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
-    }
-    Ok(total)
 }
 
 /// What the receiver saw: (arrival ms since the epoch, body) per request.
