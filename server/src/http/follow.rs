@@ -76,9 +76,9 @@ impl State {
             // Whether the job had ended before this read: then the read saw all its output.
             let job = jobs.get(&id).await?;
             let size_before = job.stream(stream).size;
-            let ended = job.status.is_terminal().then_some(job);
+            let ended = job.status.is_terminal().then(|| job.clone());
             let (truncated, output_error, stored) = if self.follow.lines {
-                let view = jobs.read_lines(&id, stream, self.follow.offset, LINES_DEFAULT, false).await?;
+                let view = jobs.read_lines_of(&job, stream, self.follow.offset, LINES_DEFAULT, false).await?;
                 let page = view.page;
                 for (i, line) in page.lines.into_iter().enumerate() {
                     let offset = page.offset + i as u64;
@@ -88,7 +88,7 @@ impl State {
                 self.follow.offset = page.next_offset.max(self.follow.offset);
                 (view.truncated, view.output_error, None)
             } else {
-                let view = jobs.read_bytes(&id, stream, self.follow.offset, BYTES_DEFAULT, false).await?;
+                let view = jobs.read_bytes_of(&job, stream, self.follow.offset, BYTES_DEFAULT, false).await?;
                 let page = view.page;
                 let (text, used) = whole_chars(&page.data, ended.is_some() && page.next_offset >= page.total_size);
                 if used > 0 {

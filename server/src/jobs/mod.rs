@@ -646,7 +646,21 @@ impl JobManager {
         here_only: bool,
     ) -> Result<BytesView, JobError> {
         let job = self.get(id).await?;
-        if let Some(owner) = self.log_owner(&job, here_only).await? {
+        self.read_bytes_of(&job, stream, offset, limit, here_only).await
+    }
+
+    /// [`JobManager::read_bytes`] of a job the caller has just read (a log follower reads the
+    /// job for its status anyway: it is not read twice).
+    pub async fn read_bytes_of(
+        &self,
+        job: &Job,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+        here_only: bool,
+    ) -> Result<BytesView, JobError> {
+        let id = job.id.as_str();
+        if let Some(owner) = self.log_owner(job, here_only).await? {
             let page: script_runner_wire::jobs::BytesPage =
                 JobManager::remote_page(owner, id, stream, "bytes", offset, limit).await?;
             return Ok(BytesView {
@@ -688,7 +702,21 @@ impl JobManager {
         here_only: bool,
     ) -> Result<LinesView, JobError> {
         let job = self.get(id).await?;
-        if let Some(owner) = self.log_owner(&job, here_only).await? {
+        self.read_lines_of(&job, stream, offset, limit, here_only).await
+    }
+
+    /// [`JobManager::read_lines`] of a job the caller has just read (a log follower reads the
+    /// job for its status anyway: it is not read twice).
+    pub async fn read_lines_of(
+        &self,
+        job: &Job,
+        stream: Stream,
+        offset: u64,
+        limit: u64,
+        here_only: bool,
+    ) -> Result<LinesView, JobError> {
+        let id = job.id.as_str();
+        if let Some(owner) = self.log_owner(job, here_only).await? {
             let page: script_runner_wire::jobs::LinesPage =
                 JobManager::remote_page(owner, id, stream, "lines", offset, limit).await?;
             return Ok(LinesView {
