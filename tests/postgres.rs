@@ -265,6 +265,15 @@ fn a_database_lost_while_serving_answers_503_and_running_jobs_end_recorded_once_
     let earlier = earlier.body["jobId"].as_str().unwrap().to_string();
     let id = server.run_async("work", &[]);
     let pid: i32 = wait_file(&pid_file, Duration::from_secs(20)).parse().unwrap();
+    // Its start is written behind the process's spawn: under load the cut could land first,
+    // and the row would still say `queued` below. Waiting for it also puts a commit just
+    // before the cut: the reads that fail below must take back its vouching for the database,
+    // or the sync run is started (and hangs, its end unwritable) instead of refused.
+    wait_until(
+        || format!("job {id}'s start was not written:\n{}", server.server_log()),
+        Duration::from_secs(20),
+        || stored_job(&direct, &id).filter(|(status, _)| status == "running"),
+    );
 
     proxy.cut();
     // Reads that need the database answer 503 promptly (the pool's 3 s time-out), not hang.

@@ -430,6 +430,7 @@ impl Store {
         });
         match result {
             Err(StoreError::Query(e)) if postgres::is_connection_error(&e) => {
+                self.health.saw_lost();
                 Err(StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string()))))
             }
             other => {

@@ -261,6 +261,7 @@ impl Store {
         match self.pool.get() {
             Ok(conn) => Ok(conn),
             Err(e) if self.health.tracked() => {
+                self.health.saw_lost();
                 Err(StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string()))))
             }
             Err(e) => Err(StoreError::Pool(e)),
@@ -280,15 +281,24 @@ impl Store {
                 let unavailable = |e: &dyn std::fmt::Display| {
                     StoreError::Unavailable(postgres::one_line(&self.location.redact(&e.to_string())))
                 };
-                *conn = DbConnection::open(&self.location).map_err(|e| unavailable(&e))?;
-                result = match f(&mut conn) {
-                    Err(StoreError::Query(e)) if self.lost(&mut conn, &e) => Err(unavailable(&e)),
-                    other => other,
+                result = match DbConnection::open(&self.location) {
+                    Ok(fresh) => {
+                        *conn = fresh;
+                        match f(&mut conn) {
+                            Err(StoreError::Query(e)) if self.lost(&mut conn, &e) => Err(unavailable(&e)),
+                            other => other,
+                        }
+                    }
+                    Err(e) => Err(unavailable(&e)),
                 };
             }
         }
-        if result.is_ok() {
-            self.health.saw_ok();
+        // Every way out goes past this: a read that found the database gone takes back the
+        // vouching of earlier successes (see `Health::saw_lost`).
+        match &result {
+            Ok(_) => self.health.saw_ok(),
+            Err(StoreError::Unavailable(_)) => self.health.saw_lost(),
+            Err(_) => {}
         }
         result
     }
