@@ -25,7 +25,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use script_runner_wire::runs::StepView;
-use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
+use script_runner_wire::steps::{
+    step_key, Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer, STEP_KEY_ENV,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -223,7 +225,8 @@ impl Workflow {
         self.step(label, || Ok::<_, std::convert::Infallible>(value))
     }
 
-    /// Runs a local command once (argv, no shell) and journals `{exitCode, stdout, stderr}`.
+    /// Runs a local command once (argv, no shell, `SCRIPT_STEP_KEY=<runId>:<label>` in its
+    /// environment) and journals `{exitCode, stdout, stderr}`.
     /// A non-zero exit is journaled as a failed step and replays as the same failure: the
     /// result is returned either way, so the caller decides what a failure means.
     pub fn command<S: AsRef<str>>(&self, label: &str, argv: &[S]) -> Result<CommandResult, ClientError> {
@@ -236,7 +239,7 @@ impl Workflow {
             Next::Done(step) | Next::Resume(step) => Ok(command_result(&step.result, true)),
             Next::Execute => {
                 let started = Instant::now();
-                let ran = run_captured(&argv);
+                let ran = run_captured(&argv, &step_key(&self.run_id, label));
                 let result = json!({ "exitCode": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr });
                 let (status, error) = if ran.exit_code == 0 {
                     ("completed", None)
@@ -251,7 +254,8 @@ impl Workflow {
     }
 
     /// Runs a configured script as a server-side job (same queue, limits and logs as
-    /// `POST /run`). A replay waits for the same job; it never starts a second one.
+    /// `POST /run`; its process gets `SCRIPT_STEP_KEY=<runId>:<label>`). A replay waits for
+    /// the same job; it never starts a second one.
     pub fn script<S: AsRef<str>>(&self, label: &str, script_id: &str, args: &[S]) -> Result<ScriptResult, ClientError> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
         let config = json!({ "scriptId": script_id, "args": args });
@@ -491,11 +495,13 @@ struct Captured {
     stderr: String,
 }
 
-/// Runs argv with stdin from /dev/null, keeping at most [`MAX_CAPTURE_BYTES`] of each stream.
-fn run_captured(argv: &[String]) -> Captured {
+/// Runs argv with stdin from /dev/null and its step's idempotency key in
+/// [`STEP_KEY_ENV`], keeping at most [`MAX_CAPTURE_BYTES`] of each stream.
+fn run_captured(argv: &[String], key: &str) -> Captured {
     use std::os::unix::process::ExitStatusExt;
     let mut child = match Command::new(&argv[0])
         .args(&argv[1..])
+        .env(STEP_KEY_ENV, key)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use script_runner_client::{ClientError, ScriptResult, Workflow};
+use script_runner_wire::steps::{step_key, STEP_KEY_ENV};
 use serde_json::Value;
 
 use crate::StepArgs;
@@ -85,7 +86,8 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
             Ok(ExitCode::SUCCESS)
         }
         Kind::ValueFrom(argv) => {
-            let stored: Value = wf.step(label, || value_from(&argv))?;
+            let key = step_key(wf.run_id(), label);
+            let stored: Value = wf.step(label, || value_from(&argv, &key))?;
             println!("{}", stored.as_str().map_or_else(|| stored.to_string(), str::to_string));
             Ok(ExitCode::SUCCESS)
         }
@@ -214,9 +216,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// A value from a command's stdout: JSON if the trimmed output parses, else the trimmed text.
 /// A failing command records nothing.
-fn value_from(argv: &[String]) -> Result<Value, String> {
+/// Runs a `--value-from` command (with its step's `SCRIPT_STEP_KEY`) and reads its stdout as
+/// JSON, else as text.
+fn value_from(argv: &[String], key: &str) -> Result<Value, String> {
     let output = std::process::Command::new(&argv[0])
         .args(&argv[1..])
+        .env(STEP_KEY_ENV, key)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .output()

@@ -7,6 +7,17 @@ use serde_json::Value;
 
 use crate::runs::StepView;
 
+/// The environment variable that gives the processes of command and script steps their
+/// step's idempotency key, [`step_key`]: the same on every replay and retry of the step, so a
+/// script can make an external write exactly once.
+pub const STEP_KEY_ENV: &str = "SCRIPT_STEP_KEY";
+
+/// A step's idempotency key: `<runId>:<label>` (one place spells it, for the client's command
+/// steps and the server's script-step jobs alike).
+pub fn step_key(run_id: &str, label: &str) -> String {
+    format!("{run_id}:{label}")
+}
+
 /// `POST steps/{label}/begin`: a step is about to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

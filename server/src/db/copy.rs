@@ -296,7 +296,7 @@ impl Table for JobCopy {
 
     fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
         let text = ["args", "stdout_preview", "stderr_preview"];
-        let nullable = ["error", "idempotency_key", "stdout_error", "stderr_error"];
+        let nullable = ["error", "idempotency_key", "stdout_error", "stderr_error", "step_key"];
         Self::after(last).select(size_of(&text, &nullable)).limit(BATCH_ROWS).load(conn)
     }
 

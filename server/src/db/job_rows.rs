@@ -37,6 +37,7 @@ impl From<&Job> for JobRow {
             stdout_error: job.stdout.error.clone(),
             stderr_error: job.stderr.error.clone(),
             node: job.node.clone(),
+            step_key: job.step_key.clone(),
         }
     }
 }
@@ -77,6 +78,7 @@ impl From<JobRow> for Job {
             proc_start_ticks: row.proc_start_ticks.map(to_u64),
             idempotency_key: row.idempotency_key,
             node: row.node,
+            step_key: row.step_key,
         }
     }
 }

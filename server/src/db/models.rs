@@ -72,6 +72,9 @@ pub struct JobRow {
     /// node claims it). Set at insert or by the cluster's claim; an update never moves it.
     #[diesel(skip_update)]
     pub node: Option<String>,
+    /// A workflow step's job: `<runId>:<label>` (its `SCRIPT_STEP_KEY`); fixed at its insert.
+    #[diesel(skip_update)]
+    pub step_key: Option<String>,
 }
 
 /// An `imports` row: an upstream job store that was imported.

@@ -35,6 +35,7 @@ diesel::table! {
         stdout_error -> Nullable<Text>,
         stderr_error -> Nullable<Text>,
         node -> Nullable<Text>,
+        step_key -> Nullable<Text>,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::metrics;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams};
 use crate::sync::lock;
 use crate::time::now_ms;
+use script_runner_wire::steps::STEP_KEY_ENV;
 
 /// A job in flight.
 pub(super) struct Active {
@@ -614,7 +615,12 @@ impl Shared {
             program: script.path.clone(),
             args: job.args.clone(),
             cwd: script.cwd.clone(),
-            env: script.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            env: script
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(job.step_key.iter().map(|key| (STEP_KEY_ENV.to_string(), key.clone())))
+                .collect(),
             stdin: None,
             timeout: (script.timeout_sec > 0).then(|| Duration::from_secs(script.timeout_sec)),
             kill_grace: runner.kill_grace(),

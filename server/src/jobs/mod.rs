@@ -118,6 +118,15 @@ pub struct LinesView {
     pub output_error: Option<String>,
 }
 
+/// A workflow step's job, named before it exists (see [`JobManager::submit_step`]).
+#[derive(Debug, Clone)]
+pub struct StepJob {
+    /// The id the step journaled first.
+    pub id: String,
+    /// `<runId>:<label>`: the job's `SCRIPT_STEP_KEY`.
+    pub step_key: String,
+}
+
 impl JobManager {
     /// Creates the service. Run [`recovery::recover`] on it before serving (not in a cluster,
     /// where joining did it: see [`crate::cluster`]).
@@ -192,14 +201,14 @@ impl JobManager {
 
     /// A place for one more job in running + queued, or `QUEUE_FULL` / shutting down, for a
     /// caller that must know before it records anything (a workflow's script step); pass it
-    /// to [`JobManager::submit_as`]. Dropped unused, it frees the place.
+    /// to [`JobManager::submit_step`]. Dropped unused, it frees the place.
     pub fn admit(&self) -> Result<Admission, JobError> {
         Shared::reserve(&self.shared)
     }
 
     /// A new job id, for a caller that must record it before the job exists (a workflow's
     /// script step journals the id first, so a crash can never leave a job it does not know
-    /// of); pass it to [`JobManager::submit_as`].
+    /// of); pass it to [`JobManager::submit_step`].
     pub fn new_job_id(&self) -> String {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
         format!("job_{}_{seq}", now_ms())
@@ -218,21 +227,21 @@ impl JobManager {
         Ok((script, args))
     }
 
-    /// [`JobManager::submit`] under an id from [`JobManager::new_job_id`] (a new one when
-    /// `None`), in a place from [`JobManager::admit`] (taken now when `None`). An async job is
-    /// committed before it can start, so a job with an id that is not in the database has
-    /// never run.
-    pub async fn submit_as(
+    /// A workflow step's job: [`JobManager::submit`] under the id the step journaled (from
+    /// [`JobManager::new_job_id`]), in a place from [`JobManager::admit`] (taken now when
+    /// `None`). An async job is committed before it can start, so a job with an id that is not
+    /// in the database has never run.
+    pub async fn submit_step(
         &self,
         admission: Option<Admission>,
-        id: Option<String>,
+        step: StepJob,
         script_id: &str,
         args: Option<&Value>,
         mode: Option<&str>,
     ) -> Result<Submission, JobError> {
         let (script, args) = self.checked(script_id, args)?;
         let mode = self.mode_of(&script, mode)?;
-        self.start(admission, id, None, script, args, mode, None).await
+        self.start(admission, Some(step), None, script, args, mode, None).await
     }
 
     /// [`JobManager::submit`] under an idempotency key: the first request with the key starts
@@ -292,12 +301,12 @@ impl JobManager {
         }
     }
 
-    /// Records and queues a checked job (see [`JobManager::submit_as`]).
+    /// Records and queues a checked job (see [`JobManager::submit_step`]).
     #[expect(clippy::too_many_arguments, reason = "each caller sets a different few; a struct would only rename them")]
     async fn start(
         &self,
         admission: Option<Admission>,
-        id: Option<String>,
+        step: Option<StepJob>,
         key: Option<String>,
         script: Arc<Script>,
         args: Vec<String>,
@@ -325,9 +334,13 @@ impl JobManager {
             Some(admission) => admission,
             None => Shared::reserve(shared)?,
         };
-        let id = id.unwrap_or_else(|| self.new_job_id());
+        let (id, step_key) = match step {
+            Some(StepJob { id, step_key }) => (id, Some(step_key)),
+            None => (self.new_job_id(), None),
+        };
         let mut job = Job::new(id, &script.id, mode, args, now_ms());
         job.idempotency_key.clone_from(&key);
+        job.step_key = step_key;
         if let Some(node) = &shared.node {
             if mode == Mode::Async {
                 return self.queue_in_cluster(admission, job, script, node.clone()).await;

@@ -127,6 +127,10 @@ pub struct Job {
     pub idempotency_key: Option<String>,
     /// The cluster node that runs or ran it (`None` on SQLite, and while queued for any node).
     pub node: Option<String>,
+    /// A workflow step's job: `<runId>:<label>`, exported to its process as
+    /// `SCRIPT_STEP_KEY` so the script can make an external write exactly once. Not on the
+    /// wire (the job object is upstream's); the run's journal names the job.
+    pub step_key: Option<String>,
 }
 
 impl Job {
@@ -150,6 +154,7 @@ impl Job {
             proc_start_ticks: None,
             idempotency_key: None,
             node: None,
+            step_key: None,
         }
     }
 

@@ -24,9 +24,10 @@ use super::model::{
 };
 use super::{execution, Engine, MAX_WAIT};
 use crate::jobs::model::JobStatus;
-use crate::jobs::{Admission, JobError};
+use crate::jobs::{Admission, JobError, StepJob};
 use crate::process::logs::Stream;
 use crate::time::now_ms;
+use script_runner_wire::steps::step_key;
 
 /// Checks a run token: it must be the token of the run's current execution.
 pub fn authorize(engine: &Engine, id: &str, token: &str) -> Result<Arc<LiveRun>, RunError> {
@@ -500,8 +501,8 @@ async fn continue_script_step(
             }
             let script_id = entry.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
             let args = entry.config.get("args");
-            let submitted =
-                engine.jobs.submit_as(admission, Some(job_id.clone()), script_id, args, Some("async")).await;
+            let step = StepJob { id: job_id.clone(), step_key: step_key(&entry.run_id, &entry.label) };
+            let submitted = engine.jobs.submit_step(admission, step, script_id, args, Some("async")).await;
             let job = match submitted {
                 Ok(submission) => submission.job,
                 // Another request for this step submitted it meanwhile (the id is unique).

@@ -1,0 +1,40 @@
+//! Step idempotency keys: every command, value-from and script step's process gets
+//! `SCRIPT_STEP_KEY=<runId>:<label>` (the same on every replay), so a script can make an
+//! external write exactly once; a job started by `POST /run` gets none. (A script step's job
+//! keeps its key in the database: on the PostgreSQL pass it is queued and claimed through it.)
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use crate::common::{entry, Builder};
+use serde_json::json;
+
+/// Bound for anything a test waits for.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A script that prints its step key (or `none`).
+const PRINT_KEY: &str = r#"echo "key=${SCRIPT_STEP_KEY:-none}""#;
+
+#[test]
+fn command_value_from_and_script_steps_get_run_id_colon_label() {
+    let b = Builder::new().script_entry("print-key", PRINT_KEY, json!({ "mode": "async" })).workflows(json!({}));
+    let server = b.start();
+    let source = format!(
+        r#"set -e
+script-runner step cmd -- sh -c '{PRINT_KEY}' > /dev/null
+script-runner step job --script print-key > /dev/null
+v=$(script-runner step val --value-from -- sh -c 'echo "$SCRIPT_STEP_KEY"')
+echo "{{\"val\":\"$v\"}}"
+"#
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    assert_eq!(entry(&body, "cmd")["result"]["stdout"], json!(format!("key={id}:cmd\n")), "{body}");
+    assert_eq!(entry(&body, "job")["result"]["stdout"], json!(format!("key={id}:job\n")), "{body}");
+    assert_eq!(body["run"]["output"], json!({ "val": format!("{id}:val") }), "{body}");
+
+    // The same script run by `POST /run` is no step: no key.
+    let r = server.run("print-key", &[], Some("sync"));
+    assert_eq!((r.status, r.body["stdout"].as_str()), (200, Some("key=none\n")), "{}", r.text);
+}
