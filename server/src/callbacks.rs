@@ -13,6 +13,9 @@
 //! asked for ([`check`]), and again at each delivery after DNS resolution ([`resolve`]: every
 //! address must be loopback or an allowed address), so a name that resolves elsewhere is never
 //! contacted. Redirects are not followed (a 3xx is a failed attempt).
+//!
+//! In a cluster every node runs a deliverer over the one outbox; a node takes a callback for
+//! one attempt first ([`Store::claim_callback`]), so two nodes never POST it at once.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -35,6 +38,9 @@ pub const CONCURRENCY: usize = 4;
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts kept per callback for `GET .../callbacks` (the oldest are dropped).
 pub const KEPT_ATTEMPTS: usize = 20;
+/// How long a node holds a callback it is trying before another node may try it (a node that
+/// died mid-attempt): well past one attempt's [`TIMEOUT`].
+const LEASE_MS: i64 = 60 * 1000;
 /// The longest wait between two attempts.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// The events a callback may ask for.
@@ -357,7 +363,15 @@ impl Deliverer {
                         // Read again: the page above may predate an attempt that ended since.
                         match this.store.get_callback(&callback.id) {
                             Ok(Some(now)) if now.state == "pending" && now.next_attempt_at <= now_ms() => {
-                                this.attempt(now, &job)
+                                match this.store.claim_callback(&now.id, now.next_attempt_at, now_ms() + LEASE_MS) {
+                                    Ok(true) => this.attempt(now, &job),
+                                    // Another node of the cluster is trying it.
+                                    Ok(false) => None,
+                                    Err(e) => {
+                                        warn!("callbacks: taking {}: {e}", now.id);
+                                        None
+                                    }
+                                }
                             }
                             Ok(_) => None,
                             Err(e) => {

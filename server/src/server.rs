@@ -107,9 +107,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         runs.resume_all();
         jobs.start_claiming();
         runs.start_taking();
-        // Completion callbacks: pending ones of a previous run resume now. Not on a cluster
-        // node (callbacks are refused there) nor without a secret to sign them with.
-        if !clustered && config.callbacks.secret.is_some() {
+        // Completion callbacks: pending ones of a previous run resume now (on every node of a
+        // cluster: they share the outbox). Not without a secret to sign them with.
+        if config.callbacks.secret.is_some() {
             let body: crate::callbacks::Body = Arc::new(|owner| {
                 let json = match owner {
                     crate::callbacks::Owner::Job(job) => serde_json::to_vec(&http::wire::job_view(job.clone())),

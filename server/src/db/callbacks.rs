@@ -121,6 +121,29 @@ impl Store {
         })
     }
 
+    /// Takes a due callback for one attempt, on PostgreSQL, where every node of a cluster
+    /// delivers from the one outbox: moves its `next_attempt_at` from `seen` (as this node read
+    /// it) to `lease_until`, so the other nodes skip it while this one tries; true if this
+    /// node got it. If the node dies mid-attempt the lease runs out and another node tries
+    /// (at least once). On SQLite (one server, whose deliverer never tries one callback twice
+    /// at once) it is always true and writes nothing.
+    pub fn claim_callback(&self, id: &str, seen: i64, lease_until: i64) -> Result<bool, StoreError> {
+        if !self.health.tracked() {
+            return Ok(true);
+        }
+        self.read(|conn| {
+            let claimed = diesel::update(
+                callbacks::table
+                    .filter(callbacks::id.eq(id))
+                    .filter(callbacks::state.eq("pending"))
+                    .filter(callbacks::next_attempt_at.eq(seen)),
+            )
+            .set(callbacks::next_attempt_at.eq(lease_until))
+            .execute(conn)?;
+            Ok(claimed == 1)
+        })
+    }
+
     /// The callbacks of a job or run, oldest first.
     pub fn callbacks_of(&self, owner_id: &str) -> Result<Vec<Callback>, StoreError> {
         self.read(|conn| {

@@ -315,12 +315,9 @@ impl JobManager {
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
         // A callback is stored with the job's first row, which a sync job may never have
-        // before it ends; and a cluster's queue inserts rows elsewhere (not supported yet).
-        if callback.is_some() && (mode == Mode::Sync || shared.node.is_some()) {
-            return Err(JobError::InvalidArgs(match mode {
-                Mode::Sync => "callback needs an async job (mode: async)".into(),
-                Mode::Async => "callbacks are not supported on a cluster node yet".into(),
-            }));
+        // before it ends.
+        if callback.is_some() && mode == Mode::Sync {
+            return Err(JobError::InvalidArgs("callback needs an async job (mode: async)".into()));
         }
         // The database is asked first when nothing vouched for it within the last second: a
         // sync job is not written before it runs, and an async job's insert below is refused
@@ -343,7 +340,8 @@ impl JobManager {
         job.step_key = step_key;
         if let Some(node) = &shared.node {
             if mode == Mode::Async {
-                return self.queue_in_cluster(admission, job, script, node.clone()).await;
+                let callback = callback.map(|target| target.for_job(&job.id));
+                return self.queue_in_cluster(admission, job, script, node.clone(), callback).await;
             }
             job.node = Some(node.id().to_string());
         }
@@ -399,13 +397,15 @@ impl JobManager {
 
     /// An async job of a cluster node: committed to the cluster's queue (bounded by
     /// `runner.maxQueued` across the cluster), where any node with a free slot claims it. It
-    /// is not held here; its answer is the `202`.
+    /// is not held here; its answer is the `202`. Its callback, if any, is written with it
+    /// (any node delivers it once the job has ended).
     async fn queue_in_cluster(
         &self,
         admission: Admission,
         job: Job,
         script: Arc<Script>,
         node: Node,
+        callback: Option<Callback>,
     ) -> Result<Submission, JobError> {
         let shared = &self.shared;
         let max_queued = shared.config.runner.max_queued;
@@ -423,6 +423,7 @@ impl JobManager {
             return Err(JobError::QueueFull { running, queued, max_queued });
         }
         let active = Active::new(job, script, false);
+        *lock(&active.callback) = callback;
         let ordered = active.record_with(&lock(&active.job), shared.store.writer(), OnOutage::Refuse);
         match ordered {
             Ok(pending) => pending.wait().await?,

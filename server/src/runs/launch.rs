@@ -96,9 +96,6 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
     if engine.stopping() {
         return Err(RunError::ShuttingDown);
     }
-    if request.callback.is_some() && engine.node_id().is_some() {
-        return Err(RunError::InvalidRequest("callbacks are not supported on a cluster node yet".into()));
-    }
     let args_json = to_json(&request.args);
     if args_json.len() > MAX_ARGS_BYTES {
         return Err(RunError::ArgsTooLarge(args_json.len()));
