@@ -20,6 +20,8 @@ const SECRET: &str = "test-secret";
 #[derive(Debug, Clone)]
 struct Received {
     signature: String,
+    /// `X-Script-Runner-Event`.
+    event: String,
     body: Vec<u8>,
 }
 
@@ -62,7 +64,7 @@ impl Receiver {
 
 fn answer(stream: TcpStream, status: u16, delay: Duration, seen: &Mutex<Vec<Received>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let (mut length, mut signature) = (0usize, String::new());
+    let (mut length, mut signature, mut event) = (0usize, String::new(), String::new());
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -76,13 +78,14 @@ fn answer(stream: TcpStream, status: u16, delay: Duration, seen: &Mutex<Vec<Rece
             match name.to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap(),
                 "x-script-runner-signature" => signature = value.trim().to_string(),
+                "x-script-runner-event" => event = value.trim().to_string(),
                 _ => {}
             }
         }
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
-    seen.lock().unwrap().push(Received { signature, body });
+    seen.lock().unwrap().push(Received { signature, event, body });
     std::thread::sleep(delay);
     let mut stream = stream;
     let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -302,5 +305,88 @@ fn a_workflow_run_posts_its_run_when_it_ends() {
     // A host not allowed is refused at launch here too.
     let r =
         server.launch_run(json!({"source": "echo 1", "interpreter": "bash", "callback": {"url": "http://10.0.0.1/"}}));
+    assert_error(&r, 400, "CALLBACK_NOT_ALLOWED");
+}
+
+/// `status` callbacks: every status change short of the end is POSTed in order, each once
+/// (`X-Script-Runner-Event: status`, the run as it was then), then the end as `completed`.
+#[test]
+fn a_status_callback_gets_each_change_of_a_run_in_order_then_its_end() {
+    let receiver = Receiver::start(vec![200, 500], Duration::ZERO);
+    let server = Builder::new().workflows(json!({})).top("callbacks", json!({ "secret": SECRET })).start();
+    let r = server.launch_run(json!({
+        "source": "script-runner step ok --approval 'go?' > /dev/null\necho '[2]'",
+        "interpreter": "bash",
+        "callback": {"url": receiver.url(), "events": ["status", "completed"]}
+    }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    let events = |receiver: &Receiver| -> Vec<(String, String)> {
+        receiver
+            .got()
+            .iter()
+            .map(|r| {
+                assert_signed(r);
+                let body: Value = serde_json::from_slice(&r.body).unwrap();
+                (r.event.clone(), body["status"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    // Created running, then awaiting: the second attempt (of `awaiting`) fails once and is
+    // made again, so it is in the list twice.
+    wait_until(
+        || format!("running and awaiting delivered: {:?}", events(&receiver)),
+        Duration::from_secs(30),
+        || Some(()).filter(|()| events(&receiver).len() >= 3),
+    );
+    let r = server.post(&format!("/api/script-runs/{id}/approvals/ok"), json!({"approved": true}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let delivered = wait_until(
+        || format!("run {id}'s callback delivered: {:?}", events(&receiver)),
+        Duration::from_secs(30),
+        || {
+            let r = server.get(&format!("/api/script-runs/{id}/callbacks"));
+            Some(r.body["callbacks"][0].clone()).filter(|c| c["state"] == "delivered")
+        },
+    );
+    let s = |e: &str, st: &str| (e.to_string(), st.to_string());
+    assert_eq!(
+        events(&receiver),
+        [
+            s("status", "running"),
+            s("status", "awaiting"),
+            s("status", "awaiting"),
+            s("status", "running"),
+            s("completed", "completed")
+        ],
+        "{delivered}"
+    );
+    let logged: Vec<&Value> = delivered["attemptLog"].as_array().unwrap().iter().map(|a| &a["event"]).collect();
+    assert_eq!(logged, [&json!("status"), &json!("status"), &json!("status"), &json!("status"), &json!("completed")]);
+    // The end's body is the run as the API shows it.
+    let body: Value = serde_json::from_slice(&receiver.got()[4].body).unwrap();
+    assert_eq!(body, server.script_run(&id)["run"]);
+}
+
+/// A job's `status` callback: its start (the job as it was then: running, no output), then
+/// its end.
+#[test]
+fn a_status_callback_gets_a_jobs_start_then_its_end() {
+    let receiver = Receiver::start(vec![], Duration::ZERO);
+    let server = server();
+    let job = launch(&server, json!({ "url": receiver.url(), "events": ["completed", "failed", "status"] }));
+    wait_delivered(&server, &job, Duration::from_secs(30));
+    let got = receiver.got();
+    let seen: Vec<(String, Value)> =
+        got.iter().map(|r| (r.event.clone(), serde_json::from_slice::<Value>(&r.body).unwrap())).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!((seen[0].0.as_str(), &seen[0].1["status"]), ("status", &json!("running")), "{seen:?}");
+    assert!(seen[0].1["endedAt"].is_null() && seen[0].1["stdoutPreview"] == json!(""), "{seen:?}");
+    assert_eq!(seen[1], ("completed".to_string(), server.job(&job)), "{seen:?}");
+    // A name outside the three is refused.
+    let r = server.post(
+        "/run",
+        json!({"scriptId": "hello", "mode": "async", "callback": {"url": receiver.url(), "events": ["started"]}}),
+    );
     assert_error(&r, 400, "CALLBACK_NOT_ALLOWED");
 }

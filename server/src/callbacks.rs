@@ -44,9 +44,43 @@ const LEASE_MS: i64 = 60 * 1000;
 /// The longest wait between two attempts.
 const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 /// The events a callback may ask for.
-pub const EVENTS: [&str; 2] = ["completed", "failed"];
+pub const EVENTS: [&str; 3] = ["completed", "failed", "status"];
+/// The events a callback gets when the request names none.
+pub const DEFAULT_EVENTS: [&str; 2] = ["completed", "failed"];
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "X-Script-Runner-Signature";
+/// The header naming what a delivery reports: `completed`, `failed` or `status`.
+pub const EVENT_HEADER: &str = "X-Script-Runner-Event";
+/// The event of every status change short of the end.
+const STATUS: &str = "status";
+
+/// What one attempt delivers.
+enum Delivery {
+    /// A status change: its number (a run's event number; 1 for a job's start), the owner as
+    /// it was then (JSON), and when it happened (unix ms).
+    Status { seq: i64, body: Vec<u8>, at: i64 },
+    /// The end: `completed` or `failed`.
+    End(&'static str),
+}
+
+/// A job as it was when it started: running, no end, no output yet (a `status` delivery of a
+/// job's start made after the job has moved on).
+fn as_started(job: &Job) -> Job {
+    let mut started = job.clone();
+    started.status = JobStatus::Running;
+    (started.code, started.error, started.ended_at, started.duration_ms) = (None, None, None, None);
+    for info in [&mut started.stdout, &mut started.stderr] {
+        (info.size, info.truncated, info.lines, info.error) = (0, false, Some(0), None);
+        info.preview.clear();
+    }
+    started
+}
+
+/// Failed attempts since the last success: what the backoff of the next one counts.
+fn failures_in_a_row(callback: &Callback) -> u32 {
+    let failed = callback.attempt_log.iter().rev().take_while(|a| a.error.is_some()).count();
+    u32::try_from(failed).unwrap_or(u32::MAX)
+}
 
 /// A callback as stored: where it goes and how its delivery went.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +112,9 @@ pub struct Callback {
     pub created_at: i64,
     /// Unix ms of the successful attempt.
     pub delivered_at: Option<i64>,
+    /// `status` callbacks: how far the owner's status changes were delivered (a run: the number
+    /// of its last event delivered or passed; a job: 1 once its start was).
+    pub status_seq: i64,
 }
 
 /// One delivery attempt.
@@ -94,6 +131,10 @@ pub struct Attempt {
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: i64,
+    /// What it delivered: `completed`, `failed` or `status` (absent in rows written before
+    /// `status` callbacks existed: those were all the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
 /// A callback a request asked for, checked.
@@ -132,6 +173,7 @@ impl Target {
             attempt_log: Vec::new(),
             created_at: now,
             delivered_at: None,
+            status_seq: 0,
         }
     }
 }
@@ -152,15 +194,21 @@ pub fn check(config: &CallbacksConfig, url: &str, events: Option<Vec<String>>) -
         return Err(format!("callback host {host:?} is not in callbacks.allowedHosts"));
     }
     let events = match events {
-        None => EVENTS.iter().map(|e| e.to_string()).collect(),
+        None => DEFAULT_EVENTS.iter().map(|e| e.to_string()).collect(),
         Some(events) => {
             if events.is_empty() {
-                return Err("callback.events must name at least one of completed, failed".into());
+                return Err("callback.events must name at least one of completed, failed, status".into());
             }
             if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
-                return Err(format!("callback event {bad:?} is not one of completed, failed"));
+                return Err(format!("callback event {bad:?} is not one of completed, failed, status"));
             }
-            events
+            let mut unique: Vec<String> = Vec::new();
+            for event in events {
+                if !unique.contains(&event) {
+                    unique.push(event);
+                }
+            }
+            unique
         }
     };
     Ok(Target { url: url.to_string(), events })
@@ -395,43 +443,94 @@ impl Deliverer {
         }
     }
 
-    /// Makes one attempt (or settles a callback not to be made) and orders its record.
-    fn attempt(&self, mut callback: Callback, job: &Owner) -> Option<crate::db::Pending> {
-        let event = job.event()?;
-        let now = now_ms();
-        if !callback.events.iter().any(|e| e == event) {
-            callback.state = "skipped".into();
-        } else {
-            let body = (self.body)(job);
-            let started = Instant::now();
-            let result = self.post(&callback.url, &body);
-            let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-            let (status, error) = match result {
-                Ok(status) if (200..300).contains(&status) => (Some(status), None),
-                Ok(status) => (Some(status), Some(format!("answered {status}"))),
-                Err(e) => (None, Some(e)),
-            };
-            callback.attempts += 1;
-            callback.last_status = status;
-            callback.last_error.clone_from(&error);
-            callback.attempt_log.push(Attempt { at: now, status, error: error.clone(), duration_ms });
-            if callback.attempt_log.len() > KEPT_ATTEMPTS {
-                callback.attempt_log.remove(0);
-            }
-            let ended_at = job.ended_at().unwrap_or(callback.created_at);
-            let max_age_ms = i64::try_from(self.config.max_age_sec).unwrap_or(i64::MAX / 2).saturating_mul(1000);
-            if error.is_none() {
-                callback.state = "delivered".into();
-                callback.delivered_at = Some(now_ms());
-                info!("callback {} of {} delivered after {} attempt(s)", callback.id, job.id(), callback.attempts);
-            } else if now_ms() - ended_at >= max_age_ms {
-                callback.state = "failed".into();
-                warn!("callback {} of {} failed, giving up: {}", callback.id, job.id(), error.unwrap_or_default());
-            } else {
-                callback.next_attempt_at = now_ms() + backoff_ms(callback.attempts);
+    /// What a callback's next attempt delivers: the owner's next status change not yet
+    /// delivered (a `status` callback), else its end once it has ended; `None` for nothing yet.
+    fn next_delivery(&self, callback: &Callback, owner: &Owner) -> Option<Delivery> {
+        if callback.events.iter().any(|e| e == STATUS) {
+            match owner {
+                Owner::Run(run) => match self.store.next_status_event(&run.id, callback.status_seq) {
+                    Ok(Some((seq, body, at))) => return Some(Delivery::Status { seq, body: body.into_bytes(), at }),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!("callback {}: reading the status changes of {}: {e}", callback.id, run.id);
+                        return None;
+                    }
+                },
+                Owner::Job(job) if callback.status_seq == 0 => {
+                    if let Some(started_at) = job.started_at {
+                        let body = (self.body)(&Owner::Job(as_started(job)));
+                        return Some(Delivery::Status { seq: 1, body, at: started_at });
+                    }
+                }
+                Owner::Job(_) => {}
             }
         }
-        match self.store.writer().enqueue(WriteOp::update_callback(&callback)) {
+        owner.event().map(Delivery::End)
+    }
+
+    /// Makes one attempt (or settles a callback not to be made) and orders its record.
+    fn attempt(&self, mut callback: Callback, owner: &Owner) -> Option<crate::db::Pending> {
+        let delivery = self.next_delivery(&callback, owner)?;
+        let now = now_ms();
+        let (event, body, happened_at) = match delivery {
+            Delivery::End(event) if !callback.events.iter().any(|e| e == event) => {
+                callback.state = "skipped".into();
+                return self.record(&callback);
+            }
+            Delivery::End(event) => (event, (self.body)(owner), owner.ended_at().unwrap_or(callback.created_at)),
+            Delivery::Status { ref body, at, .. } => (STATUS, body.clone(), at),
+        };
+        let started = Instant::now();
+        let result = self.post(&callback.url, event, &body);
+        let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let (status, error) = match result {
+            Ok(status) if (200..300).contains(&status) => (Some(status), None),
+            Ok(status) => (Some(status), Some(format!("answered {status}"))),
+            Err(e) => (None, Some(e)),
+        };
+        callback.attempts += 1;
+        callback.last_status = status;
+        callback.last_error.clone_from(&error);
+        callback.attempt_log.push(Attempt {
+            at: now,
+            status,
+            error: error.clone(),
+            duration_ms,
+            event: Some(event.into()),
+        });
+        if callback.attempt_log.len() > KEPT_ATTEMPTS {
+            callback.attempt_log.remove(0);
+        }
+        let max_age_ms = i64::try_from(self.config.max_age_sec).unwrap_or(i64::MAX / 2).saturating_mul(1000);
+        let expired = now_ms() - happened_at >= max_age_ms;
+        match (delivery, error) {
+            (Delivery::End(_), None) => {
+                callback.state = "delivered".into();
+                callback.delivered_at = Some(now_ms());
+                info!("callback {} of {} delivered after {} attempt(s)", callback.id, owner.id(), callback.attempts);
+            }
+            (Delivery::End(_), Some(error)) if expired => {
+                callback.state = "failed".into();
+                warn!("callback {} of {} failed, giving up: {error}", callback.id, owner.id());
+            }
+            // A status change delivered, or given up: the next one (or the end) is due at once.
+            (Delivery::Status { seq, .. }, None) => {
+                callback.status_seq = seq;
+                callback.next_attempt_at = now_ms();
+            }
+            (Delivery::Status { seq, .. }, Some(error)) if expired => {
+                warn!("callback {} of {}: giving up a status change: {error}", callback.id, owner.id());
+                callback.status_seq = seq;
+                callback.next_attempt_at = now_ms();
+            }
+            (_, Some(_)) => callback.next_attempt_at = now_ms() + backoff_ms(failures_in_a_row(&callback)),
+        }
+        self.record(&callback)
+    }
+
+    /// Orders the write of a callback's new delivery state.
+    fn record(&self, callback: &Callback) -> Option<crate::db::Pending> {
+        match self.store.writer().enqueue(WriteOp::update_callback(callback)) {
             Ok(pending) => Some(pending),
             Err(e) => {
                 warn!("callback {}: not recorded: {e}", callback.id);
@@ -440,8 +539,9 @@ impl Deliverer {
         }
     }
 
-    /// POSTs `body` signed to `url` after checking where it resolves; the answer's status.
-    fn post(&self, url: &str, body: &[u8]) -> Result<u16, String> {
+    /// POSTs `body` signed to `url` after checking where it resolves, naming the `event` it
+    /// delivers; the answer's status.
+    fn post(&self, url: &str, event: &str, body: &[u8]) -> Result<u16, String> {
         // The resolution is checked, then ureq resolves again: an allowed host's resolver is
         // trusted not to change its answer in between (a name under an attacker's control is
         // not in allowedHosts).
@@ -453,6 +553,7 @@ impl Deliverer {
             .post(url)
             .set("Content-Type", "application/json")
             .set(SIGNATURE_HEADER, &signature)
+            .set(EVENT_HEADER, event)
             .send_bytes(body);
         match answer {
             Ok(response) => Ok(response.status()),
@@ -491,7 +592,10 @@ mod tests {
         assert!(check(&c, "http://127.0.0.1@10.1.2.3/", None).is_err());
         assert!(check(&c, "ftp://127.0.0.1/", None).is_err());
         assert!(check(&c, "https://127.0.0.1/", None).is_err(), "no TLS client: refused rather than failing later");
-        assert!(check(&c, "http://127.0.0.1/", Some(vec!["status".into()])).is_err());
+        assert!(check(&c, "http://127.0.0.1/", Some(vec!["started".into()])).is_err());
+        assert!(check(&c, "http://127.0.0.1/", Some(vec![])).is_err());
+        let events = check(&c, "http://127.0.0.1/", Some(vec!["status".into(), "status".into()])).map(|t| t.events);
+        assert_eq!(events, Ok(vec!["status".to_string()]));
         let no_secret = CallbacksConfig { secret: None, ..c };
         assert!(check(&no_secret, "http://127.0.0.1/", None).is_err());
     }

@@ -310,6 +310,10 @@ pub struct CallbackAttempt {
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: i64,
+    /// What it delivered: `completed`, `failed` or `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub event: Option<String>,
 }
 
 /// `GET /jobs/{id}/callbacks` answer.

@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 
 use super::models::CallbackRow;
-use super::schema::{callbacks, jobs, script_runs};
+use super::schema::{callbacks, jobs, script_run_events, script_runs};
 use super::{Store, StoreError, WriteOp};
 use crate::callbacks::{Attempt, Callback, Owner};
 
@@ -13,6 +13,11 @@ use crate::callbacks::{Attempt, Callback, Owner};
 const ENDED: [&str; 4] = ["succeeded", "failed", "timed_out", "canceled"];
 /// The statuses after which a run's callback is due.
 const RUN_ENDED: [&str; 4] = ["completed", "failed", "cancelled", "aborted_limit"];
+/// The run events that are a change of status short of the end (`GET .../events` names):
+/// what a `status` callback delivers (the end is its `completed` or `failed` delivery).
+const STATUS_KINDS: [&str; 3] = ["status", "paused", "resumed"];
+/// Runs with a pending `status` callback looked at per pass of the deliverer.
+const MAX_WATCHED_RUNS: i64 = 10_000;
 
 impl From<&Callback> for CallbackRow {
     fn from(c: &Callback) -> CallbackRow {
@@ -30,6 +35,7 @@ impl From<&Callback> for CallbackRow {
             attempt_log: serde_json::to_string(&c.attempt_log).unwrap_or_else(|_| "[]".into()),
             created_at: c.created_at,
             delivered_at: c.delivered_at,
+            status_seq: c.status_seq,
         }
     }
 }
@@ -50,6 +56,7 @@ impl From<CallbackRow> for Callback {
             last_error: r.last_error,
             created_at: r.created_at,
             delivered_at: r.delivered_at,
+            status_seq: r.status_seq,
         }
     }
 }
@@ -106,7 +113,79 @@ impl Store {
                 due.push((Callback::from(row), owner));
             }
         }
+        due.extend(self.due_status_callbacks(now, limit)?);
         Ok(due)
+    }
+
+    /// Pending `status` callbacks of jobs and runs that have not ended, due at `now`, with a
+    /// status change not yet delivered: a job that has started (its start not delivered yet),
+    /// a run with a status event past the callback's `status_seq`. Two reads for the runs
+    /// however many wait (no query per callback), so a thousand awaiting runs cost no more.
+    fn due_status_callbacks(&self, now: i64, limit: i64) -> Result<Vec<(Callback, Owner)>, StoreError> {
+        let rows = self.read(|conn| {
+            let pending = callbacks::table
+                .filter(callbacks::state.eq("pending"))
+                .filter(callbacks::next_attempt_at.le(now))
+                .filter(callbacks::events.like("%\"status\"%"));
+            let started = jobs::table.filter(jobs::status.eq("running")).select(jobs::id);
+            let mut rows: Vec<CallbackRow> = pending
+                .filter(callbacks::owner_kind.eq("job"))
+                .filter(callbacks::status_seq.eq(0))
+                .filter(callbacks::owner_id.eq_any(started))
+                .order(callbacks::next_attempt_at)
+                .limit(limit)
+                .select(CallbackRow::as_select())
+                .load(conn)?;
+            let live = script_runs::table.filter(script_runs::status.ne_all(RUN_ENDED)).select(script_runs::id);
+            let waiting: Vec<CallbackRow> = pending
+                .filter(callbacks::owner_kind.eq("run"))
+                .filter(callbacks::owner_id.eq_any(live))
+                .order(callbacks::next_attempt_at)
+                .limit(MAX_WATCHED_RUNS)
+                .select(CallbackRow::as_select())
+                .load(conn)?;
+            if waiting.is_empty() {
+                return Ok(rows);
+            }
+            let ids: Vec<&str> = waiting.iter().map(|r| r.owner_id.as_str()).collect();
+            let latest: Vec<(String, Option<i64>)> = script_run_events::table
+                .filter(script_run_events::run_id.eq_any(&ids))
+                .filter(script_run_events::kind.eq_any(STATUS_KINDS))
+                .group_by(script_run_events::run_id)
+                .select((script_run_events::run_id, diesel::dsl::max(script_run_events::seq)))
+                .load(conn)?;
+            let latest: std::collections::HashMap<String, i64> =
+                latest.into_iter().filter_map(|(id, seq)| seq.map(|seq| (id, seq))).collect();
+            let behind = waiting.into_iter().filter(|r| latest.get(&r.owner_id).is_some_and(|seq| *seq > r.status_seq));
+            rows.extend(behind.take(usize::try_from(limit).unwrap_or(0)));
+            Ok(rows)
+        })?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let owner = match row.owner_kind.as_str() {
+                "run" => self.get_run(&row.owner_id)?.map(Owner::Run),
+                _ => self.get_job(&row.owner_id)?.map(Owner::Job),
+            };
+            if let Some(owner) = owner {
+                due.push((Callback::from(row), owner));
+            }
+        }
+        Ok(due)
+    }
+
+    /// A run's first status change after event `after` (its number and the run as it was, as
+    /// stored with the event), for a `status` callback.
+    pub fn next_status_event(&self, run_id: &str, after: i64) -> Result<Option<(i64, String, i64)>, StoreError> {
+        self.read(|conn| {
+            Ok(script_run_events::table
+                .filter(script_run_events::run_id.eq(run_id))
+                .filter(script_run_events::seq.gt(after))
+                .filter(script_run_events::kind.eq_any(STATUS_KINDS))
+                .order(script_run_events::seq)
+                .select((script_run_events::seq, script_run_events::body, script_run_events::at))
+                .first(conn)
+                .optional()?)
+        })
     }
 
     /// One callback by id.

@@ -496,7 +496,13 @@ mod tests {
         let job = Job::new("job_3_1".into(), "a", Mode::Async, vec![], 1);
         let target = crate::callbacks::Target { url: "http://127.0.0.1:9/cb".into(), events: vec!["failed".into()] };
         let mut callback = target.for_job(&job.id);
-        callback.attempt_log.push(crate::callbacks::Attempt { at: 2, status: Some(500), error: None, duration_ms: 3 });
+        callback.attempt_log.push(crate::callbacks::Attempt {
+            at: 2,
+            status: Some(500),
+            error: None,
+            duration_ms: 3,
+            event: Some("failed".into()),
+        });
         writer.enqueue(WriteOp::with_callback(WriteOp::insert_job(&job), &callback)).expect("enqueue");
         let imported = vec![Job::new("job_0_1".into(), "old", Mode::Sync, vec![], 0)];
         writer.enqueue(WriteOp::import(&imported, "/u/jobs.json".into(), 7)).expect("enqueue");

@@ -250,4 +250,6 @@ pub struct CallbackRow {
     pub created_at: i64,
     /// Unix ms.
     pub delivered_at: Option<i64>,
+    /// How far the owner's status changes were delivered (`status` callbacks).
+    pub status_seq: i64,
 }

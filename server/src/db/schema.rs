@@ -130,6 +130,7 @@ diesel::table! {
         attempt_log -> Text,
         created_at -> BigInt,
         delivered_at -> Nullable<BigInt>,
+        status_seq -> BigInt,
     }
 }
 

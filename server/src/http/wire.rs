@@ -16,7 +16,13 @@ pub fn callback_view(c: Callback) -> CallbackView {
         attempt_log: c
             .attempt_log
             .into_iter()
-            .map(|a| CallbackAttempt { at: iso(a.at), status: a.status, error: a.error, duration_ms: a.duration_ms })
+            .map(|a| CallbackAttempt {
+                at: iso(a.at),
+                status: a.status,
+                error: a.error,
+                duration_ms: a.duration_ms,
+                event: a.event,
+            })
             .collect(),
         id: c.id,
         url: c.url,
