@@ -179,7 +179,7 @@ fn a_run_cancelled_while_it_waits_for_its_next_attempt_is_not_re_run() {
     assert_eq!(next - ended, 600_000, "the delay counts from the failed execution's end: {waiting}");
     assert!(step(&waiting, "b").is_none(), "b's failure moved out of the journal: {waiting}");
 
-    let r = server.post(&format!("/api/script-runs/{id}/cancel"), json!({}));
+    let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
     assert_eq!(r.status, 200, "{}", r.text);
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("cancelled"), "{body}");
@@ -192,13 +192,13 @@ fn a_run_cancelled_during_an_execution_is_not_retried() {
     let (server, dir) = server();
     let source = r#"set -e
 script-runner step a -- sh -c 'echo "a 0" >> @D/count'
-touch @D/started
+echo go > @D/started
 sleep 60
 "#
     .replace("@D", dir.to_str().unwrap());
     let id = launched(&server, &source, json!({"retry": {"attempts": 3, "delayMs": 0}}));
     crate::common::wait_file(&dir.join("started"), WAIT);
-    let r = server.post(&format!("/api/script-runs/{id}/cancel"), json!({}));
+    let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
     assert_eq!(r.status, 200, "{}", r.text);
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("cancelled"), "{body}");
