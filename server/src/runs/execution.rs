@@ -561,9 +561,10 @@ async fn settle(engine: &Engine, live: &LiveRun, outcome: Outcome) -> Result<(),
         stderr_tail: outcome.stderr.preview.trim_end(),
     };
     let settlement = lifecycle::settle(stop, &outcome.ending, end);
-    if let Some(next) = lifecycle::retry_at(run.retry, run.attempts.len(), &settlement, now_ms()) {
+    let now = now_ms();
+    if let Some(next) = lifecycle::retry_at(run.retry, run.attempts.len(), &settlement, now) {
         let Settlement::End(_, error) = settlement else { return Ok(()) };
-        return retry(engine, live, &run, error, &outcome.ending, next).await;
+        return retry(engine, live, &run, Retried { error, ending: &outcome.ending, ended_at: now, next }).await;
     }
     match settlement {
         // A park (still awaiting: no process until the decision; if it already landed, the
@@ -594,25 +595,30 @@ async fn settle(engine: &Engine, live: &LiveRun, outcome: Outcome) -> Result<(),
     }
 }
 
+/// A failed execution a retry re-runs: how it ended, and when the next one starts.
+struct Retried<'a> {
+    /// The error the run would have ended with.
+    error: Option<String>,
+    /// How its process ended.
+    ending: &'a supervisor::Ending,
+    /// When its end was settled (Unix ms): the delay counts from here.
+    ended_at: i64,
+    /// When the next execution starts (Unix ms).
+    next: i64,
+}
+
 /// Re-executes a run whose execution failed (its retry option allows another): its failed
 /// journal entries move into its attempts with the execution's end, in one transaction with
 /// the `retrying` event; the run stays `running` and the next execution starts at `next`
 /// (replaying the completed steps, running the failed ones again).
-async fn retry(
-    engine: &Engine,
-    live: &LiveRun,
-    run: &Run,
-    error: Option<String>,
-    ending: &supervisor::Ending,
-    next: i64,
-) -> Result<(), RunError> {
+async fn retry(engine: &Engine, live: &LiveRun, run: &Run, retried: Retried<'_>) -> Result<(), RunError> {
+    let Retried { error, ending, ended_at, next } = retried;
     let journal = {
         let (store, id) = (engine.store.clone(), run.id.clone());
         blocking(move || store.journal(&id)).await??
     };
     let failed: Vec<_> = journal.into_iter().filter(|e| e.status == super::model::StepStatus::Failed).collect();
     let dropped = failed.iter().map(|e| e.label.clone()).collect();
-    let now = now_ms();
     info!(
         "run {}: execution {} failed; retrying at {} ({})",
         run.id,
@@ -622,9 +628,9 @@ async fn retry(
     );
     let pending = {
         let mut state = live.lock();
-        let started = state.execution_started_at.take().unwrap_or(now);
+        let started = state.execution_started_at.take().unwrap_or(ended_at);
         state.crashes = 0;
-        let attempt = super::view::attempt_view(run.attempt, started, now, error, ending, failed);
+        let attempt = super::view::attempt_view(run.attempt, started, ended_at, error, ending, failed);
         let pending = state.retry(engine.writer(), dropped, |run| {
             run.attempts.push(attempt);
             run.next_attempt_at = Some(next);
