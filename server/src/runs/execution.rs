@@ -326,13 +326,14 @@ async fn execute(engine: Arc<Engine>, live: Arc<LiveRun>) {
         let state = live.lock();
         (lifecycle::retry_wait(state.run.next_attempt_at, now_ms()), state.exec.clone().unwrap_or_default())
     };
+    let mut stopped_waiting = false;
     if let Some(wait) = wait {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            () = control.canceled() => {}
+            () = control.canceled() => stopped_waiting = true,
         }
     }
-    let prepared = if control.is_canceled() { Ok(None) } else { prepare(&engine, &live).await };
+    let prepared = if stopped_waiting { Ok(None) } else { prepare(&engine, &live).await };
     let outcome = match prepared {
         Ok(Some(launch)) => {
             let control = live.lock().exec.clone().unwrap_or_default();
