@@ -390,3 +390,33 @@ fn a_status_callback_gets_a_jobs_start_then_its_end() {
     );
     assert_error(&r, 400, "CALLBACK_NOT_ALLOWED");
 }
+
+#[test]
+fn a_retried_run_posts_once_when_it_finally_ends_not_for_the_failure_it_retried() {
+    let receiver = Receiver::start(Vec::new(), Duration::ZERO);
+    let b = Builder::new().workflows(json!({})).top("callbacks", json!({ "secret": SECRET }));
+    let dir = b.dir().to_path_buf();
+    let server = b.start();
+    // Fails (exit 3) the first time, completes the second.
+    let source = format!("[ -e {0}/marker ] && {{ echo '[2]'; exit 0; }}; touch {0}/marker; exit 3", dir.display());
+    let r = server.launch_run(json!({
+        "source": source, "interpreter": "bash", "retry": {"attempts": 2, "delayMs": 300},
+        "callback": {"url": receiver.url(), "events": ["completed", "failed"]}
+    }));
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["run"]["id"].as_str().unwrap().to_string();
+    wait_until(
+        || format!("run {id}'s callback delivered"),
+        Duration::from_secs(30),
+        || {
+            let r = server.get(&format!("/api/script-runs/{id}/callbacks"));
+            Some(r.body["callbacks"][0].clone()).filter(|c| c["state"] == "delivered")
+        },
+    );
+    let got = receiver.got();
+    assert_eq!(got.len(), 1, "one delivery, for the final end");
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["status"], "completed", "{body}");
+    assert_eq!(body["attempts"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body, server.script_run(&id)["run"]);
+}

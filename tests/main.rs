@@ -21,6 +21,7 @@ mod openapi;
 mod postgres;
 mod processes;
 mod run_events;
+mod run_retry;
 mod runs_api;
 mod runs_replay;
 mod spawn_pipes;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The fields of a run on the wire.
-const RUN_FIELDS: [&str; 20] = [
+const RUN_FIELDS: [&str; 23] = [
     "id",
     "scriptName",
     "workflowId",
@@ -38,6 +38,9 @@ const RUN_FIELDS: [&str; 20] = [
     "attempt",
     "progress",
     "forkedFrom",
+    "retry",
+    "attempts",
+    "nextAttemptAt",
 ];
 
 /// The fields of a journal entry on the wire.

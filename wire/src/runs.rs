@@ -70,6 +70,61 @@ pub struct RunView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub waiting_for: Option<WaitingFor>,
+    /// The launch's retry option (`null` without one).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub retry: Option<RetryOption>,
+    /// The failed executions the retry option re-ran, oldest first (empty without a retry).
+    #[serde(default)]
+    pub attempts: Vec<RunAttempt>,
+    /// When the next execution of a failed run being retried starts (ISO time); `null` when
+    /// none waits.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub next_attempt_at: Option<String>,
+}
+
+/// `retry` on launch: re-run a failed run with replay (completed steps are not run again; the
+/// failed ones are moved out of the journal into `attempts` and run again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryOption {
+    /// Executions in all, the first one included (1 to 100): `3` re-runs a failed run at
+    /// most twice.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    pub attempts: u32,
+    /// Milliseconds between a failed execution's end and the next one's start (0 to
+    /// 86400000; 0 when absent).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 86400000))]
+    pub delay_ms: u64,
+}
+
+/// A failed execution of a run that its retry option re-ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RunAttempt {
+    /// The execution's number (the run's `attempt` then: `GET .../logs?attempt=N` reads its
+    /// log).
+    pub attempt: i32,
+    /// ISO time the execution started.
+    pub started_at: String,
+    /// ISO time it ended.
+    pub ended_at: String,
+    /// Always `failed`.
+    pub status: String,
+    /// Why it failed (as the run's `error` would have said).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub error: Option<String>,
+    /// Its process's exit code (`null` when it did not exit by itself: a signal, a spawn
+    /// failure).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub exit_code: Option<i32>,
+    /// The journal entries that had failed, as they were (moved out of the journal so the
+    /// next execution runs those steps again).
+    pub failed_steps: Vec<StepView>,
 }
 
 /// The step an `awaiting` run waits for, and what it asks.
@@ -283,6 +338,9 @@ pub struct LaunchRequest {
     /// POST the run (as `GET /api/script-runs/{id}` shows its `run`) to this URL when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<crate::jobs::CallbackRequest>,
+    /// Re-run the run when an execution fails (see `RetryOption`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryOption>,
 }
 
 /// `POST /api/script-runs/{id}/fork` body (optional; an empty body forks from the start).

@@ -367,8 +367,8 @@ impl Table for RunCopy {
     const NAME: &'static str = "script_runs";
 
     fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
-        let text = ["id", "script_name", "args", "source", "warnings"];
-        let nullable = ["output", "error", "idempotency_key", "progress_message", "waiting_for"];
+        let text = ["id", "script_name", "args", "source", "warnings", "attempts"];
+        let nullable = ["output", "error", "idempotency_key", "progress_message", "waiting_for", "retry"];
         Self::after(last).select(size_of(&text, &nullable)).limit(BATCH_ROWS).load(conn)
     }
 

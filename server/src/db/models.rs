@@ -168,6 +168,14 @@ pub struct RunRow {
     pub node: Option<String>,
     /// What an `awaiting` run waits for (JSON), NULL otherwise.
     pub waiting_for: Option<String>,
+    /// The run's retry option as launched (JSON `{attempts, delayMs}`), NULL without one. Set
+    /// at insert; an update never changes it.
+    #[diesel(skip_update)]
+    pub retry: Option<String>,
+    /// JSON array of the failed executions a retry re-ran (see `runs::view::attempt_view`).
+    pub attempts: String,
+    /// When the next execution of a retried run starts, Unix ms; NULL when none waits.
+    pub next_attempt_at: Option<i64>,
 }
 
 /// A `script_run_journal` row: one durable step.

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::models::{EventRow, RunRow, StepRow};
 use super::{StoreError, WriteOp};
 use crate::runs::events::{EventKind, StoredEvent};
-use crate::runs::model::{JournalEntry, Progress, Run, RunStatus, StepStatus, StepType};
+use crate::runs::model::{JournalEntry, Progress, RetryPolicy, Run, RunStatus, StepStatus, StepType};
 
 /// A value as the compact JSON text stored for it.
 fn to_text(value: &Value) -> String {
@@ -18,6 +18,16 @@ fn to_text(value: &Value) -> String {
 /// writing, so this only guards against a hand-edited database).
 fn from_text(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+/// A stored retry option (`{"attempts", "delayMs"}`); `None` if the text is not one (the
+/// column is the engine's own writing: this only guards against a hand-edited database).
+fn retry_from_text(text: &str) -> Option<RetryPolicy> {
+    let value = from_text(text);
+    Some(RetryPolicy {
+        attempts: u32::try_from(value.get("attempts")?.as_u64()?).ok()?,
+        delay_ms: value.get("delayMs")?.as_u64()?,
+    })
 }
 
 impl TryFrom<RunRow> for Run {
@@ -58,6 +68,9 @@ impl TryFrom<RunRow> for Run {
             last_heartbeat_at: row.last_heartbeat_at,
             node: row.node,
             waiting_for: row.waiting_for.as_deref().map(from_text),
+            retry: row.retry.as_deref().and_then(retry_from_text),
+            attempts: serde_json::from_str(&row.attempts).unwrap_or_default(),
+            next_attempt_at: row.next_attempt_at,
         })
     }
 }
@@ -93,6 +106,9 @@ impl From<&Run> for RunRow {
             last_heartbeat_at: run.last_heartbeat_at,
             node: run.node.clone(),
             waiting_for: run.waiting_for.as_ref().map(to_text),
+            retry: run.retry.map(|r| to_text(&serde_json::json!({"attempts": r.attempts, "delayMs": r.delay_ms}))),
+            attempts: serde_json::to_string(&run.attempts).unwrap_or_else(|_| "[]".into()),
+            next_attempt_at: run.next_attempt_at,
         }
     }
 }
@@ -178,6 +194,12 @@ impl WriteOp {
         WriteOp::UpdateRun(Box::new(RunRow::from(run)))
     }
 
+    /// Rewrites the stored run and deletes its failed journal entries `dropped`, in one
+    /// transaction (a run-level retry: see [`WriteOp::RetryRun`]).
+    pub fn retry_run(run: &Run, dropped: Vec<String>) -> WriteOp {
+        WriteOp::RetryRun { run: Box::new(RunRow::from(run)), dropped }
+    }
+
     /// Inserts journal entries (a label already journaled is left as it is).
     pub fn insert_steps(entries: &[JournalEntry]) -> WriteOp {
         WriteOp::InsertSteps(entries.iter().map(StepRow::from).collect())
@@ -204,6 +226,9 @@ mod tests {
             warnings: vec!["w1".into(), "w2".into()],
             progress: Some(Progress { current: 2, total: 5, message: Some("half".into()) }),
             pid: Some(7),
+            retry: Some(RetryPolicy { attempts: 3, delay_ms: 200 }),
+            attempts: vec![json!({"attempt": 1, "failedSteps": []})],
+            next_attempt_at: Some(12),
             ..Run::fresh("run_1_1".into(), 10)
         };
         assert_eq!(Run::try_from(RunRow::from(&run)).expect("a run row decodes"), run);

@@ -79,6 +79,9 @@ diesel::table! {
         last_heartbeat_at -> Nullable<BigInt>,
         node -> Nullable<Text>,
         waiting_for -> Nullable<Text>,
+        retry -> Nullable<Text>,
+        attempts -> Text,
+        next_attempt_at -> Nullable<BigInt>,
     }
 }
 

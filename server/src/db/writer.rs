@@ -113,6 +113,15 @@ pub enum WriteOp {
     InsertSteps(Vec<StepRow>),
     /// End a `started` journal entry; an entry already ended is left as it is.
     FinishStep(Box<StepRow>),
+    /// Rewrite the run row (as [`WriteOp::UpdateRun`]) and delete its `failed` journal entries
+    /// with these labels, in one transaction: a run-level retry moves its failed steps into the
+    /// run's attempt history, so a crash never leaves them in both places or in neither.
+    RetryRun {
+        /// The run, with the failed entries in its attempts.
+        run: Box<RunRow>,
+        /// The labels of the failed entries moved out of the journal.
+        dropped: Vec<String>,
+    },
     /// Nothing: waiting for it waits for every earlier write.
     Flush,
     /// A write and the events that report it, in one transaction: the events are stored only
@@ -163,6 +172,7 @@ impl WriteOp {
         match self {
             WriteOp::InsertJob(row) | WriteOp::UpdateJob(row) => &row.id,
             WriteOp::InsertRun(row) | WriteOp::UpdateRun(row) => &row.id,
+            WriteOp::RetryRun { run, .. } => &run.id,
             // A run's journal goes with the run (its rows reference the run's row).
             WriteOp::InsertSteps(rows) => rows.first().map_or("", |row| row.run_id.as_str()),
             WriteOp::FinishStep(row) => &row.run_id,
@@ -176,7 +186,10 @@ impl WriteOp {
     /// Whether the write is a single statement, which SQLite commits atomically on its own.
     fn is_one_statement(&self) -> bool {
         match self {
-            WriteOp::Import { .. } | WriteOp::WithEvents { .. } | WriteOp::WithCallback { .. } => false,
+            WriteOp::Import { .. }
+            | WriteOp::WithEvents { .. }
+            | WriteOp::WithCallback { .. }
+            | WriteOp::RetryRun { .. } => false,
             WriteOp::InsertSteps(rows) => rows.len() <= 1,
             _ => true,
         }
@@ -1020,6 +1033,9 @@ fn describe(op: &WriteOp) -> String {
             format!("insert {} journal entries of run {}", rows.len(), rows.first().map_or("", |r| r.run_id.as_str()))
         }
         WriteOp::FinishStep(row) => format!("finish step {} of run {}", row.step_key, row.run_id),
+        WriteOp::RetryRun { run, dropped } => {
+            format!("retry run {} (dropping {} failed journal entries)", run.id, dropped.len())
+        }
         WriteOp::Flush => "flush".to_string(),
         WriteOp::WithCallback { op, callback } => format!("{} with callback {}", describe(op), callback.id),
         WriteOp::UpdateCallback(row) => format!("update callback {} (state {})", row.id, row.state),
@@ -1141,6 +1157,17 @@ fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
                 j::completed_at.eq(row.completed_at),
                 j::duration_ms.eq(row.duration_ms),
             ))
+            .execute(conn)?;
+        }
+        WriteOp::RetryRun { run, dropped } => {
+            use script_run_journal::dsl as j;
+            changed += apply_counted(conn, &WriteOp::UpdateRun(run.clone()))?;
+            diesel::delete(
+                j::script_run_journal
+                    .filter(j::run_id.eq(&run.id))
+                    .filter(j::step_key.eq_any(dropped))
+                    .filter(j::status.eq("failed")),
+            )
             .execute(conn)?;
         }
         WriteOp::Flush => {}

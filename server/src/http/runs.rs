@@ -20,7 +20,8 @@ use super::{json_object, sse, ApiError, AppState};
 use crate::db::RunFilter;
 use crate::runs::events::{StoredEvent, Subscription};
 use crate::runs::model::{
-    Begun, Decision, LaunchRequest, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType, Submission,
+    Begun, Decision, LaunchRequest, Progress, RetryPolicy, Run, RunStatus, StepRecord, StepRequest, StepStatus,
+    StepType, Submission,
 };
 pub use crate::runs::view::{run_view, step_view};
 
@@ -51,6 +52,31 @@ fn optional_string(body: &Map<String, Value>, key: &str) -> Result<Option<String
     }
 }
 
+/// The launch's `retry` option, checked: `{"attempts": 1..=100, "delayMs"?: 0..=86400000}`
+/// (absent or `null`: none).
+fn retry_option(value: Option<&Value>) -> Result<Option<RetryPolicy>, ApiError> {
+    let shape = || {
+        ApiError::InvalidRequest(
+            "retry must be {\"attempts\": integer 1 to 100, \"delayMs\"?: integer 0 to 86400000}".into(),
+        )
+    };
+    let object = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(object)) => object,
+        Some(_) => return Err(shape()),
+    };
+    if let Some(key) = object.keys().find(|k| !["attempts", "delayMs"].contains(&k.as_str())) {
+        return Err(ApiError::InvalidRequest(format!("unknown field retry.{key} (accepted: attempts, delayMs)")));
+    }
+    let integer = |key: &str, default: Option<u64>| match object.get(key) {
+        None | Some(Value::Null) => default.ok_or_else(shape),
+        Some(value) => value.as_u64().ok_or_else(shape),
+    };
+    let attempts = integer("attempts", None)?;
+    let delay_ms = integer("delayMs", Some(0))?;
+    RetryPolicy::new(attempts, delay_ms).map(Some).map_err(ApiError::InvalidRequest)
+}
+
 /// `POST /api/script-runs`: `201 {ok, run}`; `200 {ok, run, deduplicated: true}` when the
 /// idempotency key matched an earlier launch.
 #[utoipa::path(
@@ -77,7 +103,7 @@ pub async fn launch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload, &req).await?;
-    const KEYS: [&str; 9] = [
+    const KEYS: [&str; 10] = [
         "workflowId",
         "source",
         "interpreter",
@@ -87,6 +113,7 @@ pub async fn launch(
         "idempotencyKey",
         "background",
         "callback",
+        "retry",
     ];
     if let Some(key) = body.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(ApiError::InvalidRequest(format!("unknown field {key:?} (accepted: {})", KEYS.join(", "))));
@@ -104,6 +131,7 @@ pub async fn launch(
         script_name: optional_string(&body, "scriptName")?,
         args: body.get("args").cloned().unwrap_or_else(|| json!({})),
         idempotency_key: optional_string(&body, "idempotencyKey")?,
+        retry: retry_option(body.get("retry"))?,
         callback: match body.get("callback") {
             None | Some(Value::Null) => None,
             Some(value) => {
@@ -205,7 +233,8 @@ const EVENTS_PAGE: i64 = 16;
     ),
     responses(
         (status = 200, description = "The run's events as server-sent events: `id:` the event's number in \
-            the run, `data:` one line of JSON. `status`, `progress`, `paused`, `resumed`, `end`: the run \
+            the run, `data:` one line of JSON. `status`, `progress`, `paused`, `resumed`, `retrying` (a failed \
+            execution the `retry` option re-runs: its `attempts` and `nextAttemptAt`), `end`: the run \
             (`RunView`); `forked`: the new run (`RunView`); `step.begin`, `step.record`, `approval.asked`, \
             `approval.decided`: the journal entry (`StepView`). After `end` the stream closes. `dropped` \
             (`StreamDropped`) ends a stream whose database failed, `shutdown` (`StreamDropped`) one the \

@@ -127,6 +127,15 @@ impl Control {
     pub fn is_canceled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
     }
+
+    /// Resolves once cancel has been asked (at once if it was already). For a caller that
+    /// waits before it supervises (a run's retry delay): it takes the wake-up, so it must not
+    /// wait while a supervisor runs the same control.
+    pub async fn canceled(&self) {
+        while !self.is_canceled() {
+            self.wake.notified().await;
+        }
+    }
 }
 
 /// The spawned leader, as recorded for crash recovery.

@@ -57,11 +57,15 @@ pub enum EventKind {
     /// The run ended (completed, failed, cancelled, aborted_limit): the final run. A stream
     /// closes after it (once nothing more is stored).
     End,
+    /// An execution failed and the run's `retry` option re-runs it: the run, its failed
+    /// execution last in `attempts` (with the failed steps moved out of the journal) and
+    /// `nextAttemptAt` when the next execution starts.
+    Retrying,
 }
 
 impl EventKind {
     /// Every kind (for the API's documentation).
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Status,
         EventKind::StepBegin,
         EventKind::StepRecord,
@@ -72,6 +76,7 @@ impl EventKind {
         EventKind::Resumed,
         EventKind::Forked,
         EventKind::End,
+        EventKind::Retrying,
     ];
 
     /// The kind with this name.
@@ -92,6 +97,7 @@ impl EventKind {
             EventKind::Resumed => "resumed",
             EventKind::Forked => "forked",
             EventKind::End => "end",
+            EventKind::Retrying => "retrying",
         }
     }
 }
@@ -172,6 +178,14 @@ pub fn update_run(before: &Before, run: &Run) -> WriteOp {
     };
     let events = kind.map(|kind| vec![event(&run.id, kind, &run_view_of(run))]).unwrap_or_default();
     with(WriteOp::update_run(run), events)
+}
+
+/// The write of a run whose failed execution is retried, with its `retrying` event: the run
+/// row and the removal of its failed journal entries `dropped` (now in its attempts), in one
+/// transaction.
+pub fn retry_run(run: &Run, dropped: Vec<String>) -> WriteOp {
+    let op = WriteOp::retry_run(run, dropped);
+    with(op, vec![event(&run.id, EventKind::Retrying, &run_view_of(run))])
 }
 
 /// The write of a new run with its first `status` event; for a fork, also `forked` on the run

@@ -320,7 +320,21 @@ async fn stop(engine: &Arc<Engine>, live: &Arc<LiveRun>, why: Stop) {
 /// One execution, from writing its files to its committed end.
 async fn execute(engine: Arc<Engine>, live: Arc<LiveRun>) {
     let id = live.id.clone();
-    let outcome = match prepare(&engine, &live).await {
+    // A retried run waits out what is left of its delay first (no process meanwhile; a stop
+    // asked for then ends the wait and applies below as for a run without a process).
+    let (wait, control) = {
+        let state = live.lock();
+        (lifecycle::retry_wait(state.run.next_attempt_at, now_ms()), state.exec.clone().unwrap_or_default())
+    };
+    let mut stopped_waiting = false;
+    if let Some(wait) = wait {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            () = control.canceled() => stopped_waiting = true,
+        }
+    }
+    let prepared = if stopped_waiting { Ok(None) } else { prepare(&engine, &live).await };
+    let outcome = match prepared {
         Ok(Some(launch)) => {
             let control = live.lock().exec.clone().unwrap_or_default();
             Some(supervise(&engine, &live, &launch, &control).await)
@@ -420,8 +434,10 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
     };
     let token = new_token()?;
     let token_sha256 = sha256_hex(token.as_bytes());
+    live.lock().execution_started_at = Some(now);
     live.commit(engine.writer(), |run| {
         run.token_sha256 = token_sha256;
+        run.next_attempt_at = None;
         run.started_at.get_or_insert(now);
         run.last_heartbeat_at = Some(now);
         run.pid = None;
@@ -545,7 +561,13 @@ async fn settle(engine: &Engine, live: &LiveRun, outcome: Outcome) -> Result<(),
         max_wall_ms: engine.config.workflows.max_wall_ms,
         stderr_tail: outcome.stderr.preview.trim_end(),
     };
-    match lifecycle::settle(stop, &outcome.ending, end) {
+    let settlement = lifecycle::settle(stop, &outcome.ending, end);
+    let now = now_ms();
+    if let Some(next) = lifecycle::retry_at(run.retry, run.attempts.len(), &settlement, now) {
+        let Settlement::End(_, error) = settlement else { return Ok(()) };
+        return retry(engine, live, &run, Retried { error, ending: &outcome.ending, ended_at: now, next }).await;
+    }
+    match settlement {
         // A park (still awaiting: no process until the decision; if it already landed, the
         // approval set the run running and asked for a restart) or a shutdown (stays running
         // in the database: the next start resumes it).
@@ -572,6 +594,54 @@ async fn settle(engine: &Engine, live: &LiveRun, outcome: Outcome) -> Result<(),
             set_status(engine, live, status, error).await
         }
     }
+}
+
+/// A failed execution a retry re-runs: how it ended, and when the next one starts.
+struct Retried<'a> {
+    /// The error the run would have ended with.
+    error: Option<String>,
+    /// How its process ended.
+    ending: &'a supervisor::Ending,
+    /// When its end was settled (Unix ms): the delay counts from here.
+    ended_at: i64,
+    /// When the next execution starts (Unix ms).
+    next: i64,
+}
+
+/// Re-executes a run whose execution failed (its retry option allows another): its failed
+/// journal entries move into its attempts with the execution's end, in one transaction with
+/// the `retrying` event; the run stays `running` and the next execution starts at `next`
+/// (replaying the completed steps, running the failed ones again).
+async fn retry(engine: &Engine, live: &LiveRun, run: &Run, retried: Retried<'_>) -> Result<(), RunError> {
+    let Retried { error, ending, ended_at, next } = retried;
+    let journal = {
+        let (store, id) = (engine.store.clone(), run.id.clone());
+        blocking(move || store.journal(&id)).await??
+    };
+    let failed: Vec<_> = journal.into_iter().filter(|e| e.status == super::model::StepStatus::Failed).collect();
+    let dropped = failed.iter().map(|e| e.label.clone()).collect();
+    info!(
+        "run {}: execution {} failed; retrying at {} ({})",
+        run.id,
+        run.attempt,
+        crate::time::iso(next),
+        error.as_deref().unwrap_or("")
+    );
+    let pending = {
+        let mut state = live.lock();
+        let started = state.execution_started_at.take().unwrap_or(ended_at);
+        state.crashes = 0;
+        let attempt = super::view::attempt_view(run.attempt, started, ended_at, error, ending, failed);
+        let pending = state.retry(engine.writer(), dropped, |run| {
+            run.attempts.push(attempt);
+            run.next_attempt_at = Some(next);
+            run.pid = None;
+        })?;
+        // The execution's end (in `execute`) starts the next one, which waits until `next`.
+        state.restart = true;
+        pending
+    };
+    live.committed(pending).await
 }
 
 /// The run's output: its stdout parsed as JSON when the whole trimmed stdout is JSON, else

@@ -142,16 +142,19 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         return Err(RunError::LabelLint(first.to_string()));
     }
     let source_sha256 = sha256_hex(source.as_bytes());
-    let request_sha256 = sha256_hex(
-        to_json(&json!({
-            "workflowId": workflow_id,
-            "interpreter": interpreter,
-            "flow": flow,
-            "sourceSha256": source_sha256,
-            "args": request.args,
-        }))
-        .as_bytes(),
-    );
+    let mut launched = json!({
+        "workflowId": workflow_id,
+        "interpreter": interpreter,
+        "flow": flow,
+        "sourceSha256": source_sha256,
+        "args": request.args,
+    });
+    // A launch with another retry option is another launch; without one the hash is what it
+    // always was (a key used before the option existed still matches).
+    if let (Some(retry), Some(fields)) = (request.retry, launched.as_object_mut()) {
+        fields.insert("retry".into(), json!({"attempts": retry.attempts, "delayMs": retry.delay_ms}));
+    }
+    let request_sha256 = sha256_hex(to_json(&launched).as_bytes());
     if let Some(launched) = by_key(engine, request.idempotency_key.as_deref(), &request_sha256).await? {
         return Ok(launched);
     }
@@ -176,6 +179,7 @@ pub async fn launch(engine: &Arc<Engine>, request: LaunchRequest) -> Result<Laun
         node: engine.node_id(),
         // Its first execution, counted now so that its first event shows it (see `go_live`).
         attempt: 1,
+        retry: request.retry,
         ..Run::fresh(engine.new_run_id(now), now)
     };
     // Refused at once while the database is lost (503): the run has not started.

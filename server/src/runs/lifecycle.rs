@@ -3,7 +3,7 @@
 //! here, each transition allowed and refused, and the rest of the engine only applies them.
 
 use super::journal::rules::waits_for_job;
-use super::model::{JournalEntry, Run, RunStatus, StepStatus, StepType};
+use super::model::{JournalEntry, RetryPolicy, Run, RunStatus, StepStatus, StepType};
 use crate::process::supervisor::Ending;
 
 /// Why an execution is being stopped by the server.
@@ -201,6 +201,32 @@ pub fn settle(stop: Option<Stop>, ending: &Ending, end: ExecutionEnd<'_>) -> Set
         (None, Ending::Canceled) => Settlement::End(RunStatus::Cancelled, Some("cancelled".into())),
         (None, Ending::SpawnFailed(message)) => Settlement::End(RunStatus::Failed, Some(message.clone())),
     }
+}
+
+/// When a run whose execution settled as `settlement` executes again under its retry option
+/// (`failed_before`: its executions that failed and were retried already), or `None` when the
+/// settlement stands. Only a failure of the run's own making is retried: a non-zero exit (a
+/// step failure the workflow did not handle), a spawn failure, repeated foreign signals.
+/// A cancel, a pause, a park, a guardrail (`aborted_limit`) or a shutdown never is: those are
+/// not `End(Failed, _)`. `retry.attempts` counts every execution, the first one included.
+pub fn retry_at(retry: Option<RetryPolicy>, failed_before: usize, settlement: &Settlement, now: i64) -> Option<i64> {
+    let retry = retry?;
+    if !matches!(settlement, Settlement::End(RunStatus::Failed, _)) {
+        return None;
+    }
+    // This execution is failure number `failed_before + 1`; another execution is allowed
+    // while that is below the total.
+    let failures = u64::try_from(failed_before).unwrap_or(u64::MAX).saturating_add(1);
+    (failures < u64::from(retry.attempts))
+        .then(|| now.saturating_add(i64::try_from(retry.delay_ms).unwrap_or(i64::MAX)))
+}
+
+/// How long an execution about to start waits first: what is left of its retry delay (the
+/// next execution's start is stored, so a restart waits only the remainder); `None` when it
+/// starts at once.
+pub fn retry_wait(next_attempt_at: Option<i64>, now: i64) -> Option<u64> {
+    let left = next_attempt_at? - now;
+    (left > 0).then(|| u64::try_from(left).unwrap_or(0))
 }
 
 /// The wall time a run may still execute for, or the guardrail message if it is spent.
@@ -407,6 +433,66 @@ mod tests {
             Settlement::End(RunStatus::Failed, Some(format!("killed by signal 9 {over} times in a row")))
         );
         assert!(matches!(settle(None, &Ending::Signaled(9), end(1, true)), Settlement::End(RunStatus::Failed, _)));
+    }
+
+    #[test]
+    fn a_failed_execution_is_retried_while_the_total_attempts_allow_it_and_only_a_failure() {
+        let retry = Some(RetryPolicy { attempts: 3, delay_ms: 200 });
+        let failed = Settlement::End(RunStatus::Failed, Some("exit code 1".into()));
+        assert_eq!(retry_at(retry, 0, &failed, 1000), Some(1200), "the first failure of three attempts");
+        assert_eq!(retry_at(retry, 1, &failed, 5000), Some(5200), "the second");
+        assert_eq!(retry_at(retry, 2, &failed, 5000), None, "the third execution was the last");
+        assert_eq!(retry_at(retry, 7, &failed, 5000), None, "past the total (a hand-edited history)");
+        assert_eq!(retry_at(None, 0, &failed, 1000), None, "no retry option: the run fails");
+        let once = Some(RetryPolicy { attempts: 1, delay_ms: 0 });
+        assert_eq!(retry_at(once, 0, &failed, 1000), None, "one attempt in all: never re-run");
+        let at_once = Some(RetryPolicy { attempts: 2, delay_ms: 0 });
+        assert_eq!(retry_at(at_once, 0, &failed, 1000), Some(1000), "no delay");
+        for settlement in [
+            Settlement::Keep,
+            Settlement::Complete,
+            Settlement::Restart("crash".into()),
+            Settlement::End(RunStatus::Cancelled, Some("cancelled".into())),
+            Settlement::End(RunStatus::AbortedLimit, Some("SCRIPT_RUN_MAX_STEPS exceeded".into())),
+            Settlement::End(RunStatus::Paused, None),
+        ] {
+            assert_eq!(retry_at(retry, 0, &settlement, 1000), None, "{settlement:?} is not retried");
+        }
+    }
+
+    #[test]
+    fn every_failure_of_the_runs_own_making_is_retried_and_no_stop_the_server_asked_for() {
+        let retry = Some(RetryPolicy { attempts: 2, delay_ms: 0 });
+        for ending in [Ending::Exited(1), Ending::SpawnFailed("no such file".into())] {
+            assert!(retry_at(retry, 0, &settle(None, &ending, end(0, false)), 0).is_some(), "{ending:?}");
+        }
+        let crashed = settle(None, &Ending::Signaled(9), end(crate::runs::MAX_CRASH_RESTARTS + 1, false));
+        assert!(retry_at(retry, 0, &crashed, 0).is_some(), "a run killed too often is retried as a failure");
+        for stop in [Stop::Cancel, Stop::Pause, Stop::Park, Stop::Shutdown, Stop::Limit("L".into())] {
+            let settlement = settle(Some(stop.clone()), &Ending::Exited(1), end(0, false));
+            assert_eq!(retry_at(retry, 0, &settlement, 0), None, "{stop:?}");
+        }
+        assert_eq!(retry_at(retry, 0, &settle(None, &Ending::TimedOut, end(0, false)), 0), None, "wall clock");
+        assert_eq!(retry_at(retry, 0, &settle(None, &Ending::Canceled, end(0, false)), 0), None);
+    }
+
+    #[test]
+    fn an_execution_waits_only_what_is_left_of_its_retry_delay() {
+        assert_eq!(retry_wait(None, 1000), None);
+        assert_eq!(retry_wait(Some(1500), 1000), Some(500));
+        assert_eq!(retry_wait(Some(1000), 1000), None, "due now");
+        assert_eq!(retry_wait(Some(900), 1000), None, "overdue (a restart after the delay)");
+    }
+
+    #[test]
+    fn a_retry_option_is_bounded() {
+        assert_eq!(RetryPolicy::new(3, 200), Ok(RetryPolicy { attempts: 3, delay_ms: 200 }));
+        assert_eq!(RetryPolicy::new(1, 0), Ok(RetryPolicy { attempts: 1, delay_ms: 0 }));
+        assert!(RetryPolicy::new(100, 86_400_000).is_ok());
+        assert_eq!(RetryPolicy::new(0, 0), Err("retry.attempts must be 1 to 100".into()));
+        assert_eq!(RetryPolicy::new(101, 0), Err("retry.attempts must be 1 to 100".into()));
+        assert_eq!(RetryPolicy::new(u64::MAX, 0), Err("retry.attempts must be 1 to 100".into()));
+        assert_eq!(RetryPolicy::new(2, 86_400_001), Err("retry.delayMs must be 0 to 86400000".into()));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct State {
     pub jobs: HashSet<String>,
     /// Consecutive executions killed by a foreign signal.
     pub crashes: i32,
+    /// When the current execution was prepared (Unix ms): the `startedAt` of its entry in the
+    /// run's attempts if it fails and is retried.
+    pub execution_started_at: Option<i64>,
 }
 
 impl State {
@@ -81,6 +84,22 @@ impl State {
     }
 }
 
+impl State {
+    /// Applies the change a retry makes to the run (its failed execution added to its
+    /// attempts, the next one's start time) and orders its write with the removal of the
+    /// failed journal entries `dropped` and the `retrying` event, in one transaction. The
+    /// status stays `running`: nothing ends, nothing is counted.
+    pub fn retry(
+        &mut self,
+        writer: &Writer,
+        dropped: Vec<String>,
+        change: impl FnOnce(&mut Run),
+    ) -> Result<Pending, RunError> {
+        change(&mut self.run);
+        Ok(writer.enqueue(events::retry_run(&self.run, dropped))?)
+    }
+}
+
 /// A run that is not terminal.
 pub struct LiveRun {
     /// The run's id (outside the lock: the registry and log lines need it without locking).
@@ -103,6 +122,7 @@ impl LiveRun {
                 restart: false,
                 jobs: HashSet::new(),
                 crashes: 0,
+                execution_started_at: None,
             }),
             changed: watch::channel(0).0,
         })

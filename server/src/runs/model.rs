@@ -196,6 +196,44 @@ pub struct Run {
     /// What the run awaits (`{label, kind, ...}` of the started step someone outside the run
     /// ends), set with the `awaiting` status; shown only while the run is `awaiting`.
     pub waiting_for: Option<Value>,
+    /// The launch's retry option: a failed execution is re-run (with replay) while attempts
+    /// remain. Fixed at launch.
+    pub retry: Option<RetryPolicy>,
+    /// The failed executions a retry re-ran, oldest first: each the wire `RunAttempt` JSON
+    /// (built by `view::attempt_view`), holding the journal entries moved out of the journal.
+    pub attempts: Vec<Value>,
+    /// When the next execution of a retried run starts (Unix ms); `None` when none waits.
+    pub next_attempt_at: Option<i64>,
+}
+
+/// A run's retry option (`retry: {attempts, delayMs}` on launch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Executions the run may take in all, the first one included ([`RetryPolicy::MAX_ATTEMPTS`]
+    /// at most): `3` re-runs a failed run at most twice.
+    pub attempts: u32,
+    /// Milliseconds between a failed execution's end and the next one's start.
+    pub delay_ms: u64,
+}
+
+impl RetryPolicy {
+    /// Most executions a retry option may allow: enough for any sane back-off, and a bound on
+    /// the attempt history a run stores.
+    pub const MAX_ATTEMPTS: u32 = 100;
+    /// Longest delay between two executions: one day (`workflows.maxWallMs`' default).
+    pub const MAX_DELAY_MS: u64 = 86_400_000;
+
+    /// A checked option, or the message that says which value is out of range.
+    pub fn new(attempts: u64, delay_ms: u64) -> Result<RetryPolicy, String> {
+        let attempts = u32::try_from(attempts)
+            .ok()
+            .filter(|a| (1..=RetryPolicy::MAX_ATTEMPTS).contains(a))
+            .ok_or_else(|| format!("retry.attempts must be 1 to {}", RetryPolicy::MAX_ATTEMPTS))?;
+        if delay_ms > RetryPolicy::MAX_DELAY_MS {
+            return Err(format!("retry.delayMs must be 0 to {}", RetryPolicy::MAX_DELAY_MS));
+        }
+        Ok(RetryPolicy { attempts, delay_ms })
+    }
 }
 
 /// Progress a workflow reported.
@@ -238,6 +276,9 @@ impl Run {
             last_heartbeat_at: None,
             node: None,
             waiting_for: None,
+            retry: None,
+            attempts: Vec::new(),
+            next_attempt_at: None,
         }
     }
 }
@@ -290,6 +331,8 @@ pub struct LaunchRequest {
     pub idempotency_key: Option<String>,
     /// POST the run to this callback when it ends (checked by [`crate::callbacks::check`]).
     pub callback: Option<crate::callbacks::Target>,
+    /// Re-run a failed run with replay (checked by [`RetryPolicy::new`]).
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A launched run: the run, and whether it already existed under the idempotency key.

@@ -2,10 +2,11 @@
 //! events carry. One conversion for both, so an event's body is exactly what the matching API
 //! read returns (it is stored when the change is, and a resumed reader gets those bytes).
 
-use script_runner_wire::runs::{Progress as WireProgress, RunView, StepView};
+use script_runner_wire::runs::{Progress as WireProgress, RetryOption, RunAttempt, RunView, StepView};
 use serde_json::Value;
 
 use super::model::{JournalEntry, Run, RunStatus};
+use crate::process::supervisor::Ending;
 use crate::time::iso;
 
 /// A run on the wire: statuses spelled, times as ISO text.
@@ -48,7 +49,39 @@ pub fn run_view_of(run: &Run) -> RunView {
             .as_ref()
             .filter(|_| run.status == RunStatus::Awaiting)
             .and_then(|w| serde_json::from_value(w.clone()).ok()),
+        retry: run.retry.map(|r| RetryOption { attempts: r.attempts, delay_ms: r.delay_ms }),
+        // Each is the engine's own writing (see `attempt_view`); one that does not read back
+        // (a hand-edited database) is left out rather than failing the whole view.
+        attempts: run.attempts.iter().filter_map(|a| serde_json::from_value(a.clone()).ok()).collect(),
+        next_attempt_at: run.next_attempt_at.map(iso),
     }
+}
+
+/// A failed execution as the run keeps it in its `attempts` (the wire `RunAttempt`, as JSON):
+/// execution `attempt`, from `started_at` to `ended_at`, with the error it failed with and
+/// the journal entries that had failed in it.
+pub fn attempt_view(
+    attempt: i32,
+    started_at: i64,
+    ended_at: i64,
+    error: Option<String>,
+    ending: &Ending,
+    failed_steps: Vec<JournalEntry>,
+) -> Value {
+    let view = RunAttempt {
+        attempt,
+        started_at: iso(started_at),
+        ended_at: iso(ended_at),
+        status: RunStatus::Failed.as_str().to_string(),
+        error,
+        exit_code: match ending {
+            Ending::Exited(code) => Some(*code),
+            _ => None,
+        },
+        failed_steps: failed_steps.into_iter().map(step_view).collect(),
+    };
+    // A wire view always serializes; `null` only guards the impossible.
+    serde_json::to_value(view).unwrap_or(Value::Null)
 }
 
 /// A journal entry on the wire: its label is the `stepKey`, types and statuses spelled, times
