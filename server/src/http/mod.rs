@@ -10,6 +10,7 @@ mod follow;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod resume;
 mod runs;
 pub mod sse;
 pub mod wire;
@@ -31,8 +32,12 @@ use crate::runs::RunManager;
 /// Largest request body accepted (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
-/// The routes that need no token (the OpenAPI document marks them so).
-pub const PUBLIC: [&str; 2] = ["/healthz", "/openapi.json"];
+/// The routes that need no token (the OpenAPI document marks them so). A resume URL's
+/// token is its own credential (see [`resume`]).
+pub const PUBLIC: [&str; 3] = ["/healthz", "/openapi.json", "/api/resume/{token}"];
+
+/// Where the resume URLs are (`/api/resume/<token>`): open without the server's token.
+pub const RESUME_PREFIX: &str = "/api/resume/";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -91,8 +96,10 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/cluster", vec![get(cluster::status)]),
         ("/events", vec![get(events::feed)]),
         ("/api/internal/cluster/jobs/{id}/logs", vec![get(cluster::job_logs)]),
-        // Before `{action}`, which would take `logs` and answer 405 to a GET.
+        // Before `{action}`, which would take `logs` and answer 405 to a GET (and
+        // `resume-url`, answering it 404).
         ("/api/internal/cluster/script-runs/{id}/logs", vec![get(cluster::run_logs)]),
+        ("/api/internal/cluster/script-runs/{id}/resume-url", vec![post(cluster::run_resume_url)]),
         ("/api/internal/cluster/script-runs/{id}/{action}", vec![post(cluster::run_action)]),
         ("/api/internal/cluster/script-runs/{id}/approvals/{label}", vec![post(cluster::run_approval)]),
         ("/api/internal/cluster/script-runs/{id}/inputs/{label}", vec![post(cluster::run_input)]),
@@ -108,6 +115,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/script-runs/{id}/approvals/{label}", vec![post(runs::approve)]),
         ("/api/script-runs/{id}/inputs/{label}", vec![post(runs::submit_input)]),
         ("/api/script-runs/{id}/events/{name}", vec![post(runs::deliver_event)]),
+        ("/api/resume/{token}", vec![get(resume::describe), post(resume::act)]),
         ("/api/internal/script-runs/{id}/steps", vec![post(runs::record_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}", vec![get(runs::get_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}/begin", vec![post(runs::begin_step)]),
@@ -207,6 +215,7 @@ pub async fn authenticate(
     if let Some(expected) = &state.auth_token {
         let path = req.path();
         let open = PUBLIC.contains(&path)
+            || path.starts_with(RESUME_PREFIX)
             || path.starts_with("/api/internal/")
             || (state.metrics_public && path == "/metrics");
         if !open {
@@ -239,7 +248,24 @@ pub async fn json_object(payload: web::Payload, req: &HttpRequest) -> Result<Map
 }
 
 /// A request body as any JSON value (an event's payload), bounded as [`json_object`]'s.
-pub async fn json_value(mut payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+pub async fn json_value(payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+    let body = read_body(payload, req).await?;
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+}
+
+/// [`json_value`], with an empty body (nothing, or only white space) read as `null`: for
+/// routes whose body is optional.
+pub async fn optional_json(payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+    let body = read_body(payload, req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+}
+
+/// A request body of at most [`MAX_BODY_BYTES`]: refused at once when its declared length is
+/// over, and as soon as what arrives is.
+async fn read_body(mut payload: web::Payload, req: &HttpRequest) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -256,5 +282,5 @@ pub async fn json_value(mut payload: web::Payload, req: &HttpRequest) -> Result<
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+    Ok(body)
 }
