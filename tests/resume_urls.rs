@@ -458,3 +458,31 @@ fn a_used_url_is_stored_as_the_sha256_of_its_token_and_the_token_nowhere() {
         }
     }
 }
+
+/// In a cluster, a resume URL used on a node that does not hold the run is decided by the node
+/// that does (forwarded, the token checked again there), once.
+#[test]
+fn in_a_cluster_a_url_used_on_another_node_is_decided_by_the_holder() {
+    if !crate::common::on_postgres() {
+        println!("skipped: a cluster needs the PostgreSQL pass (tests/run)");
+        return;
+    }
+    let cluster = crate::common::Cluster::builder()
+        .workflows(json!({}))
+        .top("resume", json!({ "secret": "resume-test-secret" }))
+        .start(2);
+    let (holder, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let id = holder.launch_bash("script-runner step gate --approval 'go?' && echo '\"approved\"'", json!({}));
+    let waiting = waiting_for(other, &id, false);
+    // Without `resume.baseUrl`, a node shows URLs to itself.
+    let resume = path_of(other, &waiting["resumeUrl"]);
+    let r = call(other, "POST", &resume, Some(json!({"by": "n2"})));
+    assert_ok(&r);
+    assert_eq!(r.body["decided"], json!(true), "{}", r.text);
+    let body = terminal(holder, &id, false);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}\n{}", cluster.logs());
+    assert_eq!(body["run"]["node"], json!("n1"), "{body}");
+    assert_eq!(entry(&body, "gate")["result"]["by"], json!("n2"), "{body}");
+    assert_error(&call(holder, "POST", &resume, None), 409, "ALREADY_DECIDED");
+    assert_error(&call(other, "POST", &resume, None), 409, "ALREADY_DECIDED");
+}
