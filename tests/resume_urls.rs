@@ -486,3 +486,92 @@ fn in_a_cluster_a_url_used_on_another_node_is_decided_by_the_holder() {
     assert_error(&call(holder, "POST", &resume, None), 409, "ALREADY_DECIDED");
     assert_error(&call(other, "POST", &resume, None), 409, "ALREADY_DECIDED");
 }
+
+#[test]
+fn a_resume_section_out_of_bounds_or_with_an_unknown_key_is_refused_at_start() {
+    let refused = [
+        (json!({"secret": "s", "ttlSec": 0}), "resume.ttlSec: must be 1 to 31536000"),
+        (json!({"secret": "s", "ttlSec": 31_536_001}), "resume.ttlSec: must be 1 to 31536000"),
+        (json!({"secret": "s", "baseUrl": "ftp://x"}), "resume.baseUrl: must be an http:// or https:// address"),
+        (json!({"secret": "s", "baseUrl": "https://x/?q=1"}), "resume.baseUrl"),
+        (json!({"secret": "s", "ttl": 5}), "unknown field `ttl`"),
+    ];
+    for (section, expected) in refused {
+        let out = Builder::new().top("resume", section.clone()).write().check_config();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{section}: {stderr}");
+        assert!(stderr.contains(expected), "{section}: {stderr}");
+    }
+    let fine = json!({"secret": "s", "ttlSec": 1, "baseUrl": "https://runner.example.com/"});
+    let out = Builder::new().top("resume", fine).write().check_config();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn with_a_base_url_the_urls_start_with_it() {
+    let (b, d) = builder(json!({"baseUrl": "https://runner.example.com/hooks/"}));
+    let server = b.start();
+    let id = launch(&server, &src(&d, APPROVAL), false);
+    let waiting = waiting_for(&server, &id, false);
+    for key in ["resumeUrl", "denyUrl"] {
+        let url = waiting[key].as_str().unwrap();
+        let token = url.strip_prefix("https://runner.example.com/hooks/api/resume/").unwrap_or_else(|| panic!("{url}"));
+        // The same token is served here, whatever address the callers reach it by.
+        assert_ok(&call(&server, "GET", &format!("/api/resume/{token}"), None));
+    }
+}
+
+#[test]
+fn the_deny_url_of_an_event_step_fails_it() {
+    let (b, d) = builder(json!({}));
+    let server = b.start();
+    let source = src(
+        &d,
+        r#"if p=$(script-runner step wait-pay --wait-event paid 2> @D/error); then echo "{\"paid\":$p}"; else echo '"not paid"'; fi
+"#,
+    );
+    let id = launch(&server, &source, false);
+    let waiting = waiting_for(&server, &id, false);
+    let deny = path_of(&server, &waiting["denyUrl"]);
+    let r = call(&server, "POST", &deny, None);
+    assert_ok(&r);
+    assert_eq!(r.body["effect"], json!("fail"), "{}", r.text);
+    let body = terminal(&server, &id, false);
+    assert_eq!(body["run"]["output"], json!("not paid"), "{body}");
+    let step = entry(&body, "wait-pay");
+    assert_eq!(step["status"], json!("failed"), "{step}");
+    assert_eq!(step["error"], json!("denied through its resume URL"), "{step}");
+    let error = std::fs::read_to_string(d.join("error")).unwrap();
+    assert!(error.contains("denied through its resume URL"), "{error}");
+}
+
+#[test]
+fn of_many_uses_at_once_of_a_pair_exactly_one_decides() {
+    let (b, d) = builder(json!({}));
+    let server = b.start();
+    let id = launch(&server, &src(&d, APPROVAL), false);
+    let waiting = waiting_for(&server, &id, false);
+    let (resume, deny) = (path_of(&server, &waiting["resumeUrl"]), path_of(&server, &waiting["denyUrl"]));
+    let answers: Vec<(String, u16)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..8)
+            .map(|n| {
+                let path = if n % 2 == 0 { resume.clone() } else { deny.clone() };
+                let server = &server;
+                scope.spawn(move || {
+                    let r = call(server, "POST", &path, None);
+                    if r.status != 200 {
+                        assert_error(&r, 409, "ALREADY_DECIDED");
+                    }
+                    (path, r.status)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let won: Vec<&String> = answers.iter().filter(|(_, status)| *status == 200).map(|(path, _)| path).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    let approved = *won[0] == resume;
+    let body = terminal(&server, &id, false);
+    assert_eq!(entry(&body, "ship")["result"]["approved"], json!(approved), "{body}");
+    assert_eq!(body["run"]["output"], json!(if approved { "approved" } else { "denied" }), "{body}");
+}

@@ -8,6 +8,9 @@ CREATE TABLE resume_tokens (
     step_key TEXT NOT NULL,
     -- `resume` or `deny`.
     action TEXT NOT NULL,
+    -- A random id of the request that used it: of two requests using one URL at once, the one
+    -- whose id is here is the one that decided the step (their journal results may be equal).
+    use_id TEXT NOT NULL,
     used_at BIGINT NOT NULL
 );
 CREATE INDEX resume_tokens_run ON resume_tokens (run_id);

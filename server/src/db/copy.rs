@@ -483,7 +483,7 @@ impl Table for ResumeTokenRow {
     const NAME: &'static str = "resume_tokens";
 
     fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
-        let text = ["token_hash", "run_id", "step_key", "action"];
+        let text = ["token_hash", "run_id", "step_key", "action", "use_id"];
         resume_tokens_after(last).select(size_of(&text, &[])).limit(BATCH_ROWS).load(conn)
     }
 
@@ -565,6 +565,7 @@ mod tests {
                     run_id: run.id.clone(),
                     label: "step3".into(),
                     action: crate::runs::resume::Action::Deny,
+                    use_id: "u1".into(),
                     used_at: 303,
                 };
                 WriteOp::with_resume_token(insert, &used)
@@ -587,7 +588,7 @@ mod tests {
         answers.push(format!("{:?}", store.get_job("job_0_1")));
         answers.push(format!("{:?}", store.is_imported("/u/jobs.json")));
         answers.push(format!("{:?}", store.callbacks_of("job_3_1")));
-        answers.push(format!("{:?}", store.resume_token_used_at(&"ab".repeat(32))));
+        answers.push(format!("{:?}", store.resume_token_use(&"ab".repeat(32))));
         answers.push(format!("{:?}", store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() })));
         for n in 1..=3 {
             answers.push(format!("{:?}", store.journal(&format!("run_1_{n}"))));

@@ -261,6 +261,8 @@ pub struct ResumeTokenRow {
     pub step_key: String,
     /// `resume` or `deny`.
     pub action: String,
+    /// The random id of the request that used it.
+    pub use_id: String,
     /// Unix ms.
     pub used_at: i64,
 }

@@ -16,6 +16,7 @@ impl From<&Used> for ResumeTokenRow {
             run_id: u.run_id.clone(),
             step_key: u.label.clone(),
             action: u.action.as_str().to_string(),
+            use_id: u.use_id.clone(),
             used_at: u.used_at,
         }
     }
@@ -31,13 +32,14 @@ impl WriteOp {
 }
 
 impl Store {
-    /// When the resume URL whose token has this SHA-256 (hex) was used, if it was.
-    pub fn resume_token_used_at(&self, token_sha256: &str) -> Result<Option<i64>, StoreError> {
+    /// The use of the resume URL whose token has this SHA-256 (hex), if it was used: the id of
+    /// the request that used it and when (Unix ms).
+    pub fn resume_token_use(&self, token_sha256: &str) -> Result<Option<(String, i64)>, StoreError> {
         self.read(|conn| {
             Ok(resume_tokens::table
                 .filter(resume_tokens::token_hash.eq(token_sha256))
-                .select(resume_tokens::used_at)
-                .first::<i64>(conn)
+                .select((resume_tokens::use_id, resume_tokens::used_at))
+                .first::<(String, i64)>(conn)
                 .optional()?)
         })
     }

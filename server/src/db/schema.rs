@@ -142,6 +142,7 @@ diesel::table! {
         run_id -> Text,
         step_key -> Text,
         action -> Text,
+        use_id -> Text,
         used_at -> BigInt,
     }
 }

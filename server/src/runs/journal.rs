@@ -378,6 +378,13 @@ pub(super) async fn decide(
     if stored.status != status || stored.result.as_ref() != Some(&result) || stored.error != error {
         return Err(RunError::AlreadyDecided(label));
     }
+    // Two uses of one resume URL at once ask for the same end, and may write equal results:
+    // the one whose use was stored with the end decided it.
+    if let Some(used) = used {
+        if !used.is_stored(engine).await? {
+            return Err(RunError::AlreadyDecided(label));
+        }
+    }
     // The step client may read the result at once, and its execution end and settle the
     // run, on another thread: `wake` decides on the run as it is under its lock.
     if let Some(pending) = execution::wake(engine, live)? {

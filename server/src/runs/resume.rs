@@ -81,8 +81,21 @@ pub struct Used {
     pub label: String,
     /// What it did.
     pub action: Action,
+    /// A random id of this request: of two requests using the URL at once, whose journal
+    /// results may be equal, the one whose id was stored decided the step.
+    pub use_id: String,
     /// Unix ms.
     pub used_at: i64,
+}
+
+impl Used {
+    /// Whether this use is the one stored for its token (checked after the step's end was
+    /// written: only the write that ended the step stored its use).
+    pub async fn is_stored(&self, engine: &Engine) -> Result<bool, RunError> {
+        let (store, hash) = (engine.store.clone(), self.token_sha256.clone());
+        let stored = crate::sync::blocking(move || store.resume_token_use(&hash)).await??;
+        Ok(stored.is_some_and(|(use_id, _)| use_id == self.use_id))
+    }
 }
 
 /// The URLs of a waiting step, as its run shows them.
@@ -181,7 +194,8 @@ pub async fn describe(engine: &Engine, token: &str) -> Result<Described, RunErro
 /// When the URL of `token` was used, if it was.
 async fn used_at(engine: &Engine, token: &str) -> Result<Option<i64>, RunError> {
     let (store, hash) = (engine.store.clone(), sha256_hex(token.as_bytes()));
-    Ok(crate::sync::blocking(move || store.resume_token_used_at(&hash)).await??)
+    let stored = crate::sync::blocking(move || store.resume_token_use(&hash)).await??;
+    Ok(stored.map(|(_, at)| at))
 }
 
 /// Does what a resume URL says to its step, on the node that holds the run (else
@@ -248,11 +262,14 @@ pub async fn act(engine: &Arc<Engine>, token: &str, body: Value) -> Result<(), R
         }
         _ => return Err(RunError::ResumeUrlNotFound),
     };
+    let mut id = [0u8; 16];
+    getrandom::fill(&mut id).map_err(RunError::Randomness)?;
     let used = Used {
         token_sha256: sha256_hex(token.as_bytes()),
         run_id: claims.run_id.clone(),
         label: claims.label.clone(),
         action: claims.action,
+        use_id: id.iter().map(|b| format!("{b:02x}")).collect(),
         used_at: now,
     };
     journal::decide(engine, &live, entry, status, result, error, Some(&used)).await?;
@@ -359,6 +376,25 @@ mod tests {
         assert_eq!(verify(b"secret", payload), None);
         assert_eq!(verify(b"secret", &format!("{token}A")), None);
         assert_eq!(verify(b"secret", &"A".repeat(MAX_TOKEN_BYTES + 1)), None);
+    }
+
+    #[test]
+    fn the_longest_claims_fit_in_a_token() {
+        // Labels are at most MAX_NAME_CHARS characters without control characters: the widest
+        // are of 4 bytes, or JSON-escaped (`"`, `\`).
+        for c in ['\u{10FFFF}', '"', '\\'] {
+            let label: String = std::iter::repeat(c).take(crate::names::MAX_NAME_CHARS).collect();
+            let claims = Claims {
+                run_id: format!("run_{}_{}", i64::MAX, u64::MAX),
+                label,
+                action: Action::Resume,
+                started_at: i64::MAX,
+                expires_at: i64::MAX,
+            };
+            let token = sign(b"secret", &claims);
+            assert!(token.len() <= MAX_TOKEN_BYTES, "{} bytes", token.len());
+            assert_eq!(verify(b"secret", &token), Some(claims));
+        }
     }
 
     #[test]
