@@ -403,6 +403,13 @@ echo "{\"got\":$v}"
     assert_error(&call(&server, "POST", &deny, None), 409, "ALREADY_DECIDED");
     let forged = format!("{}x", token_of(&resume));
     assert_error(&call(&server, "POST", &format!("/api/resume/{forged}"), None), 404, "RESUME_URL_NOT_FOUND");
+    // Nor in an answer that names the path.
+    let r = call(&server, "PUT", &resume, None);
+    assert_error(&r, 405, "METHOD_NOT_ALLOWED");
+    assert!(!r.text.contains(token_of(&resume)) && r.text.contains("/api/resume/<token>"), "{}", r.text);
+    let r = call(&server, "GET", &format!("{resume}/more"), None);
+    assert_error(&r, 404, "NOT_FOUND");
+    assert!(!r.text.contains(token_of(&resume)) && r.text.contains("/api/resume/<token>/more"), "{}", r.text);
     terminal(&server, &id, false);
     let log = server.server_log();
     // The use is logged, by run and step: what the token stands for, not the token.

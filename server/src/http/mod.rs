@@ -189,11 +189,23 @@ async fn health() -> HttpResponse {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound { method: req.method().to_string(), path: req.path().to_string() })
+    Err(ApiError::NotFound { method: req.method().to_string(), path: shown_path(req.path()) })
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
+    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: shown_path(req.path()) })
+}
+
+/// A request's path as an error message may show it: a resume URL's token (a credential)
+/// replaced by `<token>`, so it is in no message a proxy or a client's log may keep.
+fn shown_path(path: &str) -> String {
+    match path.strip_prefix(RESUME_PREFIX) {
+        Some(rest) => {
+            let after = rest.find('/').map_or("", |i| &rest[i..]);
+            format!("{RESUME_PREFIX}<token>{after}")
+        }
+        None => path.to_string(),
+    }
 }
 
 /// Middleware: when a token is configured, every route but [`PUBLIC`] ones (and `/metrics`
@@ -201,7 +213,9 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
 /// document is public: it is the same for every deployment (`script-runner openapi` prints it
 /// without any configuration) and says nothing of this one, and a client generator can fetch
 /// it without the token. The internal routes of workflow steps are authorised by their run
-/// token instead (a workflow process never holds the server's token).
+/// token instead (a workflow process never holds the server's token), and the resume URLs
+/// (`/api/resume/<token>`) by the signed token in their path (an outside system never holds
+/// it either).
 ///
 /// A refusal is answered here as a response, not an error, so the metrics middleware around it
 /// still sees the request it answers (and labels it with its route).
