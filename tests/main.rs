@@ -20,6 +20,7 @@ mod oomol_worker;
 mod openapi;
 mod postgres;
 mod processes;
+mod resume_urls;
 mod run_events;
 mod run_retry;
 mod runs_api;

@@ -195,7 +195,7 @@ fn history_moves_to(to: &str) {
     assert_eq!(
         stdout,
         format!(
-            "copied {} jobs, 1 imports, {} runs, {journal} journal entries, {events} run events, 0 callbacks from {from} to {}\n",
+            "copied {} jobs, 1 imports, {} runs, {journal} journal entries, {events} run events, 0 callbacks, 0 used resume URLs from {from} to {}\n",
             jobs["total"],
             runs["total"],
             without_password(to)

@@ -331,7 +331,8 @@ impl Workflow {
     /// Waits for a value from outside the run (`POST /api/script-runs/{id}/inputs/{label}`),
     /// which the server checks against `schema` (a JSON schema; `None` takes any value)
     /// before it journals it. The run is `awaiting` meanwhile, and may be parked and
-    /// restarted as for an approval; a replay returns the journaled value.
+    /// restarted as for an approval; a replay returns the journaled value. An input denied
+    /// through its resume URL is [`ClientError::StepFailed`] (and so is every replay).
     pub fn input(&self, label: &str, prompt: &str, schema: Option<&Value>) -> Result<Value, ClientError> {
         let config = match schema {
             Some(schema) => json!({ "prompt": prompt, "schema": schema }),
@@ -343,6 +344,14 @@ impl Workflow {
         };
         while step.status == "started" {
             step = self.wait(label)?;
+        }
+        // Denied through its resume URL: failed, and so is every replay.
+        if step.status == "failed" {
+            return Err(ClientError::StepFailed {
+                label: label.into(),
+                message: step.error.clone().unwrap_or_default(),
+                result: step.result,
+            });
         }
         Ok(step.result.get("value").cloned().unwrap_or(Value::Null))
     }

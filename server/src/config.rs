@@ -90,7 +90,30 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Completion callbacks (`callbacks` in config.json).
     pub callbacks: CallbacksConfig,
+    /// Resume URLs of approval, input and event steps (`resume` in config.json).
+    pub resume: ResumeConfig,
 }
+
+/// Resume URLs (`resume` in config.json): the links an `awaiting` run shows for its step, which
+/// an outside system calls without the server's token (the token in the URL is the credential).
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// The HMAC-SHA256 key the URLs' tokens are signed with. Without one no URL is issued and
+    /// `/api/resume/...` answers `404` to everything: a token signed with a guessable or empty
+    /// key could be forged. Every node of a cluster needs the same one.
+    pub secret: Option<String>,
+    /// How long a step's URLs work, counted from the step's start (`resume.ttlSec`).
+    pub ttl_sec: u64,
+    /// The address the URLs start with (`resume.baseUrl`, no trailing `/`); `None`: the server's
+    /// own address (what workflows get as `SCRIPT_RUNNER_URL`), which suits callers on this
+    /// machine only.
+    pub base_url: Option<String>,
+}
+
+/// The default `resume.ttlSec`: seven days.
+pub const DEFAULT_RESUME_TTL_SEC: u64 = 7 * 24 * 3600;
+/// The largest `resume.ttlSec`: a year.
+pub const MAX_RESUME_TTL_SEC: u64 = 365 * 24 * 3600;
 
 /// Completion callbacks (`callbacks` in config.json): what signs them, where they may go, how
 /// long a failing one is retried.
@@ -308,6 +331,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     callbacks: RawCallbacks,
+    #[serde(default)]
+    resume: RawResume,
     #[serde(rename = "scriptsFile")]
     scripts_file: Option<String>,
     scripts: Option<Vec<Value>>,
@@ -378,6 +403,14 @@ struct RawCallbacks {
     secret: Option<String>,
     allowed_hosts: Option<Vec<String>>,
     max_age_sec: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawResume {
+    secret: Option<String>,
+    ttl_sec: Option<u64>,
+    base_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -490,6 +523,8 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
         max_age_sec: raw.callbacks.max_age_sec.unwrap_or(3600),
     };
 
+    let resume = resume_config(&config_file, raw.resume)?;
+
     let (scripts_file, raw_scripts) = match (raw.scripts_file, raw.scripts) {
         (Some(file), _) => {
             let path = normalize(&base.join(file));
@@ -509,7 +544,42 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     let (scripts, catalog) = validate_scripts(&scripts_file, raw_scripts, runner.max_concurrent)?;
     let workflows = workflow_config(&config_file, &base, raw.workflows, catalog)?;
 
-    Ok(Config { config_file, scripts_file, server, runner, database, cluster, scripts, workflows, metrics, callbacks })
+    Ok(Config {
+        config_file,
+        scripts_file,
+        server,
+        runner,
+        database,
+        cluster,
+        scripts,
+        workflows,
+        metrics,
+        callbacks,
+        resume,
+    })
+}
+
+/// The `resume` section, checked: `ttlSec` from 1 s (short ones are for tests) to a year,
+/// `baseUrl` an `http://` or `https://` address without a query or fragment.
+fn resume_config(config_file: &Path, raw: RawResume) -> Result<ResumeConfig, ConfigError> {
+    let ttl_sec = raw.ttl_sec.unwrap_or(DEFAULT_RESUME_TTL_SEC);
+    if !(1..=MAX_RESUME_TTL_SEC).contains(&ttl_sec) {
+        return Err(ConfigError::new(config_file, format!("resume.ttlSec: must be 1 to {MAX_RESUME_TTL_SEC}")));
+    }
+    let base_url = match raw.base_url.filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            if rest.map_or(true, |r| r.is_empty() || r.contains(['?', '#', ' '])) || url.len() > 2048 {
+                return Err(ConfigError::new(
+                    config_file,
+                    "resume.baseUrl: must be an http:// or https:// address (at most 2048 bytes, no query)",
+                ));
+            }
+            Some(url.trim_end_matches('/').to_string())
+        }
+    };
+    Ok(ResumeConfig { secret: raw.secret.filter(|s| !s.is_empty()), ttl_sec, base_url })
 }
 
 /// The `cluster` section, checked.

@@ -193,8 +193,15 @@ fn migrate_db(args: &MigrateDbArgs) -> u8 {
     match copy_history(&from, &to) {
         Ok(copied) => {
             println!(
-                "copied {} jobs, {} imports, {} runs, {} journal entries, {} run events, {} callbacks from {from} to {to}",
-                copied.jobs, copied.imports, copied.runs, copied.journal, copied.events, copied.callbacks
+                "copied {} jobs, {} imports, {} runs, {} journal entries, {} run events, {} callbacks, {} used resume URLs \
+                 from {from} to {to}",
+                copied.jobs,
+                copied.imports,
+                copied.runs,
+                copied.journal,
+                copied.events,
+                copied.callbacks,
+                copied.resume_tokens
             );
             0
         }

@@ -114,11 +114,18 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
             }
             Err(e) => Err(e),
         },
-        Kind::Input(prompt, schema) => {
-            let value = wf.input(label, &prompt, schema.as_ref())?;
-            println!("{value}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Kind::Input(prompt, schema) => match wf.input(label, &prompt, schema.as_ref()) {
+            Ok(value) => {
+                println!("{value}");
+                Ok(ExitCode::SUCCESS)
+            }
+            // Denied through its resume URL.
+            Err(ClientError::StepFailed { message, .. }) => {
+                eprintln!("script-runner step: {label}: {message}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e),
+        },
     }
 }
 

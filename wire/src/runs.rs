@@ -156,6 +156,69 @@ pub struct WaitingFor {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub deadline_at: Option<String>,
+    /// (ours; only with `resume.secret` configured) A URL that approves the approval, submits
+    /// the input (`POST {value, by?}`) or delivers the event (the body is its payload), without
+    /// the server's token: the token in it is the credential. Works once, until `expiresAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub resume_url: Option<String>,
+    /// (ours; with `resumeUrl`) A URL that denies the approval, or fails the input or event
+    /// step. Either URL of the pair decides the step; the other then answers `409`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub deny_url: Option<String>,
+    /// (ours; with `resumeUrl`) When both URLs stop working (ISO time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub expires_at: Option<String>,
+}
+
+/// `GET` and `POST /api/resume/{token}`: the step a resume URL decides, and what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeUrlView {
+    /// Always true.
+    pub ok: bool,
+    /// The run.
+    pub run_id: String,
+    /// The run's status.
+    #[cfg_attr(feature = "openapi", schema(value_type = RunStatus))]
+    pub run_status: String,
+    /// The step's label (`stepKey`).
+    pub label: String,
+    /// `approval`, `input` or `event`.
+    pub kind: String,
+    /// `resume` or `deny`: which URL of the pair this is.
+    pub action: String,
+    /// What a `POST` to it does: `approve`, `submit`, `deliver`, `deny` (an approval) or `fail`
+    /// (an input or event step).
+    pub effect: String,
+    /// An approval's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub message: Option<String>,
+    /// An input's prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub prompt: Option<String>,
+    /// An input's JSON schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub schema: Option<Value>,
+    /// An event step's event name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub event: Option<String>,
+    /// When the URL stops working (ISO time).
+    pub expires_at: String,
+    /// Whether the step has been decided (through this URL, its pair, or the run API): a
+    /// `POST` then answers `409 ALREADY_DECIDED`.
+    pub decided: bool,
+    /// When this URL was used (ISO time), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub used_at: Option<String>,
 }
 
 /// A run's progress, as its workflow reported it (`POST .../progress`). (Fields in the

@@ -13,8 +13,8 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
 use super::conn::{DbConnection, MultiBackend};
-use super::models::{CallbackRow, EventRow, JobRow, RunRow, StepRow};
-use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::models::{CallbackRow, EventRow, JobRow, ResumeTokenRow, RunRow, StepRow};
+use super::schema::{callbacks, imports, jobs, resume_tokens, script_run_events, script_run_journal, script_runs};
 use super::{open_migrated, DatabaseLock, Location, StoreError};
 
 /// Most rows read, and written, at a time.
@@ -40,6 +40,8 @@ pub struct Copied {
     pub events: u64,
     /// Rows of `callbacks` (the outbox: pending deliveries resume on the copy).
     pub callbacks: u64,
+    /// Rows of `resume_tokens` (the resume URLs used stay used on the copy).
+    pub resume_tokens: u64,
 }
 
 /// Why a history was not copied. When the copy itself fails, its transaction is rolled back:
@@ -137,6 +139,7 @@ pub fn copy_history(from: &Location, to: &Location) -> Result<Copied, CopyError>
                     journal: copy_table::<StepRow>(source, target)?,
                     events: copy_table::<EventRow>(source, target)?,
                     callbacks: copy_table::<CallbackRow>(source, target)?,
+                    resume_tokens: copy_table::<ResumeTokenRow>(source, target)?,
                 };
                 if let DbConnection::Pg(_) = target {
                     // The copied rows carry their own numbers; the next insert must not reuse
@@ -198,6 +201,7 @@ fn refuse_non_empty(target: &mut DbConnection) -> Result<(), InnerError> {
         ("script_run_journal", script_run_journal::table.count().get_result::<i64>(target)?),
         ("script_run_events", script_run_events::table.count().get_result::<i64>(target)?),
         ("callbacks", callbacks::table.count().get_result::<i64>(target)?),
+        ("resume_tokens", resume_tokens::table.count().get_result::<i64>(target)?),
     ];
     match counts.into_iter().find(|(_, rows)| *rows > 0) {
         Some((table, rows)) => Err(InnerError::NotEmpty { table, rows }),
@@ -466,6 +470,32 @@ impl Table for CallbackRow {
     }
 }
 
+/// The used resume tokens in key order.
+fn resume_tokens_after(last: Option<&ResumeTokenRow>) -> resume_tokens::BoxedQuery<'static, MultiBackend> {
+    let query = resume_tokens::table.order(resume_tokens::token_hash.asc()).into_boxed();
+    match last {
+        Some(last) => query.filter(resume_tokens::token_hash.gt(last.token_hash.clone())),
+        None => query,
+    }
+}
+
+impl Table for ResumeTokenRow {
+    const NAME: &'static str = "resume_tokens";
+
+    fn sizes(conn: &mut DbConnection, last: Option<&Self>) -> QueryResult<Vec<i64>> {
+        let text = ["token_hash", "run_id", "step_key", "action", "use_id"];
+        resume_tokens_after(last).select(size_of(&text, &[])).limit(BATCH_ROWS).load(conn)
+    }
+
+    fn next(conn: &mut DbConnection, last: Option<&Self>, limit: i64) -> QueryResult<Vec<Self>> {
+        resume_tokens_after(last).select(Self::as_select()).limit(limit).load(conn)
+    }
+
+    fn insert(conn: &mut DbConnection, rows: &[Self]) -> QueryResult<usize> {
+        insert_rows!(conn, resume_tokens::table, rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -533,7 +563,22 @@ mod tests {
                     duration_ms: Some(100),
                 })
                 .collect();
-            writer.enqueue(WriteOp::insert_steps(&steps)).expect("enqueue");
+            let insert = WriteOp::insert_steps(&steps);
+            // Run 3's last step decided through a resume URL: its use is copied too.
+            let insert = if n == 3 {
+                let used = crate::runs::resume::Used {
+                    token_sha256: "ab".repeat(32),
+                    run_id: run.id.clone(),
+                    label: "step3".into(),
+                    action: crate::runs::resume::Action::Deny,
+                    use_id: "u1".into(),
+                    used_at: 303,
+                };
+                WriteOp::with_resume_token(insert, &used)
+            } else {
+                insert
+            };
+            writer.enqueue(insert).expect("enqueue");
         }
         writer.write_blocking(WriteOp::Flush).expect("flush");
     }
@@ -549,6 +594,7 @@ mod tests {
         answers.push(format!("{:?}", store.get_job("job_0_1")));
         answers.push(format!("{:?}", store.is_imported("/u/jobs.json")));
         answers.push(format!("{:?}", store.callbacks_of("job_3_1")));
+        answers.push(format!("{:?}", store.resume_token_use(&"ab".repeat(32))));
         answers.push(format!("{:?}", store.list_runs(&RunFilter { limit: 10, ..RunFilter::default() })));
         for n in 1..=3 {
             answers.push(format!("{:?}", store.journal(&format!("run_1_{n}"))));
@@ -572,7 +618,15 @@ mod tests {
             let copied = copy_history(&from, &to).expect("copy");
             assert_eq!(
                 copied,
-                Copied { jobs: JOBS as u64 + 2, imports: 1, runs: 3, journal: 6, events: 4, callbacks: 1 },
+                Copied {
+                    jobs: JOBS as u64 + 2,
+                    imports: 1,
+                    runs: 3,
+                    journal: 6,
+                    events: 4,
+                    callbacks: 1,
+                    resume_tokens: 1
+                },
                 "{to}"
             );
             let target = Store::open(&to).expect("open the target");

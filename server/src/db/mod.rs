@@ -19,6 +19,7 @@ mod job_rows;
 mod location;
 mod models;
 pub mod postgres;
+mod resume_tokens;
 mod runs;
 mod schema;
 mod writer;

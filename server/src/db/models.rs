@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::schema::{callbacks, imports, jobs, resume_tokens, script_run_events, script_run_journal, script_runs};
 
 /// A `jobs` row without its sequence number; also used whole for inserts and for updates
 /// (every update rewrites the row but its idempotency key, `None` meaning NULL).
@@ -260,4 +260,22 @@ pub struct CallbackRow {
     pub delivered_at: Option<i64>,
     /// How far the owner's status changes were delivered (`status` callbacks).
     pub status_seq: i64,
+}
+
+/// A `resume_tokens` row: a resume URL used, by the SHA-256 of its token (never the token).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = resume_tokens, check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct ResumeTokenRow {
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// The run.
+    pub run_id: String,
+    /// The step's label.
+    pub step_key: String,
+    /// `resume` or `deny`.
+    pub action: String,
+    /// The random id of the request that used it.
+    pub use_id: String,
+    /// Unix ms.
+    pub used_at: i64,
 }

@@ -139,3 +139,15 @@ diesel::table! {
 
 diesel::allow_tables_to_appear_in_same_query!(jobs, callbacks);
 diesel::allow_tables_to_appear_in_same_query!(script_runs, callbacks);
+
+diesel::table! {
+    /// The resume URLs used, by the SHA-256 of their token (see migrations/*/..._resume_tokens).
+    resume_tokens (token_hash) {
+        token_hash -> Text,
+        run_id -> Text,
+        step_key -> Text,
+        action -> Text,
+        use_id -> Text,
+        used_at -> BigInt,
+    }
+}

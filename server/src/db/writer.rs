@@ -51,8 +51,8 @@ use log::{error, info, warn};
 use tokio::sync::oneshot;
 
 use super::health::Health;
-use super::models::{CallbackRow, EventRow, JobRow, NewImport, RunRow, StepRow};
-use super::schema::{callbacks, imports, jobs, script_run_events, script_run_journal, script_runs};
+use super::models::{CallbackRow, EventRow, JobRow, NewImport, ResumeTokenRow, RunRow, StepRow};
+use super::schema::{callbacks, imports, jobs, resume_tokens, script_run_events, script_run_journal, script_runs};
 use super::{postgres, DbConnection, Location, StoreError};
 use crate::sync::lock;
 
@@ -144,6 +144,14 @@ pub enum WriteOp {
     },
     /// Rewrite a callback's row (an attempt made).
     UpdateCallback(Box<CallbackRow>),
+    /// A write (the end of a started step) and the record of the resume URL that decided it,
+    /// in one transaction; the record is stored only if the write changed a row.
+    WithResumeToken {
+        /// The write.
+        op: Box<WriteOp>,
+        /// The used token's row (its SHA-256, never the token).
+        token: Box<ResumeTokenRow>,
+    },
 }
 
 /// An event to store with the write it reports ([`WriteOp::WithEvents`]).
@@ -177,7 +185,9 @@ impl WriteOp {
             WriteOp::InsertSteps(rows) => rows.first().map_or("", |row| row.run_id.as_str()),
             WriteOp::FinishStep(row) => &row.run_id,
             WriteOp::Import { .. } | WriteOp::Flush => "",
-            WriteOp::WithEvents { op, .. } | WriteOp::WithCallback { op, .. } => op.key(),
+            WriteOp::WithEvents { op, .. } | WriteOp::WithCallback { op, .. } | WriteOp::WithResumeToken { op, .. } => {
+                op.key()
+            }
             // With its job's writes: an attempt is recorded after the job's end.
             WriteOp::UpdateCallback(row) => &row.owner_id,
         }
@@ -189,7 +199,8 @@ impl WriteOp {
             WriteOp::Import { .. }
             | WriteOp::WithEvents { .. }
             | WriteOp::WithCallback { .. }
-            | WriteOp::RetryRun { .. } => false,
+            | WriteOp::RetryRun { .. }
+            | WriteOp::WithResumeToken { .. } => false,
             WriteOp::InsertSteps(rows) => rows.len() <= 1,
             _ => true,
         }
@@ -997,6 +1008,10 @@ fn write_transaction(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) 
 
 /// Tells the bell about the runs a committed write stored events of.
 fn ring(shared: &Shared, op: &WriteOp) {
+    // A step decided through a resume URL: its events are inside.
+    if let WriteOp::WithResumeToken { op, .. } = op {
+        return ring(shared, op);
+    }
     let (WriteOp::WithEvents { events, .. }, Some(bell)) = (op, shared.bell.get()) else { return };
     for (n, event) in events.iter().enumerate() {
         // Once per run (a write's events are of one run, or of a run and its fork's source).
@@ -1039,6 +1054,7 @@ fn describe(op: &WriteOp) -> String {
         WriteOp::Flush => "flush".to_string(),
         WriteOp::WithCallback { op, callback } => format!("{} with callback {}", describe(op), callback.id),
         WriteOp::UpdateCallback(row) => format!("update callback {} (state {})", row.id, row.state),
+        WriteOp::WithResumeToken { op, token } => format!("{} through a resume URL ({})", describe(op), token.action),
         WriteOp::WithEvents { op, events } => {
             let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
             format!("{} with event(s) {}", describe(op), kinds.join(", "))
@@ -1184,6 +1200,24 @@ fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
         WriteOp::UpdateCallback(row) => {
             changed +=
                 diesel::update(callbacks::table.filter(callbacks::id.eq(&row.id))).set(row.as_ref()).execute(conn)?;
+        }
+        WriteOp::WithResumeToken { op, token } => {
+            changed = apply_counted(conn, op)?;
+            if changed > 0 {
+                // A token decides one started step once: its key cannot be there already, but
+                // a conflict must not fail the other writes of the group.
+                match conn {
+                    DbConnection::Sqlite(c) => {
+                        diesel::insert_or_ignore_into(resume_tokens::table).values(token.as_ref()).execute(c)?;
+                    }
+                    DbConnection::Pg(c) => {
+                        diesel::insert_into(resume_tokens::table)
+                            .values(token.as_ref())
+                            .on_conflict_do_nothing()
+                            .execute(c)?;
+                    }
+                }
+            }
         }
     }
     Ok(changed)

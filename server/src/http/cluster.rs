@@ -246,6 +246,41 @@ pub async fn run_event(
     Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
 }
 
+/// `POST /api/internal/cluster/script-runs/:id/resume-url` `{token, body}`: a resume URL of a
+/// run this node holds, used on another node (which checked the token first; this node checks
+/// it again).
+#[utoipa::path(
+    post,
+    path = "/api/internal/cluster/script-runs/{id}/resume-url",
+    operation_id = "nodeRunResumeUrl",
+    tag = "internal",
+    params(("id" = String, Path, description = "Run id.")),
+    request_body(content = serde_json::Value, description = "`{token, body}`: the URL's token and what its caller posted."),
+    responses(
+        (status = 200, description = "The run after the decision.", body = RunAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST`, `INPUT_INVALID`.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `RESUME_URL_NOT_FOUND`.", body = ErrorBody),
+        (status = 409, description = "`ALREADY_DECIDED`, `INVALID_STATE`, `RUN_ON_OTHER_NODE`.", body = ErrorBody),
+        (status = 410, description = "`RESUME_URL_EXPIRED`.", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+    ),
+)]
+pub async fn run_resume_url(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    from_a_node(&state, &req)?;
+    let mut body = super::json_object(payload, &req).await?;
+    let Some(serde_json::Value::String(token)) = body.remove("token") else {
+        return Err(ApiError::InvalidRequest("token (a string) is required".into()));
+    };
+    let posted = body.remove("body").unwrap_or(serde_json::Value::Null);
+    let run = state.runs.act(&id, RunAction::ResumeUrl { token, body: posted }, false).await?;
+    Ok(HttpResponse::Ok().json(json!({ "ok": true, "run": run_view(run) })))
+}
+
 /// Checks that a request on an internal cluster route comes from a node: it carries this node's
 /// secret, which only the cluster's database holds (compared in constant time).
 fn from_a_node(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {

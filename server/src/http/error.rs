@@ -91,6 +91,10 @@ codes! {
     AlreadyDecided = "ALREADY_DECIDED",
     /// An input step's value does not match its JSON schema (the message names where).
     InputInvalid = "INPUT_INVALID",
+    /// A resume URL this server did not issue, or whose step is not there (not saying which).
+    ResumeUrlNotFound = "RESUME_URL_NOT_FOUND",
+    /// A resume URL past its expiry (`resume.ttlSec` after its step began).
+    ResumeUrlExpired = "RESUME_URL_EXPIRED",
     /// A run token of another run or execution.
     Forbidden = "FORBIDDEN",
     /// The run is not running (its execution may not record steps).
@@ -298,6 +302,8 @@ impl From<RunError> for ApiError {
             RunError::StepDiverged(_) => run(StatusCode::CONFLICT, Code::StepDiverged),
             RunError::AlreadyDecided(_) => run(StatusCode::CONFLICT, Code::AlreadyDecided),
             RunError::InputInvalid { .. } => run(StatusCode::BAD_REQUEST, Code::InputInvalid),
+            RunError::ResumeUrlNotFound => run(StatusCode::NOT_FOUND, Code::ResumeUrlNotFound),
+            RunError::ResumeUrlExpired(_) => run(StatusCode::GONE, Code::ResumeUrlExpired),
             RunError::Forbidden(_) => run(StatusCode::FORBIDDEN, Code::Forbidden),
             RunError::RunNotActive(..) => run(StatusCode::CONFLICT, Code::RunNotActive),
             RunError::LimitExceeded(_) => run(StatusCode::CONFLICT, Code::LimitExceeded),

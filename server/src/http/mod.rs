@@ -10,6 +10,7 @@ mod follow;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod resume;
 mod runs;
 pub mod sse;
 pub mod wire;
@@ -31,8 +32,12 @@ use crate::runs::RunManager;
 /// Largest request body accepted (upstream's limit).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
-/// The routes that need no token (the OpenAPI document marks them so).
-pub const PUBLIC: [&str; 2] = ["/healthz", "/openapi.json"];
+/// The routes that need no token (the OpenAPI document marks them so). A resume URL's
+/// token is its own credential (see [`resume`]).
+pub const PUBLIC: [&str; 3] = ["/healthz", "/openapi.json", "/api/resume/{token}"];
+
+/// Where the resume URLs are (`/api/resume/<token>`): open without the server's token.
+pub const RESUME_PREFIX: &str = "/api/resume/";
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -91,8 +96,10 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/cluster", vec![get(cluster::status)]),
         ("/events", vec![get(events::feed)]),
         ("/api/internal/cluster/jobs/{id}/logs", vec![get(cluster::job_logs)]),
-        // Before `{action}`, which would take `logs` and answer 405 to a GET.
+        // Before `{action}`, which would take `logs` and answer 405 to a GET (and
+        // `resume-url`, answering it 404).
         ("/api/internal/cluster/script-runs/{id}/logs", vec![get(cluster::run_logs)]),
+        ("/api/internal/cluster/script-runs/{id}/resume-url", vec![post(cluster::run_resume_url)]),
         ("/api/internal/cluster/script-runs/{id}/{action}", vec![post(cluster::run_action)]),
         ("/api/internal/cluster/script-runs/{id}/approvals/{label}", vec![post(cluster::run_approval)]),
         ("/api/internal/cluster/script-runs/{id}/inputs/{label}", vec![post(cluster::run_input)]),
@@ -108,6 +115,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/script-runs/{id}/approvals/{label}", vec![post(runs::approve)]),
         ("/api/script-runs/{id}/inputs/{label}", vec![post(runs::submit_input)]),
         ("/api/script-runs/{id}/events/{name}", vec![post(runs::deliver_event)]),
+        ("/api/resume/{token}", vec![get(resume::describe), post(resume::act)]),
         ("/api/internal/script-runs/{id}/steps", vec![post(runs::record_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}", vec![get(runs::get_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}/begin", vec![post(runs::begin_step)]),
@@ -181,11 +189,23 @@ async fn health() -> HttpResponse {
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound { method: req.method().to_string(), path: req.path().to_string() })
+    Err(ApiError::NotFound { method: req.method().to_string(), path: shown_path(req.path()) })
 }
 
 async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: req.path().to_string() })
+    Err(ApiError::MethodNotAllowed { method: req.method().to_string(), path: shown_path(req.path()) })
+}
+
+/// A request's path as an error message may show it: a resume URL's token (a credential)
+/// replaced by `<token>`, so it is in no message a proxy or a client's log may keep.
+fn shown_path(path: &str) -> String {
+    match path.strip_prefix(RESUME_PREFIX) {
+        Some(rest) => {
+            let after = rest.find('/').map_or("", |i| &rest[i..]);
+            format!("{RESUME_PREFIX}<token>{after}")
+        }
+        None => path.to_string(),
+    }
 }
 
 /// Middleware: when a token is configured, every route but [`PUBLIC`] ones (and `/metrics`
@@ -193,7 +213,9 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
 /// document is public: it is the same for every deployment (`script-runner openapi` prints it
 /// without any configuration) and says nothing of this one, and a client generator can fetch
 /// it without the token. The internal routes of workflow steps are authorised by their run
-/// token instead (a workflow process never holds the server's token).
+/// token instead (a workflow process never holds the server's token), and the resume URLs
+/// (`/api/resume/<token>`) by the signed token in their path (an outside system never holds
+/// it either).
 ///
 /// A refusal is answered here as a response, not an error, so the metrics middleware around it
 /// still sees the request it answers (and labels it with its route).
@@ -207,6 +229,7 @@ pub async fn authenticate(
     if let Some(expected) = &state.auth_token {
         let path = req.path();
         let open = PUBLIC.contains(&path)
+            || path.starts_with(RESUME_PREFIX)
             || path.starts_with("/api/internal/")
             || (state.metrics_public && path == "/metrics");
         if !open {
@@ -239,7 +262,24 @@ pub async fn json_object(payload: web::Payload, req: &HttpRequest) -> Result<Map
 }
 
 /// A request body as any JSON value (an event's payload), bounded as [`json_object`]'s.
-pub async fn json_value(mut payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+pub async fn json_value(payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+    let body = read_body(payload, req).await?;
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+}
+
+/// [`json_value`], with an empty body (nothing, or only white space) read as `null`: for
+/// routes whose body is optional.
+pub async fn optional_json(payload: web::Payload, req: &HttpRequest) -> Result<Value, ApiError> {
+    let body = read_body(payload, req).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+}
+
+/// A request body of at most [`MAX_BODY_BYTES`]: refused at once when its declared length is
+/// over, and as soon as what arrives is.
+async fn read_body(mut payload: web::Payload, req: &HttpRequest) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -256,5 +296,5 @@ pub async fn json_value(mut payload: web::Payload, req: &HttpRequest) -> Result<
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::InvalidJson(format!("invalid json body: {e}")))
+    Ok(body)
 }

@@ -91,6 +91,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         cluster::run_approval,
         cluster::run_input,
         cluster::run_event,
+        cluster::run_resume_url,
         runs::launch,
         runs::list,
         runs::get,
@@ -104,6 +105,8 @@ use super::{cluster, jobs, runs, PUBLIC};
         runs::approve,
         runs::submit_input,
         runs::deliver_event,
+        super::resume::describe,
+        super::resume::act,
         runs::record_step,
         runs::get_step,
         runs::begin_step,
@@ -197,6 +200,11 @@ pub fn document() -> utoipa::openapi::OpenApi {
     // required.
     let fork = doc.paths.paths.get_mut("/api/script-runs/{id}/fork").and_then(|item| item.post.as_mut());
     if let Some(body) = fork.and_then(|operation| operation.request_body.as_mut()) {
+        body.required = Some(Required::False);
+    }
+    // A resume URL's body is optional too (an approval needs none).
+    let resume = doc.paths.paths.get_mut("/api/resume/{token}").and_then(|item| item.post.as_mut());
+    if let Some(body) = resume.and_then(|operation| operation.request_body.as_mut()) {
         body.required = Some(Required::False);
     }
     doc

@@ -8,7 +8,7 @@ use script_runner_wire::events::StreamDropped;
 use script_runner_wire::jobs::{CallbackList, CallbackRequest};
 use script_runner_wire::runs::{
     ApprovalRequest, ForkRequest, InputRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail,
-    RunLinesPage, RunList,
+    RunLinesPage, RunList, RunView,
 };
 use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
 use serde_json::{json, Map, Value};
@@ -151,11 +151,11 @@ pub async fn launch(
         return Ok(HttpResponse::Ok().json(RunAnswer {
             deduplicated: Some(true),
             ok: true,
-            run: run_view(launched.run),
+            run: shown(&state, launched.run),
         }));
     }
     let run = if background { launched.run } else { state.runs.wait_terminal(&launched.run.id).await? };
-    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) }))
+    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: shown(&state, run) }))
 }
 
 /// `GET /api/script-runs?status=&scriptName=&limit=&offset=`: newest first.
@@ -186,7 +186,11 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
         offset: i64::try_from(number(&query, "offset", 0)?).unwrap_or(i64::MAX),
     };
     let (runs, total) = state.runs.list(filter).await?;
-    Ok(HttpResponse::Ok().json(RunList { ok: true, runs: runs.into_iter().map(run_view).collect(), total }))
+    Ok(HttpResponse::Ok().json(RunList {
+        ok: true,
+        runs: runs.into_iter().map(|run| shown(&state, run)).collect(),
+        total,
+    }))
 }
 
 /// `GET /api/script-runs/{id}`: the run and its journal.
@@ -204,7 +208,7 @@ pub async fn list(state: web::Data<AppState>, query: Query) -> Result<HttpRespon
 pub async fn get(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (run, journal) = state.runs.get_with_journal(&id).await?;
     let journal = journal.into_iter().map(step_view).collect();
-    Ok(HttpResponse::Ok().json(RunDetail { journal, ok: true, run: run_view(run) }))
+    Ok(HttpResponse::Ok().json(RunDetail { journal, ok: true, run: shown(&state, run) }))
 }
 
 /// Events a run's event stream reads from the database at a time: what a stalled reader holds
@@ -364,7 +368,7 @@ pub async fn callbacks(state: web::Data<AppState>, id: web::Path<String>) -> Res
 )]
 pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.cancel(&id).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// `POST /api/script-runs/{id}/pause`.
@@ -382,7 +386,7 @@ pub async fn cancel(state: web::Data<AppState>, id: web::Path<String>) -> Result
 )]
 pub async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.pause(&id).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// `POST /api/script-runs/{id}/resume`.
@@ -400,7 +404,7 @@ pub async fn pause(state: web::Data<AppState>, id: web::Path<String>) -> Result<
 )]
 pub async fn resume(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let run = state.runs.resume(&id).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// `POST /api/script-runs/{id}/fork` `{fromStep?, source?}`: `201 {ok, run}`.
@@ -431,7 +435,7 @@ pub async fn fork(
         json_object(payload, &req).await?
     };
     let run = state.runs.fork(&id, optional_string(&body, "fromStep")?, optional_string(&body, "source")?).await?;
-    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) }))
+    Ok(HttpResponse::Created().json(RunAnswer { deduplicated: None, ok: true, run: shown(&state, run) }))
 }
 
 /// `POST /api/script-runs/{id}/approvals/{label}` `{approved, by?, comment?}`.
@@ -465,7 +469,7 @@ pub async fn approve(
     let decision =
         Decision { approved, by: optional_string(&body, "by")?, comment: optional_string(&body, "comment")? };
     let run = state.runs.approve(&id, &label, decision).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// `POST /api/script-runs/{id}/inputs/{label}` `{value, by?}`: the value a pending input step
@@ -497,7 +501,7 @@ pub async fn submit_input(
     let body = json_object(payload, &req).await?;
     let submission = submission(&body)?;
     let run = state.runs.submit_input(&id, &label, submission).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// `POST /api/script-runs/{id}/events/{name}` with any JSON body: the event the run's earliest
@@ -526,7 +530,7 @@ pub async fn deliver_event(
     let (id, name) = path.into_inner();
     let body = super::json_value(payload, &req).await?;
     let run = state.runs.deliver_event(&id, &name, body).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }
 
 /// An input's body `{value, by?}` as the engine's submission (`value` is required: `null` is a
@@ -618,8 +622,23 @@ pub(super) async fn run_log_page(
 // ---- internal routes (the step client) ----
 
 /// `200 {ok, run}`.
-fn run_answer(run: Run) -> HttpResponse {
-    HttpResponse::Ok().json(RunAnswer { deduplicated: None, ok: true, run: run_view(run) })
+fn run_answer(state: &AppState, run: Run) -> HttpResponse {
+    HttpResponse::Ok().json(RunAnswer { deduplicated: None, ok: true, run: shown(state, run) })
+}
+
+/// A run as the run API shows it: its view, with the resume URLs of the step it waits for
+/// (`waitingFor.resumeUrl`, `denyUrl`, `expiresAt`) when they are configured. They are
+/// computed here, on each read, and not in the run's stored events: a working token is never
+/// stored.
+pub(super) fn shown(state: &AppState, run: Run) -> RunView {
+    let links = state.runs.resume_links(&run);
+    let mut view = run_view(run);
+    if let (Some(links), Some(waiting)) = (links, view.waiting_for.as_mut()) {
+        waiting.resume_url = Some(links.resume_url);
+        waiting.deny_url = Some(links.deny_url);
+        waiting.expires_at = Some(crate::time::iso(links.expires_at));
+    }
+    view
 }
 
 /// The run token from `Authorization: Bearer <token>`.
@@ -802,5 +821,5 @@ pub async fn progress(
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let progress = Progress { current: count(body.current), total: count(body.total), message: body.message };
     let run = state.runs.progress(&id, &token, progress).await?;
-    Ok(run_answer(run))
+    Ok(run_answer(&state, run))
 }

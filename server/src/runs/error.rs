@@ -78,6 +78,14 @@ pub enum RunError {
     /// The approval was already decided (or the input already given, the event delivered).
     #[error("step {0:?} was already decided")]
     AlreadyDecided(String),
+    /// A resume URL whose token this server did not sign (malformed, altered, of another
+    /// secret, or no `resume.secret` configured), or whose step is not there: deliberately
+    /// one answer, which does not say what was wrong.
+    #[error("no such resume URL")]
+    ResumeUrlNotFound,
+    /// A resume URL past its expiry (the ISO time it expired at).
+    #[error("this resume URL expired at {0}")]
+    ResumeUrlExpired(String),
     /// An input step's value does not match the step's JSON schema (nothing is journaled).
     #[error("input {label:?}: the value does not match its schema at {path}: {reason}")]
     InputInvalid {

@@ -271,7 +271,7 @@ pub async fn approve(engine: &Arc<Engine>, id: &str, label: &str, decision: Deci
         "comment": decision.comment,
         "decidedAt": crate::time::iso(now_ms()),
     });
-    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+    decide(engine, &live, entry, StepStatus::Completed, result, None, None).await
 }
 
 /// Gives a pending input step its value: checked against the step's schema first (a value
@@ -292,7 +292,7 @@ pub async fn submit_input(engine: &Arc<Engine>, id: &str, label: &str, submissio
         "by": submission.by,
         "submittedAt": crate::time::iso(now_ms()),
     });
-    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+    decide(engine, &live, entry, StepStatus::Completed, result, None, None).await
 }
 
 /// Delivers an event to the run: the earliest started event step waiting for `name` ends
@@ -310,7 +310,7 @@ pub async fn deliver_event(engine: &Arc<Engine>, id: &str, name: &str, payload: 
         return Err(RunError::StepNotFound(format!("no step of run {id} waits for the event {name:?}")));
     };
     let result = json!({ "payload": payload, "receivedAt": crate::time::iso(now_ms()) });
-    decide(engine, &live, entry, StepStatus::Completed, result, None).await
+    decide(engine, &live, entry, StepStatus::Completed, result, None, None).await
 }
 
 /// Fails a started event step whose deadline has passed (unless it ended meanwhile): the
@@ -324,7 +324,7 @@ async fn time_out(engine: &Arc<Engine>, live: &Arc<LiveRun>, label: &str) -> Res
     let timeout = entry.config.get("timeoutMs").and_then(Value::as_i64).unwrap_or(0);
     let error = format!("event {name:?} did not arrive within {timeout} ms");
     let result = entry.result.clone().unwrap_or(Value::Null);
-    match decide(engine, live, entry, StepStatus::Failed, result, Some(error)).await {
+    match decide(engine, live, entry, StepStatus::Failed, result, Some(error), None).await {
         Err(RunError::AlreadyDecided(_)) => Ok(()),
         other => other,
     }
@@ -363,19 +363,28 @@ fn arm_deadline(engine: &Arc<Engine>, live: &Arc<LiveRun>, entry: &JournalEntry)
 
 /// Ends a started entry someone outside the run was awaited for (`status`, `result`, `error`),
 /// and lets the run go on. Another end stored first wins (the journal keeps the first end of
-/// an entry): then [`RunError::AlreadyDecided`].
-async fn decide(
+/// an entry): then [`RunError::AlreadyDecided`]. `used`: the resume URL that decided it,
+/// recorded used in the same transaction, only if this end is the one stored.
+pub(super) async fn decide(
     engine: &Arc<Engine>,
     live: &Arc<LiveRun>,
     entry: JournalEntry,
     status: StepStatus,
     result: Value,
     error: Option<String>,
+    used: Option<&super::resume::Used>,
 ) -> Result<(), RunError> {
     let label = entry.label.clone();
-    let stored = finish_step(engine, live, entry, status, Some(result.clone()), error.clone()).await?;
+    let stored = finish_step_used(engine, live, entry, status, Some(result.clone()), error.clone(), used).await?;
     if stored.status != status || stored.result.as_ref() != Some(&result) || stored.error != error {
         return Err(RunError::AlreadyDecided(label));
+    }
+    // Two uses of one resume URL at once ask for the same end, and may write equal results:
+    // the one whose use was stored with the end decided it.
+    if let Some(used) = used {
+        if !used.is_stored(engine).await? {
+            return Err(RunError::AlreadyDecided(label));
+        }
     }
     // The step client may read the result at once, and its execution end and settle the
     // run, on another thread: `wake` decides on the run as it is under its lock.
@@ -459,9 +468,10 @@ async fn continue_step(
 }
 
 /// What a run awaiting `entry` shows as its `waitingFor`: the label, the kind and what the
-/// step asks (an approval's message; an input's prompt and schema).
+/// step asks (an approval's message; an input's prompt and schema). Also stored: the step's
+/// start (`startedAtMs`, not shown), from which its resume URLs are computed on each read.
 fn waiting_for(entry: &JournalEntry) -> Value {
-    let mut shown = json!({ "label": entry.label, "kind": entry.step_type.as_str() });
+    let mut shown = json!({ "label": entry.label, "kind": entry.step_type.as_str(), "startedAtMs": entry.started_at });
     for key in ["message", "prompt", "schema", "event"] {
         if let Some(value) = entry.config.get(key).filter(|v| !v.is_null()) {
             shown[key] = value.clone();
@@ -533,6 +543,19 @@ async fn finish_step(
     result: Option<Value>,
     error: Option<String>,
 ) -> Result<JournalEntry, RunError> {
+    finish_step_used(engine, live, entry, status, result, error, None).await
+}
+
+/// [`finish_step`], recording the resume URL `used` with the end if it is the one stored.
+async fn finish_step_used(
+    engine: &Engine,
+    live: &LiveRun,
+    entry: JournalEntry,
+    status: StepStatus,
+    result: Option<Value>,
+    error: Option<String>,
+    used: Option<&super::resume::Used>,
+) -> Result<JournalEntry, RunError> {
     let now = now_ms();
     let finished = JournalEntry {
         status,
@@ -542,7 +565,12 @@ async fn finish_step(
         duration_ms: Some(now - entry.started_at),
         ..entry
     };
-    engine.writer().write(super::events::finish_step(&finished)).await?;
+    let op = super::events::finish_step(&finished);
+    let op = match used {
+        Some(used) => crate::db::WriteOp::with_resume_token(op, used),
+        None => op,
+    };
+    engine.writer().write(op).await?;
     live.bump();
     stored(engine, &finished.run_id, &finished.label).await
 }

@@ -16,6 +16,7 @@
 //!   that decides what runs next;
 //! - [`events`]: what happened to a run, stored with each change, for its event stream;
 //! - [`view`]: runs and journal entries as the API (and the events) show them;
+//! - [`resume`]: the resume URLs of waiting steps: their tokens, and what using one does;
 //! - [`error`]: what can go wrong, typed.
 //!
 //! This file is the face the HTTP layer calls ([`RunManager`]), and the [`Engine`] the rooms
@@ -30,6 +31,7 @@ pub mod lifecycle;
 pub mod lint;
 pub mod live;
 pub mod model;
+pub mod resume;
 pub mod view;
 
 use std::path::PathBuf;
@@ -170,6 +172,14 @@ pub enum RunAction {
         /// Its payload (any JSON).
         payload: serde_json::Value,
     },
+    /// Do what a resume URL says to its step (see [`resume::act`]).
+    ResumeUrl {
+        /// The URL's token (it is its own credential; the node that holds the run checks it
+        /// again).
+        token: String,
+        /// What the caller posted (`null` for nothing).
+        body: serde_json::Value,
+    },
 }
 
 impl RunAction {
@@ -190,6 +200,10 @@ impl RunAction {
             ),
             RunAction::Event { name, payload } => {
                 (format!("/script-runs/{id}/events/{}", crate::names::path_segment(name)), payload.clone())
+            }
+            // The token in the body, not the path: a path may be logged on the way.
+            RunAction::ResumeUrl { token, body } => {
+                (format!("/script-runs/{id}/resume-url"), serde_json::json!({ "token": token, "body": body }))
             }
         }
     }
@@ -421,6 +435,28 @@ impl RunManager {
         self.act(id, RunAction::Event { name: name.to_string(), payload }, true).await
     }
 
+    /// What a resume URL would do (its run, step, action, expiry, and whether the step is
+    /// decided), changing nothing. A token this server did not sign, or of no step there is,
+    /// is [`RunError::ResumeUrlNotFound`]; one past its expiry [`RunError::ResumeUrlExpired`].
+    pub async fn describe_resume_url(&self, token: &str) -> Result<resume::Described, RunError> {
+        resume::describe(&self.engine, token).await
+    }
+
+    /// Does what a resume URL says (see [`resume::act`]) on the node that holds its run, and
+    /// describes its step afterwards. Refused as [`RunManager::describe_resume_url`] is; a
+    /// step already decided, or a URL already used, is [`RunError::AlreadyDecided`].
+    pub async fn use_resume_url(&self, token: &str, body: serde_json::Value) -> Result<resume::Described, RunError> {
+        let claims = resume::check(&self.engine, token)?;
+        self.act(&claims.run_id, RunAction::ResumeUrl { token: token.to_string(), body }, true).await?;
+        resume::describe(&self.engine, token).await
+    }
+
+    /// The resume URLs of the step a run waits for, when `resume.secret` is configured and the
+    /// run is `awaiting` (computed on each read: never stored).
+    pub fn resume_links(&self, run: &Run) -> Option<resume::Links> {
+        resume::links_of(&self.engine, run)
+    }
+
     /// Does `action` to the run. A run held by another node of the cluster is decided there:
     /// with `forward`, the request is sent to that node (its internal route), which answers
     /// once its decision is committed; the run is then read back. Without (the request came
@@ -436,6 +472,7 @@ impl RunManager {
                 journal::submit_input(engine, id, label, submission.clone()).await
             }
             RunAction::Event { name, payload } => journal::deliver_event(engine, id, name, payload.clone()).await,
+            RunAction::ResumeUrl { token, body } => resume::act(engine, token, body.clone()).await,
         };
         match done {
             Err(RunError::OnOtherNode { node, .. }) if forward => self.forward(id, &node, &action).await?,
