@@ -24,4 +24,5 @@ mod run_events;
 mod runs_api;
 mod runs_replay;
 mod spawn_pipes;
+mod step_retry;
 mod streams;

@@ -71,6 +71,36 @@ pub struct RecordRequest {
     pub duration_ms: Option<i64>,
 }
 
+/// `POST steps/{label}/attempts`: a try of a retried command step (`config.retry`) failed and
+/// another is due. The server journals it with the next try's time (from the step's backoff)
+/// and answers the entry ([`StepAnswer`], `nextAttemptAt` set); the client waits until then and
+/// runs attempt `attempt + 1`. The last try is recorded as the step (`POST steps`), not here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRequest {
+    /// The step type, as begun (`command`).
+    pub step_type: String,
+    /// The config, as begun.
+    #[serde(default)]
+    pub config: Value,
+    /// The number of the try that failed, from 1; the step's journaled attempts plus one (a
+    /// number already journaled is answered with the entry as it is).
+    pub attempt: u32,
+    /// Its exit code.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why it failed.
+    pub error: String,
+    /// The end of its stderr (the server keeps the last 4096 bytes).
+    #[serde(default)]
+    pub stderr_tail: String,
+    /// When it started, Unix ms.
+    pub started_at_ms: i64,
+    /// When it ended, Unix ms.
+    pub ended_at_ms: i64,
+}
+
 /// `{ok, step}`: the answer of `GET steps/{label}`, `POST steps` and `GET steps/{label}/wait`
 /// (a second writer of a label gets the first one's entry back).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

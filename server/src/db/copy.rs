@@ -525,6 +525,7 @@ mod tests {
                     started_at: 200 + s,
                     completed_at: Some(300 + s),
                     duration_ms: Some(100),
+                    attempts: Vec::new(),
                 })
                 .collect();
             writer.enqueue(WriteOp::insert_steps(&steps)).expect("enqueue");
