@@ -30,7 +30,7 @@ enum Command {
     /// Validate config.json and its scripts, print the scripts, exit non-zero on error.
     CheckConfig,
     /// Run one durable step of the workflow run this process belongs to (see `step --help`).
-    Step(StepArgs),
+    Step(Box<StepArgs>),
     /// Run an OOMOL flow (`flow run <flow.oo.yaml>`).
     #[command(subcommand)]
     Flow(FlowCommand),
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Step(args) => step::run(args),
+        Command::Step(args) => step::run(*args),
         Command::Block(args) => block(args),
         Command::Flow(FlowCommand::Run(opts)) => flow_cli::run(opts),
         Command::CheckConfig => with_config(cli.config, check_config),
