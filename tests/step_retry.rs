@@ -143,6 +143,43 @@ fn a_retry_interrupted_by_a_server_kill_waits_only_the_rest_and_runs_the_next_at
 }
 
 #[test]
+fn a_script_step_retry_interrupted_by_a_server_kill_submits_the_next_job_once_when_due() {
+    let (b, d) = builder();
+    let mut server = b
+        .workflows(json!({}))
+        .script("flaky", r#"date +%s%3N >> "$1"; n=$(wc -l < "$1"); [ "$n" -ge 2 ] || exit 3; echo ok"#)
+        .start();
+    let source = src(
+        &d,
+        "set -e\nscript-runner step s --script flaky --retry 2 --backoff 3s @D/count\necho '{\"done\": true}'\n",
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let waiting = server.wait_run_body(&id, "attempt 1 journaled", WAIT, |b| {
+        b["journal"].as_array().is_some_and(|j| {
+            j.iter().any(|e| e["stepKey"] == json!("s") && e["attempts"].as_array().is_some_and(|a| a.len() == 1))
+        })
+    });
+    let step = entry(&waiting, "s");
+    let due = step["result"]["nextAttemptAtMs"].as_i64().unwrap_or_else(|| panic!("no nextAttemptAtMs: {step}"));
+    let next_job = step["jobId"].as_str().unwrap().to_string();
+    assert_ne!(step["attempts"][0]["jobId"].as_str(), Some(next_job.as_str()), "{step}");
+
+    server.kill9();
+    server.restart();
+
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    let tries = lines(&d.join("count"));
+    assert_eq!(tries.len(), 2, "job 1 once, job 2 once: {tries:?}");
+    let second: i64 = tries[1].parse().unwrap();
+    assert!(second >= due, "the second job ran at {second}, before its journaled time {due}");
+    let step = entry(&body, "s");
+    assert_eq!(step["status"], json!("completed"), "{step}");
+    assert_eq!(step["jobId"], json!(next_job), "the journaled next job is the one that ran: {step}");
+    assert_eq!(attempts(step).len(), 1, "{step}");
+}
+
+#[test]
 fn a_command_step_time_out_kills_its_whole_process_group() {
     let (b, d) = builder();
     let server = b.workflows(json!({})).start();
@@ -164,6 +201,27 @@ echo '{"done": true}'
     assert_eq!(step["result"]["exitCode"], json!(124), "{step}");
     assert_eq!(step["config"]["timeoutMs"], json!(1000), "{step}");
     // The shell and the sleep it left behind (its child, in its group) are both gone.
+    assert!(wait_gone(&pids, WAIT).is_empty(), "left alive: {pids:?}");
+}
+
+#[test]
+fn cancelling_a_run_stops_the_process_group_of_its_running_command_step() {
+    // The command leads its own process group (so a time-out can stop its children): the
+    // run's stop reaches it through the step client, which stops that group before it ends.
+    let (b, d) = builder();
+    let server = b.workflows(json!({})).start();
+    let source = src(
+        &d,
+        r#"script-runner step slow -- sh -c 'sleep 1000 & echo $! > @D/pids; echo $$ >> @D/pids; wait'
+echo '{"done": true}'
+"#,
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let pids = read_pids(&d.join("pids"), 2, WAIT);
+    let r = server.request("DELETE", &format!("/api/script-runs/{id}"), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.text);
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("cancelled"), "{body}");
     assert!(wait_gone(&pids, WAIT).is_empty(), "left alive: {pids:?}");
 }
 

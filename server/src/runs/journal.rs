@@ -717,7 +717,7 @@ async fn finish_script_step(
     let error = (!succeeded).then(|| match job.code {
         _ if timed_out => format!(
             "timed out after {} (job {} cancelled)",
-            humantime::format_duration(Duration::from_millis(timeout.unwrap_or(0))),
+            script_runner_client::show_duration(Duration::from_millis(timeout.unwrap_or(0))),
             job.id
         ),
         Some(code) if code >= 0 => format!("job {} {} with exit code {code}", job.id, job.status.as_str()),
