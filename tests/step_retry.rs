@@ -25,6 +25,10 @@ fn src(dir: &Path, template: &str) -> String {
     template.replace("@D", dir.to_str().unwrap())
 }
 
+fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap()
+}
+
 /// The attempts of a journal entry.
 fn attempts(step: &Value) -> &Vec<Value> {
     step["attempts"].as_array().unwrap_or_else(|| panic!("no attempts array: {step}"))
@@ -106,12 +110,13 @@ echo '{{"done": true}}'
 
 #[test]
 fn a_retry_interrupted_by_a_server_kill_waits_only_the_rest_and_runs_the_next_attempt_once() {
+    const BACKOFF_MS: i64 = 6000;
     let (b, d) = builder();
     let mut server = b.workflows(json!({})).start();
     let source = src(
         &d,
         &format!(
-            "set -e\nscript-runner step flaky --retry 3 --backoff 3s -- {}\necho '{{\"done\": true}}'\n",
+            "set -e\nscript-runner step flaky --retry 3 --backoff 6s -- {}\necho '{{\"done\": true}}'\n",
             flaky(2)
         ),
     );
@@ -127,7 +132,14 @@ fn a_retry_interrupted_by_a_server_kill_waits_only_the_rest_and_runs_the_next_at
     let due = step["result"]["nextAttemptAtMs"].as_i64().unwrap_or_else(|| panic!("no nextAttemptAtMs: {step}"));
 
     server.kill9();
+    // Down for half the backoff: a fresh backoff begun after the restart would end well after
+    // the journaled time (no test time is lost: the backoff lasts that long anyway).
+    let up_at = due - BACKOFF_MS / 2;
+    if now_ms() < up_at {
+        std::thread::sleep(Duration::from_millis(u64::try_from(up_at - now_ms()).unwrap()));
+    }
     server.restart();
+    let restarted_ms = now_ms();
 
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("completed"), "{body}");
@@ -136,6 +148,11 @@ fn a_retry_interrupted_by_a_server_kill_waits_only_the_rest_and_runs_the_next_at
     assert_eq!(tries.len(), 2, "attempt 1 once, attempt 2 once: {tries:?}");
     let second: i64 = tries[1].parse().unwrap();
     assert!(second >= due, "attempt 2 ran at {second}, before its journaled time {due}");
+    assert!(
+        second < restarted_ms + BACKOFF_MS,
+        "attempt 2 ran {} ms after the restart: it waited a whole backoff again",
+        second - restarted_ms
+    );
     let step = entry(&body, "flaky");
     assert_eq!(step["status"], json!("completed"), "{step}");
     assert_eq!(attempts(step).len(), 1, "{step}");

@@ -169,6 +169,29 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_request_is_written_with_the_protocols_names() {
+        let attempt = AttemptRequest {
+            step_type: "command".into(),
+            config: json!({ "command": ["false"], "retry": 2 }),
+            attempt: 1,
+            exit_code: Some(1),
+            error: "exit code 1".into(),
+            stderr_tail: "boom\n".into(),
+            started_at_ms: 10,
+            ended_at_ms: 20,
+        };
+        let text = serde_json::to_value(&attempt).expect("serialise");
+        assert_eq!(
+            (&text["stderrTail"], &text["startedAtMs"], &text["exitCode"]),
+            (&json!("boom\n"), &json!(10), &json!(1))
+        );
+        assert_eq!(serde_json::from_value::<AttemptRequest>(text).expect("read back"), attempt);
+        // A negative attempt number is no attempt.
+        let bad = json!({ "stepType": "command", "attempt": -1, "error": "x", "startedAtMs": 0, "endedAtMs": 0 });
+        assert!(serde_json::from_value::<AttemptRequest>(bad).is_err());
+    }
+
+    #[test]
     fn progress_takes_no_negative_numbers() {
         assert!(serde_json::from_value::<ProgressRequest>(json!({ "current": -1, "total": 3 })).is_err());
         let p: ProgressRequest = serde_json::from_value(json!({ "current": 1, "total": 3 })).expect("progress");
