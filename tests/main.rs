@@ -27,4 +27,5 @@ mod runs_api;
 mod runs_replay;
 mod spawn_pipes;
 mod step_key;
+mod step_retry;
 mod streams;

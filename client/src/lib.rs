@@ -9,4 +9,7 @@ pub mod workflow;
 
 pub use http::{query, segment, HttpError, Server, CONNECT_TIMEOUT, DEFAULT_URL};
 pub use script_runner_wire as wire;
-pub use workflow::{Approval, ClientError, CommandResult, ScriptResult, Workflow, MAX_CAPTURE_BYTES};
+pub use workflow::{
+    show_duration, Approval, ClientError, CommandResult, ScriptResult, StepOptions, Workflow, KILL_GRACE,
+    MAX_CAPTURE_BYTES, TIMED_OUT_EXIT_CODE,
+};

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use script_runner_wire::runs::StepView;
 use script_runner_wire::steps::{
-    step_key, Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer, STEP_KEY_ENV,
+    step_key, Action, AttemptRequest, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer,
+    STEP_KEY_ENV,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -125,6 +126,57 @@ impl ScriptResult {
             stdout: text("stdout"),
             stderr: text("stderr"),
         }
+    }
+}
+
+/// How a command or script step is tried again and timed out (`--retry`, `--backoff`,
+/// `--timeout`). Part of the step's journaled config: a replay with other options diverges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Tries after the first when a try fails (0: none; the server takes 1 to 100).
+    pub retry: u32,
+    /// The wait before the first retry, doubled each retry (`None`: the server's 1 s).
+    pub backoff: Option<Duration>,
+    /// The longest wait between tries (`None`: the server's 1 min, or the backoff if longer).
+    pub backoff_max: Option<Duration>,
+    /// A try still running this long is stopped (its process group: SIGTERM, SIGKILL after
+    /// [`KILL_GRACE`]) and fails as timed out.
+    pub timeout: Option<Duration>,
+}
+
+impl StepOptions {
+    /// Adds the options to a step's config (nothing for the defaults, so a step without
+    /// options keeps the config it always had).
+    fn add_to(&self, config: &mut Value) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.retry > 0 {
+            config["retry"] = json!(self.retry);
+            if let Some(backoff) = self.backoff {
+                config["backoffMs"] = json!(ms(backoff));
+            }
+            if let Some(max) = self.backoff_max {
+                config["backoffMaxMs"] = json!(ms(max));
+            }
+        }
+        if let Some(timeout) = self.timeout {
+            config["timeoutMs"] = json!(ms(timeout));
+        }
+    }
+}
+
+/// Time between SIGTERM and SIGKILL to a timed-out command step's process group.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// The exit code of a command step try stopped by its time-out (as coreutils' `timeout`).
+pub const TIMED_OUT_EXIT_CODE: i32 = 124;
+
+/// A duration as a step's error shows it: `2s`, `1500ms`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -230,25 +282,81 @@ impl Workflow {
     /// A non-zero exit is journaled as a failed step and replays as the same failure: the
     /// result is returned either way, so the caller decides what a failure means.
     pub fn command<S: AsRef<str>>(&self, label: &str, argv: &[S]) -> Result<CommandResult, ClientError> {
+        self.command_with(label, argv, &StepOptions::default())
+    }
+
+    /// [`Workflow::command`] with retries and a time-out. Each command runs as the leader of
+    /// its own process group. A try that fails (non-zero exit, or stopped by the time-out:
+    /// exit code 124, error `timed out after <d>`) with tries left is journaled as an attempt
+    /// (exit code, error, stderr tail, times) together with when the next try is due; this
+    /// process then waits until then. A restarted run resumes here: it waits only what is left
+    /// and runs the next attempt number, never one journaled as failed (an attempt that was
+    /// running when the run stopped was not journaled, and is the one run again). The last
+    /// try's result is the step's.
+    pub fn command_with<S: AsRef<str>>(
+        &self,
+        label: &str,
+        argv: &[S],
+        options: &StepOptions,
+    ) -> Result<CommandResult, ClientError> {
         let argv: Vec<String> = argv.iter().map(|a| a.as_ref().to_string()).collect();
         if argv.is_empty() {
             return Err(ClientError::Protocol("a command step needs a command".into()));
         }
-        let config = json!({ "command": argv });
-        match self.begin(label, "command", config.clone())? {
-            Next::Done(step) | Next::Resume(step) => Ok(command_result(&step.result, true)),
-            Next::Execute => {
-                let started = Instant::now();
-                let ran = run_captured(&argv, &step_key(&self.run_id, label));
+        let mut config = json!({ "command": argv });
+        options.add_to(&mut config);
+        let mut attempt = match self.begin(label, "command", config.clone())? {
+            Next::Done(step) => return Ok(command_result(&step.result, true)),
+            Next::Resume(step) if step.status != "started" => return Ok(command_result(&step.result, true)),
+            Next::Resume(step) => next_attempt(&step),
+            Next::Execute => 1,
+        };
+        let started = Instant::now();
+        loop {
+            let began = now_ms();
+            let ran = run_captured(&argv, &step_key(&self.run_id, label), options.timeout);
+            let error = match (ran.timed_out, options.timeout) {
+                (true, Some(t)) => Some(format!("timed out after {}", show_duration(t))),
+                _ if ran.exit_code != 0 => Some(format!("exit code {}", ran.exit_code)),
+                _ => None,
+            };
+            let last = options.retry == 0 || attempt > options.retry;
+            let Some(message) = error.clone().filter(|_| !last) else {
                 let result = json!({ "exitCode": ran.exit_code, "stdout": ran.stdout, "stderr": ran.stderr });
-                let (status, error) = if ran.exit_code == 0 {
-                    ("completed", None)
-                } else {
-                    ("failed", Some(format!("exit code {}", ran.exit_code)))
-                };
+                let status = if error.is_none() { "completed" } else { "failed" };
                 let step = self.record(label, "command", config, status, Some(result), error, started)?;
                 // Another writer may have won the label: its result is the journaled one.
-                Ok(command_result(&step.result, false))
+                return Ok(command_result(&step.result, false));
+            };
+            let body = AttemptRequest {
+                step_type: "command".into(),
+                config: config.clone(),
+                attempt,
+                exit_code: Some(i64::from(ran.exit_code)),
+                error: message,
+                stderr_tail: tail(&ran.stderr, 4096),
+                started_at_ms: began,
+                ended_at_ms: now_ms(),
+            };
+            let path = format!("steps/{}/attempts", encode(label));
+            let step = self.call::<StepAnswer>("POST", &path, Some(&body), STEP_ROUTE_LIMIT)?.step;
+            if step.status != "started" {
+                return Ok(command_result(&step.result, true));
+            }
+            attempt = next_attempt(&step);
+            // Before the next try, the entry again, with this execution's token: a server
+            // that restarted meanwhile has replaced this execution (its token is refused, and
+            // this process is stopped) and another execution runs the next try, once.
+            let path = format!("steps/{}", encode(label));
+            let now = self.call::<StepAnswer>("GET", &path, None::<&Value>, STEP_ROUTE_LIMIT)?.step;
+            if now.status != "started" {
+                return Ok(command_result(&now.result, true));
+            }
+            if u32::try_from(now.attempts.len()).ok().map(|n| n + 1) != Some(attempt) {
+                return Err(ClientError::Protocol(format!(
+                    "step {label:?}: attempt {attempt} is no longer the next one ({} journaled)",
+                    now.attempts.len()
+                )));
             }
         }
     }
@@ -257,8 +365,23 @@ impl Workflow {
     /// `POST /run`; its process gets `SCRIPT_STEP_KEY=<runId>:<label>`). A replay waits for
     /// the same job; it never starts a second one.
     pub fn script<S: AsRef<str>>(&self, label: &str, script_id: &str, args: &[S]) -> Result<ScriptResult, ClientError> {
+        self.script_with(label, script_id, args, &StepOptions::default())
+    }
+
+    /// [`Workflow::script`] with retries and a time-out, both run by the server: each try is
+    /// a new job (its id journaled in the attempt), a try whose job is still running at the
+    /// time-out (counted from its submission) is cancelled, and the wait between tries is
+    /// journaled, so a restart of the server waits only what is left of it.
+    pub fn script_with<S: AsRef<str>>(
+        &self,
+        label: &str,
+        script_id: &str,
+        args: &[S],
+        options: &StepOptions,
+    ) -> Result<ScriptResult, ClientError> {
         let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-        let config = json!({ "scriptId": script_id, "args": args });
+        let mut config = json!({ "scriptId": script_id, "args": args });
+        options.add_to(&mut config);
         let step = match self.begin(label, "script", config)? {
             Next::Done(step) | Next::Resume(step) => step,
             Next::Execute => return Err(ClientError::Protocol("the server did not run the script step".into())),
@@ -487,6 +610,27 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The attempt a resumed, retried command step runs: the one after those journaled, once
+/// the journaled time for it has come (a restart waits only what is left).
+fn next_attempt(step: &StepView) -> u32 {
+    if let Some(at) = step.result.get("nextAttemptAtMs").and_then(Value::as_i64) {
+        let left = at - now_ms();
+        if left > 0 {
+            std::thread::sleep(Duration::from_millis(left.unsigned_abs()));
+        }
+    }
+    u32::try_from(step.attempts.len()).unwrap_or(u32::MAX).saturating_add(1)
+}
+
+/// The last at most `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> String {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
 fn command_result(result: &Value, replayed: bool) -> CommandResult {
     let text = |key: &str| result.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
     CommandResult {
@@ -502,15 +646,23 @@ struct Captured {
     exit_code: i32,
     stdout: String,
     stderr: String,
+    /// Stopped by its time-out.
+    timed_out: bool,
 }
 
-/// Runs argv with stdin from /dev/null and its step's idempotency key in
-/// [`STEP_KEY_ENV`], keeping at most [`MAX_CAPTURE_BYTES`] of each stream.
-fn run_captured(argv: &[String], key: &str) -> Captured {
-    use std::os::unix::process::ExitStatusExt;
+/// Runs argv as the leader of a new process group, with stdin from /dev/null and its step's
+/// idempotency key in [`STEP_KEY_ENV`], keeping at most [`MAX_CAPTURE_BYTES`] of each stream. With a `timeout`, a command still running then
+/// is stopped: SIGTERM to its group, SIGKILL to the group after [`KILL_GRACE`] (exit code
+/// [`TIMED_OUT_EXIT_CODE`]). SIGTERM, SIGINT or SIGHUP sent to this process meanwhile (a
+/// cancelled run) stops the group the same way, then this process ends by that signal: the
+/// command's group is not the run's, so it would not get the run's signal itself.
+fn run_captured(argv: &[String], key: &str, timeout: Option<Duration>) -> Captured {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let guard = SignalGuard::block();
     let mut child = match Command::new(&argv[0])
         .args(&argv[1..])
         .env(STEP_KEY_ENV, key)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -522,18 +674,112 @@ fn run_captured(argv: &[String], key: &str) -> Captured {
                 exit_code: 127,
                 stdout: String::new(),
                 stderr: format!("cannot start {}: {e}\n", argv[0]),
+                timed_out: false,
             }
         }
     };
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let err_pipe = child.stderr.take();
     let err_reader = std::thread::spawn(move || err_pipe.map(read_capped).unwrap_or_default());
-    let stdout = child.stdout.take().map(read_capped).unwrap_or_default();
+    let out_pipe = child.stdout.take();
+    let out_reader = std::thread::spawn(move || out_pipe.map(read_capped).unwrap_or_default());
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    let mut stopped_by = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        stopped_by = guard.as_ref().and_then(SignalGuard::received);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            timed_out = true;
+        }
+        if timed_out || stopped_by.is_some() {
+            break stop_group(&mut child, group);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
-    let exit_code = match child.wait() {
+    if let Some(signal) = stopped_by {
+        drop(guard);
+        let _ = nix::sys::signal::raise(signal);
+    }
+    let exit_code = match status {
+        _ if timed_out => TIMED_OUT_EXIT_CODE,
         Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
         Err(_) => 1,
     };
-    Captured { exit_code, stdout, stderr }
+    Captured { exit_code, stdout, stderr, timed_out }
+}
+
+/// Stops a command's process group: SIGTERM, then SIGKILL once the group is gone or
+/// [`KILL_GRACE`] has passed, and reaps the leader. The leader exiting does not mean the
+/// group has: its children are waited for too.
+fn stop_group(child: &mut std::process::Child, group: nix::unistd::Pid) -> std::io::Result<std::process::ExitStatus> {
+    use nix::sys::signal::{killpg, Signal};
+    let _ = killpg(group, Signal::SIGTERM);
+    let grace = Instant::now() + KILL_GRACE;
+    let mut status = None;
+    while Instant::now() < grace {
+        if status.is_none() {
+            status = child.try_wait()?;
+        }
+        // Signal 0: does any process of the group remain?
+        if status.is_some() && killpg(group, None).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    match status {
+        Some(status) => Ok(status),
+        None => child.wait(),
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP held back from this thread while a command step runs (and read
+/// through a signalfd), so that a stop of the run stops the command's group before this
+/// process ends. Dropping it lets them through again.
+struct SignalGuard {
+    fd: nix::sys::signalfd::SignalFd,
+    old: nix::sys::signal::SigSet,
+}
+
+impl SignalGuard {
+    /// Holds the signals back; `None` if that is not possible (they then act as before).
+    fn block() -> Option<SignalGuard> {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = SigSet::empty();
+        for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(signal);
+        }
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old)).ok()?;
+        match SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => Some(SignalGuard { fd, old }),
+            Err(_) => {
+                let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+                None
+            }
+        }
+    }
+
+    /// A signal received since, if any.
+    fn received(&self) -> Option<nix::sys::signal::Signal> {
+        let info = self.fd.read_signal().ok().flatten()?;
+        nix::sys::signal::Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::SigmaskHow;
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+    }
 }
 
 fn read_capped(mut pipe: impl Read) -> String {

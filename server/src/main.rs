@@ -30,7 +30,7 @@ enum Command {
     /// Validate config.json and its scripts, print the scripts, exit non-zero on error.
     CheckConfig,
     /// Run one durable step of the workflow run this process belongs to (see `step --help`).
-    Step(StepArgs),
+    Step(Box<StepArgs>),
     /// Run an OOMOL flow (`flow run <flow.oo.yaml>`).
     #[command(subcommand)]
     Flow(FlowCommand),
@@ -96,7 +96,8 @@ enum FlowCommand {
 /// a server-side job), `--value '<json>'`, `--value-from -- <cmd>`, `--sleep <duration>`,
 /// `--approval "<message>"`, `--input "<prompt>" [--schema '<json schema>']` (prints the value
 /// submitted, as JSON), `--wait-event <name> [--timeout <duration>]` (prints the event's payload,
-/// as JSON; exits 1 when it timed out). `--progress N/M ["message"]` reports progress (with or without a
+/// as JSON; exits 1 when it timed out). Command and `--script` steps take `--retry N
+/// [--backoff 1s[:1m]]` and `--timeout <duration>`. `--progress N/M ["message"]` reports progress (with or without a
 /// step). Exit status: the command's (or job's) exit code; 0 approved / 1 denied; 2 for a usage
 /// error; 3 when the step could not be run (server error, diverged replay, guardrail).
 #[derive(Args, Debug)]
@@ -128,9 +129,17 @@ pub struct StepArgs {
     /// payload as JSON.
     #[arg(long, value_name = "NAME")]
     wait_event: Option<String>,
-    /// How long a `--wait-event` step waits before it fails (e.g. 30s, 2h; none: for ever).
+    /// How long a `--wait-event` step waits before it fails (e.g. 30s, 2h; none: for ever); on
+    /// a command or `--script` step, how long each try may run before it is stopped and fails.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
+    /// Try a failing command or `--script` step again, up to N more times (1 to 100).
+    #[arg(long, value_name = "N")]
+    retry: Option<String>,
+    /// The wait before the first retry, doubled each retry, and optionally its cap:
+    /// `1s` or `1s:1m` (default `1s:1m`).
+    #[arg(long, value_name = "FIRST[:MAX]")]
+    backoff: Option<String>,
     /// The JSON schema an `--input` value must match.
     #[arg(long, value_name = "JSON_SCHEMA")]
     schema: Option<String>,
@@ -146,7 +155,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Step(args) => step::run(args),
+        Command::Step(args) => step::run(*args),
         Command::Block(args) => block(args),
         Command::Flow(FlowCommand::Run(opts)) => flow_cli::run(opts),
         Command::CheckConfig => with_config(cli.config, check_config),

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use script_runner_client::{ClientError, ScriptResult, Workflow};
+use script_runner_client::{ClientError, ScriptResult, StepOptions, Workflow};
 use script_runner_wire::steps::{step_key, STEP_KEY_ENV};
 use serde_json::Value;
 
@@ -15,8 +15,8 @@ const USAGE: u8 = 2;
 const NOT_RUN: u8 = 3;
 
 enum Kind {
-    Command(Vec<String>),
-    Script(String, Vec<String>),
+    Command(Vec<String>, StepOptions),
+    Script(String, Vec<String>, StepOptions),
     Value(Value),
     ValueFrom(Vec<String>),
     Sleep(Duration),
@@ -58,13 +58,13 @@ fn execute(args: StepArgs) -> Result<ExitCode, ClientError> {
     let label = args.label.as_deref().unwrap_or_default();
     match kind {
         Kind::ProgressOnly => Ok(ExitCode::SUCCESS),
-        Kind::Command(argv) => {
-            let result = wf.command(label, &argv)?;
+        Kind::Command(argv, options) => {
+            let result = wf.command_with(label, &argv, &options)?;
             print!("{}", result.stdout);
             eprint!("{}", result.stderr);
             Ok(exit_code(i64::from(result.exit_code)))
         }
-        Kind::Script(id, script_args) => match wf.script(label, &id, &script_args) {
+        Kind::Script(id, script_args, options) => match wf.script_with(label, &id, &script_args, &options) {
             Ok(result) => {
                 print!("{}", result.stdout);
                 eprint!("{}", result.stderr);
@@ -152,8 +152,15 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
     if args.wait_event.is_some() {
         kinds.push("--wait-event");
     }
-    if args.timeout.is_some() && args.wait_event.is_none() {
-        return Err("--timeout goes with --wait-event".into());
+    let runs_something = args.script.is_some() || (kinds.is_empty() && !args.command.is_empty());
+    if args.timeout.is_some() && args.wait_event.is_none() && !runs_something {
+        return Err("--timeout goes with a command step, --script or --wait-event".into());
+    }
+    if (args.retry.is_some() || args.backoff.is_some()) && !runs_something {
+        return Err("--retry and --backoff go with a command step or --script".into());
+    }
+    if args.backoff.is_some() && args.retry.is_none() {
+        return Err("--backoff goes with --retry".into());
     }
     if args.schema.is_some() && args.input.is_none() {
         return Err("--schema goes with --input".into());
@@ -172,7 +179,9 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
         return Err("a step needs a label: script-runner step <label> -- <cmd> [args]".into());
     }
     let kind = match (kinds.first().copied(), args.command.is_empty()) {
-        (Some("--script"), true) => Kind::Script(args.script.clone().unwrap_or_default(), args.script_args.clone()),
+        (Some("--script"), true) => {
+            Kind::Script(args.script.clone().unwrap_or_default(), args.script_args.clone(), step_options(args)?)
+        }
         (Some("--value"), true) => {
             let text = args.value.as_deref().unwrap_or_default();
             Kind::Value(serde_json::from_str(text).map_err(|e| format!("--value is not JSON: {e}"))?)
@@ -196,7 +205,7 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
             Kind::Input(args.input.clone().unwrap_or_default(), schema)
         }
         (Some(other), false) => return Err(format!("{other} takes no command after --")),
-        (None, false) => Kind::Command(args.command.clone()),
+        (None, false) => Kind::Command(args.command.clone(), step_options(args)?),
         (None, true) if args.progress.is_some() => Kind::ProgressOnly,
         (None, true) | (Some(_), true) => return Err(
             "what should the step do? give -- <cmd>, --script, --value, --sleep, --approval, --input or --wait-event"
@@ -204,6 +213,49 @@ fn kind(args: &StepArgs) -> Result<Kind, String> {
         ),
     };
     Ok(kind)
+}
+
+/// Most retries of a step (the server's bound too).
+const MAX_RETRIES: u32 = 100;
+/// Longest backoff, backoff cap or time-out of a step (the server's bound too): a day.
+const MAX_STEP_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// `--retry N`, `--backoff FIRST[:MAX]` and `--timeout` of a command or script step.
+fn step_options(args: &StepArgs) -> Result<StepOptions, String> {
+    let bounded = |flag: &str, text: &str| -> Result<Duration, String> {
+        let d = parse_duration(text).map_err(|e| format!("{flag}: {e}"))?;
+        if d < Duration::from_millis(1) || d > MAX_STEP_DURATION {
+            return Err(format!("{flag} {text:?}: must be from 1ms to 24h"));
+        }
+        Ok(d)
+    };
+    let mut options = StepOptions::default();
+    if let Some(text) = &args.retry {
+        options.retry = text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_RETRIES).contains(n))
+            .ok_or_else(|| format!("--retry {text:?}: expected a whole number from 1 to {MAX_RETRIES}"))?;
+    }
+    if let Some(text) = &args.backoff {
+        let (first, max) = match text.split_once(':') {
+            Some((first, max)) => (first, Some(max.trim_start_matches("max").trim())),
+            None => (text.as_str(), None),
+        };
+        options.backoff = Some(bounded("--backoff", first)?);
+        if let Some(max) = max {
+            let max = bounded("--backoff max", max)?;
+            if Some(max) < options.backoff {
+                return Err(format!("--backoff {text:?}: the cap is below the first wait"));
+            }
+            options.backoff_max = Some(max);
+        }
+    }
+    if let Some(text) = &args.timeout {
+        options.timeout = Some(bounded("--timeout", text)?);
+    }
+    Ok(options)
 }
 
 fn parse_progress(text: &str) -> Option<(u64, u64)> {

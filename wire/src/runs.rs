@@ -266,6 +266,41 @@ pub struct StepView {
     /// How long it took.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub duration_ms: Option<i64>,
+    /// A retried step's failed attempts, oldest first (`--retry N`); empty when it was never
+    /// retried. The step's `result` and `error` are its last attempt's.
+    #[serde(default)]
+    pub attempts: Vec<StepAttempt>,
+    /// While a retried step waits between tries: when the next try is due (ISO time); a
+    /// restarted run waits only what is left of it. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub next_attempt_at: Option<String>,
+}
+
+/// One failed try of a retried step, as journaled before the next try.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct StepAttempt {
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// Always `failed` (a try that succeeded is the step's result).
+    pub status: String,
+    /// Its exit code (a script step's job code; null when the job had none).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub exit_code: Option<i64>,
+    /// Why it failed (`exit code 3`, `timed out after 2s`, `job ... failed with exit code 1`).
+    pub error: String,
+    /// The last (at most 4096) bytes of its stderr.
+    pub stderr_tail: String,
+    /// ISO time.
+    pub started_at: String,
+    /// ISO time.
+    pub ended_at: String,
+    /// The job of a script step's attempt (absent for a command step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub job_id: Option<String>,
 }
 
 /// `{ok, run}`: the answer of the routes that return one run (a launch whose idempotency key

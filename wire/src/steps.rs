@@ -82,6 +82,36 @@ pub struct RecordRequest {
     pub duration_ms: Option<i64>,
 }
 
+/// `POST steps/{label}/attempts`: a try of a retried command step (`config.retry`) failed and
+/// another is due. The server journals it with the next try's time (from the step's backoff)
+/// and answers the entry ([`StepAnswer`], `nextAttemptAt` set); the client waits until then and
+/// runs attempt `attempt + 1`. The last try is recorded as the step (`POST steps`), not here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRequest {
+    /// The step type, as begun (`command`).
+    pub step_type: String,
+    /// The config, as begun.
+    #[serde(default)]
+    pub config: Value,
+    /// The number of the try that failed, from 1; the step's journaled attempts plus one (a
+    /// number already journaled is answered with the entry as it is).
+    pub attempt: u32,
+    /// Its exit code.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why it failed.
+    pub error: String,
+    /// The end of its stderr (the server keeps the last 4096 bytes).
+    #[serde(default)]
+    pub stderr_tail: String,
+    /// When it started, Unix ms.
+    pub started_at_ms: i64,
+    /// When it ended, Unix ms.
+    pub ended_at_ms: i64,
+}
+
 /// `{ok, step}`: the answer of `GET steps/{label}`, `POST steps` and `GET steps/{label}/wait`
 /// (a second writer of a label gets the first one's entry back).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +177,29 @@ mod tests {
             serde_json::from_value(json!({ "stepKey": "v", "stepType": "value", "status": "completed" }))
                 .expect("minimal");
         assert_eq!((minimal.config, minimal.result, minimal.duration_ms), (Value::Null, None, None));
+    }
+
+    #[test]
+    fn an_attempt_request_is_written_with_the_protocols_names() {
+        let attempt = AttemptRequest {
+            step_type: "command".into(),
+            config: json!({ "command": ["false"], "retry": 2 }),
+            attempt: 1,
+            exit_code: Some(1),
+            error: "exit code 1".into(),
+            stderr_tail: "boom\n".into(),
+            started_at_ms: 10,
+            ended_at_ms: 20,
+        };
+        let text = serde_json::to_value(&attempt).expect("serialise");
+        assert_eq!(
+            (&text["stderrTail"], &text["startedAtMs"], &text["exitCode"]),
+            (&json!("boom\n"), &json!(10), &json!(1))
+        );
+        assert_eq!(serde_json::from_value::<AttemptRequest>(text).expect("read back"), attempt);
+        // A negative attempt number is no attempt.
+        let bad = json!({ "stepType": "command", "attempt": -1, "error": "x", "startedAtMs": 0, "endedAtMs": 0 });
+        assert!(serde_json::from_value::<AttemptRequest>(bad).is_err());
     }
 
     #[test]

@@ -561,6 +561,7 @@ mod tests {
                     started_at: 200 + s,
                     completed_at: Some(300 + s),
                     duration_ms: Some(100),
+                    attempts: Vec::new(),
                 })
                 .collect();
             let insert = WriteOp::insert_steps(&steps);

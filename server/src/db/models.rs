@@ -206,6 +206,8 @@ pub struct StepRow {
     pub completed_at: Option<i64>,
     /// Milliseconds the step took.
     pub duration_ms: Option<i64>,
+    /// A retried step's failed attempts (JSON array), `[]` when it was never retried.
+    pub attempts: String,
 }
 
 /// A `script_run_events` row: one event of a run, as stored (and streamed).

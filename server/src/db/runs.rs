@@ -123,7 +123,11 @@ impl TryFrom<StepRow> for JournalEntry {
         };
         let step_type = StepType::parse(&row.step_type).ok_or_else(|| unknown("step type", &row.step_type))?;
         let status = StepStatus::parse(&row.status).ok_or_else(|| unknown("status", &row.status))?;
+        let attempts = serde_json::from_str(&row.attempts).map_err(|e| {
+            StoreError::Decode(format!("step {:?} of run {} has unreadable attempts: {e}", row.step_key, row.run_id))
+        })?;
         Ok(JournalEntry {
+            attempts,
             step_type,
             status,
             config: from_text(&row.config),
@@ -156,6 +160,7 @@ impl From<&JournalEntry> for StepRow {
             started_at: entry.started_at,
             completed_at: entry.completed_at,
             duration_ms: entry.duration_ms,
+            attempts: serde_json::to_string(&entry.attempts).unwrap_or_else(|_| "[]".into()),
         }
     }
 }
@@ -209,6 +214,17 @@ impl WriteOp {
     pub fn finish_step(entry: &JournalEntry) -> WriteOp {
         WriteOp::FinishStep(Box::new(StepRow::from(entry)))
     }
+
+    /// Journals a failed attempt of a started, retried entry: its new `attempts`, `result`
+    /// (the next try's time) and `job_id` (a script step's next job), stored only if the entry
+    /// is still started with the attempts `before` (a second writer of the same attempt
+    /// changes nothing).
+    pub fn retry_step(entry: &JournalEntry, before: &[crate::runs::model::Attempt]) -> WriteOp {
+        WriteOp::RetryStep {
+            row: Box::new(StepRow::from(entry)),
+            before: serde_json::to_string(before).unwrap_or_else(|_| "[]".into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +272,7 @@ mod tests {
             started_at: 5,
             completed_at: Some(9),
             duration_ms: Some(4),
+            attempts: Vec::new(),
         };
         assert_eq!(JournalEntry::try_from(StepRow::from(&entry)).expect("a step row decodes"), entry);
         let row = StepRow { step_type: "teleport".into(), ..StepRow::from(&entry) };

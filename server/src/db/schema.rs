@@ -100,6 +100,7 @@ diesel::table! {
         started_at -> BigInt,
         completed_at -> Nullable<BigInt>,
         duration_ms -> Nullable<BigInt>,
+        attempts -> Text,
     }
 }
 

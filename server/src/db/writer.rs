@@ -122,6 +122,15 @@ pub enum WriteOp {
         /// The labels of the failed entries moved out of the journal.
         dropped: Vec<String>,
     },
+    /// Journal a failed attempt of a `started` entry (its `attempts`, `result` and `job_id`),
+    /// only while it is started with the attempts `before` (JSON text): the first writer of
+    /// an attempt wins.
+    RetryStep {
+        /// The entry with its new attempts.
+        row: Box<StepRow>,
+        /// Its stored attempts the change was made from.
+        before: String,
+    },
     /// Nothing: waiting for it waits for every earlier write.
     Flush,
     /// A write and the events that report it, in one transaction: the events are stored only
@@ -183,7 +192,7 @@ impl WriteOp {
             WriteOp::RetryRun { run, .. } => &run.id,
             // A run's journal goes with the run (its rows reference the run's row).
             WriteOp::InsertSteps(rows) => rows.first().map_or("", |row| row.run_id.as_str()),
-            WriteOp::FinishStep(row) => &row.run_id,
+            WriteOp::FinishStep(row) | WriteOp::RetryStep { row, .. } => &row.run_id,
             WriteOp::Import { .. } | WriteOp::Flush => "",
             WriteOp::WithEvents { op, .. } | WriteOp::WithCallback { op, .. } | WriteOp::WithResumeToken { op, .. } => {
                 op.key()
@@ -1051,6 +1060,7 @@ fn describe(op: &WriteOp) -> String {
         WriteOp::RetryRun { run, dropped } => {
             format!("retry run {} (dropping {} failed journal entries)", run.id, dropped.len())
         }
+        WriteOp::RetryStep { row, .. } => format!("journal an attempt of step {} of run {}", row.step_key, row.run_id),
         WriteOp::Flush => "flush".to_string(),
         WriteOp::WithCallback { op, callback } => format!("{} with callback {}", describe(op), callback.id),
         WriteOp::UpdateCallback(row) => format!("update callback {} (state {})", row.id, row.state),
@@ -1184,6 +1194,18 @@ fn apply_counted(conn: &mut DbConnection, op: &WriteOp) -> QueryResult<usize> {
                     .filter(j::step_key.eq_any(dropped))
                     .filter(j::status.eq("failed")),
             )
+            .execute(conn)?;
+        }
+        WriteOp::RetryStep { row, before } => {
+            use script_run_journal::dsl as j;
+            changed += diesel::update(
+                j::script_run_journal
+                    .filter(j::run_id.eq(&row.run_id))
+                    .filter(j::step_key.eq(&row.step_key))
+                    .filter(j::status.eq("started"))
+                    .filter(j::attempts.eq(before)),
+            )
+            .set((j::attempts.eq(&row.attempts), j::result.eq(&row.result), j::job_id.eq(&row.job_id)))
             .execute(conn)?;
         }
         WriteOp::Flush => {}

@@ -120,6 +120,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/internal/script-runs/{id}/steps/{label}", vec![get(runs::get_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}/begin", vec![post(runs::begin_step)]),
         ("/api/internal/script-runs/{id}/steps/{label}/wait", vec![get(runs::wait_step)]),
+        ("/api/internal/script-runs/{id}/steps/{label}/attempts", vec![post(runs::record_attempt)]),
         ("/api/internal/script-runs/{id}/progress", vec![post(runs::progress)]),
     ]
 }

@@ -111,6 +111,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         runs::get_step,
         runs::begin_step,
         runs::wait_step,
+        runs::record_attempt,
         runs::progress,
     ),
     // The events' bodies: no JSON answer names them, the streams' descriptions do.

@@ -10,7 +10,9 @@ use script_runner_wire::runs::{
     ApprovalRequest, ForkRequest, InputRequest, LaunchRequest as WireLaunchRequest, RunAnswer, RunBytesPage, RunDetail,
     RunLinesPage, RunList, RunView,
 };
-use script_runner_wire::steps::{Action, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer};
+use script_runner_wire::steps::{
+    Action, AttemptRequest, BeginAnswer, BeginRequest, ProgressRequest, RecordRequest, StepAnswer,
+};
 use serde_json::{json, Map, Value};
 
 use super::jobs::{log_query, nonzero, number, Query, BYTES_DEFAULT, LINES_DEFAULT, LIST_DEFAULT, LIST_MAX};
@@ -20,8 +22,8 @@ use super::{json_object, sse, ApiError, AppState};
 use crate::db::RunFilter;
 use crate::runs::events::{StoredEvent, Subscription};
 use crate::runs::model::{
-    Begun, Decision, LaunchRequest, Progress, RetryPolicy, Run, RunStatus, StepRecord, StepRequest, StepStatus,
-    StepType, Submission,
+    Attempt, Begun, Decision, LaunchRequest, Progress, RetryPolicy, Run, RunStatus, StepRecord, StepRequest,
+    StepStatus, StepType, Submission,
 };
 pub use crate::runs::view::{run_view, step_view};
 
@@ -762,6 +764,47 @@ pub async fn record_step(
         duration_ms: body.duration_ms,
     };
     let step = state.runs.record_step(&id, &token, record).await?;
+    Ok(HttpResponse::Ok().json(StepAnswer { ok: true, step: step_view(step) }))
+}
+
+/// `POST /api/internal/script-runs/{runId}/steps/{stepKey}/attempts` `{stepType, config,
+/// attempt, exitCode, error, stderrTail, startedAtMs, endedAtMs}`: a try of a retried command
+/// step failed; the entry is answered with the attempt journaled and `nextAttemptAt`.
+#[utoipa::path(
+    post,
+    path = "/api/internal/script-runs/{id}/steps/{label}/attempts",
+    operation_id = "recordAttempt",
+    tag = "steps",
+    params(("id" = String, Path, description = "Run id."), ("label" = String, Path, description = "The step's label (`stepKey`).")),
+    request_body = AttemptRequest,
+    responses(
+        (status = 200, description = "The entry as stored, with the attempt and `nextAttemptAt` (an attempt already journaled: the entry as it is).", body = StepAnswer),
+        (status = 400, description = "`INVALID_JSON`, `INVALID_REQUEST` (not a retried command step, not the next attempt, the last attempt).", body = ErrorBody),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`.", body = ErrorBody),
+        (status = 403, description = "`FORBIDDEN`: the token of another run or execution.", body = ErrorBody),
+        (status = 404, description = "`RUN_NOT_FOUND`, `STEP_NOT_FOUND` (the step was not begun).", body = ErrorBody),
+        (status = 409, description = "`RUN_NOT_ACTIVE`, `STEP_DIVERGED`.", body = ErrorBody),
+    ),
+)]
+pub async fn record_attempt(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (id, label) = path.into_inner();
+    let (token, body): (String, AttemptRequest) = authorized_body(&state, &id, &req, payload).await?;
+    let request = StepRequest { label, step_type: step_type(&body.step_type)?, config: body.config };
+    let attempt = Attempt {
+        attempt: body.attempt,
+        exit_code: body.exit_code,
+        error: body.error,
+        stderr_tail: body.stderr_tail,
+        started_at: body.started_at_ms,
+        ended_at: body.ended_at_ms,
+        job_id: None,
+    };
+    let step = state.runs.record_attempt(&id, &token, request, attempt).await?;
     Ok(HttpResponse::Ok().json(StepAnswer { ok: true, step: step_view(step) }))
 }
 

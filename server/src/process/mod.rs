@@ -9,3 +9,4 @@
 pub mod logs;
 pub mod spawn;
 pub mod supervisor;
+pub mod sweep;

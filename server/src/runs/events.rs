@@ -229,6 +229,16 @@ pub fn finish_step(entry: &JournalEntry) -> WriteOp {
     with(WriteOp::finish_step(entry), vec![event(&entry.run_id, kind, &step_view(entry.clone()))])
 }
 
+/// The write that journals a failed attempt of a started, retried entry (its attempts, the
+/// next try's time, a script step's next job), with `step.begin`: the step begins again. Stored
+/// only if the entry is still started with the attempts `before` (the first writer wins).
+pub fn retry_step(entry: &JournalEntry, before: &[super::model::Attempt]) -> WriteOp {
+    with(
+        WriteOp::retry_step(entry, before),
+        vec![event(&entry.run_id, EventKind::StepBegin, &step_view(entry.clone()))],
+    )
+}
+
 /// The bells readers of a run's events wait on: one per run that has readers now, rung after a
 /// commit that stored events of that run. A bell exists only while someone holds a
 /// [`Subscription`] to it, so the map never holds more runs than there are open streams.
@@ -355,6 +365,7 @@ mod tests {
                 started_at: 3,
                 completed_at: None,
                 duration_ms: None,
+                attempts: Vec::new(),
             };
             write(insert_step(&started));
             // The label was journaled already: nothing stored, nothing announced.

@@ -27,8 +27,8 @@ use super::live::{LiveRun, State};
 use super::model::{Run, RunStatus};
 use super::{Engine, HEARTBEAT_EVERY, MAX_OUTPUT_BYTES};
 use crate::db::Pending;
-use crate::process::logs;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams, Outcome, Spawned};
+use crate::process::{logs, sweep};
 use crate::sync::blocking;
 use crate::time::now_ms;
 
@@ -337,7 +337,9 @@ async fn execute(engine: Arc<Engine>, live: Arc<LiveRun>) {
     let outcome = match prepared {
         Ok(Some(launch)) => {
             let control = live.lock().exec.clone().unwrap_or_default();
-            Some(supervise(&engine, &live, &launch, &control).await)
+            let outcome = supervise(&engine, &live, &launch, &control).await;
+            stop_leftovers(&launch).await;
+            Some(outcome)
         }
         Ok(None) => None,
         Err(e) => {
@@ -509,6 +511,22 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         // A run's log pages read its execution logs from files: they are always written.
         inline_small_output: false,
     }))
+}
+
+/// Stops what the ended execution left in process groups of its own (its command steps'
+/// commands: see [`crate::process::sweep`]) before the run goes on, so nothing of it outlives
+/// it and a next execution never runs beside it.
+async fn stop_leftovers(launch: &Launch) {
+    let token = launch.env.iter().find(|(k, _)| k == sweep::EXECUTION_ENV).map(|(_, v)| v.clone());
+    let Some(token) = token else { return };
+    let (deployment, grace, run) = (launch.deployment.clone(), launch.kill_grace, launch.owner_id.clone());
+    let stopped =
+        tokio::task::spawn_blocking(move || sweep::stop_execution_leftovers(&deployment, &token, grace)).await;
+    match stopped {
+        Ok(0) => {}
+        Ok(n) => info!("run {run}: stopped {n} process group(s) its execution left"),
+        Err(e) => warn!("run {run}: cannot look for what its execution left: {e}"),
+    }
 }
 
 /// Supervises the process, writing its pid and a heartbeat while it runs.

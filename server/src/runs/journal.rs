@@ -20,7 +20,8 @@ use super::launch::{sha256_hex, to_json};
 use super::lifecycle;
 use super::live::LiveRun;
 use super::model::{
-    Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus, StepType, Submission,
+    tail, Attempt, Begun, Decision, JournalEntry, Progress, Run, RunStatus, StepRecord, StepRequest, StepStatus,
+    StepType, Submission, ATTEMPT_STDERR_TAIL,
 };
 use super::{execution, Engine, MAX_WAIT};
 use crate::jobs::model::JobStatus;
@@ -92,6 +93,12 @@ pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: St
         }
         return continue_step(engine, &live, entry, &requester).await;
     }
+    let mut retried = false;
+    if matches!(request.step_type, StepType::Command | StepType::Script) {
+        let (policy, _) = rules::check_step_options(&request.config)
+            .map_err(|e| RunError::InvalidRequest(format!("step {:?}: {e}", request.label)))?;
+        retried = policy.is_some();
+    }
     reserve(engine, &live, &request.label, request.step_type).await?;
     let now = now_ms();
     let started = |result: Option<Value>, job_id: Option<String>| JournalEntry {
@@ -107,8 +114,15 @@ pub async fn begin_step(engine: &Arc<Engine>, id: &str, token: &str, request: St
         started_at: now,
         completed_at: None,
         duration_ms: None,
+        attempts: Vec::new(),
     };
     match request.step_type {
+        // A retried command is journaled as started, so its failed attempts have an entry to
+        // go to and a restart resumes it (`Resume`) at the next attempt.
+        StepType::Command if retried => {
+            let entry = insert_step(engine, &live, started(None, None)).await?;
+            continue_step(engine, &live, entry, &requester).await
+        }
         StepType::Command | StepType::Value | StepType::Node => Ok(Begun::Execute),
         StepType::Sleep => {
             let ms = request.config.get("durationMs").and_then(Value::as_i64).unwrap_or(0).max(0);
@@ -216,10 +230,109 @@ pub async fn record_step(
                 started_at: now - record.duration_ms.unwrap_or(0),
                 completed_at: Some(now),
                 duration_ms: record.duration_ms,
+                attempts: Vec::new(),
             };
             insert_step(engine, &live, entry).await
         }
     }
+}
+
+/// Journals a failed try of a retried command step (begun as `started`, see [`begin_step`])
+/// with the next try's time, from the step's backoff: the entry is answered with its
+/// `attempts` and `nextAttemptAt`. An attempt number already journaled, or a step that has
+/// ended, is answered with the entry as it is (nothing changes: an attempt is journaled once).
+/// The last try is not an attempt to journal here: it is recorded as the step.
+pub async fn record_attempt(
+    engine: &Arc<Engine>,
+    id: &str,
+    token: &str,
+    request: StepRequest,
+    mut attempt: Attempt,
+) -> Result<JournalEntry, RunError> {
+    let live = authorize_active(engine, id, token)?;
+    rules::check_label(&request.label).map_err(RunError::InvalidRequest)?;
+    let label = request.label.clone();
+    let Some(entry) = engine.step(id, &label).await? else {
+        return Err(RunError::StepNotFound(format!("run {id} has no journal entry labelled {label:?}")));
+    };
+    rules::check_divergence(&entry, &request).map_err(RunError::StepDiverged)?;
+    let journaled = u32::try_from(entry.attempts.len()).unwrap_or(u32::MAX);
+    if entry.status != StepStatus::Started || (1..=journaled).contains(&attempt.attempt) {
+        return Ok(entry);
+    }
+    let policy = match (entry.step_type, rules::RetryPolicy::of(&entry.config)) {
+        (StepType::Command, Ok(Some(policy))) => policy,
+        _ => {
+            return Err(RunError::InvalidRequest(format!(
+                "step {label:?} is not a retried command step: its attempts are not recorded by its client"
+            )))
+        }
+    };
+    if attempt.attempt != journaled + 1 {
+        return Err(RunError::InvalidRequest(format!(
+            "attempt {} of step {label:?} is not the next one ({})",
+            attempt.attempt,
+            journaled + 1
+        )));
+    }
+    if attempt.attempt >= policy.attempts() {
+        return Err(RunError::InvalidRequest(format!(
+            "attempt {} is step {label:?}'s last: record it as the step's result",
+            attempt.attempt
+        )));
+    }
+    attempt.stderr_tail = tail(&attempt.stderr_tail, ATTEMPT_STDERR_TAIL);
+    attempt.error = tail(&attempt.error, ATTEMPT_STDERR_TAIL);
+    attempt.job_id = None;
+    journal_attempt(engine, &live, entry, attempt, &policy, None).await
+}
+
+/// Journals `attempt` (the entry's next) and the time the next try is due, in one write; a
+/// script step's next try's job id (`next_job`) goes with it, so that job is known before it
+/// exists. Another writer of the same attempt wins: the stored entry is returned either way.
+async fn journal_attempt(
+    engine: &Engine,
+    live: &LiveRun,
+    entry: JournalEntry,
+    attempt: Attempt,
+    policy: &rules::RetryPolicy,
+    next_job: Option<String>,
+) -> Result<JournalEntry, RunError> {
+    let before = entry.attempts.clone();
+    let delay = i64::try_from(policy.delay_ms(attempt.attempt)).unwrap_or(i64::MAX);
+    let at = now_ms().saturating_add(delay);
+    let mut attempts = before.clone();
+    attempts.push(attempt);
+    let updated = JournalEntry {
+        attempts,
+        result: Some(json!({ "nextAttemptAt": crate::time::iso(at), "nextAttemptAtMs": at })),
+        job_id: next_job.or(entry.job_id.clone()),
+        ..entry
+    };
+    engine.writer().write(super::events::retry_step(&updated, &before)).await?;
+    live.bump();
+    stored(engine, &updated.run_id, &updated.label).await
+}
+
+/// Sleeps until `at` (Unix ms), or until the run has ended (a cancelled run's retry is not
+/// waited for).
+async fn wait_until(live: &LiveRun, at: i64) {
+    let left = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + left;
+    let mut rx = live.watch();
+    while !live.status().is_terminal() {
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            // Nobody can bump the run any more: only the time is left to wait for.
+            Ok(Err(_)) => return tokio::time::sleep_until(deadline).await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// When a started, retried entry's next try is due (Unix ms), if it waits for one.
+fn next_attempt_at(entry: &JournalEntry) -> Option<i64> {
+    entry.result.as_ref().and_then(|r| r.get("nextAttemptAtMs")).and_then(Value::as_i64)
 }
 
 /// Waits (at most `timeout`, capped at [`MAX_WAIT`]) until a started entry has ended, and
@@ -485,53 +598,67 @@ fn waiting_for(entry: &JournalEntry) -> Value {
 
 /// A started script step: submits its job if it does not exist yet (its id was journaled
 /// first; a job missing from the database has never run, and the id, unique there, lets it
-/// be submitted once), then either journals the start (`wait: false`) or waits for it.
+/// be submitted once), then either journals the start (`wait: false`) or waits for it. A
+/// retried step (`config.retry`) whose job failed journals the attempt with its next job's id
+/// and due time, waits until then (a restart waits only what is left) and submits that job.
 async fn continue_script_step(
     engine: &Engine,
     live: &Arc<LiveRun>,
-    entry: JournalEntry,
-    admission: Option<Admission>,
+    mut entry: JournalEntry,
+    mut admission: Option<Admission>,
 ) -> Result<Begun, RunError> {
-    let Some(job_id) = entry.job_id.clone() else {
-        return Err(RunError::StepWithoutJob(entry.label));
-    };
-    let waits = rules::waits_for_job(&entry.config);
-    if waits {
-        // Known to the run before it exists: a cancel from now on cancels it too.
-        live.lock().jobs.insert(job_id.clone());
-    }
-    let ended = |live: &LiveRun| {
-        let status = live.status();
-        status.is_terminal().then_some(status)
-    };
-    let job = match engine.jobs.get(&job_id).await {
-        Err(JobError::JobNotFound(_)) => {
-            if let Some(status) = ended(live) {
-                return Err(RunError::RunNotActive(entry.run_id, status.as_str().to_string()));
-            }
-            let script_id = entry.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
-            let args = entry.config.get("args");
-            let step = StepJob { id: job_id.clone(), step_key: step_key(&entry.run_id, &entry.label) };
-            let submitted = engine.jobs.submit_step(admission, step, script_id, args, Some("async")).await;
-            let job = match submitted {
-                Ok(submission) => submission.job,
-                // Another request for this step submitted it meanwhile (the id is unique).
-                Err(e) => engine.jobs.get(&job_id).await.map_err(|_| e)?,
-            };
-            if waits && ended(live).is_some() {
-                // The run ended while its job was being recorded: nobody waits for it.
-                let _ = engine.jobs.cancel(&job_id).await;
-            }
-            job
+    loop {
+        let Some(job_id) = entry.job_id.clone() else {
+            return Err(RunError::StepWithoutJob(entry.label));
+        };
+        let waits = rules::waits_for_job(&entry.config);
+        if waits {
+            // Known to the run before it exists: a cancel from now on cancels it too.
+            live.lock().jobs.insert(job_id.clone());
         }
-        found => found?,
-    };
-    if waits {
-        return finish_script_step(engine, live, entry, job_id).await.map(Begun::Done);
+        let ended = |live: &LiveRun| {
+            let status = live.status();
+            status.is_terminal().then_some(status)
+        };
+        let job = match engine.jobs.get(&job_id).await {
+            Err(JobError::JobNotFound(_)) => {
+                if let Some(at) = next_attempt_at(&entry) {
+                    wait_until(live, at).await;
+                }
+                if let Some(status) = ended(live) {
+                    return Err(RunError::RunNotActive(entry.run_id, status.as_str().to_string()));
+                }
+                let script_id = entry.config.get("scriptId").and_then(Value::as_str).unwrap_or_default();
+                let args = entry.config.get("args");
+                let step = StepJob { id: job_id.clone(), step_key: step_key(&entry.run_id, &entry.label) };
+                let submitted = engine.jobs.submit_step(admission.take(), step, script_id, args, Some("async")).await;
+                let job = match submitted {
+                    Ok(submission) => submission.job,
+                    // Another request for this step submitted it meanwhile (the id is unique).
+                    Err(e) => engine.jobs.get(&job_id).await.map_err(|_| e)?,
+                };
+                if waits && ended(live).is_some() {
+                    // The run ended while its job was being recorded: nobody waits for it.
+                    let _ = engine.jobs.cancel(&job_id).await;
+                }
+                job
+            }
+            found => found?,
+        };
+        if waits {
+            let stored = finish_script_step(engine, live, entry, job_id).await?;
+            if stored.status != StepStatus::Started {
+                return Ok(Begun::Done(stored));
+            }
+            // Retried: go on with the attempt's next job, as stored (another request for
+            // this step may have journaled the attempt first).
+            entry = stored;
+            continue;
+        }
+        // Start only: the job id is the result (a durable flow's async run node).
+        let result = json!({ "jobId": job.id, "status": job.status.as_str() });
+        return finish_step(engine, live, entry, StepStatus::Completed, Some(result), None).await.map(Begun::Done);
     }
-    // Start only: the job id is the result (a durable flow's async run node).
-    let result = json!({ "jobId": job.id, "status": job.status.as_str() });
-    finish_step(engine, live, entry, StepStatus::Completed, Some(result), None).await.map(Begun::Done)
 }
 
 /// Journals the end of a started entry and returns the entry as stored.
@@ -576,14 +703,35 @@ async fn finish_step_used(
 }
 
 /// Waits for a script step's job (the same job on every replay: never a second one) and
-/// journals its outcome.
+/// journals its outcome: the step's end, or, for a retried step with tries left whose job
+/// failed, the failed attempt with the next job's id and due time (the entry stays started).
+/// With `config.timeoutMs`, a job not ended that long after it was submitted is cancelled
+/// (SIGTERM to its process group, SIGKILL after the grace) and its try fails as timed out.
 async fn finish_script_step(
     engine: &Engine,
     live: &LiveRun,
     entry: JournalEntry,
     job_id: String,
 ) -> Result<JournalEntry, RunError> {
-    let job = engine.jobs.wait(&job_id).await?;
+    let timeout = rules::step_timeout_ms(&entry.config).ok().flatten();
+    let mut timed_out = false;
+    let job = match timeout {
+        None => engine.jobs.wait(&job_id).await?,
+        Some(ms) => {
+            let submitted = engine.jobs.get(&job_id).await?.created_at;
+            let left = submitted.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)) - now_ms();
+            let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            match tokio::time::timeout(left, engine.jobs.wait(&job_id)).await {
+                Ok(job) => job?,
+                Err(_) => {
+                    let job = engine.jobs.cancel(&job_id).await?;
+                    let job = if job.status.is_terminal() { job } else { engine.jobs.wait(&job_id).await? };
+                    timed_out = job.status == JobStatus::Canceled;
+                    job
+                }
+            }
+        }
+    };
     live.lock().jobs.remove(&job_id);
     let stdout = engine.jobs.stream_text(&job, Stream::Stdout).await?;
     let stderr = engine.jobs.stream_text(&job, Stream::Stderr).await?;
@@ -596,9 +744,32 @@ async fn finish_script_step(
         "stderr": stderr,
     });
     let error = (!succeeded).then(|| match job.code {
+        _ if timed_out => format!(
+            "timed out after {} (job {} cancelled)",
+            script_runner_client::show_duration(Duration::from_millis(timeout.unwrap_or(0))),
+            job.id
+        ),
         Some(code) if code >= 0 => format!("job {} {} with exit code {code}", job.id, job.status.as_str()),
         _ => format!("job {} {}", job.id, job.status.as_str()),
     });
+    let policy = rules::RetryPolicy::of(&entry.config).ok().flatten();
+    let tries = u32::try_from(entry.attempts.len()).unwrap_or(u32::MAX).saturating_add(1);
+    if let (Some(error), Some(policy)) = (&error, policy) {
+        if tries < policy.attempts() && !live.status().is_terminal() {
+            let now = now_ms();
+            let attempt = Attempt {
+                attempt: tries,
+                exit_code: job.code.map(i64::from),
+                error: error.clone(),
+                stderr_tail: tail(&stderr, ATTEMPT_STDERR_TAIL),
+                started_at: job.started_at.unwrap_or(job.created_at),
+                ended_at: job.ended_at.unwrap_or(now),
+                job_id: Some(job.id.clone()),
+            };
+            let next_job = engine.jobs.new_job_id();
+            return journal_attempt(engine, live, entry, attempt, &policy, Some(next_job)).await;
+        }
+    }
     let status = if succeeded { StepStatus::Completed } else { StepStatus::Failed };
     finish_step(engine, live, entry, status, Some(result), error).await
 }

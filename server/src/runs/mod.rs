@@ -620,6 +620,18 @@ impl RunManager {
         journal::record_step(&self.engine, id, token, record).await
     }
 
+    /// Journals a failed try of a retried command step and when the next is due (see
+    /// [`journal::record_attempt`]).
+    pub async fn record_attempt(
+        &self,
+        id: &str,
+        token: &str,
+        request: StepRequest,
+        attempt: model::Attempt,
+    ) -> Result<JournalEntry, RunError> {
+        journal::record_attempt(&self.engine, id, token, request, attempt).await
+    }
+
     /// Waits (at most `timeout`, capped at [`MAX_WAIT`]) until a started entry has ended,
     /// and returns it as it is then.
     pub async fn wait_step(

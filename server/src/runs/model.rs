@@ -310,6 +310,43 @@ pub struct JournalEntry {
     pub completed_at: Option<i64>,
     /// How long it took.
     pub duration_ms: Option<i64>,
+    /// A retried step's failed attempts, oldest first (empty for a step never retried). The
+    /// step's own `result`/`error` are its last attempt's.
+    pub attempts: Vec<Attempt>,
+}
+
+/// One failed try of a retried step (`--retry N`), journaled before the next try waits, so a
+/// restarted run knows which attempt numbers have run and runs only the next one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// The exit code (a script step's job code; `None` when its job had none, e.g. cancelled).
+    pub exit_code: Option<i64>,
+    /// Why it failed (`exit code 3`, `timed out after 2s`, `job ... failed with exit code 1`).
+    pub error: String,
+    /// The last bytes of its stderr (at most [`ATTEMPT_STDERR_TAIL`]).
+    pub stderr_tail: String,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub ended_at: i64,
+    /// The job of a script step's attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// Most bytes of an attempt's stderr kept in the journal (its tail).
+pub const ATTEMPT_STDERR_TAIL: usize = 4096;
+
+/// The last at most `max` bytes of `text`, cut at a character boundary.
+pub fn tail(text: &str, max: usize) -> String {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
 }
 
 /// A launch request, as parsed by the HTTP layer.
@@ -431,6 +468,7 @@ impl JournalEntry {
             started_at: 0,
             completed_at: None,
             duration_ms: None,
+            attempts: Vec::new(),
         }
     }
 }

@@ -2,10 +2,10 @@
 //! events carry. One conversion for both, so an event's body is exactly what the matching API
 //! read returns (it is stored when the change is, and a resumed reader gets those bytes).
 
-use script_runner_wire::runs::{Progress as WireProgress, RetryOption, RunAttempt, RunView, StepView};
+use script_runner_wire::runs::{Progress as WireProgress, RetryOption, RunAttempt, RunView, StepAttempt, StepView};
 use serde_json::Value;
 
-use super::model::{JournalEntry, Run, RunStatus};
+use super::model::{JournalEntry, Run, RunStatus, StepStatus};
 use crate::process::supervisor::Ending;
 use crate::time::iso;
 
@@ -87,7 +87,26 @@ pub fn attempt_view(
 /// A journal entry on the wire: its label is the `stepKey`, types and statuses spelled, times
 /// as ISO text.
 pub fn step_view(entry: JournalEntry) -> StepView {
+    let next_attempt_at = match entry.status {
+        StepStatus::Started => entry.result.as_ref().and_then(|r| r.get("nextAttemptAtMs")).and_then(Value::as_i64),
+        _ => None,
+    };
     StepView {
+        attempts: entry
+            .attempts
+            .iter()
+            .map(|a| StepAttempt {
+                attempt: a.attempt,
+                status: "failed".into(),
+                exit_code: a.exit_code,
+                error: a.error.clone(),
+                stderr_tail: a.stderr_tail.clone(),
+                started_at: iso(a.started_at),
+                ended_at: iso(a.ended_at),
+                job_id: a.job_id.clone(),
+            })
+            .collect(),
+        next_attempt_at: next_attempt_at.map(iso),
         config: entry.config,
         result: entry.result.unwrap_or(Value::Null),
         started_at: iso(entry.started_at),

@@ -70,6 +70,89 @@ pub fn check_recorded_status(status: Option<StepStatus>) -> Result<StepStatus, S
     }
 }
 
+/// Most retries of one step (`--retry N`).
+pub const MAX_RETRIES: u64 = 100;
+/// Longest backoff, backoff cap or step time-out, in ms (a day).
+pub const MAX_STEP_DURATION_MS: u64 = 24 * 3600 * 1000;
+/// The backoff without `backoffMs`: 1 s before the first retry.
+pub const DEFAULT_BACKOFF_MS: u64 = 1000;
+/// The backoff cap without `backoffMaxMs`: 1 min.
+pub const DEFAULT_BACKOFF_MAX_MS: u64 = 60_000;
+
+/// How a command or script step is tried again (`config.retry`, `backoffMs`, `backoffMaxMs`):
+/// after the n-th failed try, the next waits `backoff * 2^(n-1)`, at most `backoff_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries after the first (1 to [`MAX_RETRIES`]).
+    pub retries: u32,
+    /// The wait before the first retry, ms.
+    pub backoff_ms: u64,
+    /// The longest wait, ms.
+    pub backoff_max_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The policy of a step's config: `None` without `retry`; a refusal for a value out of
+    /// bounds (`retry` 1 to 100, durations 1 ms to a day, the cap not below the backoff) or a
+    /// backoff without `retry`.
+    pub fn of(config: &Value) -> Result<Option<RetryPolicy>, String> {
+        let ms = |key: &str, default: u64| -> Result<u64, String> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v.as_u64().filter(|ms| (1..=MAX_STEP_DURATION_MS).contains(ms)).ok_or_else(|| {
+                    format!("{key} must be a whole number of milliseconds from 1 to {MAX_STEP_DURATION_MS}, got {v}")
+                }),
+            }
+        };
+        let retries = match config.get("retry") {
+            None | Some(Value::Null) => {
+                if config.get("backoffMs").is_some() || config.get("backoffMaxMs").is_some() {
+                    return Err("backoffMs and backoffMaxMs go with retry".into());
+                }
+                return Ok(None);
+            }
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=MAX_RETRIES).contains(n))
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("retry must be a whole number from 1 to {MAX_RETRIES}, got {v}"))?,
+        };
+        let backoff_ms = ms("backoffMs", DEFAULT_BACKOFF_MS)?;
+        let backoff_max_ms = ms("backoffMaxMs", DEFAULT_BACKOFF_MAX_MS.max(backoff_ms))?;
+        if backoff_max_ms < backoff_ms {
+            return Err(format!("backoffMaxMs ({backoff_max_ms}) is below backoffMs ({backoff_ms})"));
+        }
+        Ok(Some(RetryPolicy { retries, backoff_ms, backoff_max_ms }))
+    }
+
+    /// Tries in all (the first and its retries).
+    pub fn attempts(&self) -> u32 {
+        self.retries + 1
+    }
+
+    /// How long the try after failed try `n` (from 1) waits, ms.
+    pub fn delay_ms(&self, n: u32) -> u64 {
+        let doublings = n.saturating_sub(1).min(40);
+        self.backoff_ms.saturating_mul(1u64 << doublings).min(self.backoff_max_ms)
+    }
+}
+
+/// A command or script step's time-out (`config.timeoutMs`, 1 ms to a day), ms; `None`
+/// without one.
+pub fn step_timeout_ms(config: &Value) -> Result<Option<u64>, String> {
+    match config.get("timeoutMs") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().filter(|ms| (1..=MAX_STEP_DURATION_MS).contains(ms)).map(Some).ok_or_else(|| {
+            format!("timeoutMs must be a whole number of milliseconds from 1 to {MAX_STEP_DURATION_MS}, got {v}")
+        }),
+    }
+}
+
+/// Checks the retry and time-out settings of a command or script step's config.
+pub fn check_step_options(config: &Value) -> Result<(Option<RetryPolicy>, Option<u64>), String> {
+    Ok((RetryPolicy::of(config)?, step_timeout_ms(config)?))
+}
+
 /// Whether a script step's config waits for its job (all but a start-only `wait: false`).
 pub fn waits_for_job(config: &Value) -> bool {
     config.get("wait") != Some(&Value::Bool(false))
@@ -174,6 +257,36 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_retry_policy_doubles_its_backoff_up_to_the_cap_and_refuses_bad_values() {
+        assert_eq!(RetryPolicy::of(&json!({ "command": ["x"] })), Ok(None));
+        let p = RetryPolicy::of(&json!({ "retry": 5, "backoffMs": 1000, "backoffMaxMs": 3000 }))
+            .expect("valid")
+            .expect("a policy");
+        assert_eq!(
+            (p.attempts(), p.delay_ms(1), p.delay_ms(2), p.delay_ms(3), p.delay_ms(99)),
+            (6, 1000, 2000, 3000, 3000)
+        );
+        let d = RetryPolicy::of(&json!({ "retry": 1 })).expect("valid").expect("a policy");
+        assert_eq!((d.backoff_ms, d.backoff_max_ms), (DEFAULT_BACKOFF_MS, DEFAULT_BACKOFF_MAX_MS));
+        // A backoff above the default cap raises the cap to itself.
+        let long = RetryPolicy::of(&json!({ "retry": 1, "backoffMs": 120_000 })).expect("valid").expect("a policy");
+        assert_eq!(long.backoff_max_ms, 120_000);
+        for bad in [
+            json!({ "retry": 0 }),
+            json!({ "retry": 101 }),
+            json!({ "retry": "3" }),
+            json!({ "retry": 2, "backoffMs": 0 }),
+            json!({ "retry": 2, "backoffMs": 2000, "backoffMaxMs": 1000 }),
+            json!({ "backoffMs": 10 }),
+        ] {
+            assert!(RetryPolicy::of(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(step_timeout_ms(&json!({ "timeoutMs": 2000 })), Ok(Some(2000)));
+        assert!(step_timeout_ms(&json!({ "timeoutMs": 0 })).is_err());
+        assert!(step_timeout_ms(&json!({ "timeoutMs": MAX_STEP_DURATION_MS + 1 })).is_err());
+    }
 
     fn entry(label: &str, step_type: StepType, config: Value, status: StepStatus) -> JournalEntry {
         JournalEntry::for_test(label, step_type, config, status)

@@ -1,0 +1,1 @@
+ALTER TABLE script_run_journal DROP COLUMN attempts;
