@@ -38,3 +38,31 @@ echo "{{\"val\":\"$v\"}}"
     let r = server.run("print-key", &[], Some("sync"));
     assert_eq!((r.status, r.body["stdout"].as_str()), (200, Some("key=none\n")), "{}", r.text);
 }
+
+/// Every try of a retried step, command or script, gets the same key: a script can tell a
+/// retry of its write from a new one.
+#[test]
+fn every_try_of_a_retried_step_gets_the_same_key() {
+    let b = Builder::new();
+    let dir = b.dir().to_path_buf();
+    let keys = dir.join("keys");
+    // Appends its key; fails the first time it sees a given marker name.
+    let flaky = format!(
+        r#"echo "$SCRIPT_STEP_KEY" >> '{keys}'; [ -e '{dir}/seen.'"$1" ] && exit 0; touch '{dir}/seen.'"$1"; exit 3"#,
+        keys = keys.display(),
+        dir = dir.display()
+    );
+    let server = b.script_entry("flaky", &flaky, json!({ "mode": "async" })).workflows(json!({})).start();
+    let source = format!(
+        "set -e\nscript-runner step cmd --retry 2 --backoff 10ms -- sh -c '{}' sh c > /dev/null\n\
+         script-runner step job --script flaky --retry 2 --backoff 10ms j > /dev/null\n",
+        flaky.replace('\'', r"'\''")
+    );
+    let id = server.launch_bash(&source, json!({}));
+    let body = server.wait_run_terminal(&id, WAIT);
+    assert_eq!(body["run"]["status"], json!("completed"), "{body}");
+    let (cmd, job) = (format!("{id}:cmd"), format!("{id}:job"));
+    assert_eq!(crate::common::lines(&keys), [cmd.as_str(), &cmd, &job, &job], "{body}");
+    assert_eq!(entry(&body, "cmd")["attempts"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(entry(&body, "job")["attempts"].as_array().map(Vec::len), Some(1), "{body}");
+}
