@@ -13,6 +13,8 @@
 //! its token, in the transaction that ends the step ([`crate::db::WriteOp::with_resume_token`]):
 //! since the step can end once, the URL works once, and so does its pair (the step is decided).
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -296,41 +298,16 @@ pub fn links_of(engine: &Engine, run: &Run) -> Option<Links> {
     links(config, base, &run.id, label, started_at)
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 /// Base64url without padding (RFC 4648 §5).
 fn base64url(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// The bytes of base64url text without padding; `None` if it is not that (a stray character,
-/// an impossible length, or bits left over that a canonical encoding has as zero).
+/// an impossible length, or bits left over that a canonical encoding has as zero: one token
+/// has one spelling).
 fn unbase64url(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    for chunk in text.as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            let v = ALPHABET.iter().position(|a| a == c)?;
-            n |= (v as u32) << (18 - 6 * i);
-        }
-        let bytes = chunk.len() - 1;
-        // Left-over bits must be zero: one token has one spelling.
-        if n & ((1 << (24 - 8 * bytes)) - 1) != 0 {
-            return None;
-        }
-        out.extend((0..bytes).map(|i| (n >> (16 - 8 * i)) as u8));
-    }
-    Some(out)
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 #[cfg(test)]
