@@ -103,16 +103,7 @@ impl Store {
             );
             Ok(rows)
         })?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in rows {
-            let owner = match row.owner_kind.as_str() {
-                "run" => self.get_run(&row.owner_id)?.map(Owner::Run),
-                _ => self.get_job(&row.owner_id)?.map(Owner::Job),
-            };
-            if let Some(owner) = owner {
-                due.push((Callback::from(row), owner));
-            }
-        }
+        let mut due = self.with_owners(rows)?;
         due.extend(self.due_status_callbacks(now, limit)?);
         Ok(due)
     }
@@ -160,6 +151,11 @@ impl Store {
             rows.extend(behind.take(usize::try_from(limit).unwrap_or(0)));
             Ok(rows)
         })?;
+        self.with_owners(rows)
+    }
+
+    /// Each callback with its job or run, as stored now (one whose owner is gone is dropped).
+    fn with_owners(&self, rows: Vec<CallbackRow>) -> Result<Vec<(Callback, Owner)>, StoreError> {
         let mut due = Vec::with_capacity(rows.len());
         for row in rows {
             let owner = match row.owner_kind.as_str() {
