@@ -22,6 +22,7 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use script_runner_wire::runs::StepView;
@@ -683,23 +684,29 @@ fn run_captured(argv: &[String], key: &str, timeout: Option<Duration>) -> Captur
     let err_reader = std::thread::spawn(move || err_pipe.map(read_capped).unwrap_or_default());
     let out_pipe = child.stdout.take();
     let out_reader = std::thread::spawn(move || out_pipe.map(read_capped).unwrap_or_default());
+    // The leader is waited for on a thread of its own, so its exit ends the wait at once;
+    // meanwhile this thread looks for a stop signal and the deadline every WATCH_EVERY.
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited.send(child.wait());
+    });
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
     let mut stopped_by = None;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) => {}
-            Err(e) => break Err(e),
+        let watch = deadline.map_or(WATCH_EVERY, |d| d.saturating_duration_since(Instant::now()).min(WATCH_EVERY));
+        match exit.recv_timeout(watch) {
+            Ok(status) => break status,
+            Err(RecvTimeoutError::Disconnected) => break Err(std::io::Error::other("the command's waiter is gone")),
+            Err(RecvTimeoutError::Timeout) => {}
         }
         stopped_by = guard.as_ref().and_then(SignalGuard::received);
         if deadline.is_some_and(|d| Instant::now() >= d) {
             timed_out = true;
         }
         if timed_out || stopped_by.is_some() {
-            break stop_group(&mut child, group);
+            break stop_group(&exit, group);
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
@@ -715,28 +722,35 @@ fn run_captured(argv: &[String], key: &str, timeout: Option<Duration>) -> Captur
     Captured { exit_code, stdout, stderr, timed_out }
 }
 
+/// How often a running command step looks for a stop signal and its deadline (its exit is
+/// seen at once).
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
 /// Stops a command's process group: SIGTERM, then SIGKILL once the group is gone or
-/// [`KILL_GRACE`] has passed, and reaps the leader. The leader exiting does not mean the
-/// group has: its children are waited for too.
-fn stop_group(child: &mut std::process::Child, group: nix::unistd::Pid) -> std::io::Result<std::process::ExitStatus> {
+/// [`KILL_GRACE`] has passed; `exit` gives the leader's status (its waiter reaps it). The
+/// leader exiting does not mean the group has: its children are waited for too.
+fn stop_group(
+    exit: &Receiver<std::io::Result<std::process::ExitStatus>>,
+    group: nix::unistd::Pid,
+) -> std::io::Result<std::process::ExitStatus> {
     use nix::sys::signal::{killpg, Signal};
     let _ = killpg(group, Signal::SIGTERM);
     let grace = Instant::now() + KILL_GRACE;
     let mut status = None;
     while Instant::now() < grace {
         if status.is_none() {
-            status = child.try_wait()?;
-        }
-        // Signal 0: does any process of the group remain?
-        if status.is_some() && killpg(group, None).is_err() {
+            status = exit.recv_timeout(WATCH_EVERY).ok();
+        } else if killpg(group, None).is_err() {
+            // Signal 0: no process of the group remains.
             break;
+        } else {
+            std::thread::sleep(WATCH_EVERY);
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = killpg(group, Signal::SIGKILL);
     match status {
-        Some(status) => Ok(status),
-        None => child.wait(),
+        Some(status) => status,
+        None => exit.recv().unwrap_or_else(|_| Err(std::io::Error::other("the command's waiter is gone"))),
     }
 }
 
