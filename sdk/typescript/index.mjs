@@ -685,7 +685,7 @@ async function nextAttempt(step) {
  * The durable steps of a run (`ctx.step`): each is keyed by its label; the first execution runs
  * it and journals the result, every replay returns the journaled result without running it.
  */
-export class Steps {
+class Steps {
   /** @param {Context} ctx */
   constructor(ctx) {
     Object.defineProperty(this, "_ctx", { value: ctx, enumerable: false });
