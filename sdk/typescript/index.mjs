@@ -74,7 +74,7 @@ export class ServerError extends ScriptRunnerError {
    * @param {string} message the server's message
    */
   constructor(status, code, message) {
-    super(code, `${code}: ${message} (HTTP ${status})`);
+    super(code, `${message} (HTTP ${status})`);
     /** The HTTP status. */
     this.status = status;
     /** The server's message, without the code and status. */
@@ -376,7 +376,9 @@ function answerError(status, text) {
     // not JSON: the text is the message
   }
   const code = typeof body?.error?.code === "string" ? body.error.code : "HTTP_ERROR";
-  const message = typeof body?.error?.message === "string" ? body.error.message : text.slice(0, 500);
+  let message = typeof body?.error?.message === "string" ? body.error.message : text.slice(0, 500);
+  // Some messages start with their code already (`STEP_DIVERGED: step ...`): said once.
+  if (message.startsWith(`${code}: `)) message = message.slice(code.length + 2);
   if (code === "STEP_DIVERGED") return new StepDivergedError(status, message);
   if (code === "LIMIT_EXCEEDED") return new LimitExceededError(status, message);
   return new ServerError(status, code, message);

@@ -94,7 +94,7 @@ test("a step that could not be run exits 3 (divergence, not in a run)", async ()
   assert.equal((await load("d1.mjs", src(`value("dv", 1)`))).code, 0);
   const r = await load("d2.mjs", src(`sleep("dv", 10)`));
   assert.equal(r.code, 3);
-  assert.match(r.stderr, /^script-runner: STEP_DIVERGED: /);
+  assert.match(r.stderr, /^script-runner: STEP_DIVERGED: step "dv" was journaled as value/);
   const n = await load("notrun.mjs", src(`value("x", 1)`), { SCRIPT_RUN_ID: "" });
   assert.equal(n.code, 3);
   assert.match(n.stderr, /^script-runner: NOT_IN_RUN: .*SCRIPT_RUN_ID/);
