@@ -15,7 +15,14 @@ export type Duration = number | string;
  * as a string, `undefined` fields are dropped, a function is not JSON): the first execution
  * returns the journaled value too, so first run and replay agree.
  */
-export type Jsonified<T> = T extends string | number | boolean | null
+export type Jsonified<T> = 0 extends 1 & T
+  ? any // eslint-disable-line @typescript-eslint/no-explicit-any -- `any` in, `any` out
+  : unknown extends T
+    ? JsonValue
+    : JsonifiedKnown<T>;
+
+/** `Jsonified` of a type that is neither `any` nor `unknown`. */
+type JsonifiedKnown<T> = T extends string | number | boolean | null
   ? T
   : T extends undefined | void
     ? null

@@ -332,7 +332,9 @@ function send(base, method, path, body, token, limitMs) {
           f(v);
         }
       };
+      let answered = false;
       const req = lib.request(url, { method, headers, agent }, (res) => {
+        answered = true;
         const chunks = [];
         res.on("data", (c) => chunks.push(c));
         res.on("end", () => done(resolve, { status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString("utf8") }));
@@ -353,8 +355,9 @@ function send(base, method, path, body, token, limitMs) {
       }, CONNECT_LIMIT_MS);
       connectTimer.unref();
       req.on("error", (e) => {
-        // A kept-alive connection the server closed meanwhile: the request never reached it.
-        if (req.reusedSocket && !again && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
+        // A kept-alive connection the server closed meanwhile, before any answer: the request
+        // never reached it, so it is sent once more on a new connection.
+        if (req.reusedSocket && !answered && !again && (e.code === "ECONNRESET" || e.code === "EPIPE")) {
           settled = true;
           clearTimeout(connectTimer);
           attempt(true).then(resolve, reject);
@@ -908,6 +911,9 @@ class Steps {
   async waitEvent(label, name, options) {
     checkLabel(label);
     checkText(name, "event name");
+    if (options !== undefined && options !== null && typeof options !== "object") {
+      throw new UsageError(`step ${JSON.stringify(label)}: waitEvent options must be an object`);
+    }
     const config = { event: name };
     if (options?.timeout !== undefined && options?.timeout !== null) config.timeoutMs = boundedDuration(options.timeout, "timeout");
     const step = await this._awaited(label, "event", config);

@@ -349,3 +349,16 @@ test("a step's fn that appends to a file runs once across executions", async () 
   assert.equal(readFileSync(log, "utf8"), "x");
   assert.ok(existsSync(log));
 });
+
+test("command: each captured stream is capped at 16 MiB (the rest is read and dropped)", async () => {
+  const r = await ctx().step.command("big", ["sh", "-c", "head -c 17825792 /dev/zero | tr '\\0' a; echo done >&2"]);
+  assert.equal(r.exitCode, 0);
+  assert.equal(r.stdout.length, 16 * 1024 * 1024);
+  assert.equal(r.stderr, "done\n");
+});
+
+test("run: a value that is not JSON journals nothing and is a UsageError", async () => {
+  await assert.rejects(ctx().step.run("big-int", () => 1n), (e) => e instanceof UsageError && /not JSON/.test(e.message));
+  assert.equal(fake.journal.has("big-int"), false);
+  assert.equal(fake.calls("record", "big-int").length, 0);
+});
