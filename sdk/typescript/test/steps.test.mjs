@@ -362,3 +362,15 @@ test("run: a value that is not JSON journals nothing and is a UsageError", async
   assert.equal(fake.journal.has("big-int"), false);
   assert.equal(fake.calls("record", "big-int").length, 0);
 });
+
+test("a second writer of a label gets the first writer's entry: its result, or its failure", async () => {
+  const theirs = await ctx().step.run("raced", () => {
+    fake.journal.set("raced", fake.entry("raced", "value", null, "completed", "theirs"));
+    return "mine";
+  });
+  assert.equal(theirs, "theirs");
+  await assert.rejects(ctx().step.run("raced-fail", () => {
+    fake.journal.set("raced-fail", fake.entry("raced-fail", "value", null, "failed", { name: "SyntaxError", message: "first" }, "first"));
+    return "mine";
+  }), (e) => e instanceof StepFailedError && e.message === "first" && e.errorName === "SyntaxError");
+});
