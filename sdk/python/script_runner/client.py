@@ -365,6 +365,9 @@ class _Transport:
         self._prefix = parts.path.rstrip("/")
         self._token = token
         self._local = threading.local()
+        # Every thread's connection, so close() can close them all.
+        self._all: List[http.client.HTTPConnection] = []
+        self._all_lock = threading.Lock()
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -373,11 +376,27 @@ class _Transport:
             conn = cls(self._host, self._port, timeout=CONNECT_TIMEOUT)
             self._local.conn = conn
             self._local.used = False
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
+    def close(self) -> None:
+        """Closes every thread's connection (a later call opens new ones)."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self._local = threading.local()
+
     def _drop(self) -> None:
+        """Closes and forgets this thread's connection (the next call opens a new one)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
+            with self._all_lock:
+                self._all = [c for c in self._all if c is not conn]
             try:
                 conn.close()
             except OSError:
@@ -1058,6 +1077,16 @@ class Context:
     def url(self) -> str:
         """The server this context talks to."""
         return self._http.url
+
+    def close(self) -> None:
+        """Closes the context's connections to the server (steps after it open new ones)."""
+        self._http.close()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def progress(self, current: int, total: int, message: Optional[str] = None) -> None:
         """Reports the run's progress (``current`` of ``total``, 0 when unknown)."""
