@@ -282,7 +282,9 @@ class CommandSteps(SdkTest):
     def test_a_timeout_stops_the_group_with_exit_124(self) -> None:
         began = time.monotonic()
         r = self.ctx.step.command("slow", ["sh", "-c", "sleep 5 & sleep 5; echo never"], timeout="200ms")
-        self.assertLess(time.monotonic() - began, 2.0)
+        # Not the 5 s of the sleeps: SIGTERM at 200 ms (at worst SIGKILL 2 s later, when the
+        # reaper of the orphaned background sleep is slow to reap it).
+        self.assertLess(time.monotonic() - began, 3.5)
         self.assertEqual(r.exit_code, 124)
         entry = self.server.journal["slow"]
         self.assertEqual(entry["error"], "timed out after 200ms")
