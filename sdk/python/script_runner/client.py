@@ -413,13 +413,16 @@ class _Transport:
             try:
                 if conn.sock is None:
                     conn.connect()
+                    # Headers and body may go in two writes (Python < 3.11): without this,
+                    # Nagle's algorithm and delayed ACKs add ~40 ms to each step call.
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.sock.settimeout(timeout)
                 headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
                 if body is not None:
                     headers["Content-Type"] = "application/json"
                 conn.request(method, self._prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read(MAX_ANSWER_BYTES + 1)
+                data = _read_bounded(resp)
                 self._local.used = True
                 if resp.will_close:
                     self._drop()
@@ -474,6 +477,22 @@ class _Transport:
             if code == "LIMIT_EXCEEDED":
                 raise LimitExceededError(message, status)
             raise ServerError(status, code, message)
+
+
+def _read_bounded(resp: http.client.HTTPResponse) -> bytes:
+    """An answer's body, at most :data:`MAX_ANSWER_BYTES` + 1 bytes (the caller refuses more).
+    Read in chunks: ``read(n)`` of Python < 3.11 allocates ``n`` bytes up front."""
+    if resp.length is not None and resp.length <= MAX_ANSWER_BYTES:
+        return resp.read()
+    chunks: List[bytes] = []
+    size = 0
+    while size <= MAX_ANSWER_BYTES:
+        chunk = resp.read(1024 * 1024)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _segment(text: str) -> str:
