@@ -314,14 +314,22 @@ def _options(
 
 
 def _check_strings(items: Any, what: str, allow_empty: bool) -> List[str]:
-    """A list of strings (argv, script args): refused before any request otherwise, since the
-    server compares configs exactly on replay and a coerced value could diverge."""
+    """A list of strings (argv, script args). An int or a bool is written as text the way the
+    TypeScript SDK writes it (``3``, ``true``), so both journal the same config; anything else
+    (a float, ``None``, an object) is refused before any request, since the server compares
+    configs exactly on replay and a guessed spelling could diverge."""
     if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
         raise UsageError(f"{what} must be a list of strings, got {items!r}")
-    out = list(items)
-    for item in out:
-        if not isinstance(item, str):
-            raise UsageError(f"{what} must be a list of strings; {item!r} is not a string")
+    out: List[str] = []
+    for item in items:
+        if isinstance(item, bool):
+            out.append("true" if item else "false")
+        elif isinstance(item, int):
+            out.append(str(item))
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            raise UsageError(f"{what} must be a list of strings; {item!r} is not a string (pass str(x))")
     if not out and not allow_empty:
         raise UsageError(f"{what} must not be empty")
     return out
@@ -965,13 +973,13 @@ class Steps:
 
     def wait_event(self, label: str, name: str, timeout: Optional[Duration] = None) -> Any:
         """Waits for the event ``name`` (``POST /api/script-runs/{id}/events/{name}``, any JSON)
-        and returns its payload. Past ``timeout`` the server fails the step:
+        and returns its payload. Past ``timeout`` (1 ms to 24 h) the server fails the step:
         :class:`StepFailedError`, on every replay too."""
         _check_label(label)
         _check_label(name, "an event name")
         config: Dict[str, Any] = {"event": name}
         if timeout is not None:
-            config["timeoutMs"] = duration_ms(timeout, f"wait_event {label!r} timeout")
+            config["timeoutMs"] = _bounded_ms(timeout, f"wait_event {label!r} timeout")
         entry = self._until_ended(label, "event", config)
         if entry.get("status") == "failed":
             raise _failed(label, entry)

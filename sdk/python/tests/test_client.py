@@ -186,7 +186,9 @@ class Errors(SdkTest):
             lambda: s.command("c", ["true"], timeout="soon"),
             lambda: s.command("c", ["true"], backoff="1s"),
             lambda: s.command("c", ["true"], retry=2, backoff="2s", backoff_max="1s"),
-            lambda: s.script("c", "echo", [1]),
+            lambda: s.script("c", "echo", [1.5]),
+            lambda: s.script("c", "echo", [None]),
+            lambda: s.wait_event("e", "ev", timeout=0),
             lambda: s.script("c", ""),
             lambda: s.sleep("z", -1),
             lambda: s.wait_event("e", ""),
@@ -377,13 +379,17 @@ class ServerSideSteps(SdkTest):
         self.assertEqual((r.job_id, r.status, r.exit_code, r.stdout), ("job_1", "succeeded", 0, '{"said": "a b"}\n'))
         self.assertEqual(self.server.journal["s"]["config"], {"scriptId": "echo", "args": ["a", "b"]})
         self.assertEqual(self.new_ctx().step.script("s", "echo", ["a", "b"]).job_id, "job_1")
+        # ints and bools are written as the TypeScript SDK writes them.
+        self.ctx.step.script("n", "echo", [3, True, False])
+        self.assertEqual(self.server.journal["n"]["config"]["args"], ["3", "true", "false"])
         for ctx in (self.ctx, self.new_ctx()):
             with self.assertRaises(StepFailedError) as e:
                 ctx.step.script("f", "fail", timeout="5s", retry=1)
             self.assertEqual(e.exception.result["exitCode"], 2)
-            self.assertEqual(e.exception.message, "job job_2 failed with exit code 2")
-        self.assertEqual(self.server.jobs, 2)
-        self.assertEqual(self.ctx.step.script_start("bg", "echo", ["x"]), "job_3")
+            self.assertEqual(e.exception.message, "job job_3 failed with exit code 2")
+            self.assertIsNone(e.exception.error_name)
+        self.assertEqual(self.server.jobs, 3)
+        self.assertEqual(self.ctx.step.script_start("bg", "echo", ["x"]), "job_4")
         self.assertEqual(self.server.journal["bg"]["config"], {"scriptId": "echo", "args": ["x"], "wait": False})
 
     def test_progress(self) -> None:
