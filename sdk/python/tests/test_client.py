@@ -115,6 +115,14 @@ class ValueSteps(SdkTest):
         self.assertEqual(self.new_ctx().step.value("v", fn), 7)
         self.assertEqual(len(calls), 2)
 
+    def test_a_second_writer_of_a_label_gets_the_first_writers_value(self) -> None:
+        def fn() -> str:
+            with self.server.lock:  # another execution journals the label meanwhile
+                self.server.insert("race", "value", None, "completed", "theirs")
+            return "mine"
+
+        self.assertEqual(self.ctx.step.run("race", fn), "theirs")
+
     def test_value_replays_the_first_value(self) -> None:
         self.assertEqual(self.ctx.step.value("v", "first"), "first")
         self.assertEqual(self.new_ctx().step.value("v", "second"), "first")
@@ -304,6 +312,18 @@ class CommandSteps(SdkTest):
         entry = self.server.journal["flaky"]
         self.assertEqual(entry["status"], "completed")
         self.assertEqual(entry["config"], {"command": ["sh", "-c", script], "retry": 3, "backoffMs": 10, "backoffMaxMs": 50})
+
+    def test_a_restarted_run_resumes_a_retried_command_at_its_next_attempt(self) -> None:
+        argv = ["sh", "-c", "echo attempt; exit 0"]
+        config = {"command": argv, "retry": 2, "backoffMs": 10}
+        with self.server.lock:
+            entry = self.server.insert("resumed", "command", config, "started",
+                                       {"nextAttemptAtMs": int(time.time() * 1000) + 100})
+            entry["attempts"] = [{"attempt": 1, "status": "failed", "exitCode": 1, "error": "exit code 1"}]
+        r = self.ctx.step.command("resumed", argv, retry=2, backoff="10ms")
+        self.assertEqual((r.exit_code, r.stdout, r.replayed), (0, "attempt\n", False))
+        self.assertEqual(self.server.step_requests("/attempts"), [])
+        self.assertEqual(self.server.journal["resumed"]["status"], "completed")
 
     def test_the_last_failed_try_is_the_steps_result(self) -> None:
         r = self.ctx.step.command("never", ["false"], retry=1, backoff="5ms")
