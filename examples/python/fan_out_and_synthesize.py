@@ -18,7 +18,8 @@ from script_runner import Context, ScriptResult
 
 def parsed(job: ScriptResult) -> Dict[str, Any]:
     """A stand-in script's stdout: one JSON object."""
-    return json.loads(job.stdout)
+    value: Dict[str, Any] = json.loads(job.stdout)
+    return value
 
 
 def main(args: Dict[str, Any], ctx: Context) -> Dict[str, Any]:

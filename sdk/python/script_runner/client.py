@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 from .errors import (
     LimitExceededError,
@@ -411,7 +411,7 @@ class _Transport:
                 pass
         self._local.conn = None
 
-    def _once(self, method: str, path: str, body: Optional[bytes], timeout: Optional[float]) -> tuple:
+    def _once(self, method: str, path: str, body: Optional[bytes], timeout: Optional[float]) -> Tuple[int, bytes]:
         """One request on this thread's connection; a reused connection the server has closed
         meanwhile is retried once on a new one (every step route is keyed by label, so a
         second delivery is answered from the journal)."""
@@ -423,8 +423,8 @@ class _Transport:
                     conn.connect()
                     # Headers and body may go in two writes (Python < 3.11): without this,
                     # Nagle's algorithm and delayed ACKs add ~40 ms to each step call.
-                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.sock.settimeout(timeout)
+                    cast(socket.socket, conn.sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                cast(socket.socket, conn.sock).settimeout(timeout)
                 headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
                 if body is not None:
                     headers["Content-Type"] = "application/json"
@@ -472,7 +472,7 @@ class _Transport:
                 return answer
             error = answer.get("error") if isinstance(answer, dict) else None
             error = error if isinstance(error, dict) else {}
-            code = error.get("code") if isinstance(error.get("code"), str) else "HTTP_ERROR"
+            code: str = error["code"] if isinstance(error.get("code"), str) else "HTTP_ERROR"
             message = error.get("message")
             if not isinstance(message, str):
                 message = data[:500].decode("utf-8", errors="replace")
@@ -947,7 +947,8 @@ class Steps:
         if not isinstance(message, str):
             raise UsageError(f"step {label!r}: an approval's message must be a string")
         entry = self._until_ended(label, "approval", {"message": message})
-        r = entry.get("result") if isinstance(entry.get("result"), dict) else {}
+        result = entry.get("result")
+        r: Dict[str, Any] = result if isinstance(result, dict) else {}
         by, comment = r.get("by"), r.get("comment")
         return Approval(
             approved=r.get("approved") is True,
