@@ -127,6 +127,24 @@ class ValueSteps(SdkTest):
         self.assertEqual(self.ctx.step.value("v", "first"), "first")
         self.assertEqual(self.new_ctx().step.value("v", "second"), "first")
 
+    def test_an_async_step_function_is_refused_and_journals_nothing(self) -> None:
+        async def fn() -> int:
+            return 1
+
+        with self.assertRaises(UsageError) as e:
+            self.ctx.step.run("a", fn)
+        self.assertIn("awaitable", e.exception.message)
+        self.assertNotIn("a", self.server.journal)
+
+    def test_the_module_level_decorator_outside_a_run(self) -> None:
+        @script_runner.step("later")
+        def later() -> int:
+            return 1
+
+        with mock.patch.dict(os.environ, {}, clear=True), mock.patch.object(sdk, "_context", None):
+            with self.assertRaises(NotInRunError):
+                later()
+
     def test_a_value_that_is_not_json_is_refused_and_journals_nothing(self) -> None:
         with self.assertRaises(UsageError):
             self.ctx.step.value("v", {1, 2})
