@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import weakref
 from datetime import timedelta
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
@@ -373,8 +374,9 @@ class _Transport:
         self._prefix = parts.path.rstrip("/")
         self._token = token
         self._local = threading.local()
-        # Every thread's connection, so close() can close them all.
-        self._all: List[http.client.HTTPConnection] = []
+        # Every live thread's connection, so close() can close them all; weak, so a finished
+        # thread's connection goes (and its socket closes) with the thread's local storage.
+        self._all: "weakref.WeakSet[http.client.HTTPConnection]" = weakref.WeakSet()
         self._all_lock = threading.Lock()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -385,13 +387,14 @@ class _Transport:
             self._local.conn = conn
             self._local.used = False
             with self._all_lock:
-                self._all.append(conn)
+                self._all.add(conn)
         return conn
 
     def close(self) -> None:
         """Closes every thread's connection (a later call opens new ones)."""
         with self._all_lock:
-            conns, self._all = self._all, []
+            conns = list(self._all)
+            self._all.clear()
         for conn in conns:
             try:
                 conn.close()
@@ -404,7 +407,7 @@ class _Transport:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             with self._all_lock:
-                self._all = [c for c in self._all if c is not conn]
+                self._all.discard(conn)
             try:
                 conn.close()
             except OSError:

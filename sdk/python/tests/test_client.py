@@ -279,6 +279,15 @@ class Transport(SdkTest):
         self.assertEqual(results, [i * i for i in range(80)])
         self.assertEqual(len(self.server.journal), 80)
 
+    def test_a_finished_threads_connection_is_not_kept(self) -> None:
+        import gc
+
+        for round_ in range(3):
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(lambda i: self.ctx.step.value(f"r{round_}-{i}", i), range(8)))
+        gc.collect()
+        self.assertLessEqual(len(self.ctx._http._all), 1)
+
     def test_labels_are_one_percent_encoded_segment(self) -> None:
         self.ctx.step.value("a/b c?d", 1)
         self.assertIn("a/b c?d", self.server.journal)
