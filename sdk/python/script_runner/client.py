@@ -593,20 +593,29 @@ def _run_captured(argv: List[str], key: str, timeout_ms: Optional[int]) -> _Capt
     timed_out = False
     try:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
+        # Until the leader has exited and both pipes are closed (a background child may hold
+        # them after the leader's exit): the deadline and the stop signals hold meanwhile.
         while True:
             watch = WATCH_EVERY if deadline is None else max(0.0, min(WATCH_EVERY, deadline - time.monotonic()))
-            try:
-                proc.wait(timeout=watch)
+            if proc.returncode is None:
+                try:
+                    proc.wait(timeout=watch)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                for r in readers:
+                    r.join(timeout=watch)
+            if proc.returncode is not None and not any(r.is_alive() for r in readers):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
             if timed_out or received:
                 _stop_group(proc)
                 break
+        # The group is gone; a process that left it (setsid) and still holds a pipe is not
+        # waited for past the grace: what was read so far is the output.
         for r in readers:
-            r.join()
+            r.join(timeout=KILL_GRACE)
     finally:
         for s, old in old_handlers.items():
             try:

@@ -327,6 +327,13 @@ class CommandSteps(SdkTest):
         self.assertEqual(entry["error"], "timed out after 200ms")
         self.assertEqual(entry["config"]["timeoutMs"], 200)
 
+    def test_the_timeout_holds_while_a_background_child_keeps_the_pipes_open(self) -> None:
+        began = time.monotonic()
+        r = self.ctx.step.command("bg", ["sh", "-c", "sleep 5 & echo started"], timeout="300ms")
+        self.assertLess(time.monotonic() - began, 3.5)
+        self.assertEqual((r.exit_code, r.stdout), (124, "started\n"))
+        self.assertEqual(self.server.journal["bg"]["error"], "timed out after 300ms")
+
     def test_retries_go_through_the_attempts_route(self) -> None:
         count = self.marker("count")
         script = f'n=$(cat {count} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {count}; echo try $n >&2; [ $n -ge 3 ]'
