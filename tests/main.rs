@@ -25,6 +25,7 @@ mod run_events;
 mod run_retry;
 mod runs_api;
 mod runs_replay;
+mod sdk;
 mod spawn_pipes;
 mod step_key;
 mod step_retry;

@@ -202,14 +202,15 @@ export class ScriptRunnerError extends Error {
 
 /** A journaled step failed (now, or on the execution that journaled it): loader exit 1. */
 export class StepFailedError extends ScriptRunnerError {
-  constructor(label: string, message: string, result: unknown, errorName?: string);
+  constructor(label: string, message: string, result: unknown, errorName?: string | null);
   readonly code: "STEP_FAILED";
   /** The step's label. */
   readonly label: string;
   /** The journaled result (`{name, message}` of a `run` step, the job of a script step). */
   readonly result: JsonValue;
-  /** The original error's name. */
-  readonly errorName: string;
+  /** The name of the error a `run` step's function threw (`TypeError`, ...); `null` for a
+   * failed script job, a denied input or an event past its time-out, which threw nothing. */
+  readonly errorName: string | null;
 }
 
 /** A call refused before any request: loader exit 2. */

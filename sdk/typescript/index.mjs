@@ -51,7 +51,7 @@ export class StepFailedError extends ScriptRunnerError {
     /** The journaled result. */
     this.result = result === undefined ? null : result;
     /** The original error's name (from a `run` step's journaled `{name, message}`). */
-    this.errorName = errorName ?? "Error";
+    this.errorName = errorName ?? null;
   }
 }
 

@@ -274,6 +274,11 @@ pub struct Script {
     /// `runner.maxConcurrent`; `None` is no limit of its own. A job of a script at its limit
     /// waits in the queue without holding back the jobs of other scripts behind it.
     pub concurrency: Option<usize>,
+    /// A workflow's interpreter (`interpreter` in scripts.json: an argv whose program is an
+    /// absolute path; the workflow's file is appended). `None`: the file is executed itself
+    /// (its `#!` line). With `node`, `tsx`, `deno` or `python3`, a source that defines
+    /// `main(args, ctx)` is run by its step SDK's loader (see [`crate::runs::sdk`]).
+    pub interpreter: Option<Vec<String>>,
 }
 
 /// Rules every argument of a run request must satisfy.
@@ -441,6 +446,7 @@ struct RawScript {
     cwd: Option<String>,
     description: Option<String>,
     concurrency: Option<usize>,
+    interpreter: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -635,13 +641,7 @@ fn workflow_config(
 ) -> Result<WorkflowConfig, ConfigError> {
     for (name, argv) in &raw.interpreters {
         let key = format!("workflows.interpreters.{name}");
-        let Some(program) = argv.first() else {
-            return Err(ConfigError::new(file, format!("{key}: must name a program, e.g. [\"/bin/bash\"]")));
-        };
-        if !Path::new(program).is_absolute() {
-            return Err(ConfigError::new(file, format!("{key}: {program} must be an absolute path")));
-        }
-        check_executable(Path::new(program)).map_err(|m| ConfigError::new(file, format!("{key}: {m}")))?;
+        check_interpreter_argv(argv).map_err(|m| ConfigError::new(file, format!("{key}: {m}")))?;
     }
     let limit = |value: Option<u64>, var: &str, key: &str, default: u64| -> Result<u64, ConfigError> {
         let n = match value {
@@ -697,7 +697,22 @@ fn validate_scripts(file: &Path, raw: Vec<Value>, max_concurrent: usize) -> Resu
             return Err(ConfigError::in_script(file, &rs.id, "id: duplicate id"));
         }
         let path = normalize(&base.join(&rs.path));
-        check_executable(&path).map_err(|m| ConfigError::in_script(file, &rs.id, format!("path: {m}")))?;
+        match &rs.interpreter {
+            // A file an interpreter reads need not be executable.
+            Some(argv) => {
+                if rs.kind != Some(Kind::Workflow) {
+                    return Err(ConfigError::in_script(
+                        file,
+                        &rs.id,
+                        "interpreter: only a workflow has one (a script is executed itself)",
+                    ));
+                }
+                check_interpreter_argv(argv)
+                    .map_err(|m| ConfigError::in_script(file, &rs.id, format!("interpreter: {m}")))?;
+                check_readable(&path).map_err(|m| ConfigError::in_script(file, &rs.id, format!("path: {m}")))?;
+            }
+            None => check_executable(&path).map_err(|m| ConfigError::in_script(file, &rs.id, format!("path: {m}")))?,
+        }
         let pattern = rs.args.item_pattern.as_deref().unwrap_or(r"^[\s\S]*$");
         let item_pattern = Regex::new(pattern)
             .map_err(|e| ConfigError::in_script(file, &rs.id, format!("args.itemPattern: invalid regex: {e}")))?;
@@ -756,9 +771,31 @@ fn validate_scripts(file: &Path, raw: Vec<Value>, max_concurrent: usize) -> Resu
             cwd,
             description: rs.description,
             concurrency: rs.concurrency,
+            interpreter: rs.interpreter,
         }));
     }
     Ok((scripts, workflows))
+}
+
+/// An interpreter argv (`workflows.interpreters.*`, a workflow's `interpreter`): a program
+/// given by absolute path (it is executed directly, never looked up), then its arguments.
+fn check_interpreter_argv(argv: &[String]) -> Result<(), String> {
+    let Some(program) = argv.first() else {
+        return Err("must name a program, e.g. [\"/bin/bash\"]".into());
+    };
+    if !Path::new(program).is_absolute() {
+        return Err(format!("{program} must be an absolute path"));
+    }
+    check_executable(Path::new(program))
+}
+
+/// A file the workflow's interpreter reads.
+fn check_readable(path: &Path) -> Result<(), String> {
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!("{} is not a file", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 fn check_executable(path: &Path) -> Result<(), String> {

@@ -4,7 +4,10 @@
 //! and runs a workflow of N trivial `step -- true` steps (default 1,000) two ways:
 //! 1. through the CLI: a bash loop of `script-runner step "s-$i" -- true`;
 //! 2. through the Rust client: this binary, started as the workflow (`--as-workflow N`), calls
-//!    `Workflow::command` N times.
+//!    `Workflow::command` N times;
+//! 3. through the TypeScript / JavaScript SDK: `ctx.step.command` N times in a `main(args, ctx)`
+//!    run by `node` (skipped, with a notice, without `node` on PATH);
+//! 4. through the Python SDK: the same under `python3`.
 //!
 //! Each is measured on its first execution (every step runs `true` and is committed to the
 //! journal before the next begins) and on a full replay (a fork of the finished run: every step
@@ -134,7 +137,15 @@ fn bench(args: &[String]) -> Result<()> {
         ),
     )?;
     write_script(dir.path(), "client.sh", &format!("#!/bin/bash\nexec '{}' --as-workflow {steps}\n", me.display()))?;
-    let server = Bench::start(dir.path(), steps, database.url())?;
+    std::fs::write(dir.path().join("steps.mjs"), SDK_JS)?;
+    std::fs::write(dir.path().join("steps.py"), SDK_PY)?;
+    let (node, python) = (on_path("node"), on_path("python3"));
+    for (program, missing) in [(&node, "node"), (&python, "python3")] {
+        if program.is_none() {
+            println!("NOTICE: {missing} is not on PATH: its SDK is not measured");
+        }
+    }
+    let server = Bench::start(dir.path(), steps, database.url(), node.as_deref(), python.as_deref())?;
     println!(
         "script-runner workflow bench: {steps} steps of `step -- true`, server pid {}, database {} ({})",
         server.server.pid(),
@@ -146,7 +157,14 @@ fn bench(args: &[String]) -> Result<()> {
         "", "total ms", "per step ms", "steps/s", "server CPU/step", "DB CPU/step", "stmts/step"
     );
     let mut summary = serde_json::Map::new();
-    for (name, workflow) in [("CLI (script-runner step)", "cli"), ("Rust client", "client")] {
+    let mut workflows = vec![("CLI (script-runner step)", "cli"), ("Rust client", "client")];
+    if node.is_some() {
+        workflows.push(("TypeScript SDK (node)", "typescript"));
+    }
+    if python.is_some() {
+        workflows.push(("Python SDK (python3)", "python"));
+    }
+    for (name, workflow) in workflows {
         let (first, first_phase) = server.measure(&mut database, |s| s.launch(workflow))?;
         let first_id = first["id"].as_str().context("no run id")?.to_string();
         let (_, replay_phase) = server.measure(&mut database, |s| s.fork(&first_id))?;
@@ -190,15 +208,44 @@ fn elapsed_ms(run: &Value) -> Result<f64> {
 struct Bench {
     server: Server,
     agent: ureq::Agent,
+    /// Steps of each workflow (the SDK workflows read it from their args).
+    steps: u32,
+}
+
+/// The TypeScript SDK's workflow: `args.steps` command steps, then `{steps, ms}`.
+const SDK_JS: &str = include_str!("../../../sdk/typescript/bench/steps.mjs");
+
+/// The Python SDK's workflow: the same.
+const SDK_PY: &str = include_str!("../../../sdk/python/bench/steps.py");
+
+/// The absolute path of `program` on PATH (interpreters are configured by absolute path).
+fn on_path(program: &str) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file()).map(|p| p.display().to_string())
 }
 
 impl Bench {
     /// Starts the server on the database `database_url` names (`None`: its default).
-    fn start(dir: &Path, steps: u32, database_url: Option<&str>) -> Result<Bench> {
-        let scripts = json!({ "scripts": [
-            { "id": "cli", "path": "./cli.sh", "kind": "workflow" },
-            { "id": "client", "path": "./client.sh", "kind": "workflow" }
-        ]});
+    fn start(
+        dir: &Path,
+        steps: u32,
+        database_url: Option<&str>,
+        node: Option<&str>,
+        python: Option<&str>,
+    ) -> Result<Bench> {
+        let mut workflows = vec![
+            json!({ "id": "cli", "path": "./cli.sh", "kind": "workflow" }),
+            json!({ "id": "client", "path": "./client.sh", "kind": "workflow" }),
+        ];
+        if let Some(node) = node {
+            workflows
+                .push(json!({ "id": "typescript", "path": "./steps.mjs", "kind": "workflow", "interpreter": [node] }));
+        }
+        if let Some(python) = python {
+            workflows
+                .push(json!({ "id": "python", "path": "./steps.py", "kind": "workflow", "interpreter": [python] }));
+        }
+        let scripts = json!({ "scripts": workflows });
         let config = json!({
             "server": { "host": "127.0.0.1", "port": 0 },
             "runner": { "logsDir": "./logs" },
@@ -206,7 +253,7 @@ impl Bench {
             "scriptsFile": "./scripts.json"
         });
         let server = Server::start_on(dir, &config, &scripts, database_url)?;
-        Ok(Bench { server, agent: agent() })
+        Ok(Bench { server, agent: agent(), steps })
     }
 
     /// Runs `run` (a launch or a fork, which returns the ended run) and measures it: the
@@ -225,7 +272,7 @@ impl Bench {
 
     /// Launches a configured workflow and waits for its end.
     fn launch(&self, workflow: &str) -> Result<Value> {
-        let body = json!({ "workflowId": workflow, "background": false });
+        let body = json!({ "workflowId": workflow, "background": false, "args": { "steps": self.steps } });
         let answer: Value =
             self.agent.post(&format!("{}/api/script-runs", self.server.base)).send_json(body)?.into_json()?;
         Ok(answer["run"].clone())

@@ -695,6 +695,7 @@ mod tests {
             cwd: "/".into(),
             description: None,
             concurrency,
+            interpreter: None,
         })
     }
 

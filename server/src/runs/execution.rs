@@ -11,7 +11,7 @@
 //!   cancel or a pause); one that arrives while an execution settles applies at its end;
 //! - a run with no process changes status for a stop reason under the lock, or not at all.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +21,11 @@ use serde_json::Value;
 
 use super::error::RunError;
 use super::journal::rules::Budget;
-use super::launch::{run_dir, sha256_hex, to_json};
+use super::launch::{run_dir, runs_dir, sha256_hex, to_json};
 use super::lifecycle::{self, ExecutionEnd, PauseAction, Settlement, Stop};
 use super::live::{LiveRun, State};
 use super::model::{Run, RunStatus};
+use super::sdk;
 use super::{Engine, HEARTBEAT_EVERY, MAX_OUTPUT_BYTES};
 use crate::db::Pending;
 use crate::process::supervisor::{self, Control, Launch, LiveStreams, Outcome, Spawned};
@@ -410,17 +411,32 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         }
     };
     let dir = run_dir(&engine.config, &run.id);
-    let source_file = dir.join("source");
+    let interpreter = interpreter_of(engine, &run)?;
+    // A source written for a step SDK (`main(args, ctx)`) runs through its loader, from a
+    // copy named with its language's extension.
+    let sdk_language = interpreter.as_deref().and_then(|argv| sdk::language(argv, &run.source));
+    let source_file = match sdk_language {
+        Some(language) => dir.join(format!("source.{}", language.extension())),
+        None => dir.join("source"),
+    };
     let args_file = dir.join("args.json");
-    let executable = run.workflow_id.is_some();
+    let output_file = dir.join(format!("a{}.output.json", run.attempt));
+    let executable = run.workflow_id.is_some() && interpreter.is_none();
     let (source, args) = (run.source.clone(), to_json(&run.args));
-    let (d, sf, af) = (dir.clone(), source_file.clone(), args_file.clone());
-    blocking(move || -> std::io::Result<()> {
+    let (d, sf, af, of) = (dir.clone(), source_file.clone(), args_file.clone(), output_file.clone());
+    let sdk_root = runs_dir(&engine.config);
+    let sdk_dir = blocking(move || -> std::io::Result<Option<PathBuf>> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&d)?;
         std::fs::write(&sf, source)?;
         std::fs::set_permissions(&sf, std::fs::Permissions::from_mode(if executable { 0o700 } else { 0o600 }))?;
-        std::fs::write(&af, args)
+        std::fs::write(&af, args)?;
+        // An output file of an earlier try of this execution number is not this one's.
+        match std::fs::remove_file(&of) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        sdk_language.map(|_| sdk::install(&sdk_root)).transpose()
     })
     .await?
     .map_err(|e| RunError::file(format!("cannot write the files of run {}", run.id), e))?;
@@ -447,41 +463,43 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
     })
     .await?;
     let run = live.snapshot();
-    let (program, mut program_args, cwd, mut env) =
-        match &run.workflow_id {
-            None if run.flow.is_some() => {
-                let exe = engine.exe.clone().ok_or(RunError::NoOwnExecutable)?;
-                let root = engine.config.workflows.flows_dir.parent().map_or_else(|| dir.clone(), PathBuf::from);
-                let args = vec![
-                    "flow".to_string(),
-                    "run".to_string(),
-                    source_file.display().to_string(),
-                    "--journal".to_string(),
-                    "--root".to_string(),
-                    root.display().to_string(),
-                ];
-                (exe, args, dir.clone(), Vec::new())
-            }
-            Some(workflow_id) => {
-                let script = engine.config.workflow(workflow_id).cloned();
-                let cwd = script.as_ref().map_or_else(|| dir.clone(), |s| s.cwd.clone());
-                let env = script.map(|s| s.env.clone().into_iter().collect::<Vec<_>>()).unwrap_or_default();
-                (source_file.clone(), Vec::new(), cwd, env)
-            }
-            None => {
-                let name = run.interpreter.clone().unwrap_or_default();
-                let argv =
-                    engine.config.workflows.interpreters.get(&name).cloned().ok_or_else(|| {
-                        RunError::InvalidRequest(format!("interpreter {name:?} is no longer configured"))
-                    })?;
-                let mut argv = argv.into_iter();
-                let program = PathBuf::from(argv.next().unwrap_or_default());
-                (program, argv.collect(), dir.clone(), Vec::new())
-            }
-        };
-    if run.workflow_id.is_none() && run.flow.is_none() {
-        program_args.push(source_file.display().to_string());
-    }
+    let (program, program_args, cwd, mut env) = match (&run.workflow_id, &interpreter) {
+        (None, _) if run.flow.is_some() => {
+            let exe = engine.exe.clone().ok_or(RunError::NoOwnExecutable)?;
+            let root = engine.config.workflows.flows_dir.parent().map_or_else(|| dir.clone(), PathBuf::from);
+            let args = vec![
+                "flow".to_string(),
+                "run".to_string(),
+                source_file.display().to_string(),
+                "--journal".to_string(),
+                "--root".to_string(),
+                root.display().to_string(),
+            ];
+            (exe, args, dir.clone(), Vec::new())
+        }
+        (Some(_), None) => {
+            let (cwd, env) = workflow_place(engine, &run, &dir);
+            (source_file.clone(), Vec::new(), cwd, env)
+        }
+        (_, Some(interpreter)) => {
+            let argv = match (sdk_language, &sdk_dir) {
+                (Some(language), Some(sdk_dir)) => sdk::loader_argv(sdk_dir, language, interpreter, &source_file),
+                _ => {
+                    let mut argv = interpreter.clone();
+                    argv.push(source_file.display().to_string());
+                    argv
+                }
+            };
+            let (cwd, env) = match run.workflow_id {
+                Some(_) => workflow_place(engine, &run, &dir),
+                None => (dir.clone(), Vec::new()),
+            };
+            let mut argv = argv.into_iter();
+            (PathBuf::from(argv.next().unwrap_or_default()), argv.collect(), cwd, env)
+        }
+        (None, None) => return Err(RunError::InvalidRequest(format!("run {} names no workflow", run.id))),
+    };
+    env.push(("SCRIPT_RUN_OUTPUT".into(), output_file.display().to_string()));
     env.push(("SCRIPT_RUNNER_URL".into(), engine.url.get().cloned().unwrap_or_default()));
     env.push(("SCRIPT_RUN_ID".into(), run.id.clone()));
     env.push(("SCRIPT_RUN_TOKEN".into(), token));
@@ -511,6 +529,32 @@ async fn prepare(engine: &Engine, live: &Arc<LiveRun>) -> Result<Option<Launch>,
         // A run's log pages read its execution logs from files: they are always written.
         inline_small_output: false,
     }))
+}
+
+/// The interpreter argv a run's source is given to: an inline source's (from
+/// `workflows.interpreters`), or a configured workflow's `interpreter`; `None` for a workflow
+/// file executed itself, and for a flow.
+fn interpreter_of(engine: &Engine, run: &Run) -> Result<Option<Vec<String>>, RunError> {
+    match (&run.workflow_id, &run.interpreter) {
+        (Some(id), _) => Ok(engine.config.workflow(id).and_then(|s| s.interpreter.clone())),
+        (None, Some(name)) => engine
+            .config
+            .workflows
+            .interpreters
+            .get(name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| RunError::InvalidRequest(format!("interpreter {name:?} is no longer configured"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A configured workflow's working directory and environment (its folder and its `env`).
+fn workflow_place(engine: &Engine, run: &Run, dir: &Path) -> (PathBuf, Vec<(String, String)>) {
+    let script = run.workflow_id.as_deref().and_then(|id| engine.config.workflow(id)).cloned();
+    let cwd = script.as_ref().map_or_else(|| dir.to_path_buf(), |s| s.cwd.clone());
+    let env = script.map(|s| s.env.clone().into_iter().collect::<Vec<_>>()).unwrap_or_default();
+    (cwd, env)
 }
 
 /// Stops what the ended execution left in process groups of its own (its command steps'
@@ -662,11 +706,18 @@ async fn retry(engine: &Engine, live: &LiveRun, run: &Run, retried: Retried<'_>)
     live.committed(pending).await
 }
 
-/// The run's output: its stdout parsed as JSON when the whole trimmed stdout is JSON, else
-/// the trimmed text (at most [`MAX_OUTPUT_BYTES`]).
+/// The run's output: what the execution wrote to its `$SCRIPT_RUN_OUTPUT` file (a step SDK's
+/// loader writes `main`'s return value there), else its stdout; parsed as JSON when the whole
+/// trimmed text is JSON, else the trimmed text (at most [`MAX_OUTPUT_BYTES`]).
 async fn output(engine: &Engine, run: &Run) -> Value {
-    let path = run_dir(&engine.config, &run.id).join(format!("a{}.stdout.log", run.attempt));
-    let page = blocking(move || logs::read_bytes(&path, 0, MAX_OUTPUT_BYTES + 1)).await;
+    let dir = run_dir(&engine.config, &run.id);
+    let written = dir.join(format!("a{}.output.json", run.attempt));
+    let stdout = dir.join(format!("a{}.stdout.log", run.attempt));
+    let page = blocking(move || {
+        let from = if written.is_file() { written } else { stdout };
+        logs::read_bytes(&from, 0, MAX_OUTPUT_BYTES + 1)
+    })
+    .await;
     let Ok(Ok(page)) = page else { return Value::Null };
     let cut = page.data.len() as u64 > MAX_OUTPUT_BYTES;
     let bytes = &page.data[..page.data.len().min(MAX_OUTPUT_BYTES as usize)];

@@ -3,9 +3,11 @@
 //! Labels are durability keys, so `for f in *; do script-runner step review -- ...; done`
 //! journals the first iteration and replays its result for every later one. The lint finds the
 //! obvious cases in shell (`for`/`while`/`until` ... `do` ... `done`), Python (an indented
-//! block under `for`/`while`) and brace languages (`for (...) {` ... `}`), for labels given to
-//! the `script-runner step` command or to a client call such as `step("review", ...)`. A label
-//! that interpolates anything (`review-$f`, `f"review-{i}"`, `` `review-${i}` ``) is fine.
+//! block under `for`/`while`) and brace languages (`for (...) {` ... `}`, a one-line
+//! `for (...) stmt;`, and JavaScript's `.map(`/`.forEach(`/`.flatMap(` callbacks), for labels
+//! given to the `script-runner step` command or to a client or SDK call such as
+//! `step("review", ...)`, `ctx.step.run("review", ...)` or `@step("review")`. A label that
+//! interpolates anything (`review-$f`, `f"review-{i}"`, `` `review-${i}` ``) is fine.
 
 use std::sync::OnceLock;
 
@@ -44,8 +46,11 @@ fn cli_label() -> &'static Regex {
 fn call_label() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        // A client call whose first argument is a plain string literal (no f-string prefix).
-        Regex::new(r#"(?:^|[^\w])(?:step|command|script|value|sleep|approval)\(\s*(["'])([^"'$`{}]*)(["'])"#)
+        // A client or SDK call whose first argument is a plain string literal (no f-string
+        // prefix, no template interpolation).
+        Regex::new(
+            r#"(?:^|[^\w])(?:step|run|command|script|scriptStart|script_start|value|sleep|approval|input|waitEvent|wait_event)\(\s*(["'`])([^"'`$\\{}]*)(["'`])"#,
+        )
             .expect("static regex")
     })
 }
@@ -53,6 +58,15 @@ fn call_label() -> &'static Regex {
 fn loop_start() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| Regex::new(r"^\s*(?:for|while|until)\b").expect("static regex"))
+}
+
+/// A JavaScript callback run once per item: `items.map((item) => ...`.
+fn callback_loop() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"\.(?:map|forEach|flatMap)\s*\(\s*(?:async\s*)?(?:function\b|\(?[\w\s,{}\[\]:]*\)?\s*=>)")
+            .expect("static regex")
+    })
 }
 
 /// Every literal label inside a loop, in source order.
@@ -76,8 +90,14 @@ pub fn lint(source: &str) -> Vec<Violation> {
         }
         let in_loop = shell_depth > 0 || !python_loops.is_empty() || !brace_loops.is_empty();
         let header = loop_start().is_match(line);
-        if in_loop || (header && words(line).any(|w| w == "do")) {
-            for label in labels(line) {
+        let python_header = header && line.trim_end().ends_with(':');
+        let callback = callback_loop().find(line);
+        // A loop header runs its condition (and, on one line, its body) every iteration; a
+        // Python header's iterable is evaluated once.
+        let checked =
+            if in_loop || (header && !python_header) { Some(line) } else { callback.map(|m| &line[m.start()..]) };
+        if let Some(text) = checked {
+            for label in labels(text) {
                 found.push(Violation { line: index + 1, label });
             }
         }
@@ -89,10 +109,15 @@ pub fn lint(source: &str) -> Vec<Violation> {
                 _ => {}
             }
         }
-        if header && line.trim_end().ends_with(':') {
+        if python_header {
             python_loops.push(indent);
         }
-        if header && !line.contains(" do") && !line.trim_end().ends_with(':') {
+        // A brace loop's body starts at the next `{`, unless the whole loop is this line
+        // (`for (...) stmt;`); a callback loop's, at a `{` after `.map(`.
+        let one_line = line.trim_end().ends_with(';') && !line.contains('{');
+        if (header && !line.contains(" do") && !python_header && !one_line)
+            || callback.is_some_and(|m| line[m.start()..].contains('{'))
+        {
             pending_brace_loop = true;
         }
         for c in line.chars() {
@@ -179,6 +204,30 @@ mod tests {
         assert_eq!(lint(py_ok), vec![]);
         let rs = "for i in 0..3 {\n    wf.command(\"build\", &[\"true\"])?;\n}\nwf.command(\"ship\", &[\"true\"])?;\n";
         assert_eq!(lint(rs), vec![Violation { line: 2, label: "build".into() }]);
+    }
+
+    #[test]
+    fn typescript_sdk_calls_in_loops() {
+        let ts = "export default async function main(args, ctx) {\n  for (const claim of args.claims) {\n    await ctx.step.run(\"verify\", () => check(claim));\n  }\n  await ctx.step.run(\"after\", () => 1);\n}\n";
+        assert_eq!(lint(ts), vec![Violation { line: 3, label: "verify".into() }]);
+        let template = "for (let pass = 1; pass <= 3; pass++) {\n  await ctx.step.script(`revise-${pass}`, \"revise\", []);\n  await ctx.step.waitEvent(`plain`, \"go\");\n}\n";
+        assert_eq!(lint(template), vec![Violation { line: 3, label: "plain".into() }]);
+        let one_line =
+            "for (const c of cs) await ctx.step.value('v', c);\nwhile (!(await ctx.step.run(\"poll\", probe))) {}\n";
+        assert_eq!(lint(one_line).iter().map(|v| v.line).collect::<Vec<_>>(), [1, 2]);
+        let callbacks = "await Promise.all(items.map((item) => ctx.step.run(\"fetch\", () => get(item))));\nitems.forEach(async (item) => {\n  await ctx.step.input(\"ask\", \"?\");\n});\nawait ctx.step.run(\"done\", f);\n";
+        assert_eq!(lint(callbacks).iter().map(|v| v.line).collect::<Vec<_>>(), [1, 3]);
+        let fine = "await Promise.all(items.map((item, i) => ctx.step.run(`fetch-${i}`, () => get(item))));\nconst r = await ctx.step.run(\"once\", () => xs.map((x) => x * 2));\nfor (const x of xs) total += x;\nif (r) {\n  await ctx.step.run(\"after\", f);\n}\n";
+        assert_eq!(lint(fine), vec![]);
+    }
+
+    #[test]
+    fn python_sdk_calls_and_decorators_in_loops() {
+        let py = "def main(args, ctx):\n    for claim in args[\"claims\"]:\n        ctx.step.run(\"verify\", lambda: claim)\n        @ctx.step(\"decorated\")\n        def f():\n            return 1\n    ctx.step.wait_event(\"go\", \"go\")\n    for i in ctx.step.value(\"items\", [1, 2]):\n        ctx.step.run(f\"item-{i}\", lambda: i)\n";
+        assert_eq!(
+            lint(py),
+            vec![Violation { line: 3, label: "verify".into() }, Violation { line: 4, label: "decorated".into() }]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`events`]: what happened to a run, stored with each change, for its event stream;
 //! - [`view`]: runs and journal entries as the API (and the events) show them;
 //! - [`resume`]: the resume URLs of waiting steps: their tokens, and what using one does;
+//! - [`sdk`]: sources written for a step SDK (`main(args, ctx)`), run through its loader;
 //! - [`error`]: what can go wrong, typed.
 //!
 //! This file is the face the HTTP layer calls ([`RunManager`]), and the [`Engine`] the rooms
@@ -32,6 +33,7 @@ pub mod lint;
 pub mod live;
 pub mod model;
 pub mod resume;
+pub mod sdk;
 pub mod view;
 
 use std::path::PathBuf;
