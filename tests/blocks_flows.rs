@@ -1076,7 +1076,10 @@ fn shipped_flow_1_runs_green_against_the_example_service() {
     std::fs::create_dir_all(dir.path().join("examples")).unwrap();
     for entry in std::fs::read_dir(repo.join("examples")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join("examples").join(entry.file_name())).unwrap();
+        // The scripts scripts.json names (not the SDK examples' folders).
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join("examples").join(entry.file_name())).unwrap();
+        }
     }
     let config = dir.path().join("config.json");
     let server = Deployment { dir, config, database: None }.start();
