@@ -28,6 +28,14 @@ enum Lang {
 }
 
 impl Lang {
+    /// The source of a test in this language.
+    fn pick(self, js: &'static str, py: &'static str) -> &'static str {
+        match self {
+            Lang::Js => js,
+            Lang::Py => py,
+        }
+    }
+
     /// The inline interpreter name the tests configure for it.
     fn interpreter(self) -> &'static str {
         match self {
@@ -165,10 +173,7 @@ def main(args, ctx):
 fn every_step_kind(lang: Lang) {
     let (b, d) = builder(json!({}));
     let server = b.start();
-    let source = match lang {
-        Lang::Js => EVERY_KIND_JS,
-        Lang::Py => EVERY_KIND_PY,
-    };
+    let source = lang.pick(EVERY_KIND_JS, EVERY_KIND_PY);
     let id = launch(&server, lang, &d, source, json!({ "who": "me" }));
     server.wait_step(&id, "approval", "started");
     let r = server.post(&format!("/api/script-runs/{id}/approvals/approval"), json!({ "approved": true, "by": "ann" }));
@@ -302,10 +307,7 @@ def main(args, ctx):
 fn crash_replays(lang: Lang) {
     let (b, d) = builder(json!({}));
     let server = b.start();
-    let source = match lang {
-        Lang::Js => CRASH_JS,
-        Lang::Py => CRASH_PY,
-    };
+    let source = lang.pick(CRASH_JS, CRASH_PY);
     let id = launch(&server, lang, &d, source, json!({}));
     let pid = held_pid(&d, "held");
     signal(pid, libc::SIGKILL);
@@ -391,10 +393,7 @@ def main(args, ctx):
 fn divergence_and_usage(lang: Lang) {
     let (b, d) = builder(json!({}));
     let server = b.start();
-    let source = match lang {
-        Lang::Js => DIVERGE_JS,
-        Lang::Py => DIVERGE_PY,
-    };
+    let source = lang.pick(DIVERGE_JS, DIVERGE_PY);
     let caught = launch(&server, lang, &d, source, json!({}));
     let uncaught = launch(&server, lang, &d, source, json!({ "uncaught": true }));
 
@@ -457,10 +456,7 @@ def main(args, ctx):
 fn guardrail(lang: Lang) {
     let (b, d) = builder(json!({ "maxSteps": 3 }));
     let server = b.start();
-    let source = match lang {
-        Lang::Js => GUARD_JS,
-        Lang::Py => GUARD_PY,
-    };
+    let source = lang.pick(GUARD_JS, GUARD_PY);
     let id = launch(&server, lang, &d, source, json!({}));
     let body = server.wait_run_terminal(&id, WAIT);
     assert_eq!(body["run"]["status"], json!("aborted_limit"), "{body}");
@@ -538,10 +534,7 @@ def main(args, ctx):
 fn two_runs_at_once(lang: Lang) {
     let (b, d) = builder(json!({}));
     let server = b.start();
-    let source = match lang {
-        Lang::Js => FAN_JS,
-        Lang::Py => FAN_PY,
-    };
+    let source = lang.pick(FAN_JS, FAN_PY);
     let one = launch(&server, lang, &d, source, json!({ "tag": "one", "items": [1, 2, 3, 4, 5] }));
     let two = launch(&server, lang, &d, source, json!({ "tag": "two", "items": [6, 7, 8, 9, 10] }));
     for (id, tag, items) in [(&one, "one", [1, 2, 3, 4, 5]), (&two, "two", [6, 7, 8, 9, 10])] {
