@@ -47,6 +47,9 @@ impl Engine {
     /// `verb`ed: [`RunError::InvalidState`] (or [`RunError::RunNotFound`]).
     pub(super) async fn require_live(&self, id: &str, verb: &str) -> Result<Arc<LiveRun>, RunError> {
         match self.live.get(id) {
+            // A run that has just ended is still held until its settlement forgets it: it is
+            // as ended as one read from the database.
+            Some(live) if live.status().is_terminal() => Err(state_error(id, live.status(), verb)),
             Some(live) => Ok(live),
             None => {
                 let run = self.get(id).await?;
