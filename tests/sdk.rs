@@ -101,11 +101,14 @@ fn held_pid(dir: &Path, file: &str) -> i32 {
     wait_file(&dir.join(file), WAIT).trim().parse().unwrap()
 }
 
-/// A run's stderr log of one execution.
+/// A run's stderr log of one execution (the answer's text if there is no such execution: it
+/// is shown in failure messages, which must not fail themselves).
 fn stderr(server: &TestServer, id: &str, attempt: i32) -> String {
     let r = server.get(&format!("/api/script-runs/{id}/logs?stream=stderr&attempt={attempt}"));
-    assert_eq!(r.status, 200, "{}", r.text);
-    r.body["data"].as_str().unwrap_or_default().to_string()
+    match r.status {
+        200 => r.body["data"].as_str().unwrap_or_default().to_string(),
+        _ => r.text,
+    }
 }
 
 // ---------------------------------------------------------------- every step kind

@@ -8,7 +8,7 @@
 //! each other's loader under a running workflow.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use regex::Regex;
 
@@ -106,16 +106,19 @@ pub fn loader_argv(sdk_dir: &Path, language: Language, interpreter: &[String], s
 }
 
 /// The SDK folder under `runs_dir`, written on first use (by this process) and reused after.
+/// Executions starting at once wait for one writer: each would otherwise write the same files.
 pub fn install(runs_dir: &Path) -> std::io::Result<PathBuf> {
-    static INSTALLED: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(dir) = INSTALLED.get() {
+    static INSTALLED: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(dir) = installed.as_ref() {
         if dir.starts_with(runs_dir) && dir.join(Language::Python.loader()).is_file() {
             return Ok(dir.clone());
         }
     }
     let dir = runs_dir.join(".sdk").join(version());
     if !complete(&dir) {
-        // Written beside, then renamed into place: a loader is never seen half-written.
+        // Written beside, then renamed into place: a loader is never seen half-written (by
+        // this server or another one sharing the folder).
         let partial = runs_dir.join(".sdk").join(format!("{}.{}.partial", version(), std::process::id()));
         let _ = std::fs::remove_dir_all(&partial);
         for (name, text) in FILES {
@@ -125,6 +128,10 @@ pub fn install(runs_dir: &Path) -> std::io::Result<PathBuf> {
             }
             std::fs::write(&path, text)?;
         }
+        // A stale incomplete copy (a crash mid-way of an older server) makes way.
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         if let Err(e) = std::fs::rename(&partial, &dir) {
             let _ = std::fs::remove_dir_all(&partial);
             // Another server wrote it meanwhile.
@@ -133,7 +140,7 @@ pub fn install(runs_dir: &Path) -> std::io::Result<PathBuf> {
             }
         }
     }
-    let _ = INSTALLED.set(dir.clone());
+    *installed = Some(dir.clone());
     Ok(dir)
 }
 
@@ -188,6 +195,21 @@ mod tests {
         assert_eq!(language(&argv(&["/usr/bin/python3"]), "class A:\n    def main(self, ctx):\n        pass\n"), None);
         assert_eq!(language(&argv(&["/usr/bin/python3"]), "export default async function main() {}"), None);
         assert_eq!(language(&[], "def main(args, ctx): pass"), None);
+    }
+
+    #[test]
+    fn executions_starting_at_once_all_get_the_complete_sdk() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().to_path_buf();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || install(&root).map(|sdk| complete(&sdk)))
+            })
+            .collect();
+        for t in threads {
+            assert!(matches!(t.join().expect("thread"), Ok(true)));
+        }
     }
 
     #[test]
