@@ -161,6 +161,7 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
   let first = 0; // index of the first line shown
   let next = 0; // index of the next line to follow
   let pending = [];
+  let total = 0; // lines stored when the page was loaded
 
   function atBottom() {
     return pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
@@ -174,7 +175,7 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
     showCount();
   }
   function showCount() {
-    count.textContent = `lines ${next === 0 ? 0 : first + 1}–${next}`;
+    count.textContent = next === 0 ? "no lines" : `lines ${first + 1}–${next}${total > next ? ` of ${total}` : ""}`;
     earlier.hidden = first === 0;
   }
 
@@ -204,6 +205,7 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
       : await get(`/jobs/${enc}/logs${query({ stream, unit: "lines", offset: start, limit: LOG_PAGE })}`, opts);
     first = page.offset;
     next = page.nextOffset;
+    total = page.totalLines;
     pending = page.lines.slice();
     flush();
     pre.scrollTop = pre.scrollHeight;

@@ -47,7 +47,7 @@ export async function renderList(root, _params, ctx) {
         h("td", null, statusBadge(r.status)),
         h("td", { class: "num" }, String(r.attempt ?? "—")),
         h("td", null, formatTime(r.createdAt)),
-        h("td", null, TERMINAL.has(r.status) && !r.progress ? formatDuration(elapsed(r.startedAt, r.finishedAt)) : progressView(r.progress))));
+        h("td", null, progressView(r.progress))));
     fill(holder, table("runs-table", ["id", "name", "status", "attempt", "created", "progress"], rows));
     if (!rows.length) holder.append(h("p", { class: "empty" }, "No runs."));
     const last = Math.min(state.offset + page.runs.length, page.total);
@@ -74,7 +74,7 @@ export async function renderRun(root, { id }, ctx) {
     waiting: h("dd", { testid: "run-waiting" }),
     error: h("dd", { testid: "run-error" }),
     facts: h("dl", { class: "facts" }),
-    output: h("pre", { class: "log small-log", testid: "run-output" }),
+    output: h("pre", { class: "json", testid: "run-output" }),
     actions: h("div", { class: "actions" }),
     journal: h("ol", { class: "journal", testid: "journal" }),
     warnings: h("ul", { class: "list warnings" }),
@@ -84,15 +84,7 @@ export async function renderRun(root, { id }, ctx) {
   root.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "Runs"), " / ", id),
     h("div", { class: "title-row" }, title),
-    h("section", { class: "card" },
-      h("dl", { class: "facts" },
-        h("dt", null, "status"), els.status,
-        h("dt", null, "attempt"), els.attempt,
-        h("dt", null, "progress"), els.progress,
-        h("dt", null, "waiting for"), els.waiting,
-        h("dt", null, "error"), els.error),
-      els.facts,
-      els.warnings),
+    h("section", { class: "card" }, els.facts, els.warnings),
     els.actions,
     h("section", { class: "card" }, h("h2", null, "Output"), els.output),
     h("section", { class: "card" }, h("h2", null, "Journal"), els.journal),
@@ -158,6 +150,11 @@ export async function renderRun(root, { id }, ctx) {
     els.error.textContent = r.error ?? "—";
     els.error.classList.toggle("error-text", Boolean(r.error));
     fill(els.facts,
+      h("dt", null, "status"), els.status,
+      h("dt", null, "attempt"), els.attempt,
+      h("dt", null, "progress"), els.progress,
+      h("dt", null, "waiting for"), els.waiting,
+      h("dt", null, "error"), els.error,
       h("dt", null, "workflow"), h("dd", null, r.scriptName || r.workflowId || r.flow || "inline"),
       h("dt", null, "created"), h("dd", null, formatTime(r.createdAt)),
       h("dt", null, "started"), h("dd", null, formatTime(r.startedAt)),
