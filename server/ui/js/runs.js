@@ -100,8 +100,8 @@ export async function renderRun(root, { id }, ctx) {
     } catch (err) {
       ctx.fail(err);
     } finally {
-      actionsKey = null;
-      if (run) drawActions(run);
+      // Buttons are rebuilt only when the allowed actions change (a test holding one stays valid).
+      for (const b of els.actions.querySelectorAll("button")) b.disabled = false;
     }
   }
 
