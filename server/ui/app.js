@@ -108,9 +108,13 @@ async function fetchCheck() {
 document.getElementById("logout").addEventListener("click", (e) => {
   e.preventDefault();
   clearToken();
-  login.hidden = true;
-  if (location.hash !== "#/" && location.hash !== "") location.hash = "#/";
-  else show();
+  // Straight to the form: without a token every call of the next page would answer 401 anyway.
+  current?.abort();
+  clear(page);
+  banner.hidden = true;
+  loginError.hidden = true;
+  login.hidden = false;
+  document.getElementById("token-input").focus();
 });
 
 window.addEventListener("hashchange", show);
