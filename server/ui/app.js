@@ -51,6 +51,7 @@ function show() {
   banner.hidden = true;
   clear(page);
   const [render, params, nav] = route();
+  document.title = `${nav ? nav[0].toUpperCase() + nav.slice(1) : "Overview"} · script-runner`;
   for (const a of document.querySelectorAll(".nav a[data-route]")) {
     a.classList.toggle("active", a.dataset.route === nav);
   }

@@ -73,6 +73,7 @@ export async function renderJob(root, { id }, ctx) {
   const opts = { signal: ctx.signal };
   const enc = encodeURIComponent(id);
   let job = await get(`/jobs/${enc}`, opts);
+  document.title = `Job ${id} · script-runner`;
 
   const els = {
     status: h("dd", { testid: "job-status" }),

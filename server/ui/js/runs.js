@@ -10,6 +10,7 @@ import { debounce, elapsed, fill, formatDuration, formatTime, h, link, pretty, s
 const STATUSES = ["running", "awaiting", "paused", "completed", "failed", "cancelled", "aborted_limit"];
 const TERMINAL = new Set(["completed", "failed", "cancelled", "aborted_limit"]);
 const PAGE = 50;
+const RUN_LOG_LINES = 200;
 const state = { status: "", offset: 0 };
 
 /** "2/3 testing done", or an em dash. */
@@ -78,7 +79,25 @@ export async function renderRun(root, { id }, ctx) {
     actions: h("div", { class: "actions" }),
     journal: h("ol", { class: "journal", testid: "journal" }),
     warnings: h("ul", { class: "list warnings" }),
+    stdout: h("pre", { class: "log" }),
+    stderr: h("pre", { class: "log" }),
   };
+  // The latest execution's own output (what the workflow printed), read when opened.
+  els.logs = h("details", { class: "card run-logs" },
+    h("summary", null, h("h2", null, `Execution log (last ${RUN_LOG_LINES} lines)`)),
+    h("h3", null, "stderr"), els.stderr, h("h3", null, "stdout"), els.stdout);
+  async function loadLogs() {
+    if (!els.logs.open) return;
+    for (const stream of ["stderr", "stdout"]) {
+      const path = `/api/script-runs/${enc}/logs`;
+      const probe = await get(`${path}${query({ stream, unit: "lines", offset: 0, limit: 1 })}`, opts);
+      const from = Math.max(0, probe.totalLines - RUN_LOG_LINES);
+      const page = await get(`${path}${query({ stream, unit: "lines", offset: from, limit: RUN_LOG_LINES })}`, opts);
+      els[stream].textContent = page.lines.length ? `${page.lines.join("\n")}\n` : "";
+      els[stream].scrollTop = els[stream].scrollHeight;
+    }
+  }
+  els.logs.addEventListener("toggle", () => loadLogs().catch(ctx.fail));
   const note = h("textarea", { testid: "run-note", rows: 2, placeholder: "a note for the decision (optional)", "aria-label": "note" });
   const title = h("h1", null, "Run ", h("code", null, id));
   root.append(
@@ -88,7 +107,9 @@ export async function renderRun(root, { id }, ctx) {
     els.actions,
     h("section", { class: "card" }, h("h2", null, "Output"), els.output),
     h("section", { class: "card" }, h("h2", null, "Journal"), els.journal),
+    els.logs,
   );
+  document.title = `Run ${id} · script-runner`;
 
   let run = null;
   async function act(promise) {
@@ -120,15 +141,35 @@ export async function renderRun(root, { id }, ctx) {
     const parts = [];
     const w = r.waitingFor;
     if (r.status === "awaiting" && w?.kind === "approval") {
-      const decide = (approved) => () =>
-        post(`/api/script-runs/${enc}/approvals/${encodeURIComponent(w.label)}`,
+      const decide = (approved) => async () => {
+        const answer = await post(`/api/script-runs/${enc}/approvals/${encodeURIComponent(w.label)}`,
           { approved, by: "dashboard", comment: note.value || undefined }, opts);
+        note.value = "";
+        return answer;
+      };
       parts.push(h("div", { class: "decision" },
         h("p", null, "Approval ", h("strong", null, w.label), w.message ? [": ", w.message] : null),
         note,
         h("div", { class: "buttons" },
           button("Approve", "run-approve", "primary", decide(true)),
           button("Deny", "run-deny", "danger", decide(false)))));
+    }
+    if (r.status === "awaiting" && w?.kind === "input") {
+      const value = h("textarea", { testid: "run-input-value", rows: 3, placeholder: "the value as JSON (text that is not JSON is sent as a string)", "aria-label": "value" });
+      const submit = async () => {
+        let v;
+        try {
+          v = JSON.parse(value.value);
+        } catch {
+          v = value.value;
+        }
+        return post(`/api/script-runs/${enc}/inputs/${encodeURIComponent(w.label)}`, { value: v, by: "dashboard" }, opts);
+      };
+      parts.push(h("div", { class: "decision" },
+        h("p", null, "Input ", h("strong", null, w.label), w.prompt ? [": ", w.prompt] : null),
+        w.schema ? h("pre", { class: "json" }, pretty(w.schema)) : null,
+        value,
+        h("div", { class: "buttons" }, button("Submit input", "run-input-submit", "primary", submit))));
     }
     const row = [];
     if (r.status === "running" || r.status === "awaiting") row.push(button("Pause", "run-pause", "", () => post(`/api/script-runs/${enc}/pause`, {}, opts)));
@@ -209,6 +250,7 @@ export async function renderRun(root, { id }, ctx) {
   async function load() {
     const answer = await get(`/api/script-runs/${enc}`, opts);
     draw(answer.run, answer.journal);
+    await loadLogs();
   }
   await load();
 
