@@ -29,7 +29,12 @@ function fail(err) {
 function route() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [name = "", id] = hash.split("/");
-  const param = id === undefined ? undefined : decodeURIComponent(id);
+  let param = id;
+  try {
+    param = id === undefined || id === "" ? undefined : decodeURIComponent(id);
+  } catch {
+    param = id; // a malformed escape: look the id up as it is written
+  }
   switch (name) {
     case "scripts":
       return [scripts.render, {}, "scripts"];
@@ -59,10 +64,12 @@ function show() {
   const root = document.createElement("div");
   root.className = "page";
   page.append(root);
-  const ctx = { signal: current.signal, fail };
+  const signal = current.signal;
+  // An error of a page the reader has left is not shown on the next one.
+  const ctx = { signal, fail: (err) => signal.aborted || fail(err) };
   Promise.resolve()
     .then(() => render(root, params, ctx))
-    .catch(fail);
+    .catch(ctx.fail);
 }
 
 /** A 401 anywhere: stop the page and ask for the token. */

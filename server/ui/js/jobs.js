@@ -116,12 +116,16 @@ export async function renderJob(root, { id }, ctx) {
     els.code.textContent = j.code == null ? "—" : String(j.code);
     els.duration.textContent = formatDuration(j.durationMs ?? elapsed(j.startedAt, j.endedAt));
     els.started.textContent = formatTime(j.startedAt);
-    fill(els.args, j.args?.length ? j.args.map((a) => h("code", { class: "arg" }, a)) : "none");
+    fill(els.args, j.args?.length ? j.args.map((a) => [h("code", { class: "arg" }, a), " "]) : "none");
     els.error.textContent = [j.error, j.outputError].filter(Boolean).join("; ") || "—";
     els.error.classList.toggle("error-text", Boolean(j.error || j.outputError));
     cancel.hidden = !ACTIVE.has(j.status);
     cancel.disabled = false;
+    if (!ACTIVE.has(j.status)) feed.abort();
   }
+  // The lifecycle feed is needed only until the job ends (a browser has few connections per host).
+  const feed = new AbortController();
+  ctx.signal.addEventListener("abort", () => feed.abort());
   update(job);
 
   // A running job's duration ticks; the lifecycle feed tells when it starts and ends.
@@ -133,8 +137,7 @@ export async function renderJob(root, { id }, ctx) {
   ctx.signal.addEventListener("abort", () => refresh.cancel());
   if (ACTIVE.has(job.status)) {
     follow(`/events?kind=job&script=${encodeURIComponent(job.scriptId)}`, {
-      signal: ctx.signal,
-      isDone: () => !ACTIVE.has(job.status),
+      signal: feed.signal,
       onEvent: (e) => e.data?.id === id && refresh(),
     }).catch(ctx.fail);
   }

@@ -74,6 +74,7 @@ export async function renderRun(root, { id }, ctx) {
     progress: h("dd", { testid: "run-progress" }),
     waiting: h("dd", { testid: "run-waiting" }),
     error: h("dd", { testid: "run-error" }),
+    duration: h("dd", null),
     facts: h("dl", { class: "facts" }),
     output: h("pre", { class: "json", testid: "run-output" }),
     actions: h("div", { class: "actions" }),
@@ -200,11 +201,12 @@ export async function renderRun(root, { id }, ctx) {
       h("dt", null, "created"), h("dd", null, formatTime(r.createdAt)),
       h("dt", null, "started"), h("dd", null, formatTime(r.startedAt)),
       h("dt", null, "finished"), h("dd", null, formatTime(r.finishedAt)),
-      h("dt", null, "duration"), h("dd", null, formatDuration(elapsed(r.startedAt, r.finishedAt))),
+      h("dt", null, "duration"), els.duration,
       h("dt", null, "args"), h("dd", null, h("code", null, JSON.stringify(r.args ?? null))),
       r.forkedFrom ? [h("dt", null, "forked from"), h("dd", null, link("runs", r.forkedFrom.runId ?? r.forkedFrom.id ?? r.forkedFrom, null))] : null,
       r.nextAttemptAt ? [h("dt", null, "next attempt"), h("dd", null, formatTime(r.nextAttemptAt))] : null);
     fill(els.warnings, (r.warnings || []).map((w) => h("li", { class: "warning" }, typeof w === "string" ? w : JSON.stringify(w))));
+    els.duration.textContent = formatDuration(elapsed(r.startedAt, r.finishedAt));
     els.output.textContent = pretty(r.output);
     drawActions(r);
     if (journal) drawJournal(journal);
@@ -254,6 +256,11 @@ export async function renderRun(root, { id }, ctx) {
   }
   await load();
 
+  // A live run's duration ticks between events.
+  const tick = setInterval(() => {
+    if (run && !TERMINAL.has(run.status)) els.duration.textContent = formatDuration(elapsed(run.startedAt, run.finishedAt));
+  }, 1000);
+  ctx.signal.addEventListener("abort", () => clearInterval(tick));
   const reload = debounce(() => load().catch(ctx.fail), 120);
   ctx.signal.addEventListener("abort", () => reload.cancel());
   let ended = TERMINAL.has(run.status);
