@@ -10,6 +10,7 @@ import { debounce, elapsed, field, fill, formatDuration, formatTime, h, link, st
 const STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "canceled"];
 const PAGE = 50;
 const LOG_PAGE = 500;
+const MAX_SHOWN = 5000;
 
 /** Filters survive leaving the list and coming back (not a reload). */
 const state = { status: "", script: "", offset: 0 };
@@ -166,6 +167,7 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
   let next = 0; // index of the next line to follow
   let pending = [];
   let total = 0; // lines stored when the page was loaded
+  const chunks = []; // [text node, lines in it], top to bottom: the box holds only these
 
   function atBottom() {
     return pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
@@ -173,9 +175,22 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
   function flush() {
     if (!pending.length) return;
     const stick = atBottom();
-    pre.append(document.createTextNode(pending.join("\n") + "\n"));
+    const node = document.createTextNode(pending.join("\n") + "\n");
+    pre.append(node);
+    chunks.push([node, pending.length]);
     pending = [];
-    if (stick) pre.scrollTop = pre.scrollHeight;
+    if (stick) {
+      // Following at the bottom: keep at most MAX_SHOWN lines in the page (the ones above stay
+      // a "load earlier" away), so a job that prints without end does not slow the tab down.
+      let shown = next - first;
+      while (shown > MAX_SHOWN && chunks.length > 1) {
+        const [oldest, lines] = chunks.shift();
+        oldest.remove();
+        first += lines;
+        shown -= lines;
+      }
+      pre.scrollTop = pre.scrollHeight;
+    }
     showCount();
   }
   function showCount() {
@@ -187,10 +202,21 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
     earlier.disabled = true;
     try {
       const from = Math.max(0, first - LOG_PAGE);
-      const page = await get(`/jobs/${enc}/logs${query({ stream, unit: "lines", offset: from, limit: first - from })}`, opts);
+      const lines = [];
+      // A line page holds at most 1 MiB of text: read on until the first line shown.
+      for (let at = from; at < first; ) {
+        const page = await get(`/jobs/${enc}/logs${query({ stream, unit: "lines", offset: at, limit: first - at })}`, opts);
+        if (page.nextOffset <= at) break;
+        lines.push(...page.lines);
+        at = page.nextOffset;
+      }
       const before = pre.scrollHeight;
       const top = pre.scrollTop;
-      if (page.lines.length) pre.prepend(document.createTextNode(page.lines.join("\n") + "\n"));
+      if (lines.length) {
+        const node = document.createTextNode(lines.join("\n") + "\n");
+        pre.prepend(node);
+        chunks.unshift([node, lines.length]);
+      }
       first = from;
       pre.scrollTop = top + (pre.scrollHeight - before);
       showCount();
