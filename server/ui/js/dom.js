@@ -64,6 +64,14 @@ export function formatTime(iso) {
   return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
 }
 
+/** A time element for lists: only the time of day when it is today, the full time on hover. */
+export function shortTime(iso) {
+  if (!iso) return h("span", { class: "muted small" }, "—");
+  const d = new Date(iso);
+  const today = d.toDateString() === new Date().toDateString();
+  return h("time", { class: "muted small", datetime: iso, title: d.toLocaleString() }, today ? d.toLocaleTimeString() : d.toLocaleString());
+}
+
 /** A duration in ms as people say it: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`. */
 export function formatDuration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return "—";
