@@ -29,7 +29,12 @@ function fail(err) {
 function route() {
   const hash = location.hash.replace(/^#\/?/, "");
   const [name = "", id] = hash.split("/");
-  const param = id === undefined ? undefined : decodeURIComponent(id);
+  let param = id;
+  try {
+    param = id === undefined || id === "" ? undefined : decodeURIComponent(id);
+  } catch {
+    param = id; // a malformed escape: look the id up as it is written
+  }
   switch (name) {
     case "scripts":
       return [scripts.render, {}, "scripts"];
@@ -51,6 +56,7 @@ function show() {
   banner.hidden = true;
   clear(page);
   const [render, params, nav] = route();
+  document.title = `${nav ? nav[0].toUpperCase() + nav.slice(1) : "Overview"} · script-runner`;
   for (const a of document.querySelectorAll(".nav a[data-route]")) {
     a.classList.toggle("active", a.dataset.route === nav);
   }
@@ -58,10 +64,12 @@ function show() {
   const root = document.createElement("div");
   root.className = "page";
   page.append(root);
-  const ctx = { signal: current.signal, fail };
+  const signal = current.signal;
+  // An error of a page the reader has left is not shown on the next one.
+  const ctx = { signal, fail: (err) => signal.aborted || fail(err) };
   Promise.resolve()
     .then(() => render(root, params, ctx))
-    .catch(fail);
+    .catch(ctx.fail);
 }
 
 /** A 401 anywhere: stop the page and ask for the token. */
@@ -108,9 +116,13 @@ async function fetchCheck() {
 document.getElementById("logout").addEventListener("click", (e) => {
   e.preventDefault();
   clearToken();
-  login.hidden = true;
-  if (location.hash !== "#/" && location.hash !== "") location.hash = "#/";
-  else show();
+  // Straight to the form: without a token every call of the next page would answer 401 anyway.
+  current?.abort();
+  clear(page);
+  banner.hidden = true;
+  loginError.hidden = true;
+  login.hidden = false;
+  document.getElementById("token-input").focus();
 });
 
 window.addEventListener("hashchange", show);

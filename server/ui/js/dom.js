@@ -64,6 +64,14 @@ export function formatTime(iso) {
   return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleString();
 }
 
+/** A time element for lists: only the time of day when it is today, the full time on hover. */
+export function shortTime(iso) {
+  if (!iso) return h("span", { class: "muted small" }, "—");
+  const d = new Date(iso);
+  const today = d.toDateString() === new Date().toDateString();
+  return h("time", { class: "muted small", datetime: iso, title: d.toLocaleString() }, today ? d.toLocaleTimeString() : d.toLocaleString());
+}
+
 /** A duration in ms as people say it: `850 ms`, `12.3 s`, `4 min 5 s`, `2 h 3 min`. */
 export function formatDuration(ms) {
   if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return "—";
@@ -71,9 +79,10 @@ export function formatDuration(ms) {
   if (ms < 1000) return `${Math.round(ms)} ms`;
   if (ms < 60_000) return `${(ms / 1000).toFixed(1).replace(/\.0$/, "")} s`;
   const s = Math.floor(ms / 1000);
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  const two = (big, bigUnit, small, smallUnit) => (small ? `${big} ${bigUnit} ${small} ${smallUnit}` : `${big} ${bigUnit}`);
+  if (s < 3600) return two(Math.floor(s / 60), "min", s % 60, "s");
+  if (s < 86400) return two(Math.floor(s / 3600), "h", Math.floor((s % 3600) / 60), "min");
+  return two(Math.floor(s / 86400), "d", Math.floor((s % 86400) / 3600), "h");
 }
 
 /** Milliseconds between two ISO times (the end defaulting to now), or null. */

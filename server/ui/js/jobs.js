@@ -10,6 +10,7 @@ import { debounce, elapsed, field, fill, formatDuration, formatTime, h, link, st
 const STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "canceled"];
 const PAGE = 50;
 const LOG_PAGE = 500;
+const MAX_SHOWN = 5000;
 
 /** Filters survive leaving the list and coming back (not a reload). */
 const state = { status: "", script: "", offset: 0 };
@@ -73,6 +74,7 @@ export async function renderJob(root, { id }, ctx) {
   const opts = { signal: ctx.signal };
   const enc = encodeURIComponent(id);
   let job = await get(`/jobs/${enc}`, opts);
+  document.title = `Job ${id} · script-runner`;
 
   const els = {
     status: h("dd", { testid: "job-status" }),
@@ -115,12 +117,16 @@ export async function renderJob(root, { id }, ctx) {
     els.code.textContent = j.code == null ? "—" : String(j.code);
     els.duration.textContent = formatDuration(j.durationMs ?? elapsed(j.startedAt, j.endedAt));
     els.started.textContent = formatTime(j.startedAt);
-    fill(els.args, j.args?.length ? j.args.map((a) => h("code", { class: "arg" }, a)) : "none");
+    fill(els.args, j.args?.length ? j.args.map((a) => [h("code", { class: "arg" }, a), " "]) : "none");
     els.error.textContent = [j.error, j.outputError].filter(Boolean).join("; ") || "—";
     els.error.classList.toggle("error-text", Boolean(j.error || j.outputError));
     cancel.hidden = !ACTIVE.has(j.status);
     cancel.disabled = false;
+    if (!ACTIVE.has(j.status)) feed.abort();
   }
+  // The lifecycle feed is needed only until the job ends (a browser has few connections per host).
+  const feed = new AbortController();
+  ctx.signal.addEventListener("abort", () => feed.abort());
   update(job);
 
   // A running job's duration ticks; the lifecycle feed tells when it starts and ends.
@@ -132,8 +138,7 @@ export async function renderJob(root, { id }, ctx) {
   ctx.signal.addEventListener("abort", () => refresh.cancel());
   if (ACTIVE.has(job.status)) {
     follow(`/events?kind=job&script=${encodeURIComponent(job.scriptId)}`, {
-      signal: ctx.signal,
-      isDone: () => !ACTIVE.has(job.status),
+      signal: feed.signal,
       onEvent: (e) => e.data?.id === id && refresh(),
     }).catch(ctx.fail);
   }
@@ -162,6 +167,7 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
   let next = 0; // index of the next line to follow
   let pending = [];
   let total = 0; // lines stored when the page was loaded
+  const chunks = []; // [text node, lines in it], top to bottom: the box holds only these
 
   function atBottom() {
     return pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
@@ -169,9 +175,22 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
   function flush() {
     if (!pending.length) return;
     const stick = atBottom();
-    pre.append(document.createTextNode(pending.join("\n") + "\n"));
+    const node = document.createTextNode(pending.join("\n") + "\n");
+    pre.append(node);
+    chunks.push([node, pending.length]);
     pending = [];
-    if (stick) pre.scrollTop = pre.scrollHeight;
+    if (stick) {
+      // Following at the bottom: keep at most MAX_SHOWN lines in the page (the ones above stay
+      // a "load earlier" away), so a job that prints without end does not slow the tab down.
+      let shown = next - first;
+      while (shown > MAX_SHOWN && chunks.length > 1) {
+        const [oldest, lines] = chunks.shift();
+        oldest.remove();
+        first += lines;
+        shown -= lines;
+      }
+      pre.scrollTop = pre.scrollHeight;
+    }
     showCount();
   }
   function showCount() {
@@ -183,10 +202,21 @@ function logBox(id, stream, ctx, onEnd, currentJob) {
     earlier.disabled = true;
     try {
       const from = Math.max(0, first - LOG_PAGE);
-      const page = await get(`/jobs/${enc}/logs${query({ stream, unit: "lines", offset: from, limit: first - from })}`, opts);
+      const lines = [];
+      // A line page holds at most 1 MiB of text: read on until the first line shown.
+      for (let at = from; at < first; ) {
+        const page = await get(`/jobs/${enc}/logs${query({ stream, unit: "lines", offset: at, limit: first - at })}`, opts);
+        if (page.nextOffset <= at) break;
+        lines.push(...page.lines);
+        at = page.nextOffset;
+      }
       const before = pre.scrollHeight;
       const top = pre.scrollTop;
-      if (page.lines.length) pre.prepend(document.createTextNode(page.lines.join("\n") + "\n"));
+      if (lines.length) {
+        const node = document.createTextNode(lines.join("\n") + "\n");
+        pre.prepend(node);
+        chunks.unshift([node, lines.length]);
+      }
       first = from;
       pre.scrollTop = top + (pre.scrollHeight - before);
       showCount();

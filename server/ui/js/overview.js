@@ -4,7 +4,7 @@
  * server's lifecycle feed (`GET /events`) reports a change.
  */
 import { follow, get } from "./api.js";
-import { debounce, fill, formatTime, h, link, statusBadge } from "./dom.js";
+import { debounce, fill, h, link, shortTime, statusBadge } from "./dom.js";
 
 const FAILED_JOBS = ["failed", "timed_out"];
 const FAILED_RUNS = ["failed", "aborted_limit"];
@@ -51,14 +51,14 @@ export async function render(root, _params, ctx) {
 
     const jobItem = (j) =>
       h("li", null, statusBadge(j.status), " ", link("jobs", j.jobId), " ", h("span", { class: "muted" }, j.scriptId), " ",
-        h("span", { class: "muted small" }, formatTime(j.startedAt || j.createdAt)));
+        shortTime(j.startedAt || j.createdAt));
     const runItem = (r, extra) =>
       h("li", null, statusBadge(r.status), " ", link("runs", r.id), " ", h("span", { class: "muted" }, r.scriptName || r.workflowId || ""), " ",
-        extra, " ", h("span", { class: "muted small" }, formatTime(r.finishedAt || r.createdAt)));
+        extra, " ", shortTime(r.finishedAt || r.createdAt));
     const active = [...running.jobs, ...queued.jobs];
     fill(lists.running, active.length ? active.map(jobItem) : h("li", { class: "empty" }, "Nothing running."));
     fill(lists.waiting, waiting.runs.length
-      ? waiting.runs.map((r) => runItem(r, r.waitingFor ? h("span", null, `${r.waitingFor.kind} “${r.waitingFor.label}”`) : null))
+      ? waiting.runs.map((r) => runItem(r, r.waitingFor ? h("span", null, `${r.waitingFor.kind} `, h("strong", null, r.waitingFor.label)) : null))
       : h("li", { class: "empty" }, "No run is waiting."));
 
     const failures = [

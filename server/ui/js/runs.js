@@ -10,6 +10,7 @@ import { debounce, elapsed, fill, formatDuration, formatTime, h, link, pretty, s
 const STATUSES = ["running", "awaiting", "paused", "completed", "failed", "cancelled", "aborted_limit"];
 const TERMINAL = new Set(["completed", "failed", "cancelled", "aborted_limit"]);
 const PAGE = 50;
+const RUN_LOG_LINES = 200;
 const state = { status: "", offset: 0 };
 
 /** "2/3 testing done", or an em dash. */
@@ -73,12 +74,31 @@ export async function renderRun(root, { id }, ctx) {
     progress: h("dd", { testid: "run-progress" }),
     waiting: h("dd", { testid: "run-waiting" }),
     error: h("dd", { testid: "run-error" }),
+    duration: h("dd", null),
     facts: h("dl", { class: "facts" }),
     output: h("pre", { class: "json", testid: "run-output" }),
     actions: h("div", { class: "actions" }),
     journal: h("ol", { class: "journal", testid: "journal" }),
     warnings: h("ul", { class: "list warnings" }),
+    stdout: h("pre", { class: "log" }),
+    stderr: h("pre", { class: "log" }),
   };
+  // The latest execution's own output (what the workflow printed), read when opened.
+  els.logs = h("details", { class: "card run-logs" },
+    h("summary", null, h("h2", null, `Execution log (last ${RUN_LOG_LINES} lines)`)),
+    h("h3", null, "stderr"), els.stderr, h("h3", null, "stdout"), els.stdout);
+  async function loadLogs() {
+    if (!els.logs.open) return;
+    for (const stream of ["stderr", "stdout"]) {
+      const path = `/api/script-runs/${enc}/logs`;
+      const probe = await get(`${path}${query({ stream, unit: "lines", offset: 0, limit: 1 })}`, opts);
+      const from = Math.max(0, probe.totalLines - RUN_LOG_LINES);
+      const page = await get(`${path}${query({ stream, unit: "lines", offset: from, limit: RUN_LOG_LINES })}`, opts);
+      els[stream].textContent = page.lines.length ? `${page.lines.join("\n")}\n` : "";
+      els[stream].scrollTop = els[stream].scrollHeight;
+    }
+  }
+  els.logs.addEventListener("toggle", () => loadLogs().catch(ctx.fail));
   const note = h("textarea", { testid: "run-note", rows: 2, placeholder: "a note for the decision (optional)", "aria-label": "note" });
   const title = h("h1", null, "Run ", h("code", null, id));
   root.append(
@@ -88,7 +108,9 @@ export async function renderRun(root, { id }, ctx) {
     els.actions,
     h("section", { class: "card" }, h("h2", null, "Output"), els.output),
     h("section", { class: "card" }, h("h2", null, "Journal"), els.journal),
+    els.logs,
   );
+  document.title = `Run ${id} · script-runner`;
 
   let run = null;
   async function act(promise) {
@@ -120,15 +142,35 @@ export async function renderRun(root, { id }, ctx) {
     const parts = [];
     const w = r.waitingFor;
     if (r.status === "awaiting" && w?.kind === "approval") {
-      const decide = (approved) => () =>
-        post(`/api/script-runs/${enc}/approvals/${encodeURIComponent(w.label)}`,
+      const decide = (approved) => async () => {
+        const answer = await post(`/api/script-runs/${enc}/approvals/${encodeURIComponent(w.label)}`,
           { approved, by: "dashboard", comment: note.value || undefined }, opts);
+        note.value = "";
+        return answer;
+      };
       parts.push(h("div", { class: "decision" },
         h("p", null, "Approval ", h("strong", null, w.label), w.message ? [": ", w.message] : null),
         note,
         h("div", { class: "buttons" },
           button("Approve", "run-approve", "primary", decide(true)),
           button("Deny", "run-deny", "danger", decide(false)))));
+    }
+    if (r.status === "awaiting" && w?.kind === "input") {
+      const value = h("textarea", { testid: "run-input-value", rows: 3, placeholder: "the value as JSON (text that is not JSON is sent as a string)", "aria-label": "value" });
+      const submit = async () => {
+        let v;
+        try {
+          v = JSON.parse(value.value);
+        } catch {
+          v = value.value;
+        }
+        return post(`/api/script-runs/${enc}/inputs/${encodeURIComponent(w.label)}`, { value: v, by: "dashboard" }, opts);
+      };
+      parts.push(h("div", { class: "decision" },
+        h("p", null, "Input ", h("strong", null, w.label), w.prompt ? [": ", w.prompt] : null),
+        w.schema ? h("pre", { class: "json" }, pretty(w.schema)) : null,
+        value,
+        h("div", { class: "buttons" }, button("Submit input", "run-input-submit", "primary", submit))));
     }
     const row = [];
     if (r.status === "running" || r.status === "awaiting") row.push(button("Pause", "run-pause", "", () => post(`/api/script-runs/${enc}/pause`, {}, opts)));
@@ -159,11 +201,12 @@ export async function renderRun(root, { id }, ctx) {
       h("dt", null, "created"), h("dd", null, formatTime(r.createdAt)),
       h("dt", null, "started"), h("dd", null, formatTime(r.startedAt)),
       h("dt", null, "finished"), h("dd", null, formatTime(r.finishedAt)),
-      h("dt", null, "duration"), h("dd", null, formatDuration(elapsed(r.startedAt, r.finishedAt))),
+      h("dt", null, "duration"), els.duration,
       h("dt", null, "args"), h("dd", null, h("code", null, JSON.stringify(r.args ?? null))),
       r.forkedFrom ? [h("dt", null, "forked from"), h("dd", null, link("runs", r.forkedFrom.runId ?? r.forkedFrom.id ?? r.forkedFrom, null))] : null,
       r.nextAttemptAt ? [h("dt", null, "next attempt"), h("dd", null, formatTime(r.nextAttemptAt))] : null);
     fill(els.warnings, (r.warnings || []).map((w) => h("li", { class: "warning" }, typeof w === "string" ? w : JSON.stringify(w))));
+    els.duration.textContent = formatDuration(elapsed(r.startedAt, r.finishedAt));
     els.output.textContent = pretty(r.output);
     drawActions(r);
     if (journal) drawJournal(journal);
@@ -209,9 +252,15 @@ export async function renderRun(root, { id }, ctx) {
   async function load() {
     const answer = await get(`/api/script-runs/${enc}`, opts);
     draw(answer.run, answer.journal);
+    await loadLogs();
   }
   await load();
 
+  // A live run's duration ticks between events.
+  const tick = setInterval(() => {
+    if (run && !TERMINAL.has(run.status)) els.duration.textContent = formatDuration(elapsed(run.startedAt, run.finishedAt));
+  }, 1000);
+  ctx.signal.addEventListener("abort", () => clearInterval(tick));
   const reload = debounce(() => load().catch(ctx.fail), 120);
   ctx.signal.addEventListener("abort", () => reload.cancel());
   let ended = TERMINAL.has(run.status);

@@ -25,7 +25,9 @@ function scriptCard(s, root, ctx) {
     h("div", { class: "form-row" }, h("label", null, "Mode ", mode), submit));
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const lines = argsInput.value === "" ? [] : argsInput.value.split("\n");
+    // One argument per line; a last newline does not add an empty argument.
+    const text = argsInput.value.replace(/\r/g, "").replace(/\n$/, "");
+    const lines = text === "" ? [] : text.split("\n");
     submit.disabled = true;
     for (const old of root.querySelectorAll('[data-testid="run-result"]')) old.remove();
     const result = h("div", { class: "result", testid: "run-result" }, h("p", { class: "muted" }, "Running…"));
