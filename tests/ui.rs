@@ -101,6 +101,12 @@ fn a_cross_site_post_is_refused_and_starts_no_job() {
     let other_port = server.base.replace("127.0.0.1:", "127.0.0.1:1");
     let r = server.request("POST", "/run", Some(body), &[json_type, ("Origin", &other_port)]);
     assert_error(&r, 403, "FORBIDDEN");
+    // A sandboxed or file:// page sends `Origin: null`.
+    let r = server.request("POST", "/run", Some(body), &[json_type, ("Origin", "null")]);
+    assert_error(&r, 403, "FORBIDDEN");
+    let r =
+        server.request("DELETE", "/api/script-runs/none", Some(b"{}"), &[json_type, ("Origin", "http://evil.example")]);
+    assert_error(&r, 403, "FORBIDDEN");
     let jobs = server.get("/jobs");
     assert_eq!(jobs.body["total"], json!(0), "{}", jobs.text);
 

@@ -170,7 +170,8 @@ pub struct ServerConfig {
     pub host: String,
     /// Port; `0` picks a free one (the chosen address is printed at start).
     pub port: u16,
-    /// When set, every route but `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`.
+    /// When set, every route but `/healthz`, `/openapi.json`, the resume URLs and the dashboard's
+    /// files (`/`, `/ui/...`) needs `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
     /// Most event streams open at once (`server.maxStreams`); past it `429`.
     pub max_streams: usize,
