@@ -221,6 +221,19 @@ fn every_route_is_under_the_base_path_and_workflows_call_back_through_it() {
     assert_eq!(run["run"]["output"], json!({ "done": true }), "{run}");
 }
 
+#[test]
+fn a_base_path_must_be_a_clean_prefix() {
+    for bad in ["sr", "/sr/", "/", "/s r", "/a//b", "/..", "/sr?x"] {
+        let out = Builder::new().server("basePath", json!(bad)).write().check_config();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("server.basePath"), "{bad:?}: {stderr}");
+    }
+    for good in ["/sr", "/tools/script-runner", "/v1.2~x"] {
+        let out = Builder::new().server("basePath", json!(good)).write().check_config();
+        assert!(out.status.success(), "{good:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 // ------------------------------------------------------------------ the browser
 
 /// A browser session for one test: chromedriver on a port of its own, a headless Chromium
