@@ -30,3 +30,4 @@ mod spawn_pipes;
 mod step_key;
 mod step_retry;
 mod streams;
+mod ui;

@@ -170,13 +170,18 @@ pub struct ServerConfig {
     pub host: String,
     /// Port; `0` picks a free one (the chosen address is printed at start).
     pub port: u16,
-    /// When set, every route but `/healthz` and `/openapi.json` needs `Authorization: Bearer <token>`.
+    /// When set, every route but `/healthz`, `/openapi.json`, the resume URLs and the dashboard's
+    /// files (`/`, `/ui/...`) needs `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
     /// Most event streams open at once (`server.maxStreams`); past it `429`.
     pub max_streams: usize,
     /// Silence after which an event stream sends a heartbeat comment
     /// (`server.streamHeartbeatSec`).
     pub stream_heartbeat: std::time::Duration,
+    /// The path prefix every route is served under (`server.basePath`, e.g. `/sr`): starts with
+    /// `/`, has no trailing `/`; empty (the default) serves at the root. For a reverse proxy
+    /// that forwards one path of its site to this server without stripping it.
+    pub base_path: String,
 }
 
 /// Job execution settings (upstream's `runner` block plus ours).
@@ -351,6 +356,7 @@ struct RawServer {
     auth_token: Option<String>,
     max_streams: Option<usize>,
     stream_heartbeat_sec: Option<u64>,
+    base_path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -484,12 +490,21 @@ pub fn load(config_file: &Path) -> Result<Config, ConfigError> {
     if !(1..=300).contains(&heartbeat_sec) {
         return Err(ConfigError::new(&config_file, "server.streamHeartbeatSec: must be between 1 and 300"));
     }
+    let base_path = raw.server.base_path.unwrap_or_default();
+    if !valid_base_path(&base_path) {
+        return Err(ConfigError::new(
+            &config_file,
+            "server.basePath: must start with '/', not end with '/', and hold only letters, digits, \
+             '-', '_', '.', '~' and '/' between non-empty segments (e.g. \"/sr\")",
+        ));
+    }
     let server = ServerConfig {
         host: raw.server.host.unwrap_or_else(|| "127.0.0.1".to_string()),
         port: raw.server.port.unwrap_or(8080),
         auth_token: raw.server.auth_token.filter(|t| !t.is_empty()),
         max_streams,
         stream_heartbeat: std::time::Duration::from_secs(heartbeat_sec),
+        base_path,
     };
 
     let r = raw.runner;
@@ -615,6 +630,21 @@ fn cluster_config(config_file: &Path, raw: RawCluster) -> Result<ClusterConfig, 
         }
     }
     Ok(ClusterConfig { node_id: raw.node_id, advertise: raw.advertise, lease_sec })
+}
+
+/// Whether `path` can be `server.basePath`: empty, or `/segment(/segment)*` of URL-safe
+/// characters (nothing a URL would escape, so the prefix compares byte for byte with a request's
+/// path).
+fn valid_base_path(path: &str) -> bool {
+    path.is_empty()
+        || path.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+            })
+        })
 }
 
 /// The database: `DATABASE_URL` wins over `database.url`, which wins over the default file.

@@ -23,7 +23,7 @@ use crate::runs::RunManager;
 /// before requests are served (the port is bound before recovery, so a cluster node knows its
 /// address, but nothing is accepted until it is done), so no request sees a half-recovered
 /// state. The bound address is printed on stdout as `script-runner listening on http://ADDR`
-/// (useful with port 0).
+/// (useful with port 0), followed by `server.basePath` when there is one.
 ///
 /// A database that cannot be used at start (unreachable, refused, missing, too old) is an
 /// error of one line naming the problem and the database (never its password). On PostgreSQL
@@ -68,10 +68,16 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         address
     };
-    runs.set_url(format!("http://{callback}"));
-    println!("script-runner listening on http://{address}");
+    // Under `server.basePath`, like every route (resume URLs default to it too).
+    runs.set_url(format!("http://{callback}{}", config.server.base_path));
+    // Under `server.basePath`: the URL a client (and the test harness) starts from.
+    let base_path = &config.server.base_path;
+    println!("script-runner listening on http://{address}{base_path}");
     std::io::stdout().flush()?;
-    info!("listening on http://{address} with {} script(s)", config.scripts.len());
+    info!(
+        "listening on http://{address}{base_path} with {} script(s); the dashboard is at http://{address}{base_path}/ui/",
+        config.scripts.len()
+    );
 
     let streams = http::sse::Streams::new(config.server.max_streams, config.server.stream_heartbeat);
     let state = AppState {
@@ -81,6 +87,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         streams: streams.clone(),
         metrics_public: config.metrics.public,
         callbacks: config.callbacks.clone(),
+        flows_dir: config.workflows.flows_dir.clone(),
+        base_path: config.server.base_path.clone(),
     };
     let stopped_for = Arc::new(std::sync::OnceLock::<String>::new());
     let stop_reason = Arc::clone(&stopped_for);
@@ -89,8 +97,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let server = HttpServer::new(move || {
             // Without a token there is nothing to check: the middleware is not in the way.
             let auth = middleware::Condition::new(state.auth_token.is_some(), middleware::from_fn(http::authenticate));
-            // Outermost: every request is counted, a refused one too.
-            App::new().wrap(auth).wrap(middleware::from_fn(http::observe)).configure(http::routes(state.clone()))
+            // Outermost: every request is counted, a refused one too. Inside it, in order: the
+            // path loses `server.basePath`, a cross-site change is refused, the token checked.
+            App::new()
+                .wrap(auth)
+                .wrap(middleware::from_fn(http::refuse_cross_site))
+                .wrap(middleware::from_fn(http::strip_base_path))
+                .wrap(middleware::from_fn(http::observe))
+                .configure(http::routes(state.clone()))
         })
         // Spawning blocks a worker until the child has exec'd (vfork), so two workers per
         // core keep requests and other jobs moving meanwhile (measured best on 2 cores).

@@ -518,17 +518,20 @@ fn clip(text: &str) -> String {
 pub struct TestServer {
     pub deployment: Deployment,
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, followed by `server.basePath` when the deployment has one
     pub base: String,
     /// One HTTP client (and connection pool) per server start, for every request of the test.
     agent: ureq::Agent,
     /// Variables added to the server's environment at every start.
     env: Vec<(String, String)>,
+    /// Sent as `Authorization: Bearer <token>` on every request that names no `Authorization`
+    /// itself (for a deployment with `server.authToken`).
+    pub token: Option<String>,
 }
 
 impl TestServer {
     fn new(deployment: Deployment) -> TestServer {
-        TestServer { deployment, child: None, base: String::new(), agent: new_agent(), env: Vec::new() }
+        TestServer { deployment, child: None, base: String::new(), agent: new_agent(), env: Vec::new(), token: None }
     }
 
     fn launch(&mut self) {
@@ -598,6 +601,11 @@ impl TestServer {
     /// Any request. `headers` are `(name, value)` pairs.
     pub fn request(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
         let mut req = self.agent.request(method, &format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                req = req.set("Authorization", &format!("Bearer {token}"));
+            }
+        }
         for (k, v) in headers {
             req = req.set(k, v);
         }

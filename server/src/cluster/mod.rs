@@ -83,10 +83,14 @@ impl Node {
         } else {
             listening
         };
+        // The other nodes call this one's routes, which are under `server.basePath`.
+        let base_path = &config.server.base_path;
         let advertise = match &config.cluster.advertise {
-            Some(address) if address.starts_with("http://") => address.trim_end_matches('/').to_string(),
-            Some(address) => format!("http://{address}"),
-            None => format!("http://{reachable}"),
+            Some(address) if address.starts_with("http://") => {
+                format!("{}{base_path}", address.trim_end_matches('/'))
+            }
+            Some(address) => format!("http://{address}{base_path}"),
+            None => format!("http://{reachable}{base_path}"),
         };
         let id = match &config.cluster.node_id {
             Some(id) => id.clone(),

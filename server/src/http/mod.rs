@@ -6,6 +6,7 @@
 mod cluster;
 mod error;
 mod events;
+mod flows;
 mod follow;
 mod jobs;
 mod metrics;
@@ -13,6 +14,7 @@ pub mod openapi;
 mod resume;
 mod runs;
 pub mod sse;
+mod ui;
 pub mod wire;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -33,8 +35,9 @@ use crate::runs::RunManager;
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// The routes that need no token (the OpenAPI document marks them so). A resume URL's
-/// token is its own credential (see [`resume`]).
-pub const PUBLIC: [&str; 3] = ["/healthz", "/openapi.json", "/api/resume/{token}"];
+/// token is its own credential (see [`resume`]). The dashboard's files (`/ui/...`) and the
+/// redirect to them hold no data: every API call the page makes carries the token.
+pub const PUBLIC: [&str; 7] = ["/healthz", "/openapi.json", "/api/resume/{token}", "/", "/ui", "/ui/", "/ui/{path}"];
 
 /// Where the resume URLs are (`/api/resume/<token>`): open without the server's token.
 pub const RESUME_PREFIX: &str = "/api/resume/";
@@ -54,6 +57,10 @@ pub struct AppState {
     pub metrics_public: bool,
     /// Where a request's `callback` may point (`callbacks` in config.json).
     pub callbacks: crate::config::CallbacksConfig,
+    /// `workflows.flowsDir`: the flows `GET /api/flows` lists.
+    pub flows_dir: std::path::PathBuf,
+    /// `server.basePath`: the prefix of every route (empty: none), see [`strip_base_path`].
+    pub base_path: String,
 }
 
 /// Registers every route of [`table`] on an actix `App`, in its order, each path as one
@@ -83,6 +90,10 @@ pub(crate) struct Endpoint {
 /// `#[utoipa::path]` in the document fails that test.
 fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
     vec![
+        ("/", vec![get(ui::root)]),
+        ("/ui", vec![get(ui::redirect)]),
+        ("/ui/", vec![get(ui::index)]),
+        ("/ui/{path:.*}", vec![get(ui::file)]),
         ("/healthz", vec![get(health)]),
         ("/metrics", vec![get(metrics::scrape)]),
         ("/openapi.json", vec![get(openapi::serve)]),
@@ -104,6 +115,7 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
         ("/api/internal/cluster/script-runs/{id}/approvals/{label}", vec![post(cluster::run_approval)]),
         ("/api/internal/cluster/script-runs/{id}/inputs/{label}", vec![post(cluster::run_input)]),
         ("/api/internal/cluster/script-runs/{id}/events/{name}", vec![post(cluster::run_event)]),
+        ("/api/flows", vec![get(flows::list)]),
         ("/api/script-runs", vec![post(runs::launch), get(runs::list)]),
         ("/api/script-runs/{id}", vec![get(runs::get), delete(runs::cancel)]),
         ("/api/script-runs/{id}/events", vec![get(runs::events)]),
@@ -126,12 +138,34 @@ fn table() -> Vec<(&'static str, Vec<Endpoint>)> {
 }
 
 /// Every `(method, path)` the server answers, as [`table`] registers them (paths in actix's
-/// and OpenAPI's common `{name}` syntax, methods upper-case).
+/// and OpenAPI's common `{name}` syntax, an actix pattern's regex dropped: `{path:.*}` is
+/// `{path}`; methods upper-case).
 pub fn registered() -> Vec<(String, String)> {
     table()
         .into_iter()
-        .flat_map(|(path, endpoints)| endpoints.into_iter().map(move |e| (e.method.to_string(), path.to_string())))
+        .flat_map(|(path, endpoints)| {
+            let path = without_regex(path);
+            endpoints.into_iter().map(move |e| (e.method.to_string(), path.clone()))
+        })
         .collect()
+}
+
+/// An actix pattern with each `{name:regex}` written `{name}`.
+fn without_regex(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut skipping = false;
+    for c in pattern.chars() {
+        match c {
+            ':' if !skipping && out.rfind('{') > out.rfind('}') => skipping = true,
+            '}' => {
+                skipping = false;
+                out.push(c);
+            }
+            _ if skipping => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn endpoint<F, Args>(method: Method, handler: F) -> Endpoint
@@ -230,6 +264,7 @@ pub async fn authenticate(
     if let Some(expected) = &state.auth_token {
         let path = req.path();
         let open = PUBLIC.contains(&path)
+            || path.starts_with("/ui/")
             || path.starts_with(RESUME_PREFIX)
             || path.starts_with("/api/internal/")
             || (state.metrics_public && path == "/metrics");
@@ -241,6 +276,89 @@ pub async fn authenticate(
         }
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Middleware (outside every other but the metrics): serves the routes under `server.basePath`.
+/// A request whose path starts with the prefix (as a whole segment) is routed as if it had
+/// been sent without it, so every route, check and message inside sees the path of [`table`];
+/// any other request answers `404 NOT_FOUND`. (A rewrite rather than an actix `web::scope`:
+/// the authentication, the cross-site guard and the metrics labels then need no knowledge of
+/// the prefix.) Without a prefix the request passes unchanged.
+pub async fn strip_base_path(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let base = req.app_data::<web::Data<AppState>>().map(|state| state.base_path.clone()).unwrap_or_default();
+    if base.is_empty() {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    let rest = match req.path().strip_prefix(base.as_str()) {
+        Some("") => "/".to_string(),
+        Some(rest) if rest.starts_with('/') => rest.to_string(),
+        _ => {
+            let error = ApiError::NotFound { method: req.method().to_string(), path: shown_path(req.path()) };
+            return Ok(req.error_response(error));
+        }
+    };
+    let path_and_query = match req.query_string() {
+        "" => rest,
+        query => format!("{rest}?{query}"),
+    };
+    let mut parts = req.head().uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    let uri = actix_web::http::Uri::from_parts(parts).map_err(actix_web::error::ErrorBadRequest)?;
+    req.match_info_mut().get_mut().update(&uri);
+    req.head_mut().uri = uri;
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Middleware: refuses a request that may change something (any method but GET, HEAD and
+/// OPTIONS) when a browser says another site sent it: `Sec-Fetch-Site: cross-site`, or an
+/// `Origin` whose host (and port) is not the one the request was sent to. `403 FORBIDDEN`,
+/// saying why. So a page of another site cannot make a visitor's browser start a job or decide
+/// an approval (the dashboard's token is in `sessionStorage`, which no other site reads, but
+/// this also covers a deployment without a token on loopback). A request without `Origin` (curl,
+/// the SDKs, a workflow's step calls) is not a browser's cross-site one and passes.
+pub async fn refuse_cross_site(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe {
+        if let Some(why) = cross_site(&req) {
+            let error =
+                ApiError::Run { status: actix_web::http::StatusCode::FORBIDDEN, code: Code::Forbidden, message: why };
+            return Ok(req.error_response(error));
+        }
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Why a request is another site's (see [`refuse_cross_site`]), or `None`.
+fn cross_site(req: &ServiceRequest) -> Option<String> {
+    let headers = req.headers();
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if fetch_site.eq_ignore_ascii_case("cross-site") {
+        return Some(format!(
+            "cross-site request refused: the browser sent it from another site (Sec-Fetch-Site: cross-site);              {} {} may only be sent from this server's own pages or without a browser",
+            req.method(),
+            shown_path(req.path())
+        ));
+    }
+    let origin = headers.get(actix_web::http::header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("(not text)");
+    let own = req.connection_info().host().to_string();
+    // The host and port of `scheme://host[:port]`: a proxy in front may change the scheme.
+    let host = origin.split_once("://").map(|(_, host)| host.trim_end_matches('/'));
+    if host.is_some_and(|host| host.eq_ignore_ascii_case(&own)) {
+        return None;
+    }
+    Some(format!(
+        "cross-site request refused: Origin {origin:?} is not this server ({own}); {} {} may only be sent \
+         from this server's own pages or without a browser",
+        req.method(),
+        shown_path(req.path())
+    ))
 }
 
 /// The token of an `Authorization: Bearer <token>` header, trimmed (the scheme name is

@@ -73,6 +73,10 @@ use super::{cluster, jobs, runs, PUBLIC};
                        \"message\"}}` (`ErrorBody`); `code` is one of the enumerated codes."
     ),
     paths(
+        super::ui::root,
+        super::ui::redirect,
+        super::ui::index,
+        super::ui::file,
         super::health,
         super::metrics::scrape,
         serve,
@@ -92,6 +96,7 @@ use super::{cluster, jobs, runs, PUBLIC};
         cluster::run_input,
         cluster::run_event,
         cluster::run_resume_url,
+        super::flows::list,
         runs::launch,
         runs::list,
         runs::get,
@@ -117,6 +122,7 @@ use super::{cluster, jobs, runs, PUBLIC};
     // The events' bodies: no JSON answer names them, the streams' descriptions do.
     components(schemas(ErrorBody, OutputChunk, OutputLine, OutputNotStored, LifecycleEvent, StreamDropped)),
     tags(
+        (name = "ui", description = "The dashboard's page and files (no token: they hold no data)."),
         (name = "service", description = "The server itself: health, this document, the cluster."),
         (name = "jobs", description = "Scripts run as jobs (the Node.js script-runner's API)."),
         (name = "runs", description = "Durable workflow runs."),
@@ -171,6 +177,12 @@ pub fn document() -> utoipa::openapi::OpenApi {
         } else {
             requirement("bearer")
         };
+        let changes = [&mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in changes.into_iter().flatten() {
+            operation.responses.responses.entry("403".into()).or_insert_with(|| {
+                error("`FORBIDDEN`: a browser sent this from another site (`Origin`, `Sec-Fetch-Site`).")
+            });
+        }
         let operations = [
             &mut item.get,
             &mut item.put,
