@@ -95,7 +95,8 @@ codes! {
     ResumeUrlNotFound = "RESUME_URL_NOT_FOUND",
     /// A resume URL past its expiry (`resume.ttlSec` after its step began).
     ResumeUrlExpired = "RESUME_URL_EXPIRED",
-    /// A run token of another run or execution.
+    /// A run token of another run or execution, or a state change a browser marks as sent
+    /// from another site (the cross-site guard).
     Forbidden = "FORBIDDEN",
     /// The run is not running (its execution may not record steps).
     RunNotActive = "RUN_NOT_ACTIVE",

@@ -46,6 +46,8 @@ function flowCard(f, ctx) {
   return h("section", { class: "card flow", testid: `flow-${f.name}` },
     h("div", { class: "title-row" }, h("h2", null, f.name), runButton),
     f.description ? h("p", null, f.description) : null,
+    // A flow that does not load says why (its nodes and connections are then empty).
+    f.error ? h("pre", { class: "error-text", testid: "flow-error" }, f.error) : null,
     h("div", { class: "columns" },
       h("div", null, h("h3", null, `Nodes (${nodes.length})`),
         h("ul", { class: "list nodes", testid: "flow-nodes" }, nodes.map((n) =>
