@@ -340,7 +340,8 @@ fn cross_site(req: &ServiceRequest) -> Option<String> {
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("");
     if fetch_site.eq_ignore_ascii_case("cross-site") {
         return Some(format!(
-            "cross-site request refused: the browser sent it from another site (Sec-Fetch-Site: cross-site);              {} {} may only be sent from this server's own pages or without a browser",
+            "cross-site request refused: the browser sent it from another site (Sec-Fetch-Site: \
+             cross-site); {} {} may only be sent from this server's own pages or without a browser",
             req.method(),
             shown_path(req.path())
         ));
