@@ -129,3 +129,23 @@ export function table(testid, headers, rows) {
 export function field(label, value, testid) {
   return [h("dt", null, label), h("dd", { testid }, value)];
 }
+
+/**
+ * A list's pager: "newer"/"older" buttons and the "a–b of n" text, moving `state.offset` by
+ * `size` and calling `load()` (errors to `fail`). `show(count, total)` updates them after a
+ * page of `count` rows arrived.
+ */
+export function pager(state, size, load, fail, testids = {}) {
+  const prev = h("button", { testid: testids.prev, type: "button" }, "← Newer");
+  const next = h("button", { testid: testids.next, type: "button" }, "Older →");
+  const info = h("span", { testid: testids.info, class: "muted" });
+  prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - size); load().catch(fail); });
+  next.addEventListener("click", () => { state.offset += size; load().catch(fail); });
+  const show = (count, total) => {
+    const last = Math.min(state.offset + count, total);
+    info.textContent = total ? `${state.offset + 1}–${last} of ${total}` : "0 of 0";
+    prev.disabled = state.offset === 0;
+    next.disabled = state.offset + size >= total;
+  };
+  return { prev, next, info, show };
+}

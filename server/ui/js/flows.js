@@ -4,9 +4,9 @@
  * the launched run's status and progress live, linking to its run page. A server without the
  * route (404) shows an empty list.
  */
-import { ApiError, follow, get, post } from "./api.js";
+import { ApiError, get, post } from "./api.js";
 import { debounce, fill, h, link, statusBadge } from "./dom.js";
-import { progressView } from "./runs.js";
+import { followRun, progressView } from "./runs.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "aborted_limit"]);
 
@@ -76,12 +76,5 @@ function watch(run, status, ctx, done) {
     draw(a.run);
   }).catch(ctx.fail), 150);
   ctx.signal.addEventListener("abort", () => reload.cancel());
-  follow(`/api/script-runs/${enc}/events`, {
-    signal: ctx.signal,
-    isDone: () => ended,
-    onEvent: (e) => {
-      if (e.event === "end") ended = true;
-      if (e.event !== "message") reload();
-    },
-  }).catch(ctx.fail);
+  followRun(run.id, ctx, () => ended, reload);
 }

@@ -5,7 +5,7 @@
  * lines, following live while the job runs, with "load earlier" for the lines before).
  */
 import { follow, get, post, query } from "./api.js";
-import { debounce, elapsed, field, fill, formatDuration, formatTime, h, link, statusBadge, table } from "./dom.js";
+import { debounce, elapsed, field, fill, formatDuration, formatTime, h, link, pager, statusBadge, table } from "./dom.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "timed_out", "canceled"];
 const PAGE = 50;
@@ -21,9 +21,8 @@ export async function renderList(root, _params, ctx) {
     h("option", { value: "" }, "any status"),
     STATUSES.map((s) => h("option", { value: s, selected: s === state.status }, s)));
   const scriptSel = h("select", { testid: "jobs-filter-script", "aria-label": "script" }, h("option", { value: "" }, "any script"));
-  const prev = h("button", { testid: "jobs-prev", type: "button" }, "← Newer");
-  const next = h("button", { testid: "jobs-next", type: "button" }, "Older →");
-  const info = h("span", { testid: "jobs-page-info", class: "muted" });
+  const { prev, next, info, show } = pager(state, PAGE, () => load(), ctx.fail,
+    { prev: "jobs-prev", next: "jobs-next", info: "jobs-page-info" });
   const holder = h("div", { class: "table-wrap" });
   root.append(
     h("h1", null, "Jobs"),
@@ -52,18 +51,13 @@ export async function renderList(root, _params, ctx) {
         h("td", { class: "num" }, formatDuration(j.durationMs ?? (j.startedAt ? elapsed(j.startedAt, j.endedAt) : null)))));
     fill(holder, table("jobs-table", ["id", "script", "status", "exit code", "created", "duration"], rows));
     if (!rows.length) holder.append(h("p", { class: "empty" }, "No jobs match."));
-    const last = Math.min(state.offset + page.jobs.length, page.total);
-    info.textContent = page.total ? `${state.offset + 1}–${last} of ${page.total}` : "0 of 0";
-    prev.disabled = state.offset === 0;
-    next.disabled = state.offset + PAGE >= page.total;
+    show(page.jobs.length, page.total);
   }
 
   const reload = debounce(() => load().catch(ctx.fail), 300);
   ctx.signal.addEventListener("abort", () => reload.cancel());
   statusSel.addEventListener("change", () => { state.status = statusSel.value; state.offset = 0; load().catch(ctx.fail); });
   scriptSel.addEventListener("change", () => { state.script = scriptSel.value; state.offset = 0; load().catch(ctx.fail); });
-  prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); load().catch(ctx.fail); });
-  next.addEventListener("click", () => { state.offset += PAGE; load().catch(ctx.fail); });
   await load();
   follow("/events?kind=job", { signal: ctx.signal, onEvent: (e) => e.event.startsWith("job.") && reload() }).catch(ctx.fail);
 }

@@ -5,7 +5,7 @@
  * "fork from here" button per step; redrawn on the run's own event stream.
  */
 import { del, follow, get, post, query } from "./api.js";
-import { debounce, elapsed, fill, formatDuration, formatTime, h, link, pretty, statusBadge, table } from "./dom.js";
+import { debounce, elapsed, fill, formatDuration, formatTime, h, link, pager, pretty, statusBadge, table } from "./dom.js";
 
 const STATUSES = ["running", "awaiting", "paused", "completed", "failed", "cancelled", "aborted_limit"];
 const TERMINAL = new Set(["completed", "failed", "cancelled", "aborted_limit"]);
@@ -31,9 +31,7 @@ export async function renderList(root, _params, ctx) {
   const opts = { signal: ctx.signal };
   const statusSel = h("select", { "aria-label": "status" }, h("option", { value: "" }, "any status"),
     STATUSES.map((s) => h("option", { value: s, selected: s === state.status }, s)));
-  const prev = h("button", { type: "button" }, "← Newer");
-  const next = h("button", { type: "button" }, "Older →");
-  const info = h("span", { class: "muted" });
+  const { prev, next, info, show } = pager(state, PAGE, () => load(), ctx.fail);
   const holder = h("div", { class: "table-wrap" });
   root.append(h("h1", null, "Workflow runs"),
     h("div", { class: "toolbar" }, h("label", null, "Status ", statusSel), h("span", { class: "spacer" }), prev, info, next),
@@ -51,16 +49,11 @@ export async function renderList(root, _params, ctx) {
         h("td", null, progressView(r.progress))));
     fill(holder, table("runs-table", ["id", "name", "status", "attempt", "created", "progress"], rows));
     if (!rows.length) holder.append(h("p", { class: "empty" }, "No runs."));
-    const last = Math.min(state.offset + page.runs.length, page.total);
-    info.textContent = page.total ? `${state.offset + 1}–${last} of ${page.total}` : "0 of 0";
-    prev.disabled = state.offset === 0;
-    next.disabled = state.offset + PAGE >= page.total;
+    show(page.runs.length, page.total);
   }
   const reload = debounce(() => load().catch(ctx.fail), 300);
   ctx.signal.addEventListener("abort", () => reload.cancel());
   statusSel.addEventListener("change", () => { state.status = statusSel.value; state.offset = 0; load().catch(ctx.fail); });
-  prev.addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); load().catch(ctx.fail); });
-  next.addEventListener("click", () => { state.offset += PAGE; load().catch(ctx.fail); });
   await load();
   follow("/events?kind=run", { signal: ctx.signal, onEvent: (e) => e.event.startsWith("run.") && reload() }).catch(ctx.fail);
 }
@@ -263,13 +256,21 @@ export async function renderRun(root, { id }, ctx) {
   ctx.signal.addEventListener("abort", () => clearInterval(tick));
   const reload = debounce(() => load().catch(ctx.fail), 120);
   ctx.signal.addEventListener("abort", () => reload.cancel());
-  let ended = TERMINAL.has(run.status);
-  follow(`/api/script-runs/${enc}/events`, {
+  followRun(run.id, ctx, () => TERMINAL.has(run.status), reload);
+}
+
+/**
+ * Follows a run's event stream until the run ends (its `end` event, or `ended()` saying so
+ * after a reload), calling `changed()` on every event but a log message.
+ */
+export function followRun(id, ctx, ended, changed) {
+  let over = false;
+  follow(`/api/script-runs/${encodeURIComponent(id)}/events`, {
     signal: ctx.signal,
-    isDone: () => ended,
+    isDone: () => over || ended(),
     onEvent: (e) => {
-      if (e.event === "end") ended = true;
-      if (e.event !== "message") reload();
+      if (e.event === "end") over = true;
+      if (e.event !== "message") changed();
     },
   }).catch(ctx.fail);
 }
