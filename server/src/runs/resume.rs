@@ -215,7 +215,18 @@ pub async fn act(engine: &Arc<Engine>, token: &str, body: Value) -> Result<(), R
     if entry.status != StepStatus::Started || used_at(engine, token).await?.is_some() {
         return Err(RunError::AlreadyDecided(claims.label));
     }
-    let live = engine.require_live(&claims.run_id, "resumed").await?;
+    let live = match engine.require_live(&claims.run_id, "resumed").await {
+        Ok(live) => live,
+        // Another use decided the step since it was read above, and the run went on to its
+        // end: that use won, as it would have had the run still been going.
+        Err(RunError::InvalidState(message)) => {
+            if step_of(engine, &claims).await?.status != StepStatus::Started {
+                return Err(RunError::AlreadyDecided(claims.label));
+            }
+            return Err(RunError::InvalidState(message));
+        }
+        Err(e) => return Err(e),
+    };
     let now = now_ms();
     let text = |key: &str| -> Result<Option<String>, RunError> {
         match body.get(key) {
