@@ -45,9 +45,8 @@ const BROKER_DOWN_BOUND: Duration = Duration::from_secs(15);
 /// `mosquitto` on PATH, else Debian's `/usr/sbin/mosquitto` (off a non-root user's PATH). Its
 /// absence fails the test: these tests are the only check of the worker front end.
 fn mosquitto_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("mosquitto"))
+    crate::common::on_path("mosquitto")
+        .into_iter()
         .chain(["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"].map(PathBuf::from))
         .find(|p| is_executable(p))
         .unwrap_or_else(|| {

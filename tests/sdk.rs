@@ -47,10 +47,7 @@ impl Lang {
 
 /// An absolute path of a program on PATH (interpreters are configured by absolute path).
 fn which(program: &str) -> String {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
+    crate::common::on_path(program)
         .unwrap_or_else(|| panic!("{program} is not on PATH: the SDK tests need it (.ci/run installs it)"))
         .display()
         .to_string()

@@ -62,6 +62,16 @@ pub fn on_postgres() -> bool {
     std::env::var("SCRIPT_RUNNER_TEST_DATABASE").is_ok_and(|v| v == "postgres")
 }
 
+/// An executable file `program` in a folder of PATH (interpreters are configured, and helper
+/// programs found, by absolute path).
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 /// The admin URL of the test pass's PostgreSQL cluster (a superuser's, on its `postgres`
 /// database); `None` outside the PostgreSQL pass.
 pub fn pg_admin_url() -> Option<String> {

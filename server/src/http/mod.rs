@@ -288,10 +288,11 @@ pub async fn strip_base_path(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let base = req.app_data::<web::Data<AppState>>().map(|state| state.base_path.clone()).unwrap_or_default();
-    if base.is_empty() {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    }
+    // No prefix (the usual case): nothing to copy or rewrite on this path of every request.
+    let base = match req.app_data::<web::Data<AppState>>() {
+        Some(state) if !state.base_path.is_empty() => state.base_path.clone(),
+        _ => return Ok(next.call(req).await?.map_into_boxed_body()),
+    };
     let rest = match req.path().strip_prefix(base.as_str()) {
         Some("") => "/".to_string(),
         Some(rest) if rest.starts_with('/') => rest.to_string(),

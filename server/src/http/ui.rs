@@ -14,7 +14,6 @@ use std::sync::OnceLock;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use include_dir::{include_dir, Dir};
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, AppState, Code};
 
@@ -132,11 +131,7 @@ fn etag_of(name: &str, contents: &[u8]) -> String {
     let tags = TAGS.get_or_init(Default::default);
     let mut tags = tags.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tags.entry(name.to_string())
-        .or_insert_with(|| {
-            let hash = Sha256::digest(contents);
-            let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            format!("\"{hex}\"")
-        })
+        .or_insert_with(|| format!("\"{}\"", &crate::runs::launch::sha256_hex(contents)[..32]))
         .clone()
 }
 

@@ -153,15 +153,14 @@ fn complete(dir: &Path) -> bool {
 fn version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
+        let mut all = Vec::new();
         for (name, text) in FILES {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
+            all.extend_from_slice(name.as_bytes());
+            all.push(0);
+            all.extend_from_slice(text.as_bytes());
+            all.push(0);
         }
-        hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+        super::launch::sha256_hex(&all)[..16].to_string()
     })
 }
 
